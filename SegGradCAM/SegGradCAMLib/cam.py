@@ -1,0 +1,221 @@
+"""Seg-Grad-CAM for segmentation networks: one forward pass, all layers, all classes.
+
+Target (Vinogradova et al. 2020): ``y_c = sum_{p in M_c} logit_c(p)`` per sample,
+with ``M_c`` the predicted mask of class ``c`` (``argmax == c``) unless a region
+is given. Maps are returned raw (no normalisation).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import SegGradCAMError
+from .layers import resolve_layers
+
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+
+
+@dataclass
+class CAMResult:
+    """Maps and the logits of the forward pass that produced them.
+
+    maps: layer name -> ``(len(classes), B, *spatial)``; logits: ``(B, C, *spatial)``.
+    Both detached.
+    """
+
+    maps: dict[str, torch.Tensor]
+    logits: torch.Tensor
+
+
+@contextmanager
+def _frozen_parameters(network: nn.Module) -> Iterator[None]:
+    """Switch off ``requires_grad`` on the parameters while inside; restore after.
+
+    With the parameters frozen and the input not requiring gradients, autograd
+    records nothing before the first hooked layer: the part of the network
+    before it runs without building a graph.
+    """
+    frozen = [p for p in network.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def combine_gradients(method: str, activations: torch.Tensor, gradients: torch.Tensor, relu: bool = True) -> torch.Tensor:
+    """Combine a layer's activations and gradients ``(B, K, *S)`` into a map ``(B, *S)``."""
+    dims = tuple(range(2, activations.ndim))
+    if method == "gradcam":
+        weights = gradients.mean(dim=dims, keepdim=True)
+        cam = (weights * activations).sum(dim=1)
+    elif method == "gradcam++":
+        grads_2 = gradients.pow(2)
+        grads_3 = grads_2 * gradients
+        sum_acts = activations.sum(dim=dims, keepdim=True)
+        denominator = 2 * grads_2 + sum_acts * grads_3
+        safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        alpha = torch.where(denominator != 0, grads_2 / safe, torch.zeros_like(denominator))
+        weights = (alpha * F.relu(gradients)).sum(dim=dims, keepdim=True)
+        cam = (weights * activations).sum(dim=1)
+    elif method == "hirescam":
+        cam = (gradients * activations).sum(dim=1)
+    elif method == "layercam":
+        cam = (F.relu(gradients) * activations).sum(dim=1)
+    else:
+        raise SegGradCAMError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
+    return F.relu(cam) if relu else cam
+
+
+def predicted_regions(logits: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+    """Boolean masks ``(B, len(classes), *S)``: ``argmax(logits, 1) == c`` for each class."""
+    labels = logits.argmax(dim=1)
+    return torch.stack([labels == c for c in classes], dim=1)
+
+
+def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize maps ``(N, B, *s)`` to ``(N, B, *size)`` (bi/trilinear, align_corners=False)."""
+    if tuple(maps.shape[2:]) == tuple(size):
+        return maps
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    n, b = maps.shape[:2]
+    flat = maps.reshape(n * b, 1, *maps.shape[2:])
+    resized = F.interpolate(flat, size=tuple(size), mode=mode, align_corners=False)
+    return resized.reshape(n, b, *size)
+
+
+def _check_classes(classes: Sequence[int], num_classes: int) -> list[int]:
+    classes = [int(c) for c in classes]
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad or not classes:
+        raise SegGradCAMError(
+            f"Class index {bad or '(none)'} is not valid: the network outputs {num_classes} classes (0..{num_classes - 1})."
+        )
+    return classes
+
+
+def compute_cams(
+    network: nn.Module,
+    inputs: torch.Tensor,
+    layers,
+    classes: Sequence[int],
+    method: str = "gradcam",
+    regions: torch.Tensor | None = None,
+    relu: bool = True,
+    upsample: bool = False,
+) -> CAMResult:
+    """Seg-Grad-CAM maps and logits from a single forward pass (see :func:`seg_grad_cam`)."""
+    if method not in CAM_METHODS:
+        raise SegGradCAMError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
+    if inputs.ndim < 3:
+        raise SegGradCAMError(f"Inputs must be (B, C, *spatial); got shape {tuple(inputs.shape)}.")
+    modules = resolve_layers(network, layers)
+    activations: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(module, args, output):
+            if not isinstance(output, torch.Tensor):
+                raise SegGradCAMError(
+                    f"Layer {name!r} returns {type(output).__name__}, not a tensor; choose a module whose output is one tensor."
+                )
+            if name in activations:
+                raise SegGradCAMError(f"Layer {name!r} runs more than once per forward pass; choose another layer.")
+            if not output.requires_grad:
+                # First hooked layer reached: the autograd graph starts here.
+                output = output.detach().requires_grad_(True).clone()
+                activations[name] = output
+                return output
+            activations[name] = output
+            return None
+
+        return hook
+
+    handles = []
+    logits = None
+    try:
+        with _frozen_parameters(network), torch.enable_grad():
+            for name, module in modules.items():
+                handles.append(module.register_forward_hook(make_hook(name)))
+            logits = network(inputs)
+            for handle in handles:
+                handle.remove()
+            handles = []
+            if not isinstance(logits, torch.Tensor):
+                raise SegGradCAMError(
+                    f"The network returned {type(logits).__name__}; Seg-Grad-CAM needs one logits tensor (B, C, *spatial)."
+                )
+            missing = [name for name in modules if name not in activations]
+            if missing:
+                raise SegGradCAMError(f"Layer(s) {', '.join(missing)} did not run during the forward pass.")
+            classes = _check_classes(classes, logits.shape[1])
+            if regions is None:
+                regions = predicted_regions(logits.detach(), classes)
+            expected = (logits.shape[0], len(classes), *logits.shape[2:])
+            if tuple(regions.shape) != expected:
+                raise SegGradCAMError(
+                    f"Region masks have shape {tuple(regions.shape)}; expected {expected} (B, classes, *spatial)."
+                )
+            regions = regions.to(device=logits.device, dtype=logits.dtype)
+            names = list(modules)
+            acts = [activations[name] for name in names]
+            maps: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+            for i, c in enumerate(classes):
+                score = (logits[:, c] * regions[:, i]).sum()
+                grads = torch.autograd.grad(
+                    score, acts, retain_graph=i < len(classes) - 1, allow_unused=True
+                )
+                for name, act, grad in zip(names, acts, grads):
+                    if grad is None:
+                        grad = torch.zeros_like(act)
+                    maps[name].append(combine_gradients(method, act.detach(), grad, relu).detach())
+        result = {name: torch.stack(per_class) for name, per_class in maps.items()}
+        if upsample:
+            size = inputs.shape[2:]
+            result = {name: upsample_maps(m, size) for name, m in result.items()}
+        return CAMResult(result, logits.detach())
+    finally:
+        for handle in handles:
+            handle.remove()
+        activations.clear()
+        del logits
+
+
+def seg_grad_cam(
+    network: nn.Module,
+    inputs: torch.Tensor,
+    layers,
+    classes: Sequence[int],
+    method: str = "gradcam",
+    regions: torch.Tensor | None = None,
+    relu: bool = True,
+    upsample: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Seg-Grad-CAM maps for several layers and classes from one forward pass.
+
+    Args:
+        network: module mapping ``(B, Cin, *S)`` to logits ``(B, C, *S)`` (2D or 3D).
+        inputs: ``(B, Cin, *S)``.
+        layers: a module name (as in ``network.named_modules()``), a module, a list
+            of either, or ``"auto"`` (the finest decoder stage, see
+            :func:`SegGradCAMLib.layers.default_layer`).
+        classes: class indices to explain.
+        method: ``"gradcam"``, ``"gradcam++"``, ``"hirescam"`` or ``"layercam"``.
+        regions: optional boolean masks ``(B, len(classes), *S)``; default is each
+            class's predicted mask (``argmax == c``).
+        relu: apply a ReLU to the maps.
+        upsample: resize maps to the input's spatial size (bi/trilinear,
+            align_corners=False) instead of the layer's resolution.
+
+    Returns:
+        layer name -> tensor ``(len(classes), B, *s)``, detached, raw (not normalised).
+        Hooks are removed and the graph is freed when the call returns, also on error.
+    """
+    return compute_cams(network, inputs, layers, classes, method, regions, relu, upsample).maps

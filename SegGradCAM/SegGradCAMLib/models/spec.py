@@ -1,0 +1,94 @@
+"""What a loaded model declares about itself."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from torch import nn
+
+NORMALIZATIONS = ("zscore", "zscore_nonzero", "percentile", "minmax", "none")
+
+
+@dataclass
+class ModelSpec:
+    """Declared properties of a segmentation model.
+
+    Spatial tuples are in array order ``(Z, Y, X)`` for 3D (``(Y, X)`` for 2D patches).
+
+    Attributes:
+        name: registry name or file name.
+        labels: class names; index = output channel (0 is usually background).
+        in_channels: number of input volumes (channels) the network takes.
+        spatial_dims: 2 (slice-wise) or 3.
+        output_activation: what turns the network's logits into probabilities:
+            ``"softmax"`` or ``"sigmoid"``.
+        normalization: intensity normalisation applied to each input channel, one of
+            :data:`NORMALIZATIONS`. ``percentile`` maps ``normalization_range``
+            percentiles (default 0.5, 99.5) to 0..1 and clips.
+        spacing: voxel spacing (mm, array order) the model was trained at; ``None``
+            means the input grid is used as it is.
+        orientation: 3x3 direction matrix (ITK/LPS convention, columns = i, j, k
+            axes) whose axis order and signs the model expects; ``None`` = as given.
+        divisible_by: each padded spatial size must be a multiple of this.
+        min_size: smallest spatial size the network accepts (array order).
+        roi_size: sliding-window size for 3D models; ``None`` runs the whole padded
+            volume at once.
+        slice_axis: array axis (0 = Z) along which a 2D model runs.
+        sha256: checksum of the weights file.
+        source: where the weights came from.
+        trusted_code: ``True`` when loading executed code the user trusted
+            (TorchScript, bundle expressions).
+    """
+
+    name: str
+    labels: list[str]
+    in_channels: int = 1
+    spatial_dims: int = 3
+    output_activation: str = "softmax"
+    normalization: str = "zscore"
+    normalization_range: tuple[float, float] = (0.5, 99.5)
+    spacing: tuple[float, ...] | None = None
+    orientation: tuple[tuple[float, ...], ...] | None = None
+    divisible_by: int = 16
+    min_size: tuple[int, ...] | None = None
+    roi_size: tuple[int, ...] | None = None
+    slice_axis: int = 0
+    sha256: str = ""
+    source: str = ""
+    trusted_code: bool = False
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode that returns logits ``(B, C, *S)``, with its spec.
+
+    ``layers`` lists the decoder stages (coarse to fine) offered to the user;
+    the last one is the default.
+    """
+
+    network: nn.Module
+    spec: ModelSpec
+    layers: list[str] = field(default_factory=list)
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    labels = [str(label) for label in labels]
+    if len(set(labels)) != len(labels) or not labels:
+        raise ValueError(f"Model labels must be unique and non-empty; got {labels}.")
+    return labels
