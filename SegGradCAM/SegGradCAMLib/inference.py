@@ -1,0 +1,273 @@
+"""Explain a whole volume: preprocessing, slice-wise 2D or sliding-window 3D, and back.
+
+The volume is brought to the model's orientation and spacing, normalised and
+padded; the network runs slice by slice (2D) in batches, or over the whole
+padded volume / sliding windows (3D). Each window's logits and CAMs are stitched
+with the same importance weights. Maps come back to the input grid linearly,
+labels by nearest neighbour, and are normalised once, globally, per class and
+layer (never per slice or per window).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .cam import compute_cams
+from .errors import CancelledError, SegGradCAMError
+from .layers import resolve_layers
+from .models.spec import LoadedModel
+from .preprocessing import (
+    Reorientation,
+    normalize_intensity,
+    pad_end,
+    padded_shape,
+    resampled_shape,
+    resize,
+)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class VolumeExplanation:
+    """Result on the input grid.
+
+    labels: ``(Z, Y, X)`` int16 label map. heatmaps: layer -> ``(len(classes), Z, Y, X)``
+    float32, each class map divided by its global maximum (0..1) unless
+    normalisation was off. raw_max: layer -> per-class maximum before normalisation.
+    """
+
+    labels: np.ndarray
+    heatmaps: dict[str, np.ndarray]
+    raw_max: dict[str, list[float]]
+    classes: list[int]
+    layers: list[str]
+    method: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_volume(image: np.ndarray, in_channels: int) -> None:
+    """Raise a user-facing error for arrays a model cannot take. ``image``: ``(Cin, Z, Y, X)``."""
+    if image.ndim != 4:
+        raise SegGradCAMError(f"Expected a (channels, Z, Y, X) array; got shape {image.shape}.")
+    if image.shape[0] != in_channels:
+        raise SegGradCAMError(f"The model takes {in_channels} input volume(s); got {image.shape[0]}.")
+    for c, channel in enumerate(image):
+        if not np.isfinite(channel).all():
+            bad = int((~np.isfinite(channel)).sum())
+            raise SegGradCAMError(f"Input volume {c + 1} has {bad} NaN/Inf voxels; fix or mask them first.")
+        if channel.min() == channel.max():
+            raise SegGradCAMError(f"Input volume {c + 1} is constant (all voxels {channel.flat[0]}); nothing to segment.")
+
+
+def check_min_size(grid: Sequence[int], minimum: int) -> None:
+    """Refuse volumes smaller than one cell of the network's coarsest level."""
+    small = [n for n in grid if n < minimum]
+    if small:
+        raise SegGradCAMError(
+            f"The volume is too small for this network: {tuple(grid)} voxels at the model's spacing, "
+            f"at least {minimum} per axis needed."
+        )
+
+
+def _windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
+    """Window slices covering ``shape`` with the given overlap (last window flush with the end)."""
+    starts = []
+    for n, r in zip(shape, roi):
+        step = max(1, int(r * (1 - overlap)))
+        axis = list(range(0, max(n - r, 0) + 1, step))
+        if axis[-1] + r < n:
+            axis.append(n - r)
+        starts.append(axis)
+    return [tuple(slice(s, s + r) for s, r in zip(start, roi)) for start in itertools.product(*starts)]
+
+
+class _Runner:
+    """Runs the network with CAMs over a prepared (oriented, resampled, normalised) volume."""
+
+    def __init__(self, model, layers, classes, method, device, progress, cancel):
+        self.model, self.layers, self.classes, self.method = model, layers, classes, method
+        self.device, self.progress, self.cancel = device, progress, cancel
+
+    def _step(self, done: int, total: int) -> None:
+        if self.cancel is not None and self.cancel():
+            raise CancelledError("Cancelled by the user.")
+        if self.progress is not None:
+            self.progress(done, total)
+
+    def _cams(self, x: torch.Tensor, regions: torch.Tensor | None):
+        result = compute_cams(
+            self.model.network, x.to(self.device), self.layers, self.classes, self.method,
+            None if regions is None else regions.to(self.device), relu=True, upsample=True,
+        )
+        return result.logits.float().cpu(), {k: v.float().cpu() for k, v in result.maps.items()}
+
+    def run_3d(self, image: torch.Tensor, regions: torch.Tensor | None):
+        """image ``(Cin, Z, Y, X)`` -> logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``."""
+        spec = self.model.spec
+        shape = image.shape[1:]
+        target = padded_shape(shape, spec.divisible_by, spec.roi_size or spec.min_size)
+        image = pad_end(image, target)
+        if regions is not None:
+            regions = pad_end(regions, target)
+        if spec.roi_size is None:
+            self._step(0, 1)
+            logits, maps = self._cams(image[None], None if regions is None else regions[None])
+            self._step(1, 1)
+            logits, maps = logits[0], {k: v[:, 0] for k, v in maps.items()}
+        else:
+            logits, maps = self._sliding_window(image, regions)
+        crop = (slice(None),) + tuple(slice(0, n) for n in shape)
+        return logits[crop], {k: v[crop] for k, v in maps.items()}
+
+    def _sliding_window(self, image: torch.Tensor, regions: torch.Tensor | None):
+        from monai.data.utils import compute_importance_map
+
+        roi = self.model.spec.roi_size
+        windows = _windows(image.shape[1:], roi, overlap=0.5)
+        weight = compute_importance_map(roi, mode="gaussian", sigma_scale=0.125, device="cpu").float()
+        weight = weight.reshape(roi)
+        total = torch.zeros(image.shape[1:])
+        logits = maps = None
+        for i, window in enumerate(windows):
+            self._step(i, len(windows))
+            win = (slice(None),) + window
+            w_logits, w_maps = self._cams(image[win][None], None if regions is None else regions[win][None])
+            if logits is None:
+                logits = torch.zeros((w_logits.shape[1], *image.shape[1:]))
+                maps = {k: torch.zeros((v.shape[0], *image.shape[1:])) for k, v in w_maps.items()}
+            logits[win] += w_logits[0] * weight
+            for k, v in w_maps.items():
+                maps[k][win] += v[:, 0] * weight
+            total[window] += weight
+        self._step(len(windows), len(windows))
+        return logits / total, {k: v / total for k, v in maps.items()}
+
+    def run_2d(self, image: torch.Tensor, regions: torch.Tensor | None, batch_size: int):
+        """Slice-wise along axis 0 of ``(Cin, Z, Y, X)``: same outputs as :meth:`run_3d`."""
+        spec = self.model.spec
+        slices = image.permute(1, 0, 2, 3)  # (Z, Cin, Y, X)
+        plane = slices.shape[2:]
+        target = padded_shape(plane, spec.divisible_by, spec.min_size)
+        slices = pad_end(slices, target)
+        reg = None if regions is None else pad_end(regions.permute(1, 0, 2, 3), target)
+        logit_parts, map_parts = [], {}
+        starts = list(range(0, slices.shape[0], batch_size))
+        for i, start in enumerate(starts):
+            self._step(i, len(starts))
+            batch = slices[start:start + batch_size]
+            logits, maps = self._cams(batch, None if reg is None else reg[start:start + batch_size])
+            logit_parts.append(logits[..., : plane[0], : plane[1]])
+            for k, v in maps.items():
+                map_parts.setdefault(k, []).append(v[..., : plane[0], : plane[1]])
+        self._step(len(starts), len(starts))
+        logits = torch.cat(logit_parts).permute(1, 0, 2, 3)
+        return logits, {k: torch.cat(v, dim=1) for k, v in map_parts.items()}
+
+
+def explain_volume(
+    model: LoadedModel,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    direction: Sequence[Sequence[float]] | None = None,
+    layers="auto",
+    classes: Sequence[int] | None = None,
+    method: str = "gradcam",
+    regions: np.ndarray | None = None,
+    device: str = "cpu",
+    batch_size: int = 16,
+    normalize: bool = True,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> VolumeExplanation:
+    """Segment and explain a volume.
+
+    Args:
+        model: a loaded model (network returning logits + spec).
+        image: ``(Cin, Z, Y, X)``, channels co-registered on one grid.
+        spacing: voxel spacing in mm, array order ``(Z, Y, X)``.
+        direction: ITK 3x3 direction (columns i, j, k); needed when the model
+            declares an orientation, else the array is used as stored.
+        layers: ``"auto"``, a layer name, or a list of names.
+        classes: class indices; default all classes but 0 (background).
+        method: CAM method (see :data:`SegGradCAMLib.cam.CAM_METHODS`).
+        regions: optional boolean target regions ``(len(classes), Z, Y, X)`` on the
+            input grid (default: each class's predicted mask).
+        device: torch device string.
+        batch_size: slices per batch for 2D models.
+        normalize: divide each class map by its global maximum.
+        progress: called with ``(done, total)`` steps.
+        cancel: returns True to stop (raises :class:`CancelledError`).
+    """
+    spec = model.spec
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    image = np.asarray(image)
+    check_volume(image, spec.in_channels)
+    n_labels = len(spec.labels)
+    classes = list(range(1, n_labels)) if classes is None else [int(c) for c in classes]
+    if not classes or any(not 0 <= c < n_labels for c in classes):
+        raise SegGradCAMError(f"Classes must be in 0..{n_labels - 1} ({', '.join(spec.labels)}); got {classes}.")
+    layer_names = list(resolve_layers(model.network, layers if layers != "auto" else model.layers[-1:] or "auto"))
+    if regions is not None and regions.shape != (len(classes), *image.shape[1:]):
+        raise SegGradCAMError(f"Region masks must have shape {(len(classes), *image.shape[1:])}; got {regions.shape}.")
+
+    reorient = Reorientation()
+    if spec.orientation is not None and direction is not None:
+        reorient = Reorientation.between(direction, spec.orientation)
+    oriented = reorient.apply(image)
+    spacing_m = reorient.spacing(spacing)
+    if spec.spatial_dims == 2:
+        oriented = np.moveaxis(oriented, 1 + spec.slice_axis, 1)
+        spacing_m = (spacing_m[spec.slice_axis],) + tuple(s for a, s in enumerate(spacing_m) if a != spec.slice_axis)
+    moved_grid = oriented.shape[1:]
+    model_grid = moved_grid
+    if spec.spacing is not None:
+        target = tuple(spec.spacing) if spec.spatial_dims == 3 else (spacing_m[0], *spec.spacing)
+        model_grid = resampled_shape(moved_grid, spacing_m, target)
+
+    x = torch.from_numpy(np.ascontiguousarray(oriented, dtype=np.float32))
+    x = resize(x, model_grid)
+    x = torch.from_numpy(normalize_intensity(x.numpy(), spec.normalization, spec.normalization_range))
+    region_t = None
+    if regions is not None:
+        r = reorient.apply(regions.astype(np.uint8))
+        if spec.spatial_dims == 2:
+            r = np.moveaxis(r, 1 + spec.slice_axis, 1)
+        region_t = resize(torch.from_numpy(np.ascontiguousarray(r)), model_grid, labels=True).bool()
+    check_min_size(model_grid if spec.spatial_dims == 3 else model_grid[1:], spec.divisible_by)
+    timings["preprocess_s"] = time.perf_counter() - start
+
+    runner = _Runner(model, layer_names, classes, method, device, progress, cancel)
+    start = time.perf_counter()
+    if spec.spatial_dims == 3:
+        logits, maps = runner.run_3d(x, region_t)
+    else:
+        logits, maps = runner.run_2d(x, region_t, batch_size)
+    timings["network_and_cam_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    labels = logits.argmax(0, keepdim=True).to(torch.int16)
+    labels = resize(labels, moved_grid, labels=True)[0].numpy()
+    heatmaps: dict[str, np.ndarray] = {}
+    raw_max: dict[str, list[float]] = {}
+    for name, m in maps.items():
+        m = resize(m, moved_grid).clamp_min(0).numpy()
+        peaks = [float(v) for v in m.reshape(len(classes), -1).max(axis=1)]
+        if normalize:
+            m = m / np.maximum(np.asarray(peaks, dtype=np.float32), 1e-12).reshape(-1, 1, 1, 1)
+        if spec.spatial_dims == 2:
+            m = np.moveaxis(m, 1, 1 + spec.slice_axis)
+        heatmaps[name] = np.ascontiguousarray(reorient.undo(m), dtype=np.float32)
+        raw_max[name] = peaks
+    if spec.spatial_dims == 2:
+        labels = np.moveaxis(labels, 0, spec.slice_axis)
+    labels = np.ascontiguousarray(reorient.undo(labels[None])[0])
+    timings["postprocess_s"] = time.perf_counter() - start
+    return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings)

@@ -1,0 +1,144 @@
+"""Reading and writing volumes with their geometry (SimpleITK), with user-facing checks.
+
+An input is a file SimpleITK reads (NRRD, NIfTI, MHA, ...) or a folder holding one
+DICOM series. ``FILE@N`` picks volume/component ``N`` of a 4D or multi-component file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import SegGradCAMError
+
+GEOMETRY_TOLERANCE = 1e-4
+
+
+@dataclass
+class Volume:
+    """A scalar 3D volume: ``array`` ``(Z, Y, X)`` float32 plus its ITK geometry.
+
+    spacing/origin are in ITK order (x, y, z); direction is the 3x3 ITK matrix
+    (columns i, j, k); ``image`` keeps the SimpleITK image for writing alike.
+    """
+
+    path: str
+    array: np.ndarray
+    image: object
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(self.image.GetSpacing())
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        return tuple(self.image.GetOrigin())
+
+    @property
+    def direction(self) -> np.ndarray:
+        return np.asarray(self.image.GetDirection(), dtype=float).reshape(3, 3)
+
+    def geometry(self) -> dict:
+        return {
+            "size": list(self.image.GetSize()),
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": self.direction.flatten().tolist(),
+        }
+
+
+def _split_selector(text: str) -> tuple[str, int | None]:
+    match = re.fullmatch(r"(.+)@(\d+)", text)
+    if match and not Path(text).exists():
+        return match.group(1), int(match.group(2))
+    return text, None
+
+
+def _read_image(path: Path):
+    import SimpleITK as sitk
+
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise SegGradCAMError(f"Folder {path} holds no DICOM series.")
+        if len(series) > 1:
+            raise SegGradCAMError(f"Folder {path} holds {len(series)} DICOM series; put one series per folder.")
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        return reader.Execute()
+    return sitk.ReadImage(str(path))
+
+
+def read_volume(text: str) -> Volume:
+    """Read one scalar 3D volume; ``text`` is a path, optionally ``PATH@N``."""
+    import SimpleITK as sitk
+
+    name, index = _split_selector(text)
+    path = Path(name)
+    if not path.exists():
+        raise SegGradCAMError(f"Input not found: {path}")
+    try:
+        image = _read_image(path)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown format"
+        raise SegGradCAMError(f"Cannot read {path}: not a readable image or DICOM series ({first[:200]}).") from None
+    components = image.GetNumberOfComponentsPerPixel()
+    if image.GetDimension() == 4 or components > 1:
+        count = image.GetSize()[3] if image.GetDimension() == 4 else components
+        if index is None:
+            raise SegGradCAMError(
+                f"{path} holds {count} volumes (4D or multi-component); pick one with {path}@N, N = 0..{count - 1}."
+            )
+        if index >= count:
+            raise SegGradCAMError(f"{path}@{index}: there are only {count} volumes (0..{count - 1}).")
+        if image.GetDimension() == 4:
+            size = list(image.GetSize())
+            image = sitk.Extract(image, size[:3] + [0], [0, 0, 0, index])
+        else:
+            image = sitk.VectorIndexSelectionCast(image, index)
+    elif index is not None:
+        raise SegGradCAMError(f"{path} holds a single volume; drop '@{index}'.")
+    if image.GetDimension() == 2 or 1 in image.GetSize():
+        raise SegGradCAMError(
+            f"{path} is a 2D image {tuple(image.GetSize())}; the model needs a 3D volume. "
+            "Give the whole series (a DICOM folder or a 3D file), not a single slice."
+        )
+    if image.GetDimension() != 3:
+        raise SegGradCAMError(f"{path} has {image.GetDimension()} dimensions; a 3D volume is needed.")
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    return Volume(str(path) if index is None else f"{path}@{index}", array, image)
+
+
+def same_geometry(a: Volume, b: Volume, tolerance: float = GEOMETRY_TOLERANCE) -> bool:
+    """True when both volumes lie on the same voxel grid."""
+    return (
+        a.image.GetSize() == b.image.GetSize()
+        and np.allclose(a.spacing, b.spacing, atol=tolerance)
+        and np.allclose(a.origin, b.origin, atol=tolerance * max(1.0, max(map(abs, a.origin))))
+        and np.allclose(a.direction, b.direction, atol=tolerance)
+    )
+
+
+def read_channels(paths: Sequence[str]) -> list[Volume]:
+    """Read co-registered input volumes (one per model channel); all on one grid."""
+    volumes = [read_volume(p) for p in paths]
+    for other in volumes[1:]:
+        if not same_geometry(volumes[0], other):
+            raise SegGradCAMError(
+                f"{other.path} does not lie on the same grid as {volumes[0].path} "
+                f"(size/spacing/origin/direction differ); resample the channels onto one grid first."
+            )
+    return volumes
+
+
+def write_like(array: np.ndarray, reference: Volume, path: Path) -> None:
+    """Write ``array`` ``(Z, Y, X)`` with exactly the reference's spacing, origin and direction."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference.image)
+    sitk.WriteImage(image, str(path), useCompression=True)
