@@ -14,6 +14,7 @@ from SegGradCAMLib.cam import seg_grad_cam  # noqa: E402
 from SegGradCAMLib.errors import SegGradCAMError  # noqa: E402
 from SegGradCAMLib.models.deepbet import (  # noqa: E402
     DECODER_LAYERS,
+    DeepbetLogits,
     ScriptedStage,
     deepbet_model_path,
     load_deepbet,
@@ -43,17 +44,22 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_softmax_of_logits_equals_scripted_forward(model: LoadedModel) -> None:
-    from deepbet.utils import normalize
-
     scripted = torch.jit.load(str(deepbet_model_path()), map_location="cpu").eval()
-    raw = torch.randn(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(0))
-    low, high = raw.quantile(0.005), raw.quantile(0.995)
-    percentile = ((raw - low) / (high - low)).clamp(0, 1)
+    x = torch.rand(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = scripted(normalize(raw, low, high))
-        probabilities = torch.softmax(model.network(percentile), dim=1)
+        expected = scripted(DeepbetLogits.standardize(x))
+        probabilities = torch.softmax(model.network(x), dim=1)
     assert probabilities.shape == (1, 2, 64, 64, 64)
     torch.testing.assert_close(probabilities, expected, atol=1e-5, rtol=0)
+
+
+def test_percentile_then_standardize_is_deepbets_normalize() -> None:
+    from deepbet.utils import normalize
+
+    raw = 100 * torch.randn(1, 1, 32, 48, 40, generator=torch.Generator().manual_seed(1))
+    low, high = raw.quantile(0.005), raw.quantile(0.995)
+    percentile = ((raw - low) / (high - low)).clamp(0, 1)
+    torch.testing.assert_close(DeepbetLogits.standardize(percentile), normalize(raw, low, high), atol=1e-6, rtol=0)
 
 
 def test_spec(model: LoadedModel) -> None:
@@ -107,19 +113,29 @@ def test_colin27_in_deepbets_own_pipeline(model: LoadedModel) -> None:
 
 
 @needs_colin
-def test_colin27_as_the_spec_describes(model: LoadedModel) -> None:
-    """Reoriented to the spec's direction, percentile-normalised, whole volume padded."""
+def test_spec_orientation_is_deepbets_array_order(model: LoadedModel) -> None:
+    """An array in the spec's orientation is the closest-canonical RAS array deepbet sees."""
+    import nibabel as nib
     import SimpleITK as sitk
 
     image = sitk.DICOMOrient(sitk.ReadImage(str(COLIN)), "SAR")
     assert np.allclose(np.reshape(image.GetDirection(), (3, 3)), model.spec.orientation)
-    assert np.allclose(image.GetSpacing(), model.spec.spacing)
-    volume = sitk.GetArrayFromImage(image).astype(np.float32)
-    reference = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(COLIN_BRAIN)), "SAR")) > 0
-    low, high = np.percentile(volume, model.spec.normalization_range)
-    x = torch.from_numpy(np.clip((volume - low) / (high - low), 0, 1))
-    pad = [(-n) % model.spec.divisible_by for n in x.shape]
-    x = torch.nn.functional.pad(x[None, None], (0, pad[2], 0, pad[1], 0, pad[0]))
-    with torch.no_grad():
-        labels = model.network(x).argmax(dim=1)[0, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
-    assert _dice(labels.numpy() == 1, reference) > 0.85
+    canonical = nib.as_closest_canonical(nib.load(COLIN)).get_fdata(dtype=np.float32)
+    assert np.array_equal(sitk.GetArrayFromImage(image).astype(np.float32), canonical)
+
+
+@needs_colin
+def test_colin27_through_explain_volume(model: LoadedModel) -> None:
+    """The whole pipeline as the spec describes it: reorient, 1 mm, percentile, pad to 32."""
+    import SimpleITK as sitk
+
+    from SegGradCAMLib.inference import explain_volume
+
+    image = sitk.ReadImage(str(COLIN))
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(COLIN_BRAIN))) > 0
+    volume = sitk.GetArrayFromImage(image)[None].astype(np.float32)
+    direction = np.reshape(image.GetDirection(), (3, 3))
+    result = explain_volume(model, volume, image.GetSpacing()[::-1], direction)
+    assert result.layers == ["conv"]
+    assert result.heatmaps["conv"].shape == (1, *reference.shape)
+    assert _dice(result.labels == 1, reference) > 0.85

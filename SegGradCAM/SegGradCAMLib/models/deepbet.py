@@ -23,7 +23,8 @@ The spec maps step 4 to ``normalization="percentile"``; the standardisation that
 follows is done by :class:`DeepbetLogits` itself (over its whole input). The
 array order ``(R, A, S)`` is the spec's ``orientation``. Steps 1-3 (bounding box
 and fixed 256^3 grid) have no ModelSpec equivalent: the spec asks for a 1 mm
-isotropic grid and the whole padded volume is run at once.
+isotropic grid and the whole padded volume is run at once (on Colin27 this gives
+Dice 0.90 against its reference brain mask; deepbet's own pipeline gives 0.94).
 """
 
 from __future__ import annotations

@@ -1,0 +1,37 @@
+"""Shared fixtures: small MONAI networks (random weights, eval mode) and data paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+COLIN27_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
+KMEANS_T1 = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
+KMEANS_BRAIN = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1RawSkullStrip.nii.gz")
+
+
+def small_monai_network(name: str, dims: int, out_channels: int = 3) -> torch.nn.Module:
+    """A small MONAI segmentation network with fixed random weights, in eval mode."""
+    from monai.networks import nets
+
+    torch.manual_seed(0)
+    builders = {
+        "UNet": lambda: nets.UNet(dims, 1, out_channels, (8, 16, 32, 64), (2, 2, 2), num_res_units=1),
+        "BasicUNet": lambda: nets.BasicUNet(dims, 1, out_channels, features=(8, 8, 16, 32, 64, 8)),
+        "DynUNet": lambda: nets.DynUNet(dims, 1, out_channels, [3, 3, 3, 3], [1, 2, 2, 2], [2, 2, 2]),
+        "SegResNet": lambda: nets.SegResNet(dims, init_filters=8, in_channels=1, out_channels=out_channels),
+        "AttentionUnet": lambda: nets.AttentionUnet(dims, 1, out_channels, (8, 16, 32, 64), (2, 2, 2)),
+    }
+    return builders[name]().eval()
+
+
+MONAI_ARCHITECTURES = ["UNet", "BasicUNet", "DynUNet", "SegResNet", "AttentionUnet"]
+
+
+@pytest.fixture(scope="session")
+def colin27() -> Path:
+    assert COLIN27.is_file(), "Debian package mricron-data is needed (apt-get install mricron-data)"
+    return COLIN27

@@ -1,0 +1,164 @@
+"""Seg-Grad-CAM engine: equality with Captum, known answers, hooks and gradients cleaned up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import LayerGradCam
+from conftest import MONAI_ARCHITECTURES, small_monai_network
+from torch import nn
+
+from SegGradCAMLib import decoder_layers, seg_grad_cam
+from SegGradCAMLib.cam import CAM_METHODS, predicted_regions
+from SegGradCAMLib.errors import SegGradCAMError
+
+CLASSES = [0, 1, 2]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def captum_maps(network, inputs, layer_name, classes, regions, relu=True):
+    """Captum's LayerGradCam with f_c = region-summed logit of class c, one forward per class."""
+    layer = dict(network.named_modules())[layer_name]
+    maps = []
+    for i, c in enumerate(classes):
+        def f_c(x, c=c, i=i):
+            return (network(x)[:, c] * regions[:, i]).flatten(1).sum(1)
+
+        maps.append(LayerGradCam(f_c, layer).attribute(inputs, relu_attributions=relu)[:, 0])
+    return torch.stack(maps)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("arch", MONAI_ARCHITECTURES)
+def test_gradcam_equals_captum(arch, dims):
+    network = small_monai_network(arch, dims)
+    inputs = torch.randn(2, 1, *([32] * dims), generator=torch.Generator().manual_seed(1))
+    layers = decoder_layers(network)
+    assert len(layers) >= 2
+    maps = seg_grad_cam(network, inputs, layers, CLASSES)
+    with torch.no_grad():
+        regions = predicted_regions(network(inputs), CLASSES)
+    for name in layers:
+        reference = captum_maps(network, inputs, name, CLASSES, regions)
+        assert maps[name].shape == reference.shape == (3, 2, *reference.shape[2:])
+        assert reference.abs().max() > 0
+        assert relative_error(maps[name], reference) <= 1e-5, (arch, dims, name)
+
+
+def test_gradcam_equals_captum_without_relu_and_with_user_region():
+    network = small_monai_network("BasicUNet", 2)
+    inputs = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    regions = torch.zeros(1, 2, 32, 32, dtype=torch.bool)
+    regions[..., 8:16, 10:20] = True
+    maps = seg_grad_cam(network, inputs, ["upcat_2", "upcat_1"], [1, 2], regions=regions, relu=False)
+    for name in ("upcat_2", "upcat_1"):
+        reference = captum_maps(network, inputs, name, [1, 2], regions, relu=False)
+        assert (reference < 0).any()
+        assert relative_error(maps[name], reference) <= 1e-5
+
+
+class LinearHead(nn.Module):
+    """features -> 1x1 conv head: logit_c(p) = sum_k W_ck A_k(p) + b_c."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        return self.head(self.act(self.features(x)))
+
+
+def test_hirescam_on_head_input_is_the_logit_contribution():
+    torch.manual_seed(0)
+    network = LinearHead().eval()
+    inputs = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        logits = network(inputs)
+    regions = predicted_regions(logits, CLASSES)
+    maps = seg_grad_cam(network, inputs, "act", CLASSES, method="hirescam", relu=False)["act"]
+    bias = network.head.bias.detach().view(3, 1, 1, 1)
+    expected = (logits.transpose(0, 1) - bias) * regions.transpose(0, 1)
+    assert torch.allclose(maps, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_methods_shapes_upsampling_and_nonnegativity(method):
+    network = small_monai_network("UNet", 3)
+    inputs = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(3))
+    layers = decoder_layers(network)
+    maps = seg_grad_cam(network, inputs, layers, [1, 2], method=method, upsample=True)
+    for name in layers:
+        assert maps[name].shape == (2, 1, 32, 32, 32)
+        assert torch.isfinite(maps[name]).all() and (maps[name] >= 0).all()
+        assert not maps[name].requires_grad
+
+
+def test_layercam_and_gradcampp_formulas():
+    """LayerCAM = relu(sum relu(g) * A); Grad-CAM++ weights = sum alpha relu(g)."""
+    from SegGradCAMLib.cam import combine_gradients
+
+    acts = torch.rand(1, 2, 4, 4)
+    grads = torch.randn(1, 2, 4, 4)
+    layercam = combine_gradients("layercam", acts, grads)
+    assert torch.allclose(layercam, torch.relu((torch.relu(grads) * acts).sum(1)))
+    g2, g3 = grads**2, grads**3
+    alpha = g2 / (2 * g2 + acts.sum((2, 3), keepdim=True) * g3)
+    weights = (alpha * torch.relu(grads)).sum((2, 3), keepdim=True)
+    assert torch.allclose(combine_gradients("gradcam++", acts, grads), torch.relu((weights * acts).sum(1)))
+
+
+def test_hooks_removed_and_parameters_untouched_also_on_error():
+    network = small_monai_network("BasicUNet", 2)
+    inputs = torch.randn(1, 1, 32, 32)
+    modules = [m for m in network.modules()]
+    requires = [p.requires_grad for p in network.parameters()]
+    seg_grad_cam(network, inputs, decoder_layers(network), [0, 1, 2])
+    assert all(not m._forward_hooks for m in modules)
+    assert all(p.grad is None for p in network.parameters())
+    assert [p.requires_grad for p in network.parameters()] == requires
+    with pytest.raises(SegGradCAMError, match="not valid"):
+        seg_grad_cam(network, inputs, ["upcat_1"], [7])
+    assert all(not m._forward_hooks for m in modules)
+    assert [p.requires_grad for p in network.parameters()] == requires
+
+
+def test_graph_starts_at_the_earliest_selected_layer():
+    """Nothing before the first hooked layer is recorded by autograd."""
+    network = small_monai_network("BasicUNet", 2)
+    seen = {}
+
+    def record(module, args, output):
+        seen["conv_0"] = output.requires_grad
+
+    handle = network.conv_0.register_forward_hook(record)
+    try:
+        seg_grad_cam(network, torch.randn(1, 1, 32, 32), ["upcat_1"], [1])
+    finally:
+        handle.remove()
+    assert seen["conv_0"] is False
+
+
+def test_bad_arguments_give_clear_errors():
+    network = small_monai_network("UNet", 2)
+    inputs = torch.randn(1, 1, 32, 32)
+    with pytest.raises(SegGradCAMError, match="Unknown layer 'nope'.*model"):
+        seg_grad_cam(network, inputs, ["nope"], [1])
+    with pytest.raises(SegGradCAMError, match="Unknown CAM method"):
+        seg_grad_cam(network, inputs, "auto", [1], method="gradcam+++")
+    with pytest.raises(SegGradCAMError, match="Region masks have shape"):
+        seg_grad_cam(network, inputs, "auto", [1], regions=torch.ones(1, 2, 32, 32, dtype=torch.bool))
+
+
+def test_module_objects_and_auto_layer():
+    network = small_monai_network("SegResNet", 3)
+    inputs = torch.randn(1, 1, 16, 16, 16)
+    by_object = seg_grad_cam(network, inputs, [network.up_layers[2]], [1])
+    by_auto = seg_grad_cam(network, inputs, "auto", [1])
+    assert list(by_object) == list(by_auto) == ["up_layers.2"]
+    assert torch.equal(by_object["up_layers.2"], by_auto["up_layers.2"])
