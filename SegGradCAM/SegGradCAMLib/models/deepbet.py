@@ -70,6 +70,8 @@ class DeepbetLogits(nn.Module):
     ``tp_conv2``), wired as in its scripted forward with additive skips.
     """
 
+    decoder_stages = list(DECODER_LAYERS)
+
     def __init__(self, scripted: torch.jit.ScriptModule) -> None:
         super().__init__()
         for name in (*_ENCODER, *DECODER_LAYERS, "tp_conv2"):

@@ -81,6 +81,7 @@ import dataclasses
 import json
 import logging
 import math
+import operator
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -345,7 +346,7 @@ def load_torchscript(path: Path, trust: bool, fields: dict) -> LoadedModel:
     example = torch.zeros(1, fields["in_channels"], *size)
     expected = _run(scripted, example)
     network = ScriptedModule(scripted)
-    if network.program is None:
+    if network.opaque:
         raise SegGradCAMError(HOOKS_ERROR.format(reason="its top-level forward has loops or script functions"))
     try:
         same = torch.equal(_run(network, example), expected)
@@ -398,38 +399,71 @@ _PLAIN_NODES = frozenset(
         "prim::unchecked_cast",
     }
 )
+# Generic list operators, replayed on Python lists (torch.ops cannot type them).
+_LIST_OPS: dict[str, Callable] = {
+    "aten::__getitem__.t": operator.getitem,
+    "aten::len.t": len,
+    "aten::append.t": lambda items, item: items.append(item) or items,
+    "aten::insert.t": list.insert,
+    "aten::reverse.t": list.reverse,
+    "aten::add.t": operator.add,
+    "aten::list.t": list,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Method:
+    program: Program
+    inputs: tuple[int, ...]
+    output: int
 
 
 class ScriptedModule(nn.Module):
     """A Python mirror of a ScriptModule, on which forward hooks work.
 
     Children are mirrored under the same names. When the module's forward graph is
-    plain data flow, :attr:`program` replays it node by node in Python (children
-    called through their mirrors, so their hooks fire); otherwise ``program`` is
-    ``None`` and the ScriptModule runs as one call. ``parameters()``/``buffers()``,
-    ``.to()`` and ``.train()`` act on the ScriptModule.
+    plain data flow (module calls, operators with a schema, ``if``), it is replayed
+    node by node in Python, children called through their mirrors so that their
+    hooks fire; otherwise the ScriptModule runs as one opaque call (:attr:`opaque`)
+    and its children are not mirrored. ``parameters()``/``buffers()``, ``.to()``
+    and ``.train()`` act on the ScriptModule.
     """
 
     def __init__(self, scripted: torch.jit.ScriptModule) -> None:
         super().__init__()
         object.__setattr__(self, "scripted", scripted)
-        try:
-            graph = scripted.graph
-            self.program: Program | None = _compile(graph.block())
-            self.inputs = tuple(v.unique() for v in graph.inputs())
-            self.output = next(iter(graph.outputs())).unique()
-        except (_Unsupported, RuntimeError):
-            self.program = None
-        if self.program is not None:
+        self._methods: dict[str, _Method | None] = {}
+        has_forward = scripted._c._has_method("forward")
+        self.opaque = has_forward and self._method("forward") is None
+        if not self.opaque:
             for name, child in scripted.named_children():
                 self.add_module(name, ScriptedModule(child))
 
+    def _method(self, name: str) -> _Method | None:
+        """The compiled graph of method ``name``, or ``None`` when it cannot be replayed."""
+        if name not in self._methods:
+            try:
+                graph = getattr(self.scripted, name).graph
+                self._methods[name] = _Method(
+                    _compile(graph.block()),
+                    tuple(v.unique() for v in graph.inputs()),
+                    next(iter(graph.outputs())).unique(),
+                )
+            except (_Unsupported, RuntimeError):
+                self._methods[name] = None
+        return self._methods[name]
+
+    def call(self, name: str, args: list) -> Any:
+        """Run method ``name``: replayed when possible, else by the ScriptModule."""
+        method = self._method(name)
+        if method is None:
+            return getattr(self.scripted, name)(*args)
+        values = dict(zip(method.inputs, (self, *args)))
+        _execute(method.program, values)
+        return values[method.output]
+
     def forward(self, *args: Any) -> Any:
-        if self.program is None:
-            return self.scripted(*args)
-        values = dict(zip(self.inputs, (self, *args)))
-        _execute(self.program, values)
-        return values[self.output]
+        return self.call("forward", list(args))
 
     def train(self, mode: bool = True) -> "ScriptedModule":
         self.scripted.train(mode)
@@ -468,16 +502,25 @@ def _compile(block: torch._C.Block) -> Program:
 
 
 def _operator(node: torch._C.Node) -> tuple[Callable, tuple[str | None, ...]]:
-    """The ``torch.ops`` overload a node calls and its keyword-only argument names."""
+    """The callable a node runs and its keyword-only argument names (``None``: positional)."""
     text = node.schema()
     if text == "(no schema)":
         raise _Unsupported(node.kind())
     schema = torch._C.parse_schema(text)
+    qualified = f"{schema.name}.{schema.overload_name}"
+    if qualified in _LIST_OPS:
+        return _LIST_OPS[qualified], ()
+    for argument in schema.arguments:
+        kind = argument.type.kind()
+        writes = argument.alias_info is not None and argument.alias_info.is_write
+        generic = any(t.kind() == "VarType" for t in argument.type.containedTypes())
+        if kind in ("ListType", "DictType") and (writes or generic):
+            raise _Unsupported(qualified)
     namespace, name = schema.name.split("::")
     try:
         op = getattr(getattr(getattr(torch.ops, namespace), name), schema.overload_name or "default")
     except (AttributeError, RuntimeError) as error:
-        raise _Unsupported(schema.name) from error
+        raise _Unsupported(qualified) from error
     return op, tuple(a.name if a.kwarg_only else None for a in schema.arguments)
 
 
@@ -496,11 +539,10 @@ def _execute(program: Program, values: dict[int, Any]) -> None:
                 results = (getattr(owner, payload),)
         elif kind == "prim::CallMethod":
             owner = args[0]
-            if isinstance(owner, ScriptedModule) and payload == "forward":
-                results = (owner(*args[1:]),)
+            if isinstance(owner, ScriptedModule):
+                results = (owner(*args[1:]) if payload == "forward" else owner.call(payload, args[1:]),)
             else:
-                target = owner.scripted if isinstance(owner, ScriptedModule) else owner
-                results = (getattr(target, payload)(*args[1:]),)
+                results = (getattr(owner, payload)(*args[1:]),)
         elif kind == "prim::If":
             steps, branch_outputs = payload[0] if args[0] else payload[1]
             _execute(steps, values)
