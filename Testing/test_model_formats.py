@@ -81,7 +81,7 @@ def test_json_spec_3d_basic_unet_defaults_labels_from_out_channels(tmp_path: Pat
     original = nets.BasicUNet(**BASIC_ARGS).eval()
     path = _write_spec(tmp_path, original, "monai.networks.nets.BasicUNet", BASIC_ARGS)
     loaded = load_model_path(path, trust=False)
-    assert _same_output(loaded.network, original, torch.randn(1, 1, 16, 16, 16))
+    assert _same_output(loaded.network, original, torch.randn(1, 1, 32, 32, 32))
     assert loaded.spec.labels == ["class_0", "class_1"]
     assert (loaded.spec.spatial_dims, loaded.spec.divisible_by) == (3, 16)
     assert loaded.layers == ["upcat_4", "upcat_3", "upcat_2", "upcat_1"]
@@ -105,10 +105,10 @@ def test_bare_state_dict_asks_for_a_json_spec(tmp_path: Path) -> None:
     "change, message",
     [
         ({"architecture": "os.system"}, "Unknown architecture 'os.system'; supported: .*UNet"),
-        ({"architecture": "UNet", "args": {**UNET_ARGS, "channels": [4, 8, 32]}}, r"1 shape mismatch \(model\.1"),
+        ({"architecture": "UNet", "args": {**UNET_ARGS, "channels": [4, 8, 32]}}, r"5 with a different shape \(model\.1\S* \(16, 8, 3, 3\) in file vs \(32, 8, 3, 3\) in network"),
         ({"architecture": "UNet", "args": {**UNET_ARGS, "num_res_units": 0}}, r"missing \(.*unexpected \("),
         ({"labels": ["background", "tumour"]}, "2 labels but the network outputs 3 channels"),
-        ({"spacings": [1, 1]}, "Unknown key.* spacings; valid keys"),
+        ({"spacings": [1, 1]}, r"Unknown key\(s\) spacings in model.json; valid keys: .*spacing"),
         ({"normalization": "clahe"}, "'normalization' is 'clahe'; choose one of zscore"),
         ({"sha256": "0" * 64}, "does not match the sha256"),
         ({"in_channels": 4}, "'in_channels' is 4 but the network's args say 1"),
@@ -212,7 +212,7 @@ def test_torchscript_without_metadata_infers_channels_and_labels(tmp_path: Path)
     assert (loaded.spec.name, loaded.spec.in_channels, loaded.spec.spatial_dims) == ("basic", 1, 3)
     assert loaded.spec.labels == ["class_0", "class_1"]
     assert loaded.layers == ["upcat_4", "upcat_3", "upcat_2", "upcat_1"]
-    assert _same_output(loaded.network, original, torch.randn(1, 1, 16, 16, 16))
+    assert _same_output(loaded.network, original, torch.randn(1, 1, 32, 32, 32))
 
 
 def test_torchscript_archive_metadata_gives_the_spec(tmp_path: Path) -> None:
@@ -300,7 +300,7 @@ def test_literal_bundle_loads_without_trust(tmp_path: Path) -> None:
     original = nets.BasicUNet(**BASIC_ARGS).eval()
     folder = _bundle(tmp_path / "organ_seg", original, _basic_unet_def())
     loaded = load_model_path(folder, trust=False)
-    assert _same_output(loaded.network, original, torch.randn(1, 1, 16, 16, 16))
+    assert _same_output(loaded.network, original, torch.randn(1, 1, 32, 32, 32))
     spec = loaded.spec
     assert (spec.name, spec.labels, spec.trusted_code) == ("organ_seg", ["background", "organ"], False)
     assert spec.spacing == (2.0, 1.0, 1.5) and spec.roi_size == (16, 24, 32)
@@ -319,7 +319,7 @@ def test_bundle_with_expressions_in_network_def_needs_trust(tmp_path: Path) -> N
         load_model_path(folder, trust=False)
     loaded = load_model_path(folder, trust=True)
     assert loaded.spec.trusted_code
-    assert _same_output(loaded.network, original, torch.randn(1, 1, 16, 16, 16))
+    assert _same_output(loaded.network, original, torch.randn(1, 1, 32, 32, 32))
 
 
 def test_bundle_intensity_window_runs_inside_the_network(tmp_path: Path) -> None:
@@ -329,7 +329,7 @@ def test_bundle_intensity_window_runs_inside_the_network(tmp_path: Path) -> None
     folder = _bundle(tmp_path / "ct", original, _basic_unet_def(), preprocessing={"transforms": [window]})
     loaded = load_model_path(folder, trust=False)
     assert loaded.spec.normalization == "none" and "-57..164" in loaded.spec.description
-    hu = torch.randn(1, 1, 16, 16, 16) * 300
+    hu = torch.randn(1, 1, 32, 32, 32) * 300
     with torch.no_grad():
         torch.testing.assert_close(loaded.network(hu), original(((hu + 57) / 221).clamp(0, 1)))
 
@@ -344,7 +344,7 @@ def test_bundle_torchscript_needs_trust_and_other_folders_are_refused(tmp_path: 
         load_model_path(folder, trust=False)
     loaded = load_model_path(folder, trust=True)
     assert loaded.spec.labels == ["background", "organ"] and loaded.spec.name == "ts"
-    assert _same_output(loaded.network, original, torch.randn(1, 1, 16, 16, 16))
+    assert _same_output(loaded.network, original, torch.randn(1, 1, 32, 32, 32))
     (tmp_path / "empty").mkdir()
     with pytest.raises(SegGradCAMError, match="not a MONAI bundle"):
         load_model_path(tmp_path / "empty", trust=True)

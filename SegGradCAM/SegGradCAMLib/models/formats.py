@@ -211,7 +211,7 @@ def load_weights(network: nn.Module, path: Path) -> None:
         ("missing", [k for k in expected if k not in state]),
         ("unexpected", [k for k in state if k not in expected]),
         (
-            "shape mismatch",
+            "with a different shape",
             [
                 f"{k} {tuple(state[k].shape)} in file vs {tuple(v.shape)} in network"
                 for k, v in expected.items()
