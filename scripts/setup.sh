@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up SegGradCAM on a fresh Debian/Ubuntu machine: system data packages and a
+# virtual environment in .venv with the package and its test dependencies.
+# Usage: bash scripts/setup.sh        (idempotent; re-running is fast)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+APT_PACKAGES="mricron-data insighttoolkit5-examples"
+missing=""
+for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  echo "Installing Debian packages:$missing"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU build of torch first: plain 'torch' would pull a multi-GB CUDA build.
+python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
+pip install -q -e ".[test]"
+echo "SegGradCAM is set up in .venv (activate with: . .venv/bin/activate)"
