@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from monai.networks import nets
 from torch import nn
 
@@ -26,6 +27,7 @@ UNET_ARGS = {
     "strides": [2, 2],
     "num_res_units": 1,
 }
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 BASIC_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": [4, 4, 8, 8, 16, 4]}
 
 
@@ -105,7 +107,10 @@ def test_bare_state_dict_asks_for_a_json_spec(tmp_path: Path) -> None:
     "change, message",
     [
         ({"architecture": "os.system"}, "Unknown architecture 'os.system'; supported: .*UNet"),
-        ({"architecture": "UNet", "args": {**UNET_ARGS, "channels": [4, 8, 32]}}, r"5 with a different shape \(model\.1\S* \(16, 8, 3, 3\) in file vs \(32, 8, 3, 3\) in network"),
+        (
+            {"architecture": "UNet", "args": {**UNET_ARGS, "channels": [4, 8, 32]}},
+            r"5 with a different shape \(model\.1\S* \(16, 8, 3, 3\) in file vs \(32, 8, 3, 3\) in network",
+        ),
         ({"architecture": "UNet", "args": {**UNET_ARGS, "num_res_units": 0}}, r"missing \(.*unexpected \("),
         ({"labels": ["background", "tumour"]}, "2 labels but the network outputs 3 channels"),
         ({"spacings": [1, 1]}, r"Unknown key\(s\) spacings in model.json; valid keys: .*spacing"),
@@ -206,13 +211,13 @@ def test_torchscript_with_sidecar_is_hookable_and_exact(tmp_path: Path, mode: st
 
 def test_torchscript_without_metadata_infers_channels_and_labels(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    original = nets.BasicUNet(**BASIC_ARGS).eval()
-    torch.jit.save(torch.jit.script(original), tmp_path / "basic.ts")
-    loaded = load_model_path(tmp_path / "basic.ts", trust=True)
-    assert (loaded.spec.name, loaded.spec.in_channels, loaded.spec.spatial_dims) == ("basic", 1, 3)
-    assert loaded.spec.labels == ["class_0", "class_1"]
-    assert loaded.layers == ["upcat_4", "upcat_3", "upcat_2", "upcat_1"]
-    assert _same_output(loaded.network, original, torch.randn(1, 1, 32, 32, 32))
+    original = nets.UNet(3, 2, 4, (2, 4, 4), (2, 2), num_res_units=0).eval()
+    torch.jit.save(torch.jit.script(original), tmp_path / "tiny.ts")
+    loaded = load_model_path(tmp_path / "tiny.ts", trust=True)
+    assert (loaded.spec.name, loaded.spec.in_channels, loaded.spec.spatial_dims) == ("tiny", 2, 3)
+    assert loaded.spec.labels == ["class_0", "class_1", "class_2", "class_3"]
+    assert loaded.layers and loaded.spec.normalization == "zscore"
+    assert _same_output(loaded.network, original, torch.randn(1, 2, 16, 16, 16))
 
 
 def test_torchscript_archive_metadata_gives_the_spec(tmp_path: Path) -> None:
@@ -251,7 +256,7 @@ def test_scripted_module_follows_device_and_mode_changes() -> None:
 # --- MONAI bundle --------------------------------------------------------------------
 
 
-def _bundle(folder: Path, network: nn.Module, network_def: dict, **config) -> Path:
+def _bundle(folder: Path, network: nn.Module, network_def: dict, yaml_config: bool = False, **config) -> Path:
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
     inference = {
@@ -274,10 +279,16 @@ def _bundle(folder: Path, network: nn.Module, network_def: dict, **config) -> Pa
             ],
         },
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 24, 16], "sw_batch_size": 4},
-        "postprocessing": {"_target_": "Compose", "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]},
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}],
+        },
         **config,
     }
-    (folder / "configs" / "inference.json").write_text(json.dumps(inference))
+    if yaml_config:
+        (folder / "configs" / "inference.yaml").write_text(yaml.safe_dump(inference))
+    else:
+        (folder / "configs" / "inference.json").write_text(json.dumps(inference))
     metadata = {
         "name": "Test bundle",
         "version": "0.1.0",
@@ -325,10 +336,19 @@ def test_bundle_with_expressions_in_network_def_needs_trust(tmp_path: Path) -> N
 def test_bundle_intensity_window_runs_inside_the_network(tmp_path: Path) -> None:
     torch.manual_seed(0)
     original = nets.BasicUNet(**BASIC_ARGS).eval()
-    window = {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0.0, "b_max": 1.0, "clip": True}
-    folder = _bundle(tmp_path / "ct", original, _basic_unet_def(), preprocessing={"transforms": [window]})
+    window = {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1}
+    window["clip"] = True
+    spacing = {"_target_": "Spacingd", "keys": "image", "pixdim": "$[1.0] * 3"}
+    transforms = {"pre": [spacing, window, "$monai.transforms.EnsureTyped(keys='image')"]}
+    preprocessing = {"transforms": "@transforms#pre"}
+    folder = _bundle(
+        tmp_path / "ct", original, _basic_unet_def(), yaml_config=True, preprocessing=preprocessing, transforms=transforms
+    )
     loaded = load_model_path(folder, trust=False)
-    assert loaded.spec.normalization == "none" and "-57..164" in loaded.spec.description
+    spec = loaded.spec
+    assert spec.normalization == "none" and spec.spacing is None
+    assert "-57..164" in spec.description and "Spacing (arguments not literal)" in spec.description
+    assert "preprocessing transforms given by expressions" in spec.description
     hu = torch.randn(1, 1, 32, 32, 32) * 300
     with torch.no_grad():
         torch.testing.assert_close(loaded.network(hu), original(((hu + 57) / 221).clamp(0, 1)))

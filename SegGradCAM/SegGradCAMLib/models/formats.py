@@ -31,7 +31,7 @@ JSON spec schema (one JSON object)::
       in_channels, spatial_dims (default: from "args"), output_activation,
       normalization, normalization_range, spacing, orientation, divisible_by
       (default: from the architecture's strides), min_size, roi_size, slice_axis,
-      source, description
+      source, description (trusted_code is set by the loader)
     }
 
 Architectures are looked up by name in the allow-list :data:`ARCHITECTURES` of
@@ -61,18 +61,18 @@ preferred; ``models/model.ts`` needs trust. Mapped into the spec:
 - labels: ``network_data_format.outputs.pred.channel_def`` of ``metadata.json``
   (else ``class_i``); ``in_channels`` from the network arguments or the input's
   ``num_channels``; ``divisible_by`` from a ``"16*n"`` ``spatial_shape``;
-- ``preprocessing.transforms`` (a literal list): ``Orientationd`` (axcodes ->
+- ``preprocessing.transforms`` (a list, or an ``@`` reference to one): ``Orientationd`` (axcodes ->
   orientation), ``Spacingd`` (pixdim, reversed to array order),
   ``NormalizeIntensityd`` (zscore / zscore_nonzero), ``ScaleIntensityd``
   (minmax), ``ScaleIntensityRangePercentilesd`` to 0..1 with clip
-  (percentile), ``ScaleIntensityRanged`` (a fixed window: applied inside the
-  network by a forward pre-hook, normalisation ``none``);
+  (percentile), ``ScaleIntensityRanged`` (a fixed window, e.g. CT HU: applied
+  inside the network by a forward pre-hook, normalisation ``none``);
 - ``inferer.roi_size`` (reversed) and a sigmoid in ``postprocessing``
   ``Activationsd``.
 
 Ignored, and named in the spec's description: every other transform (cropping,
-padding, resizing, ...), transform arguments given as expressions, and any
-normalisation after the first.
+padding, resizing, ...), transforms or transform lists given by expressions, and
+any normalisation after the first.
 """
 
 from __future__ import annotations
@@ -107,6 +107,12 @@ ARCHITECTURES = (
 )
 SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelSpec)) - {"trusted_code"}
 SPEC_KEYS = SPEC_FIELDS | {"architecture", "args", "weights"}
+SPEC_TYPES = {
+    "architecture": (str, "a string"),
+    "weights": (str, "a string"),
+    "args": (dict, "an object"),
+    "labels": (list, "an array"),
+}
 TRUST_HINT = "pass --trust-model (trust=True) only if you trust its source"
 EXAMPLE_SPEC = (
     '{"architecture": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, '
@@ -117,8 +123,9 @@ HOOKS_ERROR = (
     "Hooks cannot be placed in this TorchScript module ({reason}). Provide the weights as a "
     "state_dict (torch.save(model.state_dict(), 'model.pt')) with a JSON spec instead."
 )
+INTENSITY_TRANSFORMS = ("NormalizeIntensity", "ScaleIntensity", "ScaleIntensityRangePercentiles", "ScaleIntensityRange")
 BUNDLE_NEUTRAL = frozenset(
-    {"LoadImage", "EnsureChannelFirst", "EnsureType", "ToTensor", "AddChannel", "CastToType", "Compose"}
+    {"LoadImage", "EnsureChannelFirst", "EnsureType", "ToTensor", "AddChannel", "CastToType"}
 )
 # LPS unit vector of each axis code (ITK convention, as in ModelSpec.orientation).
 AXIS_CODES = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
@@ -162,6 +169,9 @@ def load_json_spec(spec_path: Path, trust: bool, weights: Path | None = None) ->
         raise SegGradCAMError(
             f"Unknown key(s) {', '.join(unknown)} in {spec_path.name}; valid keys: {', '.join(sorted(SPEC_KEYS))}."
         )
+    for key, (kind, description) in SPEC_TYPES.items():
+        if key in data and not isinstance(data[key], kind):
+            raise SegGradCAMError(f"'{key}' in {spec_path.name} must be {description}.")
     named = spec_path.parent / data["weights"] if "weights" in data else None
     if weights is None and named is None:
         raise SegGradCAMError(f"{spec_path.name} lacks the required key 'weights' (the weights file).")
@@ -178,9 +188,9 @@ def load_json_spec(spec_path: Path, trust: bool, weights: Path | None = None) ->
         return load_torchscript(weights, trust, fields)
     missing = [key for key in ("architecture", "args") if key not in data]
     if missing:
-        raise SegGradCAMError(f"{spec_path.name} lacks the required key(s) {', '.join(missing)}. Example: {EXAMPLE_SPEC}")
-    if not isinstance(data["args"], dict):
-        raise SegGradCAMError(f"'args' in {spec_path.name} must be an object of keyword arguments.")
+        raise SegGradCAMError(
+            f"{spec_path.name} lacks the required key(s) {', '.join(missing)}. Example: {EXAMPLE_SPEC}"
+        )
     network = build_network(data["architecture"], data["args"])
     load_weights(network, weights)
     _fields_from_args(fields, data["architecture"], data["args"])
@@ -258,14 +268,13 @@ def _finish(network: nn.Module, fields: dict, weights: Path, out_channels: int |
         log.warning("%s declares no labels; using %s.", fields.get("name"), ", ".join(fields["labels"]))
     spec = make_spec(fields, weights, trusted)
     if out_channels is not None and len(spec.labels) != out_channels:
-        raise SegGradCAMError(f"{spec.name} has {len(spec.labels)} labels but the network outputs {out_channels} channels.")
+        raise SegGradCAMError(
+            f"{spec.name} has {len(spec.labels)} labels but the network outputs {out_channels} channels."
+        )
     try:
         layers = decoder_layers(network, example)
-    except RuntimeError as error:
-        raise SegGradCAMError(
-            f"{spec.name} failed on an example input of shape {tuple(example.shape)} ({error}); "
-            "set min_size or roi_size in its spec."
-        ) from error
+    except (RuntimeError, ValueError) as error:
+        raise _failed_on(example, error) from error
     return LoadedModel(network, spec, layers)
 
 
@@ -273,7 +282,7 @@ def make_spec(fields: dict, weights: Path, trusted: bool) -> ModelSpec:
     """A checked ModelSpec from JSON-like ``fields`` for the weights file ``weights``."""
     fields = dict(fields)
     checksum = sha256_of(weights)
-    if fields.get("sha256", checksum) != checksum:
+    if str(fields.get("sha256", checksum)).lower() != checksum:
         raise SegGradCAMError(f"{weights.name} does not match the sha256 in its spec (file: {checksum}).")
     fields.update(sha256=checksum, trusted_code=trusted)
     fields.setdefault("source", str(weights))
@@ -309,13 +318,23 @@ def _read_json(path: Path) -> dict:
 
 def _run(network: nn.Module, example: torch.Tensor) -> torch.Tensor:
     """One forward pass without gradients; the output must be logits ``(B, C, *S)``."""
-    with torch.no_grad():
-        output = network(example)
+    try:
+        with torch.no_grad():
+            output = network(example)
+    except (RuntimeError, ValueError) as error:
+        raise _failed_on(example, error) from error
     if not isinstance(output, torch.Tensor) or output.ndim != example.ndim:
         raise SegGradCAMError(
             f"The network returned {type(output).__name__}, not one logits tensor (B, C, *spatial)."
         )
     return output
+
+
+def _failed_on(example: torch.Tensor, error: Exception) -> SegGradCAMError:
+    return SegGradCAMError(
+        f"The network failed on an example input of shape {tuple(example.shape)} ({error}); "
+        "set min_size or roi_size in its spec."
+    )
 
 
 # --- TorchScript ---------------------------------------------------------------------
@@ -347,7 +366,7 @@ def load_torchscript(path: Path, trust: bool, fields: dict) -> LoadedModel:
     expected = _run(scripted, example)
     network = ScriptedModule(scripted)
     if network.opaque:
-        raise SegGradCAMError(HOOKS_ERROR.format(reason="its top-level forward has loops or script functions"))
+        raise SegGradCAMError(HOOKS_ERROR.format(reason="its top-level forward uses loops, script functions or operators Python cannot replay"))
     try:
         same = torch.equal(_run(network, example), expected)
     except Exception as error:  # any failure of the Python replay means it cannot be explained
@@ -368,6 +387,8 @@ def _archive_metadata(extra: dict[str, bytes | str]) -> dict:
                 data = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise SegGradCAMError(f"The TorchScript extra file {key!r} is not valid JSON: {error}") from error
+            if not isinstance(data, dict):
+                raise SegGradCAMError(f"The TorchScript extra file {key!r} must hold a JSON object.")
             if "network_data_format" in data:
                 return _metadata_fields(data)
             return {k: v for k, v in data.items() if k in SPEC_FIELDS}
@@ -380,7 +401,9 @@ def _first_convolution(module: nn.Module) -> tuple[int, int]:
     for parameter in module.parameters():
         if parameter.ndim in (4, 5):
             return parameter.shape[1], parameter.ndim - 2
-    raise SegGradCAMError("Cannot tell the TorchScript model's input channels: give in_channels and spatial_dims in a JSON sidecar.")
+    raise SegGradCAMError(
+        "Cannot tell the TorchScript model's input channels: give in_channels and spatial_dims in a JSON sidecar."
+    )
 
 
 class _Unsupported(Exception):
@@ -497,7 +520,8 @@ def _compile(block: torch._C.Block) -> Program:
             payload = None
         else:
             payload = _operator(node)
-        program.append((kind, tuple(v.unique() for v in node.inputs()), tuple(v.unique() for v in node.outputs()), payload))
+        inputs, outputs = (tuple(v.unique() for v in values) for values in (node.inputs(), node.outputs()))
+        program.append((kind, inputs, outputs, payload))
     return program
 
 
@@ -578,7 +602,8 @@ class _NeedsCode(Exception):
 def load_bundle(folder: Path, trust: bool) -> LoadedModel:
     """A MONAI Model Zoo bundle folder (see the module docstring)."""
     configs = folder / "configs"
-    config_path = next((configs / f"inference.{ext}" for ext in ("json", "yaml", "yml") if (configs / f"inference.{ext}").is_file()), None)
+    candidates = [configs / f"inference.{ext}" for ext in ("json", "yaml", "yml")]
+    config_path = next((path for path in candidates if path.is_file()), None)
     if config_path is None:
         raise SegGradCAMError(
             f"{folder} is not a MONAI bundle: configs/inference.json (or .yaml) is missing. "
@@ -591,28 +616,29 @@ def load_bundle(folder: Path, trust: bool) -> LoadedModel:
     fields["name"] = folder.name
     notes = _preprocessing_fields(config, fields)
     weights, torchscript = folder / "models" / "model.pt", folder / "models" / "model.ts"
+    fields["description"] = _description(meta, notes)
     if weights.is_file():
-        network, args = _bundle_network(config, config_path, folder, trust)
+        network, target, args = _bundle_network(config, config_path, folder, trust)
         load_weights(network, weights)
-        if args is not None:
-            _fields_from_args(fields, args["_target_"], args)
-        if "window" in notes:
-            network.register_forward_pre_hook(notes["window"])
-        fields["description"] = _description(meta, notes)
-        out_channels = args.get("out_channels") if args is not None else None
-        return _finish(network, fields, weights, out_channels, trusted=args is None)
-    if torchscript.is_file():
-        if "window" in notes:
-            raise SegGradCAMError(f"{folder.name}: ScaleIntensityRanged cannot be applied to a TorchScript model; provide models/model.pt.")
-        fields["description"] = _description(meta, notes)
-        return load_torchscript(torchscript, trust, fields)
-    raise SegGradCAMError(f"{folder.name}: no weights found (models/model.pt or models/model.ts).")
+        if target is not None:
+            _fields_from_args(fields, target, args)
+        loaded = _finish(network, fields, weights, args.get("out_channels"), trusted=target is None)
+    elif torchscript.is_file():
+        loaded = load_torchscript(torchscript, trust, fields)
+    else:
+        raise SegGradCAMError(f"{folder.name}: no weights found (models/model.pt or models/model.ts).")
+    if "window" in notes:
+        loaded.network.register_forward_pre_hook(notes["window"])
+    return loaded
 
 
 def _read_config(path: Path) -> dict:
     if path.suffix == ".json":
         return _read_json(path)
-    import yaml
+    try:
+        import yaml
+    except ImportError as error:
+        raise SegGradCAMError(f"Reading {path.name} needs PyYAML: pip install pyyaml") from error
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -628,18 +654,9 @@ def _resolve(value: Any, config: dict, seen: frozenset[str] = frozenset()) -> An
     if isinstance(value, str) and value.startswith(("$", "%")):
         raise _NeedsCode(value)
     if isinstance(value, str) and value.startswith("@"):
-        ref = value[1:]
-        if ref in seen:
+        if value in seen:
             raise _NeedsCode(value)
-        target: Any = config
-        for part in ref.replace("#", "::").split("::"):
-            if isinstance(target, list) and part.isdigit() and int(part) < len(target):
-                target = target[int(part)]
-            elif isinstance(target, dict) and part in target:
-                target = target[part]
-            else:
-                raise _NeedsCode(value)
-        return _resolve(target, config, seen | {ref})
+        return _resolve(_lookup(value, config), config, seen | {value})
     if isinstance(value, dict):
         return {k: _resolve(v, config, seen) for k, v in value.items()}
     if isinstance(value, list):
@@ -647,8 +664,25 @@ def _resolve(value: Any, config: dict, seen: frozenset[str] = frozenset()) -> An
     return value
 
 
-def _bundle_network(config: dict, config_path: Path, folder: Path, trust: bool) -> tuple[nn.Module, dict | None]:
-    """The bundle's ``network_def``: from the allow-list (literal args, returned) or by ConfigParser (args None)."""
+def _lookup(reference: str, config: dict) -> Any:
+    """The config entry an ``@id`` reference (``::`` or ``#`` separated) points to."""
+    target: Any = config
+    for part in reference[1:].replace("#", "::").split("::"):
+        if isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        elif isinstance(target, dict) and part in target:
+            target = target[part]
+        else:
+            raise _NeedsCode(reference)
+    return target
+
+
+def _bundle_network(config: dict, config_path: Path, folder: Path, trust: bool) -> tuple[nn.Module, str | None, dict]:
+    """The bundle's network, its allow-listed target and literal arguments.
+
+    Built by ``monai.bundle.ConfigParser`` (target ``None``, no arguments) when
+    ``network_def`` needs code and ``trust`` allows it.
+    """
     if "network_def" not in config:
         raise SegGradCAMError(f"{config_path.name} has no 'network_def'.")
     try:
@@ -674,9 +708,9 @@ def _bundle_network(config: dict, config_path: Path, folder: Path, trust: bool) 
             network = parser.get_parsed_content("network_def")
         except Exception as error:  # the bundle's own code failed
             raise SegGradCAMError(f"MONAI could not build the network of bundle {folder.name}: {error}") from error
-        return network, None
+        return network, None, {}
     args = {k: v for k, v in definition.items() if not k.startswith("_")}
-    return build_network(target, args), {**args, "_target_": target}
+    return build_network(target, args), target, args
 
 
 def _metadata_fields(meta: dict) -> dict:
@@ -702,43 +736,49 @@ def _metadata_fields(meta: dict) -> dict:
 def _preprocessing_fields(config: dict, fields: dict) -> dict:
     """Map the bundle's transforms into ``fields``; return the pre-hook window and ignored names."""
     notes: dict = {"ignored": []}
-    try:
-        transforms = _resolve(config.get("preprocessing", {}).get("transforms", []), config)
-    except (_NeedsCode, AttributeError):
-        transforms = None
-        notes["ignored"].append("preprocessing (given by expressions)")
-    for transform in transforms or []:
+    for transform in _transforms(config, "preprocessing", notes):
         name = str(transform.get("_target_", "")).rsplit(".", 1)[-1].removesuffix("d")
         try:
             _map_transform(name, _resolve(transform, config), fields, notes)
         except (_NeedsCode, KeyError, TypeError, ValueError):
             notes["ignored"].append(f"{name} (arguments not literal)")
+    for transform in _transforms(config, "postprocessing", notes):
+        if str(transform.get("_target_", "")).endswith("Activationsd") and transform.get("sigmoid") is True:
+            fields["output_activation"] = "sigmoid"
     try:
-        inferer = _resolve(config.get("inferer", {}), config)
-        if "roi_size" in inferer:
-            fields["roi_size"] = tuple(inferer["roi_size"])[::-1]
+        roi_size = _resolve(config.get("inferer", {}), config).get("roi_size")
+        if roi_size is not None:
+            fields["roi_size"] = tuple(roi_size)[::-1]
     except (_NeedsCode, AttributeError, TypeError):
         notes["ignored"].append("inferer (given by expressions)")
-    post = config.get("postprocessing", {})
-    for transform in post.get("transforms", []) if isinstance(post, dict) and isinstance(post.get("transforms"), list) else []:
-        if isinstance(transform, dict) and str(transform.get("_target_", "")).endswith("Activationsd"):
-            if transform.get("sigmoid") is True:
-                fields["output_activation"] = "sigmoid"
     return notes
+
+
+def _transforms(config: dict, key: str, notes: dict) -> list[dict]:
+    """The transform dicts listed in ``config[key]["transforms"]`` (or an ``@`` reference to a list)."""
+    section = config.get(key, {})
+    items = section.get("transforms", []) if isinstance(section, dict) else section
+    try:
+        if isinstance(items, str) and items.startswith("@"):
+            items = _lookup(items, config)
+    except _NeedsCode:
+        items = None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        notes["ignored"].append(f"{key} transforms given by expressions")
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _map_transform(name: str, transform: dict, fields: dict, notes: dict) -> None:
     """Record one preprocessing transform in ``fields`` or ``notes``."""
     normalised = "normalization" in fields or "window" in notes
-    if name == "Orientation":
-        codes = transform["axcodes"].upper()
-        columns = [AXIS_CODES[c] for c in codes]
+    if name == "Orientation" and len(transform["axcodes"]) == 3:
+        columns = [AXIS_CODES[c] for c in transform["axcodes"].upper()]
         fields["orientation"] = tuple(tuple(float(col[r]) for col in columns) for r in range(3))
     elif name == "Spacing":
         pixdim = transform["pixdim"]
         pixdim = pixdim if isinstance(pixdim, list) else [pixdim] * 3
         fields["spacing"] = tuple(float(p) for p in pixdim)[::-1]
-    elif name in ("NormalizeIntensity", "ScaleIntensity", "ScaleIntensityRangePercentiles", "ScaleIntensityRange") and normalised:
+    elif name in INTENSITY_TRANSFORMS and normalised:
         notes["ignored"].append(f"{name} (a second normalisation)")
     elif name == "NormalizeIntensity" and transform.get("subtrahend") is None and transform.get("divisor") is None:
         fields["normalization"] = "zscore_nonzero" if transform.get("nonzero") else "zscore"
@@ -771,7 +811,9 @@ def _intensity_window(transform: dict) -> Callable:
                 x = x.clamp(b_min, b_max)
         return (x, *args[1:])
 
-    window.description = f"intensity window {a_min:g}..{a_max:g} -> {b_min}..{b_max} (clip={clip}) applied inside the network"
+    window.description = (
+        f"intensity window {a_min:g}..{a_max:g} -> {b_min}..{b_max} (clip={clip}) applied inside the network"
+    )
     return window
 
 
