@@ -192,3 +192,41 @@ def test_console_script_prints_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("seggradcam: error: Input not found") and "Traceback" not in proc.stderr
+
+
+def spec_with_weights(tmp_path, weights: bytes | None = None, payload=None) -> str:
+    """A JSON spec for a small 3D MONAI UNet whose weights file is ``weights`` bytes or ``payload``."""
+    import torch
+
+    path = tmp_path / "weights.pt"
+    if weights is not None:
+        path.write_bytes(weights)
+    else:
+        torch.save(payload, path)
+    spec = {"architecture": "UNet", "weights": path.name, "labels": ["background", "lesion"],
+            "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]}}
+    (tmp_path / "model.json").write_text(json.dumps(spec))
+    return str(tmp_path / "model.json")
+
+
+def test_corrupt_checkpoint(capsys, tmp_path, good_volume):
+    model = spec_with_weights(tmp_path, weights=bytes(range(256)) * 8)
+    assert "corrupt" in run_error(capsys, ["explain", good_volume, "--model", model, "--out", str(tmp_path / "o")])
+
+
+class _WritesAFile:
+    """Unpickling this would create a file: it must never happen."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_code_carrying_checkpoint_is_refused_not_run(capsys, tmp_path, good_volume):
+    marker = tmp_path / "was_executed"
+    model = spec_with_weights(tmp_path, payload={"weight": _WritesAFile(marker)})
+    err = run_error(capsys, ["explain", good_volume, "--model", model, "--out", str(tmp_path / "o")])
+    assert "Refused" in err and "never executed" in err
+    assert not marker.exists()

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import SegGradCAMError
-
-CLASS_ALL = "all"
+from .targets import ALL_CLASSES, class_indices
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, type=Path, help="output folder")
     explain.add_argument("--layers", default="auto", help="'auto' (finest decoder stage) or comma-separated layer names")
     explain.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "hirescam", "layercam"])
-    explain.add_argument("--classes", default=CLASS_ALL,
+    explain.add_argument("--classes", default=ALL_CLASSES,
                          help="'all' (every class but background) or comma-separated class names or indices")
     explain.add_argument("--region", type=Path, help="mask volume on the input grid: explain the class score inside this region only")
     explain.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -55,23 +54,6 @@ def pick_device(name: str) -> str:
             raise SegGradCAMError(f"--device {name} was requested but CUDA is not available here; use --device cpu.")
         return name
     raise SegGradCAMError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
-
-
-def pick_classes(text: str, labels: Sequence[str]) -> list[int]:
-    """Class indices from ``all`` or a comma-separated list of names/indices."""
-    if text == CLASS_ALL:
-        return [i for i, name in enumerate(labels) if i > 0 or name.lower() != "background"]
-    chosen = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part in labels:
-            chosen.append(labels.index(part))
-        elif part.isdigit() and int(part) < len(labels):
-            chosen.append(int(part))
-        else:
-            raise SegGradCAMError(f"Unknown class {part!r}; valid classes: {', '.join(labels)}.")
-    if not chosen:
-        raise SegGradCAMError(f"No class given; valid classes: {', '.join(labels)}.")
-    return chosen
 
 
 def safe_name(text: str) -> str:
@@ -116,7 +98,7 @@ def run_explain(args: argparse.Namespace) -> dict:
         raise SegGradCAMError(
             f"Model {spec.name} takes {spec.in_channels} input volume(s) ({spec.in_channels} channels); got {len(volumes)}."
         )
-    classes = pick_classes(args.classes, spec.labels)
+    classes = class_indices(args.classes, spec.labels)
     layers = "auto" if args.layers == "auto" else [p.strip() for p in args.layers.split(",") if p.strip()]
     regions = None
     if args.region is not None:

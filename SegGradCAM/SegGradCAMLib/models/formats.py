@@ -285,7 +285,7 @@ def make_spec(fields: dict, weights: Path, trusted: bool) -> ModelSpec:
     if str(fields.get("sha256", checksum)).lower() != checksum:
         raise SegGradCAMError(f"{weights.name} does not match the sha256 in its spec (file: {checksum}).")
     fields.update(sha256=checksum, trusted_code=trusted)
-    fields.setdefault("source", str(weights))
+    fields.setdefault("source", str(weights.resolve()))
     checks = {
         "normalization": NORMALIZATIONS,
         "output_activation": ("softmax", "sigmoid"),
@@ -819,7 +819,8 @@ def _intensity_window(transform: dict) -> Callable:
 
 def _description(meta: dict, notes: dict) -> str:
     """Bundle name and version, the in-network window and the ignored transforms."""
-    parts = [" ".join(str(meta[k]) for k in ("name", "version") if k in meta) or "MONAI bundle"]
+    title = str(meta.get("name") or meta.get("task") or "MONAI bundle")
+    parts = [f"{title} {meta['version']}" if "version" in meta else title]
     if "window" in notes:
         parts.append(notes["window"].description)
     if notes["ignored"]:
