@@ -7,45 +7,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import small_monai_network
-from torch import nn
-
+from toy_models import blob, centre_of_mass, threshold_model
 from SegGradCAMLib.cam import seg_grad_cam
 from SegGradCAMLib.errors import CancelledError, SegGradCAMError
 from SegGradCAMLib.inference import explain_volume
 from SegGradCAMLib.models.spec import LoadedModel, ModelSpec
 from SegGradCAMLib.preprocessing import Reorientation
-
-
-class Threshold3D(nn.Module):
-    """Logits (-x, x): class 1 wherever the input is positive. ``features`` is the layer."""
-
-    def __init__(self, channels: int = 1):
-        super().__init__()
-        self.features = nn.Conv3d(channels, 1, 1, bias=False)
-        self.head = nn.Conv3d(1, 2, 1, bias=False)
-        with torch.no_grad():
-            self.features.weight.fill_(1.0 / channels)
-            self.head.weight.copy_(torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1, 1))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def threshold_model(**spec) -> LoadedModel:
-    defaults = dict(name="threshold", labels=["background", "blob"], normalization="none", divisible_by=1)
-    defaults.update(spec)
-    channels = defaults.get("in_channels", 1)
-    return LoadedModel(Threshold3D(channels).eval(), ModelSpec(**defaults), ["features"])
-
-
-def blob(shape, centre, radius) -> np.ndarray:
-    grid = np.indices(shape).astype(float)
-    dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
-    return np.where(dist < radius, 1.0 + (radius - dist) / radius, -1.0).astype(np.float32)
-
-
-def centre_of_mass(weights: np.ndarray) -> np.ndarray:
-    return np.array([(np.indices(weights.shape)[a] * weights).sum() / weights.sum() for a in range(3)])
 
 
 DIRECTIONS = {

@@ -1,0 +1,492 @@
+"""SegGradCAM on an MRML scene: volume nodes in, segmentation and heatmap nodes out.
+
+Works on any ``vtkMRMLScene`` (3D Slicer's, or one made with the ``slicer-core``
+wheel). Slicer conventions: camelCase methods, node attributes for provenance.
+
+A run has three steps so that the heavy middle one can leave the main thread:
+
+1. :meth:`SegGradCAMSceneLogic.prepareRun` (main thread) reads the input nodes into
+   arrays and geometry: an :class:`ExplainJob`;
+2. :meth:`ExplainJob.run` (any thread) computes; it touches no MRML node, reports
+   progress and stops on :meth:`ExplainJob.cancel`;
+3. :meth:`SegGradCAMSceneLogic.writeRun` (main thread) adds the output nodes, after
+   checking that the inputs are still in the scene.
+
+:meth:`SegGradCAMSceneLogic.run` chains the three synchronously.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import CancelledError, SegGradCAMError
+from .targets import class_indices
+
+OUTPUT_ATTRIBUTE = "SegGradCAM.Output"
+RUN_KEY_ATTRIBUTE = "SegGradCAM.RunKey"
+HEATMAP_COLOR_NODE_NAME = "SegGradCAM Heatmap"
+
+# Inferno-like colour map: control points (position, r, g, b), linearly interpolated.
+INFERNO_POINTS = (
+    (0.00, 0.001, 0.000, 0.014),
+    (0.13, 0.090, 0.044, 0.232),
+    (0.25, 0.258, 0.039, 0.406),
+    (0.38, 0.416, 0.093, 0.433),
+    (0.50, 0.578, 0.148, 0.404),
+    (0.63, 0.735, 0.216, 0.330),
+    (0.75, 0.865, 0.317, 0.226),
+    (0.88, 0.968, 0.493, 0.058),
+    (1.00, 0.988, 0.998, 0.645),
+)
+
+
+def inferno_colors(count: int = 256) -> np.ndarray:
+    """``(count, 3)`` RGB in 0..1 sampled from :data:`INFERNO_POINTS`."""
+    points = np.asarray(INFERNO_POINTS)
+    x = np.linspace(0.0, 1.0, count)
+    return np.stack([np.interp(x, points[:, 0], points[:, c]) for c in (1, 2, 3)], axis=1)
+
+
+def label_colors(count: int) -> np.ndarray:
+    """Distinct colours ``(count, 3)`` for label values 1..count-1 (row 0 is background)."""
+    palette = np.array([
+        (0.0, 0.0, 0.0), (0.95, 0.8, 0.2), (0.9, 0.3, 0.25), (0.3, 0.7, 0.95),
+        (0.4, 0.85, 0.4), (0.8, 0.45, 0.9), (1.0, 0.6, 0.2), (0.5, 0.9, 0.9),
+    ])
+    return np.array([palette[i % len(palette)] if i else palette[0] for i in range(count)])
+
+
+def _matrixToArray(matrix) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def ijkToWorld(volumeNode) -> np.ndarray:
+    """4x4 IJK -> world RAS of a volume node, its linear parent transforms included."""
+    import vtk
+
+    ijkToRas = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRas)
+    matrix = _matrixToArray(ijkToRas)
+    transformNode = volumeNode.GetParentTransformNode()
+    if transformNode is not None:
+        if not transformNode.IsTransformToWorldLinear():
+            raise SegGradCAMError(
+                f"Volume '{volumeNode.GetName()}' is under a non-linear transform; harden it first "
+                "(Data module: right-click the transform, 'Harden transform')."
+            )
+        toWorld = vtk.vtkMatrix4x4()
+        transformNode.GetMatrixTransformToWorld(toWorld)
+        matrix = _matrixToArray(toWorld) @ matrix
+    return matrix
+
+
+def geometryOfVolume(volumeNode) -> tuple[tuple[float, float, float], np.ndarray]:
+    """Spacing in array order ``(k, j, i)`` and ITK (LPS) direction of the node in world space."""
+    matrix = ijkToWorld(volumeNode)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    directionRas = matrix / spacing
+    directionLps = np.diag([-1.0, -1.0, 1.0]) @ directionRas
+    return tuple(float(s) for s in spacing[::-1]), directionLps
+
+
+def sameGrid(a, b, tolerance: float = 1e-4) -> bool:
+    """True when two volume nodes share dimensions and IJK-to-world matrix."""
+    dimsA = a.GetImageData().GetDimensions() if a.GetImageData() else None
+    dimsB = b.GetImageData().GetDimensions() if b.GetImageData() else None
+    return dimsA == dimsB and np.allclose(ijkToWorld(a), ijkToWorld(b), atol=tolerance)
+
+
+def roiMask(roiNode, volumeNode) -> np.ndarray:
+    """Boolean ``(K, J, I)`` mask of the volume's voxels whose centres lie inside a markups ROI."""
+    import vtk
+
+    worldToObject = np.linalg.inv(_matrixToArray(roiNode.GetObjectToWorldMatrix()))
+    ijkToObject = worldToObject @ ijkToWorld(volumeNode)
+    half = np.asarray(roiNode.GetSize()) / 2.0
+    dims = volumeNode.GetImageData().GetDimensions()  # (I, J, K)
+    i, j = np.meshgrid(np.arange(dims[0]), np.arange(dims[1]), indexing="xy")  # (J, I)
+    mask = np.zeros(dims[::-1], dtype=bool)
+    for k in range(dims[2]):
+        ijk = np.stack([i.ravel(), j.ravel(), np.full(i.size, k), np.ones(i.size)])
+        inside = np.all(np.abs((ijkToObject @ ijk)[:3]) <= half[:, None] + 1e-6, axis=0)
+        mask[k] = inside.reshape(dims[1], dims[0])
+    return mask
+
+
+@dataclass
+class ExplainJob:
+    """Everything a run needs, as arrays; :meth:`run` computes without touching MRML.
+
+    image: ``(Cin, K, J, I)``; spacing: array order (mm); direction: ITK 3x3;
+    regions: optional ``(len(classes), K, J, I)`` boolean target regions.
+    """
+
+    model: object
+    image: np.ndarray
+    spacing: tuple[float, float, float]
+    direction: np.ndarray
+    layers: object
+    classes: list[int]
+    method: str
+    regions: np.ndarray | None
+    device: str
+    inputNodeIDs: list[str]
+    runKey: str
+    progress: tuple[int, int] = (0, 1)
+    result: object = None
+    error: Exception | None = None
+    seconds: float = 0.0
+    _cancel: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelRequested(self) -> bool:
+        return self._cancel.is_set()
+
+    def run(self, progressCallback: Callable[[int, int], None] | None = None) -> None:
+        """Compute; errors (also cancellation) are kept in :attr:`error`, not raised."""
+        from .inference import explain_volume
+
+        def onProgress(done: int, total: int) -> None:
+            self.progress = (done, total)
+            if progressCallback is not None:
+                progressCallback(done, total)
+
+        start = time.perf_counter()
+        try:
+            self.result = explain_volume(
+                self.model, self.image, self.spacing, self.direction, layers=self.layers,
+                classes=self.classes, method=self.method, regions=self.regions, device=self.device,
+                progress=onProgress, cancel=lambda: self._cancel.is_set(),
+            )
+        except Exception as error:  # handed to the main thread, shown there
+            self.error = error
+        self.seconds = time.perf_counter() - start
+
+
+@dataclass
+class RunOutputs:
+    """Nodes one run added: labelmap, segmentation, heatmaps (``(class, layer) -> node``), folder item."""
+
+    labelmapNode: object
+    segmentationNode: object
+    heatmapNodes: dict[tuple[str, str], object]
+    folderItemID: int
+
+
+class SegGradCAMSceneLogic:
+    """SegGradCAM's logic on the given MRML scene."""
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self._models: dict[tuple[str, bool, str], object] = {}
+
+    # -- model ---------------------------------------------------------------
+
+    def loadModel(self, nameOrPath: str, trust: bool = False, device: str = "cpu"):
+        """Load (and cache) a model from the registry or a path."""
+        from .models import load_model
+
+        key = (nameOrPath, trust, device)
+        if key not in self._models:
+            logging.info(f"SegGradCAM: loading model {nameOrPath}")
+            self._models[key] = load_model(nameOrPath, trust=trust, device=device)
+        return self._models[key]
+
+    # -- step 1: inputs --------------------------------------------------------
+
+    def prepareRun(
+        self,
+        inputVolumeNodes: Sequence,
+        model,
+        classes: str = "all",
+        layers="auto",
+        method: str = "gradcam",
+        regionSegmentationNode=None,
+        regionSegmentId: str = "",
+        regionROINode=None,
+        device: str = "cpu",
+    ) -> ExplainJob:
+        """Check the inputs and read them into an :class:`ExplainJob` (main thread)."""
+        import slicer
+
+        volumes = [node for node in inputVolumeNodes if node is not None]
+        if not volumes:
+            raise SegGradCAMError("Select an input volume.")
+        for node in volumes:
+            if node.GetImageData() is None or self.scene.GetNodeByID(node.GetID()) is not node:
+                raise SegGradCAMError(f"Volume '{node.GetName()}' has no image data or is not in the scene.")
+        spec = model.spec
+        if len(volumes) != spec.in_channels:
+            raise SegGradCAMError(
+                f"Model {spec.name} takes {spec.in_channels} input volume(s); {len(volumes)} selected."
+            )
+        for other in volumes[1:]:
+            if not sameGrid(volumes[0], other):
+                raise SegGradCAMError(
+                    f"'{other.GetName()}' is not on the same grid as '{volumes[0].GetName()}'; "
+                    "resample it first (Resample Image (BRAINS) or Crop Volume)."
+                )
+        reference = volumes[0]
+        classIndices = class_indices(classes, spec.labels)
+        regions = self.regionMask(reference, regionSegmentationNode, regionSegmentId, regionROINode)
+        if regions is not None:
+            regions = np.repeat(regions[None], len(classIndices), axis=0)
+        image = np.stack([slicer.util.arrayFromVolume(node).astype(np.float32) for node in volumes])
+        spacing, direction = geometryOfVolume(reference)
+        layerList = layers if layers == "auto" or not isinstance(layers, str) else [
+            name.strip() for name in layers.split(",") if name.strip()]
+        return ExplainJob(
+            model=model, image=image, spacing=spacing, direction=direction, layers=layerList,
+            classes=classIndices, method=method, regions=regions, device=device,
+            inputNodeIDs=[node.GetID() for node in volumes],
+            runKey=f"{reference.GetID()}|{spec.name}|{method}",
+        )
+
+    def regionMask(self, referenceVolumeNode, segmentationNode=None, segmentId: str = "", roiNode=None):
+        """Target region ``(K, J, I)`` on the reference grid from a segment or a markups ROI, or None."""
+        if segmentationNode is not None and segmentId:
+            return self._segmentMask(referenceVolumeNode, segmentationNode, segmentId)
+        if roiNode is not None:
+            mask = roiMask(roiNode, referenceVolumeNode)
+            if not mask.any():
+                raise SegGradCAMError(f"ROI '{roiNode.GetName()}' contains no voxel of the input volume.")
+            return mask
+        return None
+
+    def _segmentMask(self, referenceVolumeNode, segmentationNode, segmentId: str) -> np.ndarray:
+        import slicer
+        import vtk
+
+        if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+            raise SegGradCAMError(f"Segment '{segmentId}' is not in '{segmentationNode.GetName()}'.")
+        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "SegGradCAM region (temporary)")
+        try:
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segmentId)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                    segmentationNode, ids, labelmap, referenceVolumeNode):
+                raise SegGradCAMError(f"Could not map segment '{segmentId}' onto the input volume's grid.")
+            mask = slicer.util.arrayFromVolume(labelmap) > 0
+        finally:
+            self.scene.RemoveNode(labelmap)
+        if not mask.any():
+            raise SegGradCAMError("The target segment is empty on the input volume's grid.")
+        return mask
+
+    # -- step 3: outputs -------------------------------------------------------
+
+    def writeRun(self, job: ExplainJob) -> RunOutputs:
+        """Add the run's output nodes (main thread); replaces only this run key's previous outputs."""
+        import slicer
+
+        if job.error is not None:
+            raise job.error
+        missing = [nodeID for nodeID in job.inputNodeIDs if self.scene.GetNodeByID(nodeID) is None]
+        if missing:
+            raise SegGradCAMError("The input volume was removed (or the scene closed) during the run; nothing was added.")
+        reference = self.scene.GetNodeByID(job.inputNodeIDs[0])
+        result, spec = job.result, job.model.spec
+        self.removeRunOutputs(job.runKey)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        provenance = {
+            "SegGradCAM.Model": spec.name, "SegGradCAM.ModelSHA256": spec.sha256,
+            "SegGradCAM.Method": result.method, "SegGradCAM.Time": stamp,
+            "SegGradCAM.Input": reference.GetID(),
+        }
+        baseName = f"{reference.GetName()} {spec.name}"
+        folderItemID = self._runFolder(f"SegGradCAM: {baseName} {result.method}", job.runKey)
+
+        colorNode = self._labelColorNode(f"{spec.name} labels", spec.labels, job.runKey)
+        labelmapNode = self._newOutputNode("vtkMRMLLabelMapVolumeNode", f"{baseName} segmentation", reference,
+                                           folderItemID, job.runKey, provenance)
+        slicer.util.updateVolumeFromArray(labelmapNode, result.labels.astype(np.int16))
+        self._addDisplayNode(labelmapNode, "vtkMRMLLabelMapVolumeDisplayNode", colorNode)
+
+        segmentationNode = self._newOutputNode("vtkMRMLSegmentationNode", f"{baseName} segments", reference,
+                                               folderItemID, job.runKey, provenance)
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode)
+        segmentationNode.CreateDefaultDisplayNodes()
+        display = segmentationNode.GetDisplayNode()
+        display.SetName(f"{segmentationNode.GetName()} display")
+        display.SetVisibility2DFill(False)
+        display.SetVisibility2DOutline(True)
+
+        heatmapNodes = {}
+        heatColor = self.heatmapColorNode()
+        several = len(result.layers) > 1
+        for i, classIndex in enumerate(result.classes):
+            label = spec.labels[classIndex]
+            for layer in result.layers:
+                name = f"{baseName} heatmap {label}" + (f" {layer}" if several else "")
+                node = self._newOutputNode("vtkMRMLScalarVolumeNode", name, reference, folderItemID, job.runKey,
+                                           {**provenance, "SegGradCAM.Class": label, "SegGradCAM.Layer": layer,
+                                            "SegGradCAM.RawMax": f"{result.raw_max[layer][i]:.6g}"})
+                slicer.util.updateVolumeFromArray(node, result.heatmaps[layer][i])
+                nodeDisplay = self._addDisplayNode(node, "vtkMRMLScalarVolumeDisplayNode", heatColor)
+                nodeDisplay.SetAutoWindowLevel(False)
+                nodeDisplay.SetWindowLevelMinMax(0.0, 1.0)
+                heatmapNodes[(label, layer)] = node
+        logging.info(f"SegGradCAM: {spec.name} {result.method} on {reference.GetName()}: "
+                     f"{len(heatmapNodes)} heatmap(s) in {job.seconds:.1f} s")
+        return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID)
+
+    def run(self, inputVolumeNodes, model, progress=None, cancelEvent=None, **options) -> RunOutputs:
+        """Prepare, compute and write in one call (blocking)."""
+        job = self.prepareRun(inputVolumeNodes, model, **options)
+        if cancelEvent is not None:
+            job._cancel = cancelEvent
+        job.run(progress)
+        return self.writeRun(job)
+
+    def runInThread(self, job: ExplainJob) -> threading.Thread:
+        """Start :meth:`ExplainJob.run` in a daemon thread; poll ``thread.is_alive()`` from a timer."""
+        thread = threading.Thread(target=job.run, name="SegGradCAM", daemon=True)
+        thread.start()
+        return thread
+
+    # -- display ---------------------------------------------------------------
+
+    def showHeatmap(self, heatmapNode, backgroundNode=None, opacity: float = 0.5, threshold: float = 0.2,
+                    visible: bool = True) -> None:
+        """Show ``heatmapNode`` as the foreground of every slice view over ``backgroundNode``.
+
+        Voxels below ``threshold`` (0..1) are transparent.
+        """
+        if heatmapNode is not None and heatmapNode.GetDisplayNode() is not None:
+            display = heatmapNode.GetDisplayNode()
+            display.SetApplyThreshold(True)
+            display.SetLowerThreshold(float(threshold))
+            display.SetUpperThreshold(1e6)
+        for composite in self._sliceCompositeNodes():
+            if backgroundNode is not None:
+                composite.SetBackgroundVolumeID(backgroundNode.GetID())
+            composite.SetForegroundVolumeID(heatmapNode.GetID() if heatmapNode is not None and visible else None)
+            composite.SetForegroundOpacity(float(opacity) if visible else 0.0)
+
+    def _sliceCompositeNodes(self) -> list:
+        collection = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+    def heatmapColorNode(self):
+        """The shared Inferno-like heatmap colour table (created once per scene)."""
+        node = self.scene.GetFirstNodeByName(HEATMAP_COLOR_NODE_NAME)
+        if node is not None and node.IsA("vtkMRMLColorTableNode"):
+            return node
+        node = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", HEATMAP_COLOR_NODE_NAME)
+        node.SetTypeToUser()
+        colors = inferno_colors(256)
+        node.SetNumberOfColors(len(colors))
+        node.GetLookupTable().SetTableRange(0, 1)
+        for index, (r, g, b) in enumerate(colors):
+            node.SetColor(index, f"{index / 255:.3f}", r, g, b, 1.0)
+        node.SetAttribute("Category", "SegGradCAM")
+        return node
+
+    # -- bookkeeping -----------------------------------------------------------
+
+    def outputNodesOfRun(self, runKey: str) -> list:
+        """Nodes this logic created for ``runKey`` (tagged with :data:`OUTPUT_ATTRIBUTE`)."""
+        nodes = []
+        collection = self.scene.GetNodes()
+        for i in range(collection.GetNumberOfItems()):
+            node = collection.GetItemAsObject(i)
+            if node.GetAttribute(OUTPUT_ATTRIBUTE) == "true" and node.GetAttribute(RUN_KEY_ATTRIBUTE) == runKey:
+                nodes.append(node)
+        return nodes
+
+    def removeRunOutputs(self, runKey: str) -> None:
+        """Remove the previous outputs of the same run key (never untagged, user nodes)."""
+        import slicer
+
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        for node in self.outputNodesOfRun(runKey):
+            self._removeWithDisplayAndStorage(node)
+        for itemID in self._folderItems(shNode, runKey):
+            if shNode.GetNumberOfItemChildren(itemID) == 0:
+                shNode.RemoveItem(itemID)
+
+    def _removeWithDisplayAndStorage(self, node) -> None:
+        helpers = []
+        if node.IsA("vtkMRMLDisplayableNode"):
+            helpers += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        if node.IsA("vtkMRMLStorableNode"):
+            helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        self.scene.RemoveNode(node)
+        for helper in helpers:
+            if helper is not None and self.scene.IsNodePresent(helper):
+                self.scene.RemoveNode(helper)
+
+    def _addDisplayNode(self, node, className: str, colorNode):
+        display = self.scene.AddNewNodeByClass(className, f"{node.GetName()} display")
+        display.SetAndObserveColorNodeID(colorNode.GetID())
+        node.SetAndObserveDisplayNodeID(display.GetID())
+        return display
+
+    @staticmethod
+    def _folderItems(shNode, runKey: str) -> list[int]:
+        import vtk
+
+        ids = vtk.vtkIdList()
+        shNode.GetItemChildren(shNode.GetSceneItemID(), ids, True)
+        return [ids.GetId(i) for i in range(ids.GetNumberOfIds())
+                if shNode.GetItemAttribute(ids.GetId(i), RUN_KEY_ATTRIBUTE) == runKey]
+
+    def _runFolder(self, name: str, runKey: str) -> int:
+        import slicer
+
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        existing = self._folderItems(shNode, runKey)
+        if existing:
+            return existing[0]
+        folder = shNode.CreateFolderItem(shNode.GetSceneItemID(), name)
+        shNode.SetItemAttribute(folder, RUN_KEY_ATTRIBUTE, runKey)
+        return folder
+
+    def _newOutputNode(self, className: str, name: str, reference, folderItemID: int, runKey: str,
+                       attributes: dict[str, str]):
+        """A new tagged node in the run folder, under the reference's parent transform;
+        volume nodes also copy the reference's IJK-to-RAS matrix."""
+        import slicer
+        import vtk
+
+        node = self.scene.AddNewNodeByClass(className, name)
+        if node.IsA("vtkMRMLVolumeNode"):
+            ijkToRas = vtk.vtkMatrix4x4()
+            reference.GetIJKToRASMatrix(ijkToRas)
+            node.SetIJKToRASMatrix(ijkToRas)
+        if reference.GetTransformNodeID():
+            node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
+        node.SetAttribute(OUTPUT_ATTRIBUTE, "true")
+        node.SetAttribute(RUN_KEY_ATTRIBUTE, runKey)
+        for key, value in attributes.items():
+            node.SetAttribute(key, str(value))
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        itemID = shNode.GetItemByDataNode(node)
+        if itemID:
+            shNode.SetItemParent(itemID, folderItemID)
+        else:
+            shNode.CreateItem(folderItemID, node)
+        return node
+
+    def _labelColorNode(self, name: str, labels: Sequence[str], runKey: str):
+        node = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
+        node.SetTypeToUser()
+        node.SetNumberOfColors(len(labels))
+        for index, (label, (r, g, b)) in enumerate(zip(labels, label_colors(len(labels)))):
+            node.SetColor(index, label, r, g, b, 0.0 if index == 0 else 1.0)
+        node.SetAttribute(OUTPUT_ATTRIBUTE, "true")
+        node.SetAttribute(RUN_KEY_ATTRIBUTE, runKey)
+        return node
+
+
+__all__ = ["ExplainJob", "RunOutputs", "SegGradCAMSceneLogic", "CancelledError", "inferno_colors"]
