@@ -321,3 +321,28 @@ def test_hdbet_on_colin27_loaded_by_the_mrml_storage_node(scene):
     assert dice >= 0.90
     heatmap = outputs.heatmapNodes[("brain", "end_conv_2_bn")]
     assert np.allclose(ijk_to_ras(heatmap), ijk_to_ras(volume))
+
+
+def test_slice_views_show_the_heatmap_on_the_anatomy(scene):
+    """Slicer's own slice logic blends the heatmap over the input where the blob is, nowhere else."""
+    from SegGradCAMLib.slice_views import SliceViews
+
+    matrix = vtk.vtkMatrix4x4()  # identity: RAS = IJK
+    volume = add_volume(scene, blob((40, 40, 40), (20, 20, 12), 6), matrix=matrix)
+    views = SliceViews(scene, size=(80, 80))
+    logic = SegGradCAMSceneLogic(scene)
+    outputs = logic.run([volume], threshold_model(), layers=["features"])
+    heatmap = outputs.heatmapNodes[("blob", "features")]
+    logic.showHeatmap(heatmap, volume, opacity=1.0, threshold=0.05)
+    views.setLabelOutline(outputs.labelmapNode)
+    views.centreOn((12.0, 20.0, 20.0))
+    image = views.render("Red").astype(int)
+    coloured = (np.abs(image[..., 0] - image[..., 2]) > 30)  # Inferno is never grey; the background is
+    assert coloured.any()
+    rows, cols = np.nonzero(coloured)
+    # the blob lies 8 mm to the patient's left (R = 12 < 20): radiological display puts it on the right
+    assert 0.3 < rows.mean() / image.shape[0] < 0.7 and cols.mean() / image.shape[1] > 0.55
+    logic.showHeatmap(heatmap, volume, opacity=1.0, threshold=0.05, visible=False)
+    hidden = views.render("Red").astype(int)
+    label_outline = np.abs(hidden[..., 0] - hidden[..., 2]) > 30
+    assert label_outline.sum() < coloured.sum()  # only the outline remains coloured
