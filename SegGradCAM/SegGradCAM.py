@@ -1,5 +1,6 @@
 import importlib.util
 import logging
+import pathlib
 from typing import Annotated
 
 import qt
@@ -21,11 +22,13 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+from SegGradCAMLib.models import REGISTRY
 
 # torch, monai and the network code are imported only when a run starts, so Slicer can
-# load this module (and run its generic tests) without them.
+# load this module (and run its generic tests) without them; the model registry is light.
 
 MODEL_FROM_PATH = "From file or folder"
+MODEL_CHOICES = list(REGISTRY) + [MODEL_FROM_PATH]
 METHODS = ["gradcam", "gradcam++", "hirescam", "layercam"]
 
 
@@ -75,6 +78,8 @@ class SegGradCAMParameterNode:
     modelName - registry name, or MODEL_FROM_PATH to use modelPath.
     layers, classes - comma-separated names; empty = defaults (finest decoder stage, all but background).
     regionSegmentation/regionSegmentName or regionROI - optional target region.
+    layers, classes and regionSegmentName are synced in code: their widgets' items depend on the model
+    or the segmentation.
     displayedHeatmap, heatmapOpacity, heatmapThreshold, heatmapColorMap, showHeatmap - display.
     """
 
@@ -82,8 +87,8 @@ class SegGradCAMParameterNode:
     inputVolume2: vtkMRMLScalarVolumeNode
     inputVolume3: vtkMRMLScalarVolumeNode
     inputVolume4: vtkMRMLScalarVolumeNode
-    modelName: str = "hdbet"
-    modelPath: str = ""
+    modelName: Annotated[str, Choice(MODEL_CHOICES)] = "hdbet"
+    modelPath: pathlib.Path
     trustModel: bool = False
     layers: str = ""
     method: Annotated[str, Choice(METHODS)] = "gradcam"
@@ -127,7 +132,6 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SegGradCAMLogic()
 
-        self.ui.modelComboBox.addItems(self.logic.modelNames() + [MODEL_FROM_PATH])
         self.ui.heatmapSelector.addAttribute("vtkMRMLScalarVolumeNode", "SegGradCAM.Output", "true")
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -135,6 +139,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateModelChoices)
         self.ui.regionSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateSegmentChoices)
+        self.ui.regionSegmentComboBox.connect("currentTextChanged(QString)", self.onSegmentChosen)
         self.ui.layersCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
         self.ui.classesCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
         self.initializeParameterNode()
@@ -229,12 +234,22 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return [comboBox.itemText(index.row()) for index in comboBox.checkedIndexes()]
 
     def updateSegmentChoices(self, segmentationNode=None) -> None:
-        self.ui.regionSegmentComboBox.clear()
-        segmentationNode = segmentationNode or (self._parameterNode and self._parameterNode.regionSegmentation)
+        node = self._parameterNode
+        chosen = node.regionSegmentName if node else ""
+        segmentationNode = segmentationNode or (node and node.regionSegmentation)
+        names = []
         if segmentationNode:
             segmentation = segmentationNode.GetSegmentation()
             names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-            self.ui.regionSegmentComboBox.addItems(names)
+        wasBlocked = self.ui.regionSegmentComboBox.blockSignals(True)
+        self.ui.regionSegmentComboBox.clear()
+        self.ui.regionSegmentComboBox.addItems(names)
+        self.ui.regionSegmentComboBox.currentIndex = names.index(chosen) if chosen in names else -1
+        self.ui.regionSegmentComboBox.blockSignals(wasBlocked)
+
+    def onSegmentChosen(self, name) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.regionSegmentName = name
 
     def onApplyButton(self) -> None:
         """Apply starts a run in a worker thread; while running, the button cancels it."""
@@ -304,15 +319,11 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modelNames() -> list:
-        from SegGradCAMLib.models import REGISTRY
-
         return list(REGISTRY)
 
     @staticmethod
     def modelInfo(name: str) -> dict:
         """Labels, channels and layers a registered model declares, without loading torch."""
-        from SegGradCAMLib.models import REGISTRY
-
         entry = REGISTRY.get(name)
         return dict(entry.info) if entry is not None and getattr(entry, "info", None) else {}
 
@@ -352,8 +363,14 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
 
     def startRun(self, parameterNode):
         """Load the model and read the inputs into a job (main thread)."""
+        from SegGradCAMLib.errors import SegGradCAMError
+
         modelName = parameterNode.modelName
-        source = parameterNode.modelPath if modelName == MODEL_FROM_PATH else modelName
+        source = modelName
+        if modelName == MODEL_FROM_PATH:
+            source = str(parameterNode.modelPath or "")
+            if source in ("", ".") or not pathlib.Path(source).exists():
+                raise SegGradCAMError(_("Choose an existing model file or folder."))
         self.ensureDependencies(modelName)
         device = parameterNode.device
         if device == "auto":

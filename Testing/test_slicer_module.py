@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "SegGradCAM"
 MODULE_FILE = MODULE_DIR / "SegGradCAM.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegGradCAM.ui"
-MANUALLY_SYNCED_FIELDS = {"layers", "classes"}  # set from checkable combo boxes in code
+MANUALLY_SYNCED_FIELDS = {"layers", "classes", "regionSegmentName"}  # items depend on model/segmentation
 
 
 def cmake_list(name: str) -> list[str]:
@@ -123,6 +123,44 @@ def test_parameter_names_match_the_parameter_node(loaded_ui):
     assert bound - fields == set(), "SlicerParameterName without a parameter node field"
     assert fields - bound == MANUALLY_SYNCED_FIELDS, "parameter node fields without a widget"
     assert all(f"_parameterNode.{name}" in MODULE_FILE.read_text() for name in MANUALLY_SYNCED_FIELDS)
+
+
+def ui_widget_classes() -> dict[str, str]:
+    import xml.etree.ElementTree as ET
+
+    return {w.get("name"): w.get("class") for w in ET.parse(UI_FILE).iter("widget")}
+
+
+def parameter_annotations() -> dict[str, str]:
+    tree = ast.parse(MODULE_FILE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegGradCAMParameterNode")
+    return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def can_bind(widget_class: str, annotation: str) -> bool:
+    """The widget/type pairs Slicer's parameterNodeWrapper GUI connectors accept (exact widget class)."""
+    if widget_class == "qMRMLNodeComboBox":
+        return annotation.startswith("vtkMRML")
+    if widget_class == "QComboBox":
+        return "Choice(" in annotation
+    if widget_class == "QCheckBox":
+        return annotation == "bool"
+    if widget_class in ("ctkSliderWidget", "QDoubleSpinBox"):
+        return annotation.startswith("Annotated[float") and "WithinRange(" in annotation
+    if widget_class == "ctkPathLineEdit":
+        return annotation == "pathlib.Path"
+    if widget_class == "QLineEdit":
+        return annotation == "str"
+    return False
+
+
+def test_every_binding_is_one_slicer_can_make(loaded_ui):
+    _, objects = loaded_ui
+    classes, annotations = ui_widget_classes(), parameter_annotations()
+    for name, obj in objects.items():
+        field = obj.property("SlicerParameterName")
+        if field:
+            assert can_bind(classes[name], annotations[str(field)]), (name, classes[name], annotations[str(field)])
 
 
 def test_choice_widgets_offer_the_parameter_choices(loaded_ui):
