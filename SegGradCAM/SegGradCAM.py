@@ -142,6 +142,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.regionSegmentComboBox.connect("currentTextChanged(QString)", self.onSegmentChosen)
         self.ui.layersCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
         self.ui.classesCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
         self.initializeParameterNode()
         self.updateModelChoices()
 
@@ -210,6 +211,8 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             getattr(self.ui, f"inputVolume{i}Label").visible = visible
         self._fillCheckable(self.ui.layersCheckableComboBox, info.get("layers", []), node.layers)
         self._fillCheckable(self.ui.classesCheckableComboBox, info.get("labels", []), node.classes)
+        self.ui.evaluationClassComboBox.clear()
+        self.ui.evaluationClassComboBox.addItems([name for name in info.get("labels", []) if name != "background"])
 
     @staticmethod
     def _fillCheckable(comboBox, names, checkedText) -> None:
@@ -284,6 +287,15 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("{count} heatmap(s) in {seconds:.1f} s").format(
                 count=len(outputs.heatmapNodes), seconds=job.seconds)
         self.onParameterNodeModified()
+
+    def onEvaluateButton(self) -> None:
+        """Deletion/Insertion of the chosen class on the current input, shown as plot and table."""
+        with slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
+            className = self.ui.evaluationClassComboBox.currentText
+            nodes = self.logic.runEvaluation(self._parameterNode, className)
+            slicer.modules.plots.logic().ShowChartInLayout(nodes.chartNode)
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(nodes.aucTableNode.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
 
     def cancelRun(self) -> None:
         if self._job is not None:
@@ -361,8 +373,8 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
             slicer.util.pip_install(["--no-deps"] + missing)
             slicer.util.pip_install(["scikit-image", "appdirs", "requests"])
 
-    def startRun(self, parameterNode):
-        """Load the model and read the inputs into a job (main thread)."""
+    def loadModel(self, parameterNode):
+        """Install what is missing (after asking) and load the chosen model; returns (model, device)."""
         from SegGradCAMLib.errors import SegGradCAMError
 
         modelName = parameterNode.modelName
@@ -377,19 +389,34 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        sceneLogic = self.sceneLogic()
-        model = sceneLogic.loadModel(source, trust=parameterNode.trustModel, device=device)
+        return self.sceneLogic().loadModel(source, trust=parameterNode.trustModel, device=device), device
+
+    @staticmethod
+    def inputVolumes(parameterNode, model) -> list:
+        """The selected input volumes, as many as the model has channels."""
+        return [parameterNode.inputVolume, parameterNode.inputVolume2, parameterNode.inputVolume3,
+                parameterNode.inputVolume4][: model.spec.in_channels]
+
+    def startRun(self, parameterNode):
+        """Load the model and read the inputs into a job (main thread)."""
+        model, device = self.loadModel(parameterNode)
         logging.info(f"SegGradCAM: {model.spec.name} {parameterNode.method} on {parameterNode.inputVolume.GetName()}")
-        inputs = [parameterNode.inputVolume, parameterNode.inputVolume2, parameterNode.inputVolume3,
-                  parameterNode.inputVolume4][: model.spec.in_channels]
         segmentId = ""
         if parameterNode.regionSegmentation and parameterNode.regionSegmentName:
             segmentId = parameterNode.regionSegmentation.GetSegmentation().GetSegmentIdBySegmentName(
                 parameterNode.regionSegmentName)
-        return sceneLogic.prepareRun(
-            inputs, model, classes=parameterNode.classes or "all", layers=parameterNode.layers or "auto",
-            method=parameterNode.method, regionSegmentationNode=parameterNode.regionSegmentation,
-            regionSegmentId=segmentId, regionROINode=parameterNode.regionROI, device=device)
+        return self.sceneLogic().prepareRun(
+            self.inputVolumes(parameterNode, model), model, classes=parameterNode.classes or "all",
+            layers=parameterNode.layers or "auto", method=parameterNode.method,
+            regionSegmentationNode=parameterNode.regionSegmentation, regionSegmentId=segmentId,
+            regionROINode=parameterNode.regionROI, device=device)
+
+    def runEvaluation(self, parameterNode, className: str):
+        """Deletion/Insertion of ``className`` on the current inputs (blocking; main thread)."""
+        from SegGradCAMLib.evaluation_mrml import runDeletionInsertion
+
+        model, _device = self.loadModel(parameterNode)
+        return runDeletionInsertion(slicer.mrmlScene, self.inputVolumes(parameterNode, model), model, className)
 
     def finishRun(self, job, parameterNode):
         """Write the outputs and show the first heatmap (main thread)."""

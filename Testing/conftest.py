@@ -35,3 +35,12 @@ MONAI_ARCHITECTURES = ["UNet", "BasicUNet", "DynUNet", "SegResNet", "AttentionUn
 def colin27() -> Path:
     assert COLIN27.is_file(), "Debian package mricron-data is needed (apt-get install mricron-data)"
     return COLIN27
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Run torch on one thread (many small forwards: threads only contend on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .cli_train import add_roar_parser, add_train_parser, run_roar, run_train
 from .errors import SegGradCAMError
 from .targets import ALL_CLASSES, class_indices
 
@@ -38,7 +39,85 @@ def _parser() -> argparse.ArgumentParser:
                          help="allow model formats that run code (TorchScript, MONAI bundle expressions)")
     explain.add_argument("--no-overview", action="store_true", help="skip overview.png")
     sub.add_parser("models", help="list the registered models")
+    _add_evaluate_parser(sub)
+    add_train_parser(sub)
+    add_roar_parser(sub)
     return parser
+
+
+def _add_evaluate_parser(sub) -> None:
+    evaluate = sub.add_parser("evaluate", help="faithfulness of the heatmaps: Deletion/Insertion, ROAD, sanity checks")
+    evaluate.add_argument("--model", default="hdbet", help="registered model name or a model file/folder")
+    evaluate.add_argument("--data", required=True,
+                          help="folder of volumes (one case each), a list file (one case per line, channels "
+                               "comma-separated), or 'demo' (the demo model's held-out slices)")
+    evaluate.add_argument("--out", required=True, type=Path, help="output folder")
+    evaluate.add_argument("--metrics", default="deletion,insertion,road,randomization",
+                          help="comma-separated: deletion, insertion (computed together), road, randomization")
+    evaluate.add_argument("--methods", default="gradcam",
+                          help="comma-separated CAM methods (gradcam, gradcam++, hirescam, layercam)")
+    evaluate.add_argument("--baselines", default="random,mask,gradient",
+                          help="comma-separated baseline explanations (random, mask, gradient), or 'none'")
+    evaluate.add_argument("--layers", default="auto", help="'auto' (finest decoder stage) or comma-separated layer names")
+    evaluate.add_argument("--classes", default=ALL_CLASSES, help="'all' or comma-separated class names or indices")
+    evaluate.add_argument("--max-slices", type=int, default=100, help="at most this many cases (slices for 2D models)")
+    evaluate.add_argument("--step", type=float, default=0.01, help="fraction of voxels per Deletion/Insertion step")
+    evaluate.add_argument("--baseline", default="blur", choices=["blur", "mean"], help="what removed voxels become")
+    evaluate.add_argument("--sigma-mm", type=float, default=20.0,
+                          help="blur sigma in mm for --baseline blur (larger than the structures to remove)")
+    evaluate.add_argument("--road-percentages", default="10,30,50,70,90", help="ROAD removal percentages")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--batch-size", type=int, default=32, help="perturbed inputs per network call")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--threads", type=int, default=0,
+                          help="CPU threads for torch (0: torch's default; 1 is fastest for small 2D "
+                               "models on a busy machine)")
+    evaluate.add_argument("--trust-model", action="store_true", help="allow model formats that run code")
+
+
+def run_evaluate(args: argparse.Namespace) -> dict:
+    """Load model and cases, evaluate, write metrics.json/csv, plots and report.html."""
+    from .evaluation import EvalConfig, evaluate, load_cases
+    from .models import load_model
+    from .report import write_outputs
+
+    def names(text: str) -> list[str]:
+        return [] if text.strip() == "none" else [p.strip() for p in text.split(",") if p.strip()]
+
+    if args.max_slices < 1 or not 0 < args.step <= 1:
+        raise SegGradCAMError("--max-slices must be >= 1 and --step a fraction in (0, 1].")
+    try:
+        percentages = [float(p) / 100 for p in names(args.road_percentages)]
+    except ValueError:
+        raise SegGradCAMError(
+            f"--road-percentages takes numbers like 10,30,50; got {args.road_percentages!r}.") from None
+    if not percentages or not all(0 < p < 1 for p in percentages):
+        raise SegGradCAMError("--road-percentages must lie strictly between 0 and 100.")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    device = pick_device(args.device)
+    model = load_model(args.model, trust=args.trust_model, device=device)
+    classes = class_indices(args.classes, model.spec.labels)
+    config = EvalConfig(
+        metrics=names(args.metrics), methods=names(args.methods), baselines=names(args.baselines),
+        layers="auto" if args.layers == "auto" else names(args.layers), classes=classes, step=args.step,
+        baseline=args.baseline, sigma_mm=args.sigma_mm, road_percentages=percentages, seed=args.seed,
+        batch_size=args.batch_size, device=device,
+    )
+    config.check()
+    cases = load_cases(model, args.data, classes, args.max_slices, args.seed, args.batch_size, device)
+    timings["load_s"] = time.perf_counter() - start
+    bar, update = _progress_bar(f"evaluate {model.spec.name}")
+    try:
+        result = evaluate(model, cases, config, progress=update)
+    finally:
+        bar.close()
+    timings["evaluate_s"] = result.seconds
+    return write_outputs(args.out, model, args.data, result, config, timings, device)
 
 
 def pick_device(name: str) -> str:
@@ -189,6 +268,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             run_models()
+        elif args.command == "train":
+            run_train(args)
+        elif args.command == "roar":
+            run_roar(args)
+        elif args.command == "evaluate":
+            report = run_evaluate(args)
+            print(f"Evaluated {report['cases']} cases in {report['timings']['evaluate_s']:.0f} s; "
+                  f"wrote {args.out / 'metrics.json'}, metrics.csv, report.html")
         else:
             report = run_explain(args)
             for entry in report["classes"]:

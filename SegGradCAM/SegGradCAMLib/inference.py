@@ -21,7 +21,7 @@ import torch
 from .cam import compute_cams
 from .errors import CancelledError, SegGradCAMError
 from .layers import resolve_layers
-from .models.spec import LoadedModel
+from .models.spec import LoadedModel, ModelSpec
 from .preprocessing import (
     Reorientation,
     normalize_intensity,
@@ -50,6 +50,57 @@ class VolumeExplanation:
     layers: list[str]
     method: str
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """Where a volume's voxels go on a model's grid.
+
+    ``moved_grid``: the input grid in the model's axis order (for 2D models the
+    slice axis first); ``shape``: the model grid after resampling; ``spacing``:
+    its voxel size in mm, same axis order.
+    """
+
+    reorient: Reorientation
+    slice_axis: int | None
+    moved_grid: tuple[int, ...]
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+
+    @classmethod
+    def of(cls, spec: ModelSpec, shape: Sequence[int], spacing: Sequence[float],
+           direction: Sequence[Sequence[float]] | None) -> "ModelGrid":
+        """The grid of a model ``spec`` for a volume of ``shape`` ``(Z, Y, X)``, ``spacing`` (mm, array order)."""
+        reorient = Reorientation()
+        if spec.orientation is not None and direction is not None:
+            reorient = Reorientation.between(direction, spec.orientation)
+        moved = tuple(int(shape[p]) for p in reorient.perm)
+        spacing_m = reorient.spacing(spacing)
+        slice_axis = None
+        if spec.spatial_dims == 2:
+            slice_axis = spec.slice_axis
+            moved = (moved[slice_axis],) + tuple(n for a, n in enumerate(moved) if a != slice_axis)
+            spacing_m = (spacing_m[slice_axis],) + tuple(s for a, s in enumerate(spacing_m) if a != slice_axis)
+        target_spacing, target_shape = spacing_m, moved
+        if spec.spacing is not None:
+            target_spacing = tuple(spec.spacing) if spec.spatial_dims == 3 else (spacing_m[0], *spec.spacing)
+            target_shape = resampled_shape(moved, spacing_m, target_spacing)
+        return cls(reorient, slice_axis, moved, tuple(target_shape), tuple(float(s) for s in target_spacing))
+
+    def to_model(self, array: np.ndarray, labels: bool = False) -> torch.Tensor:
+        """``(C, Z, Y, X)`` on the input grid -> ``(C, *shape)`` (linear, or nearest for labels)."""
+        moved = self.reorient.apply(array)
+        if self.slice_axis is not None:
+            moved = np.moveaxis(moved, 1 + self.slice_axis, 1)
+        return resize(torch.from_numpy(np.ascontiguousarray(moved)), self.shape, labels=labels)
+
+
+def prepare_input(spec: ModelSpec, image: np.ndarray, spacing: Sequence[float],
+                  direction: Sequence[Sequence[float]] | None) -> tuple[torch.Tensor, ModelGrid]:
+    """A volume ``(Cin, Z, Y, X)`` on the model's grid, normalised as the model declares."""
+    grid = ModelGrid.of(spec, image.shape[1:], spacing, direction)
+    x = grid.to_model(np.asarray(image, dtype=np.float32))
+    return torch.from_numpy(normalize_intensity(x.numpy(), spec.normalization, spec.normalization_range)), grid
 
 
 def check_volume(image: np.ndarray, in_channels: int) -> None:
@@ -218,30 +269,9 @@ def explain_volume(
     if regions is not None and regions.shape != (len(classes), *image.shape[1:]):
         raise SegGradCAMError(f"Region masks must have shape {(len(classes), *image.shape[1:])}; got {regions.shape}.")
 
-    reorient = Reorientation()
-    if spec.orientation is not None and direction is not None:
-        reorient = Reorientation.between(direction, spec.orientation)
-    oriented = reorient.apply(image)
-    spacing_m = reorient.spacing(spacing)
-    if spec.spatial_dims == 2:
-        oriented = np.moveaxis(oriented, 1 + spec.slice_axis, 1)
-        spacing_m = (spacing_m[spec.slice_axis],) + tuple(s for a, s in enumerate(spacing_m) if a != spec.slice_axis)
-    moved_grid = oriented.shape[1:]
-    model_grid = moved_grid
-    if spec.spacing is not None:
-        target = tuple(spec.spacing) if spec.spatial_dims == 3 else (spacing_m[0], *spec.spacing)
-        model_grid = resampled_shape(moved_grid, spacing_m, target)
-
-    x = torch.from_numpy(np.ascontiguousarray(oriented, dtype=np.float32))
-    x = resize(x, model_grid)
-    x = torch.from_numpy(normalize_intensity(x.numpy(), spec.normalization, spec.normalization_range))
-    region_t = None
-    if regions is not None:
-        r = reorient.apply(regions.astype(np.uint8))
-        if spec.spatial_dims == 2:
-            r = np.moveaxis(r, 1 + spec.slice_axis, 1)
-        region_t = resize(torch.from_numpy(np.ascontiguousarray(r)), model_grid, labels=True).bool()
-    check_min_size(model_grid if spec.spatial_dims == 3 else model_grid[1:], spec.divisible_by)
+    x, grid = prepare_input(spec, image, spacing, direction)
+    region_t = None if regions is None else grid.to_model(regions.astype(np.uint8), labels=True).bool()
+    check_min_size(grid.shape if spec.spatial_dims == 3 else grid.shape[1:], spec.divisible_by)
     timings["preprocess_s"] = time.perf_counter() - start
 
     runner = _Runner(model, layer_names, classes, method, device, progress, cancel)
@@ -254,20 +284,20 @@ def explain_volume(
 
     start = time.perf_counter()
     labels = logits.argmax(0, keepdim=True).to(torch.int16)
-    labels = resize(labels, moved_grid, labels=True)[0].numpy()
+    labels = resize(labels, grid.moved_grid, labels=True)[0].numpy()
     heatmaps: dict[str, np.ndarray] = {}
     raw_max: dict[str, list[float]] = {}
     for name, m in maps.items():
-        m = resize(m, moved_grid).clamp_min(0).numpy()
+        m = resize(m, grid.moved_grid).clamp_min(0).numpy()
         peaks = [float(v) for v in m.reshape(len(classes), -1).max(axis=1)]
         if normalize:
             m = m / np.maximum(np.asarray(peaks, dtype=np.float32), 1e-12).reshape(-1, 1, 1, 1)
         if spec.spatial_dims == 2:
             m = np.moveaxis(m, 1, 1 + spec.slice_axis)
-        heatmaps[name] = np.ascontiguousarray(reorient.undo(m), dtype=np.float32)
+        heatmaps[name] = np.ascontiguousarray(grid.reorient.undo(m), dtype=np.float32)
         raw_max[name] = peaks
     if spec.spatial_dims == 2:
         labels = np.moveaxis(labels, 0, spec.slice_axis)
-    labels = np.ascontiguousarray(reorient.undo(labels[None])[0])
+    labels = np.ascontiguousarray(grid.reorient.undo(labels[None])[0])
     timings["postprocess_s"] = time.perf_counter() - start
     return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings)

@@ -1,0 +1,115 @@
+"""Command line: ``seggradcam train`` and ``seggradcam roar`` (parsers and runners).
+
+Kept apart from :mod:`.cli` so the explain front end stays small; heavy imports
+(torch, monai) happen only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from .errors import SegGradCAMError
+from .models import DEFAULT_MULTICLASS_MODEL
+
+
+def add_train_parser(sub) -> None:
+    """The ``train`` subcommand."""
+    train = sub.add_parser("train", help="train the demo multi-class 2D U-Net from its data recipe (CPU, ~10 min)")
+    train.add_argument("--recipe", default="demo", choices=["demo"],
+                       help="data recipe: 'demo' = real MRI heads with synthetic lesions (SegGradCAMLib.demo_data)")
+    train.add_argument("--out", required=True, type=Path, help="output folder (weights, JSON spec, model card)")
+    train.add_argument("--seed", type=int, help="data and initialisation seed (default 0)")
+    train.add_argument("--epochs", type=int, help="training epochs (default 16)")
+    train.add_argument("--train-slices", type=int, help="training slices (default 2400)")
+    train.add_argument("--threads", type=int, help="torch CPU threads (default 1: on a shared 2-core machine one thread trains fastest)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_roar_parser(sub) -> None:
+    """The ``roar`` subcommand."""
+    roar = sub.add_parser("roar", help="ROAR/KAR benchmark of a model's heatmap rankings on the demo recipe (retrains)")
+    roar.add_argument("--model", default=DEFAULT_MULTICLASS_MODEL, help="base model giving the heatmaps (demo recipe labels and channels)")
+    roar.add_argument("--out", required=True, type=Path, help="output folder: roar.json and roar.png")
+    roar.add_argument("--fractions", default="10,30,50,70,90", help="comma-separated percentages of pixels")
+    roar.add_argument("--explainers", default="gradcam,random",
+                      help="comma-separated rankings: CAM methods (gradcam, gradcam++, hirescam, layercam) and random")
+    roar.add_argument("--modes", default="roar,kar", help="comma-separated: roar (remove top), kar (keep top)")
+    roar.add_argument("--seeds", default="0", help="comma-separated retraining seeds")
+    roar.add_argument("--epochs", type=int, help="epochs per retraining (default 12)")
+    roar.add_argument("--train-slices", type=int, help="training slices per retraining (default 1600)")
+    roar.add_argument("--test-slices", type=int, help="held-out test slices (default 100)")
+    roar.add_argument("--layer", help="Seg-Grad-CAM layer of the base model (default: finest decoder stage)")
+    roar.add_argument("--threads", type=int, help="torch CPU threads (default 1: on a shared 2-core machine one thread trains fastest)")
+
+
+def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
+    """Config fields from the options the user gave (``names``: option dest -> field)."""
+    values = {field: getattr(args, dest) for dest, field in names.items() if getattr(args, dest) is not None}
+    bad = [f"--{dest.replace('_', '-')}" for dest, field in names.items()
+           if isinstance(values.get(field), int) and values[field] < 1]
+    if bad:
+        raise SegGradCAMError(f"{', '.join(bad)} must be at least 1.")
+    return values
+
+
+def _choices(text: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]:
+    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [c for c in chosen if c not in valid]
+    if unknown or not chosen:
+        raise SegGradCAMError(f"{option}: unknown or missing {unknown or ''}; choose from {', '.join(valid)}.")
+    return chosen
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise SegGradCAMError(f"{option} takes comma-separated numbers; got {text!r}.") from None
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from .training import TrainConfig, train_demo
+
+    options = {"seed": "seed", "epochs": "epochs", "train_slices": "train_slices", "threads": "threads"}
+    config = TrainConfig(**_given(args, options))
+    command = ["seggradcam", "train", "--recipe", args.recipe, "--out", str(args.out)]
+    for dest in (d for d in options if getattr(args, d) is not None):
+        command += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
+    card = train_demo(args.out, config, shlex.join(command), progress=not args.no_progress)
+    print(f"Wrote {args.out} ({card['training']['seconds'] / 60:.1f} min training)")
+
+
+def run_roar(args: argparse.Namespace) -> None:
+    from . import demo_data
+    from .models import load_model
+    from .roar import EXPLAINERS, MODES, RoarConfig, plot_roar
+    from .roar import run_roar as run
+
+    fractions = _numbers(args.fractions, "--fractions")
+    if not fractions or any(not 0 < f < 100 for f in fractions):
+        raise SegGradCAMError(f"--fractions are percentages strictly between 0 and 100; got {args.fractions!r}.")
+    seeds = [int(s) for s in _numbers(args.seeds, "--seeds")]
+    fields = _given(args, {"epochs": "epochs", "train_slices": "train_slices", "test_slices": "test_slices",
+                           "threads": "threads"})
+    config = RoarConfig(
+        fractions=tuple(f / 100 for f in fractions),
+        explainers=_choices(args.explainers, EXPLAINERS, "--explainers"),
+        modes=_choices(args.modes, MODES, "--modes"),
+        seeds=tuple(seeds) or (0,),
+        layer=args.layer or "auto",
+        **fields,
+    )
+    model = load_model(args.model)
+    spec = model.spec
+    if tuple(spec.labels) != demo_data.LABELS or spec.in_channels != len(demo_data.CHANNELS) or spec.spatial_dims != 2:
+        raise SegGradCAMError(
+            f"ROAR runs on the demo recipe: the model must be 2D with inputs {', '.join(demo_data.CHANNELS)} and labels "
+            f"{', '.join(demo_data.LABELS)}; {spec.name} has {spec.in_channels} input(s) and labels {', '.join(spec.labels)}."
+        )
+    if config.layer == "auto" and model.layers:
+        config.layer = model.layers[-1]
+    report = run(model.network, config, args.out / "roar.json")
+    plot_roar(report, args.out / "roar.png")
+    print(f"Wrote {args.out / 'roar.json'} and {args.out / 'roar.png'}")
