@@ -248,7 +248,7 @@ def run_explain(args: argparse.Namespace) -> dict:
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "segmentation": "segmentation.nrrd",
     }
-    (out / "explain.json").write_text(json.dumps(report, indent=2))
+    (out / "explain.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
 
 

@@ -147,7 +147,7 @@ def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = Non
         report["total_seconds"] = round(time.perf_counter() - start, 1)
         if out_json is not None:
             out_json.parent.mkdir(parents=True, exist_ok=True)
-            out_json.write_text(json.dumps(report, indent=2) + "\n")
+            out_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 

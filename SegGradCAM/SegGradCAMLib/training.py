@@ -231,7 +231,7 @@ def train_demo(out: Path, config: TrainConfig, command: str, progress: bool = Tr
     weights = out / "model.pt"
     torch.save(result.network.state_dict(), weights)
     spec = model_spec(weights.name, sha256_of(weights))
-    (out / f"{MODEL_NAME}.json").write_text(json.dumps(spec, indent=2) + "\n")
+    (out / f"{MODEL_NAME}.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     card = {
         "name": MODEL_NAME,
         "intended_use": "demonstration and testing of explanation methods; not for clinical use",
@@ -266,7 +266,7 @@ def train_demo(out: Path, config: TrainConfig, command: str, progress: bool = Tr
         "held_out_dice": {k: round(v, 4) for k, v in scores.items()},
         "command": command,
     }
-    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out / "README.md").write_text(_readme(card))
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(_readme(card), encoding="utf-8")
     log("held-out Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return card
