@@ -7,6 +7,7 @@ or a JSON spec next to a ``state_dict`` file (see :mod:`.formats`).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,17 @@ from .spec import LoadedModel, ModelSpec
 
 DEFAULT_MODEL = "hdbet"
 DEFAULT_MULTICLASS_MODEL = "demo-lesions-unet2d"
-SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+def _shipped_models_folder() -> Path:
+    """Where the project's trained models lie: next to SegGradCAMLib (3D Slicer, editable
+    install) or under ``<prefix>/share/seggradcam`` (wheel install, see pyproject's data-files)."""
+    beside = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    installed = Path(sys.prefix) / "share" / "seggradcam" / "Models"
+    return beside if beside.is_dir() or not installed.is_dir() else installed
+
+
+SHIPPED_MODELS = _shipped_models_folder()
 
 
 @dataclass(frozen=True)
