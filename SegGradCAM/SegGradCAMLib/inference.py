@@ -94,6 +94,13 @@ class ModelGrid:
             moved = np.moveaxis(moved, 1 + self.slice_axis, 1)
         return resize(torch.from_numpy(np.ascontiguousarray(moved)), self.shape, labels=labels)
 
+    def to_input(self, array: torch.Tensor, labels: bool = False) -> np.ndarray:
+        """Inverse of :meth:`to_model`: ``(C, *shape)`` on the model grid -> ``(C, Z, Y, X)`` on the input grid."""
+        moved = resize(array, self.moved_grid, labels=labels).numpy()
+        if self.slice_axis is not None:
+            moved = np.moveaxis(moved, 1, 1 + self.slice_axis)
+        return np.ascontiguousarray(self.reorient.undo(moved))
+
 
 def prepare_input(spec: ModelSpec, image: np.ndarray, spacing: Sequence[float],
                   direction: Sequence[Sequence[float]] | None) -> tuple[torch.Tensor, ModelGrid]:
@@ -283,21 +290,15 @@ def explain_volume(
     timings["network_and_cam_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    labels = logits.argmax(0, keepdim=True).to(torch.int16)
-    labels = resize(labels, grid.moved_grid, labels=True)[0].numpy()
+    labels = grid.to_input(logits.argmax(0, keepdim=True).to(torch.int16), labels=True)[0]
     heatmaps: dict[str, np.ndarray] = {}
     raw_max: dict[str, list[float]] = {}
     for name, m in maps.items():
-        m = resize(m, grid.moved_grid).clamp_min(0).numpy()
+        m = np.maximum(grid.to_input(m), 0)
         peaks = [float(v) for v in m.reshape(len(classes), -1).max(axis=1)]
         if normalize:
             m = m / np.maximum(np.asarray(peaks, dtype=np.float32), 1e-12).reshape(-1, 1, 1, 1)
-        if spec.spatial_dims == 2:
-            m = np.moveaxis(m, 1, 1 + spec.slice_axis)
-        heatmaps[name] = np.ascontiguousarray(grid.reorient.undo(m), dtype=np.float32)
+        heatmaps[name] = m.astype(np.float32, copy=False)
         raw_max[name] = peaks
-    if spec.spatial_dims == 2:
-        labels = np.moveaxis(labels, 0, spec.slice_axis)
-    labels = np.ascontiguousarray(grid.reorient.undo(labels[None])[0])
     timings["postprocess_s"] = time.perf_counter() - start
     return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings)

@@ -59,7 +59,7 @@ def load_hdbet(fold: int = 0) -> LoadedModel:
         if hasattr(module, "lrelu_inplace"):
             module.lrelu_inplace = False
     spec = ModelSpec(
-        name=f"hdbet" if fold == 0 else f"hdbet-fold{fold}",
+        name="hdbet" if fold == 0 else f"hdbet-fold{fold}",
         labels=["background", "brain"],
         in_channels=1,
         spatial_dims=3,
