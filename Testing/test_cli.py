@@ -42,6 +42,7 @@ def test_colin27_files_and_report(colin27_run):
     assert names == ["explain.json", "heatmap_brain.nrrd", "overview.png", "segmentation.nrrd"]
     report = json.loads((colin27_run / "explain.json").read_text())
     assert report["model"]["name"] == "hdbet" and len(report["model"]["sha256"]) == 64
+    assert report["model"]["subnormal_weights_zeroed"] > 7_000_000  # HD-BET fold 0 holds 7.39 million
     assert report["layers"] == ["end_conv_2_bn"] and report["method"] == "gradcam"
     (brain,) = report["classes"]
     assert brain["name"] == "brain" and brain["voxels"] > 1_000_000

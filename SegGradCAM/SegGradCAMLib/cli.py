@@ -235,7 +235,7 @@ def run_explain(args: argparse.Namespace) -> dict:
     report = {
         "tool": "seggradcam",
         "model": {"name": spec.name, "sha256": spec.sha256, "source": spec.source, "labels": spec.labels,
-                  "trusted_code": spec.trusted_code},
+                  "trusted_code": spec.trusted_code, "subnormal_weights_zeroed": model.subnormals_zeroed},
         "method": args.method,
         "layers": result.layers,
         "normalisation": "each heatmap divided by its global maximum over the volume (max_raw)",

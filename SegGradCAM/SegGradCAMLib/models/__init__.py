@@ -110,7 +110,8 @@ def load_model(name_or_path: str, trust: bool = False, device: str = "cpu") -> L
     """Load a registered model by name, or a model file/folder by path.
 
     ``trust=True`` allows formats that execute code (TorchScript, MONAI bundle
-    configs with expressions). The network is returned in eval mode on ``device``.
+    configs with expressions). The network is returned in eval mode on ``device``,
+    with its subnormal weights set to zero (counted in ``subnormals_zeroed``).
     """
     if name_or_path in REGISTRY:
         loaded = REGISTRY[name_or_path].loader(trust)
@@ -121,6 +122,9 @@ def load_model(name_or_path: str, trust: bool = False, device: str = "cpu") -> L
     else:
         names = ", ".join(REGISTRY)
         raise SegGradCAMError(f"Unknown model {name_or_path!r}: not a registered name ({names}) nor an existing path.")
+    from .subnormal import zero_subnormals
+
+    loaded.subnormals_zeroed = zero_subnormals(loaded.network)
     loaded.network.to(device).eval()
     return loaded
 

@@ -71,12 +71,14 @@ class LoadedModel:
     """A network in eval mode that returns logits ``(B, C, *S)``, with its spec.
 
     ``layers`` lists the decoder stages (coarse to fine) offered to the user;
-    the last one is the default.
+    the last one is the default. ``subnormals_zeroed``: how many subnormal weights
+    were set to zero when it loaded (see :mod:`.subnormal`).
     """
 
     network: "nn.Module"
     spec: ModelSpec
     layers: list[str] = field(default_factory=list)
+    subnormals_zeroed: int = 0
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
