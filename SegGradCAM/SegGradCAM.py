@@ -1,6 +1,8 @@
+import importlib
 import importlib.util
 import logging
 import pathlib
+import sys
 from typing import Annotated
 
 import qt
@@ -22,14 +24,15 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from SegGradCAMLib.models import REGISTRY
+from SegGradCAMLib.errors import SegGradCAMError
+from SegGradCAMLib.models.registry import REGISTRY
+from SegGradCAMLib.selection import CAM_METHODS, split_list
 
 # torch, monai and the network code are imported only when a run starts, so Slicer can
 # load this module (and run its generic tests) without them; the model registry is light.
 
 MODEL_FROM_PATH = "From file or folder"
 MODEL_CHOICES = list(REGISTRY) + [MODEL_FROM_PATH]
-METHODS = ["gradcam", "gradcam++", "hirescam", "layercam"]
 
 
 #
@@ -91,7 +94,7 @@ class SegGradCAMParameterNode:
     modelPath: pathlib.Path
     trustModel: bool = False
     layers: str = ""
-    method: Annotated[str, Choice(METHODS)] = "gradcam"
+    method: Annotated[str, Choice(list(CAM_METHODS))] = "gradcam"
     classes: str = ""
     regionSegmentation: vtkMRMLSegmentationNode
     regionSegmentName: str = ""
@@ -145,6 +148,14 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
         self.initializeParameterNode()
         self.updateModelChoices()
+
+    def onReload(self) -> None:
+        """Reload SegGradCAMLib (deepest modules first), then this module, so that edits to
+        the library take effect without restarting Slicer."""
+        names = [name for name in sys.modules if name == "SegGradCAMLib" or name.startswith("SegGradCAMLib.")]
+        for name in sorted(names, key=lambda name: name.count("."), reverse=True):
+            importlib.reload(sys.modules[name])
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
         self.cancelRun()
@@ -216,7 +227,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _fillCheckable(comboBox, names, checkedText) -> None:
-        checked = {name.strip() for name in checkedText.split(",") if name.strip()}
+        checked = set(split_list(checkedText))
         wasBlocked = comboBox.blockSignals(True)
         comboBox.clear()
         for name in names:
@@ -322,7 +333,7 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         return SegGradCAMParameterNode(super().getParameterNode())
 
     def sceneLogic(self, scene=None):
-        from SegGradCAMLib.mrml_logic import SegGradCAMSceneLogic
+        from SegGradCAMLib.mrml.scene_logic import SegGradCAMSceneLogic
 
         scene = scene or slicer.mrmlScene
         if self._sceneLogic is None or self._sceneLogic.scene is not scene:
@@ -337,12 +348,16 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
     def modelInfo(name: str) -> dict:
         """Labels, channels and layers a registered model declares, without loading torch."""
         entry = REGISTRY.get(name)
-        return dict(entry.info) if entry is not None and getattr(entry, "info", None) else {}
+        if entry is None:
+            return {}
+        try:
+            return entry.info
+        except SegGradCAMError as error:
+            logging.warning(str(error))
+            return {}
 
     def ensureDependencies(self, modelName: str) -> None:
         """Install what is missing after asking: torch through the PyTorch extension, the rest with pip."""
-        from SegGradCAMLib.errors import SegGradCAMError
-
         if importlib.util.find_spec("torch") is None:
             try:
                 import PyTorchUtils
@@ -375,8 +390,6 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
 
     def loadModel(self, parameterNode):
         """Install what is missing (after asking) and load the chosen model; returns (model, device)."""
-        from SegGradCAMLib.errors import SegGradCAMError
-
         modelName = parameterNode.modelName
         source = modelName
         if modelName == MODEL_FROM_PATH:
@@ -413,7 +426,7 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
 
     def runEvaluation(self, parameterNode, className: str):
         """Deletion/Insertion of ``className`` on the current inputs (blocking; main thread)."""
-        from SegGradCAMLib.evaluation_mrml import runDeletionInsertion
+        from SegGradCAMLib.mrml.evaluation_plots import runDeletionInsertion
 
         model, _device = self.loadModel(parameterNode)
         return runDeletionInsertion(slicer.mrmlScene, self.inputVolumes(parameterNode, model), model, className)

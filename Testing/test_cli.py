@@ -257,7 +257,7 @@ def write_dicom_series(array: np.ndarray, folder, spacing=(1.5, 1.5, 2.0), origi
 
 
 def test_dicom_series_folder_is_read_with_its_geometry(tmp_path):
-    from SegGradCAMLib.volume_io import read_volume
+    from SegGradCAMLib.volumes.files import read_volume
 
     array = head_like((20, 32, 28))
     write_dicom_series(array, tmp_path / "series")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from SegGradCAMLib import demo_data
+from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.models import DEFAULT_MODEL, DEFAULT_MULTICLASS_MODEL, SHIPPED_MODELS, load_model
-from SegGradCAMLib.training import TrainConfig, dice_scores, predict_labels, train_demo, train_network
+from SegGradCAMLib.demo.training import TrainConfig, dice_scores, predict_labels, train_demo, train_network
 
 MODEL_DIR = SHIPPED_MODELS / DEFAULT_MULTICLASS_MODEL
 CARD = json.loads((MODEL_DIR / "model_card.json").read_text())

@@ -17,7 +17,7 @@ from toy_models import blob, threshold_model
 
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.errors import CancelledError
-from SegGradCAMLib.evaluation import (
+from SegGradCAMLib.evaluation.dataset import (
     NO_LAYER,
     EvalConfig,
     bootstrap_ci,
@@ -26,7 +26,7 @@ from SegGradCAMLib.evaluation import (
     evaluate,
     load_cases,
 )
-from SegGradCAMLib.report import verdict
+from SegGradCAMLib.evaluation.report import verdict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,8 +10,8 @@ slicer = pytest.importorskip("slicer")
 from toy_models import blob, threshold_model  # noqa: E402
 
 from SegGradCAMLib.errors import SegGradCAMError  # noqa: E402
-from SegGradCAMLib.evaluation import EvalConfig  # noqa: E402
-from SegGradCAMLib.evaluation_mrml import runDeletionInsertion  # noqa: E402
+from SegGradCAMLib.evaluation.dataset import EvalConfig  # noqa: E402
+from SegGradCAMLib.mrml.evaluation_plots import runDeletionInsertion  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

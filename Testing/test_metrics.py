@@ -9,7 +9,7 @@ from scipy import ndimage
 from torch import nn
 
 from SegGradCAMLib.errors import SegGradCAMError
-from SegGradCAMLib.metrics.deletion_insertion import (
+from SegGradCAMLib.evaluation.deletion_insertion import (
     ClassScorer,
     auc,
     deletion_insertion,
@@ -17,8 +17,8 @@ from SegGradCAMLib.metrics.deletion_insertion import (
     rank_voxels,
     step_fractions,
 )
-from SegGradCAMLib.metrics.road import imputation_system, neighbour_weights, noisy_linear_imputation, road
-from SegGradCAMLib.metrics.sanity import (
+from SegGradCAMLib.evaluation.road import imputation_system, neighbour_weights, noisy_linear_imputation, road
+from SegGradCAMLib.evaluation.sanity import (
     baseline_heatmap,
     cascade_steps,
     cascading_randomisation,

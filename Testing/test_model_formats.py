@@ -15,8 +15,9 @@ from torch import nn
 from SegGradCAMLib.cam import seg_grad_cam
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.layers import decoder_layers
-from SegGradCAMLib.models import load_model
-from SegGradCAMLib.models.formats import ARCHITECTURES, ScriptedModule, load_model_path
+from SegGradCAMLib.models import load_model, load_model_path
+from SegGradCAMLib.models.json_spec import ARCHITECTURES
+from SegGradCAMLib.models.torchscript_replay import ScriptedModule
 from SegGradCAMLib.models.spec import sha256_of
 
 UNET_ARGS = {

@@ -14,7 +14,7 @@ from conftest import COLIN27, COLIN27_BRAIN
 from toy_models import blob, centre_of_mass, threshold_model
 
 from SegGradCAMLib.errors import CancelledError, SegGradCAMError
-from SegGradCAMLib.mrml_logic import OUTPUT_ATTRIBUTE, SegGradCAMSceneLogic, ijkToWorld
+from SegGradCAMLib.mrml.scene_logic import OUTPUT_ATTRIBUTE, SegGradCAMSceneLogic, ijkToWorld
 
 SHAPE, CENTRE = (18, 24, 22), (7.0, 13.0, 10.0)  # (K, J, I)
 
@@ -325,7 +325,7 @@ def test_hdbet_on_colin27_loaded_by_the_mrml_storage_node(scene):
 
 def test_slice_views_show_the_heatmap_on_the_anatomy(scene):
     """Slicer's own slice logic blends the heatmap over the input where the blob is, nowhere else."""
-    from SegGradCAMLib.slice_views import SliceViews
+    from SegGradCAMLib.mrml.slice_views import SliceViews
 
     matrix = vtk.vtkMatrix4x4()  # identity: RAS = IJK
     volume = add_volume(scene, blob((40, 40, 40), (20, 20, 12), 6), matrix=matrix)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from SegGradCAMLib import demo_data
+from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL, load_model
-from SegGradCAMLib.roar import cam_ranking, degrade, summarise
+from SegGradCAMLib.evaluation.roar import cam_ranking, degrade, mean_dice_over_seeds
 
 
 def test_degrade_replaces_exactly_the_top_or_the_rest() -> None:
@@ -47,7 +47,7 @@ def test_summary_compares_gradcam_with_random() -> None:
     dice = {"edema": 0.5, "lesion_union": 0.6}
     runs = [{"explainer": e, "mode": "roar", "fraction": 0.5, "seed": s, "dice": {k: v - d for k, v in dice.items()}}
             for e, d in (("gradcam", 0.4), ("random", 0.1)) for s in (0, 1)]
-    summary = summarise({"baseline": [{"seed": 0, "dice": dice}], "runs": runs})
+    summary = mean_dice_over_seeds({"baseline": [{"seed": 0, "dice": dice}], "runs": runs})
     assert summary["roar"]["gradcam"]["0.5"]["lesion_union"] == pytest.approx(0.2)
     assert summary["gradcam_minus_random_lesion_union"]["roar"]["0.5"] == pytest.approx(-0.3)
 

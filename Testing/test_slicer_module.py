@@ -199,7 +199,7 @@ def test_module_imports_and_lists_models_without_torch():
     assert heavy == "[]"
 
 
-@pytest.mark.parametrize("name", ["hdbet", "deepbet"])
+@pytest.mark.parametrize("name", ["hdbet", "deepbet", "demo-lesions-unet2d"])
 def test_registry_declarations_match_the_loaded_models(name):
     from SegGradCAMLib.models import REGISTRY, load_model
 

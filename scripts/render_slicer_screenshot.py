@@ -12,8 +12,8 @@ import numpy as np
 import slicer
 from PIL import Image
 
-from SegGradCAMLib.mrml_logic import SegGradCAMSceneLogic
-from SegGradCAMLib.slice_views import SliceViews
+from SegGradCAMLib.mrml.scene_logic import SegGradCAMSceneLogic
+from SegGradCAMLib.mrml.slice_views import SliceViews
 
 COLIN27 = "/usr/share/mricron/templates/ch2.nii.gz"
 

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "seg_grad_cam": "cam",
-    "CAM_METHODS": "cam",
+    "CAM_METHODS": "selection",
     "decoder_layers": "layers",
     "default_layer": "layers",
     "resolve_layers": "layers",

@@ -8,8 +8,7 @@ is given. Maps are returned raw (no normalisation).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,20 +16,18 @@ from torch import nn
 
 from .errors import SegGradCAMError
 from .layers import resolve_layers
+from .selection import CAM_METHODS, check_method
 
-CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+__all__ = ["CAM_METHODS", "CAMMaps", "combine_gradients", "predicted_regions", "seg_grad_cam", "upsample_maps"]
 
 
-@dataclass
-class CAMResult:
-    """Maps and the logits of the forward pass that produced them.
+class CAMMaps(dict):
+    """Maps by layer name, ``(len(classes), B, *s)`` each, with the ``logits`` ``(B, C, *S)``
+    of the forward pass that produced them. Everything detached."""
 
-    maps: layer name -> ``(len(classes), B, *spatial)``; logits: ``(B, C, *spatial)``.
-    Both detached.
-    """
-
-    maps: dict[str, torch.Tensor]
-    logits: torch.Tensor
+    def __init__(self, maps: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
+        super().__init__(maps)
+        self.logits = logits
 
 
 @contextmanager
@@ -71,7 +68,7 @@ def combine_gradients(method: str, activations: torch.Tensor, gradients: torch.T
     elif method == "layercam":
         cam = (F.relu(gradients) * activations).sum(dim=1)
     else:
-        raise SegGradCAMError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
+        check_method(method)
     return F.relu(cam) if relu else cam
 
 
@@ -102,7 +99,7 @@ def _check_classes(classes: Sequence[int], num_classes: int) -> list[int]:
     return classes
 
 
-def compute_cams(
+def seg_grad_cam(
     network: nn.Module,
     inputs: torch.Tensor,
     layers,
@@ -111,10 +108,29 @@ def compute_cams(
     regions: torch.Tensor | None = None,
     relu: bool = True,
     upsample: bool = False,
-) -> CAMResult:
-    """Seg-Grad-CAM maps and logits from a single forward pass (see :func:`seg_grad_cam`)."""
-    if method not in CAM_METHODS:
-        raise SegGradCAMError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
+) -> CAMMaps:
+    """Seg-Grad-CAM maps for several layers and classes from one forward pass.
+
+    Args:
+        network: module mapping ``(B, Cin, *S)`` to logits ``(B, C, *S)`` (2D or 3D).
+        inputs: ``(B, Cin, *S)``.
+        layers: a module name (as in ``network.named_modules()``), a module, a list
+            of either, or ``"auto"`` (the finest decoder stage, see
+            :func:`SegGradCAMLib.layers.default_layer`).
+        classes: class indices to explain.
+        method: ``"gradcam"``, ``"gradcam++"``, ``"hirescam"`` or ``"layercam"``.
+        regions: optional boolean masks ``(B, len(classes), *S)``; default is each
+            class's predicted mask (``argmax == c``).
+        relu: apply a ReLU to the maps.
+        upsample: resize maps to the input's spatial size (bi/trilinear,
+            align_corners=False) instead of the layer's resolution.
+
+    Returns:
+        layer name -> tensor ``(len(classes), B, *s)``, detached, raw (not normalised),
+        as a :class:`CAMMaps` dict whose ``logits`` ``(B, C, *S)`` come from the same pass.
+        Hooks are removed and the graph is freed when the call returns, also on error.
+    """
+    check_method(method)
     if inputs.ndim < 3:
         raise SegGradCAMError(f"Inputs must be (B, C, *spatial); got shape {tuple(inputs.shape)}.")
     modules = resolve_layers(network, layers)
@@ -130,11 +146,12 @@ def compute_cams(
                 raise SegGradCAMError(f"Layer {name!r} runs more than once per forward pass; choose another layer.")
             if not output.requires_grad:
                 # First hooked layer reached: the autograd graph starts here.
-                output = output.detach().requires_grad_(True).clone()
-                activations[name] = output
-                return output
+                output = output.detach().requires_grad_(True)
             activations[name] = output
-            return None
+            # The next module may change its input in place (e.g. MONAI's ADN: norm, then
+            # an in-place LeakyReLU): it gets a copy, so the stored tensor stays this
+            # layer's output and its gradient is taken there.
+            return output.clone()
 
         return hook
 
@@ -180,42 +197,9 @@ def compute_cams(
         if upsample:
             size = inputs.shape[2:]
             result = {name: upsample_maps(m, size) for name, m in result.items()}
-        return CAMResult(result, logits.detach())
+        return CAMMaps(result, logits.detach())
     finally:
         for handle in handles:
             handle.remove()
         activations.clear()
         del logits
-
-
-def seg_grad_cam(
-    network: nn.Module,
-    inputs: torch.Tensor,
-    layers,
-    classes: Sequence[int],
-    method: str = "gradcam",
-    regions: torch.Tensor | None = None,
-    relu: bool = True,
-    upsample: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Seg-Grad-CAM maps for several layers and classes from one forward pass.
-
-    Args:
-        network: module mapping ``(B, Cin, *S)`` to logits ``(B, C, *S)`` (2D or 3D).
-        inputs: ``(B, Cin, *S)``.
-        layers: a module name (as in ``network.named_modules()``), a module, a list
-            of either, or ``"auto"`` (the finest decoder stage, see
-            :func:`SegGradCAMLib.layers.default_layer`).
-        classes: class indices to explain.
-        method: ``"gradcam"``, ``"gradcam++"``, ``"hirescam"`` or ``"layercam"``.
-        regions: optional boolean masks ``(B, len(classes), *S)``; default is each
-            class's predicted mask (``argmax == c``).
-        relu: apply a ReLU to the maps.
-        upsample: resize maps to the input's spatial size (bi/trilinear,
-            align_corners=False) instead of the layer's resolution.
-
-    Returns:
-        layer name -> tensor ``(len(classes), B, *s)``, detached, raw (not normalised).
-        Hooks are removed and the graph is freed when the call returns, also on error.
-    """
-    return compute_cams(network, inputs, layers, classes, method, regions, relu, upsample).maps

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cam import compute_cams
+from .cam import seg_grad_cam
 from .errors import CancelledError, SegGradCAMError
 from .layers import resolve_layers
 from .models.spec import LoadedModel, ModelSpec
@@ -110,12 +110,11 @@ def prepare_input(spec: ModelSpec, image: np.ndarray, spacing: Sequence[float],
     return torch.from_numpy(normalize_intensity(x.numpy(), spec.normalization, spec.normalization_range)), grid
 
 
-def check_volume(image: np.ndarray, in_channels: int) -> None:
+def check_volume(image: np.ndarray, spec: ModelSpec) -> None:
     """Raise a user-facing error for arrays a model cannot take. ``image``: ``(Cin, Z, Y, X)``."""
     if image.ndim != 4:
         raise SegGradCAMError(f"Expected a (channels, Z, Y, X) array; got shape {image.shape}.")
-    if image.shape[0] != in_channels:
-        raise SegGradCAMError(f"The model takes {in_channels} input volume(s); got {image.shape[0]}.")
+    spec.check_input_count(image.shape[0])
     for c, channel in enumerate(image):
         if not np.isfinite(channel).all():
             bad = int((~np.isfinite(channel)).sum())
@@ -160,11 +159,11 @@ class _Runner:
             self.progress(done, total)
 
     def _cams(self, x: torch.Tensor, regions: torch.Tensor | None):
-        result = compute_cams(
+        result = seg_grad_cam(
             self.model.network, x.to(self.device), self.layers, self.classes, self.method,
             None if regions is None else regions.to(self.device), relu=True, upsample=True,
         )
-        return result.logits.float().cpu(), {k: v.float().cpu() for k, v in result.maps.items()}
+        return result.logits.float().cpu(), {k: v.float().cpu() for k, v in result.items()}
 
     def run_3d(self, image: torch.Tensor, regions: torch.Tensor | None):
         """image ``(Cin, Z, Y, X)`` -> logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``."""
@@ -254,7 +253,7 @@ def explain_volume(
             declares an orientation, else the array is used as stored.
         layers: ``"auto"``, a layer name, or a list of names.
         classes: class indices; default all classes but 0 (background).
-        method: CAM method (see :data:`SegGradCAMLib.cam.CAM_METHODS`).
+        method: CAM method (see :data:`SegGradCAMLib.selection.CAM_METHODS`).
         regions: optional boolean target regions ``(len(classes), Z, Y, X)`` on the
             input grid (default: each class's predicted mask).
         device: torch device string.
@@ -267,12 +266,12 @@ def explain_volume(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     image = np.asarray(image)
-    check_volume(image, spec.in_channels)
+    check_volume(image, spec)
     n_labels = len(spec.labels)
     classes = list(range(1, n_labels)) if classes is None else [int(c) for c in classes]
     if not classes or any(not 0 <= c < n_labels for c in classes):
         raise SegGradCAMError(f"Classes must be in 0..{n_labels - 1} ({', '.join(spec.labels)}); got {classes}.")
-    layer_names = list(resolve_layers(model.network, layers if layers != "auto" else model.layers[-1:] or "auto"))
+    layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
     if regions is not None and regions.shape != (len(classes), *image.shape[1:]):
         raise SegGradCAMError(f"Region masks must have shape {(len(classes), *image.shape[1:])}; got {regions.shape}.")
 

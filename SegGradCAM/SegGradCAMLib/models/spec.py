@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
+
+from ..errors import SegGradCAMError
 
 if TYPE_CHECKING:  # torch stays out of module import: 3D Slicer loads this without it
     from torch import nn
@@ -65,6 +69,14 @@ class ModelSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check_input_count(self, count: int) -> None:
+        """Refuse ``count`` input volumes unless the network takes that many channels."""
+        if count != self.in_channels:
+            raise SegGradCAMError(f"Model {self.name} takes {self.in_channels} input volume(s); got {count}.")
+
+
+SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelSpec)) - {"trusted_code"}
+
 
 @dataclass
 class LoadedModel:
@@ -79,6 +91,13 @@ class LoadedModel:
     spec: ModelSpec
     layers: list[str] = field(default_factory=list)
     subnormals_zeroed: int = 0
+
+    def chosen_layers(self, layers: "str | Sequence[str]" = "auto") -> "str | list[str]":
+        """``layers`` with ``"auto"`` meaning the finest declared decoder stage; ``"auto"``
+        stays for networks that declare none (then :mod:`SegGradCAMLib.layers` finds it)."""
+        if isinstance(layers, str) and layers == "auto":
+            return self.layers[-1:] or "auto"
+        return [layers] if isinstance(layers, str) else list(layers)
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -95,3 +114,41 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     if len(set(labels)) != len(labels) or not labels:
         raise ValueError(f"Model labels must be unique and non-empty; got {labels}.")
     return labels
+
+
+def make_spec(fields: dict, weights: Path, trusted: bool) -> ModelSpec:
+    """A checked ModelSpec from JSON-like ``fields`` for the weights file ``weights``."""
+    fields = dict(fields)
+    checksum = sha256_of(weights)
+    if str(fields.get("sha256", checksum)).lower() != checksum:
+        raise SegGradCAMError(f"{weights.name} does not match the sha256 in its spec (file: {checksum}).")
+    fields.update(sha256=checksum, trusted_code=trusted)
+    fields.setdefault("source", str(weights.resolve()))
+    checks = {
+        "normalization": NORMALIZATIONS,
+        "output_activation": ("softmax", "sigmoid"),
+        "spatial_dims": (2, 3),
+    }
+    for key, valid in checks.items():
+        if key in fields and fields[key] not in valid:
+            raise SegGradCAMError(f"'{key}' is {fields[key]!r}; choose one of {', '.join(map(str, valid))}.")
+    try:
+        fields["labels"] = check_labels(fields["labels"])
+        for key in ("normalization_range", "spacing", "min_size", "roi_size"):
+            if fields.get(key) is not None:
+                fields[key] = tuple(fields[key])
+        if fields.get("orientation") is not None:
+            fields["orientation"] = tuple(tuple(float(v) for v in row) for row in fields["orientation"])
+        return ModelSpec(**fields)
+    except (TypeError, ValueError) as error:
+        raise SegGradCAMError(f"Invalid model spec for {fields.get('name')}: {error}") from error
+
+
+def read_json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SegGradCAMError(f"{path.name} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise SegGradCAMError(f"{path.name} must hold a JSON object.")
+    return data

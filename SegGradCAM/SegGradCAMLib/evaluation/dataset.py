@@ -18,15 +18,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cam import CAM_METHODS, compute_cams
-from .errors import CancelledError, SegGradCAMError
-from .layers import decoder_layers, resolve_layers
-from .metrics.deletion_insertion import BASELINES, DEFAULT_SIGMA_MM, ClassScorer, deletion_insertion, make_baseline
-from .metrics.road import DEFAULT_PERCENTAGES, road
-from .metrics.sanity import BASELINE_EXPLANATIONS, baseline_heatmap, cascading_randomisation
-from .models.spec import LoadedModel
-from .preprocessing import pad_end, padded_shape
-from .stats import heatmap_energy_fractions
+from ..cam import seg_grad_cam
+from ..errors import CancelledError, SegGradCAMError
+from ..layers import decoder_layers, resolve_layers
+from ..models.spec import LoadedModel
+from ..preprocessing import pad_end, padded_shape
+from ..selection import CAM_METHODS, DEFAULT_FRACTIONS
+from .deletion_insertion import BASELINES, DEFAULT_SIGMA_MM, ClassScorer, deletion_insertion, make_baseline
+from .energy import heatmap_energy_fractions
+from .road import road
+from .sanity import BASELINE_EXPLANATIONS, baseline_heatmap, cascading_randomisation
 
 METRICS = ("deletion", "insertion", "road", "randomization")
 NO_LAYER = "-"
@@ -65,7 +66,7 @@ class EvalConfig:
     step: float = 0.01
     baseline: str = "blur"
     sigma_mm: float = DEFAULT_SIGMA_MM
-    road_percentages: Sequence[float] = DEFAULT_PERCENTAGES
+    road_percentages: Sequence[float] = DEFAULT_FRACTIONS
     road_noise: float = 0.01
     shell_mm: float = 3.0
     seed: int = 0
@@ -123,10 +124,10 @@ def cases_from_volume(model: LoadedModel, image: np.ndarray, spacing: Sequence[f
     3D models: the whole volume on the model grid, padded. 2D models: the slices in
     which the network predicts at least one of ``classes``.
     """
-    from .inference import check_volume, prepare_input
+    from ..inference import check_volume, prepare_input
 
     spec = model.spec
-    check_volume(image, spec.in_channels)
+    check_volume(image, spec)
     x, grid = prepare_input(spec, image, spacing, direction)
     if spec.spatial_dims == 3:
         x = pad_end(x, padded_shape(x.shape[1:], spec.divisible_by, spec.roi_size or spec.min_size))
@@ -160,8 +161,8 @@ def _data_entries(data: str) -> list[list[str]]:
 
 
 def demo_cases(model: LoadedModel, n_slices: int) -> list[EvalCase]:
-    """The demo model's held-out evaluation slices (:func:`SegGradCAMLib.demo_data.evaluation_set`)."""
-    from . import demo_data
+    """The demo model's held-out evaluation slices (:func:`SegGradCAMLib.demo.data.evaluation_set`)."""
+    from ..demo import data as demo_data
 
     if model.spec.in_channels != len(demo_data.CHANNELS) or model.spec.spatial_dims != 2:
         raise SegGradCAMError(
@@ -179,7 +180,7 @@ def load_cases(model: LoadedModel, data: str, classes: Sequence[int], max_cases:
 
     When there are more, ``max_cases`` are drawn at random with ``seed`` (kept in order).
     """
-    from .volume_io import read_channels
+    from ..volumes.files import read_channels
 
     if data == DEMO_DATA:
         return demo_cases(model, max_cases)
@@ -208,9 +209,9 @@ def _explanations(model: LoadedModel, case: EvalCase, classes: list[int], layers
     x = case.image[None].to(config.device)
     maps, logits = {}, None
     for method in config.methods:
-        result = compute_cams(model.network, x, layers, classes, method, upsample=True)
+        result = seg_grad_cam(model.network, x, layers, classes, method, upsample=True)
         logits = result.logits[0].float().cpu()
-        for layer, m in result.maps.items():
+        for layer, m in result.items():
             maps[(method, layer)] = m[:, 0].float().cpu()
     if logits is None:
         with torch.no_grad():
@@ -308,8 +309,7 @@ def evaluate(model: LoadedModel, cases: Sequence[EvalCase], config: EvalConfig,
     network = model.network.to(config.device).eval()
     classes = list(config.classes) if config.classes is not None else list(range(1, len(model.spec.labels)))
     example = cases[0].image[None].to(config.device) if cases else None
-    chosen = config.layers if config.layers != "auto" else (model.layers[-1:] or "auto")
-    layers = list(resolve_layers(network, chosen, example))
+    layers = list(resolve_layers(network, model.chosen_layers(config.layers), example))
     stages = model.layers or decoder_layers(network, example)
     result = EvalResult()
     start = time.perf_counter()
@@ -357,7 +357,7 @@ def _groups(rows: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
     return groups
 
 
-def summarise(rows: Sequence[dict], resamples: int = 2000, seed: int = 0) -> list[dict]:
+def bootstrap_summary(rows: Sequence[dict], resamples: int = 2000, seed: int = 0) -> list[dict]:
     """Mean and case-level bootstrap CI of every metric column per (class, method, layer).
 
     Classes in order of appearance, ``all classes`` (pooled) last; CAM methods before baselines.

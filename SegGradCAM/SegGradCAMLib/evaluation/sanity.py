@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cam import compute_cams
+from ..cam import seg_grad_cam
+from ..errors import SegGradCAMError
 
 BASELINE_EXPLANATIONS = ("random", "mask", "gradient")
 
@@ -50,7 +51,7 @@ def baseline_heatmap(kind: str, network: nn.Module, image: torch.Tensor, class_i
         return mask.float()
     if kind == "gradient":
         return gradient_saliency(network, image, class_index, mask)
-    raise ValueError(f"Unknown baseline explanation {kind!r}; choose one of {', '.join(BASELINE_EXPLANATIONS)}.")
+    raise SegGradCAMError(f"Unknown baseline explanation {kind!r}; choose one of {', '.join(BASELINE_EXPLANATIONS)}.")
 
 
 def map_similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -127,7 +128,7 @@ def cascading_randomisation(network: nn.Module, image: torch.Tensor, layer: str,
     regions = region[None, None]
 
     def heatmap(net: nn.Module) -> np.ndarray:
-        maps = compute_cams(net, x, layer, [class_index], method, regions=regions, upsample=True).maps
+        maps = seg_grad_cam(net, x, layer, [class_index], method, regions=regions, upsample=True)
         return maps[layer][0, 0].numpy()
 
     original = heatmap(network)

@@ -10,7 +10,7 @@ ROAR and stay higher than random under KAR.
 
 The ranking of a slice is the pixel-wise maximum over the foreground classes of the
 base model's Seg-Grad-CAM maps (``gradcam`` or another method of
-:data:`SegGradCAMLib.cam.CAM_METHODS`; default layer, upsampled), each class map divided by
+:data:`SegGradCAMLib.selection.CAM_METHODS`; default layer, upsampled), each class map divided by
 its maximum in that slice (an explicit per-slice normalisation, so that every class
 counts in the ranking; classes not predicted in a slice give zero maps). Ties (e.g.
 slices where nothing is predicted) are broken at random.
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import demo_data
-from .cam import CAM_METHODS, compute_cams
-from .training import dice_scores, predict_labels, train_network
+from ..cam import seg_grad_cam
+from ..demo import data as demo_data
+from ..demo.training import dice_scores, predict_labels, train_network
+from ..selection import CAM_METHODS, DEFAULT_FRACTIONS
 
-FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 EXPLAINERS = (*CAM_METHODS, "random")
 MODES = ("roar", "kar")
 
@@ -42,7 +42,7 @@ MODES = ("roar", "kar")
 class RoarConfig:
     """What a ROAR/KAR run retrains and measures (fractions in 0..1)."""
 
-    fractions: tuple[float, ...] = FRACTIONS
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     explainers: tuple[str, ...] = ("gradcam", "random")
     modes: tuple[str, ...] = MODES
     seeds: tuple[int, ...] = (0,)
@@ -51,17 +51,17 @@ class RoarConfig:
     epochs: int = 12
     batch_size: int = 16
     learning_rate: float = 3e-3
-    layer: str = "auto"
+    layer: str | Sequence[str] = "auto"
     threads: int = 1
 
 
-def cam_ranking(network: nn.Module, images: np.ndarray, method: str = "gradcam", layer: str = "auto",
+def cam_ranking(network: nn.Module, images: np.ndarray, method: str = "gradcam", layer: str | Sequence[str] = "auto",
                 classes: Sequence[int] = range(1, len(demo_data.LABELS)), batch_size: int = 32) -> np.ndarray:
     """Ranking maps ``(N, H, W)`` in 0..1 from the Seg-Grad-CAM maps of ``classes`` on ``images`` ``(N, C, H, W)``."""
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-        maps = compute_cams(network, x, layer, list(classes), method, upsample=True).maps
+        maps = seg_grad_cam(network, x, layer, list(classes), method, upsample=True)
         m = next(iter(maps.values()))  # (classes, B, H, W)
         peak = m.flatten(2).amax(2)[..., None, None]
         out.append((m / peak.clamp_min(1e-12)).amax(0).numpy())
@@ -143,7 +143,7 @@ def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = Non
             label = f"{mode} {explainer} {fraction:.0%}"
         log(f"[{i}/{len(jobs)}] seed {seed} {label}: Dice " + ", ".join(f"{k} {v:.3f}" for k, v in entry["dice"].items())
             + f" ({entry['train_seconds']:.0f} s)")
-        report["summary"] = summarise(report)
+        report["summary"] = mean_dice_over_seeds(report)
         report["total_seconds"] = round(time.perf_counter() - start, 1)
         if out_json is not None:
             out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +151,7 @@ def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = Non
     return report
 
 
-def summarise(report: dict) -> dict:
+def mean_dice_over_seeds(report: dict) -> dict:
     """Mean Dice over seeds: ``{mode: {explainer: {fraction: {class: dice}}}}`` plus the baseline,
     and ``<method>_minus_random_lesion_union`` per CAM method, mode and fraction."""
 

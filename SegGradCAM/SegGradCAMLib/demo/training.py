@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import demo_data
-from .errors import SegGradCAMError
-from .models import DEFAULT_MULTICLASS_MODEL as MODEL_NAME
+from . import data as demo_data
+from ..errors import SegGradCAMError
+from ..models import DEFAULT_MULTICLASS_MODEL as MODEL_NAME
 ARCHITECTURE = "UNet"
 NETWORK_ARGS = {
     "spatial_dims": 2,
@@ -64,7 +64,7 @@ class TrainResult:
 
 def build_demo_network() -> nn.Module:
     """The demo architecture with fresh weights (seed the global torch RNG first)."""
-    from .models.formats import build_network
+    from ..models.formats import build_network
 
     return build_network(ARCHITECTURE, NETWORK_ARGS)
 
@@ -162,7 +162,7 @@ def model_spec(weights: str, sha256: str) -> dict:
         "spacing": [demo_data.SPACING_MM] * 2,
         "orientation": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
         "slice_axis": 0,
-        "source": "trained by `seggradcam train --recipe demo` (SegGradCAMLib.training)",
+        "source": "trained by `seggradcam train --recipe demo` (SegGradCAMLib.demo.training)",
         "description": "Demo 2D U-Net for synthetic lesions in real MRI (inputs: t1c, flair). Demonstration only, not clinical.",
     }
 
@@ -185,7 +185,7 @@ multi-class network with known ground truth.
   the whole volume: percentiles {card['normalization_range'][0]}/{card['normalization_range'][1]} -> 0..1, clipped.
 - Network: `{card['architecture']}` {json.dumps(card['args'])}; decoder stages
   (coarse to fine) {', '.join(f'`{s}`' for s in card['decoder_stages'])}; the last is the default layer.
-- Data recipe: `SegGradCAMLib.demo_data`, train seed {recipe['train_seed']} ({recipe['train_slices']} slices),
+- Data recipe: `SegGradCAMLib.demo.data`, train seed {recipe['train_seed']} ({recipe['train_slices']} slices),
   validation seed {recipe['val_seed']} ({recipe['val_slices']} slices), held-out evaluation seed {recipe['eval_seed']}
   ({recipe['eval_slices']} slices, not augmented). Sources: {', '.join(recipe['sources'])}. Lesions are synthetic.
 - Training: {train['epochs']} epochs, batch {train['batch_size']}, Adam + one-cycle lr {train['learning_rate']},
@@ -214,8 +214,8 @@ def train_demo(out: Path, config: TrainConfig, command: str, progress: bool = Tr
 
     Returns the model card (also written to ``out/model_card.json``).
     """
-    from .layers import decoder_layers
-    from .models.spec import sha256_of
+    from ..layers import decoder_layers
+    from ..models.spec import sha256_of
 
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
@@ -248,7 +248,7 @@ def train_demo(out: Path, config: TrainConfig, command: str, progress: bool = Tr
         "decoder_stages": decoder_layers(result.network),
         "weights": {"file": weights.name, "sha256": spec["sha256"], "bytes": weights.stat().st_size},
         "data": {
-            "recipe": "SegGradCAMLib.demo_data",
+            "recipe": "SegGradCAMLib.demo.data",
             "sources": ["Colin27 (mricron-data)", "KmeansTest T1 head (insighttoolkit5-examples)",
                         "MNI152 2009a template (nilearn)"],
             "train_seed": config.seed, "train_slices": len(train), "train_sha256": train.sha256(),

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import SegGradCAMError
+from ..errors import SegGradCAMError
 
 GEOMETRY_TOLERANCE = 1e-4
 

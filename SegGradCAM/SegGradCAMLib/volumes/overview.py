@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .preprocessing import Reorientation
+from ..preprocessing import Reorientation
 
 # ITK identity direction: i -> Left, j -> Posterior, k -> Superior.
 LPS = np.eye(3)

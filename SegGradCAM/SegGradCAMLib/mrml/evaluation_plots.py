@@ -2,7 +2,7 @@
 
 Works on any ``vtkMRMLScene`` (Slicer's or one made with the ``slicer-core`` wheel).
 :func:`runDeletionInsertion` evaluates the current volume(s) for a class with the
-core code of :mod:`SegGradCAMLib.evaluation`; :func:`showEvaluation` turns a
+core code of :mod:`SegGradCAMLib.evaluation.dataset`; :func:`showEvaluation` turns a
 result into nodes: a ``vtkMRMLTableNode`` of mean curves (one column per
 explanation and curve), one ``vtkMRMLPlotSeriesNode`` per column in a
 ``vtkMRMLPlotChartNode``, and a table node of AUCs with confidence intervals.
@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import SegGradCAMError
+from ..errors import SegGradCAMError
 
 CURVE_KINDS = ("deletion", "insertion")
 # Matplotlib's default cycle: the same colour per explanation as in report.html.
@@ -50,14 +50,14 @@ def _addColumn(table, name: str, values: Sequence, kind: str = "float") -> None:
 def showEvaluation(scene, result, baseName: str, resamples: int = 1000) -> EvaluationNodes:
     """Add the mean Deletion/Insertion curves and the AUC table of ``result`` to ``scene``.
 
-    ``result``: an :class:`~SegGradCAMLib.evaluation.EvalResult` with Deletion and
+    ``result``: an :class:`~SegGradCAMLib.evaluation.dataset.EvalResult` with Deletion and
     Insertion curves. Deletion series are solid, Insertion series dashed; each
     explanation keeps one colour.
     """
     import slicer
 
-    from .evaluation import POOLED, mean_curves, summarise
-    from .report import explanation_name, format_stat
+    from ..evaluation.dataset import POOLED, bootstrap_summary, mean_curves
+    from ..evaluation.report import explanation_name, format_stat
 
     curves = [c for c in mean_curves(result) if c["curve"] in CURVE_KINDS]
     if not curves:
@@ -90,7 +90,7 @@ def showEvaluation(scene, result, baseName: str, resamples: int = 1000) -> Evalu
     curveTable.Modified()
 
     aucTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{baseName} AUC")
-    summary = [s for s in summarise(result.rows, resamples) if s["class"] != POOLED]
+    summary = [s for s in bootstrap_summary(result.rows, resamples) if s["class"] != POOLED]
     _addColumn(aucTable.GetTable(), "explanation",
                [(f"{s['class']} " if several else "") + explanation_name(s["method"], s["layer"]) for s in summary],
                kind="string")
@@ -107,21 +107,16 @@ def runDeletionInsertion(scene, inputVolumeNodes: Sequence, model, className: st
     """Deletion/Insertion of one class on the given volume(s), shown in ``scene``.
 
     3D models: the whole volume. 2D models: up to ``maxSlices`` slices in which the
-    class is predicted. ``config``: an :class:`~SegGradCAMLib.evaluation.EvalConfig`
+    class is predicted. ``config``: an :class:`~SegGradCAMLib.evaluation.dataset.EvalConfig`
     (default: Grad-CAM against the random and mask baselines, 5% steps).
     """
     import slicer
 
-    from .evaluation import EvalConfig, cases_from_volume, evaluate
-    from .mrml_logic import geometryOfVolume, sameGrid
-    from .targets import class_indices
+    from ..evaluation.dataset import EvalConfig, cases_from_volume, evaluate
+    from ..selection import class_indices
+    from .scene_logic import checkedInputVolumes, geometryOfVolume
 
-    volumes = [node for node in inputVolumeNodes if node is not None]
-    if len(volumes) != model.spec.in_channels:
-        raise SegGradCAMError(f"Model {model.spec.name} takes {model.spec.in_channels} input volume(s); "
-                              f"{len(volumes)} selected.")
-    if not all(sameGrid(volumes[0], other) for other in volumes[1:]):
-        raise SegGradCAMError("The input volumes are not on one grid; resample them first.")
+    volumes = checkedInputVolumes(scene, inputVolumeNodes, model.spec)
     classes = class_indices(className, model.spec.labels)
     config = replace(config or EvalConfig(metrics=CURVE_KINDS, baselines=("random", "mask"), step=0.05),
                      classes=classes)

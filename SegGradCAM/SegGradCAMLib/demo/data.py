@@ -38,8 +38,8 @@ from typing import Iterator
 import numpy as np
 from scipy import ndimage
 
-from .errors import SegGradCAMError
-from .preprocessing import normalize_intensity
+from ..errors import SegGradCAMError
+from ..preprocessing import normalize_intensity
 
 LABELS = ("background", "edema", "enhancing_rim", "necrotic_core")
 CHANNELS = ("t1c", "flair")
@@ -345,7 +345,7 @@ def write_case(case: Case, folder: Path) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m SegGradCAMLib.demo_data OUT [--index N] [--seed S]``: write one case as NRRD files."""
+    """``python -m SegGradCAMLib.demo.data OUT [--index N] [--seed S]``: write one case as NRRD files."""
     import argparse
     import itertools
 

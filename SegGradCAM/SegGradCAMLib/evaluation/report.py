@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .evaluation import METRIC_COLUMNS, NO_LAYER
+from .dataset import METRIC_COLUMNS, NO_LAYER
 
 # Columns of the report's table: (metric, heading, better).
 TABLE_COLUMNS = (
@@ -151,7 +151,7 @@ def _embed(path: Path) -> str:
 
 
 def format_stat(stat: dict | None) -> str:
-    """``mean [low, high]`` of a :func:`~SegGradCAMLib.evaluation.bootstrap_ci` result, or a dash."""
+    """``mean [low, high]`` of a :func:`~SegGradCAMLib.evaluation.dataset.bootstrap_ci` result, or a dash."""
     if not stat or not stat.get("n") or math.isnan(stat["mean"]):
         return "–"
     return f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]"
@@ -257,9 +257,9 @@ def write_outputs(out: Path, model, data: str, result, config, timings: dict, de
     """Write every evaluation output into ``out``; returns the ``metrics.json`` content.
 
     ``model``: the :class:`~SegGradCAMLib.models.LoadedModel`; ``result``: an
-    :class:`~SegGradCAMLib.evaluation.EvalResult` of ``config``.
+    :class:`~SegGradCAMLib.evaluation.dataset.EvalResult` of ``config``.
     """
-    from .evaluation import compare, config_dict, mean_curves, randomization_summary, summarise
+    from .dataset import compare, config_dict, mean_curves, randomization_summary, bootstrap_summary
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -272,7 +272,7 @@ def write_outputs(out: Path, model, data: str, result, config, timings: dict, de
         "cases": len({r["case"] for r in result.rows}),
         "device": device,
         "config": config_dict(config),
-        "summary": summarise(result.rows, config.bootstrap, config.seed),
+        "summary": bootstrap_summary(result.rows, config.bootstrap, config.seed),
         "comparisons": compare(result.rows, resamples=config.bootstrap, seed=config.seed),
         "randomization": randomization,
         "curves": mean_curves(result),

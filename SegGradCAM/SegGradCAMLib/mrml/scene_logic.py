@@ -25,8 +25,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import CancelledError, SegGradCAMError
-from .targets import class_indices
+from ..errors import CancelledError, SegGradCAMError
+from ..selection import class_indices, layer_selection
 
 OUTPUT_ATTRIBUTE = "SegGradCAM.Output"
 RUN_KEY_ATTRIBUTE = "SegGradCAM.RunKey"
@@ -102,6 +102,25 @@ def sameGrid(a, b, tolerance: float = 1e-4) -> bool:
     return dimsA == dimsB and np.allclose(ijkToWorld(a), ijkToWorld(b), atol=tolerance)
 
 
+def checkedInputVolumes(scene, inputVolumeNodes: Sequence, spec) -> list:
+    """The selected volumes (``None`` entries dropped) after checking that they are in ``scene``
+    with image data, as many as the model ``spec`` takes, and on one grid."""
+    volumes = [node for node in inputVolumeNodes if node is not None]
+    if not volumes:
+        raise SegGradCAMError("Select an input volume.")
+    for node in volumes:
+        if node.GetImageData() is None or scene.GetNodeByID(node.GetID()) is not node:
+            raise SegGradCAMError(f"Volume '{node.GetName()}' has no image data or is not in the scene.")
+    spec.check_input_count(len(volumes))
+    for other in volumes[1:]:
+        if not sameGrid(volumes[0], other):
+            raise SegGradCAMError(
+                f"'{other.GetName()}' is not on the same grid as '{volumes[0].GetName()}'; "
+                "resample it first (Resample Image (BRAINS) or Crop Volume)."
+            )
+    return volumes
+
+
 def roiMask(roiNode, volumeNode) -> np.ndarray:
     """Boolean ``(K, J, I)`` mask of the volume's voxels whose centres lie inside a markups ROI."""
     import vtk
@@ -153,7 +172,7 @@ class ExplainJob:
 
     def run(self, progressCallback: Callable[[int, int], None] | None = None) -> None:
         """Compute; errors (also cancellation) are kept in :attr:`error`, not raised."""
-        from .inference import explain_volume
+        from ..inference import explain_volume
 
         def onProgress(done: int, total: int) -> None:
             self.progress = (done, total)
@@ -193,7 +212,7 @@ class SegGradCAMSceneLogic:
 
     def loadModel(self, nameOrPath: str, trust: bool = False, device: str = "cpu"):
         """Load (and cache) a model from the registry or a path."""
-        from .models import load_model
+        from ..models import load_model
 
         key = (nameOrPath, trust, device)
         if key not in self._models:
@@ -218,23 +237,8 @@ class SegGradCAMSceneLogic:
         """Check the inputs and read them into an :class:`ExplainJob` (main thread)."""
         import slicer
 
-        volumes = [node for node in inputVolumeNodes if node is not None]
-        if not volumes:
-            raise SegGradCAMError("Select an input volume.")
-        for node in volumes:
-            if node.GetImageData() is None or self.scene.GetNodeByID(node.GetID()) is not node:
-                raise SegGradCAMError(f"Volume '{node.GetName()}' has no image data or is not in the scene.")
+        volumes = checkedInputVolumes(self.scene, inputVolumeNodes, model.spec)
         spec = model.spec
-        if len(volumes) != spec.in_channels:
-            raise SegGradCAMError(
-                f"Model {spec.name} takes {spec.in_channels} input volume(s); {len(volumes)} selected."
-            )
-        for other in volumes[1:]:
-            if not sameGrid(volumes[0], other):
-                raise SegGradCAMError(
-                    f"'{other.GetName()}' is not on the same grid as '{volumes[0].GetName()}'; "
-                    "resample it first (Resample Image (BRAINS) or Crop Volume)."
-                )
         reference = volumes[0]
         classIndices = class_indices(classes, spec.labels)
         regions = self.regionMask(reference, regionSegmentationNode, regionSegmentId, regionROINode)
@@ -242,8 +246,7 @@ class SegGradCAMSceneLogic:
             regions = np.repeat(regions[None], len(classIndices), axis=0)
         image = np.stack([slicer.util.arrayFromVolume(node).astype(np.float32) for node in volumes])
         spacing, direction = geometryOfVolume(reference)
-        layerList = layers if layers == "auto" or not isinstance(layers, str) else [
-            name.strip() for name in layers.split(",") if name.strip()]
+        layerList = layer_selection(layers)
         return ExplainJob(
             model=model, image=image, spacing=spacing, direction=direction, layers=layerList,
             classes=classIndices, method=method, regions=regions, device=device,
@@ -489,4 +492,7 @@ class SegGradCAMSceneLogic:
         return node
 
 
-__all__ = ["ExplainJob", "RunOutputs", "SegGradCAMSceneLogic", "CancelledError", "inferno_colors"]
+__all__ = [
+    "CancelledError", "ExplainJob", "RunOutputs", "SegGradCAMSceneLogic", "checkedInputVolumes", "geometryOfVolume",
+    "ijkToWorld", "inferno_colors", "label_colors", "roiMask", "sameGrid",
+]

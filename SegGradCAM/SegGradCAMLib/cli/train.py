@@ -1,8 +1,4 @@
-"""Command line: ``seggradcam train`` and ``seggradcam roar`` (parsers and runners).
-
-Kept apart from :mod:`.cli` so the explain front end stays small; heavy imports
-(torch, monai) happen only when a command runs.
-"""
+"""``seggradcam train`` and ``seggradcam roar``: the demo model's recipe, and ROAR/KAR on it."""
 
 from __future__ import annotations
 
@@ -10,15 +6,16 @@ import argparse
 import shlex
 from pathlib import Path
 
-from .errors import SegGradCAMError
-from .models import DEFAULT_MULTICLASS_MODEL
+from ..errors import SegGradCAMError
+from ..models.registry import DEFAULT_MULTICLASS_MODEL
+from ..selection import AUTO_LAYER, DEFAULT_PERCENTAGES_TEXT, choices, fractions_from_percentages, numbers
 
 
 def add_train_parser(sub) -> None:
     """The ``train`` subcommand."""
     train = sub.add_parser("train", help="train the demo multi-class 2D U-Net from its data recipe (CPU, ~10 min)")
     train.add_argument("--recipe", default="demo", choices=["demo"],
-                       help="data recipe: 'demo' = real MRI heads with synthetic lesions (SegGradCAMLib.demo_data)")
+                       help="data recipe: 'demo' = real MRI heads with synthetic lesions (SegGradCAMLib.demo.data)")
     train.add_argument("--out", required=True, type=Path, help="output folder (weights, JSON spec, model card)")
     train.add_argument("--seed", type=int, help="data and initialisation seed (default 0)")
     train.add_argument("--epochs", type=int, help="training epochs (default 16)")
@@ -32,7 +29,7 @@ def add_roar_parser(sub) -> None:
     roar = sub.add_parser("roar", help="ROAR/KAR benchmark of a model's heatmap rankings on the demo recipe (retrains)")
     roar.add_argument("--model", default=DEFAULT_MULTICLASS_MODEL, help="base model giving the heatmaps (demo recipe labels and channels)")
     roar.add_argument("--out", required=True, type=Path, help="output folder: roar.json and roar.png")
-    roar.add_argument("--fractions", default="10,30,50,70,90", help="comma-separated percentages of pixels")
+    roar.add_argument("--fractions", default=DEFAULT_PERCENTAGES_TEXT, help="comma-separated percentages of pixels")
     roar.add_argument("--explainers", default="gradcam,random",
                       help="comma-separated rankings: CAM methods (gradcam, gradcam++, hirescam, layercam) and random")
     roar.add_argument("--modes", default="roar,kar", help="comma-separated: roar (remove top), kar (keep top)")
@@ -54,23 +51,8 @@ def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
     return values
 
 
-def _choices(text: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]:
-    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
-    unknown = [c for c in chosen if c not in valid]
-    if unknown or not chosen:
-        raise SegGradCAMError(f"{option}: unknown or missing {unknown or ''}; choose from {', '.join(valid)}.")
-    return chosen
-
-
-def _numbers(text: str, option: str) -> list[float]:
-    try:
-        return [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise SegGradCAMError(f"{option} takes comma-separated numbers; got {text!r}.") from None
-
-
-def run_train(args: argparse.Namespace) -> None:
-    from .training import TrainConfig, train_demo
+def train_command(args: argparse.Namespace) -> None:
+    from ..demo.training import TrainConfig, train_demo
 
     options = {"seed": "seed", "epochs": "epochs", "train_slices": "train_slices", "threads": "threads"}
     config = TrainConfig(**_given(args, options))
@@ -81,26 +63,17 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"Wrote {args.out} ({card['training']['seconds'] / 60:.1f} min training)")
 
 
-def run_roar(args: argparse.Namespace) -> None:
-    from . import demo_data
-    from .models import load_model
-    from .roar import EXPLAINERS, MODES, RoarConfig, plot_roar
-    from .roar import run_roar as run
+def roar_command(args: argparse.Namespace) -> None:
+    from ..demo import data as demo_data
+    from ..evaluation.roar import EXPLAINERS, MODES, RoarConfig, plot_roar, run_roar
+    from ..models import load_model
 
-    fractions = _numbers(args.fractions, "--fractions")
-    if not fractions or any(not 0 < f < 100 for f in fractions):
-        raise SegGradCAMError(f"--fractions are percentages strictly between 0 and 100; got {args.fractions!r}.")
-    seeds = [int(s) for s in _numbers(args.seeds, "--seeds")]
+    fractions = fractions_from_percentages(args.fractions, "--fractions")
+    seeds = [int(s) for s in numbers(args.seeds, "--seeds")]
     fields = _given(args, {"epochs": "epochs", "train_slices": "train_slices", "test_slices": "test_slices",
                            "threads": "threads"})
-    config = RoarConfig(
-        fractions=tuple(f / 100 for f in fractions),
-        explainers=_choices(args.explainers, EXPLAINERS, "--explainers"),
-        modes=_choices(args.modes, MODES, "--modes"),
-        seeds=tuple(seeds) or (0,),
-        layer=args.layer or "auto",
-        **fields,
-    )
+    explainers = choices(args.explainers, EXPLAINERS, "--explainers")
+    modes = choices(args.modes, MODES, "--modes")
     model = load_model(args.model)
     spec = model.spec
     if tuple(spec.labels) != demo_data.LABELS or spec.in_channels != len(demo_data.CHANNELS) or spec.spatial_dims != 2:
@@ -108,8 +81,8 @@ def run_roar(args: argparse.Namespace) -> None:
             f"ROAR runs on the demo recipe: the model must be 2D with inputs {', '.join(demo_data.CHANNELS)} and labels "
             f"{', '.join(demo_data.LABELS)}; {spec.name} has {spec.in_channels} input(s) and labels {', '.join(spec.labels)}."
         )
-    if config.layer == "auto" and model.layers:
-        config.layer = model.layers[-1]
-    report = run(model.network, config, args.out / "roar.json")
+    config = RoarConfig(fractions=fractions, explainers=explainers, modes=modes, seeds=tuple(seeds) or (0,),
+                        layer=model.chosen_layers(args.layer or AUTO_LAYER), **fields)
+    report = run_roar(model.network, config, args.out / "roar.json")
     plot_roar(report, args.out / "roar.png")
     print(f"Wrote {args.out / 'roar.json'} and {args.out / 'roar.png'}")

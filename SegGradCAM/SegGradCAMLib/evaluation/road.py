@@ -19,9 +19,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..selection import DEFAULT_FRACTIONS
 from .deletion_insertion import ClassScorer, auc, rank_voxels
 
-DEFAULT_PERCENTAGES = (0.1, 0.3, 0.5, 0.7, 0.9)
 # A tiny pull of every imputed voxel towards the mean of the known voxels keeps the system
 # solvable where a removed region touches no known voxel (e.g. all removed).
 ANCHOR = 1e-6
@@ -119,7 +119,7 @@ class RoadCurve:
 
 
 def road(scorer: ClassScorer, image: torch.Tensor, heatmap: torch.Tensor,
-         percentages: Sequence[float] = DEFAULT_PERCENTAGES, noise: float = 0.01,
+         percentages: Sequence[float] = DEFAULT_FRACTIONS, noise: float = 0.01,
          seed: int = 0) -> dict[str, RoadCurve]:
     """MoRF and LeRF curves for one heatmap. ``image``: ``(Cin, *S)``; ``heatmap``: ``(*S)``."""
     ranks = rank_voxels(heatmap, seed)

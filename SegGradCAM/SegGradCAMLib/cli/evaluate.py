@@ -1,0 +1,90 @@
+"""``seggradcam evaluate``: how faithful the heatmaps are, over a data set."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..errors import SegGradCAMError
+from ..selection import (
+    ALL_CLASSES,
+    AUTO_LAYER,
+    DEFAULT_PERCENTAGES_TEXT,
+    class_indices,
+    fractions_from_percentages,
+    layer_selection,
+    pick_device,
+    split_list,
+)
+from .progress import progress_bar
+
+
+def add_evaluate_parser(sub) -> None:
+    """The ``evaluate`` subcommand."""
+    evaluate = sub.add_parser("evaluate", help="faithfulness of the heatmaps: Deletion/Insertion, ROAD, sanity checks")
+    evaluate.add_argument("--model", default="hdbet", help="registered model name or a model file/folder")
+    evaluate.add_argument("--data", required=True,
+                          help="folder of volumes (one case each), a list file (one case per line, channels "
+                               "comma-separated), or 'demo' (the demo model's held-out slices)")
+    evaluate.add_argument("--out", required=True, type=Path, help="output folder")
+    evaluate.add_argument("--metrics", default="deletion,insertion,road,randomization",
+                          help="comma-separated: deletion, insertion (computed together), road, randomization")
+    evaluate.add_argument("--methods", default="gradcam",
+                          help="comma-separated CAM methods (gradcam, gradcam++, hirescam, layercam)")
+    evaluate.add_argument("--baselines", default="random,mask,gradient",
+                          help="comma-separated baseline explanations (random, mask, gradient), or 'none'")
+    evaluate.add_argument("--layers", default=AUTO_LAYER, help="'auto' (finest decoder stage) or comma-separated layer names")
+    evaluate.add_argument("--classes", default=ALL_CLASSES, help="'all' or comma-separated class names or indices")
+    evaluate.add_argument("--max-slices", type=int, default=100, help="at most this many cases (slices for 2D models)")
+    evaluate.add_argument("--step", type=float, default=0.01, help="fraction of voxels per Deletion/Insertion step")
+    evaluate.add_argument("--baseline", default="blur", choices=["blur", "mean"], help="what removed voxels become")
+    evaluate.add_argument("--sigma-mm", type=float, default=20.0,
+                          help="blur sigma in mm for --baseline blur (larger than the structures to remove)")
+    evaluate.add_argument("--road-percentages", default=DEFAULT_PERCENTAGES_TEXT, help="ROAD removal percentages")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--batch-size", type=int, default=32, help="perturbed inputs per network call")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--threads", type=int, default=0,
+                          help="CPU threads for torch (0: torch's default; 1 is fastest for small 2D "
+                               "models on a busy machine)")
+    evaluate.add_argument("--trust-model", action="store_true", help="allow model formats that run code")
+
+
+def evaluate_command(args: argparse.Namespace) -> dict:
+    """Load model and cases, evaluate, write metrics.json/csv, plots and report.html."""
+    from ..evaluation.dataset import EvalConfig, evaluate, load_cases
+    from ..evaluation.report import write_outputs
+    from ..models import load_model
+
+    if args.max_slices < 1 or not 0 < args.step <= 1:
+        raise SegGradCAMError("--max-slices must be >= 1 and --step a fraction in (0, 1].")
+    percentages = fractions_from_percentages(args.road_percentages, "--road-percentages")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    device = pick_device(args.device)
+    model = load_model(args.model, trust=args.trust_model, device=device)
+    classes = class_indices(args.classes, model.spec.labels)
+    config = EvalConfig(
+        metrics=split_list(args.metrics), methods=split_list(args.methods), baselines=split_list(args.baselines),
+        layers=layer_selection(args.layers), classes=classes, step=args.step,
+        baseline=args.baseline, sigma_mm=args.sigma_mm, road_percentages=percentages, seed=args.seed,
+        batch_size=args.batch_size, device=device,
+    )
+    config.check()
+    cases = load_cases(model, args.data, classes, args.max_slices, args.seed, args.batch_size, device)
+    timings["load_s"] = time.perf_counter() - start
+    bar, update = progress_bar(f"evaluate {model.spec.name}")
+    try:
+        result = evaluate(model, cases, config, progress=update)
+    finally:
+        bar.close()
+    timings["evaluate_s"] = result.seconds
+    report = write_outputs(args.out, model, args.data, result, config, timings, device)
+    print(f"Evaluated {report['cases']} cases in {report['timings']['evaluate_s']:.0f} s; "
+          f"wrote {args.out / 'metrics.json'}, metrics.csv, report.html")
+    return report

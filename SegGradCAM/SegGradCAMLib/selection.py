@@ -1,0 +1,100 @@
+"""What the user chose, parsed once for every front end: classes, layers, methods,
+comma-separated lists, removal fractions and the device.
+
+Torch-free at import (3D Slicer's module reads :data:`CAM_METHODS` without torch).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from .errors import SegGradCAMError
+
+ALL_CLASSES = "all"
+AUTO_LAYER = "auto"
+NONE = "none"
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+DEFAULT_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_PERCENTAGES_TEXT = ",".join(f"{100 * f:g}" for f in DEFAULT_FRACTIONS)
+
+
+def split_list(text: str | Sequence[str]) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; ``"none"`` -> ``[]``; a sequence is returned as a list."""
+    if not isinstance(text, str):
+        return [str(part) for part in text]
+    if text.strip() == NONE:
+        return []
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def layer_selection(text: str | Sequence[str]) -> str | list[str]:
+    """``"auto"`` stays ``"auto"`` (the model's finest decoder stage); else the layer names."""
+    if isinstance(text, str) and text.strip() in (AUTO_LAYER, ""):
+        return AUTO_LAYER
+    return split_list(text)
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is one of :data:`CAM_METHODS`, else a user-facing error."""
+    if method not in CAM_METHODS:
+        raise SegGradCAMError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
+    return method
+
+
+def choices(text: str, valid: Sequence[str], option: str) -> tuple[str, ...]:
+    """Comma-separated names, each one of ``valid``; at least one."""
+    chosen = tuple(split_list(text))
+    unknown = [c for c in chosen if c not in valid]
+    if unknown or not chosen:
+        raise SegGradCAMError(f"{option}: unknown or missing {unknown or ''}; choose from {', '.join(valid)}.")
+    return chosen
+
+
+def numbers(text: str, option: str) -> list[float]:
+    """Comma-separated numbers."""
+    try:
+        return [float(part) for part in split_list(text)]
+    except ValueError:
+        raise SegGradCAMError(f"{option} takes numbers, comma-separated (like 10,30,50); got {text!r}.") from None
+
+
+def fractions_from_percentages(text: str, option: str) -> tuple[float, ...]:
+    """``"10,30,50"`` -> ``(0.1, 0.3, 0.5)``; each strictly between 0 and 100."""
+    values = numbers(text, option)
+    if not values or any(not 0 < v < 100 for v in values):
+        raise SegGradCAMError(f"{option} are percentages strictly between 0 and 100; got {text!r}.")
+    return tuple(v / 100 for v in values)
+
+
+def class_indices(text: str | Sequence[int | str], labels: Sequence[str]) -> list[int]:
+    """Class indices from ``"all"`` (every class but a leading ``background``), or
+    names/indices (a comma-separated string or a sequence)."""
+    if isinstance(text, str) and text.strip() == ALL_CLASSES:
+        return [i for i, name in enumerate(labels) if i > 0 or name.lower() != "background"]
+    chosen = []
+    for part in split_list(text):
+        if part in labels:
+            chosen.append(list(labels).index(part))
+        elif part.isdigit() and int(part) < len(labels):
+            chosen.append(int(part))
+        else:
+            raise SegGradCAMError(f"Unknown class {part!r}; valid classes: {', '.join(labels)}.")
+    if not chosen:
+        raise SegGradCAMError(f"No class given; valid classes: {', '.join(labels)}.")
+    return chosen
+
+
+def pick_device(name: str) -> str:
+    """Resolve ``auto``/``cpu``/``cuda[:N]``; refuse CUDA where there is none."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise SegGradCAMError(f"--device {name} was requested but CUDA is not available here; use --device cpu.")
+        return name
+    raise SegGradCAMError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
