@@ -61,6 +61,44 @@ def test_gradcam_equals_captum_without_relu_and_with_user_region():
         assert relative_error(maps[name], reference) <= 1e-5
 
 
+IN_PLACE_LEAVES = {
+    # leaf layer whose output the next module (an in-place LeakyReLU) overwrites, and a decoder stage beside it
+    "UNet": ("model.1.submodule.2.0.adn.D", "model.1.submodule.1.submodule.2"),
+    "BasicUNet": ("upcat_1.convs.conv_1.adn.D", "upcat_2"),
+    "DynUNet": ("upsamples.0.conv_block.norm2", "upsamples.1"),
+}
+
+
+def in_place_network(arch: str, dims: int) -> nn.Module:
+    """The conftest network, with an in-place LeakyReLU for UNet (whose default PReLU is not in place)."""
+    if arch != "UNet":
+        return small_monai_network(arch, dims)
+    from monai.networks import nets
+
+    torch.manual_seed(0)
+    return nets.UNet(dims, 1, 3, (8, 16, 32, 64), (2, 2, 2), num_res_units=1,
+                     act=("leakyrelu", {"inplace": True})).eval()
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "with-another-layer"])
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("arch", sorted(IN_PLACE_LEAVES))
+def test_leaf_layer_followed_by_in_place_activation_equals_captum(arch, dims, together):
+    network = in_place_network(arch, dims)
+    leaf, other = IN_PLACE_LEAVES[arch]
+    following = [m for m in network.modules() if getattr(m, "inplace", False)]
+    assert following, "the network must hold an in-place activation"
+    inputs = torch.randn(1, 1, *([32] * dims), generator=torch.Generator().manual_seed(3))
+    layers = [other, leaf] if together else [leaf]
+    maps = seg_grad_cam(network, inputs, layers, CLASSES)
+    with torch.no_grad():
+        regions = predicted_regions(network(inputs), CLASSES)
+    for name in layers:
+        reference = captum_maps(network, inputs, name, CLASSES, regions)
+        assert reference.abs().max() > 0
+        assert relative_error(maps[name], reference) <= 1e-5, (arch, dims, name)
+
+
 class LinearHead(nn.Module):
     """features -> 1x1 conv head: logit_c(p) = sum_k W_ck A_k(p) + b_c."""
 

@@ -64,7 +64,7 @@ class TrainResult:
 
 def build_demo_network() -> nn.Module:
     """The demo architecture with fresh weights (seed the global torch RNG first)."""
-    from ..models.formats import build_network
+    from ..models.json_spec import build_network
 
     return build_network(ARCHITECTURE, NETWORK_ARGS)
 

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..volumes.files import safe_filename
 from .dataset import METRIC_COLUMNS, NO_LAYER
 
 # Columns of the report's table: (metric, heading, better).
@@ -30,10 +31,6 @@ CURVE_TITLES = {"deletion": "Deletion", "insertion": "Insertion", "road_morf": "
 
 def explanation_name(method: str, layer: str) -> str:
     return method if layer == NO_LAYER else f"{method} @ {layer}"
-
-
-def _file_name(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text).strip("-")
 
 
 def write_tables(out: Path, report: dict) -> None:
@@ -71,7 +68,7 @@ def plot_curves(out: Path, curves: Sequence[dict]) -> list[Path]:
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=7, loc="best")
         fig.tight_layout()
-        path = out / f"curves_{_file_name(name)}.png"
+        path = out / f"curves_{safe_filename(name)}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         paths.append(path)
@@ -138,7 +135,7 @@ def plot_gallery(out: Path, gallery: Sequence[dict]) -> list[Path]:
                 ax.axis("off")
         fig.suptitle(item["case"], color="white", fontsize=9)
         fig.tight_layout()
-        path = folder / f"{_file_name(item['case'])}.png"
+        path = folder / f"{safe_filename(item['case'])}.png"
         fig.savefig(path, dpi=80, facecolor="black")
         plt.close(fig)
         paths.append(path)

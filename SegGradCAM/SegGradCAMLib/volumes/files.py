@@ -51,6 +51,11 @@ class Volume:
         }
 
 
+def safe_filename(text: str) -> str:
+    """``text`` as a file-name part: runs of anything but ASCII letters, digits, ``_`` and ``-`` become ``-``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
+
+
 def _split_selector(text: str) -> tuple[str, int | None]:
     match = re.fullmatch(r"(.+)@(\d+)", text)
     if match and not Path(text).exists():
