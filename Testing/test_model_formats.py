@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,18 @@ def test_corrupt_weights_are_refused(tmp_path: Path) -> None:
         load_model_path(path, trust=True)
 
 
+@pytest.mark.parametrize("seed", [2, 20, 195], ids=["IndexError", "KeyError", "UnicodeDecodeError"])
+def test_damaged_weights_that_break_the_unpickler_are_refused(tmp_path: Path, seed: int) -> None:
+    """Random bytes on which torch's weights-only unpickler fails with errors other than
+    UnpicklingError (seeds found by trying; the ids name what torch 2.13 raises)."""
+    import random
+
+    path = _write_spec(tmp_path, _unet(), "UNet", UNET_ARGS)
+    (tmp_path / "model.pt").write_bytes(random.Random(seed).randbytes(4096))
+    with pytest.raises(SegGradCAMError, match="model.pt: it is corrupt"):
+        load_model_path(path, trust=True)
+
+
 class _Payload:
     """Unpickling this would create ``marker`` (it must never happen)."""
 
@@ -219,6 +232,15 @@ def test_torchscript_without_metadata_infers_channels_and_labels(tmp_path: Path)
     assert loaded.spec.labels == ["class_0", "class_1", "class_2", "class_3"]
     assert loaded.layers and loaded.spec.normalization == "zscore"
     assert _same_output(loaded.network, original, torch.randn(1, 2, 16, 16, 16))
+
+
+def test_torchscript_replay_on_a_changed_torch_fails_with_one_line_naming_torch(tmp_path: Path, monkeypatch) -> None:
+    torch.jit.save(torch.jit.script(_unet()), tmp_path / "net.ts")
+    (tmp_path / "net.json").write_text(json.dumps({"labels": ["bg", "a", "b"], "spatial_dims": 2}))
+    monkeypatch.delattr(torch._C, "parse_schema")  # as if a torch release had removed it
+    with pytest.raises(SegGradCAMError, match=re.escape(f"torch {torch.__version__}")) as error:
+        load_model_path(tmp_path / "net.ts", trust=True)
+    assert "\n" not in str(error.value)
 
 
 def test_torchscript_archive_metadata_gives_the_spec(tmp_path: Path) -> None:

@@ -41,8 +41,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "(weights_only=True rejected it). Save the weights as a plain state_dict "
             "(torch.save(model.state_dict(), ...)); code in a checkpoint is never executed."
         ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        raise SegGradCAMError(f"Cannot read model file {path.name}: it is corrupt or not a PyTorch file ({error}).") from error
+    except Exception as error:  # weights_only never runs code: any other failure is a damaged file
+        raise SegGradCAMError(
+            f"Cannot read model file {path.name}: it is corrupt or not a PyTorch file ({type(error).__name__}: {error})."
+        ) from error
     for key in ("state_dict", "model", "network", "model_state_dict"):
         if isinstance(data, dict) and key in data and isinstance(data[key], dict):
             data = data[key]

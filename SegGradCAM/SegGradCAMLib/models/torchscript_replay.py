@@ -70,8 +70,13 @@ class ScriptedModule(nn.Module):
         super().__init__()
         object.__setattr__(self, "scripted", scripted)
         self._methods: dict[str, _Method | None] = {}
-        has_forward = scripted._c._has_method("forward")
-        self.opaque = has_forward and self._method("forward") is None
+        try:
+            self.opaque = scripted._c._has_method("forward") and self._method("forward") is None
+        except (AttributeError, TypeError) as error:  # torch's private graph API changed
+            raise SegGradCAMError(
+                f"Replaying TorchScript graphs relies on torch internals that torch {torch.__version__} "
+                f"does not offer ({error}); load the weights as a state_dict with a JSON spec instead."
+            ) from error
         if not self.opaque:
             for name, child in scripted.named_children():
                 self.add_module(name, ScriptedModule(child))
