@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import itertools
 
-    parser = argparse.ArgumentParser(description="Write one demo case (t1c, flair, labels) as NRRD files.")
+    parser = argparse.ArgumentParser(prog="python -m SegGradCAMLib.demo.data", description="Write one demo case (t1c, flair, labels) as NRRD files.")
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--index", type=int, default=0, help="case number in the seed's stream (default 0)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"case stream seed (default {EVAL_SEED}, held out)")
