@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 from conftest import small_monai_network
 from toy_models import blob, centre_of_mass, threshold_model
 from SegGradCAMLib.cam import seg_grad_cam
@@ -99,6 +102,112 @@ def test_sliding_window_stitching_matches_monai_logits():
     assert np.mean(result.labels == logits.argmax(1)[0].numpy()) > 0.999
     heat = result.heatmaps["model.1.submodule.2"]
     assert heat.shape == (2, 24, 32, 40) and np.isclose(heat.max(axis=(1, 2, 3)), 1.0).all()
+
+
+def _hand_sliding_window(network, volume, roi, starts, pad, layers, classes, regions=None):
+    """Reference for the sliding-window target rule, written out window by window.
+
+    ``volume`` ``(Cin, *S)`` is zero-padded by ``pad`` ((before, after) per axis); the
+    windows start at every combination of ``starts`` (per axis). Logits and maps are
+    stitched with MONAI's Gaussian importance map. The region of class c in a window is
+    the stitched segmentation's mask of c (cropped to ``S``, padded with False) cut to the
+    window, unless ``regions`` ``(len(classes), *S)`` are given.
+    Returns labels ``(*S)`` and maps layer -> ``(len(classes), *S)``.
+    """
+    from monai.data.utils import compute_importance_map
+
+    weight = compute_importance_map(roi, mode="gaussian", sigma_scale=0.125, device="cpu").reshape(roi)
+    widths = [w for before_after in reversed(pad) for w in before_after]  # F.pad order: last axis first
+    x = F.pad(torch.from_numpy(volume)[None], widths)
+    size = x.shape[2:]
+    windows = [tuple(slice(s, s + r) for s, r in zip(start, roi)) for start in itertools.product(*starts)]
+    crop = tuple(slice(before, n - after) for (before, after), n in zip(pad, size))
+    total = torch.zeros(size)
+    for window in windows:
+        total[window] += weight
+    if regions is None:
+        logits = None
+        with torch.no_grad():
+            for window in windows:
+                out = network(x[(slice(None), slice(None), *window)])[0] * weight
+                logits = torch.zeros((out.shape[0], *size)) if logits is None else logits
+                logits[(slice(None), *window)] += out
+        labels = (logits / total).argmax(0)[crop]
+        regions = torch.stack([labels == c for c in classes])
+    regions = F.pad(torch.as_tensor(regions, dtype=torch.bool), widths)
+    maps = {name: torch.zeros((len(classes), *size)) for name in layers}
+    logits = None
+    for window in windows:
+        cams = seg_grad_cam(network, x[(slice(None), slice(None), *window)], layers, classes,
+                            regions=regions[(slice(None), *window)][None], relu=True, upsample=True)
+        for name in layers:
+            maps[name][(slice(None), *window)] += cams[name][:, 0] * weight
+        logits = torch.zeros((cams.logits.shape[1], *size)) if logits is None else logits
+        logits[(slice(None), *window)] += cams.logits[0] * weight
+    labels = (logits / total).argmax(0)[crop].numpy()
+    return labels, {name: (m / total)[(slice(None), *crop)].numpy() for name, m in maps.items()}
+
+
+@pytest.mark.parametrize(
+    "shape, starts, pad, user_region",
+    [
+        ((48, 48, 48), [(0, 16)] * 3, [(0, 0)] * 3, False),  # 2 x 2 x 2 windows, no padding
+        # 19 < 32 along Z: MONAI pads 13 voxels, 6 before and 7 after; X: last window flush with the end
+        ((19, 48, 40), [(0,), (0, 16), (0, 8)], [(6, 7), (0, 0), (0, 0)], False),
+        ((19, 48, 40), [(0,), (0, 16), (0, 8)], [(6, 7), (0, 0), (0, 0)], True),
+    ],
+    ids=["2x2x2-windows", "padded", "padded-user-region"],
+)
+def test_sliding_window_cams_use_the_stitched_segmentation_as_target(shape, starts, pad, user_region):
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    roi = (32, 32, 32)
+    scanned = tuple(max(n, r) for n, r in zip(shape, roi))
+    monai_windows = dense_patch_slices(scanned, roi, _get_scan_interval(scanned, roi, 3, (0.5,) * 3))
+    assert sorted(tuple(s.start for s in w) for w in monai_windows) == sorted(itertools.product(*starts))
+
+    network = small_monai_network("UNet", 3)
+    layers, classes = ["model.1.submodule.1.submodule.2", "model.1.submodule.2"], [1, 2]
+    spec = ModelSpec(name="u", labels=["a", "b", "c"], normalization="none", divisible_by=16, roi_size=roi)
+    model = LoadedModel(network, spec, layers)
+    volume = np.random.default_rng(4).standard_normal((1, *shape)).astype(np.float32)
+    regions = None
+    if user_region:
+        regions = np.zeros((len(classes), *shape), dtype=bool)
+        regions[0, 2:12, 5:30, 10:35] = True
+        regions[1, 10:, 30:, :20] = True
+    progress = []
+    result = explain_volume(model, volume, (1, 1, 1), layers=layers, classes=classes, regions=regions,
+                            normalize=False, progress=lambda done, total: progress.append((done, total)))
+
+    labels, maps = _hand_sliding_window(network, volume[0:1], roi, starts, pad, layers, classes, regions)
+    assert result.labels.shape == shape and np.array_equal(result.labels, labels)
+    assert len(np.unique(labels)) == 3  # every class has a region somewhere
+    assert result.layers == layers and list(result.heatmaps) == layers
+    for name in layers:
+        heat, expected = result.heatmaps[name], maps[name]
+        assert heat.shape == (len(classes), *shape) and np.isfinite(heat).all()
+        for c in range(len(classes)):
+            assert expected[c].max() > 0
+            assert np.abs(heat[c] - expected[c]).max() <= 1e-4 * expected[c].max()
+
+    n_windows = len(monai_windows) * (1 if user_region else 2)  # + a no-grad pass for the segmentation
+    assert progress[0] == (0, n_windows) and progress[-1] == (n_windows, n_windows)
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    assert {t for _, t in progress} == {n_windows}
+
+
+def test_sliding_window_can_be_cancelled_between_windows():
+    network = small_monai_network("UNet", 3)
+    spec = ModelSpec(name="u", labels=["a", "b", "c"], normalization="none", divisible_by=16, roi_size=(32,) * 3)
+    model = LoadedModel(network, spec, ["model.1.submodule.2"])
+    volume = np.random.default_rng(5).standard_normal((1, 48, 48, 48)).astype(np.float32)
+    steps = []
+    with pytest.raises(CancelledError):
+        explain_volume(model, volume, (1, 1, 1), classes=[1], progress=lambda d, t: steps.append(d),
+                       cancel=lambda: len(steps) >= 10)  # during the second pass (8 windows each)
+    assert steps == list(range(10))
 
 
 def test_user_region_changes_the_explanation():

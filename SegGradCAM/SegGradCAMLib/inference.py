@@ -1,11 +1,13 @@
 """Explain a whole volume: preprocessing, slice-wise 2D or sliding-window 3D, and back.
 
-The volume is brought to the model's orientation and spacing, normalised and
-padded; the network runs slice by slice (2D) in batches, or over the whole
-padded volume / sliding windows (3D). Each window's logits and CAMs are stitched
-with the same importance weights. Maps come back to the input grid linearly,
-labels by nearest neighbour, and are normalised once, globally, per class and
-layer (never per slice or per window).
+The volume is brought to the model's orientation and spacing and normalised;
+the network runs slice by slice (2D) in batches, over the whole padded volume
+(3D), or in MONAI's sliding windows (3D models with a ``roi_size``). In a sliding
+window the target region of class c is the final stitched segmentation's mask of
+c cut to that window; each window's logits and CAMs are stitched with the same
+importance weights. Maps come back to the input grid linearly, labels by nearest
+neighbour, and are normalised once, globally, per class and layer (never per
+slice or per window).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .cam import seg_grad_cam
+from .cam import CAMMaps, predicted_regions, seg_grad_cam
 from .errors import CancelledError, SegGradCAMError
 from .layers import resolve_layers
 from .models.spec import LoadedModel, ModelSpec
@@ -32,6 +35,13 @@ from .preprocessing import (
 )
 
 ProgressCallback = Callable[[int, int], None]
+
+# Sliding-window settings (MONAI's sliding_window_inference).
+_OVERLAP = 0.5
+_SIGMA_SCALE = 0.125
+# Key of the logits among the per-layer maps a window returns: no layer is named ""
+# (resolve_layers refuses the root module), so it cannot clash with a layer name.
+_LOGITS = ""
 
 
 @dataclass
@@ -133,16 +143,15 @@ def check_min_size(grid: Sequence[int], minimum: int) -> None:
         )
 
 
-def _windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
-    """Window slices covering ``shape`` with the given overlap (last window flush with the end)."""
-    starts = []
-    for n, r in zip(shape, roi):
-        step = max(1, int(r * (1 - overlap)))
-        axis = list(range(0, max(n - r, 0) + 1, step))
-        if axis[-1] + r < n:
-            axis.append(n - r)
-        starts.append(axis)
-    return [tuple(slice(s, s + r) for s, r in zip(start, roi)) for start in itertools.product(*starts)]
+def _monai_padding(shape: Sequence[int], roi: Sequence[int]) -> list[int]:
+    """``F.pad`` widths (last axis first) that ``sliding_window_inference`` gives a
+    volume of spatial ``shape`` smaller than ``roi``: the missing voxels split in two,
+    the odd one at the end (as MONAI computes ``pad_size``)."""
+    pads: list[int] = []
+    for n, r in zip(reversed(tuple(shape)), reversed(tuple(roi))):
+        missing = max(int(r) - int(n), 0)
+        pads += [missing // 2, missing - missing // 2]
+    return pads
 
 
 class _Runner:
@@ -158,53 +167,89 @@ class _Runner:
         if self.progress is not None:
             self.progress(done, total)
 
-    def _cams(self, x: torch.Tensor, regions: torch.Tensor | None):
-        result = seg_grad_cam(
+    def _explain(self, x: torch.Tensor, regions: torch.Tensor | None) -> CAMMaps:
+        """CAMs of a batch ``(B, Cin, *S)`` on the runner's device: maps ``(n, B, *S)``, logits ``(B, C, *S)``."""
+        return seg_grad_cam(
             self.model.network, x.to(self.device), self.layers, self.classes, self.method,
             None if regions is None else regions.to(self.device), relu=True, upsample=True,
         )
+
+    def _cams(self, x: torch.Tensor, regions: torch.Tensor | None):
+        """As :meth:`_explain`, as float32 on the CPU: logits ``(B, C, *S)``, maps layer -> ``(n, B, *S)``."""
+        result = self._explain(x, regions)
         return result.logits.float().cpu(), {k: v.float().cpu() for k, v in result.items()}
 
     def run_3d(self, image: torch.Tensor, regions: torch.Tensor | None):
         """image ``(Cin, Z, Y, X)`` -> logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``."""
         spec = self.model.spec
+        if spec.roi_size is not None:
+            return self._sliding_window(image, regions)
         shape = image.shape[1:]
-        target = padded_shape(shape, spec.divisible_by, spec.roi_size or spec.min_size)
+        target = padded_shape(shape, spec.divisible_by, spec.min_size)
         image = pad_end(image, target)
         if regions is not None:
             regions = pad_end(regions, target)
-        if spec.roi_size is None:
-            self._step(0, 1)
-            logits, maps = self._cams(image[None], None if regions is None else regions[None])
-            self._step(1, 1)
-            logits, maps = logits[0], {k: v[:, 0] for k, v in maps.items()}
-        else:
-            logits, maps = self._sliding_window(image, regions)
+        self._step(0, 1)
+        logits, maps = self._cams(image[None], None if regions is None else regions[None])
+        self._step(1, 1)
         crop = (slice(None),) + tuple(slice(0, n) for n in shape)
-        return logits[crop], {k: v[crop] for k, v in maps.items()}
+        return logits[0][crop], {k: v[:, 0][crop] for k, v in maps.items()}
 
     def _sliding_window(self, image: torch.Tensor, regions: torch.Tensor | None):
-        from monai.data.utils import compute_importance_map
+        """MONAI sliding windows over image ``(Cin, Z, Y, X)``: logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``.
 
-        roi = self.model.spec.roi_size
-        windows = _windows(image.shape[1:], roi, overlap=0.5)
-        weight = compute_importance_map(roi, mode="gaussian", sigma_scale=0.125, device="cpu").float()
-        weight = weight.reshape(roi)
-        total = torch.zeros(image.shape[1:])
-        logits = maps = None
-        for i, window in enumerate(windows):
-            self._step(i, len(windows))
-            win = (slice(None),) + window
-            w_logits, w_maps = self._cams(image[win][None], None if regions is None else regions[win][None])
-            if logits is None:
-                logits = torch.zeros((w_logits.shape[1], *image.shape[1:]))
-                maps = {k: torch.zeros((v.shape[0], *image.shape[1:])) for k, v in w_maps.items()}
-            logits[win] += w_logits[0] * weight
-            for k, v in w_maps.items():
-                maps[k][win] += v[:, 0] * weight
-            total[window] += weight
-        self._step(len(windows), len(windows))
-        return logits / total, {k: v / total for k, v in maps.items()}
+        Without ``regions`` (``(n, Z, Y, X)`` boolean), a first pass without gradients
+        stitches the segmentation and takes each class's mask as its region. The second
+        pass explains every window with the regions cut to it; MONAI stitches maps and
+        logits with the same Gaussian weights, on the CPU (only windows go to the device).
+        """
+        from monai.data.utils import dense_patch_slices
+        from monai.inferers import sliding_window_inference
+        from monai.inferers.utils import _get_scan_interval  # private MONAI helper: its own scan, to count windows
+
+        roi = tuple(int(r) for r in self.model.spec.roi_size)
+        shape = tuple(image.shape[1:])
+        scanned = tuple(max(n, r) for n, r in zip(shape, roi))  # MONAI's image_size, after its padding
+        interval = _get_scan_interval(scanned, roi, len(roi), (_OVERLAP,) * len(roi))
+        n_windows = len(dense_patch_slices(scanned, roi, interval))
+        total = n_windows if regions is not None else 2 * n_windows
+        steps = itertools.count()
+
+        def stitch(predictor: Callable, with_coord: bool = False):
+            return sliding_window_inference(
+                image[None].cpu(), roi, 1, predictor, overlap=_OVERLAP, mode="gaussian", sigma_scale=_SIGMA_SCALE,
+                sw_device=self.device, device="cpu", with_coord=with_coord,
+            )
+
+        if regions is None:
+            def segment(window: torch.Tensor) -> torch.Tensor:
+                """Logits ``(1, C, *roi)`` of a window ``(1, Cin, *roi)``."""
+                self._step(next(steps), total)
+                logits = self.model.network(window)
+                if not isinstance(logits, torch.Tensor):
+                    raise SegGradCAMError(
+                        f"The network returned {type(logits).__name__}; Seg-Grad-CAM needs one logits tensor."
+                    )
+                return logits
+
+            with torch.no_grad():
+                regions = predicted_regions(stitch(segment), self.classes)[0]
+        # MONAI's window coordinates are in its padded volume: pad the regions the same way.
+        regions = F.pad(regions.bool(), _monai_padding(shape, roi))
+
+        def explain(window: torch.Tensor, coords: list[list[slice]]) -> dict[str, torch.Tensor]:
+            """Window ``(1, Cin, *roi)`` at ``coords`` ``[[batch, channels, *spatial]]`` -> layer ->
+            ``(1, n, *roi)`` and ``_LOGITS`` -> ``(1, C, *roi)``."""
+            self._step(next(steps), total)
+            (where,) = coords  # sw_batch_size 1: one window
+            result = self._explain(window, regions[(slice(None), *where[2:])][None])
+            out = {name: m.transpose(0, 1).float() for name, m in result.items()}
+            out[_LOGITS] = result.logits.float()
+            return out
+
+        stitched = stitch(explain, with_coord=True)
+        self._step(total, total)
+        return stitched[_LOGITS][0], {name: stitched[name][0] for name in self.layers}
 
     def run_2d(self, image: torch.Tensor, regions: torch.Tensor | None, batch_size: int):
         """Slice-wise along axis 0 of ``(Cin, Z, Y, X)``: same outputs as :meth:`run_3d`."""
