@@ -200,3 +200,23 @@ def test_module_objects_and_auto_layer():
     by_auto = seg_grad_cam(network, inputs, "auto", [1])
     assert list(by_object) == list(by_auto) == ["up_layers.2"]
     assert torch.equal(by_object["up_layers.2"], by_auto["up_layers.2"])
+
+
+@pytest.mark.parametrize("arch", ["BasicUNet", "DynUNet"])
+def test_classes_batched_into_few_backward_passes_give_the_per_class_maps(arch):
+    network = small_monai_network(arch, 3, out_channels=5)
+    inputs = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(4))
+    layers = decoder_layers(network)[-2:]
+    classes = [0, 1, 2, 3, 4]
+    looped_steps = []
+    one = seg_grad_cam(network, inputs, layers, classes, "hirescam", class_batch=1,
+                       on_backward=lambda done, total: looped_steps.append((done, total)))
+    steps = []
+    batched = seg_grad_cam(network, inputs, layers, classes, "hirescam", class_batch=2,
+                           on_backward=lambda done, total: steps.append((done, total)))
+    assert looped_steps == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+    assert steps == [(2, 5), (4, 5), (5, 5)]  # three backward passes for five classes
+    for name in layers:
+        assert one[name].abs().max() > 0
+        assert relative_error(batched[name], one[name]) <= 1e-5, name
+    assert torch.equal(batched.logits, one.logits)

@@ -65,7 +65,7 @@ def test_two_dimensional_model_runs_slice_by_slice_with_global_normalisation():
     volume[:, 3] *= 5  # a slice on another scale must stay on another scale
     progress = []
     result = explain_volume(model, volume, (1, 1, 1), layers="auto", classes=[1, 2], batch_size=2,
-                            progress=lambda done, total: progress.append((done, total)))
+                            progress=lambda stage, done, total: progress.append((done, total)) if stage == "slices" else None)
     assert progress[-1] == (3, 3) and [d for d, _ in progress] == sorted(d for d, _ in progress)
     direct = seg_grad_cam(network, torch.from_numpy(volume[0][:, None]), "model.1.submodule.2", [1, 2], upsample=True)
     direct = direct["model.1.submodule.2"].numpy()  # (classes, Z, Y, X)
@@ -179,7 +179,7 @@ def test_sliding_window_cams_use_the_stitched_segmentation_as_target(shape, star
         regions[1, 10:, 30:, :20] = True
     progress = []
     result = explain_volume(model, volume, (1, 1, 1), layers=layers, classes=classes, regions=regions,
-                            normalize=False, progress=lambda done, total: progress.append((done, total)))
+                            normalize=False, progress=lambda stage, done, total: progress.append((done, total)) if stage == "windows" else None)
 
     labels, maps = _hand_sliding_window(network, volume[0:1], roi, starts, pad, layers, classes, regions)
     assert result.labels.shape == shape and np.array_equal(result.labels, labels)
@@ -205,7 +205,7 @@ def test_sliding_window_can_be_cancelled_between_windows():
     volume = np.random.default_rng(5).standard_normal((1, 48, 48, 48)).astype(np.float32)
     steps = []
     with pytest.raises(CancelledError):
-        explain_volume(model, volume, (1, 1, 1), classes=[1], progress=lambda d, t: steps.append(d),
+        explain_volume(model, volume, (1, 1, 1), classes=[1], progress=lambda stage, d, t: steps.append(d) if stage == "windows" else None,
                        cancel=lambda: len(steps) >= 10)  # during the second pass (8 windows each)
     assert steps == list(range(10))
 

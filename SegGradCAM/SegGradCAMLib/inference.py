@@ -34,7 +34,9 @@ from .preprocessing import (
     resize,
 )
 
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``; stages ``preprocess``, ``windows`` (3D), ``slices``
+(2D batches) and ``backward`` (one step per class backward pass, counted over the run)."""
 
 # Sliding-window settings (MONAI's sliding_window_inference).
 _OVERLAP = 0.5
@@ -60,6 +62,19 @@ class VolumeExplanation:
     layers: list[str]
     method: str
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClassHeatmap:
+    """One class map on the input grid: ``array`` ``(Z, Y, X)`` float32 (0..1 when
+    normalised), ``position`` its index in the explained classes, ``raw_max`` its
+    maximum before normalisation."""
+
+    layer: str
+    position: int
+    class_index: int
+    array: np.ndarray
+    raw_max: float
 
 
 @dataclass(frozen=True)
@@ -157,22 +172,33 @@ def _monai_padding(shape: Sequence[int], roi: Sequence[int]) -> list[int]:
 class _Runner:
     """Runs the network with CAMs over a prepared (oriented, resampled, normalised) volume."""
 
-    def __init__(self, model, layers, classes, method, device, progress, cancel):
+    def __init__(self, model, layers, classes, method, device, progress, cancel, amp=False):
         self.model, self.layers, self.classes, self.method = model, layers, classes, method
-        self.device, self.progress, self.cancel = device, progress, cancel
+        self.device, self.progress, self.cancel, self.amp = device, progress, cancel, amp
+        self.stage = "windows" if model.spec.spatial_dims == 3 else "slices"
+        self.cam_passes = 1  # forward passes with CAMs in this run, each with len(classes) backward steps
+        self.cam_passes_done = 0
 
-    def _step(self, done: int, total: int) -> None:
+    def _step(self, done: int, total: int, stage: str | None = None) -> None:
+        """Report a step of ``stage`` (default: windows or slices) and stop if cancelled."""
         if self.cancel is not None and self.cancel():
             raise CancelledError("Cancelled by the user.")
         if self.progress is not None:
-            self.progress(done, total)
+            self.progress(stage or self.stage, done, total)
+
+    def _backward_step(self, done: int, total: int) -> None:
+        self._step(self.cam_passes_done * total + done, self.cam_passes * total, "backward")
 
     def _explain(self, x: torch.Tensor, regions: torch.Tensor | None) -> CAMMaps:
         """CAMs of a batch ``(B, Cin, *S)`` on the runner's device: maps ``(n, B, *S)``, logits ``(B, C, *S)``."""
-        return seg_grad_cam(
-            self.model.network, x.to(self.device), self.layers, self.classes, self.method,
-            None if regions is None else regions.to(self.device), relu=True, upsample=True,
-        )
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.amp):
+            result = seg_grad_cam(
+                self.model.network, x.to(self.device), self.layers, self.classes, self.method,
+                None if regions is None else regions.to(self.device), relu=True, upsample=True,
+                on_backward=self._backward_step,
+            )
+        self.cam_passes_done += 1
+        return result
 
     def _cams(self, x: torch.Tensor, regions: torch.Tensor | None):
         """As :meth:`_explain`, as float32 on the CPU: logits ``(B, C, *S)``, maps layer -> ``(n, B, *S)``."""
@@ -213,6 +239,7 @@ class _Runner:
         interval = _get_scan_interval(scanned, roi, len(roi), (_OVERLAP,) * len(roi))
         n_windows = len(dense_patch_slices(scanned, roi, interval))
         total = n_windows if regions is not None else 2 * n_windows
+        self.cam_passes = n_windows
         steps = itertools.count()
 
         def stitch(predictor: Callable, with_coord: bool = False):
@@ -225,12 +252,13 @@ class _Runner:
             def segment(window: torch.Tensor) -> torch.Tensor:
                 """Logits ``(1, C, *roi)`` of a window ``(1, Cin, *roi)``."""
                 self._step(next(steps), total)
-                logits = self.model.network(window)
+                with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.amp):
+                    logits = self.model.network(window)
                 if not isinstance(logits, torch.Tensor):
                     raise SegGradCAMError(
                         f"The network returned {type(logits).__name__}; Seg-Grad-CAM needs one logits tensor."
                     )
-                return logits
+                return logits.float()
 
             with torch.no_grad():
                 regions = predicted_regions(stitch(segment), self.classes)[0]
@@ -261,6 +289,7 @@ class _Runner:
         reg = None if regions is None else pad_end(regions.permute(1, 0, 2, 3), target)
         logit_parts, map_parts = [], {}
         starts = list(range(0, slices.shape[0], batch_size))
+        self.cam_passes = len(starts)
         for i, start in enumerate(starts):
             self._step(i, len(starts))
             batch = slices[start:start + batch_size]
@@ -287,6 +316,8 @@ def explain_volume(
     normalize: bool = True,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
+    amp: bool = False,
+    on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None = None,
 ) -> VolumeExplanation:
     """Segment and explain a volume.
 
@@ -304,8 +335,14 @@ def explain_volume(
         device: torch device string.
         batch_size: slices per batch for 2D models.
         normalize: divide each class map by its global maximum.
-        progress: called with ``(done, total)`` steps.
+        progress: called with ``(stage, done, total)`` (see :data:`ProgressCallback`).
         cancel: returns True to stop (raises :class:`CancelledError`).
+        amp: run the network in bfloat16 autocast (CUDA or CPU); the CAM arithmetic
+            stays float32.
+        on_heatmap: called with a :class:`ClassHeatmap` and the label map ``(Z, Y, X)``
+            as soon as each class map is back on the input grid; those maps are then
+            not kept in :attr:`VolumeExplanation.heatmaps` (only one input-grid map is
+            held at a time: stream them to disk).
     """
     spec = model.spec
     timings: dict[str, float] = {}
@@ -320,12 +357,16 @@ def explain_volume(
     if regions is not None and regions.shape != (len(classes), *image.shape[1:]):
         raise SegGradCAMError(f"Region masks must have shape {(len(classes), *image.shape[1:])}; got {regions.shape}.")
 
+    if progress is not None:
+        progress("preprocess", 0, 1)
     x, grid = prepare_input(spec, image, spacing, direction)
     region_t = None if regions is None else grid.to_model(regions.astype(np.uint8), labels=True).bool()
     check_min_size(grid.shape if spec.spatial_dims == 3 else grid.shape[1:], spec.divisible_by)
     timings["preprocess_s"] = time.perf_counter() - start
+    if progress is not None:
+        progress("preprocess", 1, 1)
 
-    runner = _Runner(model, layer_names, classes, method, device, progress, cancel)
+    runner = _Runner(model, layer_names, classes, method, device, progress, cancel, amp)
     start = time.perf_counter()
     if spec.spatial_dims == 3:
         logits, maps = runner.run_3d(x, region_t)
@@ -335,14 +376,24 @@ def explain_volume(
 
     start = time.perf_counter()
     labels = grid.to_input(logits.argmax(0, keepdim=True).to(torch.int16), labels=True)[0]
+    del logits
     heatmaps: dict[str, np.ndarray] = {}
-    raw_max: dict[str, list[float]] = {}
-    for name, m in maps.items():
-        m = np.maximum(grid.to_input(m), 0)
-        peaks = [float(v) for v in m.reshape(len(classes), -1).max(axis=1)]
-        if normalize:
-            m = m / np.maximum(np.asarray(peaks, dtype=np.float32), 1e-12).reshape(-1, 1, 1, 1)
-        heatmaps[name] = m.astype(np.float32, copy=False)
-        raw_max[name] = peaks
+    raw_max: dict[str, list[float]] = {name: [] for name in maps}
+    for name in list(maps):
+        on_model_grid = maps.pop(name)  # (n, *model grid), released class by class below
+        kept = []
+        for i in range(len(classes)):
+            heat = np.maximum(grid.to_input(on_model_grid[i:i + 1]), 0)[0]
+            peak = float(heat.max())
+            raw_max[name].append(peak)
+            if normalize:
+                heat = heat / np.float32(max(peak, 1e-12))
+            heat = heat.astype(np.float32, copy=False)
+            if on_heatmap is not None:
+                on_heatmap(ClassHeatmap(name, i, classes[i], heat, peak), labels)
+            else:
+                kept.append(heat)
+        if kept:
+            heatmaps[name] = np.stack(kept)
     timings["postprocess_s"] = time.perf_counter() - start
     return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings)

@@ -86,15 +86,22 @@ def class_indices(text: str | Sequence[int | str], labels: Sequence[str]) -> lis
 
 
 def pick_device(name: str) -> str:
-    """Resolve ``auto``/``cpu``/``cuda[:N]``; refuse CUDA where there is none."""
+    """Resolve ``auto``/``cpu``/``cuda[:N]``/``mps``; refuse CUDA or MPS where there is none.
+
+    ``auto``: CUDA when present, else Apple's MPS (untested here; operations it lacks
+    run on the CPU, see ``PYTORCH_ENABLE_MPS_FALLBACK`` in the command line), else the CPU.
+    """
     import torch
 
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if name == "cpu" or (name == "mps" and mps):
+        return name
+    if name == "mps":
+        raise SegGradCAMError("--device mps was requested but MPS (Apple GPU) is not available here; use --device cpu.")
     if re.fullmatch(r"cuda(:\d+)?", name):
         if not torch.cuda.is_available():
             raise SegGradCAMError(f"--device {name} was requested but CUDA is not available here; use --device cpu.")
         return name
-    raise SegGradCAMError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
+    raise SegGradCAMError(f"Unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.")

@@ -1,20 +1,39 @@
 """The ``seggradcam`` command line: ``explain``, ``models``, ``evaluate``, ``train``, ``roar``.
 
 One module per command. User errors (bad files, unknown names, ...) print one line
-``seggradcam: error: ...`` and exit with code 2. Heavy imports (torch, monai) happen
-only when a command runs.
+``seggradcam: error: ...`` and exit with code 2. Long commands report progress
+(:mod:`.progress`): a bar on a terminal, a line per stage otherwise, nothing with
+``--quiet``, and with ``--progress json`` the project's JSON events on standard output
+(ending in exactly one ``done`` or ``error`` event). Heavy imports (torch, monai)
+happen only when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
+import time
 from typing import Sequence
 
 from ..errors import SegGradCAMError
 from .evaluate import add_evaluate_parser, evaluate_command
 from .explain import add_explain_parser, explain_command, print_summary
+from .progress import MODES, events_on_stdout, make_reporter
 from .train import add_roar_parser, add_train_parser, roar_command, train_command
+
+COMMANDS = {"explain": explain_command, "evaluate": evaluate_command, "train": train_command, "roar": roar_command}
+
+
+def _progress_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--progress", default="auto", choices=MODES,
+                         help="auto: a bar on a terminal, one line per stage otherwise; json: one JSON event per "
+                              "line on standard output (for the 3D Slicer module and the web viewer); quiet: none")
+    options.add_argument("--quiet", action="store_true", help="no progress output (same as --progress quiet)")
+    return options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,11 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Seg-Grad-CAM heatmaps for pre-trained medical segmentation networks.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    add_explain_parser(sub)
+    common = [_progress_options()]
+    add_explain_parser(sub, common)
     sub.add_parser("models", help="list the registered models")
-    add_evaluate_parser(sub)
-    add_train_parser(sub)
-    add_roar_parser(sub)
+    add_evaluate_parser(sub, common)
+    add_train_parser(sub, common)
+    add_roar_parser(sub, common)
     return parser
 
 
@@ -43,23 +63,39 @@ def run_models() -> None:
           "or a JSON spec naming a MONAI architecture and a state_dict file.")
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Run one long command with its progress output; returns the exit code."""
+    mode = "quiet" if args.quiet else args.progress
+    start = time.perf_counter()
+    with events_on_stdout() if mode == "json" else contextlib.nullcontext(None) as events:
+        reporter = make_reporter(mode, args.command, events)
+        try:
+            report = COMMANDS[args.command](args, reporter)
+        except SegGradCAMError as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"seggradcam: error: {message}", file=sys.stderr)
+            if events is not None:
+                events.write(json.dumps({"event": "error", "message": message}) + "\n")
+            return 2
+        finally:
+            if reporter is not None:
+                reporter.close()
+        if args.command == "explain":
+            print_summary(report, args.out)  # on standard error with --progress json
+        if events is not None:
+            events.write(json.dumps({"event": "done", "out": str(args.out), "seconds": round(time.perf_counter() - start, 3)}) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.platform == "darwin":  # operations MPS lacks run on the CPU instead of failing
+        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     args = _parser().parse_args(argv)
     try:
         if args.command == "models":
             run_models()
-        elif args.command == "train":
-            train_command(args)
-        elif args.command == "roar":
-            roar_command(args)
-        elif args.command == "evaluate":
-            evaluate_command(args)
-        else:
-            print_summary(explain_command(args), args.out)
-    except SegGradCAMError as error:
-        print(f"seggradcam: error: {error}", file=sys.stderr)
-        return 2
+            return 0
+        return _run(args)
     except KeyboardInterrupt:
         print("seggradcam: interrupted", file=sys.stderr)
         return 130
-    return 0

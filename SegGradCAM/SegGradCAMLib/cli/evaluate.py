@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SegGradCAMError
 from ..selection import (
@@ -17,12 +18,15 @@ from ..selection import (
     pick_device,
     split_list,
 )
-from .progress import progress_bar
+from .resources import set_threads
+
+if TYPE_CHECKING:  # torch stays out of the import of the command line
+    from ..inference import ProgressCallback
 
 
-def add_evaluate_parser(sub) -> None:
+def add_evaluate_parser(sub, parents: list) -> None:
     """The ``evaluate`` subcommand."""
-    evaluate = sub.add_parser("evaluate", help="faithfulness of the heatmaps: Deletion/Insertion, ROAD, sanity checks")
+    evaluate = sub.add_parser("evaluate", parents=parents, help="faithfulness of the heatmaps: Deletion/Insertion, ROAD, sanity checks")
     evaluate.add_argument("--model", default="hdbet", help="registered model name or a model file/folder")
     evaluate.add_argument("--data", required=True,
                           help="folder of volumes (one case each), a list file (one case per line, channels "
@@ -51,8 +55,9 @@ def add_evaluate_parser(sub) -> None:
     evaluate.add_argument("--trust-model", action="store_true", help="allow model formats that run code")
 
 
-def evaluate_command(args: argparse.Namespace) -> dict:
-    """Load model and cases, evaluate, write metrics.json/csv, plots and report.html."""
+def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None = None) -> dict:
+    """Load model and cases, evaluate, write metrics.json/csv, plots and report.html;
+    ``progress(stage, done, total)``: stages ``read`` and ``cases``."""
     from ..evaluation.dataset import EvalConfig, evaluate, load_cases
     from ..evaluation.report import write_outputs
     from ..models import load_model
@@ -60,10 +65,9 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     if args.max_slices < 1 or not 0 < args.step <= 1:
         raise SegGradCAMError("--max-slices must be >= 1 and --step a fraction in (0, 1].")
     percentages = fractions_from_percentages(args.road_percentages, "--road-percentages")
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    step = progress or (lambda stage, done, total: None)
+    step("read", 0, 1)
+    set_threads(args.threads)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     device = pick_device(args.device)
@@ -78,11 +82,9 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     config.check()
     cases = load_cases(model, args.data, classes, args.max_slices, args.seed, args.batch_size, device)
     timings["load_s"] = time.perf_counter() - start
-    bar, update = progress_bar(f"evaluate {model.spec.name}")
-    try:
-        result = evaluate(model, cases, config, progress=update)
-    finally:
-        bar.close()
+    step("read", 1, 1)
+    step("cases", 0, len(cases))
+    result = evaluate(model, cases, config, progress=lambda done, total: step("cases", done, total))
     timings["evaluate_s"] = result.seconds
     report = write_outputs(args.out, model, args.data, result, config, timings, device)
     print(f"Evaluated {report['cases']} cases in {report['timings']['evaluate_s']:.0f} s; "

@@ -6,15 +6,19 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SegGradCAMError
 from ..selection import ALL_CLASSES, AUTO_LAYER, CAM_METHODS, class_indices, layer_selection, pick_device
-from .progress import progress_bar
+from .resources import peak_memory_mb, set_threads
+
+if TYPE_CHECKING:  # torch stays out of the import of the command line
+    from ..inference import ProgressCallback
 
 
-def add_explain_parser(sub) -> None:
+def add_explain_parser(sub, parents: list) -> None:
     """The ``explain`` subcommand."""
-    explain = sub.add_parser("explain", help="segment a volume and write one heatmap per class")
+    explain = sub.add_parser("explain", parents=parents, help="segment a volume and write one heatmap per class")
     explain.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="volume file(s) (NRRD, NIfTI, ...) or DICOM folder(s), one per model channel; FILE@N picks volume N of a 4D file")
     explain.add_argument("--model", default="hdbet", help="registered model name (see 'seggradcam models') or a model file/folder")
@@ -28,21 +32,42 @@ def add_explain_parser(sub) -> None:
     explain.add_argument("--trust-model", action="store_true",
                          help="allow model formats that run code (TorchScript, MONAI bundle expressions)")
     explain.add_argument("--no-overview", action="store_true", help="skip overview.png")
+    explain.add_argument("--heatmap-dtype", default="float32", choices=HEATMAP_DTYPES,
+                         help="float32, or uint8 (0..255 of the normalised map; for many classes: a quarter "
+                              "of the disk) - the raw maximum is kept in each file's metadata and explain.json")
+    explain.add_argument("--amp", action="store_true",
+                         help="run the network in bfloat16 autocast (GPU, or a CPU with AMX/AVX-512 BF16); "
+                              "the CAM arithmetic stays float32")
+    explain.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
-def explain_command(args: argparse.Namespace) -> dict:
-    """Files in, files out; returns the explain.json content."""
+OVERVIEW_ROWS = 6  # heatmaps drawn in overview.png (the first ones; every map is written to a file)
+HEATMAP_DTYPES = ("float32", "uint8")
+
+
+def encode_heatmap(heat, dtype: str):
+    """A normalised map ``(Z, Y, X)`` in 0..1 as written: float32, or uint8 = round(255 x value)."""
+    import numpy as np
+
+    return heat if dtype == "float32" else np.rint(np.clip(heat, 0, 1) * 255).astype(np.uint8)
+
+
+def explain_command(args: argparse.Namespace, progress: ProgressCallback | None = None) -> dict:
+    """Files in, files out; returns the explain.json content. ``progress(stage, done, total)``."""
     import numpy as np
     import torch
 
     from ..evaluation.energy import heatmap_energy_fractions
-    from ..inference import explain_volume
+    from ..inference import ClassHeatmap, explain_volume
     from ..models import load_model
     from ..volumes.files import read_channels, read_volume, safe_filename, same_geometry, write_like
 
+    step = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
-    start = time.perf_counter()
+    began = start = time.perf_counter()
+    step("read", 0, 1)
     device = pick_device(args.device)
+    threads = set_threads(args.threads)
     volumes = read_channels(args.inputs)
     reference = volumes[0]
     timings["read_s"] = time.perf_counter() - start
@@ -62,51 +87,69 @@ def explain_command(args: argparse.Namespace) -> dict:
         if not (region.array > 0).any():
             raise SegGradCAMError(f"Region {args.region} is empty (no voxel > 0).")
         regions = np.repeat((region.array > 0)[None], len(classes), axis=0)
+    step("read", 1, 1)
 
     image = np.stack([v.array for v in volumes])
     spacing_zyx = tuple(reference.spacing)[::-1]
-    bar, update = progress_bar(f"{spec.name} {args.method}")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = model.chosen_layers(layers)
+    several = chosen == "auto" or len(chosen) > 1
+    files = len(classes) * (1 if chosen == "auto" else len(chosen)) + 2 + (not args.no_overview)
+    written: list[str] = []
+    entries: dict[int, dict] = {}
+    overview_rows: list[tuple[str, int, np.ndarray]] = []
+
+    def write_heatmap(heatmap: ClassHeatmap, labels: np.ndarray) -> None:
+        """Write one class map as soon as it is on the input grid (only one is held at a time)."""
+        c, layer, heat = heatmap.class_index, heatmap.layer, heatmap.array
+        name = spec.labels[c]
+        filename = f"heatmap_{safe_filename(name)}" + (f"_{safe_filename(layer)}" if several else "") + ".nrrd"
+        mask = labels == c if regions is None else regions[heatmap.position]
+        entry = entries.setdefault(c, {"index": c, "name": name, "voxels": int((labels == c).sum()), "layers": {}})
+        entry["layers"][layer] = {
+            "file": filename, "max_raw": heatmap.raw_max, "max": float(heat.max()), "mean": float(heat.mean()),
+            **heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=3.0),
+        }
+        metadata = {"SegGradCAM.RawMax": f"{heatmap.raw_max:.9g}", "SegGradCAM.Method": args.method,
+                    "SegGradCAM.Layer": layer, "SegGradCAM.Class": name}
+        if args.heatmap_dtype == "uint8":
+            metadata["SegGradCAM.ValueScale"] = f"{1 / 255:.9g}"  # stored value x scale = normalised value
+        write_like(encode_heatmap(heat, args.heatmap_dtype), reference, out / filename, metadata)
+        if len(overview_rows) < OVERVIEW_ROWS and not args.no_overview:
+            overview_rows.append((f"{name} / {layer}", c, heat))
+        written.append(filename)
+        step("write", len(written), files)
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     try:
         result = explain_volume(
             model, image, spacing_zyx, reference.direction, layers=layers, classes=classes,
-            method=args.method, regions=regions, device=device, progress=update,
+            method=args.method, regions=regions, device=device, progress=progress, amp=args.amp,
+            on_heatmap=write_heatmap,
         )
-    finally:
-        bar.close()
+    except torch.cuda.OutOfMemoryError as error:
+        raise SegGradCAMError(
+            f"{spec.name} ran out of GPU memory on {device} ({str(error).splitlines()[0][:120]}); "
+            "try --device cpu or fewer layers"
+        ) from None
     timings["explain_s"] = time.perf_counter() - start
     timings.update(result.timings)
 
     start = time.perf_counter()
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     write_like(result.labels.astype(np.uint8 if len(spec.labels) < 256 else np.int16), reference, out / "segmentation.nrrd")
-    several = len(result.layers) > 1
-    class_entries, rows = [], []
-    for i, c in enumerate(result.classes):
-        name = spec.labels[c]
-        mask = result.labels == c if regions is None else regions[i]
-        entry = {"index": c, "name": name, "voxels": int((result.labels == c).sum()), "layers": {}}
-        for layer in result.layers:
-            heat = result.heatmaps[layer][i]
-            filename = f"heatmap_{safe_filename(name)}" + (f"_{safe_filename(layer)}" if several else "") + ".nrrd"
-            write_like(heat, reference, out / filename)
-            fractions = heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=3.0)
-            entry["layers"][layer] = {
-                "file": filename,
-                "max_raw": result.raw_max[layer][i],
-                "max": float(heat.max()),
-                "mean": float(heat.mean()),
-                **fractions,
-            }
-            rows.append((f"{name} / {layer}", c, heat))
-        class_entries.append(entry)
+    written.append("segmentation.nrrd")
+    step("write", len(written), files)
     if not args.no_overview:
         from ..volumes.overview import save_overview
 
-        save_overview(out / "overview.png", reference.array, result.labels, rows, reference.spacing,
+        save_overview(out / "overview.png", reference.array, result.labels, overview_rows, reference.spacing,
                       reference.direction, title=f"{spec.name} — {args.method}")
-    timings["write_s"] = time.perf_counter() - start
+        written.append("overview.png")
+        step("write", len(written), files)
+    timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
     report = {
         "tool": "seggradcam",
         "model": {"name": spec.name, "sha256": spec.sha256, "source": spec.source, "labels": spec.labels,
@@ -114,16 +157,21 @@ def explain_command(args: argparse.Namespace) -> dict:
         "method": args.method,
         "layers": result.layers,
         "normalisation": "each heatmap divided by its global maximum over the volume (max_raw)",
+        "heatmap_dtype": args.heatmap_dtype,
         "region": str(args.region) if args.region else "predicted mask of each class",
-        "classes": class_entries,
+        "classes": [entries[c] for c in classes],
         "inputs": [v.path for v in volumes],
         "input_geometry": reference.geometry(),
         "device": device,
+        "amp": bool(args.amp),
         "torch": torch.__version__,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "threads": threads,
+        "peak_memory_mb": peak_memory_mb(device),
+        "timings": {k: round(v, 3) for k, v in {**timings, "total_s": time.perf_counter() - began}.items()},
         "segmentation": "segmentation.nrrd",
     }
     (out / "explain.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    step("write", files, files)
     return report
 
 
@@ -134,4 +182,4 @@ def print_summary(report: dict, out: Path) -> None:
             print(f"{entry['name']} [{layer}]: {entry['voxels']} voxels, "
                   f"heatmap energy inside mask {info['energy_inside']:.1%}, "
                   f"within 3 mm {info['energy_inside'] + info['energy_shell']:.1%} -> {out / info['file']}")
-    print(f"Wrote {out / 'explain.json'}")
+    print(f"Wrote {out / 'explain.json'} ({report['timings']['total_s']:.1f} s in all)")

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SegGradCAMError
 from ..models.registry import DEFAULT_MULTICLASS_MODEL
 from ..selection import AUTO_LAYER, DEFAULT_PERCENTAGES_TEXT, choices, fractions_from_percentages, numbers
 
+if TYPE_CHECKING:  # torch stays out of the import of the command line
+    from ..inference import ProgressCallback
 
-def add_train_parser(sub) -> None:
+
+def add_train_parser(sub, parents: list) -> None:
     """The ``train`` subcommand."""
-    train = sub.add_parser("train", help="train the demo multi-class 2D U-Net from its data recipe (CPU, ~10 min)")
+    train = sub.add_parser("train", parents=parents, help="train the demo multi-class 2D U-Net from its data recipe (CPU, ~10 min)")
     train.add_argument("--recipe", default="demo", choices=["demo"],
                        help="data recipe: 'demo' = real MRI heads with synthetic lesions (SegGradCAMLib.demo.data)")
     train.add_argument("--out", required=True, type=Path, help="output folder (weights, JSON spec, model card)")
@@ -21,12 +25,11 @@ def add_train_parser(sub) -> None:
     train.add_argument("--epochs", type=int, help="training epochs (default 16)")
     train.add_argument("--train-slices", type=int, help="training slices (default 2400)")
     train.add_argument("--threads", type=int, help="torch CPU threads (default 1: on a shared 2-core machine one thread trains fastest)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_roar_parser(sub) -> None:
+def add_roar_parser(sub, parents: list) -> None:
     """The ``roar`` subcommand."""
-    roar = sub.add_parser("roar", help="ROAR/KAR benchmark of a model's heatmap rankings on the demo recipe (retrains)")
+    roar = sub.add_parser("roar", parents=parents, help="ROAR/KAR benchmark of a model's heatmap rankings on the demo recipe (retrains)")
     roar.add_argument("--model", default=DEFAULT_MULTICLASS_MODEL, help="base model giving the heatmaps (demo recipe labels and channels)")
     roar.add_argument("--out", required=True, type=Path, help="output folder: roar.json and roar.png")
     roar.add_argument("--fractions", default=DEFAULT_PERCENTAGES_TEXT, help="comma-separated percentages of pixels")
@@ -51,7 +54,7 @@ def _given(args: argparse.Namespace, names: dict[str, str]) -> dict:
     return values
 
 
-def train_command(args: argparse.Namespace) -> None:
+def train_command(args: argparse.Namespace, progress: ProgressCallback | None = None) -> None:
     from ..demo.training import TrainConfig, train_demo
 
     options = {"seed": "seed", "epochs": "epochs", "train_slices": "train_slices", "threads": "threads"}
@@ -59,11 +62,11 @@ def train_command(args: argparse.Namespace) -> None:
     command = ["seggradcam", "train", "--recipe", args.recipe, "--out", str(args.out)]
     for dest in (d for d in options if getattr(args, d) is not None):
         command += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
-    card = train_demo(args.out, config, shlex.join(command), progress=not args.no_progress)
+    card = train_demo(args.out, config, shlex.join(command), progress=progress)
     print(f"Wrote {args.out} ({card['training']['seconds'] / 60:.1f} min training)")
 
 
-def roar_command(args: argparse.Namespace) -> None:
+def roar_command(args: argparse.Namespace, progress: ProgressCallback | None = None) -> None:
     from ..demo import data as demo_data
     from ..evaluation.roar import EXPLAINERS, MODES, RoarConfig, plot_roar, run_roar
     from ..models import load_model
@@ -83,6 +86,6 @@ def roar_command(args: argparse.Namespace) -> None:
         )
     config = RoarConfig(fractions=fractions, explainers=explainers, modes=modes, seeds=tuple(seeds) or (0,),
                         layer=model.chosen_layers(args.layer or AUTO_LAYER), **fields)
-    report = run_roar(model.network, config, args.out / "roar.json")
+    report = run_roar(model.network, config, args.out / "roar.json", progress=progress)
     plot_roar(report, args.out / "roar.png")
     print(f"Wrote {args.out / 'roar.json'} and {args.out / 'roar.png'}")

@@ -101,13 +101,13 @@ def train_network(
     batch_size: int = 16,
     learning_rate: float = 3e-3,
     seed: int = 0,
-    progress: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train :func:`build_demo_network` from scratch on ``train`` (Dice + cross-entropy, Adam,
-    one-cycle learning rate); validation Dice after each epoch when ``val`` is given."""
+    one-cycle learning rate); validation Dice after each epoch when ``val`` is given.
+    ``progress(stage, done, total)``: stage ``train``, one step per batch over all epochs."""
     from monai.losses import DiceCELoss
-    from tqdm import tqdm
 
     if len(train) == 0 or epochs < 1:
         raise SegGradCAMError("Training needs at least one slice and one epoch.")
@@ -126,15 +126,15 @@ def train_network(
         network.train()
         batches = torch.randperm(len(train), generator=order).split(batch_size)
         losses = []
-        with tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=False) as bar:
-            for batch in bar:
-                optimizer.zero_grad()
-                loss = loss_fn(network(images[batch]), labels[batch])
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        for batch in batches:
+            optimizer.zero_grad()
+            loss = loss_fn(network(images[batch]), labels[batch])
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            if progress is not None:
+                progress("train", (epoch - 1) * len(batches) + len(losses), steps)
         entry = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - start, 1)}
         if val is not None:
             entry["val_dice"] = {k: round(v, 4) for k, v in dice_scores(predict_labels(network, val.images), val.labels).items()}
@@ -208,9 +208,10 @@ mean gradients, spreads over the slice and leaves the small classes' maps nearly
 """
 
 
-def train_demo(out: Path, config: TrainConfig, command: str, progress: bool = True,
-               log: Callable[[str], None] = print) -> dict:
-    """Generate the demo data, train, evaluate on the held-out set and write the model folder.
+def train_demo(out: Path, config: TrainConfig, command: str,
+               progress: Callable[[str, int, int], None] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Generate the demo data, train, evaluate on the held-out set and write the model folder
+    (``progress``: as in :func:`train_network`).
 
     Returns the model card (also written to ``out/model_card.json``).
     """

@@ -83,7 +83,7 @@ def degrade(images: np.ndarray, ranking: np.ndarray, fraction: float, mode: str,
 
 
 def _retrain_and_score(train: demo_data.SliceSet, test: demo_data.SliceSet, config: RoarConfig, seed: int) -> dict:
-    result = train_network(train, None, config.epochs, config.batch_size, config.learning_rate, seed, progress=False)
+    result = train_network(train, None, config.epochs, config.batch_size, config.learning_rate, seed)
     scores = dice_scores(predict_labels(result.network, test.images), test.labels)
     return {"dice": {k: round(v, 4) for k, v in scores.items()}, "train_seconds": round(result.seconds, 1)}
 
@@ -93,12 +93,13 @@ def _replaced(data: demo_data.SliceSet, images: np.ndarray) -> demo_data.SliceSe
 
 
 def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = None,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """ROAR/KAR with the demo recipe: heatmaps of ``network`` (the base model) on
     ``config.train_slices`` training and ``config.test_slices`` held-out slices, then one
     retraining per seed, explainer, mode and fraction, plus an unmodified baseline per seed.
 
     The report is rewritten to ``out_json`` after every retraining (a partial run keeps its results).
+    ``progress(stage, done, total)``: stage ``runs``, one step per retraining.
     """
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
@@ -129,6 +130,8 @@ def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = Non
     jobs += [(seed, e, m, f) for seed in config.seeds for m in config.modes for e in config.explainers
              for f in config.fractions]
     for i, (seed, explainer, mode, fraction) in enumerate(jobs, 1):
+        if progress is not None:
+            progress("runs", i - 1, len(jobs))
         if explainer is None:
             entry = {"seed": seed, **_retrain_and_score(train, test, config, seed)}
             report["baseline"].append(entry)
@@ -148,6 +151,8 @@ def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = Non
         if out_json is not None:
             out_json.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if progress is not None:
+        progress("runs", len(jobs), len(jobs))
     return report
 
 

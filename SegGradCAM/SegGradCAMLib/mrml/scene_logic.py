@@ -174,7 +174,9 @@ class ExplainJob:
         """Compute; errors (also cancellation) are kept in :attr:`error`, not raised."""
         from ..inference import explain_volume
 
-        def onProgress(done: int, total: int) -> None:
+        def onProgress(stage: str, done: int, total: int) -> None:
+            if stage not in ("windows", "slices"):
+                return
             self.progress = (done, total)
             if progressCallback is not None:
                 progressCallback(done, total)

@@ -140,10 +140,13 @@ def read_channels(paths: Sequence[str]) -> list[Volume]:
     return volumes
 
 
-def write_like(array: np.ndarray, reference: Volume, path: Path) -> None:
-    """Write ``array`` ``(Z, Y, X)`` with exactly the reference's spacing, origin and direction."""
+def write_like(array: np.ndarray, reference: Volume, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``array`` ``(Z, Y, X)`` with exactly the reference's spacing, origin and direction,
+    and ``metadata`` as the file's key/value fields."""
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(array)
     image.CopyInformation(reference.image)
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(key, value)
     sitk.WriteImage(image, str(path), useCompression=True)
