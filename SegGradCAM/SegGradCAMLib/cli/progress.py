@@ -84,9 +84,11 @@ class Bar:
 
         stage = event["stage"]
         if stage not in self.bars:
+            size = os.get_terminal_size(sys.stderr.fileno())  # a new pty may report 0 x 0: tqdm then hides its bars
             self.bars[stage] = tqdm(total=event["total"], desc=f"{self.label} {stage}", unit="step", file=sys.stderr,
-                                    position=len(self.bars), bar_format="{desc}: {percentage:3.0f}%|{bar}| "
-                                    "{n_fmt}/{total_fmt} [{elapsed}, {postfix}]")
+                                    position=len(self.bars), ncols=size.columns or 100, nrows=size.lines or 24,
+                                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                    "[{elapsed}, {postfix}]")
         bar = self.bars[stage]
         bar.total, bar.n = event["total"], event["done"]
         eta = event["eta_s"]
