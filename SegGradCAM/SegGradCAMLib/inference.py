@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cam import CAMMaps, predicted_regions, seg_grad_cam
+from .cam import CAMMaps, label_map, predicted_regions, seg_grad_cam
 from .errors import CancelledError, SegGradCAMError
 from .layers import resolve_layers
 from .models.spec import LoadedModel, ModelSpec
@@ -375,7 +375,7 @@ def explain_volume(
     timings["network_and_cam_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    labels = grid.to_input(logits.argmax(0, keepdim=True).to(torch.int16), labels=True)[0]
+    labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
     del logits
     heatmaps: dict[str, np.ndarray] = {}
     raw_max: dict[str, list[float]] = {name: [] for name in maps}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cam import label_map
 from . import data as demo_data
 from ..errors import SegGradCAMError
 from ..models import DEFAULT_MULTICLASS_MODEL as MODEL_NAME
@@ -76,7 +77,7 @@ def predict_labels(network: nn.Module, images: np.ndarray, batch_size: int = 32)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-            out.append(network(batch).argmax(1).numpy())
+            out.append(label_map(network(batch)).numpy())
     return np.concatenate(out)
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..cam import seg_grad_cam
+from ..cam import label_map, seg_grad_cam
 from ..errors import CancelledError, SegGradCAMError
 from ..layers import decoder_layers, resolve_layers
 from ..models.spec import LoadedModel
@@ -112,7 +112,7 @@ def _predicted_labels(model: LoadedModel, images: torch.Tensor, device: str, bat
     parts = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
-            parts.append(model.network(images[start:start + batch_size].to(device)).argmax(1).cpu())
+            parts.append(label_map(model.network(images[start:start + batch_size].to(device))).cpu())
     return torch.cat(parts)
 
 
@@ -237,7 +237,7 @@ def evaluate_case(model: LoadedModel, case: EvalCase, index: int, classes: list[
     """Append the rows, curves and randomisation steps of one case to ``result``."""
     network, spec = model.network, model.spec
     logits, cams = _explanations(model, case, classes, layers, config)
-    labels = logits.argmax(0)
+    labels = label_map(logits, 0)
     image = case.image.float()
     replacement = make_baseline(image, case.spacing, config.baseline, config.sigma_mm)
     curves = bool({"deletion", "insertion"} & set(config.metrics))
