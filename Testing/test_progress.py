@@ -148,3 +148,20 @@ def test_streamed_heatmaps_are_handed_over_and_not_kept(tmp_path):
         np.testing.assert_array_equal(heatmap.array, kept.heatmaps[heatmap.layer][heatmap.position])
         assert heatmap.raw_max == kept.raw_max[heatmap.layer][heatmap.position]
         assert heatmap.class_index == kept.classes[heatmap.position]
+
+
+def test_out_of_gpu_memory_ends_with_one_line_and_exit_2(small_case, tmp_path, monkeypatch, capsys):
+    """CUDA's out-of-memory error (raised here by a stand-in for the engine: no GPU in CI)."""
+    import torch
+
+    import SegGradCAMLib.inference
+    from SegGradCAMLib.cli import main
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)\nmore")
+
+    monkeypatch.setattr(SegGradCAMLib.inference, "explain_volume", out_of_memory)
+    assert main(["explain", *small_case, "--model", DEFAULT_MULTICLASS_MODEL, "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("seggradcam: error:")
+    assert "out of GPU memory" in err[0] and "try --device cpu or fewer layers" in err[0]

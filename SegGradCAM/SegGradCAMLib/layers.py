@@ -15,7 +15,6 @@ entry of :func:`decoder_layers`, i.e. the last decoder block before the head.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -168,10 +167,3 @@ def resolve_layers(network: nn.Module, layers, example_input: torch.Tensor | Non
     if not resolved:
         raise SegGradCAMError("No layer given; name at least one layer or use 'auto'.")
     return resolved
-
-
-def layer_names(layers: Sequence[str] | str) -> list[str]:
-    """Split a comma-separated layer list (as typed on a command line)."""
-    if isinstance(layers, str):
-        return [part.strip() for part in layers.split(",") if part.strip()]
-    return list(layers)

@@ -1,0 +1,83 @@
+"""Benchmark: peak memory of explaining against plain inference as the volume grows, and for a
+50-class network explaining every class. Each configuration runs in a fresh process.
+
+The bound (issue target): all classes <= 1.2 x (plain inference + the autograd graph of the tail
+from the explained layer, measured as one class's forward and backward from that layer).
+
+    .venv/bin/python bench/memory.py --out bench/results/memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def one_run(network_name: str, size: int, classes: int, mode: str) -> dict:
+    import torch
+    from monai.networks import nets
+
+    from SegGradCAMLib import decoder_layers, seg_grad_cam
+
+    torch.manual_seed(0)
+    if network_name == "BasicUNet":
+        network = nets.BasicUNet(3, 1, classes, features=(16, 16, 32, 64, 128, 16)).eval()
+    else:
+        network = nets.UNet(3, 1, classes, (16, 32, 64, 128), (2, 2, 2), num_res_units=1).eval()
+    layer = decoder_layers(network)[-1]
+    x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(0))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if mode == "plain":
+        with torch.no_grad():
+            network(x)
+    else:
+        which = [1] if mode == "one_class" else list(range(classes))
+        seg_grad_cam(network, x, layer, which)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"network": network_name, "size": size, "classes": classes, "mode": mode, "layer": layer,
+            "seconds": round(time.perf_counter() - start, 2), "peak_above_start_mb": round((peak - baseline) / 1024)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--sizes", default="64,128,256")
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        name, size, classes, mode = args.one
+        print(json.dumps(one_run(name, int(size), int(classes), mode)))
+        return
+    import torch
+
+    configs = [("BasicUNet", size, 4) for size in map(int, args.sizes.split(","))] + [("UNet", 96, 50)]
+    runs = []
+    for name, size, classes in configs:
+        row = {}
+        for mode in ("plain", "one_class", "all_classes"):
+            proc = subprocess.run([sys.executable, __file__, "--one", name, str(size), str(classes), mode],
+                                  capture_output=True, text=True, check=True)
+            row[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        bound = row["one_class"]["peak_above_start_mb"]
+        entry = {"network": name, "size": size, "classes": classes, "layer": row["plain"]["layer"],
+                 **{f"{m}_mb": row[m]["peak_above_start_mb"] for m in row},
+                 **{f"{m}_s": row[m]["seconds"] for m in row},
+                 "all_over_bound": round(row["all_classes"]["peak_above_start_mb"] / max(bound, 1), 3)}
+        runs.append(entry)
+        print(json.dumps(entry), flush=True)
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()
+              or platform.machine(), "date": time.strftime("%Y-%m-%d"), "runs": runs}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
