@@ -15,7 +15,6 @@ entry of :func:`decoder_layers`, i.e. the last decoder block before the head.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
