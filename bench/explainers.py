@@ -40,6 +40,8 @@ from SegGradCAMLib.cam import predicted_regions, upsample_maps
 
 
 def median_time(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after one untimed warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
