@@ -1,9 +1,14 @@
-"""Scene logic on the real MRML classes of slicer-core: geometry, storage round trips,
-re-runs, cancel, region targets and bad inputs."""
+"""Scene logic on the real MRML classes of slicer-core, every run through the real worker
+process (the command line, loading model files): geometry, storage round trips, re-runs,
+cancel, failures, region targets and bad inputs."""
 
 from __future__ import annotations
 
-import threading
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +16,11 @@ import SimpleITK as sitk
 import slicer
 import vtk
 from conftest import COLIN27, COLIN27_BRAIN
-from toy_models import blob, centre_of_mass, threshold_model
+from toy_models import blob, centre_of_mass, threshold_model_file
 
-from SegGradCAMLib.errors import CancelledError, SegGradCAMError
+from SegGradCAMLib.demo import data as demo_data
+from SegGradCAMLib.errors import SegGradCAMError
+from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL
 from SegGradCAMLib.mrml.scene_logic import OUTPUT_ATTRIBUTE, SegGradCAMSceneLogic, ijkToWorld
 
 SHAPE, CENTRE = (18, 24, 22), (7.0, 13.0, 10.0)  # (K, J, I)
@@ -60,9 +67,31 @@ def node_names(scene) -> list[str]:
     return sorted(scene.GetNthNode(i).GetName() or "" for i in range(scene.GetNumberOfNodes()))
 
 
-def test_outputs_keep_the_oblique_anisotropic_geometry(scene):
+# A one-level launcher like PythonSlicer: it starts the real interpreter as its child.
+LAUNCHER = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"]
+
+
+@pytest.fixture()
+def toy(tmp_path):
+    """``toy(**spec)``: the threshold network saved as a model file (TorchScript + JSON sidecar)."""
+    count = iter(range(100))
+    return lambda **spec: str(threshold_model_file(tmp_path / f"toy{next(count)}", **spec))
+
+
+def explain(scene, volumes, model, **options):
+    """One run through the worker process: the toy (a trusted TorchScript file) at its layer."""
+    options.setdefault("layers", ["features"])
+    return SegGradCAMSceneLogic(scene, python=sys.executable).runAndWait(volumes, model, trust=True, **options)
+
+
+def worker_processes(marker: str) -> list[str]:
+    listing = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in listing.splitlines() if marker in line and "SegGradCAMLib" in line and "ps -ww" not in line]
+
+
+def test_outputs_keep_the_oblique_anisotropic_geometry(scene, toy):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
-    outputs = SegGradCAMSceneLogic(scene).run([volume], threshold_model(), layers=["features"])
+    outputs = explain(scene, [volume], toy())
     heatmap = outputs.heatmapNodes[("blob", "features")]
     for node in (outputs.labelmapNode, heatmap):
         assert np.allclose(ijk_to_ras(node), ijk_to_ras(volume), atol=1e-9)
@@ -74,11 +103,11 @@ def test_outputs_keep_the_oblique_anisotropic_geometry(scene):
     assert segments.GetNumberOfSegments() == 1 and segments.GetNthSegment(0).GetName() == "blob"
 
 
-def test_model_orientation_is_read_from_the_world_direction(scene):
+def test_model_orientation_is_read_from_the_world_direction(scene, toy):
     """A model with a declared orientation and spacing sees the same anatomy for any storage order."""
-    model = threshold_model(spacing=(2.0, 2.0, 2.0), orientation=((-1.0, 0, 0), (0, -1.0, 0), (0, 0, 1.0)))
+    model = toy(spacing=(2.0, 2.0, 2.0), orientation=((-1.0, 0, 0), (0, -1.0, 0), (0, 0, 1.0)))
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
-    outputs = SegGradCAMSceneLogic(scene).run([volume], model, layers=["features"])
+    outputs = explain(scene, [volume], model)
     heat = slicer.util.arrayFromVolume(outputs.heatmapNodes[("blob", "features")])
     assert np.abs(centre_of_mass(heat) - CENTRE).max() < 1.0
     truth = slicer.util.arrayFromVolume(volume) > 0
@@ -86,7 +115,7 @@ def test_model_orientation_is_read_from_the_world_direction(scene):
     assert 2 * (labels & truth).sum() / (labels.sum() + truth.sum()) > 0.85
 
 
-def test_outputs_follow_the_input_parent_transform(scene):
+def test_outputs_follow_the_input_parent_transform(scene, toy):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
     matrix = vtk.vtkMatrix4x4()
@@ -94,7 +123,7 @@ def test_outputs_follow_the_input_parent_transform(scene):
     matrix.SetElement(2, 3, 30.0)
     transform.SetMatrixTransformToParent(matrix)
     volume.SetAndObserveTransformNodeID(transform.GetID())
-    outputs = SegGradCAMSceneLogic(scene).run([volume], threshold_model(), layers=["features"])
+    outputs = explain(scene, [volume], toy())
     for node in (outputs.labelmapNode, outputs.segmentationNode, *outputs.heatmapNodes.values()):
         assert node.GetTransformNodeID() == transform.GetID()
     for node in (outputs.labelmapNode, *outputs.heatmapNodes.values()):
@@ -102,17 +131,17 @@ def test_outputs_follow_the_input_parent_transform(scene):
     assert not np.allclose(ijkToWorld(volume), ijk_to_ras(volume))
 
 
-def test_non_linear_parent_transform_is_refused(scene):
+def test_non_linear_parent_transform_is_refused(scene, toy):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
     transform = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
     volume.SetAndObserveTransformNodeID(transform.GetID())
     with pytest.raises(SegGradCAMError, match="non-linear transform"):
-        SegGradCAMSceneLogic(scene).run([volume], threshold_model(), layers=["features"])
+        explain(scene, [volume], toy())
 
 
-def test_storage_round_trip_nrrd_and_seg_nrrd(scene, tmp_path):
+def test_storage_round_trip_nrrd_and_seg_nrrd(scene, tmp_path, toy):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
-    outputs = SegGradCAMSceneLogic(scene).run([volume], threshold_model(), layers=["features"])
+    outputs = explain(scene, [volume], toy())
     heatmap = outputs.heatmapNodes[("blob", "features")]
 
     writer = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
@@ -147,24 +176,24 @@ def test_storage_round_trip_nrrd_and_seg_nrrd(scene, tmp_path):
     assert np.array_equal(mask, slicer.util.arrayFromVolume(outputs.labelmapNode) == 1)
 
 
-def test_rerun_replaces_only_its_own_outputs(scene):
+def test_rerun_replaces_only_its_own_outputs(scene, toy):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
-    logic = SegGradCAMSceneLogic(scene)
-    first = logic.run([volume], threshold_model(), layers=["features"])
+    model = toy()
+    first = explain(scene, [volume], model)
     user_copy = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", first.heatmapNodes[("blob", "features")].GetName())
     names = node_names(scene)
     count = scene.GetNumberOfNodes()
-    second = logic.run([volume], threshold_model(), layers=["features"])
+    second = explain(scene, [volume], model)
     assert scene.GetNumberOfNodes() == count and node_names(scene) == names
     assert scene.IsNodePresent(user_copy) and not scene.IsNodePresent(first.labelmapNode)
     assert scene.IsNodePresent(second.labelmapNode)
-    other_method = logic.run([volume], threshold_model(), layers=["features"], method="hirescam")
+    other_method = explain(scene, [volume], model, method="hirescam")
     assert scene.IsNodePresent(second.labelmapNode) and scene.IsNodePresent(other_method.labelmapNode)
 
 
-def test_outputs_carry_provenance_and_sit_in_one_folder(scene):
+def test_outputs_carry_provenance_and_sit_in_one_folder(scene, toy):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
-    outputs = SegGradCAMSceneLogic(scene).run([volume], threshold_model(), layers=["features"])
+    outputs = explain(scene, [volume], toy())
     heatmap = outputs.heatmapNodes[("blob", "features")]
     assert heatmap.GetAttribute("SegGradCAM.Model") == "threshold"
     assert heatmap.GetAttribute("SegGradCAM.Method") == "gradcam"
@@ -177,10 +206,10 @@ def test_outputs_carry_provenance_and_sit_in_one_folder(scene):
     assert sh.GetItemName(outputs.folderItemID).startswith("SegGradCAM: input threshold")
 
 
-def test_heatmap_display_in_slice_views(scene):
+def test_heatmap_display_in_slice_views(scene, toy):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
     logic = SegGradCAMSceneLogic(scene)
-    outputs = logic.run([volume], threshold_model(), layers=["features"])
+    outputs = explain(scene, [volume], toy())
     heatmap = outputs.heatmapNodes[("blob", "features")]
     logic.showHeatmap(heatmap, volume, opacity=0.4, threshold=0.3)
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
@@ -204,33 +233,96 @@ def test_heatmap_display_in_slice_views(scene):
     assert composites.GetItemAsObject(0).GetForegroundVolumeID() is None
 
 
-def test_cancel_leaves_the_scene_unchanged(scene):
-    volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
-    logic = SegGradCAMSceneLogic(scene)
+@pytest.fixture(scope="module")
+def long_demo_case():
+    """A held-out demo case (t1c, flair) repeated 8 times along its slices: a run of seconds."""
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    return np.tile(case.image, (1, 8, 1, 1)).astype(np.float32)
+
+
+def demo_volumes(scene, image):
+    matrix = vtk.vtkMatrix4x4()
+    for axis in range(3):
+        matrix.SetElement(axis, axis, demo_data.SPACING_MM)
+    return [add_volume(scene, channel, name, matrix) for channel, name in zip(image, demo_data.CHANNELS)]
+
+
+def test_cancel_kills_the_worker_tree_and_leaves_no_trace(scene, long_demo_case):
+    volumes = demo_volumes(scene, long_demo_case)
+    logic = SegGradCAMSceneLogic(scene, python=sys.executable, launcher=LAUNCHER)
     before = node_names(scene)
-    job = logic.prepareRun([volume], threshold_model(), layers=["features"])
-    job.cancel()
-    thread = logic.runInThread(job)
-    thread.join(timeout=60)
-    assert isinstance(job.error, CancelledError)
-    with pytest.raises(CancelledError):
-        logic.writeRun(job)
-    assert node_names(scene) == before
+    run = logic.startRun(volumes, DEFAULT_MULTICLASS_MODEL, threads=1)
+    marker = str(run.folder)
+    while not (run.progress and run.progress["stage"] in ("windows", "slices", "backward")):
+        assert not run.finished, run.worker.errorMessage()
+        logic.pollRun(run)
+        time.sleep(0.02)
+    assert len(worker_processes(marker)) == 2  # the launcher and the worker it started
+    start = time.monotonic()
+    logic.cancelRun(run)
+    while worker_processes(marker) and time.monotonic() - start < 2:
+        time.sleep(0.05)
+    assert worker_processes(marker) == [] and time.monotonic() - start < 2
+    assert not run.folder.exists() and node_names(scene) == before
 
 
-def test_scene_closed_during_the_run(scene):
+def test_flow_with_progress_on_the_demo_model(scene):
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    volumes = demo_volumes(scene, case.image)
+    logic = SegGradCAMSceneLogic(scene, python=sys.executable)
+    run = logic.startRun(volumes, DEFAULT_MULTICLASS_MODEL, method="hirescam")
+    assert {p.name for p in run.folder.iterdir()} >= {"input0.nrrd", "input1.nrrd"}
+    while not run.finished:
+        logic.pollRun(run)
+        time.sleep(0.05)
+    outputs = logic.finishRun(run)
+    stages = [e["stage"] for e in run.worker.events if e["event"] == "progress"]
+    assert stages[0] == "read" and {"preprocess", "slices", "backward", "write"} <= set(stages)
+    assert run.progress["stage"] == "write" and run.progress["done"] == run.progress["total"]
+    assert not run.folder.exists()
+    assert set(outputs.heatmapNodes) == {(name, "model.1.submodule.2") for name in demo_data.LABELS[1:]}
+    labels = slicer.util.arrayFromVolume(outputs.labelmapNode)
+    assert 2 * ((labels > 0) & (case.labels > 0)).sum() / ((labels > 0).sum() + (case.labels > 0).sum()) > 0.8
+    for node in (outputs.labelmapNode, *outputs.heatmapNodes.values()):
+        assert np.allclose(ijk_to_ras(node), ijk_to_ras(volumes[0]))
+
+
+@pytest.mark.parametrize("problem", ["unknown model", "corrupt checkpoint"])
+def test_a_failing_worker_gives_its_message_and_leaves_the_scene_unchanged(scene, toy, problem):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
-    logic = SegGradCAMSceneLogic(scene)
-    job = logic.prepareRun([volume], threshold_model(), layers=["features"])
-    job.run()
+    model, message = "no-such-model", "Unknown model 'no-such-model'"
+    if problem == "corrupt checkpoint":
+        folder = Path(toy()).parent
+        (folder / "model.pt").write_bytes(b"\x00" * 100)
+        (folder / "unet.json").write_text(json.dumps({
+            "architecture": "UNet", "weights": "model.pt", "labels": ["background", "blob"],
+            "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]}}))
+        model, message = str(folder / "unet.json"), "Cannot read model file model.pt: it is corrupt"
+    before = scene.GetNumberOfNodes()
+    logic = SegGradCAMSceneLogic(scene, python=sys.executable)
+    run = logic.startRun([volume], model, trust=True)
+    while not run.finished:
+        time.sleep(0.05)
+    with pytest.raises(SegGradCAMError, match=message) as error:
+        logic.finishRun(run)
+    assert "\n" not in str(error.value) and "Traceback" not in str(error.value)
+    assert scene.GetNumberOfNodes() == before and not run.folder.exists()
+
+
+def test_scene_closed_during_the_run(scene, toy):
+    volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
+    logic = SegGradCAMSceneLogic(scene, python=sys.executable)
+    run = logic.startRun([volume], toy(), layers=["features"], trust=True)
     scene.Clear(0)
+    while not run.finished:
+        time.sleep(0.05)
     before = node_names(scene)
     with pytest.raises(SegGradCAMError, match="removed"):
-        logic.writeRun(job)
-    assert node_names(scene) == before
+        logic.finishRun(run)
+    assert node_names(scene) == before and not run.folder.exists()
 
 
-def test_region_from_a_segment(scene):
+def test_region_from_a_segment(scene, toy):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
     logic = SegGradCAMSceneLogic(scene)
     mask = slicer.util.arrayFromVolume(volume) > 0
@@ -244,10 +336,16 @@ def test_region_from_a_segment(scene):
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap_node, segmentation)
     segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
     scene.RemoveNode(labelmap)
-    full = logic.run([volume], threshold_model(), layers=["features"])
+    scene.RemoveNode(labelmap_node)
+    model = toy()
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # the scene's singleton, made once
+    count = scene.GetNumberOfNodes()
+    assert logic.regionMask(volume, segmentation, segment_id).sum() == half.sum()
+    assert scene.GetNumberOfNodes() == count  # exporting the segment leaves no node behind
+    full = explain(scene, [volume], model)
     full_raw = float(full.heatmapNodes[("blob", "features")].GetAttribute("SegGradCAM.RawMax"))
-    regional = logic.run([volume], threshold_model(), layers=["features"], method="gradcam",
-                         regionSegmentationNode=segmentation, regionSegmentId=segment_id)
+    regional = explain(scene, [volume], model, method="gradcam",
+                       regionSegmentationNode=segmentation, regionSegmentId=segment_id)
     regional_raw = float(regional.heatmapNodes[("blob", "features")].GetAttribute("SegGradCAM.RawMax"))
     assert regional_raw / full_raw == pytest.approx(half.sum() / mask.sum(), rel=1e-4)
     assert scene.IsNodePresent(segmentation)
@@ -265,7 +363,7 @@ def test_region_from_a_markups_roi(scene):
 
 
 @pytest.mark.parametrize("problem", ["no volume", "channels", "geometry", "class", "empty roi"])
-def test_bad_inputs_give_a_message_and_leave_the_scene_unchanged(scene, problem):
+def test_bad_inputs_give_a_message_and_leave_the_scene_unchanged(scene, toy, problem):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
     other = add_volume(scene, blob((10, 10, 10), (5, 5, 5), 3), "other")
     logic = SegGradCAMSceneLogic(scene)
@@ -275,16 +373,16 @@ def test_bad_inputs_give_a_message_and_leave_the_scene_unchanged(scene, problem)
         roi.SetCenter(1000.0, 1000.0, 1000.0)
         before = node_names(scene)
     cases = {
-        "no volume": (lambda: dict(inputVolumeNodes=[None], model=threshold_model()), "Select an input volume"),
-        "channels": (lambda: dict(inputVolumeNodes=[volume, volume], model=threshold_model()), "takes 1 input volume"),
-        "geometry": (lambda: dict(inputVolumeNodes=[volume, other], model=threshold_model(in_channels=2)), "same grid"),
-        "class": (lambda: dict(inputVolumeNodes=[volume], model=threshold_model(), classes="tumour"), "valid classes"),
-        "empty roi": (lambda: dict(inputVolumeNodes=[volume], model=threshold_model(), regionROINode=roi), "no voxel"),
+        "no volume": (lambda: dict(inputVolumeNodes=[None], model=toy()), "Select an input volume"),
+        "channels": (lambda: dict(inputVolumeNodes=[volume, volume], model=toy()), "takes 1 input volume"),
+        "geometry": (lambda: dict(inputVolumeNodes=[volume, other], model=toy(in_channels=2)), "same grid"),
+        "class": (lambda: dict(inputVolumeNodes=[volume], model=toy(), classes="tumour"), "valid classes"),
+        "empty roi": (lambda: dict(inputVolumeNodes=[volume], model=toy(), regionROINode=roi), "no voxel"),
     }
     make_kwargs, message = cases[problem]
     kwargs = make_kwargs()
     with pytest.raises(SegGradCAMError, match=message):
-        logic.run(**kwargs, layers=["features"])
+        logic.startRun(**kwargs, layers=["features"], trust=True)
     assert node_names(scene) == before
 
 
@@ -294,26 +392,13 @@ def test_model_load_failure_is_a_clear_message(scene, tmp_path):
         SegGradCAMSceneLogic(scene).loadModel(str(tmp_path / "broken.pt"))
 
 
-def test_progress_is_reported_from_the_worker_thread(scene):
-    volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
-    logic = SegGradCAMSceneLogic(scene)
-    job = logic.prepareRun([volume], threshold_model(), layers=["features"])
-    seen = []
-    thread = threading.Thread(target=job.run, args=(lambda done, total: seen.append((done, total)),))
-    thread.start()
-    thread.join(timeout=60)
-    assert seen and seen[-1][0] == seen[-1][1] and job.progress == seen[-1]
-    assert logic.writeRun(job).labelmapNode is not None
-
-
 def test_hdbet_on_colin27_loaded_by_the_mrml_storage_node(scene):
     """Real data, real reader, real network: the MRML direction reaches the model correctly."""
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Colin27")
     reader = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     reader.SetFileName(str(COLIN27))
     assert reader.ReadData(volume)
-    logic = SegGradCAMSceneLogic(scene)
-    outputs = logic.run([volume], logic.loadModel("hdbet"))
+    outputs = SegGradCAMSceneLogic(scene, python=sys.executable).runAndWait([volume], "hdbet")
     brain = slicer.util.arrayFromVolume(outputs.labelmapNode) == 1
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(COLIN27_BRAIN))) > 0
     dice = 2 * (brain & reference).sum() / (brain.sum() + reference.sum())
@@ -323,7 +408,7 @@ def test_hdbet_on_colin27_loaded_by_the_mrml_storage_node(scene):
     assert np.allclose(ijk_to_ras(heatmap), ijk_to_ras(volume))
 
 
-def test_slice_views_show_the_heatmap_on_the_anatomy(scene):
+def test_slice_views_show_the_heatmap_on_the_anatomy(scene, toy):
     """Slicer's own slice logic blends the heatmap over the input where the blob is, nowhere else."""
     from SegGradCAMLib.mrml.slice_views import SliceViews
 
@@ -331,7 +416,7 @@ def test_slice_views_show_the_heatmap_on_the_anatomy(scene):
     volume = add_volume(scene, blob((40, 40, 40), (20, 20, 12), 6), matrix=matrix)
     views = SliceViews(scene, size=(80, 80))
     logic = SegGradCAMSceneLogic(scene)
-    outputs = logic.run([volume], threshold_model(), layers=["features"])
+    outputs = explain(scene, [volume], toy())
     heatmap = outputs.heatmapNodes[("blob", "features")]
     logic.showHeatmap(heatmap, volume, opacity=1.0, threshold=0.05)
     views.setLabelOutline(outputs.labelmapNode)

@@ -39,3 +39,21 @@ def blob(shape, centre, radius) -> np.ndarray:
 
 def centre_of_mass(weights: np.ndarray) -> np.ndarray:
     return np.array([(np.indices(weights.shape)[a] * weights).sum() / weights.sum() for a in range(3)])
+
+
+def threshold_model_file(folder, **spec):
+    """:class:`Threshold3D` as a model file the worker process loads: TorchScript (``--trust-model``)
+    with a same-stem JSON sidecar holding ``spec`` (labels, normalisation, ...) and its layer."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = dict(name="threshold", labels=["background", "blob"], normalization="none", divisible_by=1,
+                  spatial_dims=3, min_size=[8, 8, 8], decoder_stages=["features"])
+    fields.update(spec)
+    fields.setdefault("in_channels", 1)
+    path = folder / f"{fields['name']}.pt"
+    torch.jit.save(torch.jit.script(Threshold3D(fields["in_channels"]).eval()), str(path))
+    path.with_suffix(".json").write_text(json.dumps(fields))
+    return path

@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def finish_loading(network: nn.Module, fields: dict, weights: Path, out_channels: int | None, trusted: bool) -> LoadedModel:
-    """Validate ``fields`` into a ModelSpec and find the decoder layers."""
+    """Validate ``fields`` into a ModelSpec and find the decoder layers (those the fields
+    declare as ``decoder_stages``, else recognised or traced)."""
     network.eval()
+    declared = fields.pop("decoder_stages", None)
     spatial_dims = fields.get("spatial_dims", 3)
     fields.setdefault("in_channels", 1)
     size = fields.get("min_size") or fields.get("roi_size") or (64,) * spatial_dims
@@ -34,6 +36,14 @@ def finish_loading(network: nn.Module, fields: dict, weights: Path, out_channels
         raise SegGradCAMError(
             f"{spec.name} has {len(spec.labels)} labels but the network outputs {out_channels} channels."
         )
+    if declared is not None:
+        modules = dict(network.named_modules())
+        unknown = [name for name in declared if name not in modules or not name]
+        if not isinstance(declared, list) or not declared or unknown:
+            raise SegGradCAMError(
+                f"'decoder_stages' of {spec.name} must list module names of the network; not found: {unknown}."
+            )
+        return LoadedModel(network, spec, [str(name) for name in declared])
     try:
         layers = decoder_layers(network, example)
     except (RuntimeError, ValueError) as error:

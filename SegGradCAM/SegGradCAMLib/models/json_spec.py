@@ -17,6 +17,8 @@ JSON spec schema (one JSON object)::
       "labels": ["background", "lesion"],  # optional: one name per output channel;
                                        # default class_0 .. class_{C-1}
       "sha256": "...",                 # optional: expected checksum of the weights, verified
+      "decoder_stages": ["up1", "up2"],  # optional: module names offered for explanation,
+                                       # coarse to fine (default: recognised or traced)
       ... any other ModelSpec field (optional): name (default: the spec's stem),
       in_channels, spatial_dims (default: from "args"), output_activation,
       normalization, normalization_range, spacing, orientation, divisible_by
@@ -38,7 +40,7 @@ from torch import nn
 from ..errors import SegGradCAMError
 from .checks import finish_loading
 from .safe_load import is_torchscript_archive, load_state_dict
-from .spec import SPEC_FIELDS, LoadedModel, read_json_object
+from .spec import DECLARED_FIELDS, LoadedModel, read_json_object
 
 ARCHITECTURES = (
     "AttentionUnet",
@@ -52,7 +54,7 @@ ARCHITECTURES = (
     "UNet",
     "VNet",
 )
-SPEC_KEYS = SPEC_FIELDS | {"architecture", "args", "weights"}
+SPEC_KEYS = DECLARED_FIELDS | {"architecture", "args", "weights"}
 SPEC_TYPES = {
     "architecture": (str, "a string"),
     "weights": (str, "a string"),
@@ -87,7 +89,7 @@ def load_json_spec(spec_path: Path, trust: bool, weights: Path | None = None) ->
     weights = weights or named
     if not weights.is_file():
         raise SegGradCAMError(f"Weights file {weights} named by {spec_path.name} not found.")
-    fields = {key: value for key, value in data.items() if key in SPEC_FIELDS}
+    fields = {key: value for key, value in data.items() if key in DECLARED_FIELDS}
     fields.setdefault("name", spec_path.stem)
     if is_torchscript_archive(weights):
         if "architecture" in data or "args" in data:

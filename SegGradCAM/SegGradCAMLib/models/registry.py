@@ -132,3 +132,27 @@ def list_models() -> list[dict]:
         {"name": e.name, "description": e.description, "installed": importlib.util.find_spec(e.package) is not None}
         for e in REGISTRY.values()
     ]
+
+
+def declared_facts(name_or_path: str) -> ModelFacts | None:
+    """What a model declares, read without torch: a registered name, or a JSON spec (the file,
+    or the same-stem sidecar of a weights file). ``None`` where only loading the model tells
+    (bundles, bare TorchScript, a spec without labels or channels); the decoder stages are
+    those the spec declares (``decoder_stages``), else empty."""
+    if name_or_path in REGISTRY:
+        return REGISTRY[name_or_path].declared()
+    path = Path(name_or_path)
+    spec = path if path.suffix.lower() == ".json" else path.with_suffix(".json")
+    try:
+        data = json.loads(spec.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    labels = data.get("labels")
+    args = data.get("args") if isinstance(data.get("args"), dict) else {}
+    channels = data.get("in_channels", args.get("in_channels"))
+    if not isinstance(labels, list) or not labels or not isinstance(channels, int):
+        return None
+    stages = data.get("decoder_stages") if isinstance(data.get("decoder_stages"), list) else []
+    return ModelFacts(tuple(str(label) for label in labels), channels, tuple(str(s) for s in stages))

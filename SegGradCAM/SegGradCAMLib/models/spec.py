@@ -76,6 +76,9 @@ class ModelSpec:
 
 
 SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelSpec)) - {"trusted_code"}
+# What a model file may declare besides its spec: its decoder stages (module names, coarse to
+# fine), for networks whose stages cannot be recognised or traced.
+DECLARED_FIELDS = SPEC_FIELDS | {"decoder_stages"}
 
 
 @dataclass

@@ -27,7 +27,7 @@ from ..errors import SegGradCAMError
 from .bundle import metadata_fields
 from .checks import finish_loading, run_example
 from .safe_load import TRUST_HINT
-from .spec import SPEC_FIELDS, LoadedModel
+from .spec import DECLARED_FIELDS, LoadedModel
 from .torchscript_replay import ScriptedModule
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def _archive_metadata(extra: dict[str, bytes | str]) -> dict:
                 raise SegGradCAMError(f"The TorchScript extra file {key!r} must hold a JSON object.")
             if "network_data_format" in data:
                 return metadata_fields(data)
-            return {k: v for k, v in data.items() if k in SPEC_FIELDS}
+            return {k: v for k, v in data.items() if k in DECLARED_FIELDS}
     log.warning("TorchScript file without a JSON sidecar or metadata: default preprocessing is assumed.")
     return {}
 

@@ -3,30 +3,38 @@
 Works on any ``vtkMRMLScene`` (3D Slicer's, or one made with the ``slicer-core``
 wheel). Slicer conventions: camelCase methods, node attributes for provenance.
 
-A run has three steps so that the heavy middle one can leave the main thread:
+A run goes through the worker process (:mod:`.worker`: the command line,
+``python -m SegGradCAMLib explain ... --progress json``), never a thread of this process:
 
-1. :meth:`SegGradCAMSceneLogic.prepareRun` (main thread) reads the input nodes into
-   arrays and geometry: an :class:`ExplainJob`;
-2. :meth:`ExplainJob.run` (any thread) computes; it touches no MRML node, reports
-   progress and stops on :meth:`ExplainJob.cancel`;
-3. :meth:`SegGradCAMSceneLogic.writeRun` (main thread) adds the output nodes, after
-   checking that the inputs are still in the scene.
+1. :meth:`SegGradCAMSceneLogic.startRun` (main thread) checks the input nodes, writes
+   them (and a target region) as NRRD with their world geometry to a fresh temporary
+   folder and starts the worker: an :class:`ExplainRun`;
+2. :meth:`SegGradCAMSceneLogic.pollRun` (from a timer) reads its progress events;
+   :meth:`SegGradCAMSceneLogic.cancelRun` kills its process tree;
+3. :meth:`SegGradCAMSceneLogic.finishRun` (main thread) reads its outputs into nodes
+   with the input's geometry, after checking that the inputs are still in the scene.
 
-:meth:`SegGradCAMSceneLogic.run` chains the three synchronously.
+The temporary folder is removed in every outcome. :meth:`SegGradCAMSceneLogic.runAndWait`
+chains the three (scripts, tests).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from ..errors import CancelledError, SegGradCAMError
+from ..errors import SegGradCAMError
+from ..models.spec import ModelSpec
 from ..selection import class_indices, layer_selection
+from .worker import WorkerProcess
 
 OUTPUT_ATTRIBUTE = "SegGradCAM.Output"
 RUN_KEY_ATTRIBUTE = "SegGradCAM.RunKey"
@@ -104,14 +112,15 @@ def sameGrid(a, b, tolerance: float = 1e-4) -> bool:
 
 def checkedInputVolumes(scene, inputVolumeNodes: Sequence, spec) -> list:
     """The selected volumes (``None`` entries dropped) after checking that they are in ``scene``
-    with image data, as many as the model ``spec`` takes, and on one grid."""
+    with image data, as many as the model ``spec`` takes (when given), and on one grid."""
     volumes = [node for node in inputVolumeNodes if node is not None]
     if not volumes:
         raise SegGradCAMError("Select an input volume.")
     for node in volumes:
         if node.GetImageData() is None or scene.GetNodeByID(node.GetID()) is not node:
             raise SegGradCAMError(f"Volume '{node.GetName()}' has no image data or is not in the scene.")
-    spec.check_input_count(len(volumes))
+    if spec is not None:
+        spec.check_input_count(len(volumes))
     for other in volumes[1:]:
         if not sameGrid(volumes[0], other):
             raise SegGradCAMError(
@@ -119,6 +128,28 @@ def checkedInputVolumes(scene, inputVolumeNodes: Sequence, spec) -> list:
                 "resample it first (Resample Image (BRAINS) or Crop Volume)."
             )
     return volumes
+
+
+def writeVolumeArray(array: np.ndarray, volumeNode, path: Path) -> None:
+    """Write ``array`` ``(K, J, I)`` as a volume file with ``volumeNode``'s world geometry (its
+    IJK-to-RAS and linear parent transforms, in the file's LPS convention)."""
+    import SimpleITK as sitk
+
+    matrix = ijkToWorld(volumeNode)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    toLps = np.diag([-1.0, -1.0, 1.0])
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(v) for v in (toLps @ (matrix[:3, :3] / spacing)).ravel()])
+    image.SetOrigin([float(v) for v in toLps @ matrix[:3, 3]])
+    sitk.WriteImage(image, str(path))
+
+
+def readVolumeArray(path: Path) -> np.ndarray:
+    """The voxel array ``(K, J, I)`` of a volume file the worker wrote."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def roiMask(roiNode, volumeNode) -> np.ndarray:
@@ -139,58 +170,25 @@ def roiMask(roiNode, volumeNode) -> np.ndarray:
 
 
 @dataclass
-class ExplainJob:
-    """Everything a run needs, as arrays; :meth:`run` computes without touching MRML.
+class ExplainRun:
+    """One explain run in the worker process: its inputs written to ``folder`` (a fresh
+    temporary folder, removed when the run ends in any way), its outputs in ``folder/out``.
+    ``progress``: the worker's last progress event."""
 
-    image: ``(Cin, K, J, I)``; spacing: array order (mm); direction: ITK 3x3;
-    regions: optional ``(len(classes), K, J, I)`` boolean target regions.
-    """
-
-    model: object
-    image: np.ndarray
-    spacing: tuple[float, float, float]
-    direction: np.ndarray
-    layers: object
-    classes: list[int]
-    method: str
-    regions: np.ndarray | None
-    device: str
+    worker: WorkerProcess
+    folder: Path
     inputNodeIDs: list[str]
     runKey: str
-    progress: tuple[int, int] = (0, 1)
-    result: object = None
-    error: Exception | None = None
-    seconds: float = 0.0
-    _cancel: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        self._cancel.set()
+    started: float = field(default_factory=time.perf_counter)
+    progress: dict | None = None
 
     @property
-    def cancelRequested(self) -> bool:
-        return self._cancel.is_set()
+    def outFolder(self) -> Path:
+        return self.folder / "out"
 
-    def run(self, progressCallback: Callable[[int, int], None] | None = None) -> None:
-        """Compute; errors (also cancellation) are kept in :attr:`error`, not raised."""
-        from ..inference import explain_volume
-
-        def onProgress(stage: str, done: int, total: int) -> None:
-            if stage not in ("windows", "slices"):
-                return
-            self.progress = (done, total)
-            if progressCallback is not None:
-                progressCallback(done, total)
-
-        start = time.perf_counter()
-        try:
-            self.result = explain_volume(
-                self.model, self.image, self.spacing, self.direction, layers=self.layers,
-                classes=self.classes, method=self.method, regions=self.regions, device=self.device,
-                progress=onProgress, cancel=lambda: self._cancel.is_set(),
-            )
-        except Exception as error:  # handed to the main thread, shown there
-            self.error = error
-        self.seconds = time.perf_counter() - start
+    @property
+    def finished(self) -> bool:
+        return not self.worker.running
 
 
 @dataclass
@@ -206,14 +204,18 @@ class RunOutputs:
 class SegGradCAMSceneLogic:
     """SegGradCAM's logic on the given MRML scene."""
 
-    def __init__(self, scene) -> None:
+    def __init__(self, scene, python: str | None = None, launcher: Sequence[str] = ()) -> None:
+        """``python``: the worker's interpreter (default: ``PythonSlicer`` in 3D Slicer, else this
+        one); ``launcher``: a command put before it (tests)."""
         self.scene = scene
+        self.python = python
+        self.launcher = list(launcher)
         self._models: dict[tuple[str, bool, str], object] = {}
 
     # -- model ---------------------------------------------------------------
 
     def loadModel(self, nameOrPath: str, trust: bool = False, device: str = "cpu"):
-        """Load (and cache) a model from the registry or a path."""
+        """Load (and cache) a model from the registry or a path, in this process."""
         from ..models import load_model
 
         key = (nameOrPath, trust, device)
@@ -222,39 +224,86 @@ class SegGradCAMSceneLogic:
             self._models[key] = load_model(nameOrPath, trust=trust, device=device)
         return self._models[key]
 
-    # -- step 1: inputs --------------------------------------------------------
+    # -- step 1: inputs to the worker ------------------------------------------
 
-    def prepareRun(
+    def startRun(
         self,
         inputVolumeNodes: Sequence,
-        model,
+        model: str,
         classes: str = "all",
         layers="auto",
         method: str = "gradcam",
         regionSegmentationNode=None,
         regionSegmentId: str = "",
         regionROINode=None,
-        device: str = "cpu",
-    ) -> ExplainJob:
-        """Check the inputs and read them into an :class:`ExplainJob` (main thread)."""
+        device: str = "auto",
+        trust: bool = False,
+        threads: int = 0,
+    ) -> ExplainRun:
+        """Check the inputs, write them as NRRD to a fresh temporary folder and start the
+        worker (``python -m SegGradCAMLib explain ...``) on them. ``model``: a registered name
+        or a model file/folder. What the model declares (labels, channels) is checked here when
+        it can be read without torch; everything else the worker checks and reports."""
         import slicer
 
-        volumes = checkedInputVolumes(self.scene, inputVolumeNodes, model.spec)
-        spec = model.spec
+        from ..models.registry import declared_facts
+
+        facts = declared_facts(model)
+        spec = ModelSpec(name=model, labels=list(facts.labels), in_channels=facts.in_channels) if facts else None
+        volumes = checkedInputVolumes(self.scene, inputVolumeNodes, spec)
         reference = volumes[0]
-        classIndices = class_indices(classes, spec.labels)
-        regions = self.regionMask(reference, regionSegmentationNode, regionSegmentId, regionROINode)
-        if regions is not None:
-            regions = np.repeat(regions[None], len(classIndices), axis=0)
-        image = np.stack([slicer.util.arrayFromVolume(node).astype(np.float32) for node in volumes])
-        spacing, direction = geometryOfVolume(reference)
-        layerList = layer_selection(layers)
-        return ExplainJob(
-            model=model, image=image, spacing=spacing, direction=direction, layers=layerList,
-            classes=classIndices, method=method, regions=regions, device=device,
-            inputNodeIDs=[node.GetID() for node in volumes],
-            runKey=f"{reference.GetID()}|{spec.name}|{method}",
-        )
+        if facts is not None:
+            class_indices(classes, facts.labels)  # an unknown class fails here, with the valid ones
+        region = self.regionMask(reference, regionSegmentationNode, regionSegmentId, regionROINode)
+        chosen = layer_selection(layers)
+        folder = Path(tempfile.mkdtemp(prefix="SegGradCAM-"))
+        try:
+            paths = []
+            for index, node in enumerate(volumes):
+                paths.append(folder / f"input{index}.nrrd")
+                writeVolumeArray(slicer.util.arrayFromVolume(node), node, paths[-1])
+            arguments = ["explain", *map(str, paths), "--model", model, "--out", str(folder / "out"),
+                         "--classes", classes if isinstance(classes, str) else ",".join(map(str, classes)),
+                         "--layers", chosen if chosen == "auto" else ",".join(chosen),
+                         "--method", method, "--device", device, "--threads", str(threads)]
+            if region is not None:
+                writeVolumeArray(region.astype(np.uint8), reference, folder / "region.nrrd")
+                arguments += ["--region", str(folder / "region.nrrd")]
+            if trust:
+                arguments.append("--trust-model")
+            worker = WorkerProcess(arguments, folder, python=self.python, launcher=self.launcher)
+            worker.start()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        logging.info(f"SegGradCAM: {model} {method} on {reference.GetName()} in a worker process")
+        return ExplainRun(worker, folder, [node.GetID() for node in volumes], f"{reference.GetID()}|{model}|{method}")
+
+    def pollRun(self, run: ExplainRun) -> list[dict]:
+        """The worker's new events (progress kept in ``run.progress``); call from a timer."""
+        events = run.worker.poll()
+        for event in events:
+            if event["event"] == "progress":
+                run.progress = event
+        return events
+
+    def cancelRun(self, run: ExplainRun) -> None:
+        """Kill the worker (its whole process tree) and remove the run's temporary folder."""
+        run.worker.kill()
+        shutil.rmtree(run.folder, ignore_errors=True)
+        logging.info("SegGradCAM: run cancelled")
+
+    def runAndWait(self, inputVolumeNodes, model: str, poll: float = 0.1, **options) -> RunOutputs:
+        """Start a run, wait for the worker and add its outputs (blocking; scripts and tests)."""
+        run = self.startRun(inputVolumeNodes, model, **options)
+        try:
+            while not run.finished:
+                self.pollRun(run)
+                time.sleep(poll)
+        except BaseException:
+            self.cancelRun(run)
+            raise
+        return self.finishRun(run)
 
     def regionMask(self, referenceVolumeNode, segmentationNode=None, segmentId: str = "", roiNode=None):
         """Target region ``(K, J, I)`` on the reference grid from a segment or a markups ROI, or None."""
@@ -282,42 +331,60 @@ class SegGradCAMSceneLogic:
                 raise SegGradCAMError(f"Could not map segment '{segmentId}' onto the input volume's grid.")
             mask = slicer.util.arrayFromVolume(labelmap) > 0
         finally:
-            self.scene.RemoveNode(labelmap)
+            # the export adds a display node and a colour table: remove them with the labelmap,
+            # as slicer.util.arrayFromSegmentBinaryLabelmap does
+            display = labelmap.GetDisplayNode()
+            colorNode = display.GetColorNode() if display is not None else None
+            self._removeWithDisplayAndStorage(labelmap)
+            if colorNode is not None and self.scene.IsNodePresent(colorNode):
+                self.scene.RemoveNode(colorNode)
         if not mask.any():
             raise SegGradCAMError("The target segment is empty on the input volume's grid.")
         return mask
 
     # -- step 3: outputs -------------------------------------------------------
 
-    def writeRun(self, job: ExplainJob) -> RunOutputs:
-        """Add the run's output nodes (main thread); replaces only this run key's previous outputs."""
+    def finishRun(self, run: ExplainRun) -> RunOutputs:
+        """Read the finished worker's outputs into nodes (main thread): label map, segmentation
+        and one heatmap per class and layer, with the input's geometry; replaces only this run
+        key's previous outputs. Raises the worker's one-line message if it failed. The run's
+        temporary folder is removed in every case."""
         import slicer
 
-        if job.error is not None:
-            raise job.error
-        missing = [nodeID for nodeID in job.inputNodeIDs if self.scene.GetNodeByID(nodeID) is None]
-        if missing:
-            raise SegGradCAMError("The input volume was removed (or the scene closed) during the run; nothing was added.")
-        reference = self.scene.GetNodeByID(job.inputNodeIDs[0])
-        result, spec = job.result, job.model.spec
-        self.removeRunOutputs(job.runKey)
+        try:
+            self.pollRun(run)
+            final = run.worker.finalEvent
+            if final is None or final["event"] != "done":
+                raise SegGradCAMError(run.worker.errorMessage())
+            missing = [nodeID for nodeID in run.inputNodeIDs if self.scene.GetNodeByID(nodeID) is None]
+            if missing:
+                raise SegGradCAMError("The input volume was removed (or the scene closed) during the run; nothing was added.")
+            report = json.loads((run.outFolder / "explain.json").read_text(encoding="utf-8"))
+            labels = readVolumeArray(run.outFolder / report["segmentation"])
+            heatmaps = {(entry["name"], layer): (readVolumeArray(run.outFolder / info["file"]), info["max_raw"])
+                        for entry in report["classes"] for layer, info in entry["layers"].items()}
+        finally:
+            shutil.rmtree(run.folder, ignore_errors=True)
+        seconds = time.perf_counter() - run.started
+        reference = self.scene.GetNodeByID(run.inputNodeIDs[0])
+        model, method = report["model"], report["method"]
+        self.removeRunOutputs(run.runKey)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         provenance = {
-            "SegGradCAM.Model": spec.name, "SegGradCAM.ModelSHA256": spec.sha256,
-            "SegGradCAM.Method": result.method, "SegGradCAM.Time": stamp,
-            "SegGradCAM.Input": reference.GetID(),
+            "SegGradCAM.Model": model["name"], "SegGradCAM.ModelSHA256": model["sha256"],
+            "SegGradCAM.Method": method, "SegGradCAM.Time": stamp, "SegGradCAM.Input": reference.GetID(),
         }
-        baseName = f"{reference.GetName()} {spec.name}"
-        folderItemID = self._runFolder(f"SegGradCAM: {baseName} {result.method}", job.runKey)
+        baseName = f"{reference.GetName()} {model['name']}"
+        folderItemID = self._runFolder(f"SegGradCAM: {baseName} {method}", run.runKey)
 
-        colorNode = self._labelColorNode(f"{spec.name} labels", spec.labels, job.runKey)
+        colorNode = self._labelColorNode(f"{model['name']} labels", model["labels"], run.runKey)
         labelmapNode = self._newOutputNode("vtkMRMLLabelMapVolumeNode", f"{baseName} segmentation", reference,
-                                           folderItemID, job.runKey, provenance)
-        slicer.util.updateVolumeFromArray(labelmapNode, result.labels.astype(np.int16))
+                                           folderItemID, run.runKey, provenance)
+        slicer.util.updateVolumeFromArray(labelmapNode, labels.astype(np.int16))
         self._addDisplayNode(labelmapNode, "vtkMRMLLabelMapVolumeDisplayNode", colorNode)
 
         segmentationNode = self._newOutputNode("vtkMRMLSegmentationNode", f"{baseName} segments", reference,
-                                               folderItemID, job.runKey, provenance)
+                                               folderItemID, run.runKey, provenance)
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(reference)
         slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode)
         segmentationNode.CreateDefaultDisplayNodes()
@@ -328,36 +395,20 @@ class SegGradCAMSceneLogic:
 
         heatmapNodes = {}
         heatColor = self.heatmapColorNode()
-        several = len(result.layers) > 1
-        for i, classIndex in enumerate(result.classes):
-            label = spec.labels[classIndex]
-            for layer in result.layers:
-                name = f"{baseName} heatmap {label}" + (f" {layer}" if several else "")
-                node = self._newOutputNode("vtkMRMLScalarVolumeNode", name, reference, folderItemID, job.runKey,
-                                           {**provenance, "SegGradCAM.Class": label, "SegGradCAM.Layer": layer,
-                                            "SegGradCAM.RawMax": f"{result.raw_max[layer][i]:.6g}"})
-                slicer.util.updateVolumeFromArray(node, result.heatmaps[layer][i])
-                nodeDisplay = self._addDisplayNode(node, "vtkMRMLScalarVolumeDisplayNode", heatColor)
-                nodeDisplay.SetAutoWindowLevel(False)
-                nodeDisplay.SetWindowLevelMinMax(0.0, 1.0)
-                heatmapNodes[(label, layer)] = node
-        logging.info(f"SegGradCAM: {spec.name} {result.method} on {reference.GetName()}: "
-                     f"{len(heatmapNodes)} heatmap(s) in {job.seconds:.1f} s")
+        several = len(report["layers"]) > 1
+        for (label, layer), (heat, rawMax) in heatmaps.items():
+            name = f"{baseName} heatmap {label}" + (f" {layer}" if several else "")
+            node = self._newOutputNode("vtkMRMLScalarVolumeNode", name, reference, folderItemID, run.runKey,
+                                       {**provenance, "SegGradCAM.Class": label, "SegGradCAM.Layer": layer,
+                                        "SegGradCAM.RawMax": f"{rawMax:.6g}"})
+            slicer.util.updateVolumeFromArray(node, heat.astype(np.float32))
+            nodeDisplay = self._addDisplayNode(node, "vtkMRMLScalarVolumeDisplayNode", heatColor)
+            nodeDisplay.SetAutoWindowLevel(False)
+            nodeDisplay.SetWindowLevelMinMax(0.0, 1.0)
+            heatmapNodes[(label, layer)] = node
+        logging.info(f"SegGradCAM: {model['name']} {method} on {reference.GetName()}: "
+                     f"{len(heatmapNodes)} heatmap(s) in {seconds:.1f} s")
         return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID)
-
-    def run(self, inputVolumeNodes, model, progress=None, cancelEvent=None, **options) -> RunOutputs:
-        """Prepare, compute and write in one call (blocking)."""
-        job = self.prepareRun(inputVolumeNodes, model, **options)
-        if cancelEvent is not None:
-            job._cancel = cancelEvent
-        job.run(progress)
-        return self.writeRun(job)
-
-    def runInThread(self, job: ExplainJob) -> threading.Thread:
-        """Start :meth:`ExplainJob.run` in a daemon thread; poll ``thread.is_alive()`` from a timer."""
-        thread = threading.Thread(target=job.run, name="SegGradCAM", daemon=True)
-        thread.start()
-        return thread
 
     # -- display ---------------------------------------------------------------
 
@@ -495,6 +546,6 @@ class SegGradCAMSceneLogic:
 
 
 __all__ = [
-    "CancelledError", "ExplainJob", "RunOutputs", "SegGradCAMSceneLogic", "checkedInputVolumes", "geometryOfVolume",
-    "ijkToWorld", "inferno_colors", "label_colors", "roiMask", "sameGrid",
+    "ExplainRun", "RunOutputs", "SegGradCAMSceneLogic", "checkedInputVolumes", "geometryOfVolume",
+    "ijkToWorld", "inferno_colors", "label_colors", "readVolumeArray", "roiMask", "sameGrid", "writeVolumeArray",
 ]

