@@ -1,0 +1,110 @@
+"""The module's widget driven on the real .ui file (loaded by PySide6's QUiLoader, offscreen).
+
+What is a MOCK here: ``slicer_app_mock`` (Slicer's application modules) and ``PythonQtShim``,
+which gives PySide6 widgets the PythonQt spelling the module uses (``widget.visible = x``,
+``comboBox.checkedIndexes()``). The widget code, the .ui file and the model declarations
+are the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "SegGradCAM"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegGradCAM.ui"
+
+
+class PythonQtShim:
+    """MOCK: a PySide6 widget seen through PythonQt's conventions (properties as attributes)."""
+
+    PROPERTIES = {"visible": "setVisible", "enabled": "setEnabled", "text": "setText", "value": "setValue",
+                  "maximum": "setMaximum", "currentIndex": "setCurrentIndex"}
+
+    def __init__(self, widget) -> None:
+        object.__setattr__(self, "widget", widget)
+
+    def __getattr__(self, name):
+        widget = object.__getattribute__(self, "widget")
+        if name == "visible":
+            return not widget.isHidden()
+        if name in ("enabled", "text"):
+            return getattr(widget, {"enabled": "isEnabled", "text": "text"}[name])()
+        return getattr(widget, name)
+
+    def __setattr__(self, name, value) -> None:
+        widget = object.__getattribute__(self, "widget")
+        getattr(widget, self.PROPERTIES[name])(value)
+
+    def checkedIndexes(self):
+        from PySide6.QtCore import Qt
+
+        model = self.widget.model()
+        return [model.index(row, 0) for row in range(model.rowCount())
+                if model.data(model.index(row, 0), Qt.CheckStateRole) == Qt.Checked.value]
+
+    def setCheckState(self, index, state) -> None:
+        from PySide6.QtCore import Qt
+
+        self.widget.model().setData(index, Qt.Checked.value if state else Qt.Unchecked.value, Qt.CheckStateRole)
+
+
+@pytest.fixture()
+def widget():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QFile, QObject, Qt
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    file = QFile(str(UI_FILE))
+    assert file.open(QFile.ReadOnly)
+    root = QUiLoader().load(file)
+    file.close()
+    sys.path[:0] = [str(ROOT / "Testing"), str(MODULE_DIR)]
+    import slicer_app_mock
+
+    slicer_app_mock.install()
+    sys.modules["qt"].Qt = SimpleNamespace(Checked=True, Unchecked=False)
+    import SegGradCAM
+
+    module_widget = SegGradCAM.SegGradCAMWidget(logic=SegGradCAM.SegGradCAMLogic())
+    module_widget.ui = SimpleNamespace(**{obj.objectName(): PythonQtShim(obj) for obj in root.findChildren(QObject)
+                                          if obj.objectName()})
+    combo = root.findChild(QObject, "modelComboBox")
+    combo.clear()
+    combo.addItems(SegGradCAM.MODEL_CHOICES)
+    module_widget._parameterNode = SimpleNamespace(modelName="hdbet", modelPath=None, layers="end_conv_2_bn",
+                                                   classes="brain", inputVolume="t1c", inputVolume2="flair",
+                                                   inputVolume3=None, inputVolume4=None)
+    yield SegGradCAM, module_widget, root
+    root.deleteLater()
+    del app, Qt
+
+
+def test_switching_model_shows_the_new_models_inputs_and_classes(widget):
+    """The combo box's slot runs while the parameter node still holds the previous model (PythonQt
+    runs slots in connection order, and the parameter node's GUI connector was connected after)."""
+    SegGradCAM, module_widget, root = widget
+    module_widget.updateModelChoices()  # as shown for hdbet
+    assert module_widget.ui.inputVolume2Selector.visible is False
+    demo = SegGradCAM.MODEL_CHOICES.index(SegGradCAM.DEMO_MODEL)
+    module_widget.updateModelChoices(demo)  # the parameter node still says "hdbet"
+    ui, node = module_widget.ui, module_widget._parameterNode
+    assert node.modelName == "hdbet"
+    assert ui.inputVolume2Selector.visible and not ui.inputVolume3Selector.visible
+    classes = ui.classesCheckableComboBox
+    assert [classes.itemText(i) for i in range(classes.count())] == ["background", "edema", "enhancing_rim",
+                                                                     "necrotic_core"]
+    evaluation = ui.evaluationClassComboBox
+    assert [evaluation.itemText(i) for i in range(evaluation.count())] == ["edema", "enhancing_rim", "necrotic_core"]
+    # what Apply will send: no class or layer of the previous model, the demo model's two inputs
+    assert node.classes == "" and node.layers == ""
+    node.modelName = SegGradCAM.DEMO_MODEL  # now the GUI connector writes the parameter node
+    channels = module_widget.logic.modelInfo(node.modelName)["in_channels"]
+    assert module_widget.logic.inputVolumes(node, channels) == ["t1c", "flair"]
