@@ -125,6 +125,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None
+        self._runKind = "explain"
         self._displayed = None
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
@@ -290,6 +291,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("SegGradCAM could not start."), waitCursor=True):
             self._run = self.logic.startRun(self._parameterNode)
+            self._runKind = "explain"
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = _("Starting the worker process...")
@@ -316,21 +318,37 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.visible = False
         self.ui.statusLabel.text = ""
         with slicer.util.tryWithErrorDisplay(_("SegGradCAM failed."), waitCursor=True):
+            if self._runKind == "evaluate":
+                self.showEvaluation(self.logic.sceneLogic().finishEvaluation(run))
+                self.ui.statusLabel.text = _("Evaluated in {seconds:.1f} s").format(
+                    seconds=run.worker.finalEvent["seconds"])
+                return
             outputs = self.logic.finishRun(run, self._parameterNode)
             self.ui.statusLabel.text = _("{count} heatmap(s) in {seconds:.1f} s").format(
                 count=len(outputs.heatmapNodes), seconds=run.worker.finalEvent["seconds"])
         self.onParameterNodeModified()
 
     def onEvaluateButton(self) -> None:
-        """Deletion/Insertion of the chosen class on the current input, shown as plot and table."""
-        with slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
+        """Deletion/Insertion of the chosen class on the current input, in the worker process;
+        shown as plot and table when it ends. Apply cancels it meanwhile."""
+        if self._run is not None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("SegGradCAM could not start the evaluation."), waitCursor=True):
             className = self.ui.evaluationClassComboBox.currentText
-            nodes = self.logic.runEvaluation(self._parameterNode, className)
-            layoutManager = slicer.app.layoutManager()
-            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
-            slicer.modules.plots.logic().ShowChartInLayout(nodes.chartNode)
-            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(nodes.aucTableNode.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
+            self._run = self.logic.startEvaluation(self._parameterNode, className)
+            self._runKind = "evaluate"
+            self.ui.progressBar.visible = True
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Starting the worker process...")
+            self._timer.start()
+        self.onParameterNodeModified()
+
+    def showEvaluation(self, nodes) -> None:
+        """The curves in a plot view and the AUCs in a table view of one layout."""
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        slicer.modules.plots.logic().ShowChartInLayout(nodes.chartNode)
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(nodes.aucTableNode.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
 
     def cancelRun(self) -> None:
         """Kill the worker process (tree); the scene is left as it was. A status, not an error."""
@@ -415,18 +433,6 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         """CPU threads for the worker: all cores but one, left to Slicer's user interface."""
         return max(1, (os.cpu_count() or 2) - 1)
 
-    def loadModel(self, parameterNode):
-        """Install what is missing (after asking) and load the chosen model in this process
-        (Deletion/Insertion); returns (model, device)."""
-        source = self.modelSource(parameterNode)
-        self.installLogic().ensureRequirements(parameterNode.modelName)
-        device = parameterNode.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return self.sceneLogic().loadModel(source, trust=parameterNode.trustModel, device=device), device
-
     @staticmethod
     def inputVolumes(parameterNode, channels: int) -> list:
         """The selected input volumes, as many as the model has channels."""
@@ -449,13 +455,16 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
             regionROINode=parameterNode.regionROI, device=parameterNode.device, trust=parameterNode.trustModel,
             threads=self.workerThreads())
 
-    def runEvaluation(self, parameterNode, className: str):
-        """Deletion/Insertion of ``className`` on the current inputs (blocking; main thread)."""
-        from SegGradCAMLib.mrml.evaluation_plots import runDeletionInsertion
-
-        model, _device = self.loadModel(parameterNode)
-        return runDeletionInsertion(slicer.mrmlScene, self.inputVolumes(parameterNode, model.spec.in_channels),
-                                    model, className)
+    def startEvaluation(self, parameterNode, className: str):
+        """Install what is missing (after asking), then start ``seggradcam evaluate`` for
+        ``className`` in the worker on the inputs (main thread)."""
+        source = self.modelSource(parameterNode)
+        self.installLogic().ensureRequirements(parameterNode.modelName)
+        channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
+        return self.sceneLogic().startEvaluation(
+            self.inputVolumes(parameterNode, channels), source, className, method=parameterNode.method,
+            layers=parameterNode.layers or "auto", device=parameterNode.device, trust=parameterNode.trustModel,
+            threads=self.workerThreads())
 
     def finishRun(self, run, parameterNode):
         """Read the worker's outputs into nodes and show the first heatmap (main thread)."""

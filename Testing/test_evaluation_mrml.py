@@ -1,19 +1,19 @@
-"""Deletion/Insertion curves and AUCs as plot chart and table nodes, on slicer-core's real MRML scene."""
+"""Deletion/Insertion curves and AUCs as plot chart and table nodes, on slicer-core's real MRML scene,
+computed by ``seggradcam evaluate`` in the worker process."""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from toy_models import blob, threshold_model  # noqa: E402
+from toy_models import blob, threshold_model_file  # noqa: E402
 
 from SegGradCAMLib.errors import SegGradCAMError  # noqa: E402
-from SegGradCAMLib.evaluation.dataset import EvalConfig  # noqa: E402
-from SegGradCAMLib.mrml.evaluation_plots import runDeletionInsertion  # noqa: E402
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+from SegGradCAMLib.mrml.scene_logic import SegGradCAMSceneLogic  # noqa: E402
 
 
 def _volume(scene, array: np.ndarray, name: str = "blob"):
@@ -29,11 +29,14 @@ def _column(table, name: str) -> list:
     return [array.GetValue(i) for i in range(array.GetNumberOfTuples())]
 
 
-def test_curves_become_a_plot_chart_over_a_table_and_aucs_a_table():
+def test_curves_become_a_plot_chart_over_a_table_and_aucs_a_table(tmp_path):
     scene = slicer.vtkMRMLScene()
     node = _volume(scene, blob((12, 16, 16), (6, 8, 8), 4))
-    config = EvalConfig(metrics=("deletion", "insertion"), baselines=("random", "mask"), step=0.1, bootstrap=200)
-    nodes = runDeletionInsertion(scene, [node], threshold_model(divisible_by=4), "blob", config)
+    logic = SegGradCAMSceneLogic(scene, python=sys.executable)
+    run = logic.startEvaluation([node], str(threshold_model_file(tmp_path, divisible_by=4)), "blob", trust=True,
+                                layers=["features"], step=0.1, threads=1)
+    nodes = logic.finishEvaluation(logic.waitFor(run))
+    assert "cases" in {e.get("stage") for e in run.worker.events} and not run.folder.exists()
 
     chart, table, auc = nodes.chartNode, nodes.curveTableNode, nodes.aucTableNode
     assert chart.IsA("vtkMRMLPlotChartNode") and scene.GetNodeByID(chart.GetID()) is chart
@@ -57,8 +60,8 @@ def test_curves_become_a_plot_chart_over_a_table_and_aucs_a_table():
     assert "[" in _column(auc, "Deletion AUC 95% CI")[0]
 
 
-def test_wrong_number_of_volumes_is_refused():
+def test_wrong_number_of_volumes_is_refused(tmp_path):
     scene = slicer.vtkMRMLScene()
     node = _volume(scene, blob((8, 8, 8), (4, 4, 4), 2))
     with pytest.raises(SegGradCAMError, match="takes 1 input volume"):
-        runDeletionInsertion(scene, [node, node], threshold_model(), "blob")
+        SegGradCAMSceneLogic(scene).startEvaluation([node, node], str(threshold_model_file(tmp_path)), "blob")

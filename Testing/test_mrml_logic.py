@@ -388,8 +388,11 @@ def test_bad_inputs_give_a_message_and_leave_the_scene_unchanged(scene, toy, pro
 
 def test_model_load_failure_is_a_clear_message(scene, tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"\x00" * 100)
+    volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
+    logic = SegGradCAMSceneLogic(scene, python=sys.executable)
+    run = logic.waitFor(logic.startRun([volume], str(tmp_path / "broken.pt")))
     with pytest.raises(SegGradCAMError, match="JSON spec|corrupt"):
-        SegGradCAMSceneLogic(scene).loadModel(str(tmp_path / "broken.pt"))
+        logic.finishRun(run)
 
 
 def test_hdbet_on_colin27_loaded_by_the_mrml_storage_node(scene):

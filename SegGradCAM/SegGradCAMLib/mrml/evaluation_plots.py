@@ -1,17 +1,16 @@
 """Deletion/Insertion in a 3D Slicer scene: curves as a plot chart, AUCs in a table.
 
 Works on any ``vtkMRMLScene`` (Slicer's or one made with the ``slicer-core`` wheel).
-:func:`runDeletionInsertion` evaluates the current volume(s) for a class with the
-core code of :mod:`SegGradCAMLib.evaluation.dataset`; :func:`showEvaluation` turns a
-result into nodes: a ``vtkMRMLTableNode`` of mean curves (one column per
-explanation and curve), one ``vtkMRMLPlotSeriesNode`` per column in a
-``vtkMRMLPlotChartNode``, and a table node of AUCs with confidence intervals.
+The evaluation itself is ``seggradcam evaluate`` in the worker process (see
+:meth:`SegGradCAMLib.mrml.scene_logic.SegGradCAMSceneLogic.startEvaluation`);
+:func:`showEvaluation` turns its ``metrics.json`` into nodes: a ``vtkMRMLTableNode`` of
+mean curves (one column per explanation and curve), one ``vtkMRMLPlotSeriesNode`` per
+column in a ``vtkMRMLPlotChartNode``, and a table node of AUCs with confidence intervals.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -47,19 +46,19 @@ def _addColumn(table, name: str, values: Sequence, kind: str = "float") -> None:
     table.AddColumn(array)
 
 
-def showEvaluation(scene, result, baseName: str, resamples: int = 1000) -> EvaluationNodes:
-    """Add the mean Deletion/Insertion curves and the AUC table of ``result`` to ``scene``.
+def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
+    """Add the mean Deletion/Insertion curves and the AUC table of an evaluation to ``scene``.
 
-    ``result``: an :class:`~SegGradCAMLib.evaluation.dataset.EvalResult` with Deletion and
-    Insertion curves. Deletion series are solid, Insertion series dashed; each
-    explanation keeps one colour.
+    ``report``: the ``metrics.json`` content ``seggradcam evaluate`` writes (its ``curves`` and
+    ``summary``). Deletion series are solid, Insertion series dashed; each explanation keeps
+    one colour.
     """
     import slicer
 
-    from ..evaluation.dataset import POOLED, bootstrap_summary, mean_curves
+    from ..evaluation.dataset import POOLED
     from ..evaluation.report import explanation_name, format_stat
 
-    curves = [c for c in mean_curves(result) if c["curve"] in CURVE_KINDS]
+    curves = [c for c in report["curves"] if c["curve"] in CURVE_KINDS]
     if not curves:
         raise SegGradCAMError("The evaluation holds no Deletion/Insertion curve to show.")
     several = len({c["class"] for c in curves}) > 1
@@ -90,7 +89,7 @@ def showEvaluation(scene, result, baseName: str, resamples: int = 1000) -> Evalu
     curveTable.Modified()
 
     aucTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{baseName} AUC")
-    summary = [s for s in bootstrap_summary(result.rows, resamples) if s["class"] != POOLED]
+    summary = [s for s in report["summary"] if s["class"] != POOLED]
     _addColumn(aucTable.GetTable(), "explanation",
                [(f"{s['class']} " if several else "") + explanation_name(s["method"], s["layer"]) for s in summary],
                kind="string")
@@ -100,36 +99,3 @@ def showEvaluation(scene, result, baseName: str, resamples: int = 1000) -> Evalu
     _addColumn(aucTable.GetTable(), "cases", [s["n"] for s in summary])
     aucTable.Modified()
     return EvaluationNodes(chart, curveTable, seriesNodes, aucTable)
-
-
-def runDeletionInsertion(scene, inputVolumeNodes: Sequence, model, className: str, config=None,
-                         maxSlices: int = 10) -> EvaluationNodes:
-    """Deletion/Insertion of one class on the given volume(s), shown in ``scene``.
-
-    3D models: the whole volume. 2D models: up to ``maxSlices`` slices in which the
-    class is predicted. ``config``: an :class:`~SegGradCAMLib.evaluation.dataset.EvalConfig`
-    (default: Grad-CAM against the random and mask baselines, 5% steps).
-    """
-    import slicer
-
-    from ..evaluation.dataset import EvalConfig, cases_from_volume, evaluate
-    from ..selection import class_indices
-    from .scene_logic import checkedInputVolumes, geometryOfVolume
-
-    volumes = checkedInputVolumes(scene, inputVolumeNodes, model.spec)
-    classes = class_indices(className, model.spec.labels)
-    config = replace(config or EvalConfig(metrics=CURVE_KINDS, baselines=("random", "mask"), step=0.05),
-                     classes=classes)
-    image = np.stack([slicer.util.arrayFromVolume(node).astype(np.float32) for node in volumes])
-    spacing, direction = geometryOfVolume(volumes[0])
-    cases = cases_from_volume(model, image, spacing, direction, volumes[0].GetName(), classes,
-                              config.batch_size, config.device)
-    if not cases:
-        raise SegGradCAMError(f"The network predicts no '{className}' in '{volumes[0].GetName()}'.")
-    if len(cases) > maxSlices:
-        cases = [cases[i] for i in np.linspace(0, len(cases) - 1, maxSlices).round().astype(int)]
-    result = evaluate(model, cases, config)
-    nodes = showEvaluation(scene, result, f"{volumes[0].GetName()} {model.spec.name} {className}")
-    logging.info(f"SegGradCAM: Deletion/Insertion of {className} on {volumes[0].GetName()} "
-                 f"({len(cases)} case(s)) in {result.seconds:.1f} s")
-    return nodes

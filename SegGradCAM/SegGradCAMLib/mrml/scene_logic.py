@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -210,19 +210,8 @@ class SegGradCAMSceneLogic:
         self.scene = scene
         self.python = python
         self.launcher = list(launcher)
-        self._models: dict[tuple[str, bool, str], object] = {}
 
     # -- model ---------------------------------------------------------------
-
-    def loadModel(self, nameOrPath: str, trust: bool = False, device: str = "cpu"):
-        """Load (and cache) a model from the registry or a path, in this process."""
-        from ..models import load_model
-
-        key = (nameOrPath, trust, device)
-        if key not in self._models:
-            logging.info(f"SegGradCAM: loading model {nameOrPath}")
-            self._models[key] = load_model(nameOrPath, trust=trust, device=device)
-        return self._models[key]
 
     # -- step 1: inputs to the worker ------------------------------------------
 
@@ -244,40 +233,71 @@ class SegGradCAMSceneLogic:
         worker (``python -m SegGradCAMLib explain ...``) on them. ``model``: a registered name
         or a model file/folder. What the model declares (labels, channels) is checked here when
         it can be read without torch; everything else the worker checks and reports."""
-        import slicer
+        volumes = self._checkedInputs(inputVolumeNodes, model, classes)
+        region = self.regionMask(volumes[0], regionSegmentationNode, regionSegmentId, regionROINode)
 
+        def arguments(folder: Path, paths: list[str]) -> list[str]:
+            extra = []
+            if region is not None:
+                writeVolumeArray(region.astype(np.uint8), volumes[0], folder / "region.nrrd")
+                extra = ["--region", str(folder / "region.nrrd")]
+            return ["explain", *paths, "--classes", classes if isinstance(classes, str) else ",".join(map(str, classes)),
+                    "--method", method, *extra]
+
+        return self._startWorker(volumes, model, arguments, f"{method}", layers, device, trust, threads)
+
+    def startEvaluation(self, inputVolumeNodes: Sequence, model: str, className: str, method: str = "gradcam",
+                        layers="auto", device: str = "auto", trust: bool = False, threads: int = 0,
+                        step: float = 0.05, maxSlices: int = 10) -> ExplainRun:
+        """Start ``seggradcam evaluate`` in the worker on the inputs: Deletion and Insertion of
+        ``className`` for ``method`` against the random and mask baselines (3D models: the
+        volume; 2D models: up to ``maxSlices`` slices where the class is predicted)."""
+        volumes = self._checkedInputs(inputVolumeNodes, model, className)
+
+        def arguments(folder: Path, paths: list[str]) -> list[str]:
+            (folder / "cases.txt").write_text(",".join(paths) + "\n", encoding="utf-8")
+            return ["evaluate", "--data", str(folder / "cases.txt"), "--classes", className, "--methods", method,
+                    "--metrics", "deletion,insertion", "--baselines", "random,mask", "--step", str(step),
+                    "--max-slices", str(maxSlices)]
+
+        return self._startWorker(volumes, model, arguments, f"evaluate {className} {method}", layers, device, trust,
+                                 threads)
+
+    def _checkedInputs(self, inputVolumeNodes: Sequence, model: str, classes) -> list:
+        """The input volumes, checked against what the model declares (when readable without torch)."""
         from ..models.registry import declared_facts
 
         facts = declared_facts(model)
         spec = ModelSpec(name=model, labels=list(facts.labels), in_channels=facts.in_channels) if facts else None
         volumes = checkedInputVolumes(self.scene, inputVolumeNodes, spec)
-        reference = volumes[0]
         if facts is not None:
             class_indices(classes, facts.labels)  # an unknown class fails here, with the valid ones
-        region = self.regionMask(reference, regionSegmentationNode, regionSegmentId, regionROINode)
+        return volumes
+
+    def _startWorker(self, volumes: list, model: str, arguments: Callable[[Path, list[str]], list[str]], what: str,
+                     layers, device: str, trust: bool, threads: int) -> ExplainRun:
+        """Write the volumes to a fresh temporary folder and start the worker on
+        ``arguments(folder, input paths)`` plus the options every command shares."""
+        import slicer
+
         chosen = layer_selection(layers)
         folder = Path(tempfile.mkdtemp(prefix="SegGradCAM-"))
         try:
             paths = []
             for index, node in enumerate(volumes):
-                paths.append(folder / f"input{index}.nrrd")
-                writeVolumeArray(slicer.util.arrayFromVolume(node), node, paths[-1])
-            arguments = ["explain", *map(str, paths), "--model", model, "--out", str(folder / "out"),
-                         "--classes", classes if isinstance(classes, str) else ",".join(map(str, classes)),
-                         "--layers", chosen if chosen == "auto" else ",".join(chosen),
-                         "--method", method, "--device", device, "--threads", str(threads)]
-            if region is not None:
-                writeVolumeArray(region.astype(np.uint8), reference, folder / "region.nrrd")
-                arguments += ["--region", str(folder / "region.nrrd")]
-            if trust:
-                arguments.append("--trust-model")
-            worker = WorkerProcess(arguments, folder, python=self.python, launcher=self.launcher)
+                paths.append(str(folder / f"input{index}.nrrd"))
+                writeVolumeArray(slicer.util.arrayFromVolume(node), node, Path(paths[-1]))
+            command = [*arguments(folder, paths), "--model", model, "--out", str(folder / "out"),
+                       "--layers", chosen if chosen == "auto" else ",".join(chosen), "--device", device,
+                       "--threads", str(threads)] + (["--trust-model"] if trust else [])
+            worker = WorkerProcess(command, folder, python=self.python, launcher=self.launcher)
             worker.start()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        logging.info(f"SegGradCAM: {model} {method} on {reference.GetName()} in a worker process")
-        return ExplainRun(worker, folder, [node.GetID() for node in volumes], f"{reference.GetID()}|{model}|{method}")
+        reference = volumes[0]
+        logging.info(f"SegGradCAM: {model} {what} on {reference.GetName()} in a worker process")
+        return ExplainRun(worker, folder, [node.GetID() for node in volumes], f"{reference.GetID()}|{model}|{what}")
 
     def pollRun(self, run: ExplainRun) -> list[dict]:
         """The worker's new events (progress kept in ``run.progress``); call from a timer."""
@@ -295,7 +315,15 @@ class SegGradCAMSceneLogic:
 
     def runAndWait(self, inputVolumeNodes, model: str, poll: float = 0.1, **options) -> RunOutputs:
         """Start a run, wait for the worker and add its outputs (blocking; scripts and tests)."""
-        run = self.startRun(inputVolumeNodes, model, **options)
+        return self.finishRun(self.waitFor(self.startRun(inputVolumeNodes, model, **options), poll))
+
+    def evaluateAndWait(self, inputVolumeNodes, model: str, className: str, poll: float = 0.1, **options):
+        """Start an evaluation, wait for the worker and show its curves (blocking; scripts and tests)."""
+        return self.finishEvaluation(self.waitFor(self.startEvaluation(inputVolumeNodes, model, className, **options),
+                                                  poll))
+
+    def waitFor(self, run: ExplainRun, poll: float = 0.1) -> ExplainRun:
+        """Poll ``run`` until its worker ends (cancelled on an interrupt)."""
         try:
             while not run.finished:
                 self.pollRun(run)
@@ -303,7 +331,7 @@ class SegGradCAMSceneLogic:
         except BaseException:
             self.cancelRun(run)
             raise
-        return self.finishRun(run)
+        return run
 
     def regionMask(self, referenceVolumeNode, segmentationNode=None, segmentId: str = "", roiNode=None):
         """Target region ``(K, J, I)`` on the reference grid from a segment or a markups ROI, or None."""
@@ -344,6 +372,30 @@ class SegGradCAMSceneLogic:
 
     # -- step 3: outputs -------------------------------------------------------
 
+    def _finishedReport(self, run: ExplainRun, name: str) -> dict:
+        """The worker's report ``name`` (explain.json, metrics.json) once it ended well; else its
+        one-line message as an error. The inputs must still be in the scene."""
+        self.pollRun(run)
+        final = run.worker.finalEvent
+        if final is None or final["event"] != "done":
+            raise SegGradCAMError(run.worker.errorMessage())
+        if any(self.scene.GetNodeByID(nodeID) is None for nodeID in run.inputNodeIDs):
+            raise SegGradCAMError("The input volume was removed (or the scene closed) during the run; nothing was added.")
+        return json.loads((run.outFolder / name).read_text(encoding="utf-8"))
+
+    def finishEvaluation(self, run: ExplainRun):
+        """The finished evaluation's curves and AUCs as plot, chart and table nodes (main
+        thread); the run's temporary folder is removed in every case."""
+        from .evaluation_plots import showEvaluation
+
+        try:
+            report = self._finishedReport(run, "metrics.json")
+        finally:
+            shutil.rmtree(run.folder, ignore_errors=True)
+        reference = self.scene.GetNodeByID(run.inputNodeIDs[0])
+        names = ", ".join(dict.fromkeys(row["class"] for row in report["rows"]))
+        return showEvaluation(self.scene, report, f"{reference.GetName()} {report['model']['name']} {names}")
+
     def finishRun(self, run: ExplainRun) -> RunOutputs:
         """Read the finished worker's outputs into nodes (main thread): label map, segmentation
         and one heatmap per class and layer, with the input's geometry; replaces only this run
@@ -352,14 +404,7 @@ class SegGradCAMSceneLogic:
         import slicer
 
         try:
-            self.pollRun(run)
-            final = run.worker.finalEvent
-            if final is None or final["event"] != "done":
-                raise SegGradCAMError(run.worker.errorMessage())
-            missing = [nodeID for nodeID in run.inputNodeIDs if self.scene.GetNodeByID(nodeID) is None]
-            if missing:
-                raise SegGradCAMError("The input volume was removed (or the scene closed) during the run; nothing was added.")
-            report = json.loads((run.outFolder / "explain.json").read_text(encoding="utf-8"))
+            report = self._finishedReport(run, "explain.json")
             labels = readVolumeArray(run.outFolder / report["segmentation"])
             heatmaps = {(entry["name"], layer): (readVolumeArray(run.outFolder / info["file"]), info["max_raw"])
                         for entry in report["classes"] for layer, info in entry["layers"].items()}
