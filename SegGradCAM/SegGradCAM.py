@@ -34,6 +34,7 @@ from SegGradCAMLib.selection import CAM_METHODS, split_list
 # load this module (and run its generic tests) without them; the model registry is light.
 
 MODEL_FROM_PATH = "From file or folder"
+MINIMUM_SLICER = (5, 10)
 MODEL_CHOICES = list(REGISTRY) + [MODEL_FROM_PATH]
 
 
@@ -82,8 +83,9 @@ class SegGradCAMParameterNode:
     inputVolume..inputVolume4 - the model's input channels (co-registered, one grid).
     modelName - registry name, or MODEL_FROM_PATH to use modelPath.
     layers, classes - comma-separated names; empty = defaults (finest decoder stage, all but background).
-    regionSegmentation/regionSegmentName or regionROI - optional target region.
-    layers, classes and regionSegmentName are synced in code: their widgets' items depend on the model
+    regionSegmentation/regionSegmentID or regionROI - optional target region.
+    layers and classes are synced in code: their widgets' items depend on the model; regionSegmentation
+    and regionSegmentID too: parameterNodeWrapper has no connector for qMRMLSegmentSelectorWidget
     or the segmentation.
     displayedHeatmap, heatmapOpacity, heatmapThreshold, heatmapColorMap, showHeatmap - display.
     """
@@ -99,7 +101,7 @@ class SegGradCAMParameterNode:
     method: Annotated[str, Choice(list(CAM_METHODS))] = "gradcam"
     classes: str = ""
     regionSegmentation: vtkMRMLSegmentationNode
-    regionSegmentName: str = ""
+    regionSegmentID: str = ""
     regionROI: vtkMRMLMarkupsROINode
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     displayedHeatmap: vtkMRMLScalarVolumeNode
@@ -145,8 +147,8 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateModelChoices)
-        self.ui.regionSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateSegmentChoices)
-        self.ui.regionSegmentComboBox.connect("currentTextChanged(QString)", self.onSegmentChosen)
+        self.ui.regionSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRegionSegmentationChanged)
+        self.ui.regionSegmentSelector.connect("currentSegmentChanged(QString)", self.onRegionSegmentChanged)
         self.ui.layersCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
         self.ui.classesCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
@@ -199,6 +201,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.showRegionSegment()
             self.onParameterNodeModified()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -266,23 +269,21 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkedNames(comboBox) -> list:
         return [comboBox.itemText(index.row()) for index in comboBox.checkedIndexes()]
 
-    def updateSegmentChoices(self, segmentationNode=None) -> None:
-        node = self._parameterNode
-        chosen = node.regionSegmentName if node else ""
-        segmentationNode = segmentationNode or (node and node.regionSegmentation)
-        names = []
-        if segmentationNode:
-            segmentation = segmentationNode.GetSegmentation()
-            names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-        wasBlocked = self.ui.regionSegmentComboBox.blockSignals(True)
-        self.ui.regionSegmentComboBox.clear()
-        self.ui.regionSegmentComboBox.addItems(names)
-        self.ui.regionSegmentComboBox.currentIndex = names.index(chosen) if chosen in names else -1
-        self.ui.regionSegmentComboBox.blockSignals(wasBlocked)
-
-    def onSegmentChosen(self, name) -> None:
+    def onRegionSegmentationChanged(self, segmentationNode) -> None:
         if self._parameterNode is not None:
-            self._parameterNode.regionSegmentName = name
+            self._parameterNode.regionSegmentation = segmentationNode
+
+    def onRegionSegmentChanged(self, segmentId) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.regionSegmentID = segmentId or ""
+
+    def showRegionSegment(self) -> None:
+        """The parameter node's segmentation and segment in the segment selector."""
+        node = self._parameterNode
+        wasBlocked = self.ui.regionSegmentSelector.blockSignals(True)
+        self.ui.regionSegmentSelector.setCurrentNode(node.regionSegmentation)
+        self.ui.regionSegmentSelector.setCurrentSegmentID(node.regionSegmentID)
+        self.ui.regionSegmentSelector.blockSignals(wasBlocked)
 
     def onApplyButton(self) -> None:
         """Apply starts a run in the worker process; while it runs, the button cancels it."""
@@ -439,15 +440,21 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         return [parameterNode.inputVolume, parameterNode.inputVolume2, parameterNode.inputVolume3,
                 parameterNode.inputVolume4][:channels]
 
+    @staticmethod
+    def checkSlicerVersion() -> None:
+        """SegGradCAM runs in 3D Slicer 5.10 and later (Python 3.12)."""
+        version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+        if version < MINIMUM_SLICER:
+            raise SegGradCAMError(_("SegGradCAM needs 3D Slicer {needed} or later; this is {this}.").format(
+                needed=".".join(map(str, MINIMUM_SLICER)), this=".".join(map(str, version))))
+
     def startRun(self, parameterNode):
         """Install what is missing (after asking), then start the worker on the inputs (main thread)."""
+        self.checkSlicerVersion()
         source = self.modelSource(parameterNode)
         self.installLogic().ensureRequirements(parameterNode.modelName)
         channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
-        segmentId = ""
-        if parameterNode.regionSegmentation and parameterNode.regionSegmentName:
-            segmentId = parameterNode.regionSegmentation.GetSegmentation().GetSegmentIdBySegmentName(
-                parameterNode.regionSegmentName)
+        segmentId = parameterNode.regionSegmentID if parameterNode.regionSegmentation else ""
         return self.sceneLogic().startRun(
             self.inputVolumes(parameterNode, channels), source, classes=parameterNode.classes or "all",
             layers=parameterNode.layers or "auto", method=parameterNode.method,
@@ -458,6 +465,7 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
     def startEvaluation(self, parameterNode, className: str):
         """Install what is missing (after asking), then start ``seggradcam evaluate`` for
         ``className`` in the worker on the inputs (main thread)."""
+        self.checkSlicerVersion()
         source = self.modelSource(parameterNode)
         self.installLogic().ensureRequirements(parameterNode.modelName)
         channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "SegGradCAM"
 MODULE_FILE = MODULE_DIR / "SegGradCAM.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegGradCAM.ui"
-MANUALLY_SYNCED_FIELDS = {"layers", "classes", "regionSegmentName"}  # items depend on model/segmentation
+MANUALLY_SYNCED_FIELDS = {"layers", "classes", "regionSegmentation", "regionSegmentID"}  # no connector for these widgets
 
 
 def cmake_list(name: str) -> list[str]:

@@ -349,7 +349,8 @@ class SegGradCAMSceneLogic:
         import vtk
 
         if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise SegGradCAMError(f"Segment '{segmentId}' is not in '{segmentationNode.GetName()}'.")
+            raise SegGradCAMError(f"The target segment '{segmentId}' is no longer in '{segmentationNode.GetName()}'; "
+                                  "choose another segment, or none.")
         labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "SegGradCAM region (temporary)")
         try:
             ids = vtk.vtkStringArray()
