@@ -290,14 +290,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is not None:
             self.cancelRun()
             return
-        with slicer.util.tryWithErrorDisplay(_("SegGradCAM could not start."), waitCursor=True):
-            self._run = self.logic.startRun(self._parameterNode)
-            self._runKind = "explain"
-            self.ui.progressBar.visible = True
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Starting the worker process...")
-            self._timer.start()
-        self.onParameterNodeModified()
+        self.startWorkerRun("explain", lambda: self.logic.startRun(self._parameterNode))
 
     def onPollRun(self) -> None:
         """Timer on the main thread: the worker's progress while it runs, the outputs when it ends."""
@@ -334,10 +327,13 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         shown as plot and table when it ends. Apply cancels it meanwhile."""
         if self._run is not None:
             return
-        with slicer.util.tryWithErrorDisplay(_("SegGradCAM could not start the evaluation."), waitCursor=True):
-            className = self.ui.evaluationClassComboBox.currentText
-            self._run = self.logic.startEvaluation(self._parameterNode, className)
-            self._runKind = "evaluate"
+        className = self.ui.evaluationClassComboBox.currentText
+        self.startWorkerRun("evaluate", lambda: self.logic.startEvaluation(self._parameterNode, className))
+
+    def startWorkerRun(self, kind: str, start) -> None:
+        """Start a worker run (``start()`` returns it) and poll it with the timer."""
+        with slicer.util.tryWithErrorDisplay(_("SegGradCAM could not start."), waitCursor=True):
+            self._run, self._runKind = start(), kind
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = _("Starting the worker process...")

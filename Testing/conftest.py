@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+SLICER_UI_FILE = Path(__file__).resolve().parents[1] / "SegGradCAM" / "Resources" / "UI" / "SegGradCAM.ui"
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 COLIN27_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
 KMEANS_T1 = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
@@ -44,3 +45,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def load_slicer_ui():
+    """The module's .ui file loaded by Qt's own QUiLoader (offscreen), and the QApplication;
+    ctk/qMRML widgets become their declared base class."""
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QFile
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    file = QFile(str(SLICER_UI_FILE))
+    assert file.open(QFile.ReadOnly)
+    widget = QUiLoader().load(file)
+    file.close()
+    assert widget is not None, "QUiLoader could not load SegGradCAM.ui"
+    return widget, app

@@ -92,17 +92,10 @@ def widget_names_used_by_module() -> set[str]:
 @pytest.fixture(scope="module")
 def loaded_ui():
     """The .ui file loaded by Qt's own QUiLoader (offscreen); ctk/qMRML widgets become their base class."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QFile, QObject
-    from PySide6.QtUiTools import QUiLoader
-    from PySide6.QtWidgets import QApplication
+    from conftest import load_slicer_ui
+    from PySide6.QtCore import QObject
 
-    app = QApplication.instance() or QApplication([])
-    file = QFile(str(UI_FILE))
-    assert file.open(QFile.ReadOnly)
-    widget = QUiLoader().load(file)
-    file.close()
-    assert widget is not None, "QUiLoader could not load SegGradCAM.ui"
+    widget, app = load_slicer_ui()
     objects = {obj.objectName(): obj for obj in widget.findChildren(QObject) if obj.objectName()}
     yield widget, objects
     del app

@@ -8,7 +8,6 @@ are the real ones.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "SegGradCAM"
-UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegGradCAM.ui"
 
 
 class PythonQtShim:
@@ -56,16 +54,10 @@ class PythonQtShim:
 
 @pytest.fixture()
 def widget():
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QFile, QObject, Qt
-    from PySide6.QtUiTools import QUiLoader
-    from PySide6.QtWidgets import QApplication
+    from conftest import load_slicer_ui
+    from PySide6.QtCore import QObject
 
-    app = QApplication.instance() or QApplication([])
-    file = QFile(str(UI_FILE))
-    assert file.open(QFile.ReadOnly)
-    root = QUiLoader().load(file)
-    file.close()
+    root, app = load_slicer_ui()
     sys.path[:0] = [str(ROOT / "Testing"), str(MODULE_DIR)]
     import slicer_app_mock
 
@@ -84,7 +76,7 @@ def widget():
                                                    inputVolume3=None, inputVolume4=None)
     yield SegGradCAM, module_widget, root
     root.deleteLater()
-    del app, Qt
+    del app
 
 
 def test_switching_model_shows_the_new_models_inputs_and_classes(widget):

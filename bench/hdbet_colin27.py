@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from fresh_process import in_fresh_process, write_report
 
 COLIN27 = "/usr/share/mricron/templates/ch2.nii.gz"
 
@@ -93,23 +92,10 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_run(*args.one)))
         return
-    import torch
-
-    runs = []
     configs = [("planted", "shipped"), ("planted", "zeroed"), ("plain", "zeroed"), ("explain", "zeroed")]
     if not args.skip_shipped:
         configs += [("plain", "shipped"), ("explain", "shipped")]
-    for kind, subnormals in configs:
-        proc = subprocess.run([sys.executable, __file__, "--one", kind, subnormals], capture_output=True, text=True,
-                              check=True)
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(json.dumps(runs[-1]), flush=True)
-    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()
-              or platform.machine(), "date": time.strftime("%Y-%m-%d"), "runs": runs}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-
+    write_report(args.out, [in_fresh_process(__file__, kind, subnormals) for kind, subnormals in configs])
 
 if __name__ == "__main__":
     main()

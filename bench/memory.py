@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from fresh_process import in_fresh_process, write_report
 
 
 def one_run(network_name: str, size: int, classes: int, mode: str) -> dict:
@@ -55,29 +54,17 @@ def main() -> None:
         name, size, classes, mode = args.one
         print(json.dumps(one_run(name, int(size), int(classes), mode)))
         return
-    import torch
-
     configs = [("BasicUNet", size, 4) for size in map(int, args.sizes.split(","))] + [("UNet", 96, 50)]
     runs = []
     for name, size, classes in configs:
-        row = {}
-        for mode in ("plain", "one_class", "all_classes"):
-            proc = subprocess.run([sys.executable, __file__, "--one", name, str(size), str(classes), mode],
-                                  capture_output=True, text=True, check=True)
-            row[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        row = {mode: in_fresh_process(__file__, name, str(size), str(classes), mode)
+               for mode in ("plain", "one_class", "all_classes")}
         bound = row["one_class"]["peak_above_start_mb"]
-        entry = {"network": name, "size": size, "classes": classes, "layer": row["plain"]["layer"],
-                 **{f"{m}_mb": row[m]["peak_above_start_mb"] for m in row},
-                 **{f"{m}_s": row[m]["seconds"] for m in row},
-                 "all_over_bound": round(row["all_classes"]["peak_above_start_mb"] / max(bound, 1), 3)}
-        runs.append(entry)
-        print(json.dumps(entry), flush=True)
-    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor()
-              or platform.machine(), "date": time.strftime("%Y-%m-%d"), "runs": runs}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-
+        runs.append({"network": name, "size": size, "classes": classes, "layer": row["plain"]["layer"],
+                     **{f"{m}_mb": row[m]["peak_above_start_mb"] for m in row},
+                     **{f"{m}_s": row[m]["seconds"] for m in row},
+                     "all_over_bound": round(row["all_classes"]["peak_above_start_mb"] / max(bound, 1), 3)})
+    write_report(args.out, runs)
 
 if __name__ == "__main__":
     main()
