@@ -303,8 +303,9 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.maximum = max(event["total"], 1)
             self.ui.progressBar.value = event["done"]
             left = "" if event["eta_s"] is None else _(", {seconds:.0f} s left").format(seconds=event["eta_s"])
+            stage = _("starting (loading the model)") if event["stage"] == "startup" else event["stage"]
             self.ui.statusLabel.text = _("{stage} {done}/{total}{left}").format(
-                stage=event["stage"], done=event["done"], total=event["total"], left=left)
+                stage=stage, done=event["done"], total=event["total"], left=left)
         if not self._run.finished:
             return
         self._timer.stop()

@@ -18,7 +18,7 @@ from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL
 
 EVENT_KEYS = {"event", "stage", "done", "total", "elapsed_s", "eta_s"}
-STAGES = {"read", "preprocess", "windows", "slices", "backward", "faithfulness", "write"}
+STAGES = {"startup", "read", "preprocess", "windows", "slices", "backward", "faithfulness", "write"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def test_json_progress_events_of_a_one_batch_one_class_run(small_case, tmp_path)
     assert all(e["event"] == "progress" and set(e) == EVENT_KEYS for e in progress)
     assert {e["stage"] for e in progress} <= STAGES
     stages = [e["stage"] for e in progress]
-    assert stages[0] == "read" and stages[-1] == "write"
+    assert stages[:2] == ["startup", "read"] and stages[-1] == "write"
+    assert stages.index("read") < stages.index("startup", 1) < stages.index("preprocess")  # the model loads after reading
     assert stages.index("preprocess") < stages.index("slices") < stages.index("backward") < stages.index("write")
     for stage in set(stages):
         steps = [(e["done"], e["total"]) for e in progress if e["stage"] == stage]

@@ -68,7 +68,7 @@ def test_worker_runs_the_command_line_and_reports_its_events(demo_case, tmp_path
     assert worker.process.returncode == 0
     assert worker.finalEvent == {"event": "done", "out": str(out), "seconds": worker.finalEvent["seconds"]}
     stages = [e["stage"] for e in worker.events if e["event"] == "progress"]
-    assert stages[0] == "read" and {"preprocess", "slices", "backward", "write"} <= set(stages)
+    assert stages[:2] == ["startup", "read"] and {"preprocess", "slices", "backward", "write"} <= set(stages)
     assert (out / "explain.json").is_file() and (out / "segmentation.nrrd").is_file()
 
 

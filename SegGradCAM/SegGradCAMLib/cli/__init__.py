@@ -69,6 +69,8 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with events_on_stdout() if mode == "json" else contextlib.nullcontext(None) as events:
         reporter = make_reporter(mode, args.command, events)
+        if reporter is not None:
+            reporter("startup", 0, 1)  # interpreter, torch import and model load, up to the command's 1/1
         try:
             report = COMMANDS[args.command](args, reporter)
         except SegGradCAMError as error:

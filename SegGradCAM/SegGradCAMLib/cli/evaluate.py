@@ -72,6 +72,7 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None
     start = time.perf_counter()
     device = pick_device(args.device)
     model = load_model(args.model, trust=args.trust_model, device=device)
+    step("startup", 1, 1)
     classes = class_indices(args.classes, model.spec.labels)
     config = EvalConfig(
         metrics=split_list(args.metrics), methods=split_list(args.methods), baselines=split_list(args.baselines),

@@ -70,24 +70,25 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     threads = set_threads(args.threads)
     volumes = read_channels(args.inputs)
     reference = volumes[0]
+    region = None if args.region is None else read_volume(str(args.region))
     timings["read_s"] = time.perf_counter() - start
+    step("read", 1, 1)
 
     start = time.perf_counter()
     model = load_model(args.model, trust=args.trust_model, device=device)
     spec = model.spec
     timings["load_model_s"] = time.perf_counter() - start
+    step("startup", 1, 1)
     spec.check_input_count(len(volumes))
     classes = class_indices(args.classes, spec.labels)
     layers = layer_selection(args.layers)
     regions = None
-    if args.region is not None:
-        region = read_volume(str(args.region))
+    if region is not None:
         if not same_geometry(region, reference):
             raise SegGradCAMError(f"Region {args.region} is not on the input's grid; resample it onto {reference.path} first.")
         if not (region.array > 0).any():
             raise SegGradCAMError(f"Region {args.region} is empty (no voxel > 0).")
         regions = np.repeat((region.array > 0)[None], len(classes), axis=0)
-    step("read", 1, 1)
 
     image = np.stack([v.array for v in volumes])
     spacing_zyx = tuple(reference.spacing)[::-1]

@@ -6,6 +6,9 @@ that into the events of the project's design (one JSON object per event)::
     {"event": "progress", "stage": "windows", "done": 3, "total": 8,
      "elapsed_s": 12.1, "eta_s": 20.2}
 
+Every command starts with ``startup`` 0/1 and reports ``startup`` 1/1 once its imports are
+done and its model is loaded.
+
 ``elapsed_s`` counts from the stage's first event (stages may interleave); ``eta_s`` = elapsed / done x
 remaining, ``null`` before the first step is done. The events go to one sink:
 

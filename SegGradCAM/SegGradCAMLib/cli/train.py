@@ -62,6 +62,8 @@ def train_command(args: argparse.Namespace, progress: ProgressCallback | None = 
     command = ["seggradcam", "train", "--recipe", args.recipe, "--out", str(args.out)]
     for dest in (d for d in options if getattr(args, d) is not None):
         command += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
+    if progress is not None:
+        progress("startup", 1, 1)
     card = train_demo(args.out, config, shlex.join(command), progress=progress)
     print(f"Wrote {args.out} ({card['training']['seconds'] / 60:.1f} min training)")
 
@@ -78,6 +80,8 @@ def roar_command(args: argparse.Namespace, progress: ProgressCallback | None = N
     explainers = choices(args.explainers, EXPLAINERS, "--explainers")
     modes = choices(args.modes, MODES, "--modes")
     model = load_model(args.model)
+    if progress is not None:
+        progress("startup", 1, 1)
     spec = model.spec
     if tuple(spec.labels) != demo_data.LABELS or spec.in_channels != len(demo_data.CHANNELS) or spec.spatial_dims != 2:
         raise SegGradCAMError(

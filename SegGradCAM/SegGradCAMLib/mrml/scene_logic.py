@@ -477,6 +477,7 @@ class SegGradCAMSceneLogic:
 
     def _sliceCompositeNodes(self) -> list:
         collection = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+        collection.UnRegister(None)  # the caller owns the new collection (as slicer.util.getNodesByClass does)
         return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
     def heatmapColorNode(self):
