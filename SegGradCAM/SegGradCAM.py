@@ -147,6 +147,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateModelChoices)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.regionSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRegionSegmentationChanged)
         self.ui.regionSegmentSelector.connect("currentSegmentChanged(QString)", self.onRegionSegmentChanged)
         self.ui.layersCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
@@ -223,7 +224,11 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._displayed = display
             self.logic.showHeatmap(node)
 
-    def updateModelChoices(self, index=None) -> None:
+    def onModelPathChanged(self, path) -> None:
+        """A model file or folder was chosen: offer what its declaration (JSON spec) lists."""
+        self.updateModelChoices(self.ui.modelComboBox.currentIndex, path)
+
+    def updateModelChoices(self, index=None, path=None) -> None:
         """Fill layers, classes and the number of input selectors from the chosen model's declaration.
 
         ``index``: the model combo box's new index. PythonQt runs slots in connection order, so
@@ -234,7 +239,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node is None:
             return
         modelName = self.ui.modelComboBox.itemText(index) if index is not None and index >= 0 else node.modelName
-        info = self.logic.modelInfo(modelName, node.modelPath)
+        info = self.logic.modelInfo(modelName, path or node.modelPath)
         channels = info.get("in_channels", 1)
         for i in range(2, 5):
             visible = i <= channels
