@@ -31,8 +31,9 @@ class PythonQtShim:
         widget = object.__getattribute__(self, "widget")
         if name == "visible":
             return not widget.isHidden()
-        if name in ("enabled", "text"):
-            return getattr(widget, {"enabled": "isEnabled", "text": "text"}[name])()
+        getters = {"enabled": "isEnabled", "text": "text", "currentIndex": "currentIndex", "value": "value"}
+        if name in getters:
+            return getattr(widget, getters[name])()
         return getattr(widget, name)
 
     def __setattr__(self, name, value) -> None:
@@ -100,3 +101,19 @@ def test_switching_model_shows_the_new_models_inputs_and_classes(widget):
     node.modelName = SegGradCAM.DEMO_MODEL  # now the GUI connector writes the parameter node
     channels = module_widget.logic.modelInfo(node.modelName)["in_channels"]
     assert module_widget.logic.inputVolumes(node, channels) == ["t1c", "flair"]
+
+
+def test_a_model_file_fills_the_inputs_and_classes_from_its_json_spec(widget):
+    """'From file or folder': the JSON spec's labels and input channels, read without torch."""
+    SegGradCAM, module_widget, root = widget
+    from SegGradCAMLib.models.registry import shipped_spec_path
+
+    spec = str(shipped_spec_path(SegGradCAM.DEMO_MODEL))  # a JSON spec file like any user's
+    module_widget.onModelPathChanged(spec)  # the combo box still shows hdbet: nothing read from the path
+    assert module_widget.ui.inputVolume2Selector.visible is False
+    from_path = SegGradCAM.MODEL_CHOICES.index(SegGradCAM.MODEL_FROM_PATH)
+    module_widget.ui.modelComboBox.setCurrentIndex(from_path)
+    module_widget.onModelPathChanged(spec)
+    classes = module_widget.ui.classesCheckableComboBox
+    assert module_widget.ui.inputVolume2Selector.visible
+    assert [classes.itemText(i) for i in range(classes.count())][1:] == ["edema", "enhancing_rim", "necrotic_core"]
