@@ -27,7 +27,7 @@ def main(path: str) -> None:
         raise SystemExit(f"cannot read {COLIN27} (apt-get install mricron-data)")
     views = SliceViews(scene, size=(360, 420))
     logic = SegGradCAMSceneLogic(scene)
-    outputs = logic.run([volume], logic.loadModel("hdbet"), layers=["loc3"], method="gradcam")
+    outputs = logic.runAndWait([volume], "hdbet", layers=["loc3"], method="gradcam")
     heatmap = outputs.heatmapNodes[("brain", "loc3")]
     logic.showHeatmap(heatmap, volume, opacity=0.65, threshold=0.1)
     views.setLabelOutline(outputs.labelmapNode)
