@@ -135,13 +135,17 @@ def list_models() -> list[dict]:
 
 
 def declared_facts(name_or_path: str) -> ModelFacts | None:
-    """What a model declares, read without torch: a registered name, or a JSON spec (the file,
-    or the same-stem sidecar of a weights file). ``None`` where only loading the model tells
+    """What a model declares, read without torch: a registered name, an nnU-Net trained-model
+    folder, or a JSON spec (the file, or the same-stem sidecar of a weights file). ``None`` where only loading the model tells
     (bundles, bare TorchScript, a spec without labels or channels); the decoder stages are
     those the spec declares (``decoder_stages``), else empty."""
     if name_or_path in REGISTRY:
         return REGISTRY[name_or_path].declared()
     path = Path(name_or_path)
+    if path.is_dir() and (path / "plans.json").is_file() and (path / "dataset.json").is_file():
+        from .nnunet import nnunet_facts
+
+        return nnunet_facts(path)
     spec = path if path.suffix.lower() == ".json" else path.with_suffix(".json")
     try:
         data = json.loads(spec.read_text(encoding="utf-8"))

@@ -1,0 +1,204 @@
+"""nnU-Net v2 trained-model folders, read safely.
+
+A trained-model folder ``.../DatasetXXX_Name/<Trainer>__<Plans>__<configuration>/`` holds
+``dataset.json`` (channels, labels), ``plans.json`` (the network's architecture per
+configuration) and ``fold_N/checkpoint_final.pth`` (or ``checkpoint_best.pth``).
+
+nnU-Net's own loader (``nnUNetPredictor.initialize_from_trained_model_folder``) reads the
+checkpoint with ``torch.load(weights_only=False)`` and builds the network with
+``pydoc.locate`` on class names from plans.json: either runs whatever a folder carries.
+Here the checkpoint is read with ``weights_only=True`` and an explicit allow-list of the
+plain types nnU-Net pickles besides tensors (numpy scalars and dtypes in the training log),
+and plans.json's class names must be allow-listed dynamic_network_architectures U-Nets and
+``torch.nn`` building blocks before nnU-Net's ``get_network_from_plans`` builds the network
+(without deep supervision); other names need ``trust``. The trainer class named in the
+checkpoint is never imported. Primus/EVA architectures (they need timm) are refused.
+
+What a folder declares (labels, channels, decoder stages ``decoder.stages.N``) is read
+without torch by :func:`nnunet_facts`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+from ..errors import SegGradCAMError
+from .registry import ModelFacts
+
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
+ARCHITECTURES = tuple(
+    f"dynamic_network_architectures.architectures.unet.{name}"
+    for name in ("PlainConvUNet", "ResidualEncoderUNet", "ResidualUNet")
+)
+# torch.nn building blocks plans.json may name (module path as nnU-Net writes it, or torch.nn.<Name>)
+TORCH_BLOCKS = {
+    "conv": ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"),
+    "instancenorm": ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"),
+    "batchnorm": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
+    "normalization": ("GroupNorm", "LayerNorm"),
+    "dropout": ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d"),
+    "activation": ("LeakyReLU", "ReLU", "PReLU", "ELU", "GELU", "SiLU"),
+}
+
+
+def is_nnunet_folder(path: Path) -> bool:
+    """A folder with nnU-Net's ``plans.json`` and ``dataset.json``."""
+    path = Path(path)
+    return path.is_dir() and (path / "plans.json").is_file() and (path / "dataset.json").is_file()
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise SegGradCAMError(f"{path.parent} is not an nnU-Net trained-model folder: {path.name} is missing.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SegGradCAMError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise SegGradCAMError(f"{path} must hold a JSON object.")
+    return data
+
+
+def configuration_of(folder: Path, plans: dict) -> str:
+    """The folder's configuration: ``<Trainer>__<Plans>__<configuration>``, else the plans' only one."""
+    match = re.fullmatch(r".+__.+__(.+)", Path(folder).name)
+    configurations = plans.get("configurations", {})
+    name = match.group(1) if match else (next(iter(configurations)) if len(configurations) == 1 else None)
+    if name is None or name not in configurations:
+        raise SegGradCAMError(
+            f"Cannot tell the configuration of {Path(folder).name}: expected <Trainer>__<Plans>__<configuration> "
+            f"with a configuration of plans.json ({', '.join(configurations)})."
+        )
+    if name.endswith("cascade_fullres"):
+        raise SegGradCAMError(f"{name} needs the low-resolution stage's prediction as input; explain 3d_lowres instead.")
+    return name
+
+
+def label_names(dataset: dict) -> list[str]:
+    """Output channel names from dataset.json's ``labels`` (name -> value, or -> region list);
+    region-based models in ``regions_class_order``; ``ignore`` is not an output."""
+    labels = {name: value for name, value in dataset.get("labels", {}).items() if name != "ignore"}
+    if not labels:
+        raise SegGradCAMError("dataset.json declares no labels.")
+    if any(isinstance(value, (list, tuple)) for value in labels.values()):
+        order = dataset.get("regions_class_order")
+        regions = [name for name in labels if name != "background"]
+        if order is None or len(order) != len(regions):
+            raise SegGradCAMError("dataset.json has region labels without a matching 'regions_class_order'.")
+        return regions
+    return [name for name, _ in sorted(labels.items(), key=lambda item: int(item[1]))]
+
+
+def nnunet_facts(folder: Path) -> ModelFacts:
+    """Labels, input channels and decoder stages of an nnU-Net folder, read without torch."""
+    folder = Path(folder)
+    dataset, plans = _read_json(folder / "dataset.json"), _read_json(folder / "plans.json")
+    configuration = plans["configurations"][configuration_of(folder, plans)]
+    n_stages = configuration.get("architecture", {}).get("arch_kwargs", {}).get("n_stages")
+    if not isinstance(n_stages, int) or n_stages < 2:
+        raise SegGradCAMError(f"plans.json of {folder.name} has no architecture with n_stages.")
+    channels = dataset.get("channel_names", dataset.get("modality", {}))
+    return ModelFacts(tuple(label_names(dataset)), len(channels), tuple(f"decoder.stages.{i}" for i in range(n_stages - 1)))
+
+
+def checkpoint_path(folder: Path, fold: str, checkpoint: str = CHECKPOINTS[0]) -> Path:
+    """``fold_<fold>/<checkpoint>`` of the folder, or a message naming what is missing."""
+    path = Path(folder) / f"fold_{fold}" / checkpoint
+    if not path.is_file():
+        folds = sorted(p.name for p in Path(folder).glob("fold_*") if (p / checkpoint).is_file())
+        raise SegGradCAMError(f"{path} not found; folds with {checkpoint}: {', '.join(folds) or 'none'}.")
+    return path
+
+
+def _safe_numpy_globals() -> list:
+    """The plain numpy types nnU-Net's training log pickles: scalars and their dtypes (numpy 1.x
+    and 2.x module paths)."""
+    import numpy as np
+
+    found = [np.dtype, *{type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "b1")}]
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            scalar = getattr(__import__(module, fromlist=["scalar"]), "scalar")
+        except (ImportError, AttributeError):
+            continue
+        found.append((scalar, f"{module}.scalar"))
+    return found
+
+
+def read_nnunet_checkpoint(path: Path) -> dict:
+    """An nnU-Net checkpoint as data: ``torch.load(weights_only=True)`` with numpy scalars and
+    dtypes allowed; any other pickled type is refused with its name, never constructed."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_safe_numpy_globals()):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)|global ([\w.]+)|Unsupported class ([\w.]+)", str(error))
+        name = next((g for g in found.groups() if g), "an object") if found else "an object"
+        raise SegGradCAMError(
+            f"Refused to load {path.name}: it pickles {name}, which is not plain data (tensors, numbers, numpy "
+            "scalars); code in a checkpoint is never executed."
+        ) from None
+    except Exception as error:  # weights_only never runs code: any other failure is a damaged file
+        raise SegGradCAMError(f"Cannot read {path.name}: it is corrupt or not a PyTorch file ({error}).") from None
+    if not isinstance(data, dict) or not isinstance(data.get("network_weights"), dict):
+        raise SegGradCAMError(f"{path.name} is not an nnU-Net checkpoint (no 'network_weights').")
+    return data
+
+
+def allowed_blocks() -> dict[str, type]:
+    """Allow-listed torch.nn classes by every name plans.json may give them (``torch.nn.X`` and
+    the defining module's path, as nnU-Net writes it)."""
+    from torch import nn
+
+    allowed = {}
+    for short in (name for names in TORCH_BLOCKS.values() for name in names):
+        block = getattr(nn, short)
+        allowed[f"torch.nn.{short}"] = allowed[f"{block.__module__}.{short}"] = block
+    return allowed
+
+
+def build_nnunet_network(plans: dict, configuration: str, input_channels: int, output_channels: int,
+                         trust: bool = False):
+    """The configuration's network built by nnU-Net's ``get_network_from_plans`` (deep
+    supervision off, no initialisation), after checking its class names (see module docstring)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    from .safe_load import TRUST_HINT
+
+    architecture = plans["configurations"][configuration].get("architecture", {})
+    name = architecture.get("network_class_name", "")
+    if re.search(r"primus|eva", name, re.IGNORECASE):
+        raise SegGradCAMError(f"{name} (Primus/EVA) needs timm and is not supported; explain a U-Net configuration.")
+    kwargs, imports = dict(architecture.get("arch_kwargs", {})), list(architecture.get("_kw_requires_import", []))
+    unknown = [name] if name not in ARCHITECTURES else []
+    blocks = allowed_blocks()
+    unknown += [str(kwargs[k]) for k in imports if kwargs.get(k) is not None and str(kwargs[k]) not in blocks]
+    if unknown and not trust:
+        raise SegGradCAMError(
+            f"plans.json names classes outside the allow-list ({', '.join(unknown)}); building them imports and "
+            f"runs code: to load it {TRUST_HINT}."
+        )
+    return get_network_from_plans(name, kwargs, imports, input_channels, output_channels, allow_init=False,
+                                  deep_supervision=False)
+
+
+def load_nnunet_network(folder: Path, fold: str = "0", checkpoint: str = CHECKPOINTS[0], trust: bool = False):
+    """The network of one fold with its weights, in eval mode, and the checkpoint's other fields
+    (``inference_allowed_mirroring_axes``, ``trainer_name``, ...)."""
+    folder = Path(folder)
+    dataset, plans = _read_json(folder / "dataset.json"), _read_json(folder / "plans.json")
+    configuration = configuration_of(folder, plans)
+    data = read_nnunet_checkpoint(checkpoint_path(folder, fold, checkpoint))
+    facts = nnunet_facts(folder)
+    network = build_nnunet_network(plans, configuration, facts.in_channels, len(facts.labels), trust)
+    weights = data.pop("network_weights")
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as error:
+        raise SegGradCAMError(f"The weights of fold {fold} do not fit the network of plans.json: {error}") from None
+    return network.eval(), data
