@@ -154,3 +154,15 @@ def test_missing_parts_are_named(folder):
     (cascade / "dataset.json").write_text(json.dumps(DATASET))
     with pytest.raises(SegGradCAMError, match="low-resolution stage"):
         nnunet_facts(cascade)
+
+
+def test_models_scan_lists_the_folders_without_torch(folder, tmp_path):
+    trained_like_nnunet(folder)
+    (tmp_path / "not-a-model").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "SegGradCAMLib", "models", "--scan", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "folders under" in proc.stdout and f"{folder}  (2 input(s); background, edema" in proc.stdout
+    missing = subprocess.run([sys.executable, "-m", "SegGradCAMLib", "models", "--scan", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.startswith("seggradcam: error: --scan")

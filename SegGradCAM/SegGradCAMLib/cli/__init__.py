@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from ..errors import SegGradCAMError
@@ -44,21 +45,35 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     common = [_progress_options()]
     add_explain_parser(sub, common)
-    sub.add_parser("models", help="list the registered models")
+    models = sub.add_parser("models", help="list the registered models (and the nnU-Net folders under --scan DIR)")
+    models.add_argument("--scan", type=Path, metavar="DIR",
+                        help="also list the nnU-Net trained-model folders found under DIR")
     add_evaluate_parser(sub, common)
     add_train_parser(sub, common)
     add_roar_parser(sub, common)
     return parser
 
 
-def run_models() -> None:
-    """Print the registry (without importing torch)."""
+def run_models(scan: Path | None = None) -> None:
+    """Print the registry and the nnU-Net folders under ``scan`` (without importing torch)."""
+    from ..models.nnunet import find_nnunet_folders, nnunet_facts
     from ..models.registry import DEFAULT_MODEL, list_models
 
     for entry in list_models():
         mark = "*" if entry["name"] == DEFAULT_MODEL else " "
         state = "" if entry["installed"] else "  [not installed]"
         print(f"{mark} {entry['name']:<14} {entry['description']}{state}")
+    if scan is not None:
+        if not scan.is_dir():
+            raise SegGradCAMError(f"--scan {scan}: not a folder.")
+        folders = find_nnunet_folders(scan)
+        print(f"\nnnU-Net trained-model folders under {scan}: {len(folders)}")
+        for folder in folders:
+            try:
+                facts = nnunet_facts(folder)
+                print(f"  {folder}  ({facts.in_channels} input(s); {', '.join(facts.labels)})")
+            except SegGradCAMError as error:
+                print(f"  {folder}  (unusable: {error})")
     print("\nAlso accepted as --model: a MONAI bundle folder, a TorchScript file (--trust-model), "
           "or a JSON spec naming a MONAI architecture and a state_dict file.")
 
@@ -95,9 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "models":
-            run_models()
+            run_models(args.scan)
             return 0
         return _run(args)
+    except SegGradCAMError as error:
+        print(f"seggradcam: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("seggradcam: interrupted", file=sys.stderr)
         return 130

@@ -50,6 +50,13 @@ def is_nnunet_folder(path: Path) -> bool:
     return path.is_dir() and (path / "plans.json").is_file() and (path / "dataset.json").is_file()
 
 
+def find_nnunet_folders(root: Path) -> list[Path]:
+    """The nnU-Net trained-model folders under ``root`` (``plans.json`` and ``dataset.json`` beside
+    at least one ``fold_*``), sorted."""
+    return sorted(plans.parent for plans in Path(root).rglob("plans.json")
+                  if is_nnunet_folder(plans.parent) and any(plans.parent.glob("fold_*")))
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise SegGradCAMError(f"{path.parent} is not an nnU-Net trained-model folder: {path.name} is missing.")
