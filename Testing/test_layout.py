@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "SegGradCAM" / "SegGradCAMLib"
 FRONT_ENDS = ("SegGradCAMLib.cli", "SegGradCAMLib.mrml", "SegGradCAMLib.web", "SegGradCAMLib.__main__")
-ENGINE_MODULES = {"__init__", "__main__", "errors", "cam", "layers", "inference", "preprocessing", "selection"}
+ENGINE_MODULES = {"__init__", "__main__", "errors", "cam", "layers", "inference", "inference_nnunet", "preprocessing",
+                  "selection"}
 
 
 def tracked_folders() -> set[str]:

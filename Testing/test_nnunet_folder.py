@@ -48,7 +48,7 @@ class Payload:
         return (subprocess.call, (["touch", str(self.marker)],))
 
 
-def trained_like_nnunet(folder: Path, plans=PLANS, extra_logging=None) -> torch.nn.Module:
+def trained_like_nnunet(folder: Path, plans=PLANS, extra_logging=None, dataset=DATASET) -> torch.nn.Module:
     """A folder as nnU-Net writes it: the network from nnU-Net's own builder, a checkpoint with
     the fields of nnUNetTrainer.save_checkpoint (optimizer state, numpy scalars in the log, a
     torch.device in init_args)."""
@@ -63,14 +63,14 @@ def trained_like_nnunet(folder: Path, plans=PLANS, extra_logging=None) -> torch.
     optimizer.step()
     (folder / "fold_0").mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(DATASET))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
     logging = {"mean_fg_dice": [np.float64(0.5)], "ema_fg_dice": [np.float64(0.45)],
                "dice_per_class_or_region": [[np.float32(0.4), np.float32(0.5), np.float32(0.6)]],
                "train_losses": [np.float64(-0.2)], "val_losses": [np.float32(-0.1)], "lrs": [0.01],
                "epoch_start_timestamps": [1.0], "epoch_end_timestamps": [2.0], **(extra_logging or {})}
     torch.save({"network_weights": network.state_dict(), "optimizer_state": optimizer.state_dict(),
                 "grad_scaler_state": None, "logging": logging, "_best_ema": np.float64(0.45), "current_epoch": 1,
-                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": DATASET,
+                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset,
                               "device": torch.device("cpu")},
                 "trainer_name": "nnUNetTrainer_5epochs", "inference_allowed_mirroring_axes": (0, 1, 2)},
                folder / "fold_0" / "checkpoint_final.pth")

@@ -62,6 +62,7 @@ class VolumeExplanation:
     layers: list[str]
     method: str
     timings: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, float] = field(default_factory=dict)  # e.g. agreement with nnU-Net's own prediction
 
 
 @dataclass(frozen=True)
@@ -377,13 +378,25 @@ def explain_volume(
     start = time.perf_counter()
     labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
     del logits
+    heatmaps, raw_max = heatmaps_on_input_grid(maps, grid.to_input, labels, classes, normalize, on_heatmap)
+    timings["postprocess_s"] = time.perf_counter() - start
+    return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings)
+
+
+def heatmaps_on_input_grid(maps: dict[str, torch.Tensor], to_input: Callable[[torch.Tensor], np.ndarray],
+                           labels: np.ndarray, classes: Sequence[int], normalize: bool,
+                           on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None):
+    """Class maps ``(n, *model grid)`` per layer brought to the input grid one class at a time by
+    ``to_input`` (``(1, *model grid)`` -> ``(1, Z, Y, X)``), ReLU'd, divided by their global maximum
+    when ``normalize``; handed to ``on_heatmap`` (then not kept) or returned. ``maps`` is emptied as
+    it goes. Returns (layer -> ``(n, Z, Y, X)`` float32, layer -> raw maxima)."""
     heatmaps: dict[str, np.ndarray] = {}
     raw_max: dict[str, list[float]] = {name: [] for name in maps}
     for name in list(maps):
         on_model_grid = maps.pop(name)  # (n, *model grid), released class by class below
         kept = []
         for i in range(len(classes)):
-            heat = np.maximum(grid.to_input(on_model_grid[i:i + 1]), 0)[0]
+            heat = np.maximum(to_input(on_model_grid[i:i + 1]), 0)[0]
             peak = float(heat.max())
             raw_max[name].append(peak)
             if normalize:
@@ -395,5 +408,4 @@ def explain_volume(
                 kept.append(heat)
         if kept:
             heatmaps[name] = np.stack(kept)
-    timings["postprocess_s"] = time.perf_counter() - start
-    return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings)
+    return heatmaps, raw_max

@@ -39,6 +39,10 @@ def add_explain_parser(sub, parents: list) -> None:
                          help="run the network in bfloat16 autocast (GPU, or a CPU with AMX/AVX-512 BF16); "
                               "the CAM arithmetic stays float32")
     explain.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    explain.add_argument("--step-size", type=float, default=0.5,
+                         help="nnU-Net models: sliding-window step as a fraction of the patch (nnU-Net's tile_step_size)")
+    explain.add_argument("--mirror", action="store_true",
+                         help="nnU-Net models: test-time mirroring (as nnU-Net predicts by default); off by default")
 
 
 OVERVIEW_ROWS = 6  # heatmaps drawn in overview.png (the first ones; every map is written to a file)
@@ -126,11 +130,14 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     try:
-        result = explain_volume(
-            model, image, spacing_zyx, reference.direction, layers=layers, classes=classes,
-            method=args.method, regions=regions, device=device, progress=progress, amp=args.amp,
-            on_heatmap=write_heatmap,
-        )
+        if model.nnunet is not None:
+            result = explain_nnunet_files(model, args, layers, classes, regions, device, progress, write_heatmap)
+        else:
+            result = explain_volume(
+                model, image, spacing_zyx, reference.direction, layers=layers, classes=classes,
+                method=args.method, regions=regions, device=device, progress=progress, amp=args.amp,
+                on_heatmap=write_heatmap,
+            )
     except torch.cuda.OutOfMemoryError as error:
         raise SegGradCAMError(
             f"{spec.name} ran out of GPU memory on {device} ({str(error).splitlines()[0][:120]}); "
@@ -169,11 +176,27 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
         "threads": threads,
         "peak_memory_mb": peak_memory_mb(device),
         "timings": {k: round(v, 3) for k, v in {**timings, "total_s": time.perf_counter() - began}.items()},
+        **({"checks": result.checks} if result.checks else {}),
         "segmentation": "segmentation.nrrd",
     }
     (out / "explain.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     step("write", files, files)
     return report
+
+
+def explain_nnunet_files(model, args: argparse.Namespace, layers, classes, regions, device, progress, on_heatmap):
+    """An nnU-Net model reads its inputs itself (plans.json's image reader): plain files only."""
+    from ..inference_nnunet import explain_nnunet
+
+    reader = type(model.nnunet.plans_manager.image_reader_writer_class()).__name__
+    if reader != "SimpleITKIO":
+        raise SegGradCAMError(f"{model.spec.name} reads images with {reader}; only SimpleITKIO models are supported yet.")
+    if any("@" in path or Path(path).is_dir() for path in args.inputs):
+        raise SegGradCAMError("nnU-Net models read each channel from its own file (NRRD, NIfTI): no FILE@N, no DICOM folder.")
+    if not 0 < args.step_size <= 1:
+        raise SegGradCAMError(f"--step-size must be in (0, 1]; got {args.step_size}.")
+    return explain_nnunet(model, args.inputs, layers, classes, args.method, None if regions is None else regions[0],
+                          device, args.step_size, args.mirror, progress=progress, on_heatmap=on_heatmap)
 
 
 def print_summary(report: dict, out: Path) -> None:

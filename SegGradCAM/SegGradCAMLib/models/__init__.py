@@ -20,7 +20,8 @@ from .spec import LoadedModel, ModelSpec
 def load_model_path(path: Path, trust: bool) -> LoadedModel:
     """Load a model file or MONAI bundle folder, picking the format from the path:
 
-    - a folder: a MONAI bundle;
+    - a folder: an nnU-Net v2 trained-model folder (``plans.json`` + ``dataset.json``), else a
+      MONAI bundle;
     - ``*.json``: a JSON spec;
     - any other file with a JSON spec of the same stem beside it (``model.pt`` +
       ``model.json``): that spec, for this file;
@@ -31,10 +32,15 @@ def load_model_path(path: Path, trust: bool) -> LoadedModel:
     """
     from .bundle import load_bundle
     from .json_spec import EXAMPLE_SPEC, load_json_spec
+    from .nnunet import looks_like_nnunet_folder
     from .safe_load import is_torchscript_archive
     from .torchscript import load_torchscript
 
     path = Path(path)
+    if path.is_dir() and looks_like_nnunet_folder(path):
+        from .nnunet import load_nnunet_model
+
+        return load_nnunet_model(path, trust=trust)
     if path.is_dir():
         return load_bundle(path, trust)
     if not path.is_file():

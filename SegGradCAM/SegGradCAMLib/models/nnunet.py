@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import SegGradCAMError
 from .registry import ModelFacts
@@ -48,6 +50,13 @@ def is_nnunet_folder(path: Path) -> bool:
     """A folder with nnU-Net's ``plans.json`` and ``dataset.json``."""
     path = Path(path)
     return path.is_dir() and (path / "plans.json").is_file() and (path / "dataset.json").is_file()
+
+
+def looks_like_nnunet_folder(path: Path) -> bool:
+    """A folder with any part of an nnU-Net trained-model folder (loading then names what is missing)."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).exists() for name in ("plans.json", "dataset.json")) or \
+        any(Path(path).glob("fold_*/checkpoint_*.pth"))
 
 
 def find_nnunet_folders(root: Path) -> list[Path]:
@@ -209,3 +218,57 @@ def load_nnunet_network(folder: Path, fold: str = "0", checkpoint: str = CHECKPO
     except RuntimeError as error:
         raise SegGradCAMError(f"The weights of fold {fold} do not fit the network of plans.json: {error}") from None
     return network.eval(), data
+
+
+@dataclass
+class NnUNetParts:
+    """What nnU-Net's pipeline needs besides the network: its plans/configuration/label managers,
+    dataset.json, one state_dict per fold, and the checkpoint's mirroring axes."""
+
+    plans_manager: object
+    configuration_manager: object
+    label_manager: object
+    dataset_json: dict
+    parameters: list
+    trainer_name: str
+    mirror_axes: tuple | None
+
+
+def default_folds(folder: Path, checkpoint: str) -> list[str]:
+    """Every ``fold_N`` holding ``checkpoint`` (``fold_all`` skipped), as nnU-Net's auto-detection."""
+    folds = sorted(p.name.removeprefix("fold_") for p in Path(folder).glob("fold_*")
+                   if p.name != "fold_all" and (p / checkpoint).is_file())
+    if not folds:
+        raise SegGradCAMError(f"{folder} holds no fold_N/{checkpoint}; train it or choose --checkpoint.")
+    return folds
+
+
+def load_nnunet_model(folder: Path, folds: Sequence[str] | None = None, checkpoint: str = CHECKPOINTS[0],
+                      trust: bool = False):
+    """An nnU-Net trained-model folder as a :class:`~.spec.LoadedModel` (network with the first
+    fold's weights, every fold's weights in ``nnunet.parameters``); ``folds`` ``["all"]`` selects
+    ``fold_all``."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from .spec import LoadedModel, ModelSpec, sha256_of
+
+    folder = Path(folder)
+    facts = nnunet_facts(folder)  # names a missing plans.json / dataset.json first
+    folds = list(folds) if folds else default_folds(folder, checkpoint)
+    network, fields = load_nnunet_network(folder, folds[0], checkpoint, trust)
+    parameters = [network.state_dict()]
+    parameters += [read_nnunet_checkpoint(checkpoint_path(folder, fold, checkpoint))["network_weights"] for fold in folds[1:]]
+    dataset, plans = _read_json(folder / "dataset.json"), _read_json(folder / "plans.json")
+    plans_manager = PlansManager(plans)
+    configuration = configuration_of(folder, plans)
+    configuration_manager = plans_manager.get_configuration(configuration)
+    first = checkpoint_path(folder, folds[0], checkpoint)
+    spec = ModelSpec(
+        name=f"{folder.parent.name}/{folder.name}", labels=list(facts.labels), in_channels=facts.in_channels,
+        spatial_dims=len(configuration_manager.patch_size), sha256=sha256_of(first), source=str(folder),
+        description=f"nnU-Net {configuration}, folds {', '.join(folds)}, {checkpoint}",
+    )
+    mirror = fields.get("inference_allowed_mirroring_axes")
+    parts = NnUNetParts(plans_manager, configuration_manager, plans_manager.get_label_manager(dataset), dataset,
+                        parameters, str(fields.get("trainer_name", "")), tuple(mirror) if mirror else None)
+    return LoadedModel(network, spec, list(facts.layers), nnunet=parts)

@@ -94,6 +94,7 @@ class LoadedModel:
     spec: ModelSpec
     layers: list[str] = field(default_factory=list)
     subnormals_zeroed: int = 0
+    nnunet: object = None  # an nnU-Net model's plans, folds and managers (see models.nnunet.NnUNetParts)
 
     def chosen_layers(self, layers: "str | Sequence[str]" = "auto") -> "str | list[str]":
         """``layers`` with ``"auto"`` meaning the finest declared decoder stage; ``"auto"``

@@ -1,0 +1,172 @@
+"""Explain an nnU-Net v2 model with nnU-Net's own pipeline around the CAM pass.
+
+nnU-Net does what it already does: its image reader (from plans.json), its preprocessing
+(transpose, crop to non-zero, each channel's normalisation, resampling), its sliding-window
+steps and Gaussian importance map, its prediction of the segmentation, and its export back to
+the original image geometry. The window loop with gradients is ours (nnU-Net predicts under
+``torch.inference_mode()``): each window is explained with the final segmentation (nnU-Net's
+own stitched prediction) cut to it as target, and maps are stitched with nnU-Net's Gaussian
+weights, averaged over folds (and mirrorings, when on) as nnU-Net averages logits, then
+brought back with nnU-Net's resampling, un-cropping and transpose.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .cam import seg_grad_cam
+from .errors import CancelledError, SegGradCAMError
+from .inference import ClassHeatmap, ProgressCallback, VolumeExplanation, heatmaps_on_input_grid
+from .layers import resolve_layers
+from .models.spec import LoadedModel
+
+
+def nnunet_predictor(model: LoadedModel, device: str, tile_step_size: float, mirror: bool):
+    """nnU-Net's predictor on the model's network, plans and folds (no file is read)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    parts = model.nnunet
+    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=mirror,
+                                perform_everything_on_device=False, device=torch.device(device), verbose=False,
+                                allow_tqdm=False)
+    predictor.manual_initialization(model.network, parts.plans_manager, parts.configuration_manager,
+                                    parts.parameters, parts.dataset_json, parts.trainer_name, parts.mirror_axes)
+    return predictor
+
+
+def preprocess(model: LoadedModel, files: Sequence[str], region: np.ndarray | None = None):
+    """The input files read by the plans' image reader and preprocessed by nnU-Net:
+    ``(C, z, y, x)`` float32, properties, and ``region`` ``(Z, Y, X)`` (input grid) carried along
+    as nnU-Net carries a segmentation (``(z, y, x)`` bool, or None)."""
+    parts = model.nnunet
+    reader = parts.plans_manager.image_reader_writer_class()
+    data, properties = reader.read_images(list(files))
+    preprocessor = parts.configuration_manager.preprocessor_class(verbose=False)
+    seg = None if region is None else region[None].astype(np.int8)
+    data, seg, properties = preprocessor.run_case_npy(data, seg, properties, parts.plans_manager,
+                                                      parts.configuration_manager, parts.dataset_json)
+    return data, properties, None if seg is None else seg[0] > 0
+
+
+def to_input_grid(model: LoadedModel, properties: dict) -> Callable[[torch.Tensor], np.ndarray]:
+    """Maps ``(k, z, y, x)`` in nnU-Net's preprocessed space -> ``(k, Z, Y, X)`` as the reader
+    read the input: nnU-Net's probability resampling, un-cropping (zeros outside) and transpose."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
+
+    plans, configuration = model.nnunet.plans_manager, model.nnunet.configuration_manager
+    spacing = [properties["spacing"][i] for i in plans.transpose_forward]
+    shape = properties["shape_after_cropping_and_before_resampling"]
+    current = configuration.spacing if len(configuration.spacing) == len(shape) else [spacing[0], *configuration.spacing]
+
+    def convert(maps: torch.Tensor) -> np.ndarray:
+        resampled = np.asarray(configuration.resampling_fn_probabilities(maps.float(), shape, current, spacing),
+                               dtype=np.float32)
+        full = np.zeros((len(resampled), *properties["shape_before_cropping"]), dtype=np.float32)
+        full[(slice(None), *bounding_box_to_slice(properties["bbox_used_for_cropping"]))] = resampled
+        return full.transpose([0] + [i + 1 for i in plans.transpose_backward])
+
+    return convert
+
+
+def explain_nnunet(
+    model: LoadedModel,
+    files: Sequence[str],
+    layers="auto",
+    classes: Sequence[int] | None = None,
+    method: str = "gradcam",
+    region: np.ndarray | None = None,
+    device: str = "cpu",
+    tile_step_size: float = 0.5,
+    mirror: bool = False,
+    normalize: bool = True,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+    on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None = None,
+) -> VolumeExplanation:
+    """Segment and explain the image ``files`` (one per channel, as nnU-Net reads them).
+
+    Labels are nnU-Net's own prediction (all folds, mirroring when ``mirror``); maps per layer
+    ``(len(classes), Z, Y, X)`` on the grid the reader gives the input. ``region`` ``(Z, Y, X)``:
+    explain the class score inside it instead of the predicted masks. Other arguments as
+    :func:`SegGradCAMLib.inference.explain_volume`.
+    """
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    parts, step = model.nnunet, progress or (lambda stage, done, total: None)
+    if parts.label_manager.has_regions:
+        raise SegGradCAMError("Region-based nnU-Net models (sigmoid outputs) are not supported yet.")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    step("preprocess", 0, 1)
+    data, properties, region_pre = preprocess(model, files, region)
+    step("preprocess", 1, 1)
+    timings["preprocess_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    classes = list(range(1, len(model.spec.labels))) if classes is None else [int(c) for c in classes]
+    layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
+    predictor = nnunet_predictor(model, device, tile_step_size, mirror)
+    x = torch.from_numpy(data)
+    reference = predictor.predict_logits_from_preprocessed_data(x).float()  # nnU-Net's own stitched logits
+    if region_pre is None:
+        segmentation = reference.argmax(0)
+        targets = torch.stack([segmentation == c for c in classes])
+    else:
+        targets = torch.from_numpy(np.repeat(region_pre[None], len(classes), axis=0))
+    patch = tuple(parts.configuration_manager.patch_size)
+    padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
+    targets, _ = pad_nd_image(targets.float(), patch, "constant", {"value": 0}, True, None)
+    slicers = predictor._internal_get_sliding_window_slicers(padded.shape[1:])
+    gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32,
+                                device=torch.device("cpu"))
+    flips = [()]
+    if mirror and parts.mirror_axes:
+        axes = [a + 2 for a in parts.mirror_axes]
+        flips += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+    maps = {name: torch.zeros((len(classes), *padded.shape[1:])) for name in layer_names}
+    logits = torch.zeros((reference.shape[0], *padded.shape[1:]))  # ours, to check the windows against nnU-Net's
+    weights = torch.zeros(padded.shape[1:])
+    total = len(parts.parameters) * len(slicers)
+    for fold, parameters in enumerate(parts.parameters):
+        model.network.load_state_dict(parameters)
+        for i, window in enumerate(slicers):
+            if cancel is not None and cancel():
+                raise CancelledError("Cancelled by the user.")
+            step("windows", fold * len(slicers) + i, total)
+            spatial = window[1:]
+            for axes in flips:
+                image = padded[window][None].to(device)
+                target = targets[(slice(None), *spatial)][None].to(device)
+                if axes:
+                    image, target = torch.flip(image, axes), torch.flip(target, axes)
+                result = seg_grad_cam(model.network, image, layer_names, classes, method, regions=target > 0.5,
+                                      upsample=True)
+                for name, m in result.items():
+                    m = torch.flip(m, axes) if axes else m  # (n, 1, *patch)
+                    maps[name][(slice(None), *spatial)] += m[:, 0].float().cpu() * gaussian / len(flips)
+                window_logits = torch.flip(result.logits, axes) if axes else result.logits
+                logits[(slice(None), *spatial)] += window_logits[0].float().cpu() * gaussian / len(flips)
+            weights[spatial] += gaussian
+    step("windows", total, total)
+    crop = (slice(None), *revert[1:])
+    maps = {name: (m / weights)[crop] for name, m in maps.items()}
+    ours = (logits / weights)[crop]
+    timings["network_and_cam_s"] = time.perf_counter() - start
+    checks = {"stitched_logits_max_difference_to_nnunet": float((ours - reference).abs().max()),
+              "labels_equal_to_nnunet": float((ours.argmax(0) == reference.argmax(0)).float().mean())}
+
+    start = time.perf_counter()
+    labels = convert_predicted_logits_to_segmentation_with_correct_shape(
+        reference, parts.plans_manager, parts.configuration_manager, parts.label_manager, properties)
+    heatmaps, raw_max = heatmaps_on_input_grid(maps, to_input_grid(model, properties), labels, classes, normalize,
+                                               on_heatmap)
+    timings["postprocess_s"] = time.perf_counter() - start
+    return VolumeExplanation(labels.astype(np.int16), heatmaps, raw_max, classes, layer_names, method, timings,
+                             checks)

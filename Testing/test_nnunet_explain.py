@@ -1,0 +1,117 @@
+"""Explaining an nnU-Net folder with nnU-Net's own pipeline (reader, preprocessing, windows,
+Gaussian, prediction, export) around our CAM pass; plans and dataset.json as nnU-Net's planner
+wrote them for the demo data (Testing/data/nnunet_demo_plans), random weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from captum.attr import LayerGradCam
+from test_nnunet_folder import trained_like_nnunet
+
+from SegGradCAMLib import seg_grad_cam
+from SegGradCAMLib.cli import main
+from SegGradCAMLib.demo import data as demo_data
+
+FIXTURE = Path(__file__).parent / "data" / "nnunet_demo_plans"
+PLANS = json.loads((FIXTURE / "plans.json").read_text())
+DATASET = json.loads((FIXTURE / "dataset.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def nnunet_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("results") / "Dataset901_DemoLesions" / "nnUNetTrainer_5epochs__nnUNetPlans__3d_fullres"
+    trained_like_nnunet(folder, plans=PLANS, dataset=DATASET)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def oblique_case(tmp_path_factory) -> tuple[list[str], str]:
+    """A held-out demo case stored oblique and anisotropic (2.0 x 2.2 x 2.5 mm), and a box region."""
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    folder = tmp_path_factory.mktemp("oblique")
+    rotation, _ = np.linalg.qr(np.array([[0.95, -0.2, 0.1], [0.2, 0.97, 0.05], [-0.1, 0.0, 0.99]]))
+    paths = []
+    region = np.zeros(case.labels.shape, dtype=np.uint8)
+    region[30:40, 40:60, 40:60] = 1
+    for name, array in [*zip(demo_data.CHANNELS, case.image), ("region", region)]:
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((2.0, 2.2, 2.5))
+        image.SetDirection(tuple(rotation.ravel()))
+        image.SetOrigin((-80.0, 12.5, 30.0))
+        paths.append(str(folder / f"{name}.nrrd"))
+        sitk.WriteImage(image, paths[-1])
+    return paths[:2], paths[2]
+
+
+def test_cli_explains_an_nnunet_folder_on_the_inputs_geometry(nnunet_folder, oblique_case, tmp_path):
+    inputs, region = oblique_case
+    out = tmp_path / "out"
+    assert main(["explain", *inputs, "--model", str(nnunet_folder), "--region", region, "--method", "hirescam",
+                 "--layers", "decoder.stages.2,decoder.stages.3", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "explain.json").read_text())
+    assert report["layers"] == ["decoder.stages.2", "decoder.stages.3"]
+    assert [c["name"] for c in report["classes"]] == ["edema", "enhancing_rim", "necrotic_core"]
+    assert report["checks"]["labels_equal_to_nnunet"] > 0.99
+    reference = sitk.ReadImage(inputs[0])
+    for name in ["segmentation.nrrd", *(info["file"] for c in report["classes"] for info in c["layers"].values())]:
+        image = sitk.ReadImage(str(out / name))
+        assert image.GetSize() == reference.GetSize()
+        assert np.allclose(image.GetSpacing(), reference.GetSpacing())
+        assert np.allclose(image.GetOrigin(), reference.GetOrigin())
+        assert np.allclose(image.GetDirection(), reference.GetDirection())
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / report["classes"][0]["layers"]["decoder.stages.3"]["file"])))
+    assert heat.max() == pytest.approx(1.0) and report["classes"][0]["layers"]["decoder.stages.3"]["max_raw"] > 0
+
+
+def test_one_window_maps_equal_captum_on_nnunets_network():
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    architecture = PLANS["configurations"]["3d_fullres"]["architecture"]
+    torch.manual_seed(0)
+    network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                                     architecture["_kw_requires_import"], 2, 4, deep_supervision=False).eval()
+    x = torch.randn(1, 2, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    regions = torch.zeros(1, 4, 32, 32, 32, dtype=torch.bool)
+    regions[..., 8:20, 10:24, 6:18] = True
+    layer = "decoder.stages.2"
+    ours = seg_grad_cam(network, x, layer, [0, 1, 2, 3], regions=regions)[layer]
+    module = dict(network.named_modules())[layer]
+    for c in range(4):
+        def score(inputs, c=c):
+            return (network(inputs)[:, c] * regions[:, c]).flatten(1).sum(1)
+
+        theirs = LayerGradCam(score, module).attribute(x, relu_attributions=True)[:, 0]
+        assert theirs.abs().max() > 0
+        assert float((ours[c] - theirs).abs().max() / theirs.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("no plans", "plans.json is missing"),
+    ("channels", "takes 2 input volume"),
+    ("file@n", "own file"),
+])
+def test_bad_inputs_give_one_line_and_write_nothing(nnunet_folder, oblique_case, tmp_path, capsys, problem, message):
+    inputs, _ = oblique_case
+    model = str(nnunet_folder)
+    if problem == "no plans":
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "dataset.json").write_text(json.dumps(DATASET))
+        model = str(broken)
+    if problem == "channels":
+        inputs = inputs[:1]
+    if problem == "file@n":  # the second channel as volume 1 of a 4D file
+        four_d = sitk.JoinSeries([sitk.ReadImage(inputs[0]), sitk.ReadImage(inputs[1])])
+        sitk.WriteImage(four_d, str(tmp_path / "both.nrrd"))
+        inputs = [inputs[0], str(tmp_path / "both.nrrd") + "@1"]
+    out = tmp_path / "out"
+    assert main(["explain", *inputs, "--model", model, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("seggradcam: error:") and message in err[0]
+    assert not out.exists() or not any(out.iterdir())
