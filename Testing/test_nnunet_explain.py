@@ -115,3 +115,13 @@ def test_bad_inputs_give_one_line_and_write_nothing(nnunet_folder, oblique_case,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("seggradcam: error:") and message in err[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_folds_are_chosen_and_a_missing_fold_is_named(nnunet_folder, oblique_case, tmp_path, capsys):
+    inputs, _ = oblique_case
+    out = tmp_path / "out"
+    assert main(["explain", *inputs, "--model", str(nnunet_folder), "--folds", "3", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fold_3" in err and "folds with checkpoint_final.pth: fold_0" in err
+    assert main(["explain", *inputs, "--model", "hdbet", "--folds", "0", "--out", str(out), "--quiet"]) == 2
+    assert "nnU-Net trained-model folders only" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SegGradCAMError
-from ..selection import ALL_CLASSES, AUTO_LAYER, CAM_METHODS, class_indices, layer_selection, pick_device
+from ..selection import ALL_CLASSES, AUTO_LAYER, CAM_METHODS, class_indices, layer_selection, pick_device, split_list
 from .resources import peak_memory_mb, set_threads
 
 if TYPE_CHECKING:  # torch stays out of the import of the command line
@@ -41,6 +41,9 @@ def add_explain_parser(sub, parents: list) -> None:
     explain.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     explain.add_argument("--step-size", type=float, default=0.5,
                          help="nnU-Net models: sliding-window step as a fraction of the patch (nnU-Net's tile_step_size)")
+    explain.add_argument("--folds", help="nnU-Net folders: comma-separated folds (default: every fold_N with the "
+                                          "checkpoint; 'all' = fold_all)")
+    explain.add_argument("--checkpoint", help="nnU-Net folders: checkpoint file name (default checkpoint_final.pth)")
     explain.add_argument("--mirror", action="store_true",
                          help="nnU-Net models: test-time mirroring (as nnU-Net predicts by default); off by default")
 
@@ -79,7 +82,8 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     step("read", 1, 1)
 
     start = time.perf_counter()
-    model = load_model(args.model, trust=args.trust_model, device=device)
+    model = load_model(args.model, trust=args.trust_model, device=device,
+                       folds=split_list(args.folds) if args.folds else None, checkpoint=args.checkpoint)
     spec = model.spec
     timings["load_model_s"] = time.perf_counter() - start
     step("startup", 1, 1)

@@ -11,13 +11,16 @@ package imports torch only when a model loads.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import SegGradCAMError
+from .nnunet import looks_like_nnunet_folder
 from .registry import DEFAULT_MODEL, DEFAULT_MULTICLASS_MODEL, REGISTRY, SHIPPED_MODELS, list_models
 from .spec import LoadedModel, ModelSpec
 
 
-def load_model_path(path: Path, trust: bool) -> LoadedModel:
+def load_model_path(path: Path, trust: bool, folds: Sequence[str] | None = None,
+                    checkpoint: str | None = None) -> LoadedModel:
     """Load a model file or MONAI bundle folder, picking the format from the path:
 
     - a folder: an nnU-Net v2 trained-model folder (``plans.json`` + ``dataset.json``), else a
@@ -28,19 +31,20 @@ def load_model_path(path: Path, trust: bool) -> LoadedModel:
     - a TorchScript archive (a zip with ``code/``), needs ``trust=True``;
     - anything else (a bare ``state_dict``): refused, with an example spec.
 
-    The network is in eval mode and returns logits ``(B, C, *S)``.
+    The network is in eval mode and returns logits ``(B, C, *S)``. ``folds`` (``["all"]`` for
+    ``fold_all``) and ``checkpoint`` apply to nnU-Net folders only (default: every fold holding
+    ``checkpoint_final.pth``).
     """
     from .bundle import load_bundle
     from .json_spec import EXAMPLE_SPEC, load_json_spec
-    from .nnunet import looks_like_nnunet_folder
     from .safe_load import is_torchscript_archive
     from .torchscript import load_torchscript
 
     path = Path(path)
     if path.is_dir() and looks_like_nnunet_folder(path):
-        from .nnunet import load_nnunet_model
+        from .nnunet import CHECKPOINTS, load_nnunet_model
 
-        return load_nnunet_model(path, trust=trust)
+        return load_nnunet_model(path, folds, checkpoint or CHECKPOINTS[0], trust=trust)
     if path.is_dir():
         return load_bundle(path, trust)
     if not path.is_file():
@@ -58,17 +62,20 @@ def load_model_path(path: Path, trust: bool) -> LoadedModel:
     )
 
 
-def load_model(name_or_path: str, trust: bool = False, device: str = "cpu") -> LoadedModel:
+def load_model(name_or_path: str, trust: bool = False, device: str = "cpu", folds: Sequence[str] | None = None,
+               checkpoint: str | None = None) -> LoadedModel:
     """Load a registered model by name, or a model file/folder by path.
 
     ``trust=True`` allows formats that execute code (TorchScript, MONAI bundle
     configs with expressions). The network is returned in eval mode on ``device``,
     with its subnormal weights set to zero (counted in ``subnormals_zeroed``).
     """
+    if (folds or checkpoint) and not looks_like_nnunet_folder(Path(name_or_path)):
+        raise SegGradCAMError("--folds and --checkpoint apply to nnU-Net trained-model folders only.")
     if name_or_path in REGISTRY:
         loaded = REGISTRY[name_or_path].loader(trust)
     elif Path(name_or_path).exists():
-        loaded = load_model_path(Path(name_or_path), trust)
+        loaded = load_model_path(Path(name_or_path), trust, folds, checkpoint)
     else:
         names = ", ".join(REGISTRY)
         raise SegGradCAMError(f"Unknown model {name_or_path!r}: not a registered name ({names}) nor an existing path.")
