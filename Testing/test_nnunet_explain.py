@@ -125,3 +125,30 @@ def test_folds_are_chosen_and_a_missing_fold_is_named(nnunet_folder, oblique_cas
     assert "fold_3" in err and "folds with checkpoint_final.pth: fold_0" in err
     assert main(["explain", *inputs, "--model", "hdbet", "--folds", "0", "--out", str(out), "--quiet"]) == 2
     assert "nnU-Net trained-model folders only" in capsys.readouterr().err
+
+
+def test_a_volume_of_one_patch_gives_the_single_windows_maps(nnunet_folder, tmp_path):
+    """No seams from stitching: where one window covers the volume, the pipeline's map is that
+    window's map brought back by nnU-Net's export (within 1e-4 of its maximum)."""
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    from SegGradCAMLib.inference_nnunet import explain_nnunet, preprocess, to_input_grid
+    from SegGradCAMLib.models import load_model
+
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    paths = demo_data.write_case(case, tmp_path)
+    inputs = [str(paths[channel]) for channel in demo_data.CHANNELS]
+    region = np.zeros(case.labels.shape, dtype=bool)
+    region[30:40, 40:60, 40:60] = True
+    model = load_model(str(nnunet_folder))
+    layer = "decoder.stages.3"
+    result = explain_nnunet(model, inputs, layers=layer, classes=[1], region=region, normalize=False)
+    data, properties, region_pre = preprocess(model, inputs, region)
+    patch = tuple(model.nnunet.configuration_manager.patch_size)
+    assert all(n <= p for n, p in zip(data.shape[1:], patch))  # one window
+    padded, revert = pad_nd_image(torch.from_numpy(data), patch, "constant", {"value": 0}, True, None)
+    target, _ = pad_nd_image(torch.from_numpy(region_pre[None]).float(), patch, "constant", {"value": 0}, True, None)
+    window = seg_grad_cam(model.network, padded[None], layer, [1], regions=target[None] > 0.5, upsample=True)[layer]
+    expected = np.maximum(to_input_grid(model, properties)(window[:, 0][(slice(None), *revert[1:])]), 0)[0]
+    assert expected.max() > 0
+    np.testing.assert_allclose(result.heatmaps[layer][0], expected, atol=1e-4 * expected.max())
