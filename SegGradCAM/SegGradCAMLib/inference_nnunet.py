@@ -160,6 +160,7 @@ def explain_nnunet(
     ours = (logits / weights)[crop]
     timings["network_and_cam_s"] = time.perf_counter() - start
     checks = {"stitched_logits_max_difference_to_nnunet": float((ours - reference).abs().max()),
+              "softmax_max_difference_to_nnunet": float((ours.softmax(0) - reference.softmax(0)).abs().max()),
               "labels_equal_to_nnunet": float((ours.argmax(0) == reference.argmax(0)).float().mean())}
 
     start = time.perf_counter()
