@@ -152,3 +152,42 @@ def test_a_volume_of_one_patch_gives_the_single_windows_maps(nnunet_folder, tmp_
     expected = np.maximum(to_input_grid(model, properties)(window[:, 0][(slice(None), *revert[1:])]), 0)[0]
     assert expected.max() > 0
     np.testing.assert_allclose(result.heatmaps[layer][0], expected, atol=1e-4 * expected.max())
+
+
+def test_no_seams_where_windows_meet(nnunet_folder, tmp_path):
+    """A volume of >= 2 windows per axis: the map's mean gradient within 2 voxels of a window border
+    is at most 1.5 x its mean elsewhere in the target region."""
+    from SegGradCAMLib.inference_nnunet import explain_nnunet, nnunet_predictor, preprocess
+    from SegGradCAMLib.models import load_model
+
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    paths = []
+    for name, array in zip(demo_data.CHANNELS, case.image):
+        image = sitk.GetImageFromArray(np.tile(array, (2, 2, 2)))  # 2 mm, identity direction
+        image.SetSpacing((2.0, 2.0, 2.0))
+        paths.append(str(tmp_path / f"{name}.nrrd"))
+        sitk.WriteImage(image, paths[-1])
+    shape = np.asarray(case.image.shape[1:]) * 2
+    region = np.zeros(tuple(shape), dtype=bool)
+    region[tuple(slice(n // 5, n - n // 5) for n in shape)] = True
+    model = load_model(str(nnunet_folder))
+    data, properties, _ = preprocess(model, paths)
+    slicers = nnunet_predictor(model, "cpu", 0.5, False)._internal_get_sliding_window_slicers(data.shape[1:])
+    starts = [sorted({s[axis + 1].start for s in slicers}) for axis in range(3)]
+    assert all(len(axis) >= 2 for axis in starts), starts
+    layer = "decoder.stages.3"
+    heat = explain_nnunet(model, paths, layers=layer, classes=[1], region=region, normalize=False).heatmaps[layer][0]
+    gradient = np.sqrt(sum(g ** 2 for g in np.gradient(heat)))
+    offset = [bounds[0] for bounds in properties["bbox_used_for_cropping"]]
+    patch = model.nnunet.configuration_manager.patch_size
+    border = np.zeros(heat.shape, dtype=bool)
+    for axis in range(3):
+        for start in starts[axis]:
+            for plane in (start, start + patch[axis]):
+                at = plane + offset[axis]
+                index = [slice(None)] * 3
+                index[axis] = slice(max(at - 2, 0), at + 2)
+                border[tuple(index)] = True
+    near, far = gradient[border & region].mean(), gradient[~border & region].mean()
+    print(f"mean |grad map| near window borders {near:.4g}, elsewhere {far:.4g}, ratio {near / far:.3f}")
+    assert far > 0 and near <= 1.5 * far
