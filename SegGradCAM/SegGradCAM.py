@@ -1,5 +1,6 @@
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import pathlib
@@ -155,6 +156,22 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
         self.initializeParameterNode()
         self.updateModelChoices()
+        self.offerKnownModelFolders()
+
+    def offerKnownModelFolders(self) -> None:
+        """The nnU-Net folders TotalSegmentator and SlicerNNUnet keep on this computer, offered in
+        the model path's list (SlicerNNUnet's last model path is in its QSettings parameter)."""
+        from SegGradCAMLib.models.nnunet import find_nnunet_folders, known_model_roots
+
+        try:
+            slicerNNUnetModel = json.loads(qt.QSettings().value("SlicerNNUNet/Parameter") or "{}").get("modelPath")
+        except (TypeError, ValueError, AttributeError):
+            slicerNNUnetModel = None
+        folders = [str(folder) for root in known_model_roots(slicer_nnunet_model=slicerNNUnetModel)
+                   for folder in find_nnunet_folders(root)]
+        if folders:
+            self.ui.modelPathLineEdit.comboBox().addItems(folders)
+            logging.info(f"SegGradCAM: {len(folders)} nnU-Net model folder(s) found on this computer")
 
     def onReload(self) -> None:
         """Reload SegGradCAMLib (deepest modules first), then this module, so that edits to

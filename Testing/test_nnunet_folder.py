@@ -166,3 +166,21 @@ def test_models_scan_lists_the_folders_without_torch(folder, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "SegGradCAMLib", "models", "--scan", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.startswith("seggradcam: error: --scan")
+
+
+def test_known_model_roots_follow_totalsegmentators_conventions(tmp_path):
+    from SegGradCAMLib.models.nnunet import known_model_roots
+
+    home = tmp_path / "home"
+    default = home / ".totalsegmentator" / "nnunet" / "results"
+    assert known_model_roots({}, home) == []
+    default.mkdir(parents=True)
+    assert known_model_roots({}, home) == [default]
+    custom = tmp_path / "weights"
+    custom.mkdir()
+    assert known_model_roots({"TOTALSEG_WEIGHTS_PATH": str(custom)}, home) == [custom]
+    (tmp_path / "tsh" / "nnunet" / "results").mkdir(parents=True)
+    assert known_model_roots({"TOTALSEG_HOME_DIR": str(tmp_path / "tsh")}, home) == [tmp_path / "tsh" / "nnunet" / "results"]
+    slicer_model = tmp_path / "slicer-nnunet"
+    slicer_model.mkdir()
+    assert known_model_roots({}, home, str(slicer_model)) == [default, slicer_model]

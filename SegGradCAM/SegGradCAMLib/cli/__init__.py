@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     add_explain_parser(sub, common)
     models = sub.add_parser("models", help="list the registered models (and the nnU-Net folders under --scan DIR)")
     models.add_argument("--scan", type=Path, metavar="DIR",
-                        help="also list the nnU-Net trained-model folders found under DIR")
+                        help="also list the nnU-Net trained-model folders found under DIR (default: "
+                             "TotalSegmentator's and $nnUNet_results when they exist)")
     add_evaluate_parser(sub, common)
     add_train_parser(sub, common)
     add_roar_parser(sub, common)
@@ -55,27 +56,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_models(scan: Path | None = None) -> None:
-    """Print the registry and the nnU-Net folders under ``scan`` (without importing torch)."""
-    from ..models.nnunet import find_nnunet_folders, nnunet_facts
+    """Print the registry and the nnU-Net folders under ``scan`` (default: where TotalSegmentator
+    and nnU-Net keep them on this computer), without importing torch."""
+    from ..models.nnunet import find_nnunet_folders, known_model_roots, nnunet_facts
     from ..models.registry import DEFAULT_MODEL, list_models
 
     for entry in list_models():
         mark = "*" if entry["name"] == DEFAULT_MODEL else " "
         state = "" if entry["installed"] else "  [not installed]"
         print(f"{mark} {entry['name']:<14} {entry['description']}{state}")
-    if scan is not None:
-        if not scan.is_dir():
-            raise SegGradCAMError(f"--scan {scan}: not a folder.")
-        folders = find_nnunet_folders(scan)
-        print(f"\nnnU-Net trained-model folders under {scan}: {len(folders)}")
+    roots = [scan] if scan is not None else known_model_roots()
+    if scan is not None and not scan.is_dir():
+        raise SegGradCAMError(f"--scan {scan}: not a folder.")
+    for root in roots:
+        folders = find_nnunet_folders(root)
+        print(f"\nnnU-Net trained-model folders under {root}: {len(folders)}")
         for folder in folders:
             try:
                 facts = nnunet_facts(folder)
                 print(f"  {folder}  ({facts.in_channels} input(s); {', '.join(facts.labels)})")
             except SegGradCAMError as error:
                 print(f"  {folder}  (unusable: {error})")
-    print("\nAlso accepted as --model: a MONAI bundle folder, a TorchScript file (--trust-model), "
-          "or a JSON spec naming a MONAI architecture and a state_dict file.")
+    print("\nAlso accepted as --model: an nnU-Net v2 trained-model folder, a MONAI bundle folder, a TorchScript "
+          "file (--trust-model), or a JSON spec naming a MONAI architecture and a state_dict file.")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -66,6 +66,26 @@ def find_nnunet_folders(root: Path) -> list[Path]:
                   if is_nnunet_folder(plans.parent) and any(plans.parent.glob("fold_*")))
 
 
+def known_model_roots(environ=None, home: Path | None = None, slicer_nnunet_model: str | None = None) -> list[Path]:
+    """Existing folders where nnU-Net models usually live on this computer: TotalSegmentator's
+    (``$TOTALSEG_WEIGHTS_PATH``, else ``$TOTALSEG_HOME_DIR/nnunet/results``, else
+    ``~/.totalsegmentator/nnunet/results``) and SlicerNNUnet's last model path (3D Slicer's
+    settings, passed in by the module), and ``$nnUNet_results``."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    home = Path.home() if home is None else home
+    if environ.get("TOTALSEG_WEIGHTS_PATH"):
+        totalseg = Path(environ["TOTALSEG_WEIGHTS_PATH"])
+    elif environ.get("TOTALSEG_HOME_DIR"):
+        totalseg = Path(environ["TOTALSEG_HOME_DIR"]) / "nnunet" / "results"
+    else:
+        totalseg = home / ".totalsegmentator" / "nnunet" / "results"
+    candidates = [totalseg, Path(environ["nnUNet_results"]) if environ.get("nnUNet_results") else None,
+                  Path(slicer_nnunet_model) if slicer_nnunet_model else None]
+    return [path for path in dict.fromkeys(c for c in candidates if c is not None) if path.is_dir()]
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise SegGradCAMError(f"{path.parent} is not an nnU-Net trained-model folder: {path.name} is missing.")
