@@ -1,6 +1,6 @@
 """Explaining an nnU-Net folder with nnU-Net's own pipeline (reader, preprocessing, windows,
-Gaussian, prediction, export) around our CAM pass; plans and dataset.json as nnU-Net's planner
-wrote them for the demo data (Testing/data/nnunet_demo_plans), random weights."""
+Gaussian, prediction, export) around our CAM pass; plans and dataset.json of the shipped nnU-Net
+(as nnU-Net's planner wrote them for the demo data), random weights."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ from SegGradCAMLib import seg_grad_cam
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.demo import data as demo_data
 
-FIXTURE = Path(__file__).parent / "data" / "nnunet_demo_plans"
-PLANS = json.loads((FIXTURE / "plans.json").read_text())
-DATASET = json.loads((FIXTURE / "dataset.json").read_text())
+from SegGradCAMLib.models import SHIPPED_MODELS  # noqa: E402
+from SegGradCAMLib.models.nnunet import find_nnunet_folders  # noqa: E402
+
+SHIPPED = find_nnunet_folders(SHIPPED_MODELS / "demo-lesions-nnunet")[0]
+PLANS = json.loads((SHIPPED / "plans.json").read_text())
+DATASET = json.loads((SHIPPED / "dataset.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -136,15 +139,21 @@ def test_a_volume_of_one_patch_gives_the_single_windows_maps(nnunet_folder, tmp_
     from SegGradCAMLib.models import load_model
 
     case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
-    paths = demo_data.write_case(case, tmp_path)
-    inputs = [str(paths[channel]) for channel in demo_data.CHANNELS]
-    region = np.zeros(case.labels.shape, dtype=bool)
-    region[30:40, 40:60, 40:60] = True
     model = load_model(str(nnunet_folder))
+    patch = tuple(model.nnunet.configuration_manager.patch_size)
+    centre = [n // 2 for n in case.labels.shape]
+    box = tuple(slice(c - (p - 8) // 2, c + (p - 8) // 2) for c, p in zip(centre, patch))  # inside one patch
+    inputs = []
+    for name, array in zip(demo_data.CHANNELS, case.image):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array[box]))
+        image.SetSpacing((demo_data.SPACING_MM,) * 3)
+        inputs.append(str(tmp_path / f"{name}.nrrd"))
+        sitk.WriteImage(image, inputs[-1])
+    region = np.zeros(case.labels[box].shape, dtype=bool)
+    region[4:-4, 4:-4, 4:-4] = True
     layer = "decoder.stages.3"
     result = explain_nnunet(model, inputs, layers=layer, classes=[1], region=region, normalize=False)
     data, properties, region_pre = preprocess(model, inputs, region)
-    patch = tuple(model.nnunet.configuration_manager.patch_size)
     assert all(n <= p for n, p in zip(data.shape[1:], patch))  # one window
     padded, revert = pad_nd_image(torch.from_numpy(data), patch, "constant", {"value": 0}, True, None)
     target, _ = pad_nd_image(torch.from_numpy(region_pre[None]).float(), patch, "constant", {"value": 0}, True, None)
@@ -163,11 +172,11 @@ def test_no_seams_where_windows_meet(nnunet_folder, tmp_path):
     case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
     paths = []
     for name, array in zip(demo_data.CHANNELS, case.image):
-        image = sitk.GetImageFromArray(np.tile(array, (2, 2, 2)))  # 2 mm, identity direction
+        image = sitk.GetImageFromArray(array)  # 2 mm, identity direction: 2 windows per axis of the patch
         image.SetSpacing((2.0, 2.0, 2.0))
         paths.append(str(tmp_path / f"{name}.nrrd"))
         sitk.WriteImage(image, paths[-1])
-    shape = np.asarray(case.image.shape[1:]) * 2
+    shape = np.asarray(case.image.shape[1:])
     region = np.zeros(tuple(shape), dtype=bool)
     region[tuple(slice(n // 5, n - n // 5) for n in shape)] = True
     model = load_model(str(nnunet_folder))

@@ -1,6 +1,6 @@
 """Benchmark: many classes on an nnU-Net network. nnU-Net's PlainConvUNet as its planner configured
-it for the demo data (Testing/data/nnunet_demo_plans), built for 100 foreground labels, random
-weights; one 80x96x96 window (the plans' patch) with 2 channels: plain inference, one class, and all
+it for the demo data (SegGradCAM/Resources/Models/demo-lesions-nnunet), built for 100 foreground labels, random
+weights; one window of the plans' patch size with 2 channels: plain inference, one class, and all
 100 classes on the finest decoder stage; time and peak memory, each in a fresh process. A 256^3 volume
 is (ceil((256 - p) / (p / 2)) + 1) windows per axis of such patches: its time is windows x the
 per-window time (the 100-class run on the whole volume takes too long for this CPU).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fresh_process import in_fresh_process, write_report
 
-PLANS = Path(__file__).resolve().parents[1] / "Testing" / "data" / "nnunet_demo_plans" / "plans.json"
+PLANS = next((Path(__file__).resolve().parents[1] / "SegGradCAM" / "Resources" / "Models" / "demo-lesions-nnunet").rglob("plans.json"))
 LABELS = 101  # background + 100
 
 

@@ -1,0 +1,62 @@
+"""The shipped nnU-Net (trained here by nnU-Net's own trainer on the demo recipe) explained by our
+pipeline agrees with nnU-Net's own predictor on held-out cases, mirroring off and on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SegGradCAMLib.demo import data as demo_data
+from SegGradCAMLib.inference_nnunet import explain_nnunet, nnunet_predictor
+from SegGradCAMLib.models import SHIPPED_MODELS, load_model
+from SegGradCAMLib.models.nnunet import find_nnunet_folders
+
+FOLDER = find_nnunet_folders(SHIPPED_MODELS / "demo-lesions-nnunet")[0]
+CARD = json.loads((SHIPPED_MODELS / "demo-lesions-nnunet" / "model_card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(str(FOLDER))
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """Held-out case 0 of the evaluation seed, stored oblique and anisotropic (2.0 x 2.2 x 2.5 mm)."""
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    folder = tmp_path_factory.mktemp("held_out")
+    rotation, _ = np.linalg.qr(np.array([[0.95, -0.2, 0.1], [0.2, 0.97, 0.05], [-0.1, 0.0, 0.99]]))
+    paths = []
+    for name, array in zip(demo_data.CHANNELS, case.image):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((2.0, 2.2, 2.5))
+        image.SetDirection(tuple(rotation.ravel()))
+        image.SetOrigin((-80.0, 12.5, 30.0))
+        paths.append(str(folder / f"{name}.nrrd"))
+        sitk.WriteImage(image, paths[-1])
+    return case, paths
+
+
+@pytest.mark.parametrize("mirror", [False, True], ids=["no-mirroring", "mirroring"])
+def test_equal_to_nnunets_own_predictor(model, held_out, mirror):
+    case, paths = held_out
+    result = explain_nnunet(model, paths, method="hirescam", mirror=mirror)
+    print(f"mirror={mirror}: {result.checks}")
+    assert result.checks["labels_equal_to_nnunet"] >= 0.999
+    assert result.checks["softmax_max_difference_to_nnunet"] <= 5e-3
+    predictor = nnunet_predictor(model, "cpu", 0.5, mirror)
+    reader = model.nnunet.plans_manager.image_reader_writer_class()
+    image, properties = reader.read_images(paths)
+    theirs = predictor.predict_single_npy_array(image, properties)  # nnU-Net's path end to end
+    assert float((result.labels == theirs).mean()) >= 0.999
+    lesion = case.labels > 0
+    ours = result.labels > 0
+    dice = 2 * (ours & lesion).sum() / (ours.sum() + lesion.sum())
+    print(f"lesion-union Dice {dice:.3f} (model card, 6 held-out cases: {CARD['held_out']['mean_dice']['lesion_union']})")
+    assert dice > 0.8
+    for maps in result.heatmaps.values():
+        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() == pytest.approx(1.0)
+        print("class map maxima:", [float(m.max()) for m in maps])  # a map can be empty after the ReLU
