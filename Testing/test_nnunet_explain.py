@@ -37,19 +37,24 @@ def nnunet_folder(tmp_path_factory) -> Path:
 def oblique_case(tmp_path_factory) -> tuple[list[str], str]:
     """A held-out demo case stored oblique and anisotropic (2.0 x 2.2 x 2.5 mm), and a box region."""
     case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
-    folder = tmp_path_factory.mktemp("oblique")
-    rotation, _ = np.linalg.qr(np.array([[0.95, -0.2, 0.1], [0.2, 0.97, 0.05], [-0.1, 0.0, 0.99]]))
-    paths = []
     region = np.zeros(case.labels.shape, dtype=np.uint8)
     region[30:40, 40:60, 40:60] = 1
-    for name, array in [*zip(demo_data.CHANNELS, case.image), ("region", region)]:
+    paths = write_oblique(tmp_path_factory.mktemp("oblique"), [*zip(demo_data.CHANNELS, case.image), ("region", region)])
+    return paths[:2], paths[2]
+
+
+def write_oblique(folder: Path, arrays) -> list[str]:
+    """``(name, (Z, Y, X) array)`` pairs written as NRRD, rotated and anisotropic (2.0 x 2.2 x 2.5 mm)."""
+    rotation, _ = np.linalg.qr(np.array([[0.95, -0.2, 0.1], [0.2, 0.97, 0.05], [-0.1, 0.0, 0.99]]))
+    paths = []
+    for name, array in arrays:
         image = sitk.GetImageFromArray(array)
         image.SetSpacing((2.0, 2.2, 2.5))
         image.SetDirection(tuple(rotation.ravel()))
         image.SetOrigin((-80.0, 12.5, 30.0))
         paths.append(str(folder / f"{name}.nrrd"))
         sitk.WriteImage(image, paths[-1])
-    return paths[:2], paths[2]
+    return paths
 
 
 def test_cli_explains_an_nnunet_folder_on_the_inputs_geometry(nnunet_folder, oblique_case, tmp_path):

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+from test_nnunet_explain import write_oblique
 
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.inference_nnunet import explain_nnunet, nnunet_predictor
@@ -27,17 +27,7 @@ def model():
 def held_out(tmp_path_factory):
     """Held-out case 0 of the evaluation seed, stored oblique and anisotropic (2.0 x 2.2 x 2.5 mm)."""
     case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
-    folder = tmp_path_factory.mktemp("held_out")
-    rotation, _ = np.linalg.qr(np.array([[0.95, -0.2, 0.1], [0.2, 0.97, 0.05], [-0.1, 0.0, 0.99]]))
-    paths = []
-    for name, array in zip(demo_data.CHANNELS, case.image):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing((2.0, 2.2, 2.5))
-        image.SetDirection(tuple(rotation.ravel()))
-        image.SetOrigin((-80.0, 12.5, 30.0))
-        paths.append(str(folder / f"{name}.nrrd"))
-        sitk.WriteImage(image, paths[-1])
-    return case, paths
+    return case, write_oblique(tmp_path_factory.mktemp("held_out"), zip(demo_data.CHANNELS, case.image))
 
 
 @pytest.mark.parametrize("mirror", [False, True], ids=["no-mirroring", "mirroring"])

@@ -18,6 +18,18 @@ def in_fresh_process(script: str, *arguments: str) -> dict:
     return result
 
 
+def measured(run) -> dict:
+    """``run()``'s wall time and the peak resident memory it added to this process (MiB)."""
+    import resource
+
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": round(seconds, 2), "peak_above_start_mb": round((peak - baseline) / 1024)}
+
+
 def write_report(out: Path | None, runs: list[dict]) -> dict:
     """The runs with torch's version and threads, the machine and the date; written to ``out``."""
     import torch

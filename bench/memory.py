@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import time
 from pathlib import Path
 
-from fresh_process import in_fresh_process, write_report
+from fresh_process import in_fresh_process, measured, write_report
 
 
 def one_run(network_name: str, size: int, classes: int, mode: str) -> dict:
@@ -31,17 +29,16 @@ def one_run(network_name: str, size: int, classes: int, mode: str) -> dict:
         network = nets.UNet(3, 1, classes, (16, 32, 64, 128), (2, 2, 2), num_res_units=1).eval()
     layer = decoder_layers(network)[-1]
     x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(0))
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    if mode == "plain":
-        with torch.no_grad():
-            network(x)
-    else:
-        which = [1] if mode == "one_class" else list(range(classes))
-        seg_grad_cam(network, x, layer, which)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"network": network_name, "size": size, "classes": classes, "mode": mode, "layer": layer,
-            "seconds": round(time.perf_counter() - start, 2), "peak_above_start_mb": round((peak - baseline) / 1024)}
+    which = [1] if mode == "one_class" else list(range(classes))
+
+    def run():
+        if mode == "plain":
+            with torch.no_grad():
+                network(x)
+        else:
+            seg_grad_cam(network, x, layer, which)
+
+    return {"network": network_name, "size": size, "classes": classes, "mode": mode, "layer": layer, **measured(run)}
 
 
 def main() -> None:

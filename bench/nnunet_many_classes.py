@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
-import time
 from pathlib import Path
 
-from fresh_process import in_fresh_process, write_report
+from fresh_process import in_fresh_process, measured, write_report
 
 PLANS = next((Path(__file__).resolve().parents[1] / "SegGradCAM" / "Resources" / "Models" / "demo-lesions-nnunet").rglob("plans.json"))
 LABELS = 101  # background + 100
@@ -40,18 +38,16 @@ def one_run(mode: str) -> dict:
     regions = torch.zeros(1, LABELS - 1, *patch, dtype=torch.bool)
     for c in range(LABELS - 1):  # each class a different slab: every class has a non-empty target
         regions[0, c, :, :, c % patch[2]] = True
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    if mode == "plain":
-        with torch.no_grad():
-            network(x)
-    else:
-        classes = [1] if mode == "one_class" else list(range(1, LABELS))
-        seg_grad_cam(network, x, layer, classes, regions=regions[:, [c - 1 for c in classes]])
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "layer": layer, "patch": patch, "seconds": round(seconds, 2),
-            "peak_above_start_mb": round((peak - baseline) / 1024), "threads": torch.get_num_threads()}
+    classes = [1] if mode == "one_class" else list(range(1, LABELS))
+
+    def run():
+        if mode == "plain":
+            with torch.no_grad():
+                network(x)
+        else:
+            seg_grad_cam(network, x, layer, classes, regions=regions[:, [c - 1 for c in classes]])
+
+    return {"mode": mode, "layer": layer, "patch": patch, "threads": torch.get_num_threads(), **measured(run)}
 
 
 def main() -> None:

@@ -199,8 +199,9 @@ def explain_nnunet_files(model, args: argparse.Namespace, layers, classes, regio
         raise SegGradCAMError("nnU-Net models read each channel from its own file (NRRD, NIfTI): no FILE@N, no DICOM folder.")
     if not 0 < args.step_size <= 1:
         raise SegGradCAMError(f"--step-size must be in (0, 1]; got {args.step_size}.")
-    return explain_nnunet(model, args.inputs, layers, classes, args.method, None if regions is None else regions[0],
-                          device, args.step_size, args.mirror, progress=progress, on_heatmap=on_heatmap)
+    return explain_nnunet(model, args.inputs, args.step_size, args.mirror, layers=layers, classes=classes,
+                          method=args.method, region=None if regions is None else regions[0], device=device,
+                          progress=progress, on_heatmap=on_heatmap)
 
 
 def print_summary(report: dict, out: Path) -> None:
