@@ -50,7 +50,8 @@ def preprocess(model: LoadedModel, files: Sequence[str], region: np.ndarray | No
     seg = None if region is None else region[None].astype(np.int8)
     data, seg, properties = preprocessor.run_case_npy(data, seg, properties, parts.plans_manager,
                                                       parts.configuration_manager, parts.dataset_json)
-    return data, properties, None if seg is None else seg[0] > 0
+    # nnU-Net returns a segmentation even without one (its non-zero mask, -1 outside): use it only for a region
+    return data, properties, None if region is None else seg[0] > 0
 
 
 def to_input_grid(model: LoadedModel, properties: dict) -> Callable[[torch.Tensor], np.ndarray]:
