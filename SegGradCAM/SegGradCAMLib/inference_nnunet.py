@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cam import seg_grad_cam
+from .cam import label_map, predicted_regions, seg_grad_cam
 from .errors import CancelledError, SegGradCAMError
 from .inference import ClassHeatmap, ProgressCallback, VolumeExplanation, heatmaps_on_input_grid
 from .layers import resolve_layers
@@ -117,8 +117,7 @@ def explain_nnunet(
     x = torch.from_numpy(data)
     reference = predictor.predict_logits_from_preprocessed_data(x).float()  # nnU-Net's own stitched logits
     if region_pre is None:
-        segmentation = reference.argmax(0)
-        targets = torch.stack([segmentation == c for c in classes])
+        targets = predicted_regions(reference[None], classes)[0]
     else:
         targets = torch.from_numpy(np.repeat(region_pre[None], len(classes), axis=0))
     patch = tuple(parts.configuration_manager.patch_size)
@@ -142,9 +141,10 @@ def explain_nnunet(
                 raise CancelledError("Cancelled by the user.")
             step("windows", fold * len(slicers) + i, total)
             spatial = window[1:]
+            window_image = padded[window][None].to(device)
+            window_target = targets[(slice(None), *spatial)][None].to(device)
             for axes in flips:
-                image = padded[window][None].to(device)
-                target = targets[(slice(None), *spatial)][None].to(device)
+                image, target = window_image, window_target
                 if axes:
                     image, target = torch.flip(image, axes), torch.flip(target, axes)
                 result = seg_grad_cam(model.network, image, layer_names, classes, method, regions=target > 0.5,
@@ -162,7 +162,7 @@ def explain_nnunet(
     timings["network_and_cam_s"] = time.perf_counter() - start
     checks = {"stitched_logits_max_difference_to_nnunet": float((ours - reference).abs().max()),
               "softmax_max_difference_to_nnunet": float((ours.softmax(0) - reference.softmax(0)).abs().max()),
-              "labels_equal_to_nnunet": float((ours.argmax(0) == reference.argmax(0)).float().mean())}
+              "labels_equal_to_nnunet": float((label_map(ours, 0) == label_map(reference, 0)).float().mean())}
 
     start = time.perf_counter()
     labels = convert_predicted_logits_to_segmentation_with_correct_shape(

@@ -115,7 +115,9 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
         name = spec.labels[c]
         filename = f"heatmap_{safe_filename(name)}" + (f"_{safe_filename(layer)}" if several else "") + ".nrrd"
         mask = labels == c if regions is None else regions[heatmap.position]
-        entry = entries.setdefault(c, {"index": c, "name": name, "voxels": int((labels == c).sum()), "layers": {}})
+        if c not in entries:  # once per class, not per layer
+            entries[c] = {"index": c, "name": name, "voxels": int((labels == c).sum()), "layers": {}}
+        entry = entries[c]
         entry["layers"][layer] = {
             "file": filename, "max_raw": heatmap.raw_max, "max": float(heat.max()), "mean": float(heat.mean()),
             **heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=3.0),
