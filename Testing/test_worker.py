@@ -13,7 +13,7 @@ import pytest
 
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL
-from SegGradCAMLib.mrml.worker import WorkerProcess
+from SegGradCAMLib.mrml.worker import NNUNET_FOLDERS, WorkerProcess
 
 # A one-level launcher like PythonSlicer: it starts the real interpreter as its child.
 LAUNCHER = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"]
@@ -105,3 +105,12 @@ def test_poll_skips_lines_that_are_not_events_and_keeps_partial_lines(tmp_path):
         stream.write(b'ne", "out": "x", "seconds": 1}\n')
     assert worker.poll() == [{"event": "done", "out": "x", "seconds": 1}]
     assert np.array_equal([e["event"] for e in worker.events], ["progress", "done"])
+
+
+def test_nnunet_folder_variables_point_into_the_workers_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", "/somewhere/else")
+    started = {}
+    worker = WorkerProcess(["models"], tmp_path, python=sys.executable,
+                           popen=lambda command, **options: started.update(options))
+    worker.start()
+    assert {name: started["env"][name] for name in NNUNET_FOLDERS} == {name: str(tmp_path) for name in NNUNET_FOLDERS}

@@ -6,7 +6,9 @@ may run in a Python thread there. The worker writes its JSON events to a file in
 (stdout) and everything else to a log beside it (stderr); :meth:`WorkerProcess.poll` reads
 the new complete lines, from a QTimer slot in Slicer or a loop elsewhere. Cancel kills the
 whole process tree: ``PythonSlicer`` is a launcher that starts the real interpreter as a
-child, so killing the launcher's pid alone would leave the worker running.
+child, so killing the launcher's pid alone would leave the worker running. nnU-Net's folder
+variables point into the worker's folder (as SlicerNNUnet sets them), so nnU-Net neither warns
+nor writes anywhere else.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Callable, Sequence
 
 LIBRARY_PARENT = Path(__file__).resolve().parents[2]  # the folder holding SegGradCAMLib
 EVENTS_FILE = "events.jsonl"
+NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 LOG_FILE = "worker.log"
 
 
@@ -61,6 +64,7 @@ class WorkerProcess:
     def start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(LIBRARY_PARENT), env.get("PYTHONPATH", "")) if p)
+        env.update({name: str(self.folder) for name in NNUNET_FOLDERS})
         command = [*self.launcher, self.python, "-m", "SegGradCAMLib", *self.arguments]
         posix = os.name == "posix"
         with open(self.eventsPath, "wb") as stdout, open(self.logPath, "wb") as stderr:
