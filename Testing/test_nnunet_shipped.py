@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from test_nnunet_explain import write_oblique
 
 from SegGradCAMLib.demo import data as demo_data
@@ -31,17 +32,19 @@ def held_out(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mirror", [False, True], ids=["no-mirroring", "mirroring"])
-def test_equal_to_nnunets_own_predictor(model, held_out, mirror):
+def test_equal_to_nnunets_own_predictor(model, held_out, mirror, tmp_path):
     case, paths = held_out
     result = explain_nnunet(model, paths, method="hirescam", mirror=mirror)
     print(f"mirror={mirror}: {result.checks}")
     assert result.checks["labels_equal_to_nnunet"] >= 0.999
     assert result.checks["softmax_max_difference_to_nnunet"] <= 5e-3
     predictor = nnunet_predictor(model, "cpu", 0.5, mirror)
-    reader = model.nnunet.plans_manager.image_reader_writer_class()
-    image, properties = reader.read_images(paths)
-    theirs = predictor.predict_single_npy_array(image, properties)  # nnU-Net's path end to end
-    assert float((result.labels == theirs).mean()) >= 0.999
+    predictor.predict_from_files([paths], [str(tmp_path / "theirs")], num_processes_preprocessing=1,
+                                 num_processes_segmentation_export=1)  # nnU-Net's path end to end, files to file
+    theirs = sitk.ReadImage(str(tmp_path / f"theirs{model.nnunet.dataset_json['file_ending']}"))
+    assert float((result.labels == sitk.GetArrayFromImage(theirs)).mean()) >= 0.999
+    given = sitk.ReadImage(paths[0])
+    assert np.allclose(theirs.GetDirection(), given.GetDirection()) and np.allclose(theirs.GetSpacing(), given.GetSpacing())
     lesion = case.labels > 0
     ours = result.labels > 0
     dice = 2 * (ours & lesion).sum() / (ours.sum() + lesion.sum())
