@@ -37,7 +37,7 @@ def test_equal_to_nnunets_own_predictor(model, held_out, mirror, tmp_path):
     result = explain_nnunet(model, paths, method="hirescam", mirror=mirror)
     print(f"mirror={mirror}: {result.checks}")
     assert result.checks["labels_equal_to_nnunet"] >= 0.999
-    assert result.checks["softmax_max_difference_to_nnunet"] <= 5e-3
+    assert result.checks["probabilities_max_difference_to_nnunet"] <= 5e-3
     predictor = nnunet_predictor(model, "cpu", 0.5, mirror)
     predictor.predict_from_files([paths], [str(tmp_path / "theirs")], num_processes_preprocessing=1,
                                  num_processes_segmentation_export=1)  # nnU-Net's path end to end, files to file

@@ -53,6 +53,8 @@ class VolumeExplanation:
     labels: ``(Z, Y, X)`` int16 label map. heatmaps: layer -> ``(len(classes), Z, Y, X)``
     float32, each class map divided by its global maximum (0..1) unless
     normalisation was off. raw_max: layer -> per-class maximum before normalisation.
+    masks: ``(len(classes), Z, Y, X)`` bool, each class's own mask where classes overlap
+    (region-based models); None where it is ``labels == class``.
     """
 
     labels: np.ndarray
@@ -63,19 +65,22 @@ class VolumeExplanation:
     method: str
     timings: dict[str, float] = field(default_factory=dict)
     checks: dict[str, float] = field(default_factory=dict)  # e.g. agreement with nnU-Net's own prediction
+    masks: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class ClassHeatmap:
     """One class map on the input grid: ``array`` ``(Z, Y, X)`` float32 (0..1 when
     normalised), ``position`` its index in the explained classes, ``raw_max`` its
-    maximum before normalisation."""
+    maximum before normalisation, ``mask`` ``(Z, Y, X)`` bool the class's own mask where
+    classes overlap (region-based models; else None: ``labels == class_index``)."""
 
     layer: str
     position: int
     class_index: int
     array: np.ndarray
     raw_max: float
+    mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -385,11 +390,12 @@ def explain_volume(
 
 def heatmaps_on_input_grid(maps: dict[str, torch.Tensor], to_input: Callable[[torch.Tensor], np.ndarray],
                            labels: np.ndarray, classes: Sequence[int], normalize: bool,
-                           on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None):
+                           on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None,
+                           masks: np.ndarray | None = None):
     """Class maps ``(n, *model grid)`` per layer brought to the input grid one class at a time by
     ``to_input`` (``(1, *model grid)`` -> ``(1, Z, Y, X)``), ReLU'd, divided by their global maximum
-    when ``normalize``; handed to ``on_heatmap`` (then not kept) or returned. ``maps`` is emptied as
-    it goes. Returns (layer -> ``(n, Z, Y, X)`` float32, layer -> raw maxima)."""
+    when ``normalize``; handed to ``on_heatmap`` (then not kept) or returned, with the class's
+    own mask from ``masks`` ``(n, Z, Y, X)`` when given. ``maps`` is emptied as it goes. Returns (layer -> ``(n, Z, Y, X)`` float32, layer -> raw maxima)."""
     heatmaps: dict[str, np.ndarray] = {}
     raw_max: dict[str, list[float]] = {name: [] for name in maps}
     for name in list(maps):
@@ -403,7 +409,7 @@ def heatmaps_on_input_grid(maps: dict[str, torch.Tensor], to_input: Callable[[to
                 heat = heat / np.float32(max(peak, 1e-12))
             heat = heat.astype(np.float32, copy=False)
             if on_heatmap is not None:
-                on_heatmap(ClassHeatmap(name, i, classes[i], heat, peak), labels)
+                on_heatmap(ClassHeatmap(name, i, classes[i], heat, peak, None if masks is None else masks[i]), labels)
             else:
                 kept.append(heat)
         if kept:

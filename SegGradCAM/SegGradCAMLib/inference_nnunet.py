@@ -8,6 +8,11 @@ the original image geometry. The window loop with gradients is ours (nnU-Net pre
 own stitched prediction) cut to it as target, and maps are stitched with nnU-Net's Gaussian
 weights, averaged over folds (and mirrorings, when on) as nnU-Net averages logits, then
 brought back with nnU-Net's resampling, un-cropping and transpose.
+
+Region-based models (overlapping regions, sigmoid outputs, as BraTS nnU-Nets): class ``c`` is
+output channel ``c - 1`` and its target the voxels where nnU-Net's sigmoid exceeds 0.5; the
+segmentation is nnU-Net's painting in ``regions_class_order``, renumbered to class indices, and
+each class's own (overlapping) mask is returned beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cam import label_map, predicted_regions, seg_grad_cam
+from .cam import predicted_regions, seg_grad_cam
 from .errors import CancelledError, SegGradCAMError
 from .inference import ClassHeatmap, ProgressCallback, VolumeExplanation, heatmaps_on_input_grid
 from .layers import resolve_layers
@@ -101,8 +106,8 @@ def explain_nnunet(
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
     parts, step = model.nnunet, progress or (lambda stage, done, total: None)
-    if parts.label_manager.has_regions:
-        raise SegGradCAMError("Region-based nnU-Net models (sigmoid outputs) are not supported yet.")
+    label_manager = parts.label_manager
+    region_based = label_manager.has_regions
     timings: dict[str, float] = {}
     start = time.perf_counter()
     step("preprocess", 0, 1)
@@ -112,11 +117,14 @@ def explain_nnunet(
 
     start = time.perf_counter()
     classes = list(range(1, len(model.spec.labels))) if classes is None else [int(c) for c in classes]
+    channels = [c - 1 for c in classes] if region_based else classes  # network output channel of each class
     layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
     predictor = nnunet_predictor(model, device, tile_step_size, mirror)
     x = torch.from_numpy(data)
     reference = predictor.predict_logits_from_preprocessed_data(x).float()  # nnU-Net's own stitched logits
-    if region_pre is None:
+    if region_pre is None and region_based:
+        targets = label_manager.apply_inference_nonlin(reference)[channels] > 0.5
+    elif region_pre is None:
         targets = predicted_regions(reference[None], classes)[0]
     else:
         targets = torch.from_numpy(np.repeat(region_pre[None], len(classes), axis=0))
@@ -147,7 +155,7 @@ def explain_nnunet(
                 image, target = window_image, window_target
                 if axes:
                     image, target = torch.flip(image, axes), torch.flip(target, axes)
-                result = seg_grad_cam(model.network, image, layer_names, classes, method, regions=target > 0.5,
+                result = seg_grad_cam(model.network, image, layer_names, channels, method, regions=target > 0.5,
                                       upsample=True)
                 for name, m in result.items():
                     m = torch.flip(m, axes) if axes else m  # (n, 1, *patch)
@@ -160,15 +168,25 @@ def explain_nnunet(
     maps = {name: (m / weights)[crop] for name, m in maps.items()}
     ours = (logits / weights)[crop]
     timings["network_and_cam_s"] = time.perf_counter() - start
+    probabilities = [label_manager.apply_inference_nonlin(logits) for logits in (ours, reference)]
+    segmentations = [label_manager.convert_probabilities_to_segmentation(p) for p in probabilities]
     checks = {"stitched_logits_max_difference_to_nnunet": float((ours - reference).abs().max()),
-              "softmax_max_difference_to_nnunet": float((ours.softmax(0) - reference.softmax(0)).abs().max()),
-              "labels_equal_to_nnunet": float((label_map(ours, 0) == label_map(reference, 0)).float().mean())}
+              "probabilities_max_difference_to_nnunet": float((probabilities[0] - probabilities[1]).abs().max()),
+              "labels_equal_to_nnunet": float((segmentations[0] == segmentations[1]).float().mean())}
 
     start = time.perf_counter()
-    labels = convert_predicted_logits_to_segmentation_with_correct_shape(
-        reference, parts.plans_manager, parts.configuration_manager, parts.label_manager, properties)
+    exported = convert_predicted_logits_to_segmentation_with_correct_shape(
+        reference, parts.plans_manager, parts.configuration_manager, label_manager, properties,
+        return_probabilities=region_based, num_threads_torch=torch.get_num_threads())
+    masks = None
+    if region_based:  # painted value regions_class_order[i] -> class i + 1; each class's own mask
+        painted, probabilities = exported
+        renumber = np.zeros(max(label_manager.regions_class_order) + 1, dtype=np.int16)
+        renumber[list(label_manager.regions_class_order)] = np.arange(1, len(label_manager.regions_class_order) + 1)
+        labels, masks = renumber[painted], probabilities[channels] > 0.5
+    else:
+        labels = exported.astype(np.int16)
     heatmaps, raw_max = heatmaps_on_input_grid(maps, to_input_grid(model, properties), labels, classes, normalize,
-                                               on_heatmap)
+                                               on_heatmap, masks)
     timings["postprocess_s"] = time.perf_counter() - start
-    return VolumeExplanation(labels.astype(np.int16), heatmaps, raw_max, classes, layer_names, method, timings,
-                             checks)
+    return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings, checks, masks)

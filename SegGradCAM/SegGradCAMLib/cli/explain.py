@@ -114,9 +114,10 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
         c, layer, heat = heatmap.class_index, heatmap.layer, heatmap.array
         name = spec.labels[c]
         filename = f"heatmap_{safe_filename(name)}" + (f"_{safe_filename(layer)}" if several else "") + ".nrrd"
-        mask = labels == c if regions is None else regions[heatmap.position]
+        own = labels == c if heatmap.mask is None else heatmap.mask
+        mask = own if regions is None else regions[heatmap.position]
         if c not in entries:  # once per class, not per layer
-            entries[c] = {"index": c, "name": name, "voxels": int((labels == c).sum()), "layers": {}}
+            entries[c] = {"index": c, "name": name, "voxels": int(own.sum()), "layers": {}}
         entry = entries[c]
         entry["layers"][layer] = {
             "file": filename, "max_raw": heatmap.raw_max, "max": float(heat.max()), "mean": float(heat.mean()),

@@ -114,18 +114,29 @@ def configuration_of(folder: Path, plans: dict) -> str:
 
 
 def label_names(dataset: dict) -> list[str]:
-    """Output channel names from dataset.json's ``labels`` (name -> value, or -> region list);
-    region-based models in ``regions_class_order``; ``ignore`` is not an output."""
+    """Class names from dataset.json's ``labels`` (name -> value, or -> region list), ``ignore``
+    left out. Region-based models: ``background`` then the regions, class ``c`` being output
+    channel ``c - 1`` (sigmoid) and painted as ``regions_class_order[c - 1]`` by nnU-Net."""
     labels = {name: value for name, value in dataset.get("labels", {}).items() if name != "ignore"}
     if not labels:
         raise SegGradCAMError("dataset.json declares no labels.")
-    if any(isinstance(value, (list, tuple)) for value in labels.values()):
+    if is_region_based(dataset):
         order = dataset.get("regions_class_order")
         regions = [name for name in labels if name != "background"]
         if order is None or len(order) != len(regions):
             raise SegGradCAMError("dataset.json has region labels without a matching 'regions_class_order'.")
-        return regions
+        return ["background", *regions]
     return [name for name, _ in sorted(labels.items(), key=lambda item: int(item[1]))]
+
+
+def is_region_based(dataset: dict) -> bool:
+    """dataset.json declares overlapping regions (label -> list of values): sigmoid outputs."""
+    return any(isinstance(value, (list, tuple)) and len(value) > 1 for value in dataset.get("labels", {}).values())
+
+
+def output_channels(dataset: dict) -> int:
+    """The network's output channels: one per label, or one per region (no background)."""
+    return len(label_names(dataset)) - is_region_based(dataset)
 
 
 def nnunet_facts(folder: Path) -> ModelFacts:
@@ -231,7 +242,7 @@ def load_nnunet_network(folder: Path, fold: str = "0", checkpoint: str = CHECKPO
     configuration = configuration_of(folder, plans)
     data = read_nnunet_checkpoint(checkpoint_path(folder, fold, checkpoint))
     facts = nnunet_facts(folder)
-    network = build_nnunet_network(plans, configuration, facts.in_channels, len(facts.labels), trust)
+    network = build_nnunet_network(plans, configuration, facts.in_channels, output_channels(dataset), trust)
     weights = data.pop("network_weights")
     try:
         network.load_state_dict(weights)
@@ -286,9 +297,14 @@ def load_nnunet_model(folder: Path, folds: Sequence[str] | None = None, checkpoi
     spec = ModelSpec(
         name=f"{folder.parent.name}/{folder.name}", labels=list(facts.labels), in_channels=facts.in_channels,
         spatial_dims=len(configuration_manager.patch_size), sha256=sha256_of(first), source=str(folder),
+        output_activation="sigmoid" if is_region_based(dataset) else "softmax",
         description=f"nnU-Net {configuration}, folds {', '.join(folds)}, {checkpoint}",
     )
     mirror = fields.get("inference_allowed_mirroring_axes")
-    parts = NnUNetParts(plans_manager, configuration_manager, plans_manager.get_label_manager(dataset), dataset,
-                        parameters, str(fields.get("trainer_name", "")), tuple(mirror) if mirror else None)
+    try:
+        label_manager = plans_manager.get_label_manager(dataset)
+    except AssertionError as error:  # nnU-Net checks dataset.json's labels with asserts
+        raise SegGradCAMError(f"dataset.json of {folder.name}: {error}") from None
+    parts = NnUNetParts(plans_manager, configuration_manager, label_manager, dataset, parameters,
+                        str(fields.get("trainer_name", "")), tuple(mirror) if mirror else None)
     return LoadedModel(network, spec, list(facts.layers), nnunet=parts)
