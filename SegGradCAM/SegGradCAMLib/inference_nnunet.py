@@ -59,9 +59,30 @@ def preprocess(model: LoadedModel, files: Sequence[str], region: np.ndarray | No
     return data, properties, None if region is None else seg[0] > 0
 
 
+READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")
+
+
+def reader_name(model: LoadedModel) -> str:
+    """The class name of the plans' image reader (``SimpleITKIO``, ``NibabelIO``, ...)."""
+    return model.nnunet.plans_manager.image_reader_writer_class.__name__
+
+
+def to_file_order(model: LoadedModel, properties: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """Maps ``(k, Z, Y, X)`` as the plans' reader presented the input -> the input file's own voxel
+    order (as SimpleITK's arrays). ``NibabelIOWithReorient`` reads in RAS order: undone here as its
+    ``write_seg`` undoes it (nibabel's orientation transform from RAS to the file's)."""
+    if reader_name(model) != "NibabelIOWithReorient":
+        return lambda arrays: arrays  # SimpleITKIO and NibabelIO keep the file's voxel order
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    back = ornt_transform(axcodes2ornt("RAS"), io_orientation(properties["nibabel_stuff"]["original_affine"]))
+    return lambda arrays: np.stack([apply_orientation(a.transpose(2, 1, 0), back).transpose(2, 1, 0) for a in arrays])
+
+
 def to_input_grid(model: LoadedModel, properties: dict) -> Callable[[torch.Tensor], np.ndarray]:
-    """Maps ``(k, z, y, x)`` in nnU-Net's preprocessed space -> ``(k, Z, Y, X)`` as the reader
-    read the input: nnU-Net's probability resampling, un-cropping (zeros outside) and transpose."""
+    """Maps ``(k, z, y, x)`` in nnU-Net's preprocessed space -> ``(k, Z, Y, X)`` on the input file's
+    grid: nnU-Net's probability resampling, un-cropping (zeros outside) and transpose, then the
+    reader's reorientation undone (:func:`to_file_order`)."""
     from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
     plans, configuration = model.nnunet.plans_manager, model.nnunet.configuration_manager
@@ -74,8 +95,9 @@ def to_input_grid(model: LoadedModel, properties: dict) -> Callable[[torch.Tenso
                                dtype=np.float32)
         full = np.zeros((len(resampled), *properties["shape_before_cropping"]), dtype=np.float32)
         full[(slice(None), *bounding_box_to_slice(properties["bbox_used_for_cropping"]))] = resampled
-        return full.transpose([0] + [i + 1 for i in plans.transpose_backward])
+        return file_order(full.transpose([0] + [i + 1 for i in plans.transpose_backward]))
 
+    file_order = to_file_order(model, properties)
     return convert
 
 
@@ -186,6 +208,8 @@ def explain_nnunet(
         labels, masks = renumber[painted], probabilities[channels] > 0.5
     else:
         labels = exported.astype(np.int16)
+    file_order = to_file_order(model, properties)
+    labels, masks = file_order(labels[None])[0], None if masks is None else file_order(masks)
     heatmaps, raw_max = heatmaps_on_input_grid(maps, to_input_grid(model, properties), labels, classes, normalize,
                                                on_heatmap, masks)
     timings["postprocess_s"] = time.perf_counter() - start

@@ -88,6 +88,8 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     timings["load_model_s"] = time.perf_counter() - start
     step("startup", 1, 1)
     spec.check_input_count(len(volumes))
+    if model.nnunet is not None:
+        check_nnunet_inputs(model, args)
     classes = class_indices(args.classes, spec.labels)
     layers = layer_selection(args.layers)
     regions = None
@@ -191,17 +193,27 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     return report
 
 
-def explain_nnunet_files(model, args: argparse.Namespace, layers, classes, regions, device, progress, on_heatmap):
-    """An nnU-Net model reads its inputs itself (plans.json's image reader): plain files only."""
-    from ..inference_nnunet import explain_nnunet
+def check_nnunet_inputs(model, args: argparse.Namespace) -> None:
+    """An nnU-Net model reads its inputs itself (plans.json's image reader): plain files only, NIfTI
+    for nibabel's readers."""
+    from ..inference_nnunet import READERS, reader_name
 
-    reader = type(model.nnunet.plans_manager.image_reader_writer_class()).__name__
-    if reader != "SimpleITKIO":
-        raise SegGradCAMError(f"{model.spec.name} reads images with {reader}; only SimpleITKIO models are supported yet.")
+    reader = reader_name(model)
+    if reader not in READERS:
+        raise SegGradCAMError(f"{model.spec.name} reads images with {reader}; supported: {', '.join(READERS)}.")
     if any("@" in path or Path(path).is_dir() for path in args.inputs):
         raise SegGradCAMError("nnU-Net models read each channel from its own file (NRRD, NIfTI): no FILE@N, no DICOM folder.")
+    if reader.startswith("Nibabel") and not all(path.endswith((".nii", ".nii.gz")) for path in args.inputs):
+        raise SegGradCAMError(f"{model.spec.name} reads images with nibabel ({reader}): give NIfTI files (.nii.gz); "
+                              "convert others first, e.g. in 3D Slicer or with SimpleITK.")
     if not 0 < args.step_size <= 1:
         raise SegGradCAMError(f"--step-size must be in (0, 1]; got {args.step_size}.")
+
+
+def explain_nnunet_files(model, args: argparse.Namespace, layers, classes, regions, device, progress, on_heatmap):
+    """nnU-Net's pipeline on the input files (checked by :func:`check_nnunet_inputs`)."""
+    from ..inference_nnunet import explain_nnunet
+
     return explain_nnunet(model, args.inputs, args.step_size, args.mirror, layers=layers, classes=classes,
                           method=args.method, region=None if regions is None else regions[0], device=device,
                           progress=progress, on_heatmap=on_heatmap)

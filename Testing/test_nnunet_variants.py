@@ -1,10 +1,13 @@
-"""Region-based nnU-Net models (overlapping regions, sigmoid outputs, as BraTS nnU-Nets): each
-region's channel is explained, the segmentation is nnU-Net's own painting, and each class is
-measured on its own (overlapping) mask.
+"""nnU-Net variants, each against nnU-Net's own ``predict_from_files``.
 
-The model: the shipped nnU-Net with its head turned into three region channels (region ``i`` =
-label ``i`` logit minus background logit), declared as regions with a ``regions_class_order``
-that is not 1, 2, 3, so a renumbering slip shows."""
+Region-based models (overlapping regions, sigmoid outputs, as BraTS nnU-Nets): each region's
+channel is explained, the segmentation is nnU-Net's own painting, and each class is measured on
+its own (overlapping) mask. The model: the shipped nnU-Net with its head turned into three region
+channels (region ``i`` = label ``i`` logit minus background logit), declared as regions with a
+``regions_class_order`` that is not 1, 2, 3, so a renumbering slip shows.
+
+Readers: ``NibabelIOWithReorient`` (TotalSegmentator's) presents the image in RAS order; the
+outputs must still lie on the input file's grid."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -48,6 +52,44 @@ def region_folder(tmp_path_factory) -> Path:
 def case(tmp_path_factory) -> list[str]:
     image, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
     return write_oblique(tmp_path_factory.mktemp("case"), zip(demo_data.CHANNELS, image.image))
+
+
+def shipped_with_reader(folder: Path, reader: str) -> Path:
+    """The shipped model, its plans naming another image reader."""
+    shutil.copytree(SHIPPED, folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    (folder / "plans.json").write_text(json.dumps({**plans, "image_reader_writer": reader}))
+    return folder
+
+
+def test_a_reorienting_reader_gives_outputs_on_the_input_files_grid(case, tmp_path):
+    folder = shipped_with_reader(tmp_path / "Dataset903_Reoriented" / SHIPPED.name, "NibabelIOWithReorient")
+    nifti = []
+    for path in case:  # the same physical image stored in another axis order, flipped: far from RAS
+        nifti.append(str(tmp_path / Path(path).name.replace(".nrrd", ".nii.gz")))
+        sitk.WriteImage(sitk.PermuteAxes(sitk.Flip(sitk.ReadImage(path), [True, False, True]), [2, 0, 1]), nifti[-1])
+    assert nibabel.aff2axcodes(nibabel.load(nifti[0]).affine) == ("I", "L", "A")
+    out = tmp_path / "out"
+    assert main(["explain", *nifti, "--model", str(folder), "--method", "hirescam", "--classes", "edema",
+                 "--out", str(out), "--quiet", "--no-overview"]) == 0
+    predictor = nnunet_predictor(load_model(str(folder)), "cpu", 0.5, False)
+    predictor.predict_from_files([nifti], [str(tmp_path / "theirs")], num_processes_preprocessing=1,
+                                 num_processes_segmentation_export=1)
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "theirs.nii.gz")))
+    ours = sitk.ReadImage(str(out / "segmentation.nrrd"))
+    assert (sitk.GetArrayFromImage(ours) > 0).any() and float((sitk.GetArrayFromImage(ours) == theirs).mean()) >= 0.999
+    given = sitk.ReadImage(nifti[0])
+    assert ours.GetSize() == given.GetSize() and np.allclose(ours.GetDirection(), given.GetDirection(), atol=1e-5)
+    report = json.loads((out / "explain.json").read_text())
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / report["classes"][0]["layers"]["decoder.stages.3"]["file"])))
+    edema = sitk.GetArrayFromImage(ours) == 1
+    assert heat[edema].mean() > 2 * heat[~edema].mean()  # the map lies on the class, not mirrored away from it
+
+
+def test_nibabel_readers_need_nifti_inputs(case, tmp_path, capsys):
+    folder = shipped_with_reader(tmp_path / "Dataset904_Nibabel" / SHIPPED.name, "NibabelIO")
+    assert main(["explain", *case, "--model", str(folder), "--out", str(tmp_path / "out")]) == 2
+    assert "give NIfTI files" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_region_channels_are_explained_on_their_own_masks(region_folder, case, tmp_path):
