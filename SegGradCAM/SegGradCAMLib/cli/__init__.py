@@ -24,6 +24,7 @@ from .evaluate import add_evaluate_parser, evaluate_command
 from .explain import add_explain_parser, explain_command, print_summary
 from .progress import MODES, events_on_stdout, make_reporter
 from .train import add_roar_parser, add_train_parser, roar_command, train_command
+from .web import add_web_parser, web_command
 
 COMMANDS = {"explain": explain_command, "evaluate": evaluate_command, "train": train_command, "roar": roar_command}
 
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub, common)
     add_train_parser(sub, common)
     add_roar_parser(sub, common)
+    add_web_parser(sub)
     return parser
 
 
@@ -114,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             run_models(args.scan)
+            return 0
+        if args.command == "web":
+            web_command(args)
             return 0
         return _run(args)
     except SegGradCAMError as error:

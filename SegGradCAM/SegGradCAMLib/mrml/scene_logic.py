@@ -398,39 +398,45 @@ class SegGradCAMSceneLogic:
         return showEvaluation(self.scene, report, f"{reference.GetName()} {report['model']['name']} {names}")
 
     def finishRun(self, run: ExplainRun) -> RunOutputs:
-        """Read the finished worker's outputs into nodes (main thread): label map, segmentation
-        and one heatmap per class and layer, with the input's geometry; replaces only this run
-        key's previous outputs. Raises the worker's one-line message if it failed. The run's
-        temporary folder is removed in every case."""
-        import slicer
-
+        """Read the finished worker's outputs into nodes (main thread), as :meth:`addOutputs`.
+        Raises the worker's one-line message if it failed. The run's temporary folder is
+        removed in every case."""
         try:
             report = self._finishedReport(run, "explain.json")
-            labels = readVolumeArray(run.outFolder / report["segmentation"])
-            heatmaps = {(entry["name"], layer): (readVolumeArray(run.outFolder / info["file"]), info["max_raw"])
-                        for entry in report["classes"] for layer, info in entry["layers"].items()}
+            outputs = self.addOutputs(report, run.outFolder, self.scene.GetNodeByID(run.inputNodeIDs[0]), run.runKey)
         finally:
             shutil.rmtree(run.folder, ignore_errors=True)
-        seconds = time.perf_counter() - run.started
-        reference = self.scene.GetNodeByID(run.inputNodeIDs[0])
+        logging.info(f"SegGradCAM: {report['model']['name']} {report['method']}: {len(outputs.heatmapNodes)} "
+                     f"heatmap(s) in {time.perf_counter() - run.started:.1f} s")
+        return outputs
+
+    def addOutputs(self, report: dict, outFolder: Path, reference, runKey: str) -> RunOutputs:
+        """An explain run's outputs (``report`` = its explain.json, files in ``outFolder``) as
+        nodes: label map, segmentation and one heatmap per class and layer, with the geometry of
+        ``reference``; replaces only ``runKey``'s previous outputs."""
+        import slicer
+
+        labels = readVolumeArray(Path(outFolder) / report["segmentation"])
+        heatmaps = {(entry["name"], layer): (readVolumeArray(Path(outFolder) / info["file"]), info["max_raw"])
+                    for entry in report["classes"] for layer, info in entry["layers"].items()}
         model, method = report["model"], report["method"]
-        self.removeRunOutputs(run.runKey)
+        self.removeRunOutputs(runKey)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         provenance = {
             "SegGradCAM.Model": model["name"], "SegGradCAM.ModelSHA256": model["sha256"],
             "SegGradCAM.Method": method, "SegGradCAM.Time": stamp, "SegGradCAM.Input": reference.GetID(),
         }
         baseName = f"{reference.GetName()} {model['name']}"
-        folderItemID = self._runFolder(f"SegGradCAM: {baseName} {method}", run.runKey)
+        folderItemID = self._runFolder(f"SegGradCAM: {baseName} {method}", runKey)
 
-        colorNode = self._labelColorNode(f"{model['name']} labels", model["labels"], run.runKey)
+        colorNode = self._labelColorNode(f"{model['name']} labels", model["labels"], runKey)
         labelmapNode = self._newOutputNode("vtkMRMLLabelMapVolumeNode", f"{baseName} segmentation", reference,
-                                           folderItemID, run.runKey, provenance)
+                                           folderItemID, runKey, provenance)
         slicer.util.updateVolumeFromArray(labelmapNode, labels.astype(np.int16))
         self._addDisplayNode(labelmapNode, "vtkMRMLLabelMapVolumeDisplayNode", colorNode)
 
         segmentationNode = self._newOutputNode("vtkMRMLSegmentationNode", f"{baseName} segments", reference,
-                                               folderItemID, run.runKey, provenance)
+                                               folderItemID, runKey, provenance)
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(reference)
         slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode)
         segmentationNode.CreateDefaultDisplayNodes()
@@ -444,7 +450,7 @@ class SegGradCAMSceneLogic:
         several = len(report["layers"]) > 1
         for (label, layer), (heat, rawMax) in heatmaps.items():
             name = f"{baseName} heatmap {label}" + (f" {layer}" if several else "")
-            node = self._newOutputNode("vtkMRMLScalarVolumeNode", name, reference, folderItemID, run.runKey,
+            node = self._newOutputNode("vtkMRMLScalarVolumeNode", name, reference, folderItemID, runKey,
                                        {**provenance, "SegGradCAM.Class": label, "SegGradCAM.Layer": layer,
                                         "SegGradCAM.RawMax": f"{rawMax:.6g}"})
             slicer.util.updateVolumeFromArray(node, heat.astype(np.float32))
@@ -452,8 +458,6 @@ class SegGradCAMSceneLogic:
             nodeDisplay.SetAutoWindowLevel(False)
             nodeDisplay.SetWindowLevelMinMax(0.0, 1.0)
             heatmapNodes[(label, layer)] = node
-        logging.info(f"SegGradCAM: {model['name']} {method} on {reference.GetName()}: "
-                     f"{len(heatmapNodes)} heatmap(s) in {seconds:.1f} s")
         return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID)
 
     # -- display ---------------------------------------------------------------
@@ -474,6 +478,15 @@ class SegGradCAMSceneLogic:
                 composite.SetBackgroundVolumeID(backgroundNode.GetID())
             composite.SetForegroundVolumeID(heatmapNode.GetID() if heatmapNode is not None and visible else None)
             composite.SetForegroundOpacity(float(opacity) if visible else 0.0)
+
+    def showLabels(self, labelmapNode, outline: bool = True, visible: bool = True) -> None:
+        """Show a label map in every slice view's label layer, as outlines or filled."""
+        for composite in self._sliceCompositeNodes():
+            composite.SetLabelVolumeID(labelmapNode.GetID() if labelmapNode is not None and visible else None)
+        collection = self.scene.GetNodesByClass("vtkMRMLSliceNode")
+        collection.UnRegister(None)
+        for i in range(collection.GetNumberOfItems()):
+            collection.GetItemAsObject(i).SetUseLabelOutline(bool(outline))
 
     def _sliceCompositeNodes(self) -> list:
         collection = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")

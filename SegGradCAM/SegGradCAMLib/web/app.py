@@ -1,0 +1,410 @@
+"""``seggradcam web``: the browser viewer, a trame-slicer application.
+
+Slicer's own slice views and 3D view (rendered on the server, streamed as images) over an MRML
+scene, driven by the same :class:`~SegGradCAMLib.mrml.scene_logic.SegGradCAMSceneLogic` as the
+3D Slicer module: runs go through the worker process and its progress events, outputs become the
+same label map, segmentation and heatmap nodes with the input's geometry, shown with the same
+colour tables. One scene and one set of controls per server: every browser tab shares them, and
+one run goes at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import slicer
+import vtk
+from trame.app import TrameApp
+from trame.app.file_upload import ClientFile
+from trame.decorators import change
+from trame_client.widgets.html import Div, Span
+from trame_server.utils.asynchronous import create_task
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
+from trame_vuetify.widgets import vuetify3 as v3
+
+from ..demo import data as demo_data
+from ..errors import SegGradCAMError
+from ..models import SHIPPED_MODELS
+from ..models.nnunet import find_nnunet_folders
+from ..models.registry import DEFAULT_MULTICLASS_MODEL, declared_facts, list_models
+from ..mrml.scene_logic import SegGradCAMSceneLogic, inferno_colors
+from ..selection import CAM_METHODS
+from .uploads import UploadArea, UploadedFile
+
+COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+KMEANS = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
+DOWNLOAD_TYPES = {".nrrd": "application/octet-stream", ".png": "image/png", ".json": "application/json"}
+NOTE_SHARED = "All tabs share this server's scene and controls; one run at a time."
+
+
+@dataclass
+class Shown:
+    """What the views show: the case's volume nodes, and the last run's outputs and report."""
+
+    volumes: list
+    outputs: object = None
+    report: dict | None = None
+    folder: Path | None = None  # the outputs' files (downloads)
+
+
+def quad_layout() -> Layout:
+    """Axial and 3D on the left, coronal and sagittal on the right."""
+    return Layout(LayoutDirection.Horizontal, [
+        Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.threed_view()]),
+        Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.coronal_view(), ViewLayoutDefinition.sagittal_view()]),
+    ])
+
+
+def model_choices(model_dirs: Sequence[Path]) -> dict[str, str]:
+    """Title -> ``--model`` value: the installed registry, the shipped nnU-Net, and the nnU-Net
+    folders under ``model_dirs`` (the server's ``--models``; the page never sends a path)."""
+    choices = {f"{entry['name']}": entry["name"] for entry in list_models() if entry["installed"]}
+    for root in [SHIPPED_MODELS, *model_dirs]:
+        for folder in find_nnunet_folders(root):
+            choices[f"{folder.parent.name}/{folder.name}"] = str(folder)
+    return choices
+
+
+class SegGradCAMWeb(TrameApp):
+    """The viewer: controls in a side drawer, four views, a status line."""
+
+    def __init__(self, server=None, workdir: Path | None = None, model_dirs: Sequence[Path] = (),
+                 trust: bool = False, max_upload_mb: float = 512, encoder: str | None = None, python: str | None = None):
+        super().__init__(server)
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="seggradcam-web-"))
+        self.uploads = UploadArea(self.workdir / "uploads", max_upload_mb)
+        self.trust = trust
+        self.models = model_choices(model_dirs)
+        self.app = SlicerApp()
+        self.scene = self.app.scene
+        register_rca_factories(self.app.view_manager, self.server, rca_encoder=encoder)
+        self.layout = LayoutManager(self.scene, self.app.view_manager, self.server)
+        self.layout.register_layout("quad", quad_layout())
+        self.layout.set_layout("quad")
+        for view in self.app.view_manager.get_views():
+            view.render_window().SetMultiSamples(0)  # software OpenGL: multisampling costs 3-4x per frame
+        self.logic = SegGradCAMSceneLogic(self.scene, python=python)
+        self.shown = Shown([])
+        self.run = None
+        self._runs = 0
+        self.state.update(
+            models=list(self.models), model=DEFAULT_MULTICLASS_MODEL if DEFAULT_MULTICLASS_MODEL in self.models
+            else next(iter(self.models), None), classes_items=["all"], classes="all", layers_items=["auto"],
+            layers="auto", methods=list(CAM_METHODS), method="gradcam", samples=self.samples(), sample=None,
+            running=False, progress=0, progress_text="", error="", message="", case_title="no volume loaded",
+            heat_items=[], heat=None, show_heatmap=True, opacity=0.6, threshold=0.2, show_segmentation=True,
+            segmentation_style="outline", bg_window=400.0, bg_level=200.0, range_min=0.0, range_max=1000.0,
+            legend="", probe="", downloads=[], note=NOTE_SHARED,
+        )
+        self._build_ui()
+        self.ctrl.on_client_connected.add(self._fit_views_soon)
+        crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        crosshair.AddObserver(slicer.vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor)
+        self._on_model(self.state.model)
+
+    # -- volumes ---------------------------------------------------------------------------
+
+    def samples(self) -> list[str]:
+        """The bundled samples present on this computer."""
+        return [name for name, present in (("Colin27 T1 head", COLIN27.is_file()), ("KmeansTest T1 head", KMEANS.is_file()),
+                                           ("Demo lesion case (t1c, flair)", COLIN27.is_file())) if present]
+
+    def sample_files(self, name: str) -> list[Path]:
+        """The files of a bundled sample (the demo lesion case is written to the work folder)."""
+        if name.startswith("Colin27"):
+            return [COLIN27]
+        if name.startswith("KmeansTest"):
+            return [KMEANS]
+        case = demo_data.make_case(demo_data.EVAL_SEED, "colin27")
+        paths = demo_data.write_case(case, self.workdir / "samples" / "demo-case")
+        return [paths[channel] for channel in demo_data.CHANNELS]
+
+    def load_case(self, paths: Sequence[Path], title: str) -> list:
+        """Load volume files as the case's channels (the first is the background)."""
+        nodes = []
+        for path in paths:
+            loaded = self.app.io_manager.load_volumes(str(path))
+            if not loaded:
+                raise SegGradCAMError(f"{Path(path).name} could not be read as a volume.")
+            nodes.append(loaded[0])
+        self.shown = Shown(nodes)
+        background = nodes[0]
+        display = background.GetDisplayNode()
+        low, high = background.GetImageData().GetScalarRange()
+        self.state.update(range_min=float(low), range_max=float(high), bg_window=float(display.GetWindow()),
+                          bg_level=float(display.GetLevel()), case_title=f"{title} ({len(nodes)} channel(s))",
+                          heat_items=[], heat=None, legend="", downloads=[])
+        for view in self.app.view_manager.get_slice_views():
+            view.set_background_volume_id(background.GetID())
+            view.set_foreground_volume_id(None)
+        self.app.display_manager.reset_views()
+        return nodes
+
+    def open_output_folder(self, folder: Path) -> None:
+        """A folder ``seggradcam explain`` wrote: its inputs as the background when they still
+        exist, then the segmentation and heatmaps as the same nodes a run adds."""
+        report = json.loads((folder / "explain.json").read_text(encoding="utf-8"))
+        inputs = [Path(p) for p in report.get("inputs", [])]
+        if inputs and all(p.is_file() for p in inputs):
+            self.load_case(inputs, folder.name)
+        else:
+            self.load_case([folder / report["segmentation"]], f"{folder.name}: segmentation only")
+            self.state.message = (f"The inputs named in {folder.name}/explain.json are gone; showing the "
+                                  "segmentation alone (on its own grid) with the heatmaps.")
+        outputs = self.logic.addOutputs(report, folder, self.shown.volumes[0], f"web|{folder}")
+        self.show_outputs(outputs, report, folder)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def start_run(self) -> None:
+        if self.run is not None:
+            return
+        self.state.error = self.state.message = ""
+        try:
+            if not self.shown.volumes:
+                raise SegGradCAMError("Open a volume first (a sample or an upload).")
+            self.run = self.logic.startRun(self.shown.volumes, self.models[self.state.model], classes=self.state.classes,
+                                           layers=self.state.layers, method=self.state.method, trust=self.trust)
+        except SegGradCAMError as error:
+            self.state.error = str(error)
+            return
+        self.state.update(running=True, progress=0, progress_text="starting the worker")
+        create_task(self._follow(self.run))
+
+    async def _follow(self, run) -> None:
+        """Poll the worker (never blocking the server's loop) and add its outputs when it ends."""
+        while not run.finished:
+            self.logic.pollRun(run)
+            if run.progress:
+                p = run.progress
+                left = "" if p.get("eta_s") is None else f", {p['eta_s']:.0f} s left"
+                with self.state:
+                    self.state.progress = round(100 * p["done"] / max(p["total"], 1))
+                    self.state.progress_text = f"{p['stage']} {p['done']}/{p['total']}{left}"
+            await asyncio.sleep(0.2)
+        if self.run is not run:  # cancelled
+            return
+        self.run = None
+        with self.state:
+            self.state.running = False
+            try:
+                self._runs += 1
+                kept = self.workdir / "outputs" / f"run{self._runs}"
+                if run.outFolder.is_dir():
+                    shutil.copytree(run.outFolder, kept)  # for downloads; the run's own folder goes now
+                outputs = self.logic.finishRun(run)
+                report = json.loads((kept / "explain.json").read_text(encoding="utf-8"))
+                self.show_outputs(outputs, report, kept)
+                self.state.progress, self.state.progress_text = 100, f"done in {time.perf_counter() - run.started:.1f} s"
+            except SegGradCAMError as error:
+                self.state.error, self.state.progress_text = str(error), "failed"
+
+    def cancel_run(self) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            self.logic.cancelRun(run)
+            self.state.update(running=False, progress=0, progress_text="Cancelled", message="Cancelled.")
+
+    # -- display --------------------------------------------------------------------------------
+
+    def show_outputs(self, outputs, report: dict, folder: Path) -> None:
+        """Offer the run's heatmaps (class / layer), show the first over its segmentation."""
+        self.shown.outputs, self.shown.report, self.shown.folder = outputs, report, folder
+        outputs.segmentationNode.GetDisplayNode().SetVisibility2D(False)  # 2D: the label layer, outline or fill
+        outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # 3D: the segments' surfaces
+        items = [{"title": f"{label} / {layer}", "value": i} for i, (label, layer) in enumerate(outputs.heatmapNodes)]
+        files = ["segmentation.nrrd", *(info["file"] for c in report["classes"] for info in c["layers"].values()),
+                 "explain.json", *(["overview.png"] if (folder / "overview.png").is_file() else [])]
+        self.state.update(heat_items=items, heat=0 if items else None, downloads=files)
+        self._show_segmentation()
+        self._show_heatmap()
+
+    def _heatmap_node(self):
+        nodes = list(self.shown.outputs.heatmapNodes.values()) if self.shown.outputs else []
+        return nodes[self.state.heat] if nodes and self.state.heat is not None else None
+
+    @change("heat", "show_heatmap", "opacity", "threshold")
+    def _show_heatmap(self, **_) -> None:
+        node = self._heatmap_node()
+        if not self.shown.volumes:
+            return
+        self.logic.showHeatmap(node, self.shown.volumes[0], opacity=float(self.state.opacity),
+                               threshold=float(self.state.threshold), visible=bool(self.state.show_heatmap))
+        if node is not None:
+            label, layer = list(self.shown.outputs.heatmapNodes)[self.state.heat]
+            self.state.legend = (f"{label} — {self.shown.report['method']} on {layer}; 1.0 = raw maximum "
+                                 f"{float(node.GetAttribute('SegGradCAM.RawMax')):.4g}")
+        self._render()
+
+    @change("show_segmentation", "segmentation_style")
+    def _show_segmentation(self, **_) -> None:
+        labelmap = self.shown.outputs.labelmapNode if self.shown.outputs else None
+        self.logic.showLabels(labelmap, outline=self.state.segmentation_style == "outline",
+                              visible=bool(self.state.show_segmentation))
+        self._render()
+
+    @change("bg_window", "bg_level")
+    def _window_level(self, bg_window, bg_level, **_) -> None:
+        if self.shown.volumes:
+            display = self.shown.volumes[0].GetDisplayNode()
+            display.SetAutoWindowLevel(False)
+            display.SetWindowLevel(float(bg_window), float(bg_level))
+            self._render()
+
+    @change("model")
+    def _on_model(self, model, **_) -> None:
+        facts = declared_facts(self.models[model]) if model in self.models else None
+        labels = [name for i, name in enumerate(facts.labels) if i or name.lower() != "background"] if facts else []
+        self.state.update(classes_items=["all", *labels], classes="all", layers_items=["auto", *(facts.layers if facts else [])],
+                          layers="auto")
+
+    def _fit_views_soon(self, **_) -> None:
+        """Fit the views to the volume once the new page has sized them."""
+        asyncio.get_event_loop().call_later(1.0, self.app.display_manager.reset_views)
+
+    def _render(self) -> None:
+        for view in self.app.view_manager.get_views():
+            view.schedule_render()
+
+    def _on_cursor(self, crosshair, _event) -> None:
+        """The background's, the segmentation's and the shown heatmap's values under the mouse."""
+        ras = [0.0, 0.0, 0.0]
+        if not self.shown.volumes or not crosshair.GetCursorPositionRAS(ras):
+            return
+        parts = [f"RAS ({ras[0]:.0f}, {ras[1]:.0f}, {ras[2]:.0f})"]
+        outputs = self.shown.outputs
+        labels = self.shown.report["model"]["labels"] if self.shown.report else []
+        for name, node in [("image", self.shown.volumes[0]), ("label", outputs.labelmapNode if outputs else None),
+                           ("heat", self._heatmap_node())]:
+            value = value_at(node, ras) if node is not None else None
+            if value is not None:
+                text = labels[int(value)] if name == "label" and 0 <= int(value) < len(labels) else f"{value:.3g}"
+                parts.append(f"{name} {text}")
+        with self.state:
+            self.state.probe = " · ".join(parts)
+
+    # -- files ------------------------------------------------------------------------------------
+
+    async def upload(self, files) -> None:
+        """Volumes from the browser: one file per channel, or a zipped DICOM series."""
+        with self.state:
+            self.state.error = self.state.message = ""
+            try:
+                received = [ClientFile(f) for f in files or []]  # name and bytes; the name is never a path
+                uploaded = [UploadedFile(f.name or "", f.content or b"") for f in received]
+                paths = self.uploads.store(uploaded)
+                self.load_case(paths, ", ".join(f.name[:40] for f in uploaded))
+            except SegGradCAMError as error:
+                self.state.error = str(error)
+
+    def open_sample(self, name: str) -> None:
+        self.state.error = self.state.message = ""
+        try:
+            self.load_case(self.sample_files(name), name)
+        except SegGradCAMError as error:
+            self.state.error = str(error)
+
+    def download(self, name: str):
+        """The bytes of one output file, looked up by name among the outputs (never a path)."""
+        if self.shown.folder is None or name not in self.state.downloads:
+            return None
+        return self.server.protocol.addAttachment((self.shown.folder / name).read_bytes())
+
+    def close(self) -> None:
+        """Stop a running worker and delete uploads and outputs (patient data)."""
+        self.cancel_run()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- page ---------------------------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        stops = ", ".join(f"rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f})" for r, g, b in inferno_colors(9))
+        with SinglePageWithDrawerLayout(self.server, full_height=True) as ui:
+            ui.title.set_text("SegGradCAM")
+            ui.root.theme = "dark"
+            with ui.toolbar:
+                v3.VSpacer()
+                v3.VProgressLinear(model_value=("progress",), height=8, style="max-width: 220px", id="progress",
+                                   active=("running",))
+                Span("{{ progress_text }}", id="progress-text", classes="mx-2 text-caption")
+            with ui.drawer as drawer:
+                drawer.width = 330
+                with v3.VContainer(classes="pa-2", style="font-size: 13px"):
+                    Div("{{ note }}", classes="text-caption mb-2", id="note")
+                    v3.VSelect(label="Sample", items=("samples",), v_model=("sample",), density="compact", id="sample",
+                               update_modelValue=(self.open_sample, "[$event]"), hide_details=True)
+                    v3.VFileInput(label="Upload (one file per channel, or a DICOM zip)", multiple=True, id="upload",
+                                  density="compact", hide_details=True, classes="mt-2",
+                                  change=f"trigger('{self.ctrl.trigger_name(self.upload)}', [$event.target.files])")
+                    Div("{{ case_title }}", id="case", classes="text-caption my-1")
+                    v3.VSelect(label="Model", items=("models",), v_model=("model",), density="compact", id="model",
+                               hide_details=True, classes="mt-2")
+                    v3.VSelect(label="Classes", items=("classes_items",), v_model=("classes",), density="compact",
+                               hide_details=True, classes="mt-2")
+                    v3.VSelect(label="Layers", items=("layers_items",), v_model=("layers",), density="compact",
+                               hide_details=True, classes="mt-2")
+                    v3.VSelect(label="Method", items=("methods",), v_model=("method",), density="compact",
+                               hide_details=True, classes="mt-2")
+                    with Div(classes="d-flex mt-2"):
+                        v3.VBtn("Run", click=self.start_run, disabled=("running",), id="run", color="primary",
+                                classes="mr-2")
+                        v3.VBtn("Cancel", click=self.cancel_run, disabled=("!running",), id="cancel")
+                    v3.VAlert(text=("error",), v_show=("error",), type="error", density="compact", id="error",
+                              classes="mt-2")
+                    v3.VAlert(text=("message",), v_show=("message",), type="info", density="compact", id="message",
+                              classes="mt-2")
+                    v3.VDivider(classes="my-2")
+                    v3.VSelect(label="Heatmap (class / layer)", items=("heat_items",), v_model=("heat",),
+                               density="compact", hide_details=True, id="heat")
+                    v3.VCheckbox(v_model=("show_heatmap",), label="Show heatmap", density="compact", hide_details=True,
+                                 id="show-heatmap")
+                    v3.VSlider(v_model=("opacity",), min=0, max=1, step=0.05, label="Opacity", density="compact",
+                               hide_details=True)
+                    v3.VSlider(v_model=("threshold",), min=0, max=1, step=0.05, label="Threshold", density="compact",
+                               hide_details=True)
+                    Div(style=f"height: 10px; background: linear-gradient(to right, {stops});", classes="mt-1")
+                    with Div(classes="d-flex text-caption"):
+                        Span("0")
+                        v3.VSpacer()
+                        Span("1")
+                    Div("{{ legend }}", classes="text-caption", id="legend")
+                    v3.VCheckbox(v_model=("show_segmentation",), label="Show segmentation", density="compact",
+                                 hide_details=True, id="show-segmentation")
+                    with v3.VRadioGroup(v_model=("segmentation_style",), inline=True, density="compact", hide_details=True):
+                        v3.VRadio(label="outline", value="outline")
+                        v3.VRadio(label="fill", value="fill")
+                    v3.VSlider(v_model=("bg_window",), min=1, max=("range_max - range_min",), label="Window",
+                               density="compact", hide_details=True)
+                    v3.VSlider(v_model=("bg_level",), min=("range_min",), max=("range_max",), label="Level",
+                               density="compact", hide_details=True)
+                    v3.VDivider(classes="my-2")
+                    Div("Downloads", classes="text-caption", v_show=("downloads.length",))
+                    v3.VBtn("{{ name }}", v_for="name in downloads", key="name", size="x-small", variant="tonal",
+                            classes="ma-1", click=(f"utils.download(name, trigger('{self.ctrl.trigger_name(self.download)}', "
+                                                   "[name]), 'application/octet-stream')"))
+            with ui.content, Div(style="position: relative; height: calc(100vh - 64px);"):  # beside the drawer
+                with Div(style="position: absolute; inset: 0 0 22px 0;"):
+                    self.layout.initialize_layout_grid(ui)
+                Div("{{ probe }}", id="probe", style="position: absolute; bottom: 0; height: 22px; font: 12px monospace;")
+
+
+def value_at(node, ras: Sequence[float]) -> float | None:
+    """The voxel value of a volume node at a RAS point, or None outside it."""
+    matrix = vtk.vtkMatrix4x4()
+    node.GetRASToIJKMatrix(matrix)
+    ijk = [int(round(v)) for v in matrix.MultiplyPoint([*ras, 1.0])[:3]]
+    array = slicer.util.arrayFromVolume(node)  # (K, J, I)
+    if not all(0 <= ijk[axis] < array.shape[2 - axis] for axis in range(3)):
+        return None
+    return float(np.asarray(array[ijk[2], ijk[1], ijk[0]]))
