@@ -166,6 +166,16 @@ class Browser:
             time.sleep(every)
         raise AssertionError(f"timed out after {timeout} s waiting for {expression[:120]}")
 
+    def download(self, button: str, folder: Path, name: str, timeout: float = 30.0) -> Path:
+        """Click a download button and wait for the file ``name`` to arrive in ``folder``."""
+        self.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)})
+        self.click(button)
+        path = Path(folder) / name
+        deadline = time.monotonic() + timeout
+        while not (path.is_file() and path.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return path
+
     def warm_pixels(self) -> list[int]:
         """Inferno-coloured pixels in each slice view's current image."""
         return self.js(WARM_PIXELS) or []

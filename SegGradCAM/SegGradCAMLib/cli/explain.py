@@ -227,3 +227,4 @@ def print_summary(report: dict, out: Path) -> None:
                   f"heatmap energy inside mask {info['energy_inside']:.1%}, "
                   f"within 3 mm {info['energy_inside'] + info['energy_shell']:.1%} -> {out / info['file']}")
     print(f"Wrote {out / 'explain.json'} ({report['timings']['total_s']:.1f} s in all)")
+    print(f"See it in the browser viewer: seggradcam web {out}   (3D Slicer: load the .nrrd files)")

@@ -139,15 +139,14 @@ class SegGradCAMWeb(TrameApp):
                 raise SegGradCAMError(f"{Path(path).name} could not be read as a volume.")
             nodes.append(loaded[0])
         self.shown = Shown(nodes)
+        self.logic.showLabels(None)
         background = nodes[0]
         display = background.GetDisplayNode()
         low, high = background.GetImageData().GetScalarRange()
         self.state.update(range_min=float(low), range_max=float(high), bg_window=float(display.GetWindow()),
                           bg_level=float(display.GetLevel()), case_title=f"{title} ({len(nodes)} channel(s))",
                           heat_items=[], heat=None, legend="", downloads=[])
-        for view in self.app.view_manager.get_slice_views():
-            view.set_background_volume_id(background.GetID())
-            view.set_foreground_volume_id(None)
+        self.logic.showHeatmap(None, background)
         self.app.display_manager.reset_views()
         return nodes
 
@@ -252,6 +251,8 @@ class SegGradCAMWeb(TrameApp):
         labelmap = self.shown.outputs.labelmapNode if self.shown.outputs else None
         self.logic.showLabels(labelmap, outline=self.state.segmentation_style == "outline",
                               visible=bool(self.state.show_segmentation))
+        if self.shown.outputs:  # 3D: the segments' surfaces
+            self.shown.outputs.segmentationNode.GetDisplayNode().SetVisibility3D(bool(self.state.show_segmentation))
         self._render()
 
     @change("bg_window", "bg_level")
@@ -350,11 +351,11 @@ class SegGradCAMWeb(TrameApp):
                     Div("{{ case_title }}", id="case", classes="text-caption my-1")
                     v3.VSelect(label="Model", items=("models",), v_model=("model",), density="compact", id="model",
                                hide_details=True, classes="mt-2")
-                    v3.VSelect(label="Classes", items=("classes_items",), v_model=("classes",), density="compact",
+                    v3.VSelect(label="Classes", items=("classes_items",), v_model=("classes",), density="compact", id="classes",
                                hide_details=True, classes="mt-2")
-                    v3.VSelect(label="Layers", items=("layers_items",), v_model=("layers",), density="compact",
+                    v3.VSelect(label="Layers", items=("layers_items",), v_model=("layers",), density="compact", id="layers",
                                hide_details=True, classes="mt-2")
-                    v3.VSelect(label="Method", items=("methods",), v_model=("method",), density="compact",
+                    v3.VSelect(label="Method", items=("methods",), v_model=("method",), density="compact", id="method",
                                hide_details=True, classes="mt-2")
                     with Div(classes="d-flex mt-2"):
                         v3.VBtn("Run", click=self.start_run, disabled=("running",), id="run", color="primary",
@@ -391,7 +392,7 @@ class SegGradCAMWeb(TrameApp):
                     v3.VDivider(classes="my-2")
                     Div("Downloads", classes="text-caption", v_show=("downloads.length",))
                     v3.VBtn("{{ name }}", v_for="name in downloads", key="name", size="x-small", variant="tonal",
-                            classes="ma-1", click=(f"utils.download(name, trigger('{self.ctrl.trigger_name(self.download)}', "
+                            classes="ma-1 download", style="text-transform: none", click=(f"utils.download(name, trigger('{self.ctrl.trigger_name(self.download)}', "
                                                    "[name]), 'application/octet-stream')"))
             with ui.content, Div(style="position: relative; height: calc(100vh - 64px);"):  # beside the drawer
                 with Div(style="position: absolute; inset: 0 0 22px 0;"):

@@ -72,8 +72,8 @@ class UploadArea:
             source.write_bytes(upload.content)
         try:
             volume = read_volume(str(source))
-        except SegGradCAMError as error:
-            raise SegGradCAMError(f"{display_name(upload.name)}: {error}") from None
+        except SegGradCAMError as error:  # named as the user knows it, not by the server's path
+            raise SegGradCAMError(str(error).replace(str(source), display_name(upload.name))) from None
         import SimpleITK as sitk
 
         path = folder / f"volume-{index}.nrrd"

@@ -1,0 +1,87 @@
+"""What the browser viewer does with uploaded files: only under its own folder, never by the
+client's names; zip-slip and oversize refused; a zipped DICOM series read with its geometry."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from test_cli import write_dicom_series
+
+from SegGradCAMLib.errors import SegGradCAMError
+from SegGradCAMLib.web.uploads import UploadArea, UploadedFile
+
+
+def nrrd_bytes(tmp_path, array: np.ndarray, spacing=(1.0, 1.2, 2.0)) -> bytes:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    path = tmp_path / "source.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path.read_bytes()
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def files_under(folder) -> list:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_volumes_are_stored_under_generated_names_only(tmp_path):
+    area = UploadArea(tmp_path / "uploads")
+    content = nrrd_bytes(tmp_path, np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
+    paths = area.store([UploadedFile("../../etc/evil name.nrrd", content), UploadedFile("/abs/b.nrrd", content)])
+    assert all(p.resolve().is_relative_to((tmp_path / "uploads").resolve()) for p in paths)
+    assert files_under(tmp_path / "uploads") == ["upload0/upload-0.nrrd", "upload0/upload-1.nrrd",
+                                                 "upload0/volume-0.nrrd", "upload0/volume-1.nrrd"]
+    image = sitk.ReadImage(str(paths[0]))
+    assert image.GetSpacing() == pytest.approx((1.0, 1.2, 2.0)) and image.GetSize() == (6, 5, 4)
+
+
+@pytest.mark.parametrize("member", ["../escape.dcm", "/etc/escape.dcm", "a/../../escape.dcm", "C:/escape.dcm"])
+def test_zip_slip_is_refused_and_nothing_is_kept(tmp_path, member):
+    area = UploadArea(tmp_path / "uploads")
+    with pytest.raises(SegGradCAMError, match="points outside the archive"):
+        area.store([UploadedFile("series.zip", zipped({"ok.dcm": b"x", member: b"y"}))])
+    assert files_under(tmp_path / "uploads") == [] and not (tmp_path / "escape.dcm").exists()
+
+
+def test_upload_and_unpacked_sizes_are_capped(tmp_path):
+    area = UploadArea(tmp_path / "uploads", max_upload_mb=1, max_unpacked_mb=1)
+    with pytest.raises(SegGradCAMError, match="the limit is 1 MB"):
+        area.store([UploadedFile("big.nrrd", b"0" * (2 * 2**20))])
+    bomb = zipped({"zeros.dcm": b"\0" * (3 * 2**20)})  # a few kB packed, 3 MB unpacked
+    assert len(bomb) < 2**20
+    with pytest.raises(SegGradCAMError, match="unpacks to 3 MB; the limit is 1 MB"):
+        area.store([UploadedFile("bomb.zip", bomb)])
+    assert files_under(tmp_path / "uploads") == []
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("notes.txt", b"hello", "not a volume file"),
+    ("scan.nii.gz", b"not a nifti", "Cannot read scan.nii.gz"),
+    ("series.zip", b"not a zip", "not a valid zip file"),
+    ("series.zip", zipped({"readme.txt": b"no dicom here"}), "holds no DICOM series"),
+])
+def test_bad_uploads_name_the_problem(tmp_path, name, content, message):
+    with pytest.raises(SegGradCAMError, match=message) as raised:
+        UploadArea(tmp_path / "uploads").store([UploadedFile(name, content)])
+    assert str(tmp_path) not in str(raised.value)  # the message names the user's file, not the server's path
+
+
+def test_a_zipped_dicom_series_is_read_with_its_geometry(tmp_path):
+    array = np.random.default_rng(0).integers(0, 1000, (6, 16, 20)).astype(np.int16)
+    write_dicom_series(array, tmp_path / "series", spacing=(0.8, 0.9, 2.5))
+    members = {f"dicom/{p.name}": p.read_bytes() for p in sorted((tmp_path / "series").iterdir())}
+    [path] = UploadArea(tmp_path / "uploads").store([UploadedFile("series.zip", zipped(members))])
+    image = sitk.ReadImage(str(path))
+    assert image.GetSpacing() == pytest.approx((0.8, 0.9, 2.5))
+    assert np.array_equal(sitk.GetArrayFromImage(image), array)
