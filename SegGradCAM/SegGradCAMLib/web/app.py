@@ -55,7 +55,8 @@ class Shown:
     volumes: list
     outputs: object = None
     report: dict | None = None
-    folder: Path | None = None  # the outputs' files (downloads)
+    folder: Path | None = None  # the outputs' files
+    files: tuple[str, ...] = ()  # the names offered for download (kept here: the page's state is the client's)
 
 
 def quad_layout() -> Layout:
@@ -173,6 +174,8 @@ class SegGradCAMWeb(TrameApp):
         try:
             if not self.shown.volumes:
                 raise SegGradCAMError("Open a volume first (a sample or an upload).")
+            if self.state.model not in self.models:
+                raise SegGradCAMError("Choose one of the offered models.")
             self.run = self.logic.startRun(self.shown.volumes, self.models[self.state.model], classes=self.state.classes,
                                            layers=self.state.layers, method=self.state.method, trust=self.trust)
         except SegGradCAMError as error:
@@ -225,13 +228,16 @@ class SegGradCAMWeb(TrameApp):
         items = [{"title": f"{label} / {layer}", "value": i} for i, (label, layer) in enumerate(outputs.heatmapNodes)]
         files = ["segmentation.nrrd", *(info["file"] for c in report["classes"] for info in c["layers"].values()),
                  "explain.json", *(["overview.png"] if (folder / "overview.png").is_file() else [])]
+        self.shown.files = tuple(files)
         self.state.update(heat_items=items, heat=0 if items else None, downloads=files)
         self._show_segmentation()
         self._show_heatmap()
+        self.app.display_manager.reset_views()  # the 3D view onto the new surfaces
 
     def _heatmap_node(self):
         nodes = list(self.shown.outputs.heatmapNodes.values()) if self.shown.outputs else []
-        return nodes[self.state.heat] if nodes and self.state.heat is not None else None
+        index = self.state.heat
+        return nodes[index] if isinstance(index, int) and 0 <= index < len(nodes) else None
 
     @change("heat", "show_heatmap", "opacity", "threshold")
     def _show_heatmap(self, **_) -> None:
@@ -241,7 +247,7 @@ class SegGradCAMWeb(TrameApp):
         self.logic.showHeatmap(node, self.shown.volumes[0], opacity=float(self.state.opacity),
                                threshold=float(self.state.threshold), visible=bool(self.state.show_heatmap))
         if node is not None:
-            label, layer = list(self.shown.outputs.heatmapNodes)[self.state.heat]
+            label, layer = node.GetAttribute("SegGradCAM.Class"), node.GetAttribute("SegGradCAM.Layer")
             self.state.legend = (f"{label} — {self.shown.report['method']} on {layer}; 1.0 = raw maximum "
                                  f"{float(node.GetAttribute('SegGradCAM.RawMax')):.4g}")
         self._render()
@@ -311,6 +317,8 @@ class SegGradCAMWeb(TrameApp):
 
     def open_sample(self, name: str) -> None:
         self.state.error = self.state.message = ""
+        if name not in self.samples():
+            return
         try:
             self.load_case(self.sample_files(name), name)
         except SegGradCAMError as error:
@@ -318,7 +326,7 @@ class SegGradCAMWeb(TrameApp):
 
     def download(self, name: str):
         """The bytes of one output file, looked up by name among the outputs (never a path)."""
-        if self.shown.folder is None or name not in self.state.downloads:
+        if self.shown.folder is None or name not in self.shown.files:
             return None
         return self.server.protocol.addAttachment((self.shown.folder / name).read_bytes())
 
