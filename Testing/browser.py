@@ -150,6 +150,13 @@ class Browser:
                       timeout=10)
         self.js(f"[...document.querySelectorAll('.v-overlay .v-list-item')].find(e => e.innerText.trim() === {json.dumps(item)}).click()")
 
+    def hover(self, selector: str, index: int = 0) -> None:
+        """Move the mouse over the centre of the ``index``-th element matching ``selector``."""
+        box = self.js(f"(() => {{ const r = document.querySelectorAll({json.dumps(selector)})[{index}].getBoundingClientRect();"
+                      " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        for dx in (-3, 0):  # two moves: the views react to motion
+            self.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": box[0] + dx, "y": box[1]}, page=True)
+
     def set_files(self, selector: str, paths: list[str]) -> None:
         """Give a file input files, as a user choosing them would."""
         root = self.send("DOM.getDocument", page=True)["root"]["nodeId"]
