@@ -66,6 +66,7 @@ def test_cli_explains_an_nnunet_folder_on_the_inputs_geometry(nnunet_folder, obl
     assert report["layers"] == ["decoder.stages.2", "decoder.stages.3"]
     assert [c["name"] for c in report["classes"]] == ["edema", "enhancing_rim", "necrotic_core"]
     assert report["checks"]["labels_equal_to_nnunet"] > 0.99
+    assert report["nnunet"]["mirroring"] is False and "without test-time mirroring" in report["nnunet"]["note"]
     reference = sitk.ReadImage(inputs[0])
     for name in ["segmentation.nrrd", *(info["file"] for c in report["classes"] for info in c["layers"].values())]:
         image = sitk.ReadImage(str(out / name))

@@ -186,6 +186,11 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
         "peak_memory_mb": peak_memory_mb(device),
         "timings": {k: round(v, 3) for k, v in {**timings, "total_s": time.perf_counter() - began}.items()},
         **({"checks": result.checks} if result.checks else {}),
+        **({"nnunet": {"model": spec.description, "step_size": args.step_size, "mirroring": bool(args.mirror),
+                       "note": "the segmentation is nnU-Net's own prediction, "
+                               + ("with" if args.mirror else "without") + " test-time mirroring (nnU-Net and "
+                               "SlicerNNUnet mirror by default, so theirs can differ slightly unless --mirror)"}}
+           if model.nnunet is not None else {}),
         "segmentation": "segmentation.nrrd",
     }
     (out / "explain.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
