@@ -105,6 +105,8 @@ def test_two_dimensional_cases_are_slices_with_a_prediction(dataset):
     cases = load_cases(model, str(dataset["data"]), [1, 2], max_cases=3, seed=0)
     assert len(cases) == 3 and all(tuple(c.image.shape) == (1, 24, 24) and c.spacing == (1.0, 1.0) for c in cases)
     assert [c.name for c in load_cases(model, str(dataset["list"]), [1, 2])] == [f"case1.nrrd[{z}]" for z in range(4)]
+    single = str(dataset["data"] / "case1.nrrd")  # one volume is one case, as is a comma list of channel files
+    assert [c.name for c in load_cases(model, single, [1, 2])] == [f"case1.nrrd[{z}]" for z in range(4)]
 
 
 def test_evaluate_command_writes_metrics_plots_and_report(dataset, tmp_path):
@@ -141,12 +143,15 @@ def test_evaluate_command_writes_metrics_plots_and_report(dataset, tmp_path):
         (["--methods", "gradcam,magic"], "Unknown method magic"),
         (["--road-percentages", "10,abc"], "--road-percentages takes numbers"),
         (["--data", "/nonexistent/folder"], "Data not found"),
+        (["--data", "/nonexistent/scan.nii.gz"], "Data not found: /nonexistent/scan.nii.gz"),
+        (["--data", "BINARY"], "Cannot read"),
     ],
 )
 def test_evaluate_refuses_bad_arguments_in_one_line(dataset, tmp_path, capsys, argv, message):
     base = {"--model": str(dataset["model"]), "--data": str(dataset["data"]), "--out": str(tmp_path)}
+    (tmp_path / "scan.gz").write_bytes(bytes(range(256)))  # not text: no list file
     for flag, value in zip(argv[::2], argv[1::2]):
-        base[flag] = value
+        base[flag] = str(tmp_path / "scan.gz") if value == "BINARY" else value
     assert main(["evaluate", *[x for kv in base.items() for x in kv]]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err

@@ -140,8 +140,15 @@ def cases_from_volume(model: LoadedModel, image: np.ndarray, spacing: Sequence[f
 
 
 def _data_entries(data: str) -> list[list[str]]:
-    """Input volumes per case from a folder (one volume file per case) or a list file
-    (one case per line, channels separated by commas; ``#`` starts a comment)."""
+    """Input volumes per case from a folder (one volume file per case), a list file (one case
+    per line, channels separated by commas; ``#`` starts a comment), or one case: a volume
+    file, or its channel files separated by commas."""
+    parts = [part.strip() for part in data.split(",")]
+    if all(part.lower().endswith(VOLUME_SUFFIXES) for part in parts):
+        missing = [part for part in parts if not Path(part).is_file()]
+        if missing:
+            raise SegGradCAMError(f"Data not found: {', '.join(missing)}.")
+        return [parts]
     path = Path(data)
     if not path.exists():
         raise SegGradCAMError(f"Data not found: {data} (give a folder of volumes, a list file, or '{DEMO_DATA}').")
@@ -150,8 +157,13 @@ def _data_entries(data: str) -> list[list[str]]:
         if not files:
             raise SegGradCAMError(f"Folder {data} holds no volume files ({', '.join(VOLUME_SUFFIXES)}).")
         return [[str(p)] for p in files]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise SegGradCAMError(f"Cannot read {data} as a list file (one case per line, channel files separated by "
+                              f"commas); give a volume ({', '.join(VOLUME_SUFFIXES)}), a folder or a list file.") from None
     entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             entries.append([str((path.parent / part.strip()).resolve()) for part in line.split(",") if part.strip()])
