@@ -29,7 +29,8 @@ from slicer.util import VTKObservationMixin
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models.registry import DEFAULT_MULTICLASS_MODEL as DEMO_MODEL
 from SegGradCAMLib.models.registry import REGISTRY
-from SegGradCAMLib.selection import CAM_METHODS, split_list
+from SegGradCAMLib.models.cards import AUTO_METHOD, METHOD_CHOICES
+from SegGradCAMLib.selection import split_list
 
 # torch, monai and the network code are imported only when a run starts, so Slicer can
 # load this module (and run its generic tests) without them; the model registry is light.
@@ -99,7 +100,7 @@ class SegGradCAMParameterNode:
     modelPath: pathlib.Path
     trustModel: bool = False
     layers: str = ""
-    method: Annotated[str, Choice(list(CAM_METHODS))] = "gradcam"
+    method: Annotated[str, Choice(list(METHOD_CHOICES))] = AUTO_METHOD
     classes: str = ""
     regionSegmentation: vtkMRMLSegmentationNode
     regionSegmentID: str = ""

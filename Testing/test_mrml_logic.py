@@ -196,7 +196,7 @@ def test_outputs_carry_provenance_and_sit_in_one_folder(scene, toy):
     outputs = explain(scene, [volume], toy())
     heatmap = outputs.heatmapNodes[("blob", "features")]
     assert heatmap.GetAttribute("SegGradCAM.Model") == "threshold"
-    assert heatmap.GetAttribute("SegGradCAM.Method") == "gradcam"
+    assert heatmap.GetAttribute("SegGradCAM.Method") == "hirescam"  # auto, no card: HiResCAM
     assert heatmap.GetAttribute("SegGradCAM.Layer") == "features"
     assert heatmap.GetAttribute("SegGradCAM.Class") == "blob"
     assert heatmap.GetAttribute("SegGradCAM.Time") and heatmap.GetAttribute(OUTPUT_ATTRIBUTE) == "true"
@@ -342,7 +342,7 @@ def test_region_from_a_segment(scene, toy):
     count = scene.GetNumberOfNodes()
     assert logic.regionMask(volume, segmentation, segment_id).sum() == half.sum()
     assert scene.GetNumberOfNodes() == count  # exporting the segment leaves no node behind
-    full = explain(scene, [volume], model)
+    full = explain(scene, [volume], model, method="gradcam")
     full_raw = float(full.heatmapNodes[("blob", "features")].GetAttribute("SegGradCAM.RawMax"))
     regional = explain(scene, [volume], model, method="gradcam",
                        regionSegmentationNode=segmentation, regionSegmentId=segment_id)

@@ -18,6 +18,7 @@ from ..selection import (
     pick_device,
     split_list,
 )
+from ..models.cards import AUTO_METHOD, resolve_method
 from .resources import set_threads
 
 if TYPE_CHECKING:  # torch stays out of the import of the command line
@@ -35,7 +36,8 @@ def add_evaluate_parser(sub, parents: list) -> None:
     evaluate.add_argument("--metrics", default="deletion,insertion,road,randomization",
                           help="comma-separated: deletion, insertion (computed together), road, randomization")
     evaluate.add_argument("--methods", default="gradcam",
-                          help="comma-separated CAM methods (gradcam, gradcam++, hirescam, layercam)")
+                          help="comma-separated CAM methods (gradcam, gradcam++, hirescam, layercam; auto: the "
+                               "model card's choice, as explain)")
     evaluate.add_argument("--baselines", default="random,mask,gradient",
                           help="comma-separated baseline explanations (random, mask, gradient), or 'none'")
     evaluate.add_argument("--layers", default=AUTO_LAYER, help="'auto' (finest decoder stage) or comma-separated layer names")
@@ -74,8 +76,9 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None
     model = load_model(args.model, trust=args.trust_model, device=device)
     step("startup", 1, 1)
     classes = class_indices(args.classes, model.spec.labels)
+    methods = [resolve_method(m, args.model).method if m == AUTO_METHOD else m for m in split_list(args.methods)]
     config = EvalConfig(
-        metrics=split_list(args.metrics), methods=split_list(args.methods), baselines=split_list(args.baselines),
+        metrics=split_list(args.metrics), methods=list(dict.fromkeys(methods)), baselines=split_list(args.baselines),
         layers=layer_selection(args.layers), classes=classes, step=args.step,
         baseline=args.baseline, sigma_mm=args.sigma_mm, road_percentages=percentages, seed=args.seed,
         batch_size=args.batch_size, device=device,

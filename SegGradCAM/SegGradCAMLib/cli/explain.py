@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SegGradCAMError
-from ..selection import ALL_CLASSES, AUTO_LAYER, CAM_METHODS, class_indices, layer_selection, pick_device, split_list
+from ..models.cards import AUTO_METHOD, METHOD_CHOICES
+from ..selection import ALL_CLASSES, AUTO_LAYER, class_indices, layer_selection, pick_device, split_list
 from .resources import peak_memory_mb, set_threads
 
 if TYPE_CHECKING:  # torch stays out of the import of the command line
@@ -24,7 +25,8 @@ def add_explain_parser(sub, parents: list) -> None:
     explain.add_argument("--model", default="hdbet", help="registered model name (see 'seggradcam models') or a model file/folder")
     explain.add_argument("--out", required=True, type=Path, help="output folder")
     explain.add_argument("--layers", default=AUTO_LAYER, help="'auto' (finest decoder stage) or comma-separated layer names")
-    explain.add_argument("--method", default="gradcam", choices=CAM_METHODS)
+    explain.add_argument("--method", default=AUTO_METHOD, choices=METHOD_CHOICES,
+                         help="'auto' (default): the method the model's card chose by evidence, else hirescam")
     explain.add_argument("--classes", default=ALL_CLASSES,
                          help="'all' (every class but background) or comma-separated class names or indices")
     explain.add_argument("--region", type=Path, help="mask volume on the input grid: explain the class score inside this region only")
@@ -67,6 +69,7 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     from ..evaluation.energy import heatmap_energy_fractions
     from ..inference import ClassHeatmap, explain_volume
     from ..models import load_model
+    from ..models.cards import resolve_method
     from ..volumes.files import read_channels, read_volume, safe_filename, same_geometry, write_like
 
     step = progress or (lambda stage, done, total: None)
@@ -74,6 +77,8 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     began = start = time.perf_counter()
     step("read", 0, 1)
     device = pick_device(args.device)
+    choice = resolve_method(args.method, args.model)
+    method = choice.method
     threads = set_threads(args.threads)
     volumes = read_channels(args.inputs)
     reference = volumes[0]
@@ -125,7 +130,7 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
             "file": filename, "max_raw": heatmap.raw_max, "max": float(heat.max()), "mean": float(heat.mean()),
             **heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=3.0),
         }
-        metadata = {"SegGradCAM.RawMax": f"{heatmap.raw_max:.9g}", "SegGradCAM.Method": args.method,
+        metadata = {"SegGradCAM.RawMax": f"{heatmap.raw_max:.9g}", "SegGradCAM.Method": method,
                     "SegGradCAM.Layer": layer, "SegGradCAM.Class": name}
         if args.heatmap_dtype == "uint8":
             metadata["SegGradCAM.ValueScale"] = f"{1 / 255:.9g}"  # stored value x scale = normalised value
@@ -140,11 +145,12 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     start = time.perf_counter()
     try:
         if model.nnunet is not None:
-            result = explain_nnunet_files(model, args, layers, classes, regions, device, progress, write_heatmap)
+            result = explain_nnunet_files(model, args, method, layers, classes, regions, device, progress,
+                                          write_heatmap)
         else:
             result = explain_volume(
                 model, image, spacing_zyx, reference.direction, layers=layers, classes=classes,
-                method=args.method, regions=regions, device=device, progress=progress, amp=args.amp,
+                method=method, regions=regions, device=device, progress=progress, amp=args.amp,
                 on_heatmap=write_heatmap,
             )
     except torch.cuda.OutOfMemoryError as error:
@@ -163,7 +169,7 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
         from ..volumes.overview import save_overview
 
         save_overview(out / "overview.png", reference.array, result.labels, overview_rows, reference.spacing,
-                      reference.direction, title=f"{spec.name} — {args.method}")
+                      reference.direction, title=f"{spec.name} — {method}")
         written.append("overview.png")
         step("write", len(written), files)
     timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
@@ -171,7 +177,7 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
         "tool": "seggradcam",
         "model": {"name": spec.name, "sha256": spec.sha256, "source": spec.source, "labels": spec.labels,
                   "trusted_code": spec.trusted_code, "subnormal_weights_zeroed": model.subnormals_zeroed},
-        "method": args.method,
+        **choice.as_report(),
         "layers": result.layers,
         "normalisation": "each heatmap divided by its global maximum over the volume (max_raw)",
         "heatmap_dtype": args.heatmap_dtype,
@@ -215,17 +221,20 @@ def check_nnunet_inputs(model, args: argparse.Namespace) -> None:
         raise SegGradCAMError(f"--step-size must be in (0, 1]; got {args.step_size}.")
 
 
-def explain_nnunet_files(model, args: argparse.Namespace, layers, classes, regions, device, progress, on_heatmap):
+def explain_nnunet_files(model, args: argparse.Namespace, method: str, layers, classes, regions, device, progress,
+                         on_heatmap):
     """nnU-Net's pipeline on the input files (checked by :func:`check_nnunet_inputs`)."""
     from ..inference_nnunet import explain_nnunet
 
     return explain_nnunet(model, args.inputs, args.step_size, args.mirror, layers=layers, classes=classes,
-                          method=args.method, region=None if regions is None else regions[0], device=device,
+                          method=method, region=None if regions is None else regions[0], device=device,
                           progress=progress, on_heatmap=on_heatmap)
 
 
 def print_summary(report: dict, out: Path) -> None:
-    """One line per class and layer: voxels, heatmap energy inside the mask, file."""
+    """The method and why, then one line per class and layer: voxels, heatmap energy inside the mask, file."""
+    card = report.get("method_card")
+    print(f"Method {report['method']}" + (f" (auto: {card['basis']})" if card else ""))
     for entry in report["classes"]:
         for layer, info in entry["layers"].items():
             print(f"{entry['name']} [{layer}]: {entry['voxels']} voxels, "

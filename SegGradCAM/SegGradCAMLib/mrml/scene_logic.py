@@ -221,7 +221,7 @@ class SegGradCAMSceneLogic:
         model: str,
         classes: str = "all",
         layers="auto",
-        method: str = "gradcam",
+        method: str = "auto",
         regionSegmentationNode=None,
         regionSegmentId: str = "",
         regionROINode=None,
@@ -246,7 +246,7 @@ class SegGradCAMSceneLogic:
 
         return self._startWorker(volumes, model, arguments, f"{method}", layers, device, trust, threads)
 
-    def startEvaluation(self, inputVolumeNodes: Sequence, model: str, className: str, method: str = "gradcam",
+    def startEvaluation(self, inputVolumeNodes: Sequence, model: str, className: str, method: str = "auto",
                         layers="auto", device: str = "auto", trust: bool = False, threads: int = 0,
                         step: float = 0.05, maxSlices: int = 10) -> ExplainRun:
         """Start ``seggradcam evaluate`` in the worker on the inputs: Deletion and Insertion of

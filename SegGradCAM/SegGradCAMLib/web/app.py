@@ -39,7 +39,7 @@ from ..models import SHIPPED_MODELS
 from ..models.nnunet import find_nnunet_folders
 from ..models.registry import DEFAULT_MULTICLASS_MODEL, declared_facts, list_models
 from ..mrml.scene_logic import SegGradCAMSceneLogic, inferno_colors
-from ..selection import CAM_METHODS
+from ..models.cards import AUTO_METHOD, METHOD_CHOICES
 from .uploads import UploadArea, UploadedFile
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
@@ -102,7 +102,7 @@ class SegGradCAMWeb(TrameApp):
         self.state.update(
             models=list(self.models), model=DEFAULT_MULTICLASS_MODEL if DEFAULT_MULTICLASS_MODEL in self.models
             else next(iter(self.models), None), classes_items=["all"], classes="all", layers_items=["auto"],
-            layers="auto", methods=list(CAM_METHODS), method="gradcam", samples=self.samples(), sample=None,
+            layers="auto", methods=list(METHOD_CHOICES), method=AUTO_METHOD, samples=self.samples(), sample=None,
             running=False, progress=0, progress_text="", error="", message="", case_title="no volume loaded",
             heat_items=[], heat=None, show_heatmap=True, opacity=0.6, threshold=0.2, show_segmentation=True,
             segmentation_style="outline", bg_window=400.0, bg_level=200.0, range_min=0.0, range_max=1000.0,

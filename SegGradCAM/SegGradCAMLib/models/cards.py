@@ -1,0 +1,83 @@
+"""``--method auto``: the heatmap method a model's card chose by evidence, else HiResCAM.
+
+A card's ``default_method`` records the method with the lowest Deletion AUC on the model's
+default (finest) decoder stage in ``seggradcam evaluate``, with the figures and the command.
+Where no card holds such evidence, or no perturbation was informative for the model, ``auto``
+is HiResCAM: its map is the sum of the gradient x activation terms themselves, where Grad-CAM
+averages the gradients over space first (Draelos & Carin 2020). ``auto`` never changes the layer.
+
+Cards: registry models in ``Resources/Models/cards/<name>.json``, the project's trained models
+in their own ``model_card.json``, any other model folder in its ``seggradcam_card.json``
+(written by ``seggradcam evaluate --write-card``). Read without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SegGradCAMError
+from ..selection import CAM_METHODS
+from .registry import REGISTRY, SHIPPED_MODELS
+
+AUTO_METHOD = "auto"
+METHOD_CHOICES = (AUTO_METHOD, *CAM_METHODS)
+FALLBACK_METHOD = "hirescam"
+REGISTRY_CARDS = SHIPPED_MODELS / "cards"
+SIDECAR_CARD = "seggradcam_card.json"
+FALLBACK_BASIS = ("no evaluation in a model card: HiResCAM, whose map keeps the gradient x activation terms "
+                  "(Grad-CAM averages the gradients away first; Draelos & Carin 2020)")
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """The method a run uses, what was asked for, the card read (path or None) and why."""
+
+    method: str
+    requested: str
+    card: str | None
+    basis: str
+
+    def as_report(self) -> dict:
+        """explain.json's ``method``, ``method_requested`` and ``method_card`` (for ``auto``)."""
+        card = {"file": self.card, "basis": self.basis} if self.requested == AUTO_METHOD else None
+        return {"method": self.method, "method_requested": self.requested, "method_card": card}
+
+
+def card_path(model: str) -> Path:
+    """Where the card of ``model`` (a registry name or a model file/folder) lies, present or not."""
+    if model in REGISTRY:
+        shipped = SHIPPED_MODELS / model / "model_card.json"
+        family = model.split("-fold")[0]  # hdbet-fold1..4 share HD-BET's card
+        return shipped if shipped.parent.is_dir() else REGISTRY_CARDS / f"{family}.json"
+    path = Path(model)
+    return (path if path.is_dir() else path.parent) / SIDECAR_CARD
+
+
+def read_card(path: Path) -> dict | None:
+    """A card's JSON object, None when there is none; a damaged card is an error."""
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SegGradCAMError(f"Model card {path} is not valid JSON ({error}); fix or delete it.") from None
+    if not isinstance(card, dict):
+        raise SegGradCAMError(f"Model card {path} must hold a JSON object.")
+    return card
+
+
+def resolve_method(requested: str, model: str) -> MethodChoice:
+    """The method to run: ``requested`` itself, or for ``auto`` the card's choice (else HiResCAM)."""
+    if requested != AUTO_METHOD:
+        if requested not in CAM_METHODS:
+            raise SegGradCAMError(f"Unknown method {requested!r}; choose one of {', '.join(METHOD_CHOICES)}.")
+        return MethodChoice(requested, requested, None, "asked for")
+    path = card_path(model)
+    entry = (read_card(path) or {}).get("default_method")
+    if isinstance(entry, dict) and entry.get("method") in CAM_METHODS:
+        return MethodChoice(entry["method"], AUTO_METHOD, str(path), str(entry.get("basis", "")))
+    if isinstance(entry, dict) and entry.get("method") is None and entry.get("basis"):
+        return MethodChoice(FALLBACK_METHOD, AUTO_METHOD, str(path), f"{entry['basis']}; HiResCAM by default")
+    return MethodChoice(FALLBACK_METHOD, AUTO_METHOD, None, FALLBACK_BASIS)
