@@ -180,3 +180,24 @@ def test_report_opens_in_chromium_and_shows_its_plots(dataset, tmp_path):
     # matplotlib's first line colour (#1f77b4) comes only from the embedded curve plots
     plot_blue = np.all(np.abs(pixels - [31, 119, 180]) <= 6, axis=-1)
     assert plot_blue.sum() > 200
+
+
+def test_write_card_records_the_lowest_deletion_auc_and_keeps_an_earlier_choice(dataset, tmp_path, capsys):
+    from SegGradCAMLib.models.cards import SIDECAR_CARD, resolve_method
+
+    base = ["evaluate", "--model", str(dataset["model"]), "--data", str(dataset["data"] / "case0.nrrd"),
+            "--metrics", "deletion,insertion", "--methods", "gradcam,hirescam", "--baselines", "none",
+            "--step", "0.25", "--device", "cpu", "--quiet"]
+    card = dataset["root"] / SIDECAR_CARD
+    card.unlink(missing_ok=True)
+    assert main([*base, "--out", str(tmp_path / "a"), "--write-card"]) == 0
+    written = json.loads(card.read_text())["default_method"]
+    report = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    means = {s["method"]: s["deletion_auc"]["mean"] for s in report["summary"] if s["class"] == "all classes"}
+    assert written["method"] == min(means, key=means.get) and set(written["evidence"]) == {"gradcam", "hirescam"}
+    assert resolve_method("auto", str(dataset["model"])).method == written["method"]
+    assert main([*base, "--out", str(tmp_path / "b"), "--write-card"]) == 2  # never replaced without --force
+    assert "--force" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert main(["evaluate", "--model", "hdbet", "--data", "demo", "--out", str(tmp_path / "c"), "--write-card"]) == 2
+    assert "registry model" in capsys.readouterr().err
+    card.unlink()

@@ -55,6 +55,10 @@ def add_evaluate_parser(sub, parents: list) -> None:
                           help="CPU threads for torch (0: torch's default; 1 is fastest for small 2D "
                                "models on a busy machine)")
     evaluate.add_argument("--trust-model", action="store_true", help="allow model formats that run code")
+    evaluate.add_argument("--write-card", action="store_true",
+                          help="write the method with the lowest Deletion AUC on the default stage into the model "
+                               "folder's seggradcam_card.json (what --method auto then uses)")
+    evaluate.add_argument("--force", action="store_true", help="with --write-card: replace an existing card's choice")
 
 
 def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None = None) -> dict:
@@ -66,6 +70,8 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None
 
     if args.max_slices < 1 or not 0 < args.step <= 1:
         raise SegGradCAMError("--max-slices must be >= 1 and --step a fraction in (0, 1].")
+    if args.write_card:
+        check_card_writable(args)
     percentages = fractions_from_percentages(args.road_percentages, "--road-percentages")
     step = progress or (lambda stage, done, total: None)
     step("read", 0, 1)
@@ -93,4 +99,51 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None
     report = write_outputs(args.out, model, args.data, result, config, timings, device)
     print(f"Evaluated {report['cases']} cases in {report['timings']['evaluate_s']:.0f} s; "
           f"wrote {args.out / 'metrics.json'}, metrics.csv, report.html")
+    if args.write_card:
+        path = write_card(args, report, model.chosen_layers(AUTO_LAYER))
+        print(f"Wrote the method choice to {path}")
     return report
+
+
+def check_card_writable(args: argparse.Namespace) -> None:
+    """--write-card needs a model folder or file, Deletion among the metrics, and --force to
+    replace a card's earlier choice (checked before the evaluation runs)."""
+    from ..models.cards import card_path, read_card
+    from ..models.registry import REGISTRY
+
+    if args.model in REGISTRY:
+        raise SegGradCAMError(f"{args.model} is a registry model: its card ships with SegGradCAM "
+                              "(SegGradCAM/Resources/Models/cards); --write-card is for model folders and files.")
+    if "deletion" not in split_list(args.metrics):
+        raise SegGradCAMError("--write-card chooses by Deletion AUC: include deletion in --metrics.")
+    card = read_card(card_path(args.model))
+    if card and card.get("default_method") and not args.force:
+        raise SegGradCAMError(f"{card_path(args.model)} already records a method choice; add --force to replace it.")
+
+
+def write_card(args: argparse.Namespace, report: dict, stage) -> Path:
+    """The evaluated method with the lowest pooled Deletion AUC on the default stage, with its
+    figures, written into the model's card (other fields of an existing card kept)."""
+    import json
+
+    from ..models.cards import card_path, read_card
+
+    methods = report["config"]["methods"]
+    evaluated = {s["layer"] for s in report["summary"] if s["method"] in methods}
+    layer = stage[0] if isinstance(stage, list) and stage else (min(evaluated) if len(evaluated) == 1 else None)
+    rows = {s["method"]: s["deletion_auc"] for s in report["summary"]
+            if s["class"] == "all classes" and s["layer"] == layer and s["method"] in methods}
+    if not rows:
+        raise SegGradCAMError(f"No CAM method was evaluated on the default stage {layer}; nothing to choose from.")
+    best = min(rows, key=lambda m: rows[m]["mean"])
+    path = card_path(args.model)
+    card = read_card(path) or {}
+    card["default_method"] = {
+        "method": best, "layer": layer, "metric": "Deletion AUC (lower is better), all classes pooled, mean [95% CI]",
+        "evidence": {m: f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for m, v in rows.items()},
+        "data": f"{args.data} ({report['cases']} cases)",
+        "command": f"seggradcam evaluate --model {args.model} --data {args.data} --methods {args.methods} --write-card",
+        "basis": f"lowest Deletion AUC on the default stage among {', '.join(rows)} in seggradcam evaluate",
+    }
+    path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return path
