@@ -46,6 +46,9 @@ def add_explain_parser(sub, parents: list) -> None:
     explain.add_argument("--folds", help="nnU-Net folders: comma-separated folds (default: every fold_N with the "
                                           "checkpoint; 'all' = fold_all)")
     explain.add_argument("--checkpoint", help="nnU-Net folders: checkpoint file name (default checkpoint_final.pth)")
+    explain.add_argument("--faithfulness", action="store_true",
+                         help="score each heatmap: Deletion/Insertion AUC against 5 random orderings and the mask, "
+                              "with a verdict (on this volume only; several times the explain time)")
     explain.add_argument("--mirror", action="store_true",
                          help="nnU-Net models: test-time mirroring (as nnU-Net predicts by default); off by default")
 
@@ -95,6 +98,10 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     spec.check_input_count(len(volumes))
     if model.nnunet is not None:
         check_nnunet_inputs(model, args)
+        if args.faithfulness:
+            raise SegGradCAMError("--faithfulness is not available for nnU-Net folders yet; explain without it.")
+    if args.faithfulness and args.region is not None:
+        raise SegGradCAMError("--faithfulness scores the predicted masks; leave out --region.")
     classes = class_indices(args.classes, spec.labels)
     layers = layer_selection(args.layers)
     regions = None
@@ -114,7 +121,7 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     files = len(classes) * (1 if chosen == "auto" else len(chosen)) + 2 + (not args.no_overview)
     written: list[str] = []
     entries: dict[int, dict] = {}
-    overview_rows: list[tuple[str, int, np.ndarray]] = []
+    overview_rows: list[tuple[str, str, int, np.ndarray]] = []  # (class name, layer, class index, map)
 
     def write_heatmap(heatmap: ClassHeatmap, labels: np.ndarray) -> None:
         """Write one class map as soon as it is on the input grid (only one is held at a time)."""
@@ -136,7 +143,7 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
             metadata["SegGradCAM.ValueScale"] = f"{1 / 255:.9g}"  # stored value x scale = normalised value
         write_like(encode_heatmap(heat, args.heatmap_dtype), reference, out / filename, metadata)
         if len(overview_rows) < OVERVIEW_ROWS and not args.no_overview:
-            overview_rows.append((f"{name} / {layer}", c, heat))
+            overview_rows.append((name, layer, c, heat))
         written.append(filename)
         step("write", len(written), files)
 
@@ -160,6 +167,15 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
         ) from None
     timings["explain_s"] = time.perf_counter() - start
     timings.update(result.timings)
+    if args.faithfulness:
+        from ..evaluation.faithfulness import explanation_faithfulness
+
+        start = time.perf_counter()
+        scores = explanation_faithfulness(model, image, spacing_zyx, reference.direction, classes, result.layers,
+                                          method, device, progress=lambda done, total: step("faithfulness", done, total))
+        for (c, layer), entry in scores.items():
+            entries[c]["layers"][layer]["faithfulness"] = entry
+        timings["faithfulness_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     write_like(result.labels.astype(np.uint8 if len(spec.labels) < 256 else np.int16), reference, out / "segmentation.nrrd")
@@ -168,7 +184,10 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     if not args.no_overview:
         from ..volumes.overview import save_overview
 
-        save_overview(out / "overview.png", reference.array, result.labels, overview_rows, reference.spacing,
+        rows = [(f"{name} / {layer}" + ("" if "faithfulness" not in entries[c]["layers"][layer] else
+                                         f"\n{entries[c]['layers'][layer]['faithfulness']['verdict']}"), c, heat)
+                for name, layer, c, heat in overview_rows]
+        save_overview(out / "overview.png", reference.array, result.labels, rows, reference.spacing,
                       reference.direction, title=f"{spec.name} — {method}")
         written.append("overview.png")
         step("write", len(written), files)
@@ -240,5 +259,10 @@ def print_summary(report: dict, out: Path) -> None:
             print(f"{entry['name']} [{layer}]: {entry['voxels']} voxels, "
                   f"heatmap energy inside mask {info['energy_inside']:.1%}, "
                   f"within 3 mm {info['energy_inside'] + info['energy_shell']:.1%} -> {out / info['file']}")
+            if "faithfulness" in info:
+                score = info["faithfulness"]
+                print(f"    faithfulness: {score['verdict']} (Deletion AUC {score['deletion_auc']:.3f}, random "
+                      f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
+                      f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f}; {score['basis']})")
     print(f"Wrote {out / 'explain.json'} ({report['timings']['total_s']:.1f} s in all)")
     print(f"See it in the browser viewer: seggradcam web {out}   (3D Slicer: load the .nrrd files)")

@@ -1,0 +1,160 @@
+"""A faithfulness score and verdict for each heatmap of one explain run (``explain --faithfulness``).
+
+For each explained class and layer, on this volume only: Deletion and Insertion AUC of the
+map (the segmentation-aware scores of :mod:`.deletion_insertion`: mean class probability over
+the originally predicted mask, blurred copy as what removed voxels become), the same curves
+for :data:`RANDOM_ORDERINGS` random orderings (fixed seeds) and for the mask baseline (mask
+voxels first, in random order), and a verdict:
+
+- better than random: Deletion AUC < mean - 2 SD of the random AUCs, and Insertion AUC >
+  mean + 2 SD; Deletion and Insertion disagreeing gives ``mixed: ...``;
+- better than the mask: both AUCs better than the mask baseline's.
+
+Cases are those of :func:`.dataset.cases_from_volume` (2D models: the ``max_slices`` slices
+with the largest predicted area of the class; 3D models: the volume), AUCs averaged over them. The verdict says what it rests on, so nobody reads it as a validation of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..cam import label_map, seg_grad_cam
+from ..models.spec import LoadedModel
+from .deletion_insertion import ClassScorer, auc, make_baseline, rank_voxels, step_fractions
+from .sanity import random_heatmap
+
+RANDOM_ORDERINGS = 5
+DEFAULT_STEP = 0.05
+DEFAULT_MAX_SLICES = 5
+
+
+@dataclass
+class _Curves:
+    """Deletion and Insertion AUCs of one ranking, one value per case."""
+
+    deletion: list[float]
+    insertion: list[float]
+
+    def extend(self, other: "_Curves") -> None:
+        self.deletion += other.deletion
+        self.insertion += other.insertion
+
+    def means(self) -> tuple[float, float]:
+        return float(np.mean(self.deletion)), float(np.mean(self.insertion))
+
+
+def verdict(deletion: float, insertion: float, random: dict, mask: dict) -> str:
+    """The rule of the module docstring on the AUCs of one map and its baselines."""
+    deletion_better = deletion < random["deletion_mean"] - 2 * random["deletion_sd"]
+    insertion_better = insertion > random["insertion_mean"] + 2 * random["insertion_sd"]
+    if deletion_better and insertion_better:
+        versus_mask = deletion < mask["deletion_auc"] and insertion > mask["insertion_auc"]
+        return "better than random; " + ("better than the mask" if versus_mask else "not better than the mask")
+    if not deletion_better and not insertion_better:
+        return "not better than random"
+    better, worse = ("Deletion", "Insertion") if deletion_better else ("Insertion", "Deletion")
+    return f"mixed: better than random on {better}, not on {worse}"
+
+
+def score_class(network, image: torch.Tensor, replacement: torch.Tensor, mask: torch.Tensor, class_index: int,
+                maps: dict[str, torch.Tensor], activation: str, device: str, step: float, seed: int,
+                batch_size: int = 64) -> tuple[dict[str, _Curves], list[_Curves], _Curves]:
+    """One case and class: Deletion/Insertion AUCs of each map ``(*S)``, of the random orderings
+    and of the mask baseline (mask voxels first, ties at random). ``image``, ``replacement``:
+    ``(Cin, *S)``; ``mask``: ``(*S)`` bool. The perturbed inputs of all rankings go through the
+    network together, ``batch_size`` at a time."""
+    scorer = ClassScorer(network, class_index, mask, activation, device, batch_size)
+    ends, _ = scorer(torch.stack([image, replacement]))  # probability of the image and of the replacement
+    heats = [*maps.values(), *(random_heatmap(mask.shape, seed + k) for k in range(RANDOM_ORDERINGS)), mask.float()]
+    ranks = [rank_voxels(heat, seed + k) for k, heat in enumerate(heats)]
+    fractions = step_fractions(step)
+    counts = np.round(fractions[1:-1] * mask.numel()).astype(np.int64)
+    aucs = []
+    for start, end, first, last in ((image, replacement, ends[0], ends[1]), (replacement, image, ends[1], ends[0])):
+        pairs = [(r, k) for r in ranks for k in counts]
+        scores = []
+        for chunk in range(0, len(pairs), batch_size):
+            replaced = torch.stack([r < k for r, k in pairs[chunk:chunk + batch_size]])[:, None]  # (B, 1, *S)
+            scores.append(scorer(torch.where(replaced, end[None], start[None]))[0])
+        inner = np.concatenate(scores).reshape(len(ranks), len(counts))
+        aucs.append([auc([first, *row, last], fractions) for row in inner])
+    curves = [_Curves([d], [i]) for d, i in zip(*aucs)]
+    return dict(zip(maps, curves)), curves[len(maps):-1], curves[-1]
+
+
+def summarise(maps: dict[str, _Curves], randoms: list[_Curves], mask: _Curves, step: float, cases: int,
+              perturbation: str) -> dict[str, dict]:
+    """explain.json's ``faithfulness`` for each map (AUCs averaged over the cases)."""
+    random_means = np.array([r.means() for r in randoms])  # (orderings, 2)
+    random = {"deletion_mean": float(random_means[:, 0].mean()), "deletion_sd": float(random_means[:, 0].std(ddof=1)),
+              "insertion_mean": float(random_means[:, 1].mean()), "insertion_sd": float(random_means[:, 1].std(ddof=1)),
+              "n": len(randoms)}
+    mask_deletion, mask_insertion = mask.means()
+    mask_entry = {"deletion_auc": mask_deletion, "insertion_auc": mask_insertion}
+    steps = len(step_fractions(step)) - 1
+    basis = (f"Deletion and Insertion, {steps} steps, {len(randoms)} random orderings, "
+             f"{cases} {'case' if cases == 1 else 'cases'} of this volume only")
+    summary = {}
+    for name, curves in maps.items():
+        deletion, insertion = curves.means()
+        summary[name] = {"deletion_auc": deletion, "insertion_auc": insertion, "random": random, "mask": mask_entry,
+                         "steps": steps, "cases": cases, "perturbation": perturbation,
+                         "verdict": verdict(deletion, insertion, random, mask_entry), "basis": basis}
+    return summary
+
+
+def explanation_faithfulness(model: LoadedModel, image: np.ndarray, spacing: Sequence[float], direction,
+                             classes: Sequence[int], layers: Sequence[str], method: str, device: str = "cpu",
+                             step: float = DEFAULT_STEP, max_slices: int = DEFAULT_MAX_SLICES, seed: int = 0,
+                             progress: Callable[[int, int], None] | None = None) -> dict[tuple[int, str], dict]:
+    """Scores and verdicts of ``method`` on ``layers`` for each class of one volume ``(Cin, Z, Y, X)``:
+    ``(class index, layer) -> faithfulness`` (classes not predicted anywhere are left out).
+    ``progress(done, total)`` after each case; the network calls are counted in each entry."""
+    from .dataset import cases_from_volume
+    from .deletion_insertion import DEFAULT_SIGMA_MM
+
+    network = model.network.to(device).eval()
+    found = cases_from_volume(model, image, spacing, direction, "volume", classes, device=device)
+    results = {}
+    for c in classes:
+        cases = _cases_with_class(model, found, c, max_slices, device)
+        per_map = {layer: _Curves([], []) for layer in layers}
+        randoms = [_Curves([], []) for _ in range(RANDOM_ORDERINGS)]
+        mask_curves = _Curves([], [])
+        for done, (case, labels) in enumerate(cases):
+            x = case.image[None].to(device)
+            cams = seg_grad_cam(network, x, list(layers), [c], method, upsample=True)
+            replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
+            maps, random, mask = score_class(network, case.image.float(), replacement, labels == c, c,
+                                             {layer: cams[layer][0, 0].float().cpu() for layer in layers},
+                                             model.spec.output_activation, device, step, seed)
+            for layer in layers:
+                per_map[layer].extend(maps[layer])
+            for total, one in zip(randoms, random):
+                total.extend(one)
+            mask_curves.extend(mask)
+            if progress is not None:
+                progress(done + 1, len(cases))
+        if cases:
+            calls = len(cases) * (2 + (len(layers) + RANDOM_ORDERINGS + 1) * 2 * (len(step_fractions(step)) - 2))
+            for layer, entry in summarise(per_map, randoms, mask_curves, step, len(cases), "blur "
+                                          f"{DEFAULT_SIGMA_MM:g} mm").items():
+                results[(c, layer)] = {**entry, "network_calls": calls}
+    return results
+
+
+def _cases_with_class(model: LoadedModel, cases, c: int, max_slices: int, device: str) -> list:
+    """(case, predicted labels ``(*S)``) where class ``c`` is predicted: the ``max_slices`` with
+    the largest predicted area of the class (small masks give noisy curves), in their order."""
+    kept = []
+    with torch.no_grad():
+        for case in cases:
+            labels = label_map(model.network(case.image[None].to(device)))[0].cpu()
+            if (labels == c).any():
+                kept.append((case, labels))
+    largest = sorted(sorted(range(len(kept)), key=lambda i: -int((kept[i][1] == c).sum()))[:max_slices])
+    return [kept[i] for i in largest]
