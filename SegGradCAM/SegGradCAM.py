@@ -101,6 +101,7 @@ class SegGradCAMParameterNode:
     trustModel: bool = False
     layers: str = ""
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = AUTO_METHOD
+    faithfulness: bool = False
     classes: str = ""
     regionSegmentation: vtkMRMLSegmentationNode
     regionSegmentID: str = ""
@@ -489,7 +490,7 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
             layers=parameterNode.layers or "auto", method=parameterNode.method,
             regionSegmentationNode=parameterNode.regionSegmentation, regionSegmentId=segmentId,
             regionROINode=parameterNode.regionROI, device=parameterNode.device, trust=parameterNode.trustModel,
-            threads=self.workerThreads())
+            threads=self.workerThreads(), faithfulness=parameterNode.faithfulness)
 
     def startEvaluation(self, parameterNode, className: str):
         """Install what is missing (after asking), then start ``seggradcam evaluate`` for

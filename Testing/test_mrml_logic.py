@@ -434,3 +434,17 @@ def test_slice_views_show_the_heatmap_on_the_anatomy(scene, toy):
     hidden = views.render("Red").astype(int)
     label_outline = np.abs(hidden[..., 0] - hidden[..., 2]) > 30
     assert label_outline.sum() < coloured.sum()  # only the outline remains coloured
+
+
+def test_faithfulness_lands_in_a_table_and_on_each_heatmap(scene, toy):
+    volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
+    outputs = explain(scene, [volume], toy(), faithfulness=True)
+    table = outputs.faithfulnessTableNode.GetTable()
+    columns = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    assert columns[:4] == ["class", "layer", "verdict", "Deletion AUC"] and table.GetNumberOfRows() == 1
+    verdict = table.GetValueByName(0, "verdict").ToString()
+    assert verdict.startswith(("better than random", "not better than random", "mixed"))
+    heatmap = outputs.heatmapNodes[("blob", "features")]
+    assert heatmap.GetAttribute("SegGradCAM.Faithfulness").startswith(verdict)
+    assert "this volume only" in table.GetValueByName(0, "basis").ToString()
+    assert explain(scene, [volume], toy()).faithfulnessTableNode is None  # only when asked

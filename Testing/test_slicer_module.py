@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from SegGradCAMLib.models.cards import METHOD_CHOICES
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "SegGradCAM"
 MODULE_FILE = MODULE_DIR / "SegGradCAM.py"
@@ -158,7 +160,7 @@ def test_every_binding_is_one_slicer_can_make(loaded_ui):
 def test_choice_widgets_offer_the_parameter_choices(loaded_ui):
     _, objects = loaded_ui
     method = objects["methodComboBox"]
-    assert [method.itemText(i) for i in range(method.count())] == ["gradcam", "gradcam++", "hirescam", "layercam"]
+    assert [method.itemText(i) for i in range(method.count())] == list(METHOD_CHOICES)  # auto first
     device = objects["deviceComboBox"]
     assert [device.itemText(i) for i in range(device.count())] == ["auto", "cpu", "cuda"]
 

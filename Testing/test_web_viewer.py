@@ -68,12 +68,15 @@ def test_run_shows_heatmaps_that_the_toggle_hides(page, server, tmp_path):
     page.click("#show-segmentation")  # the label outlines are warm-coloured too: count the heatmap alone
     assert heat_pixels(page, expected=False) <= 200  # before Run: none
     page.choose("#method", "hirescam")
+    page.click("#faithfulness")
     page.click("#run")
     page.wait_for(RUN_ENDED, timeout=300)
     assert page.text("#error") == "", page.text("#error")
     assert page.text("#progress-text").startswith("done")
     shown = heat_pixels(page, expected=True)
     assert "hirescam" in page.text("#legend") and "raw maximum" in page.text("#legend")
+    assert "Faithfulness: better than random" in page.text("#legend")  # with its basis
+    assert "this volume only" in page.text("#legend")
     page.click("#show-heatmap")
     assert heat_pixels(page, expected=False) < shown
     page.click("#show-heatmap")

@@ -36,7 +36,7 @@ class EvaluationNodes:
     aucTableNode: object
 
 
-def _addColumn(table, name: str, values: Sequence, kind: str = "float") -> None:
+def addTableColumn(table, name: str, values: Sequence, kind: str = "float") -> None:
     import vtk
 
     array = vtk.vtkFloatArray() if kind == "float" else vtk.vtkStringArray()
@@ -63,7 +63,7 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
         raise SegGradCAMError("The evaluation holds no Deletion/Insertion curve to show.")
     several = len({c["class"] for c in curves}) > 1
     curveTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{baseName} curves")
-    _addColumn(curveTable.GetTable(), "fraction", curves[0]["fractions"])
+    addTableColumn(curveTable.GetTable(), "fraction", curves[0]["fractions"])
     chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{baseName} Deletion-Insertion")
     chart.SetTitle(f"{baseName}: Deletion (solid) and Insertion (dashed)")
     chart.SetXAxisTitle("fraction of voxels removed / restored")
@@ -74,7 +74,7 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
         key = (curve["class"], curve["method"], curve["layer"])
         label = (f"{curve['class']} " if several else "") + explanation_name(curve["method"], curve["layer"])
         column = f"{label} {curve['curve']}"
-        _addColumn(curveTable.GetTable(), column, curve["mean"])
+        addTableColumn(curveTable.GetTable(), column, curve["mean"])
         series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{baseName} {column}")
         series.SetAndObserveTableNodeID(curveTable.GetID())
         series.SetXColumnName("fraction")
@@ -90,12 +90,12 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
 
     aucTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{baseName} AUC")
     summary = [s for s in report["summary"] if s["class"] != POOLED]
-    _addColumn(aucTable.GetTable(), "explanation",
+    addTableColumn(aucTable.GetTable(), "explanation",
                [(f"{s['class']} " if several else "") + explanation_name(s["method"], s["layer"]) for s in summary],
                kind="string")
     for column, title in AUC_COLUMNS:
-        _addColumn(aucTable.GetTable(), title, [s[column]["mean"] if column in s else np.nan for s in summary])
-        _addColumn(aucTable.GetTable(), f"{title} 95% CI", [format_stat(s.get(column)) for s in summary], kind="string")
-    _addColumn(aucTable.GetTable(), "cases", [s["n"] for s in summary])
+        addTableColumn(aucTable.GetTable(), title, [s[column]["mean"] if column in s else np.nan for s in summary])
+        addTableColumn(aucTable.GetTable(), f"{title} 95% CI", [format_stat(s.get(column)) for s in summary], kind="string")
+    addTableColumn(aucTable.GetTable(), "cases", [s["n"] for s in summary])
     aucTable.Modified()
     return EvaluationNodes(chart, curveTable, seriesNodes, aucTable)

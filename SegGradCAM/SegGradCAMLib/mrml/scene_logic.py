@@ -193,12 +193,14 @@ class ExplainRun:
 
 @dataclass
 class RunOutputs:
-    """Nodes one run added: labelmap, segmentation, heatmaps (``(class, layer) -> node``), folder item."""
+    """Nodes one run added: labelmap, segmentation, heatmaps (``(class, layer) -> node``), folder
+    item, and the faithfulness table (one row per heatmap; None when the run did not score them)."""
 
     labelmapNode: object
     segmentationNode: object
     heatmapNodes: dict[tuple[str, str], object]
     folderItemID: int
+    faithfulnessTableNode: object = None
 
 
 class SegGradCAMSceneLogic:
@@ -228,11 +230,14 @@ class SegGradCAMSceneLogic:
         device: str = "auto",
         trust: bool = False,
         threads: int = 0,
+        faithfulness: bool = False,
     ) -> ExplainRun:
         """Check the inputs, write them as NRRD to a fresh temporary folder and start the
         worker (``python -m SegGradCAMLib explain ...``) on them. ``model``: a registered name
         or a model file/folder. What the model declares (labels, channels) is checked here when
-        it can be read without torch; everything else the worker checks and reports."""
+        it can be read without torch; everything else the worker checks and reports.
+        ``faithfulness``: score each heatmap (``explain --faithfulness``; its verdict lands in each
+        heatmap node's ``SegGradCAM.Faithfulness`` attribute)."""
         volumes = self._checkedInputs(inputVolumeNodes, model, classes)
         region = self.regionMask(volumes[0], regionSegmentationNode, regionSegmentId, regionROINode)
 
@@ -241,6 +246,8 @@ class SegGradCAMSceneLogic:
             if region is not None:
                 writeVolumeArray(region.astype(np.uint8), volumes[0], folder / "region.nrrd")
                 extra = ["--region", str(folder / "region.nrrd")]
+            if faithfulness:
+                extra.append("--faithfulness")
             return ["explain", *paths, "--classes", classes if isinstance(classes, str) else ",".join(map(str, classes)),
                     "--method", method, *extra]
 
@@ -417,7 +424,7 @@ class SegGradCAMSceneLogic:
         import slicer
 
         labels = readVolumeArray(Path(outFolder) / report["segmentation"])
-        heatmaps = {(entry["name"], layer): (readVolumeArray(Path(outFolder) / info["file"]), info["max_raw"])
+        heatmaps = {(entry["name"], layer): (readVolumeArray(Path(outFolder) / info["file"]), info)
                     for entry in report["classes"] for layer, info in entry["layers"].items()}
         model, method = report["model"], report["method"]
         self.removeRunOutputs(runKey)
@@ -448,17 +455,43 @@ class SegGradCAMSceneLogic:
         heatmapNodes = {}
         heatColor = self.heatmapColorNode()
         several = len(report["layers"]) > 1
-        for (label, layer), (heat, rawMax) in heatmaps.items():
+        for (label, layer), (heat, info) in heatmaps.items():
             name = f"{baseName} heatmap {label}" + (f" {layer}" if several else "")
+            score = info.get("faithfulness")
+            verdict = {"SegGradCAM.Faithfulness": f"{score['verdict']} ({score['basis']})"} if score else {}
             node = self._newOutputNode("vtkMRMLScalarVolumeNode", name, reference, folderItemID, runKey,
                                        {**provenance, "SegGradCAM.Class": label, "SegGradCAM.Layer": layer,
-                                        "SegGradCAM.RawMax": f"{rawMax:.6g}"})
+                                        "SegGradCAM.RawMax": f"{info['max_raw']:.6g}", **verdict})
             slicer.util.updateVolumeFromArray(node, heat.astype(np.float32))
             nodeDisplay = self._addDisplayNode(node, "vtkMRMLScalarVolumeDisplayNode", heatColor)
             nodeDisplay.SetAutoWindowLevel(False)
             nodeDisplay.SetWindowLevelMinMax(0.0, 1.0)
             heatmapNodes[(label, layer)] = node
-        return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID)
+        scores = [(label, layer, info["faithfulness"]) for (label, layer), (_, info) in heatmaps.items()
+                  if "faithfulness" in info]
+        table = self._faithfulnessTable(scores, f"{baseName} faithfulness", reference, folderItemID, runKey,
+                                        provenance) if scores else None
+        return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID, table)
+
+    def _faithfulnessTable(self, scores: list, name: str, reference, folderItemID: int, runKey: str, provenance: dict):
+        """One row per heatmap: its Deletion/Insertion AUCs, the baselines', the verdict and its basis."""
+        from .evaluation_plots import addTableColumn
+
+        node = self._newOutputNode("vtkMRMLTableNode", name, reference, folderItemID, runKey, provenance)
+        table = node.GetTable()
+        addTableColumn(table, "class", [label for label, _, _ in scores], kind="string")
+        addTableColumn(table, "layer", [layer for _, layer, _ in scores], kind="string")
+        addTableColumn(table, "verdict", [s["verdict"] for _, _, s in scores], kind="string")
+        addTableColumn(table, "Deletion AUC", [s["deletion_auc"] for _, _, s in scores])
+        addTableColumn(table, "random Deletion AUC (mean)", [s["random"]["deletion_mean"] for _, _, s in scores])
+        addTableColumn(table, "random Deletion AUC (SD)", [s["random"]["deletion_sd"] for _, _, s in scores])
+        addTableColumn(table, "mask Deletion AUC", [s["mask"]["deletion_auc"] for _, _, s in scores])
+        addTableColumn(table, "Insertion AUC", [s["insertion_auc"] for _, _, s in scores])
+        addTableColumn(table, "random Insertion AUC (mean)", [s["random"]["insertion_mean"] for _, _, s in scores])
+        addTableColumn(table, "mask Insertion AUC", [s["mask"]["insertion_auc"] for _, _, s in scores])
+        addTableColumn(table, "basis", [s["basis"] for _, _, s in scores], kind="string")
+        node.Modified()
+        return node
 
     # -- display ---------------------------------------------------------------
 

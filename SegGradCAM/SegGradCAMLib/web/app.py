@@ -103,7 +103,7 @@ class SegGradCAMWeb(TrameApp):
             models=list(self.models), model=DEFAULT_MULTICLASS_MODEL if DEFAULT_MULTICLASS_MODEL in self.models
             else next(iter(self.models), None), classes_items=["all"], classes="all", layers_items=["auto"],
             layers="auto", methods=list(METHOD_CHOICES), method=AUTO_METHOD, samples=self.samples(), sample=None,
-            running=False, progress=0, progress_text="", error="", message="", case_title="no volume loaded",
+            faithfulness=False, running=False, progress=0, progress_text="", error="", message="", case_title="no volume loaded",
             heat_items=[], heat=None, show_heatmap=True, opacity=0.6, threshold=0.2, show_segmentation=True,
             segmentation_style="outline", bg_window=400.0, bg_level=200.0, range_min=0.0, range_max=1000.0,
             legend="", probe="", downloads=[], note=NOTE_SHARED,
@@ -167,17 +167,19 @@ class SegGradCAMWeb(TrameApp):
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def start_run(self) -> None:
+    def start_run(self, model: str, classes: str, layers: str, method: str, faithfulness: bool) -> None:
+        """Run with the choices the page showed when Run was clicked (checked here, never trusted)."""
         if self.run is not None:
             return
         self.state.error = self.state.message = ""
         try:
             if not self.shown.volumes:
                 raise SegGradCAMError("Open a volume first (a sample or an upload).")
-            if self.state.model not in self.models:
-                raise SegGradCAMError("Choose one of the offered models.")
-            self.run = self.logic.startRun(self.shown.volumes, self.models[self.state.model], classes=self.state.classes,
-                                           layers=self.state.layers, method=self.state.method, trust=self.trust)
+            if model not in self.models or method not in METHOD_CHOICES:
+                raise SegGradCAMError("Choose one of the offered models and methods.")
+            self.run = self.logic.startRun(self.shown.volumes, self.models[model], classes=str(classes),
+                                           layers=str(layers), method=method, trust=self.trust,
+                                           faithfulness=bool(faithfulness))
         except SegGradCAMError as error:
             self.state.error = str(error)
             return
@@ -248,8 +250,10 @@ class SegGradCAMWeb(TrameApp):
                                threshold=float(self.state.threshold), visible=bool(self.state.show_heatmap))
         if node is not None:
             label, layer = node.GetAttribute("SegGradCAM.Class"), node.GetAttribute("SegGradCAM.Layer")
+            score = node.GetAttribute("SegGradCAM.Faithfulness")
             self.state.legend = (f"{label} — {self.shown.report['method']} on {layer}; 1.0 = raw maximum "
-                                 f"{float(node.GetAttribute('SegGradCAM.RawMax')):.4g}")
+                                 f"{float(node.GetAttribute('SegGradCAM.RawMax')):.4g}"
+                                 + (f". Faithfulness: {score}" if score else ""))
         self._render()
 
     @change("show_segmentation", "segmentation_style")
@@ -365,8 +369,10 @@ class SegGradCAMWeb(TrameApp):
                                hide_details=True, classes="mt-2")
                     v3.VSelect(label="Method", items=("methods",), v_model=("method",), density="compact", id="method",
                                hide_details=True, classes="mt-2")
+                    v3.VCheckbox(v_model=("faithfulness",), label="Score faithfulness (slower)", density="compact",
+                                 hide_details=True, id="faithfulness")
                     with Div(classes="d-flex mt-2"):
-                        v3.VBtn("Run", click=self.start_run, disabled=("running",), id="run", color="primary",
+                        v3.VBtn("Run", click=(self.start_run, "[model, classes, layers, method, faithfulness]"), disabled=("running",), id="run", color="primary",
                                 classes="mr-2")
                         v3.VBtn("Cancel", click=self.cancel_run, disabled=("!running",), id="cancel")
                     v3.VAlert(text=("error",), v_show=("error",), type="error", density="compact", id="error",
