@@ -1,20 +1,18 @@
 """The browser viewer in a real headless Chromium (Debian's), against a real ``seggradcam web``
-server process: the page loads, a run of the demo model finishes through the worker, heatmap
-pixels appear only after Run and go when the heatmap is hidden, a bad upload shows its message
-and the page keeps working, Cancel stops the worker. One server for the module; every server,
-browser and worker started here is stopped."""
+server process: the page loads, a run of the demo model on a bundled sample finishes through
+the worker, heatmap pixels appear only after Run and go when the heatmap is hidden, a bad upload
+shows its message and the page keeps working, Cancel stops the worker. One server for the
+module; every server, browser and worker started here is stopped."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from browser import Browser, ViewerServer
 
-from SegGradCAMLib.demo import data as demo_data
 
 VIEWS_SHOWN = ("[...document.querySelectorAll('img.image-display-area')].filter(i => i.naturalWidth > 0).length >= 4")
 RUN_ENDED = ("document.querySelector('#progress-text').innerText.startsWith('done') || "
@@ -28,15 +26,8 @@ def worker_processes() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_case(tmp_path_factory) -> list[str]:
-    case = demo_data.make_case(demo_data.EVAL_SEED, "colin27")
-    paths = demo_data.write_case(case, tmp_path_factory.mktemp("demo-case"))
-    return [str(paths[channel]) for channel in demo_data.CHANNELS]
-
-
-@pytest.fixture(scope="module")
-def server(demo_case):
-    viewer = ViewerServer(*demo_case)
+def server():
+    viewer = ViewerServer()
     print(f"server ready in {viewer.ready_s:.1f} s")
     yield viewer
     assert viewer.stop() == 0, viewer.errors()[-2000:]
@@ -64,7 +55,9 @@ def heat_pixels(page: Browser, expected: bool, timeout: float = 20.0) -> int:
 
 
 def test_run_shows_heatmaps_that_the_toggle_hides(page, server, tmp_path):
-    assert "t1c.nrrd, flair.nrrd (2 channel(s))" in page.text("#case")
+    page.choose("#sample", "Demo lesion case (t1c, flair)")
+    page.wait_for("document.querySelector('#case').innerText.startsWith('Demo lesion case')", timeout=60)
+    assert "(2 channel(s))" in page.text("#case")
     page.click("#show-segmentation")  # the label outlines are warm-coloured too: count the heatmap alone
     assert heat_pixels(page, expected=False) <= 200  # before Run: none
     page.choose("#method", "hirescam")
@@ -134,24 +127,3 @@ def test_cancel_stops_the_worker_and_other_tabs_follow_the_run(page, server):
         time.sleep(0.1)
     assert worker_processes() == []
     assert page.js("document.querySelector('#run').disabled") is False
-
-
-def test_an_output_folder_opens_with_its_background(demo_case, tmp_path):
-    from SegGradCAMLib.cli import main
-
-    out = tmp_path / "out"
-    assert main(["explain", *demo_case, "--model", "demo-lesions-unet2d", "--method", "hirescam", "--out", str(out),
-                 "--quiet", "--no-overview"]) == 0
-    viewer = ViewerServer(str(out))
-    browser = Browser()
-    try:
-        browser.open(viewer.url)
-        browser.wait_for(VIEWS_SHOWN, timeout=60)
-        assert browser.text("#case") == "out (2 channel(s))"  # the inputs explain.json names, as the background
-        assert browser.text("#message") == ""
-        report = json.loads((out / "explain.json").read_text())
-        assert report["classes"][0]["name"] in browser.text("#legend")
-        heat_pixels(browser, expected=True)
-    finally:
-        browser.close()
-        assert viewer.stop() == 0
