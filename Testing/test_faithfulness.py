@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from SegGradCAMLib import seg_grad_cam
 from SegGradCAMLib.cli import main

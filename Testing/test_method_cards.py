@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from SegGradCAMLib.cli import main
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models.cards import FALLBACK_METHOD, SIDECAR_CARD, card_path, resolve_method

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .cam import predicted_regions, seg_grad_cam
-from .errors import CancelledError, SegGradCAMError
+from .errors import CancelledError
 from .inference import ClassHeatmap, ProgressCallback, VolumeExplanation, heatmaps_on_input_grid
 from .layers import resolve_layers
 from .models.spec import LoadedModel
