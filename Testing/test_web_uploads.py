@@ -85,3 +85,25 @@ def test_a_zipped_dicom_series_is_read_with_its_geometry(tmp_path):
     image = sitk.ReadImage(str(path))
     assert image.GetSpacing() == pytest.approx((0.8, 0.9, 2.5))
     assert np.array_equal(sitk.GetArrayFromImage(image), array)
+
+
+WITHOUT_TRAME = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("trame", "trame_slicer", "trame_server"):
+            raise ImportError(f"No module named {name!r}")
+sys.meta_path.insert(0, Block())
+from SegGradCAMLib.cli import main
+sys.exit(main(["web"]))
+"""
+
+
+def test_without_the_web_extra_one_line_names_it():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TRAME], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "seggradcam[web]"' in lines[0], done.stderr
