@@ -106,4 +106,4 @@ def test_without_the_web_extra_one_line_names_it():
     done = subprocess.run([sys.executable, "-c", WITHOUT_TRAME], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and 'pip install "seggradcam[web]"' in lines[0], done.stderr
+    assert len(lines) == 1 and 'pip install -e ".[web]"' in lines[0], done.stderr

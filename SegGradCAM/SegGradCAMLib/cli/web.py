@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import SegGradCAMError
 
-WEB_EXTRA_HINT = 'the browser viewer needs the web extra: pip install "seggradcam[web]" (trame-slicer)'
+WEB_EXTRA_HINT = ('the browser viewer needs the web extra (trame-slicer): pip install -e ".[web]" in the '
+                  'SegGradCAM checkout, or pip install "SegGradCAMLib[web]"')
 
 
 def add_web_parser(sub) -> None:
