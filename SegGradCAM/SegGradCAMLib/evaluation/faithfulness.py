@@ -131,7 +131,8 @@ def explanation_faithfulness(model: LoadedModel, image: np.ndarray, spacing: Seq
             replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
             maps, random, mask = score_class(network, case.image.float(), replacement, labels == c, c,
                                              {layer: cams[layer][0, 0].float().cpu() for layer in layers},
-                                             model.spec.output_activation, device, step, seed)
+                                             model.spec.output_activation, device, step, seed,
+                                             batch_size=64 if model.spec.spatial_dims == 2 else 1)
             for layer in layers:
                 per_map[layer].extend(maps[layer])
             for total, one in zip(randoms, random):
