@@ -12,7 +12,7 @@ from SegGradCAMLib.cli import main
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.evaluation.dataset import cases_from_volume
 from SegGradCAMLib.evaluation.deletion_insertion import make_baseline
-from SegGradCAMLib.evaluation.faithfulness import RANDOM_ORDERINGS, score_class, summarise, verdict
+from SegGradCAMLib.evaluation.faithfulness import RANDOM_ORDERINGS, calls_per_case, score_class, summarise, verdict
 from SegGradCAMLib.models import load_model
 from SegGradCAMLib.models.registry import DEFAULT_MULTICLASS_MODEL
 
@@ -53,9 +53,11 @@ def test_a_reversed_ranking_is_not_better_than_random(held_out):
     mask = maps.logits[0].argmax(0) == 1
     reversed_ranking = heat.max() - heat  # least relevant first; the ReLU's zeros tie, broken at random
     replacement = make_baseline(case.image, case.spacing)
+    calls = []
     by_map, randoms, mask_curves = score_class(model.network, case.image, replacement, mask, 1,
                                                {"hirescam": heat, "reversed": reversed_ranking}, "softmax", "cpu",
-                                               0.05, seed=0)
+                                               0.05, seed=0, scored=calls.append)
+    assert sum(calls) == calls_per_case(2, 0.05) == 2 + (2 + RANDOM_ORDERINGS + 1) * 2 * 19  # progress counts them
     summary = summarise(by_map, randoms, mask_curves, 0.05, 1, "blur")
     assert summary["hirescam"]["verdict"].startswith("better than random")
     assert summary["reversed"]["verdict"] == "not better than random", summary["reversed"]

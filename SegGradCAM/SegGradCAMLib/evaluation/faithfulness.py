@@ -62,13 +62,16 @@ def verdict(deletion: float, insertion: float, random: dict, mask: dict) -> str:
 
 def score_class(network, image: torch.Tensor, replacement: torch.Tensor, mask: torch.Tensor, class_index: int,
                 maps: dict[str, torch.Tensor], activation: str, device: str, step: float, seed: int,
-                batch_size: int = 64) -> tuple[dict[str, _Curves], list[_Curves], _Curves]:
+                batch_size: int = 64, scored: Callable[[int], None] = lambda n: None,
+                ) -> tuple[dict[str, _Curves], list[_Curves], _Curves]:
     """One case and class: Deletion/Insertion AUCs of each map ``(*S)``, of the random orderings
     and of the mask baseline (mask voxels first, ties at random). ``image``, ``replacement``:
     ``(Cin, *S)``; ``mask``: ``(*S)`` bool. The perturbed inputs of all rankings go through the
-    network together, ``batch_size`` at a time."""
+    network together, ``batch_size`` at a time; ``scored(n)`` after each call of ``n`` inputs
+    (:func:`calls_per_case` in all)."""
     scorer = ClassScorer(network, class_index, mask, activation, device, batch_size)
     ends, _ = scorer(torch.stack([image, replacement]))  # probability of the image and of the replacement
+    scored(2)
     heats = [*maps.values(), *(random_heatmap(mask.shape, seed + k) for k in range(RANDOM_ORDERINGS)), mask.float()]
     ranks = [rank_voxels(heat, seed + k) for k, heat in enumerate(heats)]
     fractions = step_fractions(step)
@@ -80,10 +83,17 @@ def score_class(network, image: torch.Tensor, replacement: torch.Tensor, mask: t
         for chunk in range(0, len(pairs), batch_size):
             replaced = torch.stack([r < k for r, k in pairs[chunk:chunk + batch_size]])[:, None]  # (B, 1, *S)
             scores.append(scorer(torch.where(replaced, end[None], start[None]))[0])
+            scored(len(replaced))
         inner = np.concatenate(scores).reshape(len(ranks), len(counts))
         aucs.append([auc([first, *row, last], fractions) for row in inner])
     curves = [_Curves([d], [i]) for d, i in zip(*aucs)]
     return dict(zip(maps, curves)), curves[len(maps):-1], curves[-1]
+
+
+def calls_per_case(maps: int, step: float) -> int:
+    """Network calls for one case and class: the two ends, then every inner step of Deletion
+    and Insertion for ``maps`` maps, the random orderings and the mask."""
+    return 2 + (maps + RANDOM_ORDERINGS + 1) * 2 * (len(step_fractions(step)) - 2)
 
 
 def summarise(maps: dict[str, _Curves], randoms: list[_Curves], mask: _Curves, step: float, cases: int,
@@ -113,35 +123,41 @@ def explanation_faithfulness(model: LoadedModel, image: np.ndarray, spacing: Seq
                              progress: Callable[[int, int], None] | None = None) -> dict[tuple[int, str], dict]:
     """Scores and verdicts of ``method`` on ``layers`` for each class of one volume ``(Cin, Z, Y, X)``:
     ``(class index, layer) -> faithfulness`` (classes not predicted anywhere are left out).
-    ``progress(done, total)`` after each case; the network calls are counted in each entry."""
+    ``progress(done, total)`` counts network calls; each entry records its own."""
     from .dataset import cases_from_volume
     from .deletion_insertion import DEFAULT_SIGMA_MM
 
     network = model.network.to(device).eval()
     found = cases_from_volume(model, image, spacing, direction, "volume", classes, device=device)
+    by_class = {c: _cases_with_class(model, found, c, max_slices, device) for c in classes}
+    per_case = calls_per_case(len(layers), step)
+    total, done = sum(len(cases) for cases in by_class.values()) * per_case, [0]
+
+    def scored(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total)
+
     results = {}
-    for c in classes:
-        cases = _cases_with_class(model, found, c, max_slices, device)
+    for c, cases in by_class.items():
         per_map = {layer: _Curves([], []) for layer in layers}
         randoms = [_Curves([], []) for _ in range(RANDOM_ORDERINGS)]
         mask_curves = _Curves([], [])
-        for done, (case, labels) in enumerate(cases):
+        for case, labels in cases:
             x = case.image[None].to(device)
             cams = seg_grad_cam(network, x, list(layers), [c], method, upsample=True)
             replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
             maps, random, mask = score_class(network, case.image.float(), replacement, labels == c, c,
                                              {layer: cams[layer][0, 0].float().cpu() for layer in layers},
                                              model.spec.output_activation, device, step, seed,
-                                             batch_size=64 if model.spec.spatial_dims == 2 else 1)
+                                             batch_size=64 if model.spec.spatial_dims == 2 else 1, scored=scored)
             for layer in layers:
                 per_map[layer].extend(maps[layer])
             for total, one in zip(randoms, random):
                 total.extend(one)
             mask_curves.extend(mask)
-            if progress is not None:
-                progress(done + 1, len(cases))
         if cases:
-            calls = len(cases) * (2 + (len(layers) + RANDOM_ORDERINGS + 1) * 2 * (len(step_fractions(step)) - 2))
+            calls = len(cases) * per_case
             for layer, entry in summarise(per_map, randoms, mask_curves, step, len(cases), "blur "
                                           f"{DEFAULT_SIGMA_MM:g} mm").items():
                 results[(c, layer)] = {**entry, "network_calls": calls}
