@@ -28,7 +28,7 @@ def test_explain_scores_every_class_and_hirescam_beats_random(held_out, tmp_path
     paths = demo_data.write_case(held_out, tmp_path / "case")
     out = tmp_path / "out"
     assert main(["explain", *(str(paths[c]) for c in demo_data.CHANNELS), "--model", DEFAULT_MULTICLASS_MODEL,
-                 "--faithfulness", "--out", str(out), "--progress", "quiet"]) == 0
+                 "--faithfulness", "--out", str(out), "--progress", "auto"]) == 0
     report = json.loads((out / "explain.json").read_text())
     assert report["method"] == "hirescam"
     for entry in report["classes"]:

@@ -131,12 +131,12 @@ def explanation_faithfulness(model: LoadedModel, image: np.ndarray, spacing: Seq
     found = cases_from_volume(model, image, spacing, direction, "volume", classes, device=device)
     by_class = {c: _cases_with_class(model, found, c, max_slices, device) for c in classes}
     per_case = calls_per_case(len(layers), step)
-    total, done = sum(len(cases) for cases in by_class.values()) * per_case, [0]
+    calls = {"done": 0, "total": sum(len(cases) for cases in by_class.values()) * per_case}
 
     def scored(n: int) -> None:
-        done[0] += n
+        calls["done"] += n
         if progress is not None:
-            progress(done[0], total)
+            progress(calls["done"], calls["total"])
 
     results = {}
     for c, cases in by_class.items():
@@ -153,14 +153,13 @@ def explanation_faithfulness(model: LoadedModel, image: np.ndarray, spacing: Seq
                                              batch_size=64 if model.spec.spatial_dims == 2 else 1, scored=scored)
             for layer in layers:
                 per_map[layer].extend(maps[layer])
-            for total, one in zip(randoms, random):
-                total.extend(one)
+            for pooled, one in zip(randoms, random):
+                pooled.extend(one)
             mask_curves.extend(mask)
         if cases:
-            calls = len(cases) * per_case
             for layer, entry in summarise(per_map, randoms, mask_curves, step, len(cases), "blur "
                                           f"{DEFAULT_SIGMA_MM:g} mm").items():
-                results[(c, layer)] = {**entry, "network_calls": calls}
+                results[(c, layer)] = {**entry, "network_calls": len(cases) * per_case}
     return results
 
 
