@@ -1,6 +1,6 @@
 """The README's screenshot of the browser viewer, made in real headless Chromium (run by hand):
-a ``seggradcam web`` server on the held-out demo case, a HiResCAM run of the demo model, the page
-captured. Prints the server's start-up time and memory on the way.
+a ``seggradcam web`` server on the held-out demo case, a HiResCAM run of the demo model with its
+faithfulness score, the page captured. Prints the server's start-up time and memory on the way.
 
     .venv/bin/python scripts/render_web_screenshots.py [--out docs/images/web_viewer.png]
 """
@@ -43,6 +43,7 @@ def main() -> None:
             browser.wait_for(VIEWS_SHOWN)
             browser.choose("#method", "hirescam")
             browser.choose("#classes", "edema")
+            browser.click("#faithfulness")
             start = time.monotonic()
             browser.click("#run")
             browser.wait_for("document.querySelector('#progress-text').innerText.startsWith('done')", timeout=300)
