@@ -129,7 +129,9 @@ def explanation_faithfulness(model: LoadedModel, image: np.ndarray, spacing: Seq
 
     network = model.network.to(device).eval()
     found = cases_from_volume(model, image, spacing, direction, "volume", classes, device=device)
-    by_class = {c: _cases_with_class(model, found, c, max_slices, device) for c in classes}
+    with torch.no_grad():  # each case's labels once, for every class
+        labelled = [(case, label_map(network(case.image[None].to(device)))[0].cpu()) for case in found]
+    by_class = {c: _cases_with_class(labelled, c, max_slices) for c in classes}
     per_case = calls_per_case(len(layers), step)
     calls = {"done": 0, "total": sum(len(cases) for cases in by_class.values()) * per_case}
 
@@ -163,14 +165,10 @@ def explanation_faithfulness(model: LoadedModel, image: np.ndarray, spacing: Seq
     return results
 
 
-def _cases_with_class(model: LoadedModel, cases, c: int, max_slices: int, device: str) -> list:
-    """(case, predicted labels ``(*S)``) where class ``c`` is predicted: the ``max_slices`` with
-    the largest predicted area of the class (small masks give noisy curves), in their order."""
-    kept = []
-    with torch.no_grad():
-        for case in cases:
-            labels = label_map(model.network(case.image[None].to(device)))[0].cpu()
-            if (labels == c).any():
-                kept.append((case, labels))
+def _cases_with_class(labelled: list, c: int, max_slices: int) -> list:
+    """Of the (case, predicted labels ``(*S)``) pairs, those where class ``c`` is predicted: the
+    ``max_slices`` with the largest predicted area of the class (small masks give noisy curves),
+    in their order."""
+    kept = [(case, labels) for case, labels in labelled if (labels == c).any()]
     largest = sorted(sorted(range(len(kept)), key=lambda i: -int((kept[i][1] == c).sum()))[:max_slices])
     return [kept[i] for i in largest]

@@ -13,13 +13,13 @@ in their own ``model_card.json``, any other model folder in its ``seggradcam_car
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SegGradCAMError
 from ..selection import CAM_METHODS
 from .registry import REGISTRY, SHIPPED_MODELS
+from .spec import read_json_object
 
 AUTO_METHOD = "auto"
 METHOD_CHOICES = (AUTO_METHOD, *CAM_METHODS)
@@ -57,15 +57,7 @@ def card_path(model: str) -> Path:
 
 def read_card(path: Path) -> dict | None:
     """A card's JSON object, None when there is none; a damaged card is an error."""
-    if not path.is_file():
-        return None
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise SegGradCAMError(f"Model card {path} is not valid JSON ({error}); fix or delete it.") from None
-    if not isinstance(card, dict):
-        raise SegGradCAMError(f"Model card {path} must hold a JSON object.")
-    return card
+    return read_json_object(path) if path.is_file() else None
 
 
 def resolve_method(requested: str, model: str) -> MethodChoice:

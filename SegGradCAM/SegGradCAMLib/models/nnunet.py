@@ -20,7 +20,6 @@ without torch by :func:`nnunet_facts`.
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from dataclasses import dataclass
@@ -87,15 +86,11 @@ def known_model_roots(environ=None, home: Path | None = None, slicer_nnunet_mode
 
 
 def _read_json(path: Path) -> dict:
+    from .spec import read_json_object
+
     if not path.is_file():
         raise SegGradCAMError(f"{path.parent} is not an nnU-Net trained-model folder: {path.name} is missing.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise SegGradCAMError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise SegGradCAMError(f"{path} must hold a JSON object.")
-    return data
+    return read_json_object(path)
 
 
 def configuration_of(folder: Path, plans: dict) -> str:

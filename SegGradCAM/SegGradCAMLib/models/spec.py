@@ -149,10 +149,14 @@ def make_spec(fields: dict, weights: Path, trusted: bool) -> ModelSpec:
 
 
 def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; an unreadable file, bad JSON or another JSON type is a
+    one-line error naming the file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SegGradCAMError(f"{path.name} is not valid JSON: {error}") from error
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SegGradCAMError(f"Cannot read {path}: {error}") from error
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise SegGradCAMError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(data, dict):
-        raise SegGradCAMError(f"{path.name} must hold a JSON object.")
+        raise SegGradCAMError(f"{path} must hold a JSON object.")
     return data

@@ -506,7 +506,7 @@ class SegGradCAMSceneLogic:
             display.SetApplyThreshold(True)
             display.SetLowerThreshold(float(threshold))
             display.SetUpperThreshold(1e6)
-        for composite in self._sliceCompositeNodes():
+        for composite in self._nodesOfClass("vtkMRMLSliceCompositeNode"):
             if backgroundNode is not None:
                 composite.SetBackgroundVolumeID(backgroundNode.GetID())
             composite.SetForegroundVolumeID(heatmapNode.GetID() if heatmapNode is not None and visible else None)
@@ -514,15 +514,13 @@ class SegGradCAMSceneLogic:
 
     def showLabels(self, labelmapNode, outline: bool = True, visible: bool = True) -> None:
         """Show a label map in every slice view's label layer, as outlines or filled."""
-        for composite in self._sliceCompositeNodes():
+        for composite in self._nodesOfClass("vtkMRMLSliceCompositeNode"):
             composite.SetLabelVolumeID(labelmapNode.GetID() if labelmapNode is not None and visible else None)
-        collection = self.scene.GetNodesByClass("vtkMRMLSliceNode")
-        collection.UnRegister(None)
-        for i in range(collection.GetNumberOfItems()):
-            collection.GetItemAsObject(i).SetUseLabelOutline(bool(outline))
+        for sliceNode in self._nodesOfClass("vtkMRMLSliceNode"):
+            sliceNode.SetUseLabelOutline(bool(outline))
 
-    def _sliceCompositeNodes(self) -> list:
-        collection = self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    def _nodesOfClass(self, className: str) -> list:
+        collection = self.scene.GetNodesByClass(className)
         collection.UnRegister(None)  # the caller owns the new collection (as slicer.util.getNodesByClass does)
         return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
