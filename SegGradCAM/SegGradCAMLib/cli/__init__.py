@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             if reporter is not None:
                 reporter.close()
-        if args.command == "explain":
+        if args.command == "explain" and "cohort" not in report:
             print_summary(report, args.out)  # on standard error with --progress json
         if events is not None:
             events.write(json.dumps({"event": "done", "out": str(args.out), "seconds": round(time.perf_counter() - start, 3)}) + "\n")

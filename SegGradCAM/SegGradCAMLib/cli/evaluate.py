@@ -19,6 +19,7 @@ from ..selection import (
     split_list,
 )
 from ..models.cards import AUTO_METHOD, resolve_method
+from .cohort import add_engine_options, case_device, engine_options, finish_cohort
 from .resources import set_threads
 
 if TYPE_CHECKING:  # torch stays out of the import of the command line
@@ -42,7 +43,9 @@ def add_evaluate_parser(sub, parents: list) -> None:
                           help="comma-separated baseline explanations (random, mask, gradient), or 'none'")
     evaluate.add_argument("--layers", default=AUTO_LAYER, help="'auto' (finest decoder stage) or comma-separated layer names")
     evaluate.add_argument("--classes", default=ALL_CLASSES, help="'all' or comma-separated class names or indices")
-    evaluate.add_argument("--max-slices", type=int, default=100, help="at most this many cases (slices for 2D models)")
+    evaluate.add_argument("--max-slices", type=int, default=100,
+                          help="2D models: at most this many slices per volume (drawn with --seed), or of the "
+                               "'demo' set in all; a 3D volume is one case")
     evaluate.add_argument("--step", type=float, default=0.01, help="fraction of voxels per Deletion/Insertion step")
     evaluate.add_argument("--baseline", default="blur", choices=["blur", "mean"], help="what removed voxels become")
     evaluate.add_argument("--sigma-mm", type=float, default=20.0,
@@ -59,12 +62,15 @@ def add_evaluate_parser(sub, parents: list) -> None:
                           help="write the method with the lowest Deletion AUC on the default stage into the model "
                                "folder's seggradcam_card.json (what --method auto then uses)")
     evaluate.add_argument("--force", action="store_true", help="with --write-card: replace an existing card's choice")
+    add_engine_options(evaluate)
 
 
 def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None = None) -> dict:
     """Load model and cases, evaluate, write metrics.json/csv, plots and report.html;
-    ``progress(stage, done, total)``: stages ``read`` and ``cases``."""
-    from ..evaluation.dataset import EvalConfig, evaluate, load_cases
+    ``progress(stage, done, total)``: stages ``read`` and ``cases``. A list of volumes is a
+    cohort (each volume a task of ``--engine``, its results in ``OUT/cases/<id>/``, merged here)."""
+    from ..cohort.cases import cohort_cases
+    from ..evaluation.dataset import DEMO_DATA, EvalConfig, demo_cases, evaluate
     from ..evaluation.report import write_outputs
     from ..models import load_model
 
@@ -90,19 +96,53 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None
         batch_size=args.batch_size, device=device,
     )
     config.check()
-    cases = load_cases(model, args.data, classes, args.max_slices, args.seed, args.batch_size, device)
-    timings["load_s"] = time.perf_counter() - start
-    step("read", 1, 1)
-    step("cases", 0, len(cases))
-    result = evaluate(model, cases, config, progress=lambda done, total: step("cases", done, total))
-    timings["evaluate_s"] = result.seconds
-    report = write_outputs(args.out, model, args.data, result, config, timings, device)
-    print(f"Evaluated {report['cases']} cases in {report['timings']['evaluate_s']:.0f} s; "
-          f"wrote {args.out / 'metrics.json'}, metrics.csv, report.html")
+    ran = None
+    if args.data == DEMO_DATA:
+        if args.engine != "local":
+            raise SegGradCAMError(f"--data {DEMO_DATA} runs in this process; give a list of volumes for --engine ray.")
+        cases = demo_cases(model, args.max_slices)
+        timings["load_s"] = time.perf_counter() - start
+        step("read", 1, 1)
+        step("cases", 0, len(cases))
+        result = evaluate(model, cases, config, progress=lambda done, total: step("cases", done, total))
+        timings["evaluate_s"] = result.seconds
+    else:
+        options = engine_options(args)
+        cohort = cohort_cases(args.data)
+        timings["load_s"] = time.perf_counter() - start
+        step("read", 1, 1)
+        ran, result = evaluate_cohort(args, config, options, cohort, progress)
+        timings["evaluate_s"] = ran.seconds
+    report = write_outputs(args.out, model, args.data, result, config, timings, device) if result.rows else {}
+    if report:
+        print(f"Evaluated {report['cases']} cases in {report['timings']['evaluate_s']:.0f} s; "
+              f"wrote {args.out / 'metrics.json'}, metrics.csv, report.html")
+    if ran is not None:  # failed cases end the command here, after the others' outputs are written
+        report["cohort"] = finish_cohort("evaluate", ran, options, len(cohort), args.out)
+    if not report:
+        raise SegGradCAMError(f"The network predicts none of the chosen classes anywhere in {args.data}; "
+                              "nothing to evaluate.")
     if args.write_card:
         path = write_card(args, report, model.chosen_layers(AUTO_LAYER))
         print(f"Wrote the method choice to {path}")
     return report
+
+
+def evaluate_cohort(args: argparse.Namespace, config, options, cases, progress) -> tuple:
+    """Each volume of ``cases`` evaluated by the engine of ``options`` into ``OUT/cases/<id>/``;
+    returns what the run did and the results of every finished case (of this run and earlier
+    ones) merged in list order."""
+    import dataclasses
+
+    from ..cohort.run import run_cohort
+    from ..cohort.tasks import EvaluateTask
+    from ..evaluation.dataset import load_result, merge_results
+
+    task = EvaluateTask(args.model, args.trust_model,
+                        dataclasses.replace(config, device=case_device(args.device, options)), args.max_slices)
+    ran = run_cohort(task, cases, args.out, options, progress)
+    parts = [load_result(task.folder(args.out, c)) for c in cases if c.id not in ran.failed]
+    return ran, merge_results(parts, config.gallery)
 
 
 def check_card_writable(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..errors import SegGradCAMError
 from ..models.cards import AUTO_METHOD, METHOD_CHOICES
 from ..selection import ALL_CLASSES, AUTO_LAYER, class_indices, layer_selection, pick_device, split_list
+from .cohort import add_engine_options
 from .resources import peak_memory_mb, set_threads
 
 if TYPE_CHECKING:  # torch stays out of the import of the command line
@@ -20,8 +21,11 @@ if TYPE_CHECKING:  # torch stays out of the import of the command line
 def add_explain_parser(sub, parents: list) -> None:
     """The ``explain`` subcommand."""
     explain = sub.add_parser("explain", parents=parents, help="segment a volume and write one heatmap per class")
-    explain.add_argument("inputs", nargs="+", metavar="INPUT",
+    explain.add_argument("inputs", nargs="*", metavar="INPUT",
                          help="volume file(s) (NRRD, NIfTI, ...) or DICOM folder(s), one per model channel; FILE@N picks volume N of a 4D file")
+    explain.add_argument("--cohort", type=Path, metavar="LIST",
+                         help="explain many cases instead of INPUT: a list file (one case per line, channel files "
+                              "comma-separated) or a folder of volumes; each case into OUT/<case id>/")
     explain.add_argument("--model", default="hdbet", help="registered model name (see 'seggradcam models') or a model file/folder")
     explain.add_argument("--out", required=True, type=Path, help="output folder")
     explain.add_argument("--layers", default=AUTO_LAYER, help="'auto' (finest decoder stage) or comma-separated layer names")
@@ -51,6 +55,7 @@ def add_explain_parser(sub, parents: list) -> None:
                               "with a verdict (on this volume only; several times the explain time)")
     explain.add_argument("--mirror", action="store_true",
                          help="nnU-Net models: test-time mirroring (as nnU-Net predicts by default); off by default")
+    add_engine_options(explain)
 
 
 OVERVIEW_ROWS = 6  # heatmaps drawn in overview.png (the first ones; every map is written to a file)
@@ -64,14 +69,28 @@ def encode_heatmap(heat, dtype: str):
     return heat if dtype == "float32" else np.rint(np.clip(heat, 0, 1) * 255).astype(np.uint8)
 
 
-def explain_command(args: argparse.Namespace, progress: ProgressCallback | None = None) -> dict:
-    """Files in, files out; returns the explain.json content. ``progress(stage, done, total)``."""
+def load_explain_model(args: argparse.Namespace, device: str):
+    """The model of ``args`` (``--model``, ``--trust-model``, nnU-Net's ``--folds``/``--checkpoint``)."""
+    from ..models import load_model
+
+    return load_model(args.model, trust=args.trust_model, device=device,
+                      folds=split_list(args.folds) if args.folds else None, checkpoint=args.checkpoint)
+
+
+def explain_command(args: argparse.Namespace, progress: ProgressCallback | None = None,
+                    load=load_explain_model) -> dict:
+    """Files in, files out; returns the explain.json content (a cohort's: what the run did).
+    ``progress(stage, done, total)``; ``load(args, device)`` gives the model (cohorts: once per
+    process)."""
+    if args.cohort is not None:
+        return explain_cohort(args, progress)
+    if not args.inputs:
+        raise SegGradCAMError("Give the input volume(s), one per model channel, or --cohort LIST.")
     import numpy as np
     import torch
 
     from ..evaluation.energy import heatmap_energy_fractions
     from ..inference import ClassHeatmap, explain_volume
-    from ..models import load_model
     from ..models.cards import resolve_method
     from ..volumes.files import read_channels, read_volume, safe_filename, same_geometry, write_like
 
@@ -90,8 +109,7 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     step("read", 1, 1)
 
     start = time.perf_counter()
-    model = load_model(args.model, trust=args.trust_model, device=device,
-                       folds=split_list(args.folds) if args.folds else None, checkpoint=args.checkpoint)
+    model = load(args, device)
     spec = model.spec
     timings["load_model_s"] = time.perf_counter() - start
     step("startup", 1, 1)
@@ -221,6 +239,27 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     (out / "explain.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     step("write", files, files)
     return report
+
+
+def explain_cohort(args: argparse.Namespace, progress: ProgressCallback | None = None) -> dict:
+    """``explain --cohort LIST``: each case as a single run writes it, into ``OUT/<case id>/``."""
+    import copy
+
+    from ..cohort.cases import cohort_cases
+    from ..cohort.run import run_cohort
+    from ..cohort.tasks import ExplainTask
+    from ..models.cards import resolve_method
+    from .cohort import case_device, engine_options, finish_cohort
+
+    if args.inputs:
+        raise SegGradCAMError("Give either input volumes or --cohort LIST, not both.")
+    options = engine_options(args)
+    cases = cohort_cases(str(args.cohort))
+    resolve_method(args.method, args.model)  # a bad card fails here, not in every case
+    task_args = copy.copy(args)
+    task_args.device = case_device(args.device, options)
+    report = run_cohort(ExplainTask(task_args), cases, args.out, options, progress)
+    return {"cohort": finish_cohort("explain", report, options, len(cases), args.out)}
 
 
 def check_nnunet_inputs(model, args: argparse.Namespace) -> None:

@@ -6,6 +6,8 @@ that into the events of the project's design (one JSON object per event)::
     {"event": "progress", "stage": "windows", "done": 3, "total": 8,
      "elapsed_s": 12.1, "eta_s": 20.2}
 
+Cohorts add their count of failed cases to the ``cases`` stage's events (``"failed": 1``).
+
 Every command starts with ``startup`` 0/1 and reports ``startup`` 1/1 once its imports are
 done and its model is loaded.
 
@@ -39,12 +41,13 @@ class ProgressReporter:
         self.sink, self.clock = sink, clock
         self.started: dict[str, float] = {}  # stages interleave (windows, backward): one clock each
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int, **counts: int) -> None:
         now = self.clock()
         elapsed = now - self.started.setdefault(stage, now)
         eta = elapsed / done * (total - done) if done > 0 else None
         self.sink({"event": "progress", "stage": stage, "done": int(done), "total": int(total),
-                   "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 3)})
+                   "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 3),
+                   **{k: int(v) for k, v in counts.items()}})
 
     def close(self) -> None:
         closer = getattr(self.sink, "close", None)
@@ -71,8 +74,8 @@ class StageLines:
 
     def __call__(self, event: dict) -> None:
         if event["done"] == event["total"]:
-            print(f"{self.label}: {event['stage']} {event['done']}/{event['total']} in {event['elapsed_s']:.1f} s",
-                  file=self.stream, flush=True)
+            print(f"{self.label}: {event['stage']} {event['done']}/{event['total']} in {event['elapsed_s']:.1f} s"
+                  + "".join(f", {v} {k}" for k, v in _counts(event).items()), file=self.stream, flush=True)
 
 
 class Bar:
@@ -95,13 +98,19 @@ class Bar:
         bar = self.bars[stage]
         bar.total, bar.n = event["total"], event["done"]
         eta = event["eta_s"]
-        bar.set_postfix_str("time left ?" if eta is None else f"{eta:.0f} s left", refresh=False)
+        bar.set_postfix_str(("time left ?" if eta is None else f"{eta:.0f} s left")
+                            + "".join(f", {v} {k}" for k, v in _counts(event).items()), refresh=False)
         bar.refresh()
 
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
         self.bars = {}
+
+
+def _counts(event: dict) -> dict:
+    """An event's extra counts (e.g. a cohort's ``failed`` cases)."""
+    return {k: v for k, v in event.items() if k not in ("event", "stage", "done", "total", "elapsed_s", "eta_s")}
 
 
 def make_reporter(mode: str, label: str, events: TextIO | None = None) -> ProgressReporter | None:

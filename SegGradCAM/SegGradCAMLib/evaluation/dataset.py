@@ -139,7 +139,7 @@ def cases_from_volume(model: LoadedModel, image: np.ndarray, spacing: Sequence[f
     return [EvalCase(f"{name}[{z}]", slices[z], grid.spacing[1:]) for z in torch.nonzero(present).flatten().tolist()]
 
 
-def _data_entries(data: str) -> list[list[str]]:
+def data_entries(data: str) -> list[list[str]]:
     """Input volumes per case from a folder (one volume file per case), a list file (one case
     per line, channels separated by commas; ``#`` starts a comment), or one case: a volume
     file, or its channel files separated by commas."""
@@ -186,28 +186,18 @@ def demo_cases(model: LoadedModel, n_slices: int) -> list[EvalCase]:
     return [EvalCase(f"demo-{i:03d}", torch.from_numpy(image), spacing) for i, image in enumerate(slices.images)]
 
 
-def load_cases(model: LoadedModel, data: str, classes: Sequence[int], max_cases: int = 100, seed: int = 0,
-               batch_size: int = 32, device: str = "cpu") -> list[EvalCase]:
-    """Cases from ``data`` (see :func:`_data_entries`, or ``"demo"``), at most ``max_cases``.
-
-    When there are more, ``max_cases`` are drawn at random with ``seed`` (kept in order).
-    """
+def volume_cases(model: LoadedModel, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int,
+                 seed: int, batch_size: int = 32, device: str = "cpu") -> list[EvalCase]:
+    """The cases of one volume given as its channel files, named ``name`` (2D models: ``name[z]``);
+    of a 2D model's slices at most ``max_slices``, drawn at random with ``seed`` (kept in order)."""
     from ..volumes.files import read_channels
 
-    if data == DEMO_DATA:
-        return demo_cases(model, max_cases)
-    cases: list[EvalCase] = []
-    for paths in _data_entries(data):
-        volumes = read_channels(paths)
-        image = np.stack([v.array for v in volumes])
-        reference = volumes[0]
-        cases += cases_from_volume(model, image, tuple(reference.spacing)[::-1], reference.direction,
-                                   Path(reference.path).name, classes, batch_size, device)
-    if not cases:
-        raise SegGradCAMError(f"The network predicts none of the chosen classes anywhere in {data}; "
-                              "nothing to evaluate.")
-    if len(cases) > max_cases:
-        keep = np.sort(np.random.default_rng(seed).choice(len(cases), max_cases, replace=False))
+    volumes = read_channels(paths)
+    reference = volumes[0]
+    cases = cases_from_volume(model, np.stack([v.array for v in volumes]), tuple(reference.spacing)[::-1],
+                              reference.direction, name, classes, batch_size, device)
+    if len(cases) > max_slices:
+        keep = np.sort(np.random.default_rng(seed).choice(len(cases), max_slices, replace=False))
         cases = [cases[i] for i in keep]
     return cases
 
@@ -244,9 +234,10 @@ class _ClassTarget:
     seed: int
 
 
-def evaluate_case(model: LoadedModel, case: EvalCase, index: int, classes: list[int], layers: list[str],
+def evaluate_case(model: LoadedModel, case: EvalCase, keys: tuple[int, ...], classes: list[int], layers: list[str],
                   stages: list[str], config: EvalConfig, result: EvalResult) -> None:
-    """Append the rows, curves and randomisation steps of one case to ``result``."""
+    """Append the rows, curves and randomisation steps of one case to ``result``; ``keys`` (the
+    case's position) seed its random orderings."""
     network, spec = model.network, model.spec
     logits, cams = _explanations(model, case, classes, layers, config)
     labels = label_map(logits, 0)
@@ -260,7 +251,7 @@ def evaluate_case(model: LoadedModel, case: EvalCase, index: int, classes: list[
             continue
         scorer = ClassScorer(network, c, mask, spec.output_activation, config.device, config.batch_size)
         ends = scorer(torch.stack([image, replacement])) if curves else None
-        target = _ClassTarget(spec.labels[c], scorer, image, replacement, ends, case_seed(config.seed, index, c))
+        target = _ClassTarget(spec.labels[c], scorer, image, replacement, ends, case_seed(config.seed, *keys, c))
         explanations = {key: m[ci] for key, m in cams.items()}
         for kind in config.baselines:
             explanations[(kind, NO_LAYER)] = baseline_heatmap(kind, network, image.to(config.device),
@@ -314,9 +305,10 @@ def _score_explanation(target: _ClassTarget, heat: torch.Tensor, key: tuple[str,
 
 def evaluate(model: LoadedModel, cases: Sequence[EvalCase], config: EvalConfig,
              progress: Callable[[int, int], None] | None = None,
-             cancel: Callable[[], bool] | None = None) -> EvalResult:
+             cancel: Callable[[], bool] | None = None, keys: Sequence[tuple[int, ...]] | None = None) -> EvalResult:
     """Evaluate every case; ``progress(done, total)`` after each; ``cancel()`` returning
-    True stops before the next case (raises :class:`~SegGradCAMLib.errors.CancelledError`)."""
+    True stops before the next case (raises :class:`~SegGradCAMLib.errors.CancelledError`).
+    ``keys``: each case's seed keys (default: its position)."""
     config.check()
     network = model.network.to(config.device).eval()
     classes = list(config.classes) if config.classes is not None else list(range(1, len(model.spec.labels)))
@@ -328,10 +320,84 @@ def evaluate(model: LoadedModel, cases: Sequence[EvalCase], config: EvalConfig,
     for index, case in enumerate(cases):
         if cancel is not None and cancel():
             raise CancelledError("Cancelled by the user.")
-        evaluate_case(model, case, index, classes, layers, stages, config, result)
+        evaluate_case(model, case, (index,) if keys is None else tuple(keys[index]), classes, layers, stages,
+                      config, result)
         if progress is not None:
             progress(index + 1, len(cases))
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def evaluate_volume(model: LoadedModel, paths: Sequence[str], name: str, index: int, config: EvalConfig,
+                    max_slices: int) -> EvalResult:
+    """One volume of a cohort, the ``index``-th, given as its channel files: its cases (see
+    :func:`volume_cases`), named after ``name`` and seeded by ``index`` (so the result does not
+    depend on which process or machine runs it, nor on the other volumes)."""
+    classes = list(config.classes) if config.classes is not None else list(range(1, len(model.spec.labels)))
+    cases = volume_cases(model, paths, name, classes, max_slices, case_seed(config.seed, index), config.batch_size,
+                         config.device)
+    if not cases:
+        return EvalResult()
+    return evaluate(model, cases, config, keys=[(index, k) for k in range(len(cases))])
+
+
+def merge_results(parts: Sequence[EvalResult], gallery: int) -> EvalResult:
+    """The results of several volumes, in their order, as one (at most ``gallery`` gallery cases)."""
+    merged = EvalResult()
+    for part in parts:
+        merged.rows += part.rows
+        for key, curves in part.curves.items():
+            merged.curves.setdefault(key, []).extend(curves)
+        merged.fractions.update(part.fractions)
+        merged.randomization += part.randomization
+        merged.gallery += part.gallery[:gallery - len(merged.gallery)]
+        merged.seconds += part.seconds
+    return merged
+
+
+RESULT_FILE = "evaluation.json"
+GALLERY_FILE = "gallery.npz"
+
+
+def save_result(result: EvalResult, folder: Path, with_gallery: bool) -> None:
+    """``result`` as ``evaluation.json`` (+ ``gallery.npz``, read without pickle) in ``folder``."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays, gallery = {}, []
+    for i, item in enumerate(result.gallery if with_gallery else []):
+        arrays[f"{i}.image"] = item["image"]
+        classes = {}
+        for j, (name, entry) in enumerate(item["classes"].items()):
+            arrays[f"{i}.{j}.mask"] = entry["mask"]
+            for k, heat in enumerate(entry["maps"].values()):
+                arrays[f"{i}.{j}.{k}"] = heat
+            classes[name] = [list(key) for key in entry["maps"]]
+        gallery.append({"case": item["case"], "classes": classes})
+    if arrays:
+        np.savez_compressed(folder / GALLERY_FILE, **arrays)
+    content = {"rows": result.rows, "curves": [{"key": list(k), "curves": [c.tolist() for c in v]}
+                                                for k, v in result.curves.items()],
+               "fractions": {k: v.tolist() for k, v in result.fractions.items()},
+               "randomization": result.randomization, "gallery": gallery, "seconds": result.seconds}
+    (folder / RESULT_FILE).write_text(json.dumps(content), encoding="utf-8")
+
+
+def load_result(folder: Path) -> EvalResult:
+    """What :func:`save_result` wrote."""
+    import json
+
+    content = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+    result = EvalResult(rows=content["rows"], randomization=content["randomization"], seconds=content["seconds"])
+    result.curves = {tuple(e["key"]): [np.asarray(c) for c in e["curves"]] for e in content["curves"]}
+    result.fractions = {k: np.asarray(v) for k, v in content["fractions"].items()}
+    if content["gallery"]:
+        with np.load(folder / GALLERY_FILE, allow_pickle=False) as arrays:
+            for i, item in enumerate(content["gallery"]):
+                classes = {name: {"mask": arrays[f"{i}.{j}.mask"],
+                                  "maps": {tuple(key): arrays[f"{i}.{j}.{k}"] for k, key in enumerate(keys)}}
+                           for j, (name, keys) in enumerate(item["classes"].items())}
+                result.gallery.append({"case": item["case"], "image": arrays[f"{i}.image"], "classes": classes})
     return result
 
 

@@ -1,0 +1,8 @@
+"""Cohorts: one per-case function run over a list of volumes, in this process one case after
+another (``--engine local``) or as Ray tasks on this machine or a cluster (``--engine ray``).
+
+- :mod:`.cases`: the cases of a list (ids, channel files);
+- :mod:`.tasks`: the per-case work of ``explain`` and ``evaluate`` (the same functions a single
+  run uses) with the model loaded once per process;
+- :mod:`.run`: the engines, resumability, failures and progress.
+"""

@@ -1,0 +1,239 @@
+"""Run a task over a cohort, in this process (``local``) or as Ray tasks (``ray``).
+
+Either engine calls :func:`run_case` for each case that is not complete. A case writes into a
+hidden ``.<id>.partial`` folder that becomes its output folder only when the case succeeded,
+so an output folder is always complete, and a re-run of the same command skips it. A case that
+fails (bad input, or a defect) is recorded with its one-line message in ``failures.csv`` and
+does not stop the others; a Ray worker that dies (killed, out of memory) is retried
+(``max_retries``). ``cohort.json`` records the options, so that a re-run with other options
+refuses to mix its outputs with the earlier ones. Ctrl-C cancels the outstanding tasks, stops
+the local Ray instance and removes the partial folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..errors import SegGradCAMError
+from .cases import CohortCase
+from .tasks import model_loads
+
+ENGINES = ("local", "ray")
+STATE_FILE = "cohort.json"
+FAILURES_FILE = "failures.csv"
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass
+class EngineOptions:
+    """How to run: ``engine``; for Ray, the cluster to join (``None``: a local instance on
+    127.0.0.1 that stops at the end), the local instance's number of concurrent cases, the
+    resources per case and the retries of a case whose worker died."""
+
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    cpus_per_case: float = 1.0
+    gpus_per_case: float = 0.0
+    max_retries: int = 2
+
+    def check(self) -> None:
+        if self.engine not in ENGINES:
+            raise SegGradCAMError(f"Unknown engine {self.engine}; choose from {', '.join(ENGINES)}.")
+        if self.cpus_per_case <= 0 or self.gpus_per_case < 0 or self.max_retries < 0:
+            raise SegGradCAMError("--cpus-per-case must be > 0, --gpus-per-case and --max-retries >= 0.")
+        if self.workers is not None and (self.workers < 1 or self.ray_address is not None):
+            raise SegGradCAMError("--workers (>= 1) sizes the local Ray instance; leave it out with --ray-address.")
+        if self.engine == "local" and (self.ray_address or self.workers or self.gpus_per_case):
+            raise SegGradCAMError("--ray-address, --workers and --gpus-per-case need --engine ray.")
+
+
+@dataclass
+class CohortReport:
+    """What a cohort run did: case ids done now, skipped (complete before), failed (id -> message)."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    processes: set = field(default_factory=set)
+    model_loads: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self, engine: str, cases: int) -> dict:
+        return {"engine": engine, "cases": cases, "done": len(self.done), "skipped": len(self.skipped),
+                "failed": len(self.failed), "worker_processes": len(self.processes),
+                "model_loads": self.model_loads, "seconds": round(self.seconds, 3)}
+
+
+def partial_folder(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}{PARTIAL_SUFFIX}")
+
+
+def run_case(task, case: CohortCase, out: Path) -> dict:
+    """One case (in whichever process runs it): its outputs into ``task.folder(out, case)``, or
+    its one-line message. Returns a small record of what happened."""
+    final = task.folder(out, case)
+    staging = partial_folder(final)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    loads, start = model_loads(), time.perf_counter()
+    status, message = "done", ""
+    try:
+        task.run(case, staging)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+    except SegGradCAMError as error:
+        status, message = "failed", (str(error).splitlines() or [type(error).__name__])[0]
+    except Exception as error:  # a defect: recorded like bad input; the traceback goes to the log
+        traceback.print_exc()
+        status, message = "failed", f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"case": case.id, "status": status, "message": message, "seconds": round(time.perf_counter() - start, 3),
+            "process": f"{socket.gethostname()}:{os.getpid()}", "model_loads": model_loads() - loads}
+
+
+def _remove_partial_folders(task, out: Path, cases: Sequence[CohortCase]) -> None:
+    for case in cases:
+        shutil.rmtree(partial_folder(task.folder(out, case)), ignore_errors=True)
+
+
+def _check_state(task, out: Path, cases: Sequence[CohortCase]) -> list[CohortCase]:
+    """The cases still to run; refuses an output folder of a run with other options, and a case
+    folder that is not a cohort run's (nothing of the user's is replaced)."""
+    state = out / STATE_FILE
+    if state.exists():
+        earlier = json.loads(state.read_text(encoding="utf-8"))
+        if earlier.get("command") != task.command or earlier.get("options") != task.fingerprint():
+            differ = sorted(k for k in {**earlier.get("options", {}), **task.fingerprint()}
+                            if earlier.get("options", {}).get(k) != task.fingerprint().get(k))
+            raise SegGradCAMError(f"{out} holds a cohort run of '{earlier.get('command')}' with other options "
+                                  f"({', '.join(differ) or 'command'}); give another --out or remove that folder.")
+    pending = []
+    for case in cases:
+        folder = task.folder(out, case)
+        if (folder / task.done_file).is_file() and state.exists():
+            continue
+        if folder.exists():
+            raise SegGradCAMError(f"{folder} exists and is not a finished case of this cohort run; "
+                                  "give another --out or move it away.")
+        pending.append(case)
+    return pending
+
+
+def _write_failures(out: Path, cases: Sequence[CohortCase], failed: dict[str, str]) -> None:
+    with open(out / FAILURES_FILE, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["case", "inputs", "message"])
+        for case in cases:
+            if case.id in failed:
+                writer.writerow([case.id, ",".join(case.inputs), failed[case.id]])
+
+
+def run_cohort(task, cases: Sequence[CohortCase], out: Path, options: EngineOptions,
+               progress: Callable[..., None] | None = None) -> CohortReport:
+    """Run ``task`` on every case of ``cases`` not complete in ``out``; writes ``cohort.json`` and
+    ``failures.csv``. ``progress("cases", done, total, failed=n)`` after each case."""
+    options.check()
+    ids = [c.id for c in cases]
+    out.mkdir(parents=True, exist_ok=True)
+    pending = _check_state(task, out, cases)
+    state = {"command": task.command, "options": task.fingerprint(), "cases": ids}
+    (out / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+    report = CohortReport(skipped=[c.id for c in cases if c not in pending])
+    start = time.perf_counter()
+
+    def record(result: dict) -> None:
+        if result["status"] == "done":
+            report.done.append(result["case"])
+        else:
+            report.failed[result["case"]] = result["message"]
+        if "process" in result:
+            report.processes.add(result["process"])
+            report.model_loads += result["model_loads"]
+        if progress is not None:
+            progress("cases", len(report.done) + len(report.failed), len(pending), failed=len(report.failed))
+
+    if progress is not None:
+        progress("cases", 0, len(pending), failed=0)
+    try:
+        if pending:
+            (_run_on_ray if options.engine == "ray" else _run_here)(task, pending, out, options, record)
+    finally:
+        _remove_partial_folders(task, out, pending)
+    report.seconds = time.perf_counter() - start
+    _write_failures(out, cases, report.failed)
+    state["last_run"] = report.as_dict(options.engine, len(cases))
+    (out / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+    return report
+
+
+def _run_here(task, pending: Sequence[CohortCase], out: Path, options: EngineOptions,
+              record: Callable[[dict], None]) -> None:
+    for case in pending:
+        record(run_case(task, case, out))
+
+
+def _start_ray(options: EngineOptions) -> str | None:
+    """Join the cluster at ``options.ray_address``, or start a local instance on 127.0.0.1 in a
+    temporary folder (returned, to be removed after shutdown)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves this machine
+    try:
+        import ray
+    except ImportError:
+        raise SegGradCAMError('--engine ray needs Ray: pip install -e ".[cluster]" (or pip install "ray>=2.40").') from None
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if options.ray_address is not None:
+        try:
+            ray.init(address=options.ray_address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise SegGradCAMError(f"Cannot join the Ray cluster at {options.ray_address}: "
+                                  f"{(str(error).splitlines() or [''])[0]}") from None
+        return None
+    folder = tempfile.mkdtemp(prefix="sgc-ray-")  # Ray's sockets need a short path
+    cpus = None if options.workers is None else options.workers * options.cpus_per_case
+    ray.init(address="local", num_cpus=cpus, _node_ip_address="127.0.0.1", _temp_dir=folder, **quiet)
+    return folder
+
+
+def _run_on_ray(task, pending: Sequence[CohortCase], out: Path, options: EngineOptions,
+                record: Callable[[dict], None]) -> None:
+    import ray
+
+    folder = _start_ray(options)
+    refs: dict = {}
+    try:
+        available = ray.cluster_resources()
+        for name, need in (("CPU", options.cpus_per_case), ("GPU", options.gpus_per_case)):
+            if need and available.get(name, 0) < need:
+                raise SegGradCAMError(f"Each case asks for {need:g} {name}(s) but the Ray cluster has "
+                                      f"{available.get(name, 0):g}; lower --{name.lower()}s-per-case.")
+        remote = ray.remote(run_case).options(num_cpus=options.cpus_per_case, num_gpus=options.gpus_per_case,
+                                              max_retries=options.max_retries, name="seggradcam_case")
+        refs = {remote.remote(task, case, out): case for case in pending}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            case = refs.pop(ready[0])
+            try:
+                record(ray.get(ready[0]))
+            except ray.exceptions.RayError as error:
+                record({"case": case.id, "status": "failed", "message":
+                        f"its worker process died {options.max_retries + 1} times (killed or out of memory): "
+                        f"{(str(error).strip().splitlines() or [type(error).__name__])[0]}"})
+    finally:
+        for ref in refs:  # Ctrl-C or an error: cancel what is left
+            ray.cancel(ref, force=True)
+        ray.shutdown()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
