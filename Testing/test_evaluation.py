@@ -24,7 +24,7 @@ from SegGradCAMLib.evaluation.dataset import (
     cases_from_volume,
     compare,
     evaluate,
-    load_cases,
+    volume_cases,
 )
 from SegGradCAMLib.evaluation.report import verdict
 
@@ -99,14 +99,18 @@ def test_three_dimensional_model_gives_one_padded_case_per_volume():
 
 
 def test_two_dimensional_cases_are_slices_with_a_prediction(dataset):
+    from SegGradCAMLib.cohort.cases import cohort_cases
     from SegGradCAMLib.models import load_model
 
     model = load_model(str(dataset["model"]))
-    cases = load_cases(model, str(dataset["data"]), [1, 2], max_cases=3, seed=0)
+    path = str(dataset["data"] / "case1.nrrd")
+    cases = volume_cases(model, [path], "case1", [1, 2], max_slices=3, seed=0)
     assert len(cases) == 3 and all(tuple(c.image.shape) == (1, 24, 24) and c.spacing == (1.0, 1.0) for c in cases)
-    assert [c.name for c in load_cases(model, str(dataset["list"]), [1, 2])] == [f"case1.nrrd[{z}]" for z in range(4)]
-    single = str(dataset["data"] / "case1.nrrd")  # one volume is one case, as is a comma list of channel files
-    assert [c.name for c in load_cases(model, single, [1, 2])] == [f"case1.nrrd[{z}]" for z in range(4)]
+    assert [c.name for c in volume_cases(model, [path], "case1", [1, 2], 100, 0)] == [f"case1[{z}]" for z in range(4)]
+    # a list file, a folder, one volume, or a comma list of channel files: one case per volume
+    assert [(c.id, c.inputs) for c in cohort_cases(str(dataset["list"]))] == [("case1", (path,))]
+    assert [c.id for c in cohort_cases(str(dataset["data"]))] == ["case0", "case1"]
+    assert [c.inputs for c in cohort_cases(f"{path},{path}")] == [(path, path)]
 
 
 def test_evaluate_command_writes_metrics_plots_and_report(dataset, tmp_path):
@@ -117,7 +121,7 @@ def test_evaluate_command_writes_metrics_plots_and_report(dataset, tmp_path):
     report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     with open(out / "metrics.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(report["rows"]) and report["cases"] == 2
+    assert len(rows) == len(report["rows"]) and report["cases"] == 4  # 2 slices of each of the 2 volumes
     explanations = {(r["method"], r["layer"]) for r in rows}
     assert explanations == {("gradcam", "model.1.submodule.2"), ("random", "-"), ("mask", "-"), ("gradient", "-")}
     assert len(rows) % 4 == 0 and all(float(r["deletion_auc"]) >= 0 for r in rows)

@@ -1,0 +1,241 @@
+"""Cohorts: `explain --cohort LIST` and `evaluate --data LIST` on this process and on a local Ray
+instance (real Ray, real worker processes killed and interrupted), with the 2D demo model."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SegGradCAMLib.cli import main
+from SegGradCAMLib.cohort.cases import cohort_cases
+from SegGradCAMLib.demo import data as demo_data
+
+ray = pytest.importorskip("ray", reason='Ray is in the [test] extra (pip install -e ".[test]")')
+
+MODEL = ["--model", "demo-lesions-unet2d"]
+CASES = 6
+RAY = ["--engine", "ray", "--workers", "2", "--cpus-per-case", "1"]
+EVALUATE = ["--max-slices", "2", "--step", "0.25", "--metrics", "deletion,insertion", "--baselines", "random",
+            "--methods", "hirescam", "--threads", "1"]
+RAY_MARKS = ("ray::", "raylet", "gcs_server", "/ray/dashboard", "/ray/_private", "ray/core/src")
+
+
+def ray_processes() -> list[str]:
+    """Command lines of the Ray processes on this machine (the test suite starts none outside these tests)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(mark in cmdline for mark in RAY_MARKS):
+            found.append(f"{entry.name}: {cmdline[:120]}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_ray_process_left():
+    """Every test here starts and ends with no Ray process on the machine."""
+    assert ray_processes() == []
+    yield
+    deadline = time.monotonic() + 20
+    while ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_processes() == []
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict[str, Path]:
+    """Six held-out demo cases (one folder each, two channels) in a list file, and the same list
+    with a 2D image as a seventh case."""
+    root = tmp_path_factory.mktemp("cohort")
+    lines = []
+    for i, (case, _) in enumerate(itertools.islice(demo_data.iter_cases(demo_data.EVAL_SEED), CASES)):
+        demo_data.write_case(case, root / f"case_{i}")
+        lines.append(f"case_{i}/t1c.nrrd,case_{i}/flair.nrrd")
+    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    (root / "flat").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((96, 96), np.float32)), str(root / "flat" / "t1c.nrrd"))
+    (root / "with_bad.txt").write_text("\n".join([*lines[:3], "flat/t1c.nrrd,flat/t1c.nrrd", *lines[3:]]) + "\n")
+    return {"root": root, "list": root / "list.txt", "with_bad": root / "with_bad.txt"}
+
+
+def run_cli(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "SegGradCAMLib", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def last_run(out: Path) -> dict:
+    return json.loads((out / "cohort.json").read_text())["last_run"]
+
+
+def test_case_ids_come_from_file_then_folder_names(cohort, tmp_path):
+    cases = cohort_cases(str(cohort["list"]))
+    assert [c.id for c in cases] == [f"case_{i}" for i in range(CASES)]
+    assert cases[2].inputs == (str(cohort["root"] / "case_2" / "t1c.nrrd"), str(cohort["root"] / "case_2" / "flair.nrrd"))
+    same = tmp_path / "same.txt"
+    same.write_text(f"{cohort['root']}/case_0/t1c.nrrd\n{cohort['root']}/case_0/t1c.nrrd\n")
+    assert [c.id for c in cohort_cases(str(same))] == ["case_0_t1c-1", "case_0_t1c-2"]
+
+
+def test_ray_cohort_equals_the_sequential_run(cohort, tmp_path):
+    sequential, parallel = tmp_path / "sequential", tmp_path / "ray"
+    assert run_cli("explain", "--cohort", str(cohort["list"]), *MODEL, "--out", str(sequential), "--no-overview",
+                   "--threads", "1", "--quiet").returncode == 0
+    done = run_cli("explain", "--cohort", str(cohort["list"]), *MODEL, "--out", str(parallel), "--no-overview",
+                   *RAY, "--quiet")
+    assert done.returncode == 0, done.stderr
+    for i in range(CASES):
+        one, other = sequential / f"case_{i}", parallel / f"case_{i}"
+        files = sorted(p.name for p in one.glob("*.nrrd"))
+        assert files == sorted(p.name for p in other.glob("*.nrrd")) and "segmentation.nrrd" in files and len(files) == 4
+        for name in files:
+            a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name))) for folder in (one, other))
+            if name == "segmentation.nrrd":
+                assert np.array_equal(a, b) and a.any()
+            else:
+                assert np.abs(a - b).max() <= 1e-6
+    run = last_run(parallel)
+    assert run["done"] == CASES and run["worker_processes"] == 2
+    assert run["model_loads"] == run["worker_processes"]  # once per Ray worker process, not once per case
+
+    metrics = {}
+    for name, engine in (("sequential", []), ("ray", RAY)):
+        out = tmp_path / f"evaluate_{name}"
+        done = run_cli("evaluate", "--data", str(cohort["list"]), *MODEL, *EVALUATE, "--out", str(out), *engine,
+                       "--quiet")
+        assert done.returncode == 0, done.stderr
+        metrics[name] = json.loads((out / "metrics.json").read_text())
+    assert metrics["ray"]["cases"] == metrics["sequential"]["cases"] == 2 * CASES  # 2 slices per volume
+    for key in ("rows", "summary", "comparisons", "curves"):  # same thread count: the same numbers
+        assert metrics["ray"][key] == metrics["sequential"][key], key
+    assert {r["case"].split("[")[0] for r in metrics["ray"]["rows"]} == {f"case_{i}" for i in range(CASES)}
+
+
+def _kill_one_running_case(process: subprocess.Popen, timeout: float = 120) -> int:
+    """Wait until a Ray worker runs a case, then kill it (SIGKILL, as the out-of-memory killer
+    does); its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        running = [line for line in ray_processes() if "ray::seggradcam_case" in line]
+        if running:
+            pid = int(running[0].split(":")[0])
+            time.sleep(1.0)  # well inside the case (each takes seconds with --faithfulness)
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        time.sleep(0.2)
+    raise AssertionError("no Ray worker ran a case")
+
+
+def test_a_killed_worker_is_retried_a_bad_case_is_recorded_and_a_rerun_skips_finished_cases(cohort, tmp_path):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "SegGradCAMLib", "explain", "--cohort", str(cohort["with_bad"]), *MODEL,
+            "--out", str(out), "--no-overview", "--faithfulness", *RAY, "--progress", "json"]
+    with open(tmp_path / "events.jsonl", "w") as events, open(tmp_path / "log.txt", "w") as log:
+        process = subprocess.Popen(argv, stdout=events, stderr=log)
+        try:
+            killed = _kill_one_running_case(process)
+            assert process.wait(timeout=600) == 2  # the bad case fails the command, after the others finished
+        finally:
+            process.kill()
+    assert not Path(f"/proc/{killed}").exists()
+    log = (tmp_path / "log.txt").read_text()
+    for i in range(CASES):  # the killed worker's case was run again: nothing is missing
+        report = json.loads((out / f"case_{i}" / "explain.json").read_text())
+        assert report["inputs"][0].endswith(f"case_{i}/t1c.nrrd") and all(
+            "faithfulness" in layer for c in report["classes"] for layer in c["layers"].values() if c["voxels"])
+    with open(out / "failures.csv") as f:
+        failures = list(csv.DictReader(f))
+    assert [row["case"] for row in failures] == ["flat"] and "2D image" in failures[0]["message"]
+    assert "1 of 7 cases failed" in log and "failures.csv" in log.splitlines()[-1]
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    cases = [e for e in events if e.get("stage") == "cases"]
+    assert cases[-1]["done"] == cases[-1]["total"] == CASES + 1 and cases[-1]["failed"] == 1
+    assert events[-1]["event"] == "error" and not list(out.glob(".*.partial"))
+
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("case_*/*")}
+    again = run_cli(*argv[3:-2], "--quiet")
+    assert again.returncode == 2 and "1 of 7 cases failed" in again.stderr
+    run = last_run(out)
+    assert (run["skipped"], run["done"], run["failed"]) == (CASES, 0, 1)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("case_*/*")} == finished  # no work for finished cases
+
+
+def test_ctrl_c_cancels_the_cohort_and_leaves_no_ray_process_or_partial_output(cohort, tmp_path):
+    out = tmp_path / "out"
+    before = set(Path("/tmp").glob("sgc-ray-*"))
+    process = subprocess.Popen([sys.executable, "-m", "SegGradCAMLib", "explain", "--cohort", str(cohort["list"]),
+                                *MODEL, "--out", str(out), "--faithfulness", *RAY, "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("ray::seggradcam_case" in p for p in ray_processes()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "interrupted" in err
+    assert not list(out.glob(".*.partial")) and len(list(out.glob("case_*"))) < CASES
+    assert set(Path("/tmp").glob("sgc-ray-*")) == before  # the local instance's folder is gone
+
+
+def test_local_cohort_records_a_bad_case_resumes_and_refuses_other_options(cohort, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["explain", "--cohort", str(cohort["with_bad"]), *MODEL, "--out", str(out), "--no-overview",
+            "--classes", "edema", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 of 7 cases failed" in err[0] and "flat" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [*(f"case_{i}" for i in range(CASES)), "cohort.json",
+                                                     "failures.csv"]
+    shutil.rmtree(out / "case_1")
+    (out / ".case_1.partial").mkdir()  # as if the run had been killed inside that case
+    assert main(argv) == 2
+    run = last_run(out)
+    assert (run["skipped"], run["done"], run["failed"]) == (CASES - 1, 1, 1)
+    assert (out / "case_1" / "explain.json").is_file() and not (out / ".case_1.partial").exists()
+    mine = tmp_path / "mine"
+    (mine / "case_0").mkdir(parents=True)
+    (mine / "case_0" / "notes.txt").write_text("the user's")
+    assert main([*argv[:6], str(mine), *argv[7:]]) == 2  # a folder of the user's is never replaced
+    assert "is not a finished case" in capsys.readouterr().err and (mine / "case_0" / "notes.txt").is_file()
+    assert main([*argv[:-3], "--classes", "all", "--quiet"]) == 2
+    assert "other options (classes)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["explain", "INPUT", "--cohort", "LIST"], "not both"),
+        (["explain"], "or --cohort LIST"),
+        (["explain", "--cohort", "LIST", "--workers", "2"], "need --engine ray"),
+        (["explain", "--cohort", "LIST", "--engine", "ray", "--cpus-per-case", "0"], "--cpus-per-case must be > 0"),
+        (["explain", "--cohort", "LIST", "--engine", "ray", "--gpus-per-case", "1", "--workers", "1"],
+         "has 0; lower --gpus-per-case"),
+        (["evaluate", "--data", "demo", "--engine", "ray"], "give a list of volumes for --engine ray"),
+        (["explain", "--cohort", "MISSING"], "Data not found"),
+    ],
+)
+def test_cohort_options_are_checked_with_one_line(cohort, tmp_path, capsys, argv, message):
+    values = {"INPUT": str(cohort["root"] / "case_0" / "t1c.nrrd"), "LIST": str(cohort["list"]),
+              "MISSING": str(tmp_path / "missing.txt")}
+    assert main([values.get(a, a) for a in argv] + [*MODEL, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out" / "case_0").exists()
