@@ -19,7 +19,7 @@ from ..selection import (
     split_list,
 )
 from ..models.cards import AUTO_METHOD, resolve_method
-from .cohort import add_engine_options, case_device, engine_options, finish_cohort
+from .cohort import EvaluateTask, add_engine_options, case_device, engine_options, finish_cohort
 from .resources import set_threads
 
 if TYPE_CHECKING:  # torch stays out of the import of the command line
@@ -135,7 +135,6 @@ def evaluate_cohort(args: argparse.Namespace, config, options, cases, progress) 
     import dataclasses
 
     from ..cohort.run import run_cohort
-    from ..cohort.tasks import EvaluateTask
     from ..evaluation.dataset import load_result, merge_results
 
     task = EvaluateTask(args.model, args.trust_model,

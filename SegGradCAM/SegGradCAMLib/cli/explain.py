@@ -247,9 +247,8 @@ def explain_cohort(args: argparse.Namespace, progress: ProgressCallback | None =
 
     from ..cohort.cases import cohort_cases
     from ..cohort.run import run_cohort
-    from ..cohort.tasks import ExplainTask
     from ..models.cards import resolve_method
-    from .cohort import case_device, engine_options, finish_cohort
+    from .cohort import ExplainTask, case_device, engine_options, finish_cohort
 
     if args.inputs:
         raise SegGradCAMError("Give either input volumes or --cohort LIST, not both.")

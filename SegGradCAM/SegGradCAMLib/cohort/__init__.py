@@ -2,7 +2,9 @@
 another (``--engine local``) or as Ray tasks on this machine or a cluster (``--engine ray``).
 
 - :mod:`.cases`: the cases of a list (ids, channel files);
-- :mod:`.tasks`: the per-case work of ``explain`` and ``evaluate`` (the same functions a single
-  run uses) with the model loaded once per process;
+- :mod:`.model_cache`: the model loaded once per process;
 - :mod:`.run`: the engines, resumability, failures and progress.
+
+The per-case tasks of ``explain`` and ``evaluate`` (the same functions a single run uses) are
+the command line's (:mod:`SegGradCAMLib.cli.cohort`).
 """

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 from ..errors import SegGradCAMError
 from .cases import CohortCase
-from .tasks import model_loads
+from .model_cache import model_loads
 
 ENGINES = ("local", "ray")
 STATE_FILE = "cohort.json"
