@@ -3,7 +3,9 @@ with 1 and 2 worker processes; cases per minute and Ray's overhead on one worker
 fresh command (as a user runs it: interpreter, Ray start-up and model load included) into a
 fresh folder; median of ``--repeats``.
 
-    .venv/bin/python bench/cohort.py --cohorts demo,heads --repeats 3 --out bench/results/cohort.json
+    .venv/bin/python bench/cohort.py --cohorts demo --repeats 3 --out bench/results/cohort_demo.json
+    .venv/bin/python bench/cohort.py --cohorts heads --repeats 1 --out bench/results/cohort_heads.json \
+        --rows "local (torch's threads);ray, 1 worker x 2 CPUs;ray, 2 workers x 1 CPU"
 
 Cohorts: ``demo`` = 6 held-out demo cases, 2D demo model, ``--faithfulness`` (seconds per case);
 ``heads`` = HD-BET on three real heads (Colin27, KmeansTest, the MNI152 template of nilearn).
@@ -71,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohorts", default="demo,heads")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", default=";".join(ENGINES), help="rows of ENGINES separated by ; (default: all)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -80,10 +83,10 @@ def main() -> None:
             folder = Path(tmp) / name
             folder.mkdir()
             cohort, options = (demo_cohort if name == "demo" else heads_cohort)(folder)
-            runs = {row: [] for row in ENGINES}
+            runs = {row: [] for row in args.rows.split(";")}
             for _ in range(args.repeats):  # rows interleaved, so drift of the machine hits each alike
-                for row, engine in ENGINES.items():
-                    runs[row].append(run(cohort, options, engine, folder / "out"))
+                for row in runs:
+                    runs[row].append(run(cohort, options, ENGINES[row], folder / "out"))
                     print(name, row, runs[row][-1], flush=True)
             rows = {}
             for row, results in runs.items():

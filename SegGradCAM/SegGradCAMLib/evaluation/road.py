@@ -120,13 +120,13 @@ class RoadCurve:
 
 def road(scorer: ClassScorer, image: torch.Tensor, heatmap: torch.Tensor,
          percentages: Sequence[float] = DEFAULT_FRACTIONS, noise: float = 0.01,
-         seed: int = 0) -> dict[str, RoadCurve]:
-    """MoRF and LeRF curves for one heatmap. ``image``: ``(Cin, *S)``; ``heatmap``: ``(*S)``."""
+         seed: int = 0, orders: Sequence[str] = ("morf", "lerf")) -> dict[str, RoadCurve]:
+    """MoRF and/or LeRF curves for one heatmap. ``image``: ``(Cin, *S)``; ``heatmap``: ``(*S)``."""
     ranks = rank_voxels(heatmap, seed)
     total = ranks.numel()
     fractions = np.concatenate([[0.0], np.asarray(percentages, dtype=float)])
     curves = {}
-    for order in ("morf", "lerf"):
+    for order in orders:
         inputs = [image]
         for fraction in percentages:
             k = int(round(fraction * total))
