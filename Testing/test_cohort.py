@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -193,6 +194,31 @@ def test_ctrl_c_cancels_the_cohort_and_leaves_no_ray_process_or_partial_output(c
     assert process.returncode == 130 and "interrupted" in err
     assert not list(out.glob(".*.partial")) and len(list(out.glob("case_*"))) < CASES
     assert set(Path("/tmp").glob("sgc-ray-*")) == before  # the local instance's folder is gone
+
+
+def test_joins_an_existing_cluster_and_leaves_it_running(cohort, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a free port for the cluster's head
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_command = str(Path(sys.executable).with_name("ray"))
+    temp = Path(tempfile.mkdtemp(prefix="sgc-test-ray-"))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    two = tmp_path / "two.txt"
+    two.write_text("\n".join(cohort["list"].read_text().splitlines()[:2]).replace("case_", f"{cohort['root']}/case_"))
+    try:
+        subprocess.run([ray_command, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                        f"--temp-dir={temp}"], check=True, capture_output=True,
+                       env=env, timeout=120)
+        done = run_cli("explain", "--cohort", str(two), *MODEL, "--out", str(tmp_path / "out"), "--no-overview",
+                       "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", "--quiet")
+        assert done.returncode == 0, done.stderr
+        assert last_run(tmp_path / "out")["done"] == 2 and "Ray (127.0.0.1:" in done.stdout
+        assert any("raylet" in p for p in ray_processes())  # the user's cluster is still up
+    finally:
+        subprocess.run([ray_command, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_local_cohort_records_a_bad_case_resumes_and_refuses_other_options(cohort, tmp_path, capsys):

@@ -189,6 +189,12 @@ def _start_ray(options: EngineOptions) -> str | None:
     """Join the cluster at ``options.ray_address``, or start a local instance on 127.0.0.1 in a
     temporary folder (returned, to be removed after shutdown)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves this machine
+    token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    if options.ray_address is not None and token:
+        # clusters started by `ray start` use token authentication; Ray's client sends the token only when told
+        # (before Ray is imported)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         import ray
     except ImportError:
@@ -199,7 +205,8 @@ def _start_ray(options: EngineOptions) -> str | None:
             ray.init(address=options.ray_address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise SegGradCAMError(f"Cannot join the Ray cluster at {options.ray_address}: "
-                                  f"{(str(error).splitlines() or [''])[0]}") from None
+                                  f"{(str(error).splitlines() or [''])[0]} (is it running? with token authentication, "
+                                  "this machine needs the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
         return None
     folder = tempfile.mkdtemp(prefix="sgc-ray-")  # Ray's sockets need a short path
     cpus = None if options.workers is None else options.workers * options.cpus_per_case
@@ -209,9 +216,9 @@ def _start_ray(options: EngineOptions) -> str | None:
 
 def _run_on_ray(task, pending: Sequence[CohortCase], out: Path, options: EngineOptions,
                 record: Callable[[dict], None]) -> None:
+    folder = _start_ray(options)  # imports Ray once its environment is set
     import ray
 
-    folder = _start_ray(options)
     refs: dict = {}
     try:
         available = ray.cluster_resources()
