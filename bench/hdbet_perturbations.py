@@ -13,9 +13,12 @@ perturbations, each against 5 random orderings with fixed seeds:
 
 A perturbation is informative on a head when a map's Deletion AUC differs from the random
 orderings' mean by more than 2 SD. Steps of 20 % (ROAD: 10, 30, 50, 70, 90 %), one network call
-per step, so ~90 calls of the 3D network per head; not in CI.
+per step, so ~90 calls of the 3D network per head; not in CI. ROAD in 3D costs most (an
+imputation of millions of unknowns per step): it ran on Colin27 only.
 
-    .venv/bin/python bench/hdbet_perturbations.py --out bench/results/hdbet_perturbations.json
+    .venv/bin/python bench/hdbet_perturbations.py --heads Colin27 --out bench/results/hdbet_perturbations.json
+    .venv/bin/python bench/hdbet_perturbations.py --heads KmeansTest,MNI152 --perturbations blur,supervoxel-blur \
+        --out bench/results/hdbet_perturbations.json
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ HEADS = {"Colin27": Path("/usr/share/mricron/templates/ch2.nii.gz"),
 RANDOM_ORDERINGS = 5
 DELETION_FRACTIONS = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
 CUBE_MM = 12.0
+PERTURBATIONS = ("blur", "supervoxel-blur", "road3d")
 
 
 def read_head(name: str, folder: Path):
@@ -81,7 +85,7 @@ def deletion_auc(scorer, image: torch.Tensor, replacement: torch.Tensor, ranks: 
     return auc([*scores, ends[1]], DELETION_FRACTIONS)
 
 
-def study_head(name: str, folder: Path) -> dict:
+def study_head(name: str, folder: Path, perturbations: list[str]) -> dict:
     from SegGradCAMLib.cam import label_map, seg_grad_cam
     from SegGradCAMLib.evaluation.dataset import cases_from_volume
     from SegGradCAMLib.evaluation.deletion_insertion import ClassScorer, make_baseline, rank_voxels
@@ -108,7 +112,7 @@ def study_head(name: str, folder: Path) -> dict:
               "layer": layer, "probability_unperturbed": ends[0], "probability_all_blurred": ends[1],
               "cube_voxels": side, "perturbations": {}}
     randoms = [random_heatmap(mask.shape, seed) for seed in range(RANDOM_ORDERINGS)]
-    for perturbation in ("blur", "supervoxel-blur", "road3d"):
+    for perturbation in perturbations:
         t0 = time.perf_counter()
         if perturbation == "road3d":
             def score(heat, seed):
@@ -139,13 +143,15 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", default=",".join(HEADS))
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--perturbations", default=",".join(PERTURBATIONS))
+    parser.add_argument("--out", type=Path, help="JSON results; heads already in it are kept")
     args = parser.parse_args()
+    earlier = json.loads(args.out.read_text())["heads"] if args.out and args.out.exists() else {}
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"), "heads": {}}
+              "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"), "heads": earlier}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.heads.split(","):
-            report["heads"][name] = study_head(name, Path(tmp))
+            report["heads"][name] = study_head(name, Path(tmp), args.perturbations.split(","))
             if args.out:  # after each head: a stopped run keeps what it measured
                 args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
