@@ -43,9 +43,9 @@ def test_colin27_files_and_report(colin27_run):
     report = json.loads((colin27_run / "explain.json").read_text())
     assert report["model"]["name"] == "hdbet" and len(report["model"]["sha256"]) == 64
     assert report["model"]["subnormal_weights_zeroed"] > 7_000_000  # HD-BET fold 0 holds 7.39 million
-    assert report["layers"] == ["end_conv_2_bn"] and report["method"] == "hirescam"  # auto: HD-BET's card
+    assert report["layers"] == ["end_conv_2_bn"] and report["method"] == "gradcam"  # auto: HD-BET's card
     assert report["method_requested"] == "auto" and report["method_card"]["file"].endswith("cards/hdbet.json")
-    assert "no perturbation was informative" in report["method_card"]["basis"]
+    assert "lowest Deletion AUC" in report["method_card"]["basis"]
     (brain,) = report["classes"]
     assert brain["name"] == "brain" and brain["voxels"] > 1_000_000
     assert report["input_geometry"]["size"] == [181, 217, 181]
