@@ -17,8 +17,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -220,6 +222,11 @@ def _run_on_ray(task, pending: Sequence[CohortCase], out: Path, options: EngineO
     import ray
 
     refs: dict = {}
+    # Ctrl-C is noted here and acted on between waits: a KeyboardInterrupt raised inside Ray's calls
+    # was seen lost once (the cohort then ran to its end)
+    interrupted: list[bool] = []
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True)) if main else None
     try:
         available = ray.cluster_resources()
         for name, need in (("CPU", options.cpus_per_case), ("GPU", options.gpus_per_case)):
@@ -230,7 +237,11 @@ def _run_on_ray(task, pending: Sequence[CohortCase], out: Path, options: EngineO
                                               max_retries=options.max_retries, name="seggradcam_case")
         refs = {remote.remote(task, case, out): case for case in pending}
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
+            if interrupted:
+                raise KeyboardInterrupt
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            if not ready:
+                continue
             case = refs.pop(ready[0])
             try:
                 record(ray.get(ready[0]))
@@ -242,5 +253,7 @@ def _run_on_ray(task, pending: Sequence[CohortCase], out: Path, options: EngineO
         for ref in refs:  # Ctrl-C or an error: cancel what is left
             ray.cancel(ref, force=True)
         ray.shutdown()
+        if main:
+            signal.signal(signal.SIGINT, previous)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
