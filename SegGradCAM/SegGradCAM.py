@@ -345,6 +345,8 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             outputs = self.logic.finishRun(run, self._parameterNode)
             self.ui.statusLabel.text = _("{count} heatmap(s) in {seconds:.1f} s").format(
                 count=len(outputs.heatmapNodes), seconds=run.worker.finalEvent["seconds"])
+            if outputs.faithfulnessChartNode is not None:
+                slicer.modules.plots.logic().ShowChartInLayout(outputs.faithfulnessChartNode)
         self.onParameterNodeModified()
 
     def onEvaluateButton(self) -> None:

@@ -441,10 +441,16 @@ def test_faithfulness_lands_in_a_table_and_on_each_heatmap(scene, toy):
     outputs = explain(scene, [volume], toy(), faithfulness=True)
     table = outputs.faithfulnessTableNode.GetTable()
     columns = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
-    assert columns[:4] == ["class", "layer", "verdict", "Deletion AUC"] and table.GetNumberOfRows() == 1
+    assert columns[:5] == ["heatmap", "class", "layer", "verdict", "Deletion AUC"] and table.GetNumberOfRows() == 1
+    chart = outputs.faithfulnessChartNode  # bars: the map's AUCs beside the random orderings' and the mask's
+    series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert [s.GetYColumnName() for s in series][:3] == ["Deletion AUC", "random Deletion AUC (mean)",
+                                                        "mask Deletion AUC"] and len(series) == 6
+    assert all(s.GetTableNode() is outputs.faithfulnessTableNode and s.GetPlotType() == s.PlotTypeBar for s in series)
     verdict = table.GetValueByName(0, "verdict").ToString()
     assert verdict.startswith(("better than random", "not better than random", "mixed"))
     heatmap = outputs.heatmapNodes[("blob", "features")]
     assert heatmap.GetAttribute("SegGradCAM.Faithfulness").startswith(verdict)
     assert "this volume only" in table.GetValueByName(0, "basis").ToString()
-    assert explain(scene, [volume], toy()).faithfulnessTableNode is None  # only when asked
+    unscored = explain(scene, [volume], toy())
+    assert unscored.faithfulnessTableNode is None and unscored.faithfulnessChartNode is None  # only when asked

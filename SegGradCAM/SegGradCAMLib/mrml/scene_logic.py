@@ -194,13 +194,15 @@ class ExplainRun:
 @dataclass
 class RunOutputs:
     """Nodes one run added: labelmap, segmentation, heatmaps (``(class, layer) -> node``), folder
-    item, and the faithfulness table (one row per heatmap; None when the run did not score them)."""
+    item, and the faithfulness table (one row per heatmap) with its bar chart (None when the run
+    did not score them)."""
 
     labelmapNode: object
     segmentationNode: object
     heatmapNodes: dict[tuple[str, str], object]
     folderItemID: int
     faithfulnessTableNode: object = None
+    faithfulnessChartNode: object = None
 
 
 class SegGradCAMSceneLogic:
@@ -471,7 +473,8 @@ class SegGradCAMSceneLogic:
                   if "faithfulness" in info]
         table = self._faithfulnessTable(scores, f"{baseName} faithfulness", reference, folderItemID, runKey,
                                         provenance) if scores else None
-        return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID, table)
+        chart = self._faithfulnessChart(table, reference, folderItemID, runKey, provenance) if scores else None
+        return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID, table, chart)
 
     def _faithfulnessTable(self, scores: list, name: str, reference, folderItemID: int, runKey: str, provenance: dict):
         """One row per heatmap: its Deletion/Insertion AUCs, the baselines', the verdict and its basis."""
@@ -479,6 +482,7 @@ class SegGradCAMSceneLogic:
 
         node = self._newOutputNode("vtkMRMLTableNode", name, reference, folderItemID, runKey, provenance)
         table = node.GetTable()
+        addTableColumn(table, "heatmap", [f"{label} {layer}" for label, layer, _ in scores], kind="string")
         addTableColumn(table, "class", [label for label, _, _ in scores], kind="string")
         addTableColumn(table, "layer", [layer for _, layer, _ in scores], kind="string")
         addTableColumn(table, "verdict", [s["verdict"] for _, _, s in scores], kind="string")
@@ -492,6 +496,30 @@ class SegGradCAMSceneLogic:
         addTableColumn(table, "basis", [s["basis"] for _, _, s in scores], kind="string")
         node.Modified()
         return node
+
+    def _faithfulnessChart(self, tableNode, reference, folderItemID: int, runKey: str, provenance: dict):
+        """Bars per heatmap: Deletion and Insertion AUC of the map beside the random orderings' mean
+        and the mask's (Deletion: lower is more faithful; Insertion: higher)."""
+        import slicer
+
+        from .evaluation_plots import SERIES_COLORS
+
+        name = tableNode.GetName()
+        chart = self._newOutputNode("vtkMRMLPlotChartNode", f"{name} chart", reference, folderItemID, runKey, provenance)
+        chart.SetTitle(f"{name}: this volume only")
+        chart.SetYAxisTitle("AUC (Deletion: lower is better; Insertion: higher)")
+        columns = ("Deletion AUC", "random Deletion AUC (mean)", "mask Deletion AUC", "Insertion AUC",
+                   "random Insertion AUC (mean)", "mask Insertion AUC")
+        for index, column in enumerate(columns):
+            series = self._newOutputNode("vtkMRMLPlotSeriesNode", f"{name} {column}", reference, folderItemID, runKey,
+                                         provenance)
+            series.SetAndObserveTableNodeID(tableNode.GetID())
+            series.SetYColumnName(column)
+            series.SetLabelColumnName("heatmap")
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+            series.SetColor(*SERIES_COLORS[index % 3])  # map, random, mask: one colour each
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        return chart
 
     # -- display ---------------------------------------------------------------
 
