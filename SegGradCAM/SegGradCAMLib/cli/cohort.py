@@ -37,10 +37,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
-    options = EngineOptions(args.engine, args.ray_address, args.workers, args.cpus_per_case, args.gpus_per_case,
-                            args.max_retries)
-    options.check()
-    return options
+    """The engine options of ``args`` (checked by :func:`~SegGradCAMLib.cohort.run.run_cohort`)."""
+    return EngineOptions(args.engine, args.ray_address, args.workers, args.cpus_per_case, args.gpus_per_case,
+                         args.max_retries)
 
 
 def case_device(device: str, options: EngineOptions) -> str:

@@ -75,7 +75,7 @@ class StageLines:
     def __call__(self, event: dict) -> None:
         if event["done"] == event["total"]:
             print(f"{self.label}: {event['stage']} {event['done']}/{event['total']} in {event['elapsed_s']:.1f} s"
-                  + "".join(f", {v} {k}" for k, v in _counts(event).items()), file=self.stream, flush=True)
+                  + _counts_text(event), file=self.stream, flush=True)
 
 
 class Bar:
@@ -98,8 +98,8 @@ class Bar:
         bar = self.bars[stage]
         bar.total, bar.n = event["total"], event["done"]
         eta = event["eta_s"]
-        bar.set_postfix_str(("time left ?" if eta is None else f"{eta:.0f} s left")
-                            + "".join(f", {v} {k}" for k, v in _counts(event).items()), refresh=False)
+        bar.set_postfix_str(("time left ?" if eta is None else f"{eta:.0f} s left") + _counts_text(event),
+                            refresh=False)
         bar.refresh()
 
     def close(self) -> None:
@@ -108,9 +108,10 @@ class Bar:
         self.bars = {}
 
 
-def _counts(event: dict) -> dict:
-    """An event's extra counts (e.g. a cohort's ``failed`` cases)."""
-    return {k: v for k, v in event.items() if k not in ("event", "stage", "done", "total", "elapsed_s", "eta_s")}
+def _counts_text(event: dict) -> str:
+    """An event's extra counts (e.g. a cohort's ``failed`` cases) as ``", 1 failed"``."""
+    return "".join(f", {v} {k}" for k, v in event.items()
+                   if k not in ("event", "stage", "done", "total", "elapsed_s", "eta_s"))
 
 
 def make_reporter(mode: str, label: str, events: TextIO | None = None) -> ProgressReporter | None:

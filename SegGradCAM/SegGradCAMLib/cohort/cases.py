@@ -20,11 +20,12 @@ class CohortCase:
 
 
 def _stem(path: str) -> str:
+    """The file name without its volume suffix (``t1.nii.gz`` -> ``t1``)."""
+    from ..evaluation.dataset import VOLUME_SUFFIXES
+
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    suffix = next((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), "")
+    return name[: len(name) - len(suffix)]
 
 
 def cohort_cases(data: str) -> list[CohortCase]:

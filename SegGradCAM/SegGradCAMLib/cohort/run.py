@@ -115,17 +115,18 @@ def _check_state(task, out: Path, cases: Sequence[CohortCase]) -> list[CohortCas
     """The cases still to run; refuses an output folder of a run with other options, and a case
     folder that is not a cohort run's (nothing of the user's is replaced)."""
     state = out / STATE_FILE
-    if state.exists():
-        earlier = json.loads(state.read_text(encoding="utf-8"))
-        if earlier.get("command") != task.command or earlier.get("options") != task.fingerprint():
-            differ = sorted(k for k in {**earlier.get("options", {}), **task.fingerprint()}
-                            if earlier.get("options", {}).get(k) != task.fingerprint().get(k))
-            raise SegGradCAMError(f"{out} holds a cohort run of '{earlier.get('command')}' with other options "
+    earlier = state.exists()
+    if earlier:
+        recorded = json.loads(state.read_text(encoding="utf-8"))
+        theirs, mine = recorded.get("options", {}), task.fingerprint()
+        if recorded.get("command") != task.command or theirs != mine:
+            differ = sorted(k for k in {**theirs, **mine} if theirs.get(k) != mine.get(k))
+            raise SegGradCAMError(f"{out} holds a cohort run of '{recorded.get('command')}' with other options "
                                   f"({', '.join(differ) or 'command'}); give another --out or remove that folder.")
     pending = []
     for case in cases:
         folder = task.folder(out, case)
-        if (folder / task.done_file).is_file() and state.exists():
+        if earlier and (folder / task.done_file).is_file():
             continue
         if folder.exists():
             raise SegGradCAMError(f"{folder} exists and is not a finished case of this cohort run; "
