@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "SegGradCAM" / "SegGradCAMLib"
 FRONT_ENDS = ("SegGradCAMLib.cli", "SegGradCAMLib.mrml", "SegGradCAMLib.web", "SegGradCAMLib.__main__")
-ENGINE_MODULES = {"__init__", "__main__", "errors", "cam", "layers", "inference", "inference_nnunet", "preprocessing",
+ENGINE_MODULES = {"__init__", "__main__", "errors", "cam", "layer_grid", "layers", "inference", "inference_nnunet", "preprocessing",
                   "selection"}
 
 

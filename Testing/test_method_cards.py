@@ -60,7 +60,7 @@ def test_default_demo_heatmaps_are_class_specific():
             if mask.sum() >= 20 and seen[c] < 5:
                 inside = heatmap_energy_fractions(heat[k, 0].numpy(), mask, (2.0, 2.0))["energy_inside"]
                 print(f"slice {i} {model.spec.labels[c]}: {inside:.1%} of the {method} map inside its mask")
-                assert inside >= (0.90 if c == 1 else 0.60), (i, model.spec.labels[c], inside)
+                assert inside >= (0.90 if c == 1 else 0.70), (i, model.spec.labels[c], inside)
                 seen[c] += 1
         if all(n == 5 for n in seen.values()):
             break

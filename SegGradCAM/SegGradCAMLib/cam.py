@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SegGradCAMError
+from .layer_grid import Grid, GridTrace, default_grid, resample_to_input
 from .layers import resolve_layers
 from .selection import CAM_METHODS, check_method
 
@@ -113,15 +114,13 @@ def predicted_regions(logits: torch.Tensor, classes: Sequence[int]) -> torch.Ten
     return torch.stack([labels == c for c in classes], dim=1)
 
 
-def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize maps ``(N, B, *s)`` to ``(N, B, *size)`` (bi/trilinear, align_corners=False)."""
-    if tuple(maps.shape[2:]) == tuple(size):
+def upsample_maps(maps: torch.Tensor, size: Sequence[int], grid: Grid | None = None) -> torch.Tensor:
+    """Resize maps ``(N, B, *s)`` to ``(N, B, *size)`` by linear interpolation, each layer voxel
+    placed where ``grid`` says it lies on the input (default: ``F.interpolate``'s
+    ``align_corners=False`` placement; :mod:`SegGradCAMLib.layer_grid`)."""
+    if tuple(maps.shape[2:]) == tuple(size) and grid is None:
         return maps
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-    n, b = maps.shape[:2]
-    flat = maps.reshape(n * b, 1, *maps.shape[2:])
-    resized = F.interpolate(flat, size=tuple(size), mode=mode, align_corners=False)
-    return resized.reshape(n, b, *size)
+    return resample_to_input(maps, grid or default_grid(maps.shape[2:], size), size)
 
 
 def _check_classes(classes: Sequence[int], num_classes: int) -> list[int]:
@@ -159,8 +158,10 @@ def seg_grad_cam(
         regions: optional boolean masks ``(B, len(classes), *S)``; default is each
             class's predicted mask (``argmax == c``).
         relu: apply a ReLU to the maps.
-        upsample: resize maps to the input's spatial size (bi/trilinear,
-            align_corners=False) instead of the layer's resolution.
+        upsample: resize maps to the input's spatial size (linear interpolation, each
+            layer voxel at the centre of its receptive field, traced through the network's
+            strided convolutions and poolings: :mod:`SegGradCAMLib.layer_grid`) instead of the
+            layer's resolution.
         class_batch: classes per backward pass (``torch.autograd.grad`` with
             ``is_grads_batched``); default: one class per pass on the CPU (batching is
             slower there), on other devices as many as fit in a quarter of the free memory.
@@ -202,7 +203,8 @@ def seg_grad_cam(
         with _frozen_parameters(network), torch.enable_grad():
             for name, module in modules.items():
                 handles.append(module.register_forward_hook(make_hook(name)))
-            logits = network(inputs)
+            with GridTrace(network, inputs.shape[2:]) as trace:
+                logits = network(inputs)
             for handle in handles:
                 handle.remove()
             handles = []
@@ -237,7 +239,7 @@ def seg_grad_cam(
         result = {name: torch.stack(per_class) for name, per_class in maps.items()}
         if upsample:
             size = inputs.shape[2:]
-            result = {name: upsample_maps(m, size) for name, m in result.items()}
+            result = {name: upsample_maps(m, size, trace.grid(m.shape[2:], size)) for name, m in result.items()}
         return CAMMaps(result, logits.detach())
     finally:
         for handle in handles:
