@@ -116,8 +116,6 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     spec.check_input_count(len(volumes))
     if model.nnunet is not None:
         check_nnunet_inputs(model, args)
-        if args.faithfulness:
-            raise SegGradCAMError("--faithfulness is not available for nnU-Net folders yet; explain without it.")
     if args.faithfulness and args.region is not None:
         raise SegGradCAMError("--faithfulness scores the predicted masks; leave out --region.")
     classes = class_indices(args.classes, spec.labels)
@@ -186,11 +184,14 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     timings["explain_s"] = time.perf_counter() - start
     timings.update(result.timings)
     if args.faithfulness:
+        from ..evaluation.dataset import cases_from_volume, nnunet_case
         from ..evaluation.faithfulness import explanation_faithfulness
 
         start = time.perf_counter()
-        scores = explanation_faithfulness(model, image, spacing_zyx, reference.direction, classes, result.layers,
-                                          method, device, progress=lambda done, total: step("faithfulness", done, total))
+        found = ([nnunet_case(model, args.inputs, "volume")] if model.nnunet is not None else
+                 cases_from_volume(model, image, spacing_zyx, reference.direction, "volume", classes, device=device))
+        scores = explanation_faithfulness(model, found, classes, result.layers, method, device,
+                                          progress=lambda done, total: step("faithfulness", done, total))
         for (c, layer), entry in scores.items():
             entries[c]["layers"][layer]["faithfulness"] = entry
         timings["faithfulness_s"] = time.perf_counter() - start

@@ -139,6 +139,20 @@ def cases_from_volume(model: LoadedModel, image: np.ndarray, spacing: Sequence[f
     return [EvalCase(f"{name}[{z}]", slices[z], grid.spacing[1:]) for z in torch.nonzero(present).flatten().tolist()]
 
 
+def nnunet_case(model: LoadedModel, paths: Sequence[str], name: str) -> EvalCase:
+    """One volume of an nnU-Net model as nnU-Net reads and preprocesses it (its grid, its
+    normalisation), padded at the end to a multiple of the network's total stride: ``(Cin, z, y, x)``."""
+    from ..inference_nnunet import preprocess
+
+    manager = model.nnunet.configuration_manager
+    if model.spec.spatial_dims != 3:
+        raise SegGradCAMError(f"{model.spec.name} is a 2D nnU-Net configuration; scoring heatmaps needs a 3D one.")
+    data, _, _ = preprocess(model, paths)
+    x = torch.from_numpy(data).float()
+    stride = int(np.prod(manager.pool_op_kernel_sizes, axis=0).max())
+    return EvalCase(name, pad_end(x, padded_shape(x.shape[1:], stride)), tuple(float(s) for s in manager.spacing))
+
+
 def data_entries(data: str) -> list[list[str]]:
     """Input volumes per case from a folder (one volume file per case), a list file (one case
     per line, channels separated by commas; ``#`` starts a comment), or one case: a volume
@@ -189,9 +203,12 @@ def demo_cases(model: LoadedModel, n_slices: int) -> list[EvalCase]:
 def volume_cases(model: LoadedModel, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int,
                  seed: int, batch_size: int = 32, device: str = "cpu") -> list[EvalCase]:
     """The cases of one volume given as its channel files, named ``name`` (2D models: ``name[z]``);
-    of a 2D model's slices at most ``max_slices``, drawn at random with ``seed`` (kept in order)."""
+    of a 2D model's slices at most ``max_slices``, drawn at random with ``seed`` (kept in order);
+    nnU-Net models: :func:`nnunet_case`."""
     from ..volumes.files import read_channels
 
+    if model.nnunet is not None:
+        return [nnunet_case(model, paths, name)]
     volumes = read_channels(paths)
     reference = volumes[0]
     cases = cases_from_volume(model, np.stack([v.array for v in volumes]), tuple(reference.spacing)[::-1],

@@ -11,7 +11,8 @@ voxels first, in random order), and a verdict:
 - better than the mask: both AUCs better than the mask baseline's.
 
 Cases are those of :func:`.dataset.cases_from_volume` (2D models: the ``max_slices`` slices
-with the largest predicted area of the class; 3D models: the volume), AUCs averaged over them. The verdict says what it rests on, so nobody reads it as a validation of the model.
+with the largest predicted area of the class; 3D models: the volume) or, for nnU-Net folders,
+:func:`.dataset.nnunet_case` (the volume as nnU-Net preprocesses it); AUCs averaged over them. The verdict says what it rests on, so nobody reads it as a validation of the model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from ..cam import label_map, seg_grad_cam
 from ..models.spec import LoadedModel
+from .dataset import EvalCase
 from .deletion_insertion import ClassScorer, auc, make_baseline, rank_voxels, step_fractions
 from .sanity import random_heatmap
 
@@ -117,18 +119,17 @@ def summarise(maps: dict[str, _Curves], randoms: list[_Curves], mask: _Curves, s
     return summary
 
 
-def explanation_faithfulness(model: LoadedModel, image: np.ndarray, spacing: Sequence[float], direction,
-                             classes: Sequence[int], layers: Sequence[str], method: str, device: str = "cpu",
-                             step: float = DEFAULT_STEP, max_slices: int = DEFAULT_MAX_SLICES, seed: int = 0,
+def explanation_faithfulness(model: LoadedModel, found: Sequence[EvalCase], classes: Sequence[int],
+                             layers: Sequence[str], method: str, device: str = "cpu", step: float = DEFAULT_STEP,
+                             max_slices: int = DEFAULT_MAX_SLICES, seed: int = 0,
                              progress: Callable[[int, int], None] | None = None) -> dict[tuple[int, str], dict]:
-    """Scores and verdicts of ``method`` on ``layers`` for each class of one volume ``(Cin, Z, Y, X)``:
+    """Scores and verdicts of ``method`` on ``layers`` for each class of one volume, given as its
+    cases on the model grid (:func:`.dataset.cases_from_volume`, :func:`.dataset.nnunet_case`):
     ``(class index, layer) -> faithfulness`` (classes not predicted anywhere are left out).
     ``progress(done, total)`` counts network calls; each entry records its own."""
-    from .dataset import cases_from_volume
     from .deletion_insertion import DEFAULT_SIGMA_MM
 
     network = model.network.to(device).eval()
-    found = cases_from_volume(model, image, spacing, direction, "volume", classes, device=device)
     with torch.no_grad():  # each case's labels once, for every class
         labelled = [(case, label_map(network(case.image[None].to(device)))[0].cpu()) for case in found]
     by_class = {c: _cases_with_class(labelled, c, max_slices) for c in classes}
