@@ -53,3 +53,30 @@ def test_equal_to_nnunets_own_predictor(model, held_out, mirror, tmp_path):
     for maps in result.heatmaps.values():  # every predicted class has its own non-empty map
         for c, heat in zip(result.classes, maps):
             assert np.isfinite(heat).all() and heat.max() == pytest.approx(1.0 if (result.labels == c).any() else 0.0)
+
+
+def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, tmp_path):
+    """``explain --faithfulness`` on an nnU-Net folder: the volume as nnU-Net preprocesses it (its
+    2 mm grid, its z-score, padded to the network's stride 16), one class to keep it short."""
+    from SegGradCAMLib.cli import main
+    from SegGradCAMLib.evaluation.dataset import nnunet_case
+    from SegGradCAMLib.evaluation.faithfulness import calls_per_case
+    from SegGradCAMLib.inference_nnunet import preprocess
+
+    _, paths = held_out
+    case = nnunet_case(model, paths, "held-out")
+    data, _, _ = preprocess(model, paths)
+    assert all(n % 16 == 0 and n - 16 < m <= n for n, m in zip(case.image.shape[1:], data.shape[1:]))
+    assert np.array_equal(case.image[:, :data.shape[1], :data.shape[2], :data.shape[3]].numpy(), data)
+    assert case.spacing == (2.0, 2.0, 2.0)
+    out = tmp_path / "out"
+    assert main(["explain", *paths, "--model", str(FOLDER), "--classes", "edema", "--faithfulness", "--out", str(out),
+                 "--no-overview", "--quiet"]) == 0
+    (entry,) = json.loads((out / "explain.json").read_text())["classes"]
+    score = entry["layers"]["decoder.stages.3"]["faithfulness"]
+    print(f"nnU-Net edema: {score['verdict']} (Deletion {score['deletion_auc']:.3f}, random "
+          f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
+          f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f})")
+    assert score["network_calls"] == calls_per_case(1, 0.05) and score["cases"] == 1
+    assert score["deletion_auc"] < score["random"]["deletion_mean"] - 2 * score["random"]["deletion_sd"]
+    assert score["verdict"].startswith("better than random")

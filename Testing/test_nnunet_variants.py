@@ -120,3 +120,9 @@ def test_region_channels_are_explained_on_their_own_masks(region_folder, case, t
         layer = next(iter(entry["layers"].values()))
         heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / layer["file"])))
         assert heat.max() == pytest.approx(1.0 if masks[i].any() else 0.0)
+
+
+def test_region_models_are_not_scored_and_say_so(region_folder, case, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["explain", *case, "--model", str(region_folder), "--faithfulness", "--out", str(out)]) == 2
+    assert "overlapping regions" in capsys.readouterr().err and not out.exists()

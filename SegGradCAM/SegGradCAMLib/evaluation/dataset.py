@@ -139,14 +139,24 @@ def cases_from_volume(model: LoadedModel, image: np.ndarray, spacing: Sequence[f
     return [EvalCase(f"{name}[{z}]", slices[z], grid.spacing[1:]) for z in torch.nonzero(present).flatten().tolist()]
 
 
+def check_nnunet_scorable(model: LoadedModel) -> None:
+    """Heatmaps of an nnU-Net model can be scored (Deletion/Insertion): a 3D configuration with one
+    label per voxel (region-based models, overlapping sigmoid regions, are not yet)."""
+    if model.spec.spatial_dims != 3:
+        raise SegGradCAMError(f"{model.spec.name} is a 2D nnU-Net configuration; scoring heatmaps "
+                              "(--faithfulness, evaluate) needs a 3D one.")
+    if model.nnunet.label_manager.has_regions:
+        raise SegGradCAMError(f"{model.spec.name} predicts overlapping regions (sigmoid outputs); scoring its heatmaps "
+                              "(--faithfulness, evaluate) is not available for region-based nnU-Net models yet.")
+
+
 def nnunet_case(model: LoadedModel, paths: Sequence[str], name: str) -> EvalCase:
     """One volume of an nnU-Net model as nnU-Net reads and preprocesses it (its grid, its
     normalisation), padded at the end to a multiple of the network's total stride: ``(Cin, z, y, x)``."""
     from ..inference_nnunet import preprocess
 
+    check_nnunet_scorable(model)
     manager = model.nnunet.configuration_manager
-    if model.spec.spatial_dims != 3:
-        raise SegGradCAMError(f"{model.spec.name} is a 2D nnU-Net configuration; scoring heatmaps needs a 3D one.")
     data, _, _ = preprocess(model, paths)
     x = torch.from_numpy(data).float()
     stride = int(np.prod(manager.pool_op_kernel_sizes, axis=0).max())
