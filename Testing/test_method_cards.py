@@ -22,6 +22,17 @@ def test_the_demo_models_card_chooses_hirescam_by_its_deletion_auc():
     assert card["layer"] == json.loads(card_path(DEFAULT_MULTICLASS_MODEL).read_text())["decoder_stages"][-1]
 
 
+def test_the_shipped_nnunets_card_was_written_by_evaluate_and_auto_reads_it():
+    from SegGradCAMLib.models.nnunet import find_nnunet_folders
+
+    folder = find_nnunet_folders(SHIPPED_MODELS / "demo-lesions-nnunet")[0]
+    card = json.loads((folder / SIDECAR_CARD).read_text())["default_method"]
+    figures = {m: float(v.split()[0]) for m, v in card["evidence"].items()}
+    assert set(figures) == {"gradcam", "gradcam++", "hirescam", "layercam"} and card["layer"] == "decoder.stages.3"
+    assert min(figures, key=figures.get) == card["method"] == resolve_method("auto", str(folder)).method
+    assert "--write-card" in card["command"] and "--step 0.05" in card["command"]
+
+
 def test_without_a_card_auto_is_hirescam_and_an_asked_method_is_kept(tmp_path):
     assert resolve_method("auto", str(tmp_path / "model.json")).method == FALLBACK_METHOD == "hirescam"
     assert resolve_method("gradcam", DEFAULT_MULTICLASS_MODEL).method == "gradcam"

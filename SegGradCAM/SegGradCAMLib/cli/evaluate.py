@@ -181,7 +181,8 @@ def write_card(args: argparse.Namespace, report: dict, stage) -> Path:
         "method": best, "layer": layer, "metric": "Deletion AUC (lower is better), all classes pooled, mean [95% CI]",
         "evidence": {m: f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for m, v in rows.items()},
         "data": f"{args.data} ({report['cases']} cases)",
-        "command": f"seggradcam evaluate --model {args.model} --data {args.data} --methods {args.methods} --write-card",
+        "command": (f"seggradcam evaluate --model {args.model} --data {args.data} --methods {args.methods} "
+                    f"--metrics {args.metrics} --step {args.step:g} --baseline {args.baseline} --write-card"),
         "basis": f"lowest Deletion AUC on the default stage among {', '.join(rows)} in seggradcam evaluate",
     }
     path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
