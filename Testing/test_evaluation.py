@@ -200,6 +200,7 @@ def test_write_card_records_the_lowest_deletion_auc_and_keeps_an_earlier_choice(
     means = {s["method"]: s["deletion_auc"]["mean"] for s in report["summary"] if s["class"] == "all classes"}
     assert written["method"] == min(means, key=means.get) and set(written["evidence"]) == {"gradcam", "hirescam"}
     assert resolve_method("auto", str(dataset["model"])).method == written["method"]
+    assert "--step 0.25" in written["command"] and "--sigma-mm 20.0" in written["command"]  # what changes the AUCs
     assert main([*base, "--out", str(tmp_path / "b"), "--write-card"]) == 2  # never replaced without --force
     assert "--force" in capsys.readouterr().err and not (tmp_path / "b").exists()
     assert main(["evaluate", "--model", "hdbet", "--data", "demo", "--out", str(tmp_path / "c"), "--write-card"]) == 2

@@ -18,7 +18,7 @@ from SegGradCAMLib.models.registry import DEFAULT_MULTICLASS_MODEL
 
 
 @pytest.mark.parametrize("shape, size", [((7, 5), (14, 15)), ((4, 6, 5), (16, 12, 9))])
-def test_default_grid_is_interpolates_align_corners_false(shape, size):
+def test_default_grid_is_interpolate_align_corners_false(shape, size):
     maps = torch.rand(3, 2, *shape)
     mode = {2: "bilinear", 3: "trilinear"}[len(shape)]
     expected = F.interpolate(maps.flatten(0, 1)[:, None], size=size, mode=mode, align_corners=False)
@@ -41,9 +41,24 @@ def test_trace_follows_strided_convolutions_poolings_and_transposed_convolutions
     assert _traced(valid, (10, 10))[(8, 8)] == Grid((1.0, 1.0), (1.0, 1.0))
     up = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2, padding=1), nn.Conv2d(1, 1, 3, stride=2, padding=1),
                        nn.ConvTranspose2d(1, 1, 2, stride=2))
-    assert _traced(up, (32, 32))[(8, 8)] == Grid((4.0, 4.0), (0.0, 0.0))  # first producer (the encoder) wins
+    assert _traced(up, (32, 32))[(16, 16)] == Grid((2.0, 2.0), (0.0, 0.0))  # the encoder's, not the decoder's
     lone = nn.ConvTranspose2d(1, 1, 2, stride=2)  # input voxel i spreads onto 2i, 2i + 1
     assert _traced(lone, (4, 4))[(8, 8)] == Grid((0.5, 0.5), (-0.25, -0.25))
+    anisotropic = nn.Conv3d(1, 1, (1, 3, 3), stride=(1, 2, 2), padding=(0, 2, 2), dilation=(1, 2, 2))
+    assert _traced(anisotropic, (5, 16, 16))[(5, 8, 8)] == Grid((1.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    ceil = nn.MaxPool2d(2, ceil_mode=True)  # 7 -> 4: the centres do not move
+    assert _traced(ceil, (7, 7))[(4, 4)] == Grid((2.0, 2.0), (0.5, 0.5))
+
+
+def test_a_residual_encoder_keeps_its_strided_convolutions_grid():
+    """nnU-Net's residual encoders pool the shortcut of a strided block (``AvgPool`` before the main
+    path's stride-2 convolution runs): the convolution's grid wins, as in the plain encoder."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    network = ResidualEncoderUNet(1, 3, (4, 8, 16), nn.Conv2d, 3, (1, 2, 2), (1, 1, 1), 2, (1, 1)).eval()
+    assert any(isinstance(m, nn.AvgPool2d) for m in network.modules())
+    grids = _traced(network, (32, 32))
+    assert grids[(16, 16)] == Grid((2.0, 2.0), (0.0, 0.0)) and grids[(8, 8)] == Grid((4.0, 4.0), (0.0, 0.0))
 
 
 def test_resampling_puts_a_layer_voxel_on_its_input_coordinate():

@@ -126,3 +126,5 @@ def test_region_models_are_not_scored_and_say_so(region_folder, case, tmp_path, 
     out = tmp_path / "out"
     assert main(["explain", *case, "--model", str(region_folder), "--faithfulness", "--out", str(out)]) == 2
     assert "overlapping regions" in capsys.readouterr().err and not out.exists()
+    assert main(["evaluate", "--model", str(region_folder), "--data", ",".join(case), "--out", str(out)]) == 2
+    assert "overlapping regions" in capsys.readouterr().err and not out.exists()

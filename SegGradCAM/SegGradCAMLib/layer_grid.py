@@ -6,12 +6,14 @@ kernel 3 and padding 1 (MONAI's UNet, nnU-Net's encoders, HD-BET) keeps the cent
 voxel 0 (``offset = 0``): a layer at half resolution has its voxel ``i`` on input voxel ``2 i``. A 2x2
 pooling shifts it by half an input voxel (``offset = (scale - 1) / 2``), which is what
 ``F.interpolate(..., align_corners=False)`` assumes for every network; used on the former it puts the
-map ``(scale - 1) / 2`` input voxels off (1 voxel on 2x, 3.5 on 8x).
+map ``(scale - 1) / 2`` input voxels off (half an input voxel on 2x, 3.5 voxels on 8x).
 
 :class:`GridTrace` follows one forward pass: every convolution and pooling module maps the grid of
-its input to the grid of its output, keyed by spatial shape; the first module to produce a shape
-sets its grid (in a U-Net the encoder, whose grid the decoder's skip connections share). A shape the
-trace did not reach gets the ``align_corners=False`` grid of its size.
+its input to the grid of its output, keyed by spatial shape; the first convolution to produce a shape
+sets its grid (in a U-Net the encoder, whose grid the decoder's skip connections share), a pooling
+only where no convolution produces that shape (residual blocks that pool their shortcut, as nnU-Net's
+residual encoders do, keep the grid of their strided convolution). A shape the trace did not reach
+gets the ``align_corners=False`` grid of its size.
 """
 
 from __future__ import annotations
@@ -83,18 +85,26 @@ class GridTrace:
     def __init__(self, network: nn.Module, input_shape: Sequence[int]) -> None:
         self.network = network
         self.grids: dict[tuple[int, ...], Grid] = {tuple(input_shape): identity_grid(len(input_shape))}
+        self._pooled: set[tuple[int, ...]] = set()  # grids set by a pooling (or a convolution of one)
         self._handles: list = []
 
     def _hook(self, module: nn.Module, args, output) -> None:
         if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
             return
-        grid = self.grids.get(tuple(args[0].shape[2:]))
+        source = tuple(args[0].shape[2:])
+        grid = self.grids.get(source)
         shape = tuple(output.shape[2:])
-        if grid is None or shape in self.grids or len(shape) != len(grid.scale):
+        # a pooling, or a convolution of a pooled input, sets a grid that a convolution may replace
+        pooling = not isinstance(module, nn.modules.conv._ConvNd) or source in self._pooled
+        if grid is None or len(shape) != len(grid.scale) or (shape in self.grids and (pooling or shape not in self._pooled)):
             return
         out = _output_grid(module, grid)
         if out is not None:
             self.grids[shape] = out
+            if pooling:
+                self._pooled.add(shape)
+            else:
+                self._pooled.discard(shape)
 
     def __enter__(self) -> "GridTrace":
         self._handles = [m.register_forward_hook(self._hook) for m in self.network.modules()
@@ -121,12 +131,13 @@ def resample_to_input(maps: torch.Tensor, grid: Grid, size: Sequence[int]) -> to
         n_in = out.shape[dim]
         if n_in == n_out and scale == 1 and offset == 0:
             continue
-        x = torch.arange(n_out, device=out.device, dtype=torch.float64)
+        x = torch.arange(n_out, dtype=torch.float64)  # on the CPU: some devices (MPS) have no float64
         u = ((x - offset) / scale).clamp(0, n_in - 1)
         low = u.floor().clamp(max=max(n_in - 2, 0)).long()
         high = (low + 1).clamp(max=n_in - 1)
         shape = [1] * out.ndim
         shape[dim] = n_out
-        weight = (u - low).to(out.dtype).reshape(shape)
+        weight = (u - low).to(device=out.device, dtype=out.dtype).reshape(shape)
+        low, high = low.to(out.device), high.to(out.device)
         out = out.index_select(dim, low) * (1 - weight) + out.index_select(dim, high) * weight
     return out

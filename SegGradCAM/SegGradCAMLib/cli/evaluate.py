@@ -86,6 +86,10 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None
     start = time.perf_counter()
     device = pick_device(args.device)
     model = load_model(args.model, trust=args.trust_model, device=device)
+    if model.nnunet is not None:
+        from ..evaluation.dataset import check_nnunet_scorable
+
+        check_nnunet_scorable(model)
     step("startup", 1, 1)
     classes = class_indices(args.classes, model.spec.labels)
     methods = [resolve_method(m, args.model).method if m == AUTO_METHOD else m for m in split_list(args.methods)]
@@ -181,8 +185,9 @@ def write_card(args: argparse.Namespace, report: dict, stage) -> Path:
         "method": best, "layer": layer, "metric": "Deletion AUC (lower is better), all classes pooled, mean [95% CI]",
         "evidence": {m: f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for m, v in rows.items()},
         "data": f"{args.data} ({report['cases']} cases)",
-        "command": (f"seggradcam evaluate --model {args.model} --data {args.data} --methods {args.methods} "
-                    f"--metrics {args.metrics} --step {args.step:g} --baseline {args.baseline} --write-card"),
+        "command": " ".join(["seggradcam evaluate", *(f"--{name.replace('_', '-')} {getattr(args, name)}" for name in (
+            "model", "data", "metrics", "methods", "baselines", "layers", "classes", "max_slices", "step", "baseline",
+            "sigma_mm", "road_percentages", "seed")), "--write-card"]),
         "basis": f"lowest Deletion AUC on the default stage among {', '.join(rows)} in seggradcam evaluate",
     }
     path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

@@ -192,8 +192,11 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
         from ..evaluation.faithfulness import explanation_faithfulness
 
         start = time.perf_counter()
-        found = ([nnunet_case(model, args.inputs, "volume")] if model.nnunet is not None else
-                 cases_from_volume(model, image, spacing_zyx, reference.direction, "volume", classes, device=device))
+        if model.nnunet is not None:  # scored with the first fold's weights, as evaluate does
+            model.network.load_state_dict(model.nnunet.parameters[0])
+            found = [nnunet_case(model, args.inputs, "volume")]
+        else:
+            found = cases_from_volume(model, image, spacing_zyx, reference.direction, "volume", classes, device=device)
         scores = explanation_faithfulness(model, found, classes, result.layers, method, device,
                                           progress=lambda done, total: step("faithfulness", done, total))
         for (c, layer), entry in scores.items():

@@ -152,15 +152,17 @@ def check_nnunet_scorable(model: LoadedModel) -> None:
 
 def nnunet_case(model: LoadedModel, paths: Sequence[str], name: str) -> EvalCase:
     """One volume of an nnU-Net model as nnU-Net reads and preprocesses it (its grid, its
-    normalisation), padded at the end to a multiple of the network's total stride: ``(Cin, z, y, x)``."""
+    normalisation), padded at the end to a multiple of the network's total stride along each axis:
+    ``(Cin, z, y, x)``. Scored in one pass over the whole volume (not in sliding windows)."""
     from ..inference_nnunet import preprocess
 
     check_nnunet_scorable(model)
     manager = model.nnunet.configuration_manager
     data, _, _ = preprocess(model, paths)
     x = torch.from_numpy(data).float()
-    stride = int(np.prod(manager.pool_op_kernel_sizes, axis=0).max())
-    return EvalCase(name, pad_end(x, padded_shape(x.shape[1:], stride)), tuple(float(s) for s in manager.spacing))
+    strides = np.prod(manager.pool_op_kernel_sizes, axis=0)  # the network's total stride per axis
+    shape = [int(np.ceil(n / s) * s) for n, s in zip(x.shape[1:], strides)]
+    return EvalCase(name, pad_end(x, shape), tuple(float(s) for s in manager.spacing))
 
 
 def data_entries(data: str) -> list[list[str]]:
