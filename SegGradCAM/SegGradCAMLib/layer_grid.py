@@ -24,7 +24,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-STRIDED_MODULES = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
+TRACED_MODULES = (  # every convolution and pooling: each maps its input's grid to its output's
+    nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class GridTrace:
 
     def __enter__(self) -> "GridTrace":
         self._handles = [m.register_forward_hook(self._hook) for m in self.network.modules()
-                         if isinstance(m, STRIDED_MODULES)]
+                         if isinstance(m, TRACED_MODULES)]
         return self
 
     def __exit__(self, *exc) -> None:

@@ -101,12 +101,13 @@ def normalize_intensity(image: np.ndarray, method: str, percentiles: Sequence[fl
     return out
 
 
-def padded_shape(shape: Sequence[int], divisible_by: int, min_size: Sequence[int] | None = None) -> tuple[int, ...]:
-    """Smallest shape >= ``shape`` and ``min_size`` whose sizes are multiples of ``divisible_by``."""
+def padded_shape(shape: Sequence[int], divisible_by: int | Sequence[int],
+                 min_size: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Smallest shape >= ``shape`` and ``min_size`` whose sizes are multiples of ``divisible_by``
+    (one number for every axis, or one per axis)."""
     minimum = min_size if min_size is not None else (1,) * len(shape)
-    return tuple(
-        int(np.ceil(max(n, m) / divisible_by) * divisible_by) for n, m in zip(shape, minimum)
-    )
+    factors = [divisible_by] * len(shape) if np.isscalar(divisible_by) else list(divisible_by)
+    return tuple(int(np.ceil(max(n, m) / f) * f) for n, m, f in zip(shape, minimum, factors))
 
 
 def pad_end(array: torch.Tensor, shape: Sequence[int], value: float = 0.0) -> torch.Tensor:

@@ -70,7 +70,7 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None
     ``progress(stage, done, total)``: stages ``read`` and ``cases``. A list of volumes is a
     cohort (each volume a task of ``--engine``, its results in ``OUT/cases/<id>/``, merged here)."""
     from ..cohort.cases import cohort_cases
-    from ..evaluation.dataset import DEMO_DATA, EvalConfig, demo_cases, evaluate
+    from ..evaluation.dataset import DEMO_DATA, EvalConfig, check_scorable, demo_cases, evaluate
     from ..evaluation.report import write_outputs
     from ..models import load_model
 
@@ -86,10 +86,7 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressCallback | None
     start = time.perf_counter()
     device = pick_device(args.device)
     model = load_model(args.model, trust=args.trust_model, device=device)
-    if model.nnunet is not None:
-        from ..evaluation.dataset import check_nnunet_scorable
-
-        check_nnunet_scorable(model)
+    check_scorable(model)
     step("startup", 1, 1)
     classes = class_indices(args.classes, model.spec.labels)
     methods = [resolve_method(m, args.model).method if m == AUTO_METHOD else m for m in split_list(args.methods)]

@@ -116,12 +116,12 @@ def explain_command(args: argparse.Namespace, progress: ProgressCallback | None 
     spec.check_input_count(len(volumes))
     if model.nnunet is not None:
         check_nnunet_inputs(model, args)
-        if args.faithfulness:
-            from ..evaluation.dataset import check_nnunet_scorable
+    if args.faithfulness:
+        from ..evaluation.dataset import check_scorable
 
-            check_nnunet_scorable(model)
-    if args.faithfulness and args.region is not None:
-        raise SegGradCAMError("--faithfulness scores the predicted masks; leave out --region.")
+        check_scorable(model)
+        if args.region is not None:
+            raise SegGradCAMError("--faithfulness scores the predicted masks; leave out --region.")
     classes = class_indices(args.classes, spec.labels)
     layers = layer_selection(args.layers)
     regions = None

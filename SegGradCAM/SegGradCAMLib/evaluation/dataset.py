@@ -139,9 +139,11 @@ def cases_from_volume(model: LoadedModel, image: np.ndarray, spacing: Sequence[f
     return [EvalCase(f"{name}[{z}]", slices[z], grid.spacing[1:]) for z in torch.nonzero(present).flatten().tolist()]
 
 
-def check_nnunet_scorable(model: LoadedModel) -> None:
-    """Heatmaps of an nnU-Net model can be scored (Deletion/Insertion): a 3D configuration with one
-    label per voxel (region-based models, overlapping sigmoid regions, are not yet)."""
+def check_scorable(model: LoadedModel) -> None:
+    """The model's heatmaps can be scored (Deletion/Insertion): any model but an nnU-Net folder of a
+    2D configuration or of overlapping regions (sigmoid outputs), which are not yet."""
+    if model.nnunet is None:
+        return
     if model.spec.spatial_dims != 3:
         raise SegGradCAMError(f"{model.spec.name} is a 2D nnU-Net configuration; scoring heatmaps "
                               "(--faithfulness, evaluate) needs a 3D one.")
@@ -156,13 +158,12 @@ def nnunet_case(model: LoadedModel, paths: Sequence[str], name: str) -> EvalCase
     ``(Cin, z, y, x)``. Scored in one pass over the whole volume (not in sliding windows)."""
     from ..inference_nnunet import preprocess
 
-    check_nnunet_scorable(model)
+    check_scorable(model)
     manager = model.nnunet.configuration_manager
     data, _, _ = preprocess(model, paths)
     x = torch.from_numpy(data).float()
     strides = np.prod(manager.pool_op_kernel_sizes, axis=0)  # the network's total stride per axis
-    shape = [int(np.ceil(n / s) * s) for n, s in zip(x.shape[1:], strides)]
-    return EvalCase(name, pad_end(x, shape), tuple(float(s) for s in manager.spacing))
+    return EvalCase(name, pad_end(x, padded_shape(x.shape[1:], strides)), tuple(float(s) for s in manager.spacing))
 
 
 def data_entries(data: str) -> list[list[str]]:
