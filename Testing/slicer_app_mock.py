@@ -4,7 +4,7 @@ The ``slicer-core`` wheel gives the real MRML classes (and ``slicer.util``), but
 GUI application: ``qt``, ``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``
 and ``slicer.i18n`` live only inside Slicer. These stand-ins let a test import
 ``SegGradCAM.py`` and build its Module and Logic objects; they do nothing else. The
-widget itself is checked statically (``Testing/test_slicer_module.py``), and for real
+widget itself is checked statically (``Testing/slicer/test_slicer_module.py``), and for real
 by the module's own self-test inside Slicer.
 """
 

@@ -13,7 +13,7 @@ import pytest
 
 from SegGradCAMLib.models.cards import METHOD_CHOICES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "SegGradCAM"
 MODULE_FILE = MODULE_DIR / "SegGradCAM.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegGradCAM.ui"

@@ -25,7 +25,7 @@ from packaging.utils import canonicalize_name
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.mrml.install import InstallLogic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLICER_OWN = {"numpy", "simpleitk", "requests"}
 # Slicer 5.10-like environment: its own packages, torch 2.5.1 (a CUDA build), old monai.
 SLICER_510 = {"numpy": "1.26.4", "SimpleITK": "2.4.0", "requests": "2.32.3", "torch": "2.5.1+cu121"}

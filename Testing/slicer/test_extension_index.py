@@ -21,9 +21,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENTRY_FILE = ROOT / "SegGradCAM.json"
-SCHEMA_DIR = Path(__file__).resolve().parent / "extension_index"
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "extension_index"
 SCHEMA_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v{}.json#"
 INDEX_BRANCH_SCHEMA = {"5.10": "1.0.1", "5.12": "1.0.2", "main": "1.0.2"}
 REPOSITORY = "SlicerSegGradCAM"

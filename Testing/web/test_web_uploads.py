@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_cli import write_dicom_series
+from dicom_series import write_dicom_series
 
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.web.uploads import UploadArea, UploadedFile
