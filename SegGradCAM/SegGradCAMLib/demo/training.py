@@ -204,7 +204,7 @@ Intended use: demonstrating and testing explanation methods. The anatomy (three 
 between training and evaluation; only the lesions, augmentations and slices differ.
 
 Explanations: at the default stage (8 channels at half resolution) `--method hirescam` gives
-class-localised maps (`Testing/test_demo_model.py`); plain Grad-CAM, whose channel weights are
+class-localised maps (`Testing/models/test_demo_model.py`); plain Grad-CAM, whose channel weights are
 mean gradients, spreads over the slice and leaves the small classes' maps nearly empty there.
 """
 
