@@ -3,12 +3,20 @@
 The heavy parts (torch, monai) are imported lazily so that 3D Slicer can load the
 module without them. Public API::
 
-    from SegGradCAMLib import seg_grad_cam, decoder_layers, explain_volume, load_model
+    from SegGradCAMLib import ExplainOptions, explain      # files in, files out (explain.json)
+    from SegGradCAMLib import seg_grad_cam, decoder_layers, explain_volume, load_model   # arrays
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "explain": "api",
+    "evaluate": "api",
+    "ExplainOptions": "options",
+    "EvaluateOptions": "options",
+    "EngineOptions": "options",
+    "ExplainReport": "reports",
+    "EvaluationReport": "reports",
     "seg_grad_cam": "cam",
     "CAM_METHODS": "selection",
     "decoder_layers": "layers",

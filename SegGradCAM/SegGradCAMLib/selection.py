@@ -15,6 +15,8 @@ ALL_CLASSES = "all"
 AUTO_LAYER = "auto"
 NONE = "none"
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+AUTO_METHOD = "auto"  # the method the model's card chose by evidence
+METHOD_CHOICES = (AUTO_METHOD, *CAM_METHODS)
 DEFAULT_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_PERCENTAGES_TEXT = ",".join(f"{100 * f:g}" for f in DEFAULT_FRACTIONS)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import SegGradCAMError
+from ..reports import ExplainReport
 from .evaluate import add_evaluate_parser, evaluate_command
 from .explain import add_explain_parser, explain_command, print_summary
 from .progress import MODES, events_on_stdout, make_reporter
@@ -102,8 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             if reporter is not None:
                 reporter.close()
-        if args.command == "explain" and "cohort" not in report:
-            print_summary(report, args.out)  # on standard error with --progress json
+        if isinstance(report, ExplainReport):
+            print_summary(report, Path(args.out))  # on standard error with --progress json
         if events is not None:
             events.write(json.dumps({"event": "done", "out": str(args.out), "seconds": round(time.perf_counter() - start, 3)}) + "\n")
     return 0

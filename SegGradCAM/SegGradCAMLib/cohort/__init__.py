@@ -3,8 +3,7 @@ another (``--engine local``) or as Ray tasks on this machine or a cluster (``--e
 
 - :mod:`.cases`: the cases of a list (ids, channel files);
 - :mod:`.model_cache`: the model loaded once per process;
-- :mod:`.run`: the engines, resumability, failures and progress.
-
-The per-case tasks of ``explain`` and ``evaluate`` (the same functions a single run uses) are
-the command line's (:mod:`SegGradCAMLib.cli.cohort`).
+- :mod:`.run`: the engines, resumability, failures and progress;
+- :mod:`.tasks`: the per-case tasks of ``explain`` and ``evaluate`` (the same functions a single
+  run uses) and the cohort runs of both.
 """

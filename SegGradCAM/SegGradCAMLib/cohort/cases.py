@@ -21,7 +21,7 @@ class CohortCase:
 
 def _stem(path: str) -> str:
     """The file name without its volume suffix (``t1.nii.gz`` -> ``t1``)."""
-    from ..evaluation.dataset import VOLUME_SUFFIXES
+    from ..evaluation.cases import VOLUME_SUFFIXES
 
     name = Path(path).name
     suffix = next((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), "")
@@ -33,7 +33,7 @@ def cohort_cases(data: str) -> list[CohortCase]:
     :func:`~SegGradCAMLib.evaluation.dataset.data_entries`). Ids are the first channel's file
     name without its suffix; where those repeat, its folder's name (``case_07/t1.nrrd`` ->
     ``case_07``), else both (``case_07_t1``), numbered where they still repeat."""
-    from ..evaluation.dataset import data_entries
+    from ..evaluation.cases import data_entries
 
     entries = data_entries(data)
     stems = [safe_filename(_stem(paths[0])) for paths in entries]

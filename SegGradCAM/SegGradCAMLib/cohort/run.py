@@ -28,37 +28,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import SegGradCAMError
+from ..options import EngineOptions
 from .cases import CohortCase
 from .model_cache import model_loads
 
-ENGINES = ("local", "ray")
 STATE_FILE = "cohort.json"
 FAILURES_FILE = "failures.csv"
 PARTIAL_SUFFIX = ".partial"
-
-
-@dataclass
-class EngineOptions:
-    """How to run: ``engine``; for Ray, the cluster to join (``None``: a local instance on
-    127.0.0.1 that stops at the end), the local instance's number of concurrent cases, the
-    resources per case and the retries of a case whose worker died."""
-
-    engine: str = "local"
-    ray_address: str | None = None
-    workers: int | None = None
-    cpus_per_case: float = 1.0
-    gpus_per_case: float = 0.0
-    max_retries: int = 2
-
-    def check(self) -> None:
-        if self.engine not in ENGINES:
-            raise SegGradCAMError(f"Unknown engine {self.engine}; choose from {', '.join(ENGINES)}.")
-        if self.cpus_per_case <= 0 or self.gpus_per_case < 0 or self.max_retries < 0:
-            raise SegGradCAMError("--cpus-per-case must be > 0, --gpus-per-case and --max-retries >= 0.")
-        if self.workers is not None and (self.workers < 1 or self.ray_address is not None):
-            raise SegGradCAMError("--workers (>= 1) sizes the local Ray instance; leave it out with --ray-address.")
-        if self.engine == "local" and (self.ray_address or self.workers or self.gpus_per_case):
-            raise SegGradCAMError("--ray-address, --workers and --gpus-per-case need --engine ray.")
 
 
 @dataclass
@@ -148,7 +124,6 @@ def run_cohort(task, cases: Sequence[CohortCase], out: Path, options: EngineOpti
                progress: Callable[..., None] | None = None) -> CohortReport:
     """Run ``task`` on every case of ``cases`` not complete in ``out``; writes ``cohort.json`` and
     ``failures.csv``. ``progress("cases", done, total, failed=n)`` after each case."""
-    options.check()
     ids = [c.id for c in cases]
     out.mkdir(parents=True, exist_ok=True)
     pending = _check_state(task, out, cases)

@@ -5,15 +5,11 @@ from __future__ import annotations
 import resource
 import sys
 
-from ..errors import SegGradCAMError
-
 
 def set_threads(threads: int) -> int:
-    """Set torch's CPU threads when ``threads`` > 0; return the number in use."""
+    """Set torch's CPU threads when ``threads`` > 0 (checked >= 0 by the options); return the number in use."""
     import torch
 
-    if threads < 0:
-        raise SegGradCAMError(f"--threads must be 0 (torch's default) or more; got {threads}.")
     if threads > 0:
         torch.set_num_threads(threads)
     return torch.get_num_threads()

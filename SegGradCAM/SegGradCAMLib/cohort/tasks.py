@@ -1,0 +1,135 @@
+"""The per-case tasks of ``explain --cohort LIST`` and ``evaluate --data LIST``, and the cohort
+runs of both.
+
+A task holds typed options (it travels to Ray's worker processes by value); its ``run`` writes
+one case's outputs into a folder through the same function a single run uses, with the model
+loaded once per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SegGradCAMError
+from ..options import EngineOptions, ExplainOptions
+from .cases import CohortCase, cohort_cases
+from .model_cache import cached_model
+from .run import FAILURES_FILE, CohortReport, run_cohort
+
+
+@dataclass
+class ExplainTask:
+    """``seggradcam explain`` of one case into ``OUT/<case id>/``, as a single run writes it."""
+
+    options: ExplainOptions  # the cohort's options; each case gets its inputs, folder and ``device``
+    device: str
+    command = "explain"
+    done_file = "explain.json"
+
+    def folder(self, out: Path, case: CohortCase) -> Path:
+        return out / case.id
+
+    def fingerprint(self) -> dict:
+        """The options that shape a case's outputs (a resumed run must use the same)."""
+        o = self.options
+        keep = {"model": o.model, "layers": o.layers, "method": o.method, "classes": o.classes, "region": o.region,
+                "heatmap_dtype": o.heatmap_dtype, "amp": o.amp, "step_size": o.step_size, "folds": o.folds,
+                "checkpoint": o.checkpoint, "faithfulness": o.faithfulness, "mirror": o.mirror,
+                "no_overview": not o.overview}
+        return {k: str(v) for k, v in keep.items()}
+
+    def run(self, case: CohortCase, folder: Path) -> None:
+        from ..runs.explain import explain_files, load_options_pipeline
+
+        options = self.options.for_case(case.inputs, folder, self.device)
+
+        def load(o: ExplainOptions, device: str):
+            key = (o.model, o.trust_model, device, o.folds, o.checkpoint)
+            return cached_model(key, lambda: load_options_pipeline(o, device))
+
+        explain_files(options, None, load)
+
+
+@dataclass
+class EvaluateTask:
+    """``seggradcam evaluate``'s rows, curves and gallery of one case into ``OUT/cases/<case id>/``
+    (merged over the cohort afterwards)."""
+
+    model: str
+    trust_model: bool
+    config: object  # EvalConfig
+    max_slices: int
+    command = "evaluate"
+    done_file = "evaluation.json"
+
+    def folder(self, out: Path, case: CohortCase) -> Path:
+        return out / "cases" / case.id
+
+    def fingerprint(self) -> dict:
+        from ..evaluation.scoring import config_dict
+
+        return {"model": self.model, "max_slices": self.max_slices,
+                **{k: str(v) for k, v in config_dict(self.config).items() if k != "device"}}
+
+    def run(self, case: CohortCase, folder: Path) -> None:
+        from ..evaluation.scoring import evaluate_volume, save_result
+        from ..pipelines import load_pipeline
+
+        device = self.config.device
+        pipeline = cached_model((self.model, self.trust_model, device),
+                                lambda: load_pipeline(self.model, trust=self.trust_model, device=device))
+        result = evaluate_volume(pipeline, case.inputs, case.id, case.index, self.config, self.max_slices)
+        save_result(result, folder, with_gallery=case.index < self.config.gallery)
+
+
+def finish_cohort(command: str, report: CohortReport, options: EngineOptions, cases: int, out: Path) -> dict:
+    """Print what the run did; a run with failed cases ends in an error naming failures.csv (the
+    other cases' outputs stay)."""
+    where = f"Ray ({options.ray_address or 'local instance'})" if options.engine == "ray" else "this process"
+    print(f"{command}: {cases} cases -> {out}: {len(report.done)} done in {report.seconds:.1f} s, "
+          f"{len(report.skipped)} complete before (skipped), {len(report.failed)} failed; {where}, "
+          f"{len(report.processes)} worker process(es), model loaded {report.model_loads} time(s)")
+    if report.failed:
+        first = next(iter(report.failed.items()))
+        raise SegGradCAMError(f"{len(report.failed)} of {cases} cases failed, listed in {out / FAILURES_FILE} "
+                              f"(first: {first[0]}: {first[1]}); the other cases' outputs are complete.")
+    return report.as_dict(options.engine, cases)
+
+
+def explain_cohort(options: ExplainOptions, progress=None) -> dict:
+    """``explain --cohort LIST``: each case as a single run writes it, into ``OUT/<case id>/``;
+    returns what the run did."""
+    from ..models.cards import resolve_method
+
+    cases = cohort_cases(str(options.cohort))
+    resolve_method(options.method, options.model)  # a bad card fails here, not in every case
+    task = ExplainTask(options, cohort_device(options.engine, options.device))
+    report = run_cohort(task, cases, Path(options.out), options.engine, progress)
+    return finish_cohort("explain", report, options.engine, len(cases), Path(options.out))
+
+
+def cohort_device(engine: EngineOptions, device: str) -> str:
+    """The device the cases run on: with Ray, :meth:`EngineOptions.case_device` (Ray's accounting
+    decides who uses a GPU); in this process, as for a single run."""
+    from ..selection import pick_device
+
+    return engine.case_device(device) if engine.engine == "ray" else pick_device(device)
+
+
+def evaluate_cohort(run, progress=None):
+    """Each volume of ``evaluate --data LIST`` (``run``: an :class:`~SegGradCAMLib.runs.evaluate.EvaluationRun`)
+    evaluated by the options' engine into ``OUT/cases/<id>/``; returns what the run did, the cases,
+    and the results of every finished case merged in list order."""
+    import dataclasses
+
+    from ..evaluation.scoring import load_result, merge_results
+
+    options = run.options
+    cases = cohort_cases(options.data)
+    config = dataclasses.replace(run.config, device=cohort_device(options.engine, options.device))
+    task = EvaluateTask(options.model, options.trust_model, config, options.max_slices)
+    ran = run_cohort(task, cases, Path(options.out), options.engine, progress)
+    run.timings["evaluate_s"] = ran.seconds
+    parts = [load_result(task.folder(Path(options.out), c)) for c in cases if c.id not in ran.failed]
+    return ran, cases, merge_results(parts, run.config.gallery)

@@ -1,0 +1,210 @@
+"""One interface for every model: a loaded model goes into exactly one pipeline, chosen once
+when it loads (:func:`load_pipeline`), and nothing outside a pipeline asks which one it is.
+
+- :class:`VolumePipeline`: the volume as SegGradCAM reads it, 2D slice-wise, 3D whole volume or
+  MONAI sliding windows (:mod:`.inference`);
+- :class:`NnunetPipeline`: nnU-Net's own reader, preprocessing, sliding window and export
+  around the CAM pass (:mod:`.inference_nnunet`).
+
+Both provide ``check_inputs`` (what the pipeline can read), ``check_scorable`` (whether its
+heatmaps can be scored), ``explain`` (segment and explain one volume, heatmaps streamed to
+``on_heatmap``) and ``faithfulness_cases`` / ``evaluation_cases`` (the volume as the network
+sees it, for Deletion/Insertion), as MONAI's ``Inferer`` subclasses share ``__call__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from .errors import SegGradCAMError
+from .inference import ClassHeatmap, ProgressCallback, VolumeExplanation
+from .models.spec import LoadedModel
+from .volumes.files import Volume, read_channels
+
+HeatmapCallback = Callable[[ClassHeatmap, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class InputVolumes:
+    """The input files as given (one per channel) and as read: ``volumes[0]`` is the reference
+    grid the outputs take."""
+
+    paths: tuple[str, ...]
+    volumes: tuple[Volume, ...]
+
+    @classmethod
+    def read(cls, paths: Sequence[str]) -> "InputVolumes":
+        return cls(tuple(paths), tuple(read_channels(list(paths))))
+
+    @property
+    def reference(self) -> Volume:
+        return self.volumes[0]
+
+    @property
+    def image(self) -> np.ndarray:
+        """``(Cin, Z, Y, X)``."""
+        return np.stack([v.array for v in self.volumes])
+
+    @property
+    def spacing_zyx(self) -> tuple[float, ...]:
+        return tuple(self.reference.spacing)[::-1]
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """What to explain and how (resolved from the options): layers (``"auto"`` or names), class
+    indices, CAM method, target regions ``(len(classes), Z, Y, X)`` bool or None, device, autocast,
+    and the nnU-Net sliding-window step and mirroring."""
+
+    layers: str | Sequence[str]
+    classes: list[int]
+    method: str
+    regions: np.ndarray | None
+    device: str
+    amp: bool = False
+    step_size: float = 0.5
+    mirror: bool = False
+
+
+class Pipeline(Protocol):
+    model: LoadedModel
+
+    def check_inputs(self, paths: Sequence[str]) -> None: ...
+
+    def check_scorable(self) -> None: ...
+
+    def explain(self, inputs: InputVolumes, settings: ExplainSettings, progress: ProgressCallback | None,
+                on_heatmap: HeatmapCallback | None) -> VolumeExplanation: ...
+
+    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list: ...
+
+    def report_note(self, settings: ExplainSettings) -> dict | None: ...
+
+    def evaluation_cases(self, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int, seed: int,
+                         batch_size: int, device: str) -> list: ...
+
+
+@dataclass
+class VolumePipeline:
+    """Models SegGradCAM runs itself: 2D slices, a 3D whole volume or MONAI sliding windows."""
+
+    model: LoadedModel
+
+    def check_inputs(self, paths: Sequence[str]) -> None:
+        """Any volume file, ``FILE@N`` or DICOM folder: checked when read."""
+
+    def check_scorable(self) -> None:
+        """Every such model's heatmaps can be scored."""
+
+    def report_note(self, settings: ExplainSettings) -> dict | None:
+        """Nothing to add to explain.json."""
+        return None
+
+    def explain(self, inputs: InputVolumes, settings: ExplainSettings, progress: ProgressCallback | None,
+                on_heatmap: HeatmapCallback | None) -> VolumeExplanation:
+        from .inference import explain_volume
+
+        return explain_volume(self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction,
+                              layers=settings.layers, classes=settings.classes, method=settings.method,
+                              regions=settings.regions, device=settings.device, progress=progress, amp=settings.amp,
+                              on_heatmap=on_heatmap)
+
+    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list:
+        """The volume on the model's grid (3D) or its slices showing a class (2D)."""
+        from .evaluation.cases import cases_from_volume
+
+        return cases_from_volume(self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, "volume",
+                                 classes, device=device)
+
+    def evaluation_cases(self, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int, seed: int,
+                         batch_size: int, device: str) -> list:
+        """The cases of one volume named ``name`` (2D: ``name[z]``, at most ``max_slices`` drawn with ``seed``)."""
+        from .evaluation.cases import cases_from_volume
+
+        inputs = InputVolumes.read(paths)
+        cases = cases_from_volume(self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, name,
+                                  classes, batch_size, device)
+        if len(cases) > max_slices:
+            keep = np.sort(np.random.default_rng(seed).choice(len(cases), max_slices, replace=False))
+            cases = [cases[i] for i in keep]
+        return cases
+
+
+@dataclass
+class NnunetPipeline:
+    """nnU-Net v2 trained-model folders, with nnU-Net's own reader, preprocessing and export."""
+
+    model: LoadedModel
+
+    def check_inputs(self, paths: Sequence[str]) -> None:
+        """nnU-Net reads its inputs itself (plans.json's image reader): plain files only, NIfTI for
+        nibabel's readers."""
+        from .inference_nnunet import READERS, reader_name
+
+        reader = reader_name(self.model)
+        name = self.model.spec.name
+        if reader not in READERS:
+            raise SegGradCAMError(f"{name} reads images with {reader}; supported: {', '.join(READERS)}.")
+        if any("@" in path or Path(path).is_dir() for path in paths):
+            raise SegGradCAMError("nnU-Net models read each channel from its own file (NRRD, NIfTI): no FILE@N, "
+                                  "no DICOM folder.")
+        if reader.startswith("Nibabel") and not all(path.endswith((".nii", ".nii.gz")) for path in paths):
+            raise SegGradCAMError(f"{name} reads images with nibabel ({reader}): give NIfTI files (.nii.gz); "
+                                  "convert others first, e.g. in 3D Slicer or with SimpleITK.")
+
+    def check_scorable(self) -> None:
+        """A 3D configuration of exclusive classes (not 2D, not overlapping sigmoid regions)."""
+        name = self.model.spec.name
+        if self.model.spec.spatial_dims != 3:
+            raise SegGradCAMError(f"{name} is a 2D nnU-Net configuration; scoring heatmaps "
+                                  "(--faithfulness, evaluate) needs a 3D one.")
+        if self.model.nnunet.label_manager.has_regions:
+            raise SegGradCAMError(f"{name} predicts overlapping regions (sigmoid outputs); scoring its heatmaps "
+                                  "(--faithfulness, evaluate) is not available for region-based nnU-Net models yet.")
+
+    def report_note(self, settings: ExplainSettings) -> dict | None:
+        """explain.json's ``nnunet``: the segmentation is nnU-Net's own prediction, and how it was made."""
+        return {"model": self.model.spec.description, "step_size": settings.step_size,
+                "mirroring": bool(settings.mirror),
+                "note": "the segmentation is nnU-Net's own prediction, " + ("with" if settings.mirror else "without")
+                + " test-time mirroring (nnU-Net and SlicerNNUnet mirror by default, so theirs can differ slightly "
+                "unless --mirror)"}
+
+    def explain(self, inputs: InputVolumes, settings: ExplainSettings, progress: ProgressCallback | None,
+                on_heatmap: HeatmapCallback | None) -> VolumeExplanation:
+        from .inference_nnunet import explain_nnunet
+
+        region = None if settings.regions is None else settings.regions[0]
+        return explain_nnunet(self.model, inputs.paths, settings.step_size, settings.mirror, layers=settings.layers,
+                              classes=settings.classes, method=settings.method, region=region,
+                              device=settings.device, progress=progress, on_heatmap=on_heatmap)
+
+    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list:
+        """The volume as nnU-Net preprocesses it, scored with the first fold's weights (as evaluate does)."""
+        self.model.network.load_state_dict(self.model.nnunet.parameters[0])
+        return self.evaluation_cases(inputs.paths, "volume", classes, 1, 0, 1, device)
+
+    def evaluation_cases(self, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int, seed: int,
+                         batch_size: int, device: str) -> list:
+        """One case: the whole volume as nnU-Net preprocesses it (see :func:`~.evaluation.cases.nnunet_case`)."""
+        from .evaluation.cases import nnunet_case
+
+        self.check_scorable()
+        return [nnunet_case(self.model, paths, name)]
+
+
+def pipeline_for(model: LoadedModel) -> Pipeline:
+    """The one pipeline of a loaded model."""
+    return NnunetPipeline(model) if model.nnunet is not None else VolumePipeline(model)
+
+
+def load_pipeline(model: str, trust: bool = False, device: str = "cpu", folds: Sequence[str] | None = None,
+                  checkpoint: str | None = None) -> Pipeline:
+    """Load a registered model by name or a model file/folder (see :func:`~.models.load_model`) into its pipeline."""
+    from .models import load_model
+
+    return pipeline_for(load_model(model, trust=trust, device=device, folds=folds, checkpoint=checkpoint))

@@ -1,0 +1,164 @@
+"""Explain one volume, files in and files out: read the inputs, load the model into its pipeline,
+segment and explain, score the maps when asked, write the segmentation, the heatmaps, the overview
+and ``explain.json`` (an :class:`~SegGradCAMLib.reports.ExplainReport`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import SegGradCAMError
+from ..inference import ProgressCallback, VolumeExplanation
+from ..models.cards import MethodChoice, resolve_method
+from ..options import ExplainOptions
+from ..pipelines import ExplainSettings, InputVolumes, Pipeline, load_pipeline
+from ..reports import ExplainReport, ModelInfo
+from ..selection import class_indices, layer_selection, pick_device
+from ..volumes.files import read_volume, same_geometry, write_like
+from .heatmap_files import HeatmapWriter
+from .resources import peak_memory_mb, set_threads
+
+PipelineLoader = Callable[[ExplainOptions, str], Pipeline]
+NORMALISATION = "each heatmap divided by its global maximum over the volume (max_raw)"
+
+
+def load_options_pipeline(options: ExplainOptions, device: str) -> Pipeline:
+    """The pipeline of the options' model (``--model``, ``--trust-model``, nnU-Net's ``--folds``/``--checkpoint``)."""
+    return load_pipeline(options.model, trust=options.trust_model, device=device, folds=options.folds,
+                         checkpoint=options.checkpoint)
+
+
+def read_region(options: ExplainOptions, reference, count: int) -> np.ndarray | None:
+    """The ``--region`` mask repeated for ``count`` classes ``(count, Z, Y, X)`` bool, or None."""
+    if options.region is None:
+        return None
+    region = read_volume(str(options.region))
+    if not same_geometry(region, reference):
+        raise SegGradCAMError(f"Region {options.region} is not on the input's grid; resample it onto "
+                              f"{reference.path} first.")
+    if not (region.array > 0).any():
+        raise SegGradCAMError(f"Region {options.region} is empty (no voxel > 0).")
+    return np.repeat((region.array > 0)[None], count, axis=0)
+
+
+def run_pipeline(pipeline: Pipeline, inputs: InputVolumes, settings: ExplainSettings,
+                 progress: ProgressCallback | None, writer: HeatmapWriter) -> VolumeExplanation:
+    """The pipeline's explain, with an out-of-memory error on the GPU as a one-line message."""
+    if settings.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(settings.device)
+    try:
+        return pipeline.explain(inputs, settings, progress, writer)
+    except torch.cuda.OutOfMemoryError as error:
+        raise SegGradCAMError(
+            f"{pipeline.model.spec.name} ran out of GPU memory on {settings.device} "
+            f"({str(error).splitlines()[0][:120]}); try --device cpu or fewer layers"
+        ) from None
+
+
+def score_faithfulness(pipeline: Pipeline, inputs: InputVolumes, result: VolumeExplanation, writer: HeatmapWriter,
+                       device: str, step: ProgressCallback) -> None:
+    """Each heatmap's Deletion/Insertion score against random orderings and the mask, into its entry."""
+    from ..evaluation.faithfulness import explanation_faithfulness
+
+    cases = pipeline.faithfulness_cases(inputs, result.classes, device)
+    scores = explanation_faithfulness(pipeline.model, cases, result.classes, result.layers, result.method, device,
+                                      progress=lambda done, total: step("faithfulness", done, total))
+    for (c, layer), entry in scores.items():
+        writer.entries[c].layers[layer].faithfulness = entry
+
+
+def write_segmentation_and_overview(options: ExplainOptions, inputs: InputVolumes, result: VolumeExplanation,
+                                    writer: HeatmapWriter, title: str) -> None:
+    """``segmentation.nrrd`` (uint8, int16 beyond 255 labels) and, unless turned off, ``overview.png``."""
+    reference = inputs.reference
+    dtype = np.uint8 if len(writer.labels) < 256 else np.int16
+    write_like(result.labels.astype(dtype), reference, Path(options.out) / "segmentation.nrrd")
+    writer.step()
+    if options.overview:
+        from ..volumes.overview import save_overview
+
+        save_overview(Path(options.out) / "overview.png", reference.array, result.labels, writer.overview_titles(),
+                      reference.spacing, reference.direction, title=title)
+        writer.step()
+
+
+def build_report(options: ExplainOptions, pipeline: Pipeline, choice: MethodChoice, inputs: InputVolumes,
+                 settings: ExplainSettings, result: VolumeExplanation, writer: HeatmapWriter, threads: int,
+                 timings: dict[str, float]) -> ExplainReport:
+    """explain.json of the run."""
+    spec, model = pipeline.model.spec, pipeline.model
+    return ExplainReport(
+        model=ModelInfo(spec.name, spec.sha256, spec.source, list(spec.labels), spec.trusted_code,
+                        model.subnormals_zeroed),
+        **choice.as_report(),
+        layers=result.layers, normalisation=NORMALISATION, heatmap_dtype=options.heatmap_dtype,
+        region=str(options.region) if options.region else "predicted mask of each class",
+        classes=[writer.entries[c] for c in result.classes], inputs=[v.path for v in inputs.volumes],
+        input_geometry=inputs.reference.geometry(), device=settings.device, amp=bool(options.amp), torch=torch.__version__,
+        threads=threads, peak_memory_mb=peak_memory_mb(settings.device), timings={k: round(v, 3) for k, v in timings.items()},
+        checks=result.checks or None, nnunet=pipeline.report_note(settings),
+    )
+
+
+def explain_files(options: ExplainOptions, progress: ProgressCallback | None = None,
+                  load: PipelineLoader = load_options_pipeline) -> ExplainReport:
+    """Explain ``options.inputs`` into ``options.out``; ``progress(stage, done, total)``;
+    ``load(options, device)`` gives the pipeline (cohorts: once per process)."""
+    step = progress or (lambda stage, done, total: None)
+    timings: dict[str, float] = {}
+    began = start = time.perf_counter()
+    step("read", 0, 1)
+    device = pick_device(options.device)
+    choice = resolve_method(options.method, options.model)
+    threads = set_threads(options.threads)
+    inputs = InputVolumes.read(options.inputs)
+    timings["read_s"] = time.perf_counter() - start
+    step("read", 1, 1)
+
+    start = time.perf_counter()
+    pipeline = load(options, device)
+    timings["load_model_s"] = time.perf_counter() - start
+    step("startup", 1, 1)
+    spec = pipeline.model.spec
+    spec.check_input_count(len(inputs.volumes))
+    pipeline.check_inputs(inputs.paths)
+    if options.faithfulness:
+        pipeline.check_scorable()
+    classes = class_indices(options.classes, spec.labels)
+    settings = ExplainSettings(layer_selection(options.layers), classes, choice.method,
+                               read_region(options, inputs.reference, len(classes)), device, options.amp,
+                               options.step_size, options.mirror)
+
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = pipeline.model.chosen_layers(settings.layers)
+    files = len(classes) * (1 if chosen == "auto" else len(chosen)) + 2 + options.overview
+    written = [0]
+
+    def file_written() -> None:
+        written[0] += 1
+        step("write", written[0], files)
+
+    writer = HeatmapWriter(out, inputs.reference, list(spec.labels), choice.method, options.heatmap_dtype,
+                           chosen == "auto" or len(chosen) > 1, settings.regions, options.overview, file_written)
+    start = time.perf_counter()
+    result = run_pipeline(pipeline, inputs, settings, progress, writer)
+    timings["explain_s"] = time.perf_counter() - start
+    timings.update(result.timings)
+    if options.faithfulness:
+        start = time.perf_counter()
+        score_faithfulness(pipeline, inputs, result, writer, device, step)
+        timings["faithfulness_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    write_segmentation_and_overview(options, inputs, result, writer, f"{spec.name} — {choice.method}")
+    timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
+    timings["total_s"] = time.perf_counter() - began
+    report = build_report(options, pipeline, choice, inputs, settings, result, writer, threads, timings)
+    report.write(out)
+    step("write", files, files)
+    return report

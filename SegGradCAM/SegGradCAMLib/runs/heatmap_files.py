@@ -1,0 +1,73 @@
+"""Heatmap files of an explain run, written one at a time as each class map reaches the input grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..evaluation.energy import heatmap_energy_fractions
+from ..inference import ClassHeatmap
+from ..reports import ClassEntry, HeatmapEntry
+from ..volumes.files import Volume, safe_filename, write_like
+
+OVERVIEW_ROWS = 6  # heatmaps drawn in overview.png (the first ones; every map is written to a file)
+SHELL_MM = 3.0  # the shell around a class mask whose heatmap energy is reported
+
+
+def encode_heatmap(heat: np.ndarray, dtype: str) -> np.ndarray:
+    """A normalised map ``(Z, Y, X)`` in 0..1 as written: float32, or uint8 = round(255 x value)."""
+    return heat if dtype == "float32" else np.rint(np.clip(heat, 0, 1) * 255).astype(np.uint8)
+
+
+@dataclass
+class HeatmapWriter:
+    """Writes each class map into ``out`` with the ``reference`` volume's geometry and records it
+    in ``entries`` (class index -> :class:`ClassEntry`); keeps the first maps for the overview.
+    ``regions`` ``(len(classes), Z, Y, X)``: the user's target regions, else each class's mask.
+    ``step()`` is called after each file."""
+
+    out: Path
+    reference: Volume
+    labels: list[str]
+    method: str
+    dtype: str
+    several_layers: bool
+    regions: np.ndarray | None
+    keep_for_overview: bool
+    step: Callable[[], None]
+    entries: dict[int, ClassEntry] = field(default_factory=dict)
+    overview_rows: list[tuple[str, str, int, np.ndarray]] = field(default_factory=list)  # (class, layer, index, map)
+
+    def filename(self, name: str, layer: str) -> str:
+        return f"heatmap_{safe_filename(name)}" + (f"_{safe_filename(layer)}" if self.several_layers else "") + ".nrrd"
+
+    def __call__(self, heatmap: ClassHeatmap, labels: np.ndarray) -> None:
+        """Write one class map as soon as it is on the input grid (only one is held at a time)."""
+        c, layer, heat = heatmap.class_index, heatmap.layer, heatmap.array
+        name = self.labels[c]
+        filename = self.filename(name, layer)
+        own = labels == c if heatmap.mask is None else heatmap.mask
+        mask = own if self.regions is None else self.regions[heatmap.position]
+        entry = self.entries.setdefault(c, ClassEntry(c, name, int(own.sum())))  # once per class, not per layer
+        spacing_zyx = tuple(self.reference.spacing)[::-1]
+        entry.layers[layer] = HeatmapEntry(filename, heatmap.raw_max, float(heat.max()), float(heat.mean()),
+                                           **heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=SHELL_MM))
+        metadata = {"SegGradCAM.RawMax": f"{heatmap.raw_max:.9g}", "SegGradCAM.Method": self.method,
+                    "SegGradCAM.Layer": layer, "SegGradCAM.Class": name}
+        if self.dtype == "uint8":
+            metadata["SegGradCAM.ValueScale"] = f"{1 / 255:.9g}"  # stored value x scale = normalised value
+        write_like(encode_heatmap(heat, self.dtype), self.reference, self.out / filename, metadata)
+        if self.keep_for_overview and len(self.overview_rows) < OVERVIEW_ROWS:
+            self.overview_rows.append((name, layer, c, heat))
+        self.step()
+
+    def overview_titles(self) -> list[tuple[str, int, np.ndarray]]:
+        """Overview rows: ``class / layer`` (and the faithfulness verdict when scored), class index, map."""
+        rows = []
+        for name, layer, c, heat in self.overview_rows:
+            score = self.entries[c].layers[layer].faithfulness
+            rows.append((f"{name} / {layer}" + ("" if score is None else f"\n{score['verdict']}"), c, heat))
+        return rows
