@@ -11,7 +11,6 @@ one run goes at a time.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import tempfile
 import time
@@ -39,7 +38,8 @@ from ..models import SHIPPED_MODELS
 from ..models.nnunet import find_nnunet_folders
 from ..models.registry import DEFAULT_MULTICLASS_MODEL, declared_facts, list_models
 from ..mrml.scene_logic import SegGradCAMSceneLogic, inferno_colors
-from ..models.cards import AUTO_METHOD, METHOD_CHOICES
+from ..reports import EXPLAIN_FILE, ExplainReport
+from ..selection import AUTO_METHOD, METHOD_CHOICES
 from .uploads import UploadArea, UploadedFile
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
@@ -54,7 +54,7 @@ class Shown:
 
     volumes: list
     outputs: object = None
-    report: dict | None = None
+    report: ExplainReport | None = None
     folder: Path | None = None  # the outputs' files
     files: tuple[str, ...] = ()  # the names offered for download (kept here: the page's state is the client's)
 
@@ -154,12 +154,12 @@ class SegGradCAMWeb(TrameApp):
     def open_output_folder(self, folder: Path) -> None:
         """A folder ``seggradcam explain`` wrote: its inputs as the background when they still
         exist, then the segmentation and heatmaps as the same nodes a run adds."""
-        report = json.loads((folder / "explain.json").read_text(encoding="utf-8"))
-        inputs = [Path(p) for p in report.get("inputs", [])]
+        report = ExplainReport.read(folder)
+        inputs = [Path(p) for p in report.inputs]
         if inputs and all(p.is_file() for p in inputs):
             self.load_case(inputs, folder.name)
         else:
-            self.load_case([folder / report["segmentation"]], f"{folder.name}: segmentation only")
+            self.load_case([folder / report.segmentation], f"{folder.name}: segmentation only")
             self.state.message = (f"The inputs named in {folder.name}/explain.json are gone; showing the "
                                   "segmentation alone (on its own grid) with the heatmaps.")
         outputs = self.logic.addOutputs(report, folder, self.shown.volumes[0], f"web|{folder}")
@@ -175,7 +175,7 @@ class SegGradCAMWeb(TrameApp):
         try:
             if not self.shown.volumes:
                 raise SegGradCAMError("Open a volume first (a sample or an upload).")
-            if model not in self.models or method not in METHOD_CHOICES:
+            if model not in self.models:  # the page's list, never a path sent by a browser
                 raise SegGradCAMError("Choose one of the offered models and methods.")
             self.run = self.logic.startRun(self.shown.volumes, self.models[model], classes=str(classes),
                                            layers=str(layers), method=method, trust=self.trust,
@@ -208,7 +208,7 @@ class SegGradCAMWeb(TrameApp):
                 if run.outFolder.is_dir():
                     shutil.copytree(run.outFolder, kept)  # for downloads; the run's own folder goes now
                 outputs = self.logic.finishRun(run)
-                report = json.loads((kept / "explain.json").read_text(encoding="utf-8"))
+                report = ExplainReport.read(kept)
                 self.show_outputs(outputs, report, kept)
                 self.state.progress, self.state.progress_text = 100, f"done in {time.perf_counter() - run.started:.1f} s"
             except SegGradCAMError as error:
@@ -222,14 +222,13 @@ class SegGradCAMWeb(TrameApp):
 
     # -- display --------------------------------------------------------------------------------
 
-    def show_outputs(self, outputs, report: dict, folder: Path) -> None:
+    def show_outputs(self, outputs, report: ExplainReport, folder: Path) -> None:
         """Offer the run's heatmaps (class / layer), show the first over its segmentation."""
         self.shown.outputs, self.shown.report, self.shown.folder = outputs, report, folder
         outputs.segmentationNode.GetDisplayNode().SetVisibility2D(False)  # 2D: the label layer, outline or fill
         outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # 3D: the segments' surfaces
         items = [{"title": f"{label} / {layer}", "value": i} for i, (label, layer) in enumerate(outputs.heatmapNodes)]
-        files = ["segmentation.nrrd", *(info["file"] for c in report["classes"] for info in c["layers"].values()),
-                 "explain.json", *(["overview.png"] if (folder / "overview.png").is_file() else [])]
+        files = [report.segmentation, *(info.file for _, _, info in report.heatmaps()), EXPLAIN_FILE, *(["overview.png"] if (folder / "overview.png").is_file() else [])]
         self.shown.files = tuple(files)
         self.state.update(heat_items=items, heat=0 if items else None, downloads=files)
         self._show_segmentation()
@@ -251,7 +250,7 @@ class SegGradCAMWeb(TrameApp):
         if node is not None:
             label, layer = node.GetAttribute("SegGradCAM.Class"), node.GetAttribute("SegGradCAM.Layer")
             score = node.GetAttribute("SegGradCAM.Faithfulness")
-            self.state.legend = (f"{label} — {self.shown.report['method']} on {layer}; 1.0 = raw maximum "
+            self.state.legend = (f"{label} — {self.shown.report.method} on {layer}; 1.0 = raw maximum "
                                  f"{float(node.GetAttribute('SegGradCAM.RawMax')):.4g}"
                                  + (f". Faithfulness: {score}" if score else ""))
         self._render()
@@ -295,7 +294,7 @@ class SegGradCAMWeb(TrameApp):
             return
         parts = [f"RAS ({ras[0]:.0f}, {ras[1]:.0f}, {ras[2]:.0f})"]
         outputs = self.shown.outputs
-        labels = self.shown.report["model"]["labels"] if self.shown.report else []
+        labels = self.shown.report.model.labels if self.shown.report else []
         for name, node in [("image", self.shown.volumes[0]), ("label", outputs.labelmapNode if outputs else None),
                            ("heat", self._heatmap_node())]:
             value = value_at(node, ras) if node is not None else None
