@@ -68,7 +68,7 @@ def demo_volume_batches(batch: int = 16) -> tuple[torch.nn.Module, list[torch.Te
     import SimpleITK as sitk
 
     from SegGradCAMLib.demo.data import flair_like
-    from SegGradCAMLib.inference import prepare_input
+    from SegGradCAMLib.model_grid import prepare_input
     from SegGradCAMLib.models import load_model
     from SegGradCAMLib.preprocessing import pad_end, padded_shape
 

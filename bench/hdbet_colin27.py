@@ -35,7 +35,8 @@ def one_run(kind: str, subnormals: str) -> dict:
     model = load_hdbet(0)  # the loader without load_model: subnormals as shipped
     zeroed = zero_subnormals(model.network) if subnormals == "zeroed" else 0
     image = sitk.ReadImage(COLIN27, sitk.sitkFloat32)
-    from SegGradCAMLib.inference import explain_volume, prepare_input
+    from SegGradCAMLib.inference import explain_volume
+    from SegGradCAMLib.model_grid import prepare_input
     from SegGradCAMLib.preprocessing import pad_end, padded_shape
 
     spacing, direction = image.GetSpacing()[::-1], np.asarray(image.GetDirection()).reshape(3, 3)

@@ -24,15 +24,9 @@ import torch.nn.functional as F
 from .cam import CAMMaps, label_map, predicted_regions, seg_grad_cam
 from .errors import CancelledError, SegGradCAMError
 from .layers import resolve_layers
-from .models.spec import LoadedModel, ModelSpec
-from .preprocessing import (
-    Reorientation,
-    normalize_intensity,
-    pad_end,
-    padded_shape,
-    resampled_shape,
-    resize,
-)
+from .models.spec import LoadedModel
+from .model_grid import check_min_size, check_volume, prepare_input
+from .preprocessing import pad_end, padded_shape
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``preprocess``, ``windows`` (3D), ``slices``
@@ -81,87 +75,6 @@ class ClassHeatmap:
     array: np.ndarray
     raw_max: float
     mask: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class ModelGrid:
-    """Where a volume's voxels go on a model's grid.
-
-    ``moved_grid``: the input grid in the model's axis order (for 2D models the
-    slice axis first); ``shape``: the model grid after resampling; ``spacing``:
-    its voxel size in mm, same axis order.
-    """
-
-    reorient: Reorientation
-    slice_axis: int | None
-    moved_grid: tuple[int, ...]
-    shape: tuple[int, ...]
-    spacing: tuple[float, ...]
-
-    @classmethod
-    def of(cls, spec: ModelSpec, shape: Sequence[int], spacing: Sequence[float],
-           direction: Sequence[Sequence[float]] | None) -> "ModelGrid":
-        """The grid of a model ``spec`` for a volume of ``shape`` ``(Z, Y, X)``, ``spacing`` (mm, array order)."""
-        reorient = Reorientation()
-        if spec.orientation is not None and direction is not None:
-            reorient = Reorientation.between(direction, spec.orientation)
-        moved = tuple(int(shape[p]) for p in reorient.perm)
-        spacing_m = reorient.spacing(spacing)
-        slice_axis = None
-        if spec.spatial_dims == 2:
-            slice_axis = spec.slice_axis
-            moved = (moved[slice_axis],) + tuple(n for a, n in enumerate(moved) if a != slice_axis)
-            spacing_m = (spacing_m[slice_axis],) + tuple(s for a, s in enumerate(spacing_m) if a != slice_axis)
-        target_spacing, target_shape = spacing_m, moved
-        if spec.spacing is not None:
-            target_spacing = tuple(spec.spacing) if spec.spatial_dims == 3 else (spacing_m[0], *spec.spacing)
-            target_shape = resampled_shape(moved, spacing_m, target_spacing)
-        return cls(reorient, slice_axis, moved, tuple(target_shape), tuple(float(s) for s in target_spacing))
-
-    def to_model(self, array: np.ndarray, labels: bool = False) -> torch.Tensor:
-        """``(C, Z, Y, X)`` on the input grid -> ``(C, *shape)`` (linear, or nearest for labels)."""
-        moved = self.reorient.apply(array)
-        if self.slice_axis is not None:
-            moved = np.moveaxis(moved, 1 + self.slice_axis, 1)
-        return resize(torch.from_numpy(np.ascontiguousarray(moved)), self.shape, labels=labels)
-
-    def to_input(self, array: torch.Tensor, labels: bool = False) -> np.ndarray:
-        """Inverse of :meth:`to_model`: ``(C, *shape)`` on the model grid -> ``(C, Z, Y, X)`` on the input grid."""
-        moved = resize(array, self.moved_grid, labels=labels).numpy()
-        if self.slice_axis is not None:
-            moved = np.moveaxis(moved, 1, 1 + self.slice_axis)
-        return np.ascontiguousarray(self.reorient.undo(moved))
-
-
-def prepare_input(spec: ModelSpec, image: np.ndarray, spacing: Sequence[float],
-                  direction: Sequence[Sequence[float]] | None) -> tuple[torch.Tensor, ModelGrid]:
-    """A volume ``(Cin, Z, Y, X)`` on the model's grid, normalised as the model declares."""
-    grid = ModelGrid.of(spec, image.shape[1:], spacing, direction)
-    x = grid.to_model(np.asarray(image, dtype=np.float32))
-    return torch.from_numpy(normalize_intensity(x.numpy(), spec.normalization, spec.normalization_range)), grid
-
-
-def check_volume(image: np.ndarray, spec: ModelSpec) -> None:
-    """Raise a user-facing error for arrays a model cannot take. ``image``: ``(Cin, Z, Y, X)``."""
-    if image.ndim != 4:
-        raise SegGradCAMError(f"Expected a (channels, Z, Y, X) array; got shape {image.shape}.")
-    spec.check_input_count(image.shape[0])
-    for c, channel in enumerate(image):
-        if not np.isfinite(channel).all():
-            bad = int((~np.isfinite(channel)).sum())
-            raise SegGradCAMError(f"Input volume {c + 1} has {bad} NaN/Inf voxels; fix or mask them first.")
-        if channel.min() == channel.max():
-            raise SegGradCAMError(f"Input volume {c + 1} is constant (all voxels {channel.flat[0]}); nothing to segment.")
-
-
-def check_min_size(grid: Sequence[int], minimum: int) -> None:
-    """Refuse volumes smaller than one cell of the network's coarsest level."""
-    small = [n for n in grid if n < minimum]
-    if small:
-        raise SegGradCAMError(
-            f"The volume is too small for this network: {tuple(grid)} voxels at the model's spacing, "
-            f"at least {minimum} per axis needed."
-        )
 
 
 def _monai_padding(shape: Sequence[int], roi: Sequence[int]) -> list[int]:
@@ -308,6 +221,21 @@ class _Runner:
         return logits, {k: torch.cat(v, dim=1) for k, v in map_parts.items()}
 
 
+def _checked_request(model: LoadedModel, image: np.ndarray, classes: Sequence[int] | None,
+                     regions: np.ndarray | None) -> list[int]:
+    """The class indices to explain (default: all but 0), after checking the volume ``(Cin, Z, Y, X)``
+    and the region masks ``(len(classes), Z, Y, X)`` against the model."""
+    spec = model.spec
+    check_volume(image, spec)
+    n_labels = len(spec.labels)
+    classes = list(range(1, n_labels)) if classes is None else [int(c) for c in classes]
+    if not classes or any(not 0 <= c < n_labels for c in classes):
+        raise SegGradCAMError(f"Classes must be in 0..{n_labels - 1} ({', '.join(spec.labels)}); got {classes}.")
+    if regions is not None and regions.shape != (len(classes), *image.shape[1:]):
+        raise SegGradCAMError(f"Region masks must have shape {(len(classes), *image.shape[1:])}; got {regions.shape}.")
+    return classes
+
+
 def explain_volume(
     model: LoadedModel,
     image: np.ndarray,
@@ -325,44 +253,24 @@ def explain_volume(
     amp: bool = False,
     on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None = None,
 ) -> VolumeExplanation:
-    """Segment and explain a volume.
+    """Segment and explain a volume ``image`` ``(Cin, Z, Y, X)`` (channels co-registered on one grid).
 
-    Args:
-        model: a loaded model (network returning logits + spec).
-        image: ``(Cin, Z, Y, X)``, channels co-registered on one grid.
-        spacing: voxel spacing in mm, array order ``(Z, Y, X)``.
-        direction: ITK 3x3 direction (columns i, j, k); needed when the model
-            declares an orientation, else the array is used as stored.
-        layers: ``"auto"``, a layer name, or a list of names.
-        classes: class indices; default all classes but 0 (background).
-        method: CAM method (see :data:`SegGradCAMLib.selection.CAM_METHODS`).
-        regions: optional boolean target regions ``(len(classes), Z, Y, X)`` on the
-            input grid (default: each class's predicted mask).
-        device: torch device string.
-        batch_size: slices per batch for 2D models.
-        normalize: divide each class map by its global maximum.
-        progress: called with ``(stage, done, total)`` (see :data:`ProgressCallback`).
-        cancel: returns True to stop (raises :class:`CancelledError`).
-        amp: run the network in bfloat16 autocast (CUDA or CPU); the CAM arithmetic
-            stays float32.
-        on_heatmap: called with a :class:`ClassHeatmap` and the label map ``(Z, Y, X)``
-            as soon as each class map is back on the input grid; those maps are then
-            not kept in :attr:`VolumeExplanation.heatmaps` (only one input-grid map is
-            held at a time: stream them to disk).
+    ``spacing``: mm, array order ``(Z, Y, X)``; ``direction``: ITK 3x3 (columns i, j, k), needed when
+    the model declares an orientation. ``layers``: ``"auto"``, a name or names; ``classes``: class
+    indices (default all but 0); ``method``: one of :data:`SegGradCAMLib.selection.CAM_METHODS`;
+    ``regions``: boolean target regions ``(len(classes), Z, Y, X)`` on the input grid (default: each
+    class's predicted mask). ``batch_size``: slices per batch (2D models); ``normalize``: divide each
+    class map by its global maximum; ``progress(stage, done, total)``; ``cancel()`` returning True
+    raises :class:`CancelledError`; ``amp``: the network in bfloat16 autocast (the CAM arithmetic
+    stays float32). ``on_heatmap(ClassHeatmap, labels (Z, Y, X))`` gets each class map as soon as it
+    is on the input grid, and those maps are then not kept in the result (stream them to disk).
     """
     spec = model.spec
     timings: dict[str, float] = {}
     start = time.perf_counter()
     image = np.asarray(image)
-    check_volume(image, spec)
-    n_labels = len(spec.labels)
-    classes = list(range(1, n_labels)) if classes is None else [int(c) for c in classes]
-    if not classes or any(not 0 <= c < n_labels for c in classes):
-        raise SegGradCAMError(f"Classes must be in 0..{n_labels - 1} ({', '.join(spec.labels)}); got {classes}.")
+    classes = _checked_request(model, image, classes, regions)
     layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
-    if regions is not None and regions.shape != (len(classes), *image.shape[1:]):
-        raise SegGradCAMError(f"Region masks must have shape {(len(classes), *image.shape[1:])}; got {regions.shape}.")
-
     if progress is not None:
         progress("preprocess", 0, 1)
     x, grid = prepare_input(spec, image, spacing, direction)

@@ -101,6 +101,103 @@ def to_input_grid(model: LoadedModel, properties: dict) -> Callable[[torch.Tenso
     return convert
 
 
+def _targets(model: LoadedModel, reference: torch.Tensor, classes: list[int], channels: list[int],
+             region: np.ndarray | None) -> torch.Tensor:
+    """Target regions ``(len(classes), z, y, x)`` bool in nnU-Net's preprocessed space: each class's
+    mask in nnU-Net's own stitched logits ``reference`` ``(C, z, y, x)`` (sigmoid > 0.5 for
+    region-based models), or the user's ``region``."""
+    label_manager = model.nnunet.label_manager
+    if region is not None:
+        return torch.from_numpy(np.repeat(region[None], len(classes), axis=0))
+    if label_manager.has_regions:
+        return label_manager.apply_inference_nonlin(reference)[channels] > 0.5
+    return predicted_regions(reference[None], classes)[0]
+
+
+def _flips(model: LoadedModel, mirror: bool) -> list[tuple[int, ...]]:
+    """The mirrorings nnU-Net averages over (batch-axis numbering), the identity first."""
+    flips: list[tuple[int, ...]] = [()]
+    if mirror and model.nnunet.mirror_axes:
+        axes = [a + 2 for a in model.nnunet.mirror_axes]
+        flips += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+    return flips
+
+
+def _stitch_windows(model: LoadedModel, predictor, padded: torch.Tensor, targets: torch.Tensor,
+                    layer_names: list[str], channels: list[int], heads: int, method: str, device: str,
+                    mirror: bool, step: ProgressCallback, cancel: Callable[[], bool] | None):
+    """CAMs and logits of every fold, window and mirroring of ``padded`` ``(Cin, *S)``, stitched with
+    nnU-Net's Gaussian: maps layer -> ``(n, *S)``, logits ``(C, *S)``, weights ``(*S)`` (not yet divided)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    parts = model.nnunet
+    patch = tuple(parts.configuration_manager.patch_size)
+    slicers = predictor._internal_get_sliding_window_slicers(padded.shape[1:])
+    gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32,
+                                device=torch.device("cpu"))
+    flips = _flips(model, mirror)
+    maps = {name: torch.zeros((len(channels), *padded.shape[1:])) for name in layer_names}
+    logits = torch.zeros((heads, *padded.shape[1:]))
+    weights = torch.zeros(padded.shape[1:])
+    total = len(parts.parameters) * len(slicers)
+    for fold, parameters in enumerate(parts.parameters):
+        model.network.load_state_dict(parameters)
+        for i, window in enumerate(slicers):
+            if cancel is not None and cancel():
+                raise CancelledError("Cancelled by the user.")
+            step("windows", fold * len(slicers) + i, total)
+            spatial = (slice(None), *window[1:])
+            window_image, window_target = padded[window][None].to(device), targets[spatial][None].to(device)
+            for axes in flips:
+                image, target = window_image, window_target
+                if axes:
+                    image, target = torch.flip(image, axes), torch.flip(target, axes)
+                result = seg_grad_cam(model.network, image, layer_names, channels, method, regions=target > 0.5,
+                                      upsample=True)
+                for name, m in result.items():
+                    m = torch.flip(m, axes) if axes else m  # (n, 1, *patch)
+                    maps[name][spatial] += m[:, 0].float().cpu() * gaussian / len(flips)
+                window_logits = torch.flip(result.logits, axes) if axes else result.logits
+                logits[spatial] += window_logits[0].float().cpu() * gaussian / len(flips)
+            weights[window[1:]] += gaussian
+    step("windows", total, total)
+    return maps, logits, weights
+
+
+def _agreement(model: LoadedModel, ours: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """How our stitched logits ``(C, *S)`` agree with nnU-Net's own: logits, probabilities, labels."""
+    label_manager = model.nnunet.label_manager
+    probabilities = [label_manager.apply_inference_nonlin(logits) for logits in (ours, reference)]
+    segmentations = [label_manager.convert_probabilities_to_segmentation(p) for p in probabilities]
+    return {"stitched_logits_max_difference_to_nnunet": float((ours - reference).abs().max()),
+            "probabilities_max_difference_to_nnunet": float((probabilities[0] - probabilities[1]).abs().max()),
+            "labels_equal_to_nnunet": float((segmentations[0] == segmentations[1]).float().mean())}
+
+
+def _exported_labels(model: LoadedModel, reference: torch.Tensor, properties: dict, channels: list[int]):
+    """nnU-Net's own segmentation of its logits ``reference``, exported to the input file's grid:
+    labels ``(Z, Y, X)`` int16 (class indices) and, for region-based models, each class's own mask
+    ``(n, Z, Y, X)`` bool (else None)."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    parts = model.nnunet
+    label_manager = parts.label_manager
+    exported = convert_predicted_logits_to_segmentation_with_correct_shape(
+        reference, parts.plans_manager, parts.configuration_manager, label_manager, properties,
+        return_probabilities=label_manager.has_regions, num_threads_torch=torch.get_num_threads())
+    masks = None
+    if label_manager.has_regions:  # painted value regions_class_order[i] -> class i + 1; each class's own mask
+        painted, probabilities = exported
+        order = list(label_manager.regions_class_order)
+        renumber = np.zeros(max(order) + 1, dtype=np.int16)
+        renumber[order] = np.arange(1, len(order) + 1)
+        labels, masks = renumber[painted], probabilities[channels] > 0.5
+    else:
+        labels = exported.astype(np.int16)
+    file_order = to_file_order(model, properties)
+    return file_order(labels[None])[0], None if masks is None else file_order(masks)
+
+
 def explain_nnunet(
     model: LoadedModel,
     files: Sequence[str],
@@ -124,12 +221,8 @@ def explain_nnunet(
     :func:`SegGradCAMLib.inference.explain_volume`.
     """
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-    parts, step = model.nnunet, progress or (lambda stage, done, total: None)
-    label_manager = parts.label_manager
-    region_based = label_manager.has_regions
+    step = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     step("preprocess", 0, 1)
@@ -139,77 +232,25 @@ def explain_nnunet(
 
     start = time.perf_counter()
     classes = list(range(1, len(model.spec.labels))) if classes is None else [int(c) for c in classes]
-    channels = [c - 1 for c in classes] if region_based else classes  # network output channel of each class
+    # the network output channel of each class
+    channels = [c - 1 for c in classes] if model.nnunet.label_manager.has_regions else classes
     layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
     predictor = nnunet_predictor(model, device, tile_step_size, mirror)
     x = torch.from_numpy(data)
     reference = predictor.predict_logits_from_preprocessed_data(x).float()  # nnU-Net's own stitched logits
-    if region_pre is None and region_based:
-        targets = label_manager.apply_inference_nonlin(reference)[channels] > 0.5
-    elif region_pre is None:
-        targets = predicted_regions(reference[None], classes)[0]
-    else:
-        targets = torch.from_numpy(np.repeat(region_pre[None], len(classes), axis=0))
-    patch = tuple(parts.configuration_manager.patch_size)
+    patch = tuple(model.nnunet.configuration_manager.patch_size)
     padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
-    targets, _ = pad_nd_image(targets.float(), patch, "constant", {"value": 0}, True, None)
-    slicers = predictor._internal_get_sliding_window_slicers(padded.shape[1:])
-    gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32,
-                                device=torch.device("cpu"))
-    flips = [()]
-    if mirror and parts.mirror_axes:
-        axes = [a + 2 for a in parts.mirror_axes]
-        flips += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-    maps = {name: torch.zeros((len(classes), *padded.shape[1:])) for name in layer_names}
-    logits = torch.zeros((reference.shape[0], *padded.shape[1:]))  # ours, to check the windows against nnU-Net's
-    weights = torch.zeros(padded.shape[1:])
-    total = len(parts.parameters) * len(slicers)
-    for fold, parameters in enumerate(parts.parameters):
-        model.network.load_state_dict(parameters)
-        for i, window in enumerate(slicers):
-            if cancel is not None and cancel():
-                raise CancelledError("Cancelled by the user.")
-            step("windows", fold * len(slicers) + i, total)
-            spatial = window[1:]
-            window_image = padded[window][None].to(device)
-            window_target = targets[(slice(None), *spatial)][None].to(device)
-            for axes in flips:
-                image, target = window_image, window_target
-                if axes:
-                    image, target = torch.flip(image, axes), torch.flip(target, axes)
-                result = seg_grad_cam(model.network, image, layer_names, channels, method, regions=target > 0.5,
-                                      upsample=True)
-                for name, m in result.items():
-                    m = torch.flip(m, axes) if axes else m  # (n, 1, *patch)
-                    maps[name][(slice(None), *spatial)] += m[:, 0].float().cpu() * gaussian / len(flips)
-                window_logits = torch.flip(result.logits, axes) if axes else result.logits
-                logits[(slice(None), *spatial)] += window_logits[0].float().cpu() * gaussian / len(flips)
-            weights[spatial] += gaussian
-    step("windows", total, total)
+    targets, _ = pad_nd_image(_targets(model, reference, classes, channels, region_pre).float(), patch, "constant",
+                              {"value": 0}, True, None)
+    maps, logits, weights = _stitch_windows(model, predictor, padded, targets, layer_names, channels,
+                                            reference.shape[0], method, device, mirror, step, cancel)
     crop = (slice(None), *revert[1:])
     maps = {name: (m / weights)[crop] for name, m in maps.items()}
-    ours = (logits / weights)[crop]
+    checks = _agreement(model, (logits / weights)[crop], reference)
     timings["network_and_cam_s"] = time.perf_counter() - start
-    probabilities = [label_manager.apply_inference_nonlin(logits) for logits in (ours, reference)]
-    segmentations = [label_manager.convert_probabilities_to_segmentation(p) for p in probabilities]
-    checks = {"stitched_logits_max_difference_to_nnunet": float((ours - reference).abs().max()),
-              "probabilities_max_difference_to_nnunet": float((probabilities[0] - probabilities[1]).abs().max()),
-              "labels_equal_to_nnunet": float((segmentations[0] == segmentations[1]).float().mean())}
 
     start = time.perf_counter()
-    exported = convert_predicted_logits_to_segmentation_with_correct_shape(
-        reference, parts.plans_manager, parts.configuration_manager, label_manager, properties,
-        return_probabilities=region_based, num_threads_torch=torch.get_num_threads())
-    masks = None
-    if region_based:  # painted value regions_class_order[i] -> class i + 1; each class's own mask
-        painted, probabilities = exported
-        renumber = np.zeros(max(label_manager.regions_class_order) + 1, dtype=np.int16)
-        renumber[list(label_manager.regions_class_order)] = np.arange(1, len(label_manager.regions_class_order) + 1)
-        labels, masks = renumber[painted], probabilities[channels] > 0.5
-    else:
-        labels = exported.astype(np.int16)
-    file_order = to_file_order(model, properties)
-    labels, masks = file_order(labels[None])[0], None if masks is None else file_order(masks)
+    labels, masks = _exported_labels(model, reference, properties, channels)
     heatmaps, raw_max = heatmaps_on_input_grid(maps, to_input_grid(model, properties), labels, classes, normalize,
                                                on_heatmap, masks)
     timings["postprocess_s"] = time.perf_counter() - start
