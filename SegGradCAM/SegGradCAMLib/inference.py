@@ -25,7 +25,7 @@ from .cam import CAMMaps, label_map, predicted_regions, seg_grad_cam
 from .errors import CancelledError, SegGradCAMError
 from .layers import resolve_layers
 from .models.spec import LoadedModel
-from .model_grid import check_min_size, check_volume, prepare_input
+from .model_grid import Direction, check_min_size, check_volume, prepare_input
 from .preprocessing import pad_end, padded_shape
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -206,7 +206,8 @@ class _Runner:
         target = padded_shape(plane, spec.divisible_by, spec.min_size)
         slices = pad_end(slices, target)
         reg = None if regions is None else pad_end(regions.permute(1, 0, 2, 3), target)
-        logit_parts, map_parts = [], {}
+        logit_parts: list[torch.Tensor] = []
+        map_parts: dict[str, list[torch.Tensor]] = {}
         starts = list(range(0, slices.shape[0], batch_size))
         self.cam_passes = len(starts)
         for i, start in enumerate(starts):
@@ -240,7 +241,7 @@ def explain_volume(
     model: LoadedModel,
     image: np.ndarray,
     spacing: Sequence[float],
-    direction: Sequence[Sequence[float]] | None = None,
+    direction: Direction | None = None,
     layers="auto",
     classes: Sequence[int] | None = None,
     method: str = "gradcam",

@@ -14,6 +14,9 @@ from .errors import SegGradCAMError
 from .models.spec import ModelSpec
 from .preprocessing import Reorientation, normalize_intensity, resampled_shape, resize
 
+Direction = np.ndarray | Sequence[Sequence[float]]
+"""An ITK 3x3 direction: columns i, j, k of the voxel axes in LPS."""
+
 
 @dataclass(frozen=True)
 class ModelGrid:
@@ -32,7 +35,7 @@ class ModelGrid:
 
     @classmethod
     def of(cls, spec: ModelSpec, shape: Sequence[int], spacing: Sequence[float],
-           direction: Sequence[Sequence[float]] | None) -> "ModelGrid":
+           direction: Direction | None) -> "ModelGrid":
         """The grid of a model ``spec`` for a volume of ``shape`` ``(Z, Y, X)``, ``spacing`` (mm, array order)."""
         reorient = Reorientation()
         if spec.orientation is not None and direction is not None:
@@ -66,7 +69,7 @@ class ModelGrid:
 
 
 def prepare_input(spec: ModelSpec, image: np.ndarray, spacing: Sequence[float],
-                  direction: Sequence[Sequence[float]] | None) -> tuple[torch.Tensor, ModelGrid]:
+                  direction: Direction | None) -> tuple[torch.Tensor, ModelGrid]:
     """A volume ``(Cin, Z, Y, X)`` on the model's grid, normalised as the model declares."""
     grid = ModelGrid.of(spec, image.shape[1:], spacing, direction)
     x = grid.to_model(np.asarray(image, dtype=np.float32))

@@ -103,7 +103,7 @@ class _CommandOptions:
 
 
 def _field_default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc,operator]
 
 
 def _declared_default(cls: type, name: str) -> Any:
@@ -209,7 +209,7 @@ class ExplainOptions(_CommandOptions):
                                   "OUT/<case id>/", metavar="LIST")
     model: str = _option("--model", DEFAULT_MODEL, "registered model name (see 'seggradcam models') or a model "
                          "file/folder")
-    out: Path | None = _option("--out", None, "output folder", required=True)
+    out: Path = _option("--out", None, "output folder", required=True)
     layers: str | tuple[str, ...] = _option("--layers", AUTO_LAYER, "'auto' (finest decoder stage) or "
                                             "comma-separated layer names")
     method: str = _option("--method", AUTO_METHOD, "'auto' (default): the method the model's card chose by "
@@ -285,7 +285,7 @@ class EvaluateOptions(_CommandOptions):
     model: str = _option("--model", DEFAULT_MODEL, "registered model name or a model file/folder")
     data: str = _option("--data", "", "folder of volumes (one case each), a list file (one case per line, channels "
                         "comma-separated), or 'demo' (the demo model's held-out slices)", required=True)
-    out: Path | None = _option("--out", None, "output folder", required=True)
+    out: Path = _option("--out", None, "output folder", required=True)
     metrics: tuple[str, ...] = _option("--metrics", METRICS, "comma-separated: deletion, insertion (computed "
                                        "together), road, randomization")
     methods: tuple[str, ...] = _option("--methods", ("gradcam",), "comma-separated CAM methods (gradcam, gradcam++, "
