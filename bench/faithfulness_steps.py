@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from SegGradCAMLib.demo import data as demo_data
-from SegGradCAMLib.evaluation.dataset import cases_from_volume
+from SegGradCAMLib.pipelines import cases_from_volume
 from SegGradCAMLib.evaluation.faithfulness import explanation_faithfulness
 from SegGradCAMLib.models import load_model
-from SegGradCAMLib.models.registry import DEFAULT_MULTICLASS_MODEL
+from SegGradCAMLib.models.declarations import DEFAULT_MULTICLASS_MODEL
 
 STEPS = (0.05, 0.01)
 

@@ -87,7 +87,7 @@ def deletion_auc(scorer, image: torch.Tensor, replacement: torch.Tensor, ranks: 
 
 def study_head(name: str, folder: Path, perturbations: list[str]) -> dict:
     from SegGradCAMLib.cam import label_map, seg_grad_cam
-    from SegGradCAMLib.evaluation.dataset import cases_from_volume
+    from SegGradCAMLib.pipelines import cases_from_volume
     from SegGradCAMLib.evaluation.deletion_insertion import ClassScorer, make_baseline, rank_voxels
     from SegGradCAMLib.evaluation.road import road
     from SegGradCAMLib.evaluation.sanity import random_heatmap

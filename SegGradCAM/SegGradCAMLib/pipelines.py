@@ -20,9 +20,14 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+import torch
+
+from .cam import label_map
 from .errors import SegGradCAMError
 from .inference import ClassHeatmap, ProgressCallback, VolumeExplanation
+from .model_grid import Direction, check_volume, prepare_input
 from .models.spec import LoadedModel
+from .preprocessing import pad_end, padded_shape
 from .volumes.files import Volume, read_channels
 
 HeatmapCallback = Callable[[ClassHeatmap, np.ndarray], None]
@@ -70,6 +75,58 @@ class ExplainSettings:
     mirror: bool = False
 
 
+@dataclass
+class EvalCase:
+    """One unit of evaluation on the model grid: ``image`` ``(Cin, *S)`` normalised, ``spacing`` in mm."""
+
+    name: str
+    image: torch.Tensor
+    spacing: tuple[float, ...]
+
+
+def _predicted_labels(model: LoadedModel, images: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
+    """Argmax labels ``(N, *S)`` of ``images`` ``(N, Cin, *S)``."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            parts.append(label_map(model.network(images[start:start + batch_size].to(device))).cpu())
+    return torch.cat(parts)
+
+
+def cases_from_volume(model: LoadedModel, image: np.ndarray, spacing: Sequence[float],
+                      direction: Direction | None, name: str, classes: Sequence[int],
+                      batch_size: int = 32, device: str = "cpu") -> list[EvalCase]:
+    """Cases of one volume ``(Cin, Z, Y, X)`` (spacing in mm, array order).
+
+    3D models: the whole volume on the model grid, padded. 2D models: the slices in
+    which the network predicts at least one of ``classes``.
+    """
+    spec = model.spec
+    check_volume(image, spec)
+    x, grid = prepare_input(spec, image, spacing, direction)
+    if spec.spatial_dims == 3:
+        x = pad_end(x, padded_shape(x.shape[1:], spec.divisible_by, spec.roi_size or spec.min_size))
+        return [EvalCase(name, x, grid.spacing)]
+    slices = x.permute(1, 0, 2, 3)  # (Z, Cin, Y, X)
+    slices = pad_end(slices, padded_shape(slices.shape[2:], spec.divisible_by, spec.min_size))
+    labels = _predicted_labels(model, slices, device, batch_size)
+    present = torch.stack([(labels == c).flatten(1).any(1) for c in classes]).any(0)
+    return [EvalCase(f"{name}[{z}]", slices[z], grid.spacing[1:]) for z in torch.nonzero(present).flatten().tolist()]
+
+
+def nnunet_case(model: LoadedModel, paths: Sequence[str], name: str) -> EvalCase:
+    """One volume of an nnU-Net model as nnU-Net reads and preprocesses it (its grid, its
+    normalisation), padded at the end to a multiple of the network's total stride along each axis:
+    ``(Cin, z, y, x)``. Scored in one pass over the whole volume (not in sliding windows)."""
+    from .inference_nnunet import preprocess
+
+    manager = model.nnunet.configuration_manager
+    data, _, _ = preprocess(model, paths)
+    x = torch.from_numpy(data).float()
+    strides = np.prod(manager.pool_op_kernel_sizes, axis=0)  # the network's total stride per axis
+    return EvalCase(name, pad_end(x, padded_shape(x.shape[1:], strides)), tuple(float(s) for s in manager.spacing))
+
+
 class Pipeline(Protocol):
     model: LoadedModel
 
@@ -80,12 +137,12 @@ class Pipeline(Protocol):
     def explain(self, inputs: InputVolumes, settings: ExplainSettings, progress: ProgressCallback | None,
                 on_heatmap: HeatmapCallback | None) -> VolumeExplanation: ...
 
-    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list: ...
+    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]: ...
 
     def report_note(self, settings: ExplainSettings) -> dict | None: ...
 
     def evaluation_cases(self, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int, seed: int,
-                         batch_size: int, device: str) -> list: ...
+                         batch_size: int, device: str) -> list[EvalCase]: ...
 
 
 @dataclass
@@ -113,18 +170,14 @@ class VolumePipeline:
                               regions=settings.regions, device=settings.device, progress=progress, amp=settings.amp,
                               on_heatmap=on_heatmap)
 
-    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list:
+    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]:
         """The volume on the model's grid (3D) or its slices showing a class (2D)."""
-        from .evaluation.cases import cases_from_volume
-
         return cases_from_volume(self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, "volume",
                                  classes, device=device)
 
     def evaluation_cases(self, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int, seed: int,
-                         batch_size: int, device: str) -> list:
+                         batch_size: int, device: str) -> list[EvalCase]:
         """The cases of one volume named ``name`` (2D: ``name[z]``, at most ``max_slices`` drawn with ``seed``)."""
-        from .evaluation.cases import cases_from_volume
-
         inputs = InputVolumes.read(paths)
         cases = cases_from_volume(self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, name,
                                   classes, batch_size, device)
@@ -183,16 +236,14 @@ class NnunetPipeline:
                               classes=settings.classes, method=settings.method, region=region,
                               device=settings.device, progress=progress, on_heatmap=on_heatmap)
 
-    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list:
+    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]:
         """The volume as nnU-Net preprocesses it, scored with the first fold's weights (as evaluate does)."""
         self.model.network.load_state_dict(self.model.nnunet.parameters[0])
         return self.evaluation_cases(inputs.paths, "volume", classes, 1, 0, 1, device)
 
     def evaluation_cases(self, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int, seed: int,
-                         batch_size: int, device: str) -> list:
-        """One case: the whole volume as nnU-Net preprocesses it (see :func:`~.evaluation.cases.nnunet_case`)."""
-        from .evaluation.cases import nnunet_case
-
+                         batch_size: int, device: str) -> list[EvalCase]:
+        """One case: the whole volume as nnU-Net preprocesses it (see :func:`nnunet_case`)."""
         self.check_scorable()
         return [nnunet_case(self.model, paths, name)]
 

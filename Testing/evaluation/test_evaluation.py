@@ -17,15 +17,9 @@ from toy_models import blob, threshold_model
 
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.errors import CancelledError
-from SegGradCAMLib.evaluation.dataset import (
-    NO_LAYER,
-    EvalConfig,
-    bootstrap_ci,
-    cases_from_volume,
-    compare,
-    evaluate,
-    volume_cases,
-)
+from SegGradCAMLib.evaluation.scoring import NO_LAYER, EvalConfig, evaluate
+from SegGradCAMLib.evaluation.statistics import bootstrap_ci, compare
+from SegGradCAMLib.pipelines import VolumePipeline, cases_from_volume
 from SegGradCAMLib.evaluation.report import verdict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -104,9 +98,9 @@ def test_two_dimensional_cases_are_slices_with_a_prediction(dataset):
 
     model = load_model(str(dataset["model"]))
     path = str(dataset["data"] / "case1.nrrd")
-    cases = volume_cases(model, [path], "case1", [1, 2], max_slices=3, seed=0)
+    cases = VolumePipeline(model).evaluation_cases([path], "case1", [1, 2], max_slices=3, seed=0, batch_size=32, device="cpu")
     assert len(cases) == 3 and all(tuple(c.image.shape) == (1, 24, 24) and c.spacing == (1.0, 1.0) for c in cases)
-    assert [c.name for c in volume_cases(model, [path], "case1", [1, 2], 100, 0)] == [f"case1[{z}]" for z in range(4)]
+    assert [c.name for c in VolumePipeline(model).evaluation_cases([path], "case1", [1, 2], 100, 0, 32, "cpu")] == [f"case1[{z}]" for z in range(4)]
     # a list file, a folder, one volume, or a comma list of channel files: one case per volume
     assert [(c.id, c.inputs) for c in cohort_cases(str(dataset["list"]))] == [("case1", (path,))]
     assert [c.id for c in cohort_cases(str(dataset["data"]))] == ["case0", "case1"]

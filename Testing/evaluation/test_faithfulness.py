@@ -10,11 +10,11 @@ import pytest
 from SegGradCAMLib import seg_grad_cam
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.demo import data as demo_data
-from SegGradCAMLib.evaluation.dataset import cases_from_volume
+from SegGradCAMLib.pipelines import cases_from_volume
 from SegGradCAMLib.evaluation.deletion_insertion import make_baseline
 from SegGradCAMLib.evaluation.faithfulness import RANDOM_ORDERINGS, calls_per_case, score_class, summarise, verdict
 from SegGradCAMLib.models import load_model
-from SegGradCAMLib.models.registry import DEFAULT_MULTICLASS_MODEL
+from SegGradCAMLib.models.declarations import DEFAULT_MULTICLASS_MODEL
 
 
 @pytest.fixture(scope="module")

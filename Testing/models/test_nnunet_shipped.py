@@ -59,7 +59,7 @@ def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, 
     """``explain --faithfulness`` on an nnU-Net folder: the volume as nnU-Net preprocesses it (its
     2 mm grid, its z-score, padded to the network's stride 16), one class to keep it short."""
     from SegGradCAMLib.cli import main
-    from SegGradCAMLib.evaluation.dataset import nnunet_case
+    from SegGradCAMLib.pipelines import nnunet_case
     from SegGradCAMLib.evaluation.faithfulness import calls_per_case
     from SegGradCAMLib.inference_nnunet import preprocess
 

@@ -30,7 +30,7 @@ def _stem(path: str) -> str:
 
 def cohort_cases(data: str) -> list[CohortCase]:
     """The cases of ``data`` (a list file, a folder of volumes, or one volume; see
-    :func:`~SegGradCAMLib.evaluation.dataset.data_entries`). Ids are the first channel's file
+    :func:`~SegGradCAMLib.evaluation.cases.data_entries`). Ids are the first channel's file
     name without its suffix; where those repeat, its folder's name (``case_07/t1.nrrd`` ->
     ``case_07``), else both (``case_07_t1``), numbered where they still repeat."""
     from ..evaluation.cases import data_entries

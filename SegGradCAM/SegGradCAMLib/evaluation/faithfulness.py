@@ -25,7 +25,7 @@ import torch
 
 from ..cam import label_map, seg_grad_cam
 from ..models.spec import LoadedModel
-from .dataset import EvalCase
+from ..pipelines import EvalCase
 from .deletion_insertion import ClassScorer, auc, make_baseline, rank_voxels, step_fractions
 from .sanity import random_heatmap
 

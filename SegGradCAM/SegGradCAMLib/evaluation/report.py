@@ -15,7 +15,9 @@ from typing import Sequence
 import numpy as np
 
 from ..volumes.files import safe_filename
-from .dataset import METRIC_COLUMNS, NO_LAYER
+from ..reports import METRICS_FILE, EvaluationReport
+from .scoring import METRIC_COLUMNS, NO_LAYER, config_dict
+from .statistics import bootstrap_summary, compare, mean_curves, randomization_summary
 
 # Columns of the report's table: (metric, heading, better).
 TABLE_COLUMNS = (
@@ -33,14 +35,14 @@ def explanation_name(method: str, layer: str) -> str:
     return method if layer == NO_LAYER else f"{method} @ {layer}"
 
 
-def write_tables(out: Path, report: dict) -> None:
+def write_tables(out: Path, report: EvaluationReport) -> None:
     """``metrics.json`` (everything) and ``metrics.csv`` (one row per case x class x method x layer)."""
-    (out / "metrics.json").write_text(json.dumps(report, indent=1, allow_nan=True), encoding="utf-8")
+    (out / METRICS_FILE).write_text(json.dumps(report.to_json(), indent=1, allow_nan=True), encoding="utf-8")
     columns = ["case", "class", "method", "layer", "mask_voxels", *METRIC_COLUMNS]
     with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        for row in report["rows"]:
+        for row in report.rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
@@ -148,7 +150,7 @@ def _embed(path: Path) -> str:
 
 
 def format_stat(stat: dict | None) -> str:
-    """``mean [low, high]`` of a :func:`~SegGradCAMLib.evaluation.dataset.bootstrap_ci` result, or a dash."""
+    """``mean [low, high]`` of a :func:`~SegGradCAMLib.evaluation.statistics.bootstrap_ci` result, or a dash."""
     if not stat or not stat.get("n") or math.isnan(stat["mean"]):
         return "–"
     return f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]"
@@ -175,47 +177,47 @@ def results_table(summary: Sequence[dict]) -> list[list[str]]:
     ]
 
 
-def markdown_table(report: dict) -> str:
+def markdown_table(report: EvaluationReport) -> str:
     """The summary table and the paired comparisons as Markdown (``summary.md``)."""
     head = ["class", "explanation", *(f"{h} ({b} better)" for _, h, b in TABLE_COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in results_table(report["summary"])]
-    compared = [(c, h, b) for c, h, b in TABLE_COLUMNS if any(c in e for e in report["comparisons"])]
+    lines += ["| " + " | ".join(cells) + " |" for cells in results_table(report.summary)]
+    compared = [(c, h, b) for c, h, b in TABLE_COLUMNS if any(c in e for e in report.comparisons)]
     lines += ["", "| explanation | versus | " + " | ".join(f"Δ {h}" for _, h, _ in compared) + " |",
               "|" + "---|" * (2 + len(compared))]
     lines += [f"| {explanation_name(e['method'], e['layer'])} | {e['versus']} | "
               + " | ".join(f"{format_stat(e.get(c))} {verdict(e.get(c), b)}" for c, _, b in compared) + " |"
-              for e in report["comparisons"]]
+              for e in report.comparisons]
     return "\n".join(lines) + "\n"
 
 
-def write_html(out: Path, report: dict, figures: Sequence[Path], gallery: Sequence[Path]) -> Path:
+def write_html(out: Path, report: EvaluationReport, figures: Sequence[Path], gallery: Sequence[Path]) -> Path:
     """``report.html``: settings, summary table with CIs, paired comparisons, plots, gallery."""
     esc = html.escape
     header = "".join(f"<th>{esc(h)}<br><small>({b} is better)</small></th>" for _, h, b in TABLE_COLUMNS)
     body_rows = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in results_table(report["summary"])
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in results_table(report.summary)
     )
-    compared = [(c, b) for c, _, b in TABLE_COLUMNS if any(c in e for e in report["comparisons"])]
+    compared = [(c, b) for c, _, b in TABLE_COLUMNS if any(c in e for e in report.comparisons)]
     comparisons = "".join(
         f"<tr><td>{esc(explanation_name(e['method'], e['layer']))}</td><td>{esc(e['versus'])}</td>"
         + "".join(f"<td>{esc(format_stat(e.get(c)))} {verdict(e.get(c), better)}</td>" for c, better in compared)
         + "</tr>"
-        for e in report["comparisons"]
+        for e in report.comparisons
     )
     headings = {c: h for c, h, _ in TABLE_COLUMNS}
     compared_header = "".join(f"<th>{esc(headings[c])}</th>" for c, _ in compared)
-    config = report["config"]
+    config = report.config
     settings = (
-        f"model <b>{esc(report['model']['name'])}</b>, data <code>{esc(str(report['data']))}</code>, "
-        f"{report['cases']} cases, {len(report['rows'])} rows; step {config['step']:.0%} of voxels, "
+        f"model <b>{esc(report.model['name'])}</b>, data <code>{esc(str(report.data))}</code>, "
+        f"{report.cases} cases, {len(report.rows)} rows; step {config['step']:.0%} of voxels, "
         f"perturbation baseline {esc(config['baseline'])} (sigma {config['sigma_mm']} mm), ROAD at "
         f"{', '.join(f'{p:.0%}' for p in config['road_percentages'])} with noise {config['road_noise']}, "
         f"seed {config['seed']}, {config['bootstrap']} bootstrap resamples; "
-        f"{report['timings']['evaluate_s']:.0f} s on {esc(report['device'])}."
+        f"{report.timings['evaluate_s']:.0f} s on {esc(report.device)}."
     )
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>SegGradCAM evaluation — {esc(report['model']['name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>SegGradCAM evaluation — {esc(report.model['name'])}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }}
@@ -224,7 +226,7 @@ th {{ background: #eee; }}
 small {{ color: #666; }}
 img {{ max-width: 100%; margin: 0.5em 0; }}
 </style></head><body>
-<h1>Faithfulness of the explanations of {esc(report['model']['name'])}</h1>
+<h1>Faithfulness of the explanations of {esc(report.model['name'])}</h1>
 <p>{settings}</p>
 <p>Scores: mean softmax probability of the class over its original predicted mask (fixed through each curve).
 Deletion replaces the highest-ranked voxels first by the baseline; Insertion restores them into it; ROAD removes
@@ -250,34 +252,31 @@ interval excludes 0, "n.s." when it does not.</p>
     return path
 
 
-def write_outputs(out: Path, model, data: str, result, config, timings: dict, device: str) -> dict:
+def write_outputs(out: Path, model, data: str, result, config, timings: dict, device: str) -> EvaluationReport:
     """Write every evaluation output into ``out``; returns the ``metrics.json`` content.
 
     ``model``: the :class:`~SegGradCAMLib.models.LoadedModel`; ``result``: an
-    :class:`~SegGradCAMLib.evaluation.dataset.EvalResult` of ``config``.
+    :class:`~SegGradCAMLib.evaluation.scoring.EvalResult` of ``config``.
     """
-    from .dataset import compare, config_dict, mean_curves, randomization_summary, bootstrap_summary
-
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     spec = model.spec
     randomization = randomization_summary(result.randomization)
-    report = {
-        "tool": "seggradcam evaluate",
-        "model": {"name": spec.name, "sha256": spec.sha256, "labels": spec.labels, "spatial_dims": spec.spatial_dims},
-        "data": data,
-        "cases": len({r["case"] for r in result.rows}),
-        "device": device,
-        "config": config_dict(config),
-        "summary": bootstrap_summary(result.rows, config.bootstrap, config.seed),
-        "comparisons": compare(result.rows, resamples=config.bootstrap, seed=config.seed),
-        "randomization": randomization,
-        "curves": mean_curves(result),
-        "rows": result.rows,
-        "randomization_steps": result.randomization,
-        "timings": timings,
-    }
-    figures = plot_curves(out, report["curves"])
+    report = EvaluationReport(
+        model={"name": spec.name, "sha256": spec.sha256, "labels": spec.labels, "spatial_dims": spec.spatial_dims},
+        data=data,
+        cases=len({r["case"] for r in result.rows}),
+        device=device,
+        config=config_dict(config),
+        summary=bootstrap_summary(result.rows, config.bootstrap, config.seed),
+        comparisons=compare(result.rows, resamples=config.bootstrap, seed=config.seed),
+        randomization=randomization,
+        curves=mean_curves(result),
+        rows=result.rows,
+        randomization_steps=result.randomization,
+        timings=timings,
+    )
+    figures = plot_curves(out, report.curves)
     randomization_plot = plot_randomization(out, randomization)
     if randomization_plot is not None:
         figures.append(randomization_plot)

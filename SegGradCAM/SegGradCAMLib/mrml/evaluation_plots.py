@@ -55,7 +55,7 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
     """
     import slicer
 
-    from ..evaluation.dataset import POOLED
+    from ..evaluation.statistics import POOLED
     from ..evaluation.report import explanation_name, format_stat
 
     curves = [c for c in report["curves"] if c["curve"] in CURVE_KINDS]

@@ -1,0 +1,279 @@
+"""Scoring heatmaps on the model's grid, one case at a time (a slice for 2D models, a volume for
+3D models): per case, class and explanation (a CAM method on a layer, or a baseline: ``random``,
+``mask``, ``gradient``) one row of metrics (Deletion/Insertion, ROAD, energy, randomisation) and
+the curves; results saved per cohort case and merged."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..cam import label_map, seg_grad_cam
+from ..errors import CancelledError
+from ..layers import decoder_layers, resolve_layers
+from ..models.spec import LoadedModel
+from ..options import BASELINE_EXPLANATIONS, METRICS
+from ..pipelines import EvalCase, Pipeline
+from ..selection import DEFAULT_FRACTIONS
+from .deletion_insertion import DEFAULT_SIGMA_MM, ClassScorer, deletion_insertion, make_baseline
+from .energy import heatmap_energy_fractions
+from .road import road
+from .sanity import baseline_heatmap, cascading_randomisation
+
+NO_LAYER = "-"
+
+# Columns of one row (case x class x explanation x layer); lower is better for
+# deletion and ROAD MoRF, higher for insertion and ROAD LeRF.
+METRIC_COLUMNS = (
+    "deletion_auc", "deletion_auc_normalised", "deletion_dice_auc",
+    "insertion_auc", "insertion_auc_normalised", "insertion_dice_auc",
+    "road_morf", "road_lerf", "road_morf_dice", "road_lerf_dice",
+    "energy_inside", "energy_shell", "energy_beyond",
+    "randomization_spearman", "randomization_ssim",
+)
+
+
+@dataclass
+class EvalConfig:
+    """What to measure and how. ``step``: fraction of voxels per Deletion/Insertion step."""
+
+    metrics: Sequence[str] = METRICS
+    methods: Sequence[str] = ("gradcam",)
+    baselines: Sequence[str] = BASELINE_EXPLANATIONS
+    layers: object = "auto"
+    classes: Sequence[int] | None = None
+    step: float = 0.01
+    baseline: str = "blur"
+    sigma_mm: float = DEFAULT_SIGMA_MM
+    road_percentages: Sequence[float] = DEFAULT_FRACTIONS
+    road_noise: float = 0.01
+    shell_mm: float = 3.0
+    seed: int = 0
+    batch_size: int = 32
+    device: str = "cpu"
+    bootstrap: int = 2000
+    gallery: int = 6
+
+
+@dataclass
+class EvalResult:
+    """Rows of metrics, curves per key ``(class name, explanation, layer, curve)`` and randomisation steps."""
+
+    rows: list[dict] = field(default_factory=list)
+    curves: dict[tuple[str, str, str, str], list[np.ndarray]] = field(default_factory=dict)
+    fractions: dict[str, np.ndarray] = field(default_factory=dict)
+    randomization: list[dict] = field(default_factory=list)
+    gallery: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def case_seed(seed: int, *keys: int) -> int:
+    """A seed for one case/class derived from the run's seed (independent streams)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def _explanations(model: LoadedModel, case: EvalCase, classes: list[int], layers: list[str],
+                  config: EvalConfig) -> tuple[torch.Tensor, dict[tuple[str, str], torch.Tensor]]:
+    """Logits ``(C, *S)`` and CAMs ``(method, layer) -> (len(classes), *S)`` of one case."""
+    x = case.image[None].to(config.device)
+    maps, logits = {}, None
+    for method in config.methods:
+        result = seg_grad_cam(model.network, x, layers, classes, method, upsample=True)
+        logits = result.logits[0].float().cpu()
+        for layer, m in result.items():
+            maps[(method, layer)] = m[:, 0].float().cpu()
+    if logits is None:
+        with torch.no_grad():
+            logits = model.network(x)[0].float().cpu()
+    return logits, maps
+
+
+@dataclass
+class _ClassTarget:
+    """One class of one case: its scorer, the input ``(Cin, *S)``, the perturbation
+    baseline, the scores of both (``ends``, shared by all heatmaps) and a seed."""
+
+    name: str
+    scorer: ClassScorer
+    image: torch.Tensor
+    replacement: torch.Tensor
+    ends: tuple[np.ndarray, np.ndarray] | None
+    seed: int
+
+
+def evaluate_case(model: LoadedModel, case: EvalCase, keys: tuple[int, ...], classes: list[int], layers: list[str],
+                  stages: list[str], config: EvalConfig, result: EvalResult) -> None:
+    """Append the rows, curves and randomisation steps of one case to ``result``; ``keys`` (the
+    case's position) seed its random orderings."""
+    network, spec = model.network, model.spec
+    logits, cams = _explanations(model, case, classes, layers, config)
+    labels = label_map(logits, 0)
+    image = case.image.float()
+    replacement = make_baseline(image, case.spacing, config.baseline, config.sigma_mm)
+    curves = bool({"deletion", "insertion"} & set(config.metrics))
+    gallery = {"case": case.name, "image": image[0].numpy(), "classes": {}}
+    for ci, c in enumerate(classes):
+        mask = labels == c
+        if not mask.any():
+            continue
+        scorer = ClassScorer(network, c, mask, spec.output_activation, config.device, config.batch_size)
+        ends = scorer(torch.stack([image, replacement])) if curves else None
+        target = _ClassTarget(spec.labels[c], scorer, image, replacement, ends, case_seed(config.seed, *keys, c))
+        explanations = {key: m[ci] for key, m in cams.items()}
+        for kind in config.baselines:
+            explanations[(kind, NO_LAYER)] = baseline_heatmap(kind, network, image.to(config.device),
+                                                              c, mask.to(config.device), target.seed).cpu()
+        gallery["classes"][target.name] = {"mask": mask.numpy(),
+                                           "maps": {k: v.numpy() for k, v in explanations.items()}}
+        for (method, layer), heat in explanations.items():
+            row = {"case": case.name, "class": target.name, "method": method, "layer": layer,
+                   "mask_voxels": int(mask.sum())}
+            row.update(_score_explanation(target, heat, (target.name, method, layer), config, result))
+            row.update({k: v for k, v in heatmap_energy_fractions(heat.numpy(), mask.numpy(), case.spacing,
+                                                                   config.shell_mm).items() if k != "shell_mm"})
+            if "randomization" in config.metrics and method in config.methods:
+                steps = cascading_randomisation(network, image.to(config.device), layer, c, mask.to(config.device),
+                                                stages, method, target.seed)
+                result.randomization += [{"case": case.name, "class": target.name, "method": method, "layer": layer,
+                                          **s} for s in steps]
+                row["randomization_spearman"] = steps[-1]["spearman"]
+                row["randomization_ssim"] = steps[-1]["ssim"]
+            result.rows.append(row)
+    if len(result.gallery) < config.gallery and gallery["classes"]:
+        result.gallery.append(gallery)
+
+
+def _score_explanation(target: _ClassTarget, heat: torch.Tensor, key: tuple[str, str, str], config: EvalConfig,
+                       result: EvalResult) -> dict[str, float]:
+    """Deletion/Insertion and ROAD numbers of one heatmap ``(*S)``.
+
+    ``key``: (class name, method, layer); the curves go into ``result.curves``.
+    """
+    row: dict[str, float] = {}
+    if target.ends is not None:
+        for kind, curve in deletion_insertion(target.scorer, target.image, target.replacement, heat, config.step,
+                                              target.seed, config.batch_size, target.ends).items():
+            summary = curve.summary()
+            row[f"{kind}_auc"] = summary["auc"]
+            row[f"{kind}_auc_normalised"] = summary["auc_normalised"]
+            row[f"{kind}_dice_auc"] = summary["dice_auc"]
+            result.curves.setdefault((*key, kind), []).append(curve.probability)
+            result.fractions[kind] = curve.fractions
+    if "road" in config.metrics:
+        for order, curve in road(target.scorer, target.image, heat, config.road_percentages, config.road_noise,
+                                 target.seed).items():
+            summary = curve.summary()
+            row[f"road_{order}"] = summary["auc"]
+            row[f"road_{order}_dice"] = summary["dice_auc"]
+            result.curves.setdefault((*key, f"road_{order}"), []).append(curve.probability)
+            result.fractions[f"road_{order}"] = curve.fractions
+    return row
+
+
+def evaluate(model: LoadedModel, cases: Sequence[EvalCase], config: EvalConfig,
+             progress: Callable[[int, int], None] | None = None,
+             cancel: Callable[[], bool] | None = None, keys: Sequence[tuple[int, ...]] | None = None) -> EvalResult:
+    """Evaluate every case; ``progress(done, total)`` after each; ``cancel()`` returning
+    True stops before the next case (raises :class:`~SegGradCAMLib.errors.CancelledError`).
+    ``keys``: each case's seed keys (default: its position)."""
+    network = model.network.to(config.device).eval()
+    classes = list(config.classes) if config.classes is not None else list(range(1, len(model.spec.labels)))
+    example = cases[0].image[None].to(config.device) if cases else None
+    layers = list(resolve_layers(network, model.chosen_layers(config.layers), example))
+    stages = model.layers or decoder_layers(network, example)
+    result = EvalResult()
+    start = time.perf_counter()
+    for index, case in enumerate(cases):
+        if cancel is not None and cancel():
+            raise CancelledError("Cancelled by the user.")
+        evaluate_case(model, case, (index,) if keys is None else tuple(keys[index]), classes, layers, stages,
+                      config, result)
+        if progress is not None:
+            progress(index + 1, len(cases))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def evaluate_volume(pipeline: Pipeline, paths: Sequence[str], name: str, index: int, config: EvalConfig,
+                    max_slices: int) -> EvalResult:
+    """One volume of a cohort, the ``index``-th, given as its channel files: its cases (see the
+    pipeline's ``evaluation_cases``), named after ``name`` and seeded by ``index`` (so the result
+    does not depend on which process or machine runs it, nor on the other volumes)."""
+    model = pipeline.model
+    classes = list(config.classes) if config.classes is not None else list(range(1, len(model.spec.labels)))
+    cases = pipeline.evaluation_cases(paths, name, classes, max_slices, case_seed(config.seed, index),
+                                      config.batch_size, config.device)
+    if not cases:
+        return EvalResult()
+    return evaluate(model, cases, config, keys=[(index, k) for k in range(len(cases))])
+
+
+def merge_results(parts: Sequence[EvalResult], gallery: int) -> EvalResult:
+    """The results of several volumes, in their order, as one (at most ``gallery`` gallery cases)."""
+    merged = EvalResult()
+    for part in parts:
+        merged.rows += part.rows
+        for key, curves in part.curves.items():
+            merged.curves.setdefault(key, []).extend(curves)
+        merged.fractions.update(part.fractions)
+        merged.randomization += part.randomization
+        merged.gallery += part.gallery[:gallery - len(merged.gallery)]
+        merged.seconds += part.seconds
+    return merged
+
+
+RESULT_FILE = "evaluation.json"
+
+GALLERY_FILE = "gallery.npz"
+
+
+def save_result(result: EvalResult, folder: Path, with_gallery: bool) -> None:
+    """``result`` as ``evaluation.json`` (+ ``gallery.npz``, read without pickle) in ``folder``."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays, gallery = {}, []
+    for i, item in enumerate(result.gallery if with_gallery else []):
+        arrays[f"{i}.image"] = item["image"]
+        classes = {}
+        for j, (name, entry) in enumerate(item["classes"].items()):
+            arrays[f"{i}.{j}.mask"] = entry["mask"]
+            for k, heat in enumerate(entry["maps"].values()):
+                arrays[f"{i}.{j}.{k}"] = heat
+            classes[name] = [list(key) for key in entry["maps"]]
+        gallery.append({"case": item["case"], "classes": classes})
+    if arrays:
+        np.savez_compressed(folder / GALLERY_FILE, **arrays)
+    content = {"rows": result.rows, "curves": [{"key": list(k), "curves": [c.tolist() for c in v]}
+                                                for k, v in result.curves.items()],
+               "fractions": {k: v.tolist() for k, v in result.fractions.items()},
+               "randomization": result.randomization, "gallery": gallery, "seconds": result.seconds}
+    (folder / RESULT_FILE).write_text(json.dumps(content), encoding="utf-8")
+
+
+def load_result(folder: Path) -> EvalResult:
+    """What :func:`save_result` wrote."""
+    import json
+
+    content = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+    result = EvalResult(rows=content["rows"], randomization=content["randomization"], seconds=content["seconds"])
+    result.curves = {tuple(e["key"]): [np.asarray(c) for c in e["curves"]] for e in content["curves"]}
+    result.fractions = {k: np.asarray(v) for k, v in content["fractions"].items()}
+    if content["gallery"]:
+        with np.load(folder / GALLERY_FILE, allow_pickle=False) as arrays:
+            for i, item in enumerate(content["gallery"]):
+                classes = {name: {"mask": arrays[f"{i}.{j}.mask"],
+                                  "maps": {tuple(key): arrays[f"{i}.{j}.{k}"] for k, key in enumerate(keys)}}
+                           for j, (name, keys) in enumerate(item["classes"].items())}
+                result.gallery.append({"case": item["case"], "image": arrays[f"{i}.image"], "classes": classes})
+    return result
+
+
+def config_dict(config: EvalConfig) -> dict:
+    """``config`` as JSON-ready values."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
