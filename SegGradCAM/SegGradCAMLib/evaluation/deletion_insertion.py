@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import SegGradCAMError
+from ..options import PERTURBATION_BASELINES
 
-BASELINES = ("blur", "mean")
 # Blur strong enough to wash out lesion-sized structures (5 mm left a 2 mm-pixel lesion recognisable).
 DEFAULT_SIGMA_MM = 20.0
 
@@ -65,7 +65,7 @@ def make_baseline(image: torch.Tensor, spacing: Sequence[float], kind: str = "bl
     if kind == "mean":
         return image.mean(dim=tuple(range(1, image.ndim)), keepdim=True).expand_as(image).clone()
     if kind != "blur":
-        raise SegGradCAMError(f"Unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}.")
+        raise SegGradCAMError(f"Unknown baseline {kind!r}; choose one of {', '.join(PERTURBATION_BASELINES)}.")
     sigma = [sigma_mm / float(s) for s in spacing]
     array = image.detach().cpu().numpy()
     blurred = np.stack([ndimage.gaussian_filter(channel, sigma, mode="nearest") for channel in array])

@@ -19,8 +19,7 @@ from torch import nn
 
 from ..cam import seg_grad_cam
 from ..errors import SegGradCAMError
-
-BASELINE_EXPLANATIONS = ("random", "mask", "gradient")
+from ..options import BASELINE_EXPLANATIONS
 
 
 def random_heatmap(shape: Sequence[int], seed: int = 0) -> torch.Tensor:

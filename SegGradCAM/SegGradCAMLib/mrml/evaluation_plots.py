@@ -49,7 +49,7 @@ def addTableColumn(table, name: str, values: Sequence, kind: str = "float") -> N
 def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
     """Add the mean Deletion/Insertion curves and the AUC table of an evaluation to ``scene``.
 
-    ``report``: the ``metrics.json`` content ``seggradcam evaluate`` writes (its ``curves`` and
+    ``report``: the :class:`~SegGradCAMLib.reports.EvaluationReport` (metrics.json) ``seggradcam evaluate`` writes (its ``curves`` and
     ``summary``). Deletion series are solid, Insertion series dashed; each explanation keeps
     one colour.
     """
@@ -58,7 +58,7 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
     from ..evaluation.statistics import POOLED
     from ..evaluation.report import explanation_name, format_stat
 
-    curves = [c for c in report["curves"] if c["curve"] in CURVE_KINDS]
+    curves = [c for c in report.curves if c["curve"] in CURVE_KINDS]
     if not curves:
         raise SegGradCAMError("The evaluation holds no Deletion/Insertion curve to show.")
     several = len({c["class"] for c in curves}) > 1
@@ -89,7 +89,7 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
     curveTable.Modified()
 
     aucTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{baseName} AUC")
-    summary = [s for s in report["summary"] if s["class"] != POOLED]
+    summary = [s for s in report.summary if s["class"] != POOLED]
     addTableColumn(aucTable.GetTable(), "explanation",
                [(f"{s['class']} " if several else "") + explanation_name(s["method"], s["layer"]) for s in summary],
                kind="string")

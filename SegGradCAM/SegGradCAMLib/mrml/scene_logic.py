@@ -20,7 +20,6 @@ chains the three (scripts, tests).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -33,7 +32,9 @@ import numpy as np
 
 from ..errors import SegGradCAMError
 from ..models.spec import ModelSpec
-from ..selection import class_indices, layer_selection
+from ..options import EvaluateOptions, ExplainOptions
+from ..reports import EvaluationReport, ExplainReport
+from ..selection import class_indices
 from .worker import WorkerProcess
 
 OUTPUT_ATTRIBUTE = "SegGradCAM.Output"
@@ -244,16 +245,16 @@ class SegGradCAMSceneLogic:
         region = self.regionMask(volumes[0], regionSegmentationNode, regionSegmentId, regionROINode)
 
         def arguments(folder: Path, paths: list[str]) -> list[str]:
-            extra = []
+            regionPath = None
             if region is not None:
-                writeVolumeArray(region.astype(np.uint8), volumes[0], folder / "region.nrrd")
-                extra = ["--region", str(folder / "region.nrrd")]
-            if faithfulness:
-                extra.append("--faithfulness")
-            return ["explain", *paths, "--classes", classes if isinstance(classes, str) else ",".join(map(str, classes)),
-                    "--method", method, *extra]
+                regionPath = folder / "region.nrrd"
+                writeVolumeArray(region.astype(np.uint8), volumes[0], regionPath)
+            options = ExplainOptions(inputs=tuple(paths), model=model, out=folder / "out", layers=layers,
+                                     classes=classes, method=method, region=regionPath, device=device,
+                                     trust_model=trust, threads=threads, faithfulness=faithfulness)
+            return ["explain", *options.to_argv()]
 
-        return self._startWorker(volumes, model, arguments, f"{method}", layers, device, trust, threads)
+        return self._startWorker(volumes, model, arguments, f"{method}")
 
     def startEvaluation(self, inputVolumeNodes: Sequence, model: str, className: str, method: str = "auto",
                         layers="auto", device: str = "auto", trust: bool = False, threads: int = 0,
@@ -265,12 +266,13 @@ class SegGradCAMSceneLogic:
 
         def arguments(folder: Path, paths: list[str]) -> list[str]:
             (folder / "cases.txt").write_text(",".join(paths) + "\n", encoding="utf-8")
-            return ["evaluate", "--data", str(folder / "cases.txt"), "--classes", className, "--methods", method,
-                    "--metrics", "deletion,insertion", "--baselines", "random,mask", "--step", str(step),
-                    "--max-slices", str(maxSlices)]
+            options = EvaluateOptions(model=model, data=str(folder / "cases.txt"), out=folder / "out",
+                                      metrics=("deletion", "insertion"), methods=(method,),
+                                      baselines=("random", "mask"), layers=layers, classes=className, step=step,
+                                      max_slices=maxSlices, device=device, threads=threads, trust_model=trust)
+            return ["evaluate", *options.to_argv()]
 
-        return self._startWorker(volumes, model, arguments, f"evaluate {className} {method}", layers, device, trust,
-                                 threads)
+        return self._startWorker(volumes, model, arguments, f"evaluate {className} {method}")
 
     def _checkedInputs(self, inputVolumeNodes: Sequence, model: str, classes) -> list:
         """The input volumes, checked against what the model declares (when readable without torch)."""
@@ -283,23 +285,19 @@ class SegGradCAMSceneLogic:
             class_indices(classes, facts.labels)  # an unknown class fails here, with the valid ones
         return volumes
 
-    def _startWorker(self, volumes: list, model: str, arguments: Callable[[Path, list[str]], list[str]], what: str,
-                     layers, device: str, trust: bool, threads: int) -> ExplainRun:
-        """Write the volumes to a fresh temporary folder and start the worker on
-        ``arguments(folder, input paths)`` plus the options every command shares."""
+    def _startWorker(self, volumes: list, model: str, arguments: Callable[[Path, list[str]], list[str]],
+                     what: str) -> ExplainRun:
+        """Write the volumes to a fresh temporary folder and start the worker on the command
+        ``arguments(folder, input paths)`` (built by the options' ``to_argv``)."""
         import slicer
 
-        chosen = layer_selection(layers)
         folder = Path(tempfile.mkdtemp(prefix="SegGradCAM-"))
         try:
             paths = []
             for index, node in enumerate(volumes):
                 paths.append(str(folder / f"input{index}.nrrd"))
                 writeVolumeArray(slicer.util.arrayFromVolume(node), node, Path(paths[-1]))
-            command = [*arguments(folder, paths), "--model", model, "--out", str(folder / "out"),
-                       "--layers", chosen if chosen == "auto" else ",".join(chosen), "--device", device,
-                       "--threads", str(threads)] + (["--trust-model"] if trust else [])
-            worker = WorkerProcess(command, folder, python=self.python, launcher=self.launcher)
+            worker = WorkerProcess(arguments(folder, paths), folder, python=self.python, launcher=self.launcher)
             worker.start()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -382,16 +380,14 @@ class SegGradCAMSceneLogic:
 
     # -- step 3: outputs -------------------------------------------------------
 
-    def _finishedReport(self, run: ExplainRun, name: str) -> dict:
-        """The worker's report ``name`` (explain.json, metrics.json) once it ended well; else its
-        one-line message as an error. The inputs must still be in the scene."""
+    def _checkFinished(self, run: ExplainRun) -> None:
+        """Raise the worker's one-line message unless it ended well and its inputs are still in the scene."""
         self.pollRun(run)
         final = run.worker.finalEvent
         if final is None or final["event"] != "done":
             raise SegGradCAMError(run.worker.errorMessage())
         if any(self.scene.GetNodeByID(nodeID) is None for nodeID in run.inputNodeIDs):
             raise SegGradCAMError("The input volume was removed (or the scene closed) during the run; nothing was added.")
-        return json.loads((run.outFolder / name).read_text(encoding="utf-8"))
 
     def finishEvaluation(self, run: ExplainRun):
         """The finished evaluation's curves and AUCs as plot, chart and table nodes (main
@@ -399,46 +395,48 @@ class SegGradCAMSceneLogic:
         from .evaluation_plots import showEvaluation
 
         try:
-            report = self._finishedReport(run, "metrics.json")
+            self._checkFinished(run)
+            report = EvaluationReport.read(run.outFolder)
         finally:
             shutil.rmtree(run.folder, ignore_errors=True)
         reference = self.scene.GetNodeByID(run.inputNodeIDs[0])
-        names = ", ".join(dict.fromkeys(row["class"] for row in report["rows"]))
-        return showEvaluation(self.scene, report, f"{reference.GetName()} {report['model']['name']} {names}")
+        names = ", ".join(report.explained_classes)
+        return showEvaluation(self.scene, report, f"{reference.GetName()} {report.model['name']} {names}")
 
     def finishRun(self, run: ExplainRun) -> RunOutputs:
         """Read the finished worker's outputs into nodes (main thread), as :meth:`addOutputs`.
         Raises the worker's one-line message if it failed. The run's temporary folder is
         removed in every case."""
         try:
-            report = self._finishedReport(run, "explain.json")
+            self._checkFinished(run)
+            report = ExplainReport.read(run.outFolder)
             outputs = self.addOutputs(report, run.outFolder, self.scene.GetNodeByID(run.inputNodeIDs[0]), run.runKey)
         finally:
             shutil.rmtree(run.folder, ignore_errors=True)
-        logging.info(f"SegGradCAM: {report['model']['name']} {report['method']}: {len(outputs.heatmapNodes)} "
+        logging.info(f"SegGradCAM: {report.model.name} {report.method}: {len(outputs.heatmapNodes)} "
                      f"heatmap(s) in {time.perf_counter() - run.started:.1f} s")
         return outputs
 
-    def addOutputs(self, report: dict, outFolder: Path, reference, runKey: str) -> RunOutputs:
+    def addOutputs(self, report: ExplainReport, outFolder: Path, reference, runKey: str) -> RunOutputs:
         """An explain run's outputs (``report`` = its explain.json, files in ``outFolder``) as
         nodes: label map, segmentation and one heatmap per class and layer, with the geometry of
         ``reference``; replaces only ``runKey``'s previous outputs."""
         import slicer
 
-        labels = readVolumeArray(Path(outFolder) / report["segmentation"])
-        heatmaps = {(entry["name"], layer): (readVolumeArray(Path(outFolder) / info["file"]), info)
-                    for entry in report["classes"] for layer, info in entry["layers"].items()}
-        model, method = report["model"], report["method"]
+        labels = readVolumeArray(Path(outFolder) / report.segmentation)
+        heatmaps = {(entry.name, layer): (readVolumeArray(Path(outFolder) / info.file), info)
+                    for entry, layer, info in report.heatmaps()}
+        model, method = report.model, report.method
         self.removeRunOutputs(runKey)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         provenance = {
-            "SegGradCAM.Model": model["name"], "SegGradCAM.ModelSHA256": model["sha256"],
+            "SegGradCAM.Model": model.name, "SegGradCAM.ModelSHA256": model.sha256,
             "SegGradCAM.Method": method, "SegGradCAM.Time": stamp, "SegGradCAM.Input": reference.GetID(),
         }
-        baseName = f"{reference.GetName()} {model['name']}"
+        baseName = f"{reference.GetName()} {model.name}"
         folderItemID = self._runFolder(f"SegGradCAM: {baseName} {method}", runKey)
 
-        colorNode = self._labelColorNode(f"{model['name']} labels", model["labels"], runKey)
+        colorNode = self._labelColorNode(f"{model.name} labels", model.labels, runKey)
         labelmapNode = self._newOutputNode("vtkMRMLLabelMapVolumeNode", f"{baseName} segmentation", reference,
                                            folderItemID, runKey, provenance)
         slicer.util.updateVolumeFromArray(labelmapNode, labels.astype(np.int16))
@@ -456,21 +454,21 @@ class SegGradCAMSceneLogic:
 
         heatmapNodes = {}
         heatColor = self.heatmapColorNode()
-        several = len(report["layers"]) > 1
+        several = len(report.layers) > 1
         for (label, layer), (heat, info) in heatmaps.items():
             name = f"{baseName} heatmap {label}" + (f" {layer}" if several else "")
-            score = info.get("faithfulness")
+            score = info.faithfulness
             verdict = {"SegGradCAM.Faithfulness": f"{score['verdict']} ({score['basis']})"} if score else {}
             node = self._newOutputNode("vtkMRMLScalarVolumeNode", name, reference, folderItemID, runKey,
                                        {**provenance, "SegGradCAM.Class": label, "SegGradCAM.Layer": layer,
-                                        "SegGradCAM.RawMax": f"{info['max_raw']:.6g}", **verdict})
+                                        "SegGradCAM.RawMax": f"{info.max_raw:.6g}", **verdict})
             slicer.util.updateVolumeFromArray(node, heat.astype(np.float32))
             nodeDisplay = self._addDisplayNode(node, "vtkMRMLScalarVolumeDisplayNode", heatColor)
             nodeDisplay.SetAutoWindowLevel(False)
             nodeDisplay.SetWindowLevelMinMax(0.0, 1.0)
             heatmapNodes[(label, layer)] = node
-        scores = [(label, layer, info["faithfulness"]) for (label, layer), (_, info) in heatmaps.items()
-                  if "faithfulness" in info]
+        scores = [(label, layer, info.faithfulness) for (label, layer), (_, info) in heatmaps.items()
+                  if info.faithfulness is not None]
         table = self._faithfulnessTable(scores, f"{baseName} faithfulness", reference, folderItemID, runKey,
                                         provenance) if scores else None
         chart = self._faithfulnessChart(table, reference, folderItemID, runKey, provenance) if scores else None
