@@ -16,6 +16,7 @@ from SegGradCAMLib.models.cards import METHOD_CHOICES
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "SegGradCAM"
 MODULE_FILE = MODULE_DIR / "SegGradCAM.py"
+PANEL_FILE = MODULE_DIR / "SegGradCAMLib" / "mrml" / "widget.py"  # the widget's behaviour
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegGradCAM.ui"
 MANUALLY_SYNCED_FIELDS = {"layers", "classes", "regionSegmentation", "regionSegmentID"}  # no connector for these widgets
 
@@ -82,8 +83,13 @@ def parameter_fields() -> set[str]:
     return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
 
 
+def module_text() -> str:
+    """The module file and its panel's code (which the module's widget creates)."""
+    return MODULE_FILE.read_text() + PANEL_FILE.read_text()
+
+
 def widget_names_used_by_module() -> set[str]:
-    text = MODULE_FILE.read_text()
+    text = module_text()
     names = set(re.findall(r"self\.ui\.(\w+)", text))
     for prefix, suffix in re.findall(r'getattr\(self\.ui, f"(\w+)\{i\}(\w+)"\)', text):
         names |= {f"{prefix}{i}{suffix}" for i in range(2, 5)}
@@ -116,7 +122,7 @@ def test_parameter_names_match_the_parameter_node(loaded_ui):
     fields = parameter_fields()
     assert bound - fields == set(), "SlicerParameterName without a parameter node field"
     assert fields - bound == MANUALLY_SYNCED_FIELDS, "parameter node fields without a widget"
-    assert all(f"_parameterNode.{name}" in MODULE_FILE.read_text() for name in MANUALLY_SYNCED_FIELDS)
+    assert all(f"_parameterNode.{name}" in module_text() for name in MANUALLY_SYNCED_FIELDS)
 
 
 def ui_widget_classes() -> dict[str, str]:
@@ -172,6 +178,7 @@ class BlockHeavy(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in ("torch", "monai", "captum"):
             raise ImportError(name + " is not installed (blocked by the test)")
 sys.meta_path.insert(0, BlockHeavy())
+import slicer  # before Testing/ is on the path: slicer-core's package would take Testing/slicer/ in
 sys.path[:0] = [{testing!r}, {module_dir!r}]
 import slicer_app_mock
 slicer_app_mock.install()

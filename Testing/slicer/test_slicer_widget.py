@@ -2,8 +2,8 @@
 
 What is a MOCK here: ``slicer_app_mock`` (Slicer's application modules) and ``PythonQtShim``,
 which gives PySide6 widgets the PythonQt spelling the module uses (``widget.visible = x``,
-``comboBox.checkedIndexes()``). The widget code, the .ui file and the model declarations
-are the real ones.
+``comboBox.checkedIndexes()``). The panel's code (``SegGradCAMLib.mrml.widget``), the .ui
+file and the model declarations are the real ones.
 """
 
 from __future__ import annotations
@@ -66,9 +66,11 @@ def widget():
     sys.modules["qt"].Qt = SimpleNamespace(Checked=True, Unchecked=False)
     import SegGradCAM
 
-    module_widget = SegGradCAM.SegGradCAMWidget(logic=SegGradCAM.SegGradCAMLogic())
-    module_widget.ui = SimpleNamespace(**{obj.objectName(): PythonQtShim(obj) for obj in root.findChildren(QObject)
-                                          if obj.objectName()})
+    from SegGradCAMLib.mrml.widget import SegGradCAMPanel
+
+    ui = SimpleNamespace(**{obj.objectName(): PythonQtShim(obj) for obj in root.findChildren(QObject)
+                            if obj.objectName()})
+    module_widget = SegGradCAMPanel(ui, SegGradCAM.SegGradCAMLogic())  # what the module widget's setup creates
     combo = root.findChild(QObject, "modelComboBox")
     combo.clear()
     combo.addItems(SegGradCAM.MODEL_CHOICES)
