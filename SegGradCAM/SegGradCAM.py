@@ -1,4 +1,3 @@
-import importlib
 import logging
 import os
 import pathlib
@@ -138,11 +137,12 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.panel.setup()
 
     def onReload(self) -> None:
-        """Reload SegGradCAMLib (deepest modules first), then this module, so that edits to
-        the library take effect without restarting Slicer."""
-        names = [name for name in sys.modules if name == "SegGradCAMLib" or name.startswith("SegGradCAMLib.")]
-        for name in sorted(names, key=lambda name: name.count("."), reverse=True):
-            importlib.reload(sys.modules[name])
+        """Forget SegGradCAMLib's modules, then reload this module, whose imports load the library
+        afresh (each module after the modules it imports: the scene logic's class is built from
+        the classes of mrml/inputs.py and mrml/outputs.py), so that edits to any library file
+        take effect without restarting Slicer."""
+        for name in [name for name in sys.modules if name == "SegGradCAMLib" or name.startswith("SegGradCAMLib.")]:
+            del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
@@ -189,7 +189,7 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         return SegGradCAMParameterNode(super().getParameterNode())
 
     def sceneLogic(self, scene=None):
-        from SegGradCAMLib.mrml.scene_logic import SegGradCAMSceneLogic
+        from SegGradCAMLib.mrml.runs import SegGradCAMSceneLogic
 
         scene = scene or slicer.mrmlScene
         if self._sceneLogic is None or self._sceneLogic.scene is not scene:

@@ -12,7 +12,7 @@ import numpy as np
 import slicer
 from PIL import Image
 
-from SegGradCAMLib.mrml.scene_logic import SegGradCAMSceneLogic
+from SegGradCAMLib.mrml.runs import SegGradCAMSceneLogic
 from SegGradCAMLib.mrml.slice_views import SliceViews
 
 COLIN27 = "/usr/share/mricron/templates/ch2.nii.gz"

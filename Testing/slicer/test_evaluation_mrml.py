@@ -13,7 +13,7 @@ slicer = pytest.importorskip("slicer")
 from toy_models import blob, threshold_model_file  # noqa: E402
 
 from SegGradCAMLib.errors import SegGradCAMError  # noqa: E402
-from SegGradCAMLib.mrml.scene_logic import SegGradCAMSceneLogic  # noqa: E402
+from SegGradCAMLib.mrml.runs import SegGradCAMSceneLogic  # noqa: E402
 
 
 def _volume(scene, array: np.ndarray, name: str = "blob"):

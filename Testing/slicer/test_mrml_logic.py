@@ -21,7 +21,9 @@ from toy_models import blob, centre_of_mass, threshold_model_file
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL
-from SegGradCAMLib.mrml.scene_logic import OUTPUT_ATTRIBUTE, SegGradCAMSceneLogic, ijkToWorld
+from SegGradCAMLib.mrml.inputs import ijkToWorld
+from SegGradCAMLib.mrml.outputs import OUTPUT_ATTRIBUTE
+from SegGradCAMLib.mrml.runs import SegGradCAMSceneLogic
 
 SHAPE, CENTRE = (18, 24, 22), (7.0, 13.0, 10.0)  # (K, J, I)
 

@@ -1,7 +1,14 @@
 """Everything that touches MRML (3D Slicer's scene), on any ``vtkMRMLScene``:
 
-- :mod:`.scene_logic`: outputs as label map, segmentation and heatmap nodes with the
-  input's geometry, display, provenance, target regions;
+- :mod:`.runs`: :class:`~.runs.SegGradCAMSceneLogic`, the one class front ends use: a run in
+  the worker process (:mod:`.worker`) from input nodes to output nodes;
+- :mod:`.inputs`: geometry of volume nodes, input checks, inputs and target regions written
+  with their world geometry;
+- :mod:`.outputs`: outputs as label map, segmentation and heatmap nodes with the input's
+  geometry, provenance, faithfulness table and chart, colours, display;
 - :mod:`.evaluation_plots`: Deletion/Insertion curves as plot chart and table nodes;
 - :mod:`.slice_views`: slice views rendered offscreen by Slicer's own slice logic.
+
+Inside 3D Slicer only: :mod:`.widget` (the module panel's behaviour) and :mod:`.install`
+(installing missing packages).
 """

@@ -2,7 +2,7 @@
 
 Works on any ``vtkMRMLScene`` (Slicer's or one made with the ``slicer-core`` wheel).
 The evaluation itself is ``seggradcam evaluate`` in the worker process (see
-:meth:`SegGradCAMLib.mrml.scene_logic.SegGradCAMSceneLogic.startEvaluation`);
+:meth:`SegGradCAMLib.mrml.runs.SegGradCAMSceneLogic.startEvaluation`);
 :func:`showEvaluation` turns its ``metrics.json`` into nodes: a ``vtkMRMLTableNode`` of
 mean curves (one column per explanation and curve), one ``vtkMRMLPlotSeriesNode`` per
 column in a ``vtkMRMLPlotChartNode``, and a table node of AUCs with confidence intervals.

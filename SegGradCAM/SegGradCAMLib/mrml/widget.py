@@ -19,7 +19,7 @@ from slicer.i18n import tr as _
 from slicer.util import VTKObservationMixin
 
 from ..selection import split_list
-from .scene_logic import OUTPUT_ATTRIBUTE
+from .outputs import OUTPUT_ATTRIBUTE
 
 MODEL_FROM_PATH = "From file or folder"
 SELECTORS_LOCKED_WHILE_RUNNING = ("modelComboBox", "modelPathLineEdit", "deviceComboBox", "inputVolumeSelector",
