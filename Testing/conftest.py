@@ -64,3 +64,24 @@ def load_slicer_ui():
     file.close()
     assert widget is not None, "QUiLoader could not load SegGradCAM.ui"
     return widget, app
+
+
+@pytest.fixture(scope="session")
+def small_case(tmp_path_factory) -> list[str]:
+    """A held-out demo case cut to 10 axial slices: one slice batch for the 2D demo model."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from SegGradCAMLib.demo import data as demo_data
+
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    folder = tmp_path_factory.mktemp("case")
+    paths = demo_data.write_case(case, folder)
+    centre = int(np.argwhere(case.labels > 0)[:, 0].mean())
+    cut = []
+    for channel in demo_data.CHANNELS:
+        image = sitk.ReadImage(str(paths[channel]))
+        path = folder / f"{channel}_cut.nrrd"
+        sitk.WriteImage(image[:, :, centre - 5:centre + 5], str(path))
+        cut.append(str(path))
+    return cut

@@ -152,10 +152,13 @@ def _normalise(options: Any) -> None:
             object.__setattr__(options, f.name, _NORMALISE[f.name](getattr(options, f.name)))
 
 
-def check_device_name(device: str) -> None:
-    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (whether it is present is checked when the run starts)."""
+def check_device_and_threads(device: str, threads: int) -> None:
+    """``device``: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (whether it is present is
+    checked when the run starts); ``threads`` >= 0."""
     if not DEVICE_PATTERN.fullmatch(device):
         raise SegGradCAMError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.")
+    if threads < 0:
+        raise SegGradCAMError(f"--threads must be 0 (torch's default) or more; got {threads}.")
 
 
 @dataclass(frozen=True)
@@ -253,9 +256,7 @@ class ExplainOptions(_CommandOptions):
             raise SegGradCAMError(f"Unknown method {self.method!r}; choose one of {', '.join(METHOD_CHOICES)}.")
         if self.heatmap_dtype not in HEATMAP_DTYPES:
             raise SegGradCAMError(f"--heatmap-dtype: choose one of {', '.join(HEATMAP_DTYPES)}.")
-        check_device_name(self.device)
-        if self.threads < 0:
-            raise SegGradCAMError(f"--threads must be >= 0; got {self.threads}.")
+        check_device_and_threads(self.device, self.threads)
         if not 0 < self.step_size <= 1:
             raise SegGradCAMError(f"--step-size must be in (0, 1]; got {self.step_size}.")
         if self.faithfulness and self.region is not None:
@@ -332,11 +333,9 @@ class EvaluateOptions(_CommandOptions):
         if not self.methods and not self.baselines:
             raise SegGradCAMError("Nothing to evaluate: give at least one method or baseline.")
         self.road_fractions  # noqa: B018 - a bad list fails here, when built
-        check_device_name(self.device)
-        if self.threads < 0 or self.batch_size < 1:
-            raise SegGradCAMError("--threads must be >= 0 and --batch-size >= 1.")
-        if self.write_card and "deletion" not in self.metrics:
-            raise SegGradCAMError("--write-card chooses by Deletion AUC: include deletion in --metrics.")
+        check_device_and_threads(self.device, self.threads)
+        if self.batch_size < 1:
+            raise SegGradCAMError(f"--batch-size must be >= 1; got {self.batch_size}.")
 
     @property
     def road_fractions(self) -> tuple[float, ...]:

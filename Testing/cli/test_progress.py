@@ -8,7 +8,6 @@ import os
 import pty
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,22 +18,6 @@ from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL
 
 EVENT_KEYS = {"event", "stage", "done", "total", "elapsed_s", "eta_s"}
 STAGES = {"startup", "read", "preprocess", "windows", "slices", "backward", "faithfulness", "write"}
-
-
-@pytest.fixture(scope="module")
-def small_case(tmp_path_factory) -> list[str]:
-    """A held-out demo case cut to 10 axial slices: one slice batch for the 2D demo model."""
-    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
-    folder = tmp_path_factory.mktemp("case")
-    paths = demo_data.write_case(case, folder)
-    centre = int(np.argwhere(case.labels > 0)[:, 0].mean())
-    cut = []
-    for channel in demo_data.CHANNELS:
-        image = sitk.ReadImage(str(paths[channel]))
-        path = folder / f"{channel}_cut.nrrd"
-        sitk.WriteImage(image[:, :, centre - 5:centre + 5], str(path))
-        cut.append(str(path))
-    return cut
 
 
 def seggradcam(*args: str) -> subprocess.CompletedProcess:

@@ -24,11 +24,13 @@ from .resources import set_threads
 
 
 def check_card_writable(options: EvaluateOptions) -> None:
-    """--write-card needs a model folder or file and --force to replace a card's earlier choice
-    (checked before the evaluation runs)."""
+    """--write-card needs a model folder or file, Deletion among the metrics, and --force to
+    replace a card's earlier choice (checked before the evaluation runs)."""
     if options.model in REGISTRY:
         raise SegGradCAMError(f"{options.model} is a registry model: its card ships with SegGradCAM "
                               "(SegGradCAM/Resources/Models/cards); --write-card is for model folders and files.")
+    if "deletion" not in options.metrics:
+        raise SegGradCAMError("--write-card chooses by Deletion AUC: include deletion in --metrics.")
     card = read_card(card_path(options.model))
     if card and card.get("default_method") and not options.force:
         raise SegGradCAMError(f"{card_path(options.model)} already records a method choice; add --force to "
