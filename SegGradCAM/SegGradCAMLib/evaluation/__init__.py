@@ -6,7 +6,9 @@
 - :mod:`.sanity`: baseline explanations (random, mask, gradient saliency) and the
   cascading model-randomisation test (Adebayo et al. 2018).
 - :mod:`.energy`: heatmap energy inside, around and beyond a mask.
-- :mod:`.dataset`: the evaluation loop over cases, bootstrap intervals, comparisons.
+- :mod:`.cases`: the data of an evaluation (volumes per case, the demo slices).
+- :mod:`.scoring`: the evaluation loop over cases, its rows, curves and saved results.
+- :mod:`.statistics`: bootstrap intervals, comparisons with the baselines, mean curves.
 - :mod:`.report`: metrics.json/csv, summary.md, curve plots and report.html.
 - :mod:`.roar`: ROAR/KAR (Hooker et al. 2019) on the demo recipe, with retraining.
 """

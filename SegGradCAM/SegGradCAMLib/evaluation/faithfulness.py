@@ -10,9 +10,11 @@ voxels first, in random order), and a verdict:
   mean + 2 SD; Deletion and Insertion disagreeing gives ``mixed: ...``;
 - better than the mask: both AUCs better than the mask baseline's.
 
-Cases are those of :func:`.dataset.cases_from_volume` (2D models: the ``max_slices`` slices
-with the largest predicted area of the class; 3D models: the volume) or, for nnU-Net folders,
-:func:`.dataset.nnunet_case` (the volume as nnU-Net preprocesses it); AUCs averaged over them. The verdict says what it rests on, so nobody reads it as a validation of the model.
+Cases are those of :func:`~SegGradCAMLib.pipelines.cases_from_volume` (2D models: the
+``max_slices`` slices with the largest predicted area of the class; 3D models: the volume) or,
+for nnU-Net folders, :func:`~SegGradCAMLib.pipelines.nnunet_case` (the volume as nnU-Net
+preprocesses it); AUCs averaged over them. The verdict says what it rests on, so nobody reads
+it as a validation of the model.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ def explanation_faithfulness(model: LoadedModel, found: Sequence[EvalCase], clas
                              max_slices: int = DEFAULT_MAX_SLICES, seed: int = 0,
                              progress: Callable[[int, int], None] | None = None) -> dict[tuple[int, str], dict]:
     """Scores and verdicts of ``method`` on ``layers`` for each class of one volume, given as its
-    cases on the model grid (:func:`.dataset.cases_from_volume`, :func:`.dataset.nnunet_case`):
+    cases on the model grid (:func:`~SegGradCAMLib.pipelines.cases_from_volume`,
+    :func:`~SegGradCAMLib.pipelines.nnunet_case`):
     ``(class index, layer) -> faithfulness`` (classes not predicted anywhere are left out).
     ``progress(done, total)`` counts network calls; each entry records its own."""
     from .deletion_insertion import DEFAULT_SIGMA_MM

@@ -107,45 +107,17 @@ def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = Non
     test = demo_data.evaluation_set(config.test_slices)
     fill = train.images.mean(axis=(0, 2, 3))
     network.eval()
-    rankings = {}
-    for explainer in config.explainers:
-        if explainer == "random":
-            rng = np.random.default_rng(0)
-            rankings[explainer] = [rng.random(s.labels.shape, dtype=np.float32) for s in (train, test)]
-        else:
-            rankings[explainer] = [cam_ranking(network, s.images, explainer, config.layer) for s in (train, test)]
-    report = {
-        "method": "ROAR/KAR (Hooker et al. 2019): pixels replaced by the per-channel training mean "
-                  "in train and test images, retrained from scratch",
-        "config": asdict(config),
-        "data": {"train_seed": demo_data.TRAIN_SEED, "train_sha256": train.sha256(),
-                 "test_seed": demo_data.EVAL_SEED, "test_sha256": test.sha256(), "fill": fill.round(4).tolist()},
-        "heatmap_seconds": round(time.perf_counter() - start, 1),
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()} CPU, {config.threads} threads",
-        "baseline": [],
-        "runs": [],
-    }
+    rankings = _rankings(network, config, train, test)
+    report = _new_report(config, train, test, fill, heatmap_seconds=round(time.perf_counter() - start, 1))
     jobs = [(seed, None, None, 0.0) for seed in config.seeds]
     jobs += [(seed, e, m, f) for seed in config.seeds for m in config.modes for e in config.explainers
              for f in config.fractions]
-    for i, (seed, explainer, mode, fraction) in enumerate(jobs, 1):
+    for i, job in enumerate(jobs, 1):
         if progress is not None:
             progress("runs", i - 1, len(jobs))
-        if explainer is None:
-            entry = {"seed": seed, **_retrain_and_score(train, test, config, seed)}
-            report["baseline"].append(entry)
-            label = "baseline"
-        else:
-            rng = np.random.default_rng(seed)
-            ranked = [_replaced(s, degrade(s.images, r, fraction, mode, fill, rng))
-                      for s, r in zip((train, test), rankings[explainer])]
-            entry = {"seed": seed, "explainer": explainer, "mode": mode, "fraction": fraction,
-                     **_retrain_and_score(*ranked, config, seed)}
-            report["runs"].append(entry)
-            label = f"{mode} {explainer} {fraction:.0%}"
-        log(f"[{i}/{len(jobs)}] seed {seed} {label}: Dice " + ", ".join(f"{k} {v:.3f}" for k, v in entry["dice"].items())
-            + f" ({entry['train_seconds']:.0f} s)")
+        entry, label = _run_job(job, train, test, rankings, fill, config, report)
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in entry["dice"].items())
+        log(f"[{i}/{len(jobs)}] seed {job[0]} {label}: Dice {dice} ({entry['train_seconds']:.0f} s)")
         report["summary"] = mean_dice_over_seeds(report)
         report["total_seconds"] = round(time.perf_counter() - start, 1)
         if out_json is not None:
@@ -154,6 +126,54 @@ def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = Non
     if progress is not None:
         progress("runs", len(jobs), len(jobs))
     return report
+
+
+def _rankings(network: nn.Module, config: RoarConfig, train: demo_data.SliceSet,
+              test: demo_data.SliceSet) -> dict[str, list[np.ndarray]]:
+    """Each explainer's ranking maps of the training and the test images: ``explainer -> [train, test]``."""
+    rankings = {}
+    for explainer in config.explainers:
+        if explainer == "random":
+            rng = np.random.default_rng(0)
+            rankings[explainer] = [rng.random(s.labels.shape, dtype=np.float32) for s in (train, test)]
+        else:
+            rankings[explainer] = [cam_ranking(network, s.images, explainer, config.layer) for s in (train, test)]
+    return rankings
+
+
+def _new_report(config: RoarConfig, train: demo_data.SliceSet, test: demo_data.SliceSet, fill: np.ndarray,
+                heatmap_seconds: float) -> dict:
+    """The report before any retraining: method, configuration, data and machine."""
+    return {
+        "method": "ROAR/KAR (Hooker et al. 2019): pixels replaced by the per-channel training mean "
+                  "in train and test images, retrained from scratch",
+        "config": asdict(config),
+        "data": {"train_seed": demo_data.TRAIN_SEED, "train_sha256": train.sha256(),
+                 "test_seed": demo_data.EVAL_SEED, "test_sha256": test.sha256(), "fill": fill.round(4).tolist()},
+        "heatmap_seconds": heatmap_seconds,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} CPU, {config.threads} threads",
+        "baseline": [],
+        "runs": [],
+    }
+
+
+def _run_job(job: tuple, train: demo_data.SliceSet, test: demo_data.SliceSet, rankings: dict[str, list[np.ndarray]],
+             fill: np.ndarray, config: RoarConfig, report: dict) -> tuple[dict, str]:
+    """One retraining ``(seed, explainer, mode, fraction)`` (explainer None: the unmodified
+    baseline), its entry appended to the report; returns the entry and its label."""
+    seed, explainer, mode, fraction = job
+    if explainer is None:
+        entry = {"seed": seed, **_retrain_and_score(train, test, config, seed)}
+        report["baseline"].append(entry)
+        return entry, "baseline"
+    rng = np.random.default_rng(seed)
+    ranked = [_replaced(s, degrade(s.images, r, fraction, mode, fill, rng))
+              for s, r in zip((train, test), rankings[explainer])]
+    entry = {"seed": seed, "explainer": explainer, "mode": mode, "fraction": fraction,
+             **_retrain_and_score(*ranked, config, seed)}
+    report["runs"].append(entry)
+    return entry, f"{mode} {explainer} {fraction:.0%}"
 
 
 def mean_dice_over_seeds(report: dict) -> dict:
@@ -211,9 +231,9 @@ def plot_roar(report: dict, path: Path, classes: Sequence[str] | None = None) ->
     axes[0][0].set_ylabel("test Dice")
     axes[0][-1].legend(fontsize=7)
     seeds = {m: sorted({r["seed"] for r in report["runs"] if r["mode"] == m}) for m in MODES if m in summary}
+    seed_text = ", ".join(f"{m.upper()} {s}" for m, s in seeds.items())
     fig.suptitle(f"test Dice after retraining ({report['config']['epochs']} epochs, "
-                 f"{report['config']['train_slices']} slices); seeds " + ", ".join(f"{m.upper()} {s}" for m, s in seeds.items()),
-                 fontsize=9)
+                 f"{report['config']['train_slices']} slices); seeds {seed_text}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -49,9 +49,9 @@ def addTableColumn(table, name: str, values: Sequence, kind: str = "float") -> N
 def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
     """Add the mean Deletion/Insertion curves and the AUC table of an evaluation to ``scene``.
 
-    ``report``: the :class:`~SegGradCAMLib.reports.EvaluationReport` (metrics.json) ``seggradcam evaluate`` writes (its ``curves`` and
-    ``summary``). Deletion series are solid, Insertion series dashed; each explanation keeps
-    one colour.
+    ``report``: the :class:`~SegGradCAMLib.reports.EvaluationReport` (metrics.json) ``seggradcam
+    evaluate`` writes (its ``curves`` and ``summary``). Deletion series are solid, Insertion
+    series dashed; each explanation keeps one colour.
     """
     import slicer
 
@@ -95,7 +95,8 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
                kind="string")
     for column, title in AUC_COLUMNS:
         addTableColumn(aucTable.GetTable(), title, [s[column]["mean"] if column in s else np.nan for s in summary])
-        addTableColumn(aucTable.GetTable(), f"{title} 95% CI", [format_stat(s.get(column)) for s in summary], kind="string")
+        addTableColumn(aucTable.GetTable(), f"{title} 95% CI", [format_stat(s.get(column)) for s in summary],
+                       kind="string")
     addTableColumn(aucTable.GetTable(), "cases", [s["n"] for s in summary])
     aucTable.Modified()
     return EvaluationNodes(chart, curveTable, seriesNodes, aucTable)

@@ -95,8 +95,6 @@ def writeVolumeArray(array: np.ndarray, volumeNode, path: Path) -> None:
 
 def roiMask(roiNode, volumeNode) -> np.ndarray:
     """Boolean ``(K, J, I)`` mask of the volume's voxels whose centres lie inside a markups ROI."""
-    import vtk
-
     worldToObject = np.linalg.inv(_matrixToArray(roiNode.GetObjectToWorldMatrix()))
     ijkToObject = worldToObject @ ijkToWorld(volumeNode)
     half = np.asarray(roiNode.GetSize()) / 2.0

@@ -176,7 +176,8 @@ class SceneOutputs:
         from .evaluation_plots import SERIES_COLORS
 
         name = tableNode.GetName()
-        chart = self._newOutputNode("vtkMRMLPlotChartNode", f"{name} chart", reference, folderItemID, runKey, provenance)
+        chart = self._newOutputNode("vtkMRMLPlotChartNode", f"{name} chart", reference, folderItemID, runKey,
+                                    provenance)
         chart.SetTitle(f"{name}: this volume only")
         chart.SetYAxisTitle("AUC (Deletion: lower is better; Insertion: higher)")
         columns = ("Deletion AUC", "random Deletion AUC (mean)", "mask Deletion AUC", "Insertion AUC",

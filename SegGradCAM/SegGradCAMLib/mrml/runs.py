@@ -197,7 +197,8 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
         if final is None or final["event"] != "done":
             raise SegGradCAMError(run.worker.errorMessage())
         if any(self.scene.GetNodeByID(nodeID) is None for nodeID in run.inputNodeIDs):
-            raise SegGradCAMError("The input volume was removed (or the scene closed) during the run; nothing was added.")
+            raise SegGradCAMError("The input volume was removed (or the scene closed) during the run; "
+                                  "nothing was added.")
 
     def finishEvaluation(self, run: ExplainRun):
         """The finished evaluation's curves and AUCs as plot, chart and table nodes (main
