@@ -57,12 +57,10 @@ def _output_grid(module: nn.Module, grid: Grid) -> Grid | None:
     ndim = len(grid.scale)
     kernel = _per_axis(module.kernel_size, ndim)
     stride = _per_axis(module.stride if module.stride is not None else kernel, ndim)
-    padding = module.padding
-    if isinstance(padding, str):
-        if padding != "valid":
+    if isinstance(module.padding, str):
+        if module.padding != "valid":
             return None
-        padding = 0
-    padding = _per_axis(padding, ndim)
+    padding = _per_axis(0 if isinstance(module.padding, str) else module.padding, ndim)
     dilation = _per_axis(getattr(module, "dilation", 1), ndim)
     centre = [d * (k - 1) / 2 - p for k, p, d in zip(kernel, padding, dilation)]
     if getattr(module, "transposed", False):

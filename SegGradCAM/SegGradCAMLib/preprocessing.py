@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -29,16 +30,16 @@ class Reorientation:
     flips: tuple[bool, bool, bool] = (False, False, False)
 
     @classmethod
-    def between(cls, direction: Sequence[Sequence[float]], target: Sequence[Sequence[float]]) -> "Reorientation":
+    def between(cls, direction: npt.ArrayLike, target: npt.ArrayLike) -> "Reorientation":
         """The closest axis permutation/flip mapping ``direction`` onto ``target``."""
         src = np.asarray(direction, dtype=float).reshape(3, 3)[:, ::-1]  # columns in array order k, j, i
         tgt = np.asarray(target, dtype=float).reshape(3, 3)[:, ::-1]
         dots = tgt.T @ src  # [target axis, source axis]
-        perm = tuple(int(a) for a in np.argmax(np.abs(dots), axis=1))
-        if sorted(perm) != [0, 1, 2]:
+        p0, p1, p2 = (int(a) for a in np.argmax(np.abs(dots), axis=1))
+        if sorted((p0, p1, p2)) != [0, 1, 2]:
             raise SegGradCAMError("The volume's direction is too oblique to match the model's orientation.")
-        flips = tuple(bool(dots[b, perm[b]] < 0) for b in range(3))
-        return cls(perm, flips)
+        f0, f1, f2 = (bool(dots[b, p] < 0) for b, p in enumerate((p0, p1, p2)))
+        return cls((p0, p1, p2), (f0, f1, f2))
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         """``(..., Z, Y, X)`` -> reoriented ``(..., Z', Y', X')``."""
@@ -106,7 +107,7 @@ def padded_shape(shape: Sequence[int], divisible_by: int | Sequence[int],
     """Smallest shape >= ``shape`` and ``min_size`` whose sizes are multiples of ``divisible_by``
     (one number for every axis, or one per axis)."""
     minimum = min_size if min_size is not None else (1,) * len(shape)
-    factors = [divisible_by] * len(shape) if np.isscalar(divisible_by) else list(divisible_by)
+    factors = [divisible_by] * len(shape) if isinstance(divisible_by, (int, np.integer)) else list(divisible_by)
     return tuple(int(np.ceil(max(n, m) / f) * f) for n, m, f in zip(shape, minimum, factors))
 
 

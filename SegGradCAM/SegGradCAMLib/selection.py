@@ -75,7 +75,7 @@ def class_indices(text: str | Sequence[int | str], labels: Sequence[str]) -> lis
     if isinstance(text, str) and text.strip() == ALL_CLASSES:
         return [i for i, name in enumerate(labels) if i > 0 or name.lower() != "background"]
     chosen = []
-    for part in split_list(text):
+    for part in split_list(text if isinstance(text, str) else [str(t) for t in text]):
         if part in labels:
             chosen.append(list(labels).index(part))
         elif part.isdigit() and int(part) < len(labels):

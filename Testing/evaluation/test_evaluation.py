@@ -17,8 +17,8 @@ from toy_models import blob, threshold_model
 
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.errors import CancelledError
-from SegGradCAMLib.evaluation.scoring import NO_LAYER, EvalConfig, evaluate
-from SegGradCAMLib.evaluation.statistics import bootstrap_ci, compare
+from SegGradCAMLib.evaluation.scoring import EvalConfig, evaluate
+from SegGradCAMLib.evaluation.statistics import NO_LAYER, bootstrap_ci, compare
 from SegGradCAMLib.pipelines import VolumePipeline, cases_from_volume
 from SegGradCAMLib.evaluation.report import verdict
 

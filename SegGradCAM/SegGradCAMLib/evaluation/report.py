@@ -16,8 +16,8 @@ import numpy as np
 
 from ..volumes.files import safe_filename
 from ..reports import METRICS_FILE, EvaluationReport
-from .scoring import METRIC_COLUMNS, NO_LAYER, config_dict
-from .statistics import bootstrap_summary, compare, mean_curves, randomization_summary
+from .scoring import config_dict
+from .statistics import METRIC_COLUMNS, NO_LAYER, bootstrap_summary, compare, mean_curves, randomization_summary
 
 # Columns of the report's table: (metric, heading, better).
 TABLE_COLUMNS = (

@@ -24,18 +24,7 @@ from .deletion_insertion import DEFAULT_SIGMA_MM, ClassScorer, deletion_insertio
 from .energy import heatmap_energy_fractions
 from .road import road
 from .sanity import baseline_heatmap, cascading_randomisation
-
-NO_LAYER = "-"
-
-# Columns of one row (case x class x explanation x layer); lower is better for
-# deletion and ROAD MoRF, higher for insertion and ROAD LeRF.
-METRIC_COLUMNS = (
-    "deletion_auc", "deletion_auc_normalised", "deletion_dice_auc",
-    "insertion_auc", "insertion_auc_normalised", "insertion_dice_auc",
-    "road_morf", "road_lerf", "road_morf_dice", "road_lerf_dice",
-    "energy_inside", "energy_shell", "energy_beyond",
-    "randomization_spearman", "randomization_ssim",
-)
+from .statistics import NO_LAYER
 
 
 @dataclass

@@ -7,8 +7,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .scoring import METRIC_COLUMNS, NO_LAYER, EvalResult
+NO_LAYER = "-"
 
+# Columns of one row (case x class x explanation x layer); lower is better for
+# deletion and ROAD MoRF, higher for insertion and ROAD LeRF.
+METRIC_COLUMNS = (
+    "deletion_auc", "deletion_auc_normalised", "deletion_dice_auc",
+    "insertion_auc", "insertion_auc_normalised", "insertion_dice_auc",
+    "road_morf", "road_lerf", "road_morf_dice", "road_lerf_dice",
+    "energy_inside", "energy_shell", "energy_beyond",
+    "randomization_spearman", "randomization_ssim",
+)
 POOLED = "all classes"
 
 
@@ -85,8 +94,9 @@ def compare(rows: Sequence[dict], columns: Sequence[str] = ("deletion_auc", "ins
     return out
 
 
-def mean_curves(result: EvalResult) -> list[dict]:
-    """Mean curve with a 95% band (mean +- 1.96 standard errors) per curve key."""
+def mean_curves(result) -> list[dict]:
+    """Mean curve with a 95% band (mean +- 1.96 standard errors) per curve key of ``result`` (an
+    :class:`~SegGradCAMLib.evaluation.scoring.EvalResult`)."""
     out = []
     for (name, method, layer, kind), curves in result.curves.items():
         stack = np.stack(curves)
