@@ -12,7 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import SegGradCAMError
 
@@ -89,8 +89,32 @@ class ModelInfo:
     subnormal_weights_zeroed: int
 
 
+class _ReportFile:
+    """A report's file in a run's folder: ``FILE``, written as JSON with ``INDENT``."""
+
+    FILE: ClassVar[str]
+    INDENT: ClassVar[int]
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / self.FILE
+        path.write_text(json.dumps(self.to_json(), indent=self.INDENT), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]):
+        raise NotImplementedError
+
+    @classmethod
+    def read(cls, folder: Path):
+        """The report of the run in ``folder``."""
+        return cls.from_json(_read_object(Path(folder) / cls.FILE))
+
+
 @dataclass
-class ExplainReport:
+class ExplainReport(_ReportFile):
     """``explain.json``: what an explain run did and wrote (files relative to its folder)."""
 
     model: ModelInfo
@@ -115,6 +139,8 @@ class ExplainReport:
     segmentation: str = "segmentation.nrrd"
     tool: str = "seggradcam"
     schema: int = EXPLAIN_SCHEMA
+    FILE: ClassVar[str] = EXPLAIN_FILE
+    INDENT: ClassVar[int] = 2
 
     def to_json(self) -> dict[str, Any]:
         """The explain.json object."""
@@ -133,23 +159,13 @@ class ExplainReport:
         values["classes"] = [ClassEntry.from_json(entry) for entry in data["classes"]]
         return cls(**values)
 
-    def write(self, folder: Path) -> Path:
-        path = Path(folder) / EXPLAIN_FILE
-        path.write_text(json.dumps(self.to_json(), indent=2), encoding="utf-8")
-        return path
-
-    @classmethod
-    def read(cls, folder: Path) -> "ExplainReport":
-        """The report of the run in ``folder``."""
-        return cls.from_json(_read_object(Path(folder) / EXPLAIN_FILE))
-
     def heatmaps(self):
         """``(class entry, layer, heatmap entry)`` for every heatmap file, classes first."""
         return [(entry, layer, info) for entry in self.classes for layer, info in entry.layers.items()]
 
 
 @dataclass
-class EvaluationReport:
+class EvaluationReport(_ReportFile):
     """``metrics.json``: an evaluation's configuration, rows (case x class x explanation x
     layer), bootstrap summaries, comparisons, mean curves and randomisation results."""
 
@@ -168,6 +184,8 @@ class EvaluationReport:
     cohort: dict[str, Any] | None = None
     tool: str = "seggradcam evaluate"
     schema: int = EVALUATION_SCHEMA
+    FILE: ClassVar[str] = METRICS_FILE
+    INDENT: ClassVar[int] = 1
 
     def to_json(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -177,15 +195,6 @@ class EvaluationReport:
     def from_json(cls, data: dict[str, Any]) -> "EvaluationReport":
         _check_schema(data, EVALUATION_SCHEMA, METRICS_FILE)
         return cls(**_known(cls, data, METRICS_FILE))
-
-    def write(self, folder: Path) -> Path:
-        path = Path(folder) / METRICS_FILE
-        path.write_text(json.dumps(self.to_json(), indent=2), encoding="utf-8")
-        return path
-
-    @classmethod
-    def read(cls, folder: Path) -> "EvaluationReport":
-        return cls.from_json(_read_object(Path(folder) / METRICS_FILE))
 
     @property
     def explained_classes(self) -> list[str]:

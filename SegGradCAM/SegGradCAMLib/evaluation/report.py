@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import math
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..volumes.files import safe_filename
-from ..reports import METRICS_FILE, EvaluationReport
+from ..reports import EvaluationReport
 from .scoring import config_dict
 from .statistics import METRIC_COLUMNS, NO_LAYER, bootstrap_summary, compare, mean_curves, randomization_summary
 
@@ -37,7 +36,7 @@ def explanation_name(method: str, layer: str) -> str:
 
 def write_tables(out: Path, report: EvaluationReport) -> None:
     """``metrics.json`` (everything) and ``metrics.csv`` (one row per case x class x method x layer)."""
-    (out / METRICS_FILE).write_text(json.dumps(report.to_json(), indent=1, allow_nan=True), encoding="utf-8")
+    report.write(out)
     columns = ["case", "class", "method", "layer", "mask_voxels", *METRIC_COLUMNS]
     with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
