@@ -17,10 +17,11 @@ from torch import nn
 from .errors import SegGradCAMError
 from .layer_grid import Grid, GridTrace, default_grid, resample_to_input
 from .layers import resolve_layers
-from .selection import CAM_METHODS, check_method
+from .selection import CAM_METHODS
 
 __all__ = [
-    "CAM_METHODS", "CAMMaps", "combine_gradients", "label_map", "predicted_regions", "seg_grad_cam", "upsample_maps",
+    "CAM_METHODS", "CAM_WEIGHTS", "CAMMaps", "cam_weights", "combine_gradients", "label_map", "predicted_regions",
+    "seg_grad_cam", "upsample_maps",
 ]
 
 
@@ -51,27 +52,63 @@ def _frozen_parameters(network: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def combine_gradients(method: str, activations: torch.Tensor, gradients: torch.Tensor, relu: bool = True) -> torch.Tensor:
-    """Combine a layer's activations and gradients ``(B, K, *S)`` into a map ``(B, *S)``."""
+def gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017): the gradients averaged over space, ``(B, K, 1, ..)``."""
+    return gradients.mean(dim=tuple(range(2, gradients.ndim)), keepdim=True)
+
+
+def gradcam_plus_plus_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018): ``sum alpha * relu(g)`` over space, ``(B, K, 1, ..)``,
+    with ``alpha = g^2 / (2 g^2 + sum(A) g^3)`` (0 where the denominator is 0)."""
     dims = tuple(range(2, activations.ndim))
-    if method == "gradcam":
-        weights = gradients.mean(dim=dims, keepdim=True)
-        cam = (weights * activations).sum(dim=1)
-    elif method == "gradcam++":
-        grads_2 = gradients.pow(2)
-        grads_3 = grads_2 * gradients
-        sum_acts = activations.sum(dim=dims, keepdim=True)
-        denominator = 2 * grads_2 + sum_acts * grads_3
-        safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-        alpha = torch.where(denominator != 0, grads_2 / safe, torch.zeros_like(denominator))
-        weights = (alpha * F.relu(gradients)).sum(dim=dims, keepdim=True)
-        cam = (weights * activations).sum(dim=1)
-    elif method == "hirescam":
-        cam = (gradients * activations).sum(dim=1)
-    elif method == "layercam":
-        cam = (F.relu(gradients) * activations).sum(dim=1)
-    else:
-        check_method(method)
+    grads_2 = gradients.pow(2)
+    grads_3 = grads_2 * gradients
+    sum_acts = activations.sum(dim=dims, keepdim=True)
+    denominator = 2 * grads_2 + sum_acts * grads_3
+    safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    alpha = torch.where(denominator != 0, grads_2 / safe, torch.zeros_like(denominator))
+    return (alpha * F.relu(gradients)).sum(dim=dims, keepdim=True)
+
+
+def hirescam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin 2020): the gradients themselves, ``(B, K, *S)``."""
+    return gradients
+
+
+def layercam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021): the positive gradients, ``(B, K, *S)``."""
+    return F.relu(gradients)
+
+
+# Method -> weights function ``(activations, gradients)`` ``(B, K, *S)`` -> weights that
+# broadcast against the activations; the map is ``sum_k weights * activations``. A new
+# method is one function here (its name also goes into selection.CAM_METHODS).
+CAM_WEIGHTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "gradcam": gradcam_weights,
+    "gradcam++": gradcam_plus_plus_weights,
+    "hirescam": hirescam_weights,
+    "layercam": layercam_weights,
+}
+
+
+def cam_weights(method: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The weights function of ``method``: the one place a CAM method is checked."""
+    try:
+        return CAM_WEIGHTS[method]
+    except (KeyError, TypeError):
+        raise SegGradCAMError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_WEIGHTS)}.") from None
+
+
+def combine_gradients(method: str, activations: torch.Tensor, gradients: torch.Tensor,
+                      relu: bool = True) -> torch.Tensor:
+    """Combine a layer's activations and gradients ``(B, K, *S)`` into a map ``(B, *S)``."""
+    return _combine(cam_weights(method), activations, gradients, relu)
+
+
+def _combine(weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], activations: torch.Tensor,
+             gradients: torch.Tensor, relu: bool) -> torch.Tensor:
+    """``sum_k weights(A, g) * A`` over the channels: ``(B, K, *S)`` -> ``(B, *S)``, ReLU'd if ``relu``."""
+    cam = (weights(activations, gradients) * activations).sum(dim=1)
     return F.relu(cam) if relu else cam
 
 
@@ -128,9 +165,96 @@ def _check_classes(classes: Sequence[int], num_classes: int) -> list[int]:
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad or not classes:
         raise SegGradCAMError(
-            f"Class index {bad or '(none)'} is not valid: the network outputs {num_classes} classes (0..{num_classes - 1})."
+            f"Class index {bad or '(none)'} is not valid: the network outputs {num_classes} classes "
+            f"(0..{num_classes - 1})."
         )
     return classes
+
+
+def _recording_hook(name: str, activations: dict[str, torch.Tensor]) -> Callable:
+    """A forward hook storing the output ``(B, K, *s)`` of layer ``name`` in ``activations``,
+    the first hooked layer's output made a leaf of the autograd graph."""
+
+    def hook(module, args, output):
+        if not isinstance(output, torch.Tensor):
+            raise SegGradCAMError(
+                f"Layer {name!r} returns {type(output).__name__}, not a tensor; "
+                "choose a module whose output is one tensor."
+            )
+        if name in activations:
+            raise SegGradCAMError(f"Layer {name!r} runs more than once per forward pass; choose another layer.")
+        if not output.requires_grad:
+            # First hooked layer reached: the autograd graph starts here.
+            output = output.detach().requires_grad_(True)
+        activations[name] = output
+        # The next module may change its input in place (e.g. MONAI's ADN: norm, then
+        # an in-place LeakyReLU): it gets a copy, so the stored tensor stays this
+        # layer's output and its gradient is taken there.
+        return output.clone()
+
+    return hook
+
+
+@contextmanager
+def _hooked(modules: dict[str, nn.Module], activations: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Record each of ``modules``' outputs in ``activations`` while inside; hooks removed on exit."""
+    handles = [module.register_forward_hook(_recording_hook(name, activations)) for name, module in modules.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _forward(network: nn.Module, inputs: torch.Tensor, modules: dict[str, nn.Module],
+             activations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, GridTrace]:
+    """One forward pass of ``inputs`` ``(B, Cin, *S)``: the logits ``(B, C, *S)`` and the traced
+    grids of the layers; each of ``modules``' outputs ``(B, K, *s)`` lands in ``activations``."""
+    with _hooked(modules, activations), GridTrace(network, inputs.shape[2:]) as trace:
+        logits = network(inputs)
+    if not isinstance(logits, torch.Tensor):
+        raise SegGradCAMError(
+            f"The network returned {type(logits).__name__}; Seg-Grad-CAM needs one logits tensor (B, C, *spatial)."
+        )
+    missing = [name for name in modules if name not in activations]
+    if missing:
+        raise SegGradCAMError(f"Layer(s) {', '.join(missing)} did not run during the forward pass.")
+    return logits, trace
+
+
+def _target_regions(logits: torch.Tensor, classes: list[int], regions: torch.Tensor | None) -> torch.Tensor:
+    """The region masks as float ``(B, len(classes), *S)``: ``regions`` checked, else each class's
+    predicted mask. ``logits`` ``(B, C, *S)`` detached."""
+    if regions is None:
+        regions = predicted_regions(logits, classes)
+    expected = (logits.shape[0], len(classes), *logits.shape[2:])
+    if tuple(regions.shape) != expected:
+        raise SegGradCAMError(
+            f"Region masks have shape {tuple(regions.shape)}; expected {expected} (B, classes, *spatial)."
+        )
+    return regions.to(device=logits.device, dtype=torch.float32)
+
+
+def _backward_maps(scores: torch.Tensor, acts: list[torch.Tensor], weights: Callable, relu: bool,
+                   class_batch: int | None, on_backward: Callable[[int, int], None] | None) -> list[torch.Tensor]:
+    """One map ``(len(scores), B, *s)`` per activation ``(B, K, *s)``, from the gradients of each
+    target score (``scores`` ``(len(classes),)``), ``class_batch`` classes per backward pass."""
+    n_classes = len(scores)
+    maps: list[list[torch.Tensor]] = [[] for _ in acts]
+    chunk = class_batch or _class_chunk(acts, n_classes)
+    for start in range(0, n_classes, chunk):
+        grads = _class_gradients(scores[start:start + chunk], acts, last=start + chunk >= n_classes)
+        for per_class, act, grad in zip(maps, acts, grads):
+            act = act.detach().float()  # bfloat16 under autocast: the CAM arithmetic in float32
+            per_class += [_combine(weights, act, g.float(), relu) for g in grad]
+        if on_backward is not None:
+            on_backward(min(start + chunk, n_classes), n_classes)
+    return [torch.stack(per_class) for per_class in maps]
+
+
+def _upsampled(maps: dict[str, torch.Tensor], size: Sequence[int], trace: GridTrace) -> dict[str, torch.Tensor]:
+    """Each layer's maps ``(N, B, *s)`` resized to the input size ``(N, B, *size)`` on its traced grid."""
+    return {name: upsample_maps(m, size, trace.grid(m.shape[2:], size)) for name, m in maps.items()}
 
 
 def seg_grad_cam(
@@ -154,7 +278,8 @@ def seg_grad_cam(
             of either, or ``"auto"`` (the finest decoder stage, see
             :func:`SegGradCAMLib.layers.default_layer`).
         classes: class indices to explain.
-        method: ``"gradcam"``, ``"gradcam++"``, ``"hirescam"`` or ``"layercam"``.
+        method: one of :data:`CAM_WEIGHTS`: ``"gradcam"``, ``"gradcam++"``, ``"hirescam"``
+            or ``"layercam"``.
         regions: optional boolean masks ``(B, len(classes), *S)``; default is each
             class's predicted mask (``argmax == c``).
         relu: apply a ReLU to the maps.
@@ -172,77 +297,23 @@ def seg_grad_cam(
         as a :class:`CAMMaps` dict whose ``logits`` ``(B, C, *S)`` come from the same pass.
         Hooks are removed and the graph is freed when the call returns, also on error.
     """
-    check_method(method)
+    weights = cam_weights(method)
     if inputs.ndim < 3:
         raise SegGradCAMError(f"Inputs must be (B, C, *spatial); got shape {tuple(inputs.shape)}.")
     modules = resolve_layers(network, layers)
     activations: dict[str, torch.Tensor] = {}
-
-    def make_hook(name: str):
-        def hook(module, args, output):
-            if not isinstance(output, torch.Tensor):
-                raise SegGradCAMError(
-                    f"Layer {name!r} returns {type(output).__name__}, not a tensor; choose a module whose output is one tensor."
-                )
-            if name in activations:
-                raise SegGradCAMError(f"Layer {name!r} runs more than once per forward pass; choose another layer.")
-            if not output.requires_grad:
-                # First hooked layer reached: the autograd graph starts here.
-                output = output.detach().requires_grad_(True)
-            activations[name] = output
-            # The next module may change its input in place (e.g. MONAI's ADN: norm, then
-            # an in-place LeakyReLU): it gets a copy, so the stored tensor stays this
-            # layer's output and its gradient is taken there.
-            return output.clone()
-
-        return hook
-
-    handles = []
     logits = None
     try:
         with _frozen_parameters(network), torch.enable_grad():
-            for name, module in modules.items():
-                handles.append(module.register_forward_hook(make_hook(name)))
-            with GridTrace(network, inputs.shape[2:]) as trace:
-                logits = network(inputs)
-            for handle in handles:
-                handle.remove()
-            handles = []
-            if not isinstance(logits, torch.Tensor):
-                raise SegGradCAMError(
-                    f"The network returned {type(logits).__name__}; Seg-Grad-CAM needs one logits tensor (B, C, *spatial)."
-                )
-            missing = [name for name in modules if name not in activations]
-            if missing:
-                raise SegGradCAMError(f"Layer(s) {', '.join(missing)} did not run during the forward pass.")
+            logits, trace = _forward(network, inputs, modules, activations)
             classes = _check_classes(classes, logits.shape[1])
-            if regions is None:
-                regions = predicted_regions(logits.detach(), classes)
-            expected = (logits.shape[0], len(classes), *logits.shape[2:])
-            if tuple(regions.shape) != expected:
-                raise SegGradCAMError(
-                    f"Region masks have shape {tuple(regions.shape)}; expected {expected} (B, classes, *spatial)."
-                )
-            regions = regions.to(device=logits.device, dtype=torch.float32)
-            names = list(modules)
-            acts = [activations[name] for name in names]
-            maps: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+            regions = _target_regions(logits.detach(), classes, regions)
             scores = (logits[:, classes].float() * regions).flatten(2).sum(dim=(0, 2))  # (len(classes),)
-            chunk = class_batch or _class_chunk(acts, len(classes))
-            for start in range(0, len(classes), chunk):
-                grads = _class_gradients(scores[start:start + chunk], acts, last=start + chunk >= len(classes))
-                for name, act, grad in zip(names, acts, grads):
-                    act = act.detach().float()  # bfloat16 under autocast: the CAM arithmetic in float32
-                    maps[name] += [combine_gradients(method, act, g.float(), relu) for g in grad]
-                if on_backward is not None:
-                    on_backward(min(start + chunk, len(classes)), len(classes))
-        result = {name: torch.stack(per_class) for name, per_class in maps.items()}
+            maps = _backward_maps(scores, [activations[n] for n in modules], weights, relu, class_batch, on_backward)
+        result = dict(zip(modules, maps))
         if upsample:
-            size = inputs.shape[2:]
-            result = {name: upsample_maps(m, size, trace.grid(m.shape[2:], size)) for name, m in result.items()}
+            result = _upsampled(result, inputs.shape[2:], trace)
         return CAMMaps(result, logits.detach())
     finally:
-        for handle in handles:
-            handle.remove()
         activations.clear()
         del logits

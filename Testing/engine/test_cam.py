@@ -151,6 +151,28 @@ def test_layercam_and_gradcampp_formulas():
     assert torch.allclose(combine_gradients("gradcam++", acts, grads), torch.relu((weights * acts).sum(1)))
 
 
+def test_method_table_holds_exactly_the_methods_offered():
+    """One weights function per method the front ends offer (selection.CAM_METHODS), and a bad
+    method is one clear error from the table, before any forward pass."""
+    from SegGradCAMLib import selection
+    from SegGradCAMLib.cam import CAM_WEIGHTS, cam_weights, combine_gradients
+
+    assert tuple(CAM_WEIGHTS) == selection.CAM_METHODS
+    for method in CAM_WEIGHTS:
+        assert cam_weights(method) is CAM_WEIGHTS[method]
+    with pytest.raises(SegGradCAMError, match=r"Unknown CAM method 'scorecam'; choose one of gradcam, gradcam\+\+"):
+        combine_gradients("scorecam", torch.rand(1, 2, 4, 4), torch.rand(1, 2, 4, 4))
+    network = small_monai_network("BasicUNet", 2)
+    calls = []
+    handle = network.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(SegGradCAMError, match="Unknown CAM method"):
+            seg_grad_cam(network, torch.randn(1, 1, 32, 32), "auto", [1], method="scorecam")
+    finally:
+        handle.remove()
+    assert calls == []
+
+
 def test_hooks_removed_and_parameters_untouched_also_on_error():
     network = small_monai_network("BasicUNet", 2)
     inputs = torch.randn(1, 1, 32, 32)

@@ -14,7 +14,7 @@ from SegGradCAMLib.cam import upsample_maps
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.layer_grid import Grid, GridTrace, default_grid, resample_to_input
 from SegGradCAMLib.models import load_model
-from SegGradCAMLib.models.registry import DEFAULT_MULTICLASS_MODEL
+from SegGradCAMLib.models.declarations import DEFAULT_MULTICLASS_MODEL
 
 
 @pytest.mark.parametrize("shape, size", [((7, 5), (14, 15)), ((4, 6, 5), (16, 12, 9))])

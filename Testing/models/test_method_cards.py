@@ -10,7 +10,7 @@ import pytest
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models.cards import FALLBACK_METHOD, SIDECAR_CARD, card_path, resolve_method
-from SegGradCAMLib.models.registry import DEFAULT_MULTICLASS_MODEL, SHIPPED_MODELS
+from SegGradCAMLib.models.declarations import DEFAULT_MULTICLASS_MODEL, SHIPPED_MODELS
 
 
 def test_the_demo_models_card_chooses_hirescam_by_its_deletion_auc():

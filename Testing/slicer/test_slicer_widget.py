@@ -108,7 +108,7 @@ def test_switching_model_shows_the_new_models_inputs_and_classes(widget):
 def test_a_model_file_fills_the_inputs_and_classes_from_its_json_spec(widget):
     """'From file or folder': the JSON spec's labels and input channels, read without torch."""
     SegGradCAM, module_widget, root = widget
-    from SegGradCAMLib.models.registry import shipped_spec_path
+    from SegGradCAMLib.models.declarations import shipped_spec_path
 
     spec = str(shipped_spec_path(SegGradCAM.DEMO_MODEL))  # a JSON spec file like any user's
     module_widget.onModelPathChanged(spec)  # the combo box still shows hdbet: nothing read from the path

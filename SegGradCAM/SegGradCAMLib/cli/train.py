@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SegGradCAMError
-from ..models.registry import DEFAULT_MULTICLASS_MODEL
+from ..models.declarations import DEFAULT_MULTICLASS_MODEL
 from ..selection import AUTO_LAYER, DEFAULT_PERCENTAGES_TEXT, choices, fractions_from_percentages, numbers
 
 if TYPE_CHECKING:  # torch stays out of the import of the command line

@@ -4,8 +4,9 @@
 ``load_model(path, trust=...)`` reads a MONAI bundle folder (:mod:`.bundle`), a
 TorchScript file (:mod:`.torchscript`) or a JSON spec next to a ``state_dict``
 file (:mod:`.json_spec`). What each registered model declares (labels, input
-channels, decoder stages) is in :mod:`.registry`, readable without torch; this
-package imports torch only when a model loads.
+channels, decoder stages) is in :mod:`.declarations`, readable without torch; the
+names and their loaders are in :mod:`.registry`. This package imports torch only
+when a model loads.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import SegGradCAMError
+from .declarations import DEFAULT_MODEL, DEFAULT_MULTICLASS_MODEL, SHIPPED_MODELS
 from .nnunet import looks_like_nnunet_folder
-from .registry import DEFAULT_MODEL, DEFAULT_MULTICLASS_MODEL, REGISTRY, SHIPPED_MODELS, list_models
+from .registry import REGISTRY, list_models
 from .spec import LoadedModel, ModelSpec
 
 

@@ -36,7 +36,7 @@ from ..errors import SegGradCAMError
 from .checks import finish_loading
 from .json_spec import ARCHITECTURES, build_network, fields_from_args, load_weights
 from .safe_load import TRUST_HINT
-from .spec import LoadedModel, read_json_object
+from .spec import LoadedModel, metadata_fields, read_json_object
 
 INTENSITY_TRANSFORMS = ("NormalizeIntensity", "ScaleIntensity", "ScaleIntensityRangePercentiles", "ScaleIntensityRange")
 BUNDLE_NEUTRAL = frozenset(
@@ -164,26 +164,6 @@ def _bundle_network(config: dict, config_path: Path, folder: Path, trust: bool) 
         return network, None, {}
     args = {k: v for k, v in definition.items() if not k.startswith("_")}
     return build_network(target, args), target, args
-
-
-def metadata_fields(meta: dict) -> dict:
-    """Labels, in_channels, spatial_dims and divisible_by from a bundle's ``metadata.json``."""
-    fields: dict = {}
-    data_format = meta.get("network_data_format", {})
-    pred = data_format.get("outputs", {}).get("pred", {})
-    channel_def = pred.get("channel_def")
-    if isinstance(channel_def, dict) and channel_def:
-        fields["labels"] = [channel_def[k] for k in sorted(channel_def, key=int)]
-    image = data_format.get("inputs", {}).get("image", {})
-    if "num_channels" in image:
-        fields["in_channels"] = int(image["num_channels"])
-    shape = image.get("spatial_shape")
-    if isinstance(shape, list) and shape:
-        fields["spatial_dims"] = len(shape)
-        factors = [int(s.split("*")[0]) for s in shape if isinstance(s, str) and s.split("*")[0].isdigit()]
-        if factors:
-            fields["divisible_by"] = max(factors)
-    return fields
 
 
 def _preprocessing_fields(config: dict, fields: dict) -> dict:

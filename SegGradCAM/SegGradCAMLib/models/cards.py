@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..errors import SegGradCAMError
 from ..selection import CAM_METHODS
-from .registry import REGISTRY, SHIPPED_MODELS
+from .declarations import SHIPPED_MODELS
+from .registry import REGISTRY
 from .spec import read_json_object
 
 AUTO_METHOD = "auto"

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import SegGradCAMError
 from ..layers import decoder_layers
-from .spec import LoadedModel, make_spec
+from .spec import LoadedModel, declare_stages, make_spec
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def finish_loading(network: nn.Module, fields: dict, weights: Path, out_channels
             raise SegGradCAMError(
                 f"'decoder_stages' of {spec.name} must list module names of the network; not found: {unknown}."
             )
-        return LoadedModel(network, spec, [str(name) for name in declared])
+        return LoadedModel(network, spec, declare_stages(network, declared))
     try:
         layers = decoder_layers(network, example)
     except (RuntimeError, ValueError) as error:

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import SegGradCAMError
-from .registry import DEEPBET
-from .spec import LoadedModel, ModelSpec, sha256_of
+from .declarations import DEEPBET
+from .spec import LoadedModel, ModelSpec, declare_stages, sha256_of
 
 DECODER_LAYERS = list(DEEPBET.layers)
 
@@ -141,4 +141,4 @@ def load_deepbet(trust: bool) -> LoadedModel:
         trusted_code=True,
         description="deepbet LinkNet3d brain extraction (TorchScript, deepbet wheel)",
     )
-    return LoadedModel(network, spec, list(DECODER_LAYERS))
+    return LoadedModel(network, spec, declare_stages(network, DECODER_LAYERS))

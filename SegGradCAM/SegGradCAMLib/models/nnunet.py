@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import SegGradCAMError
-from .registry import ModelFacts
+from .declarations import ModelFacts
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 ARCHITECTURES = tuple(
@@ -276,7 +276,7 @@ def load_nnunet_model(folder: Path, folds: Sequence[str] | None = None, checkpoi
     ``fold_all``."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from .spec import LoadedModel, ModelSpec, sha256_of
+    from .spec import LoadedModel, ModelSpec, declare_stages, sha256_of
 
     folder = Path(folder)
     facts = nnunet_facts(folder)  # names a missing plans.json / dataset.json first
@@ -302,4 +302,4 @@ def load_nnunet_model(folder: Path, folds: Sequence[str] | None = None, checkpoi
         raise SegGradCAMError(f"dataset.json of {folder.name}: {error}") from None
     parts = NnUNetParts(plans_manager, configuration_manager, label_manager, dataset, parameters,
                         str(fields.get("trainer_name", "")), tuple(mirror) if mirror else None)
-    return LoadedModel(network, spec, list(facts.layers), nnunet=parts)
+    return LoadedModel(network, spec, declare_stages(network, facts.layers), nnunet=parts)

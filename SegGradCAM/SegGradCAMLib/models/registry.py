@@ -1,66 +1,31 @@
-"""The registered models and what each declares about itself, readable without torch.
+"""The registered models: each name with its loader and its declaration, readable without torch.
 
-Each model's labels, input channels and decoder stages are declared once
-(:class:`ModelFacts`): HD-BET's and deepbet's here, the shipped demo model's in its
-own files (JSON spec and ``model_card.json``). The registry, the loaders, the
-3D Slicer widget and ``seggradcam models`` all read these declarations. Importing
-this module imports no torch.
+What each model declares (labels, input channels, decoder stages) lives in
+:mod:`.declarations`, the bottom of the import graph; this module maps names to
+loaders and declarations. Loaders read the declarations, never this module.
+Importing this module imports no torch.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import SegGradCAMError
-
-DEFAULT_MODEL = "hdbet"
-DEFAULT_MULTICLASS_MODEL = "demo-lesions-unet2d"
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What a model declares: class names (index = output channel), number of input
-    volumes, decoder stages offered for explanation (coarse to fine; the last is the default)."""
-
-    labels: tuple[str, ...]
-    in_channels: int
-    layers: tuple[str, ...]
-
-
-HDBET = ModelFacts(("background", "brain"), 1, ("loc1", "loc2", "loc3", "end_conv_2_bn"))
-DEEPBET = ModelFacts(("background", "brain"), 1, ("up0", "up1", "up2", "up3", "tp_conv1", "conv"))
-
-
-def _shipped_models_folder() -> Path:
-    """Where the project's trained models lie: next to SegGradCAMLib (3D Slicer, editable
-    install) or under ``<prefix>/share/seggradcam`` (wheel install, see pyproject's data-files)."""
-    beside = Path(__file__).resolve().parents[2] / "Resources" / "Models"
-    installed = Path(sys.prefix) / "share" / "seggradcam" / "Models"
-    return beside if beside.is_dir() or not installed.is_dir() else installed
-
-
-SHIPPED_MODELS = _shipped_models_folder()
-
-
-def shipped_spec_path(name: str) -> Path:
-    """``Resources/Models/<name>/<name>.json`` of a model trained by this project."""
-    path = SHIPPED_MODELS / name / f"{name}.json"
-    if not path.is_file():
-        raise SegGradCAMError(f"The shipped model {name} is missing ({path}); rebuild it with 'seggradcam train --recipe demo'.")
-    return path
-
-
-def shipped_facts(name: str) -> ModelFacts:
-    """The declaration of a shipped model, from its JSON spec and ``model_card.json``."""
-    spec = json.loads(shipped_spec_path(name).read_text(encoding="utf-8"))
-    card_path = SHIPPED_MODELS / name / "model_card.json"
-    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
-    return ModelFacts(tuple(spec["labels"]), int(spec["in_channels"]), tuple(card.get("decoder_stages", ())))
+# DEFAULT_MODEL and SHIPPED_MODELS (and every name below) stay importable from here for the
+# importers not yet switched to .declarations; new code imports them from .declarations.
+from .declarations import (  # noqa: F401
+    DEEPBET,
+    DEFAULT_MODEL,
+    DEFAULT_MULTICLASS_MODEL,
+    HDBET,
+    SHIPPED_MODELS,
+    ModelFacts,
+    shipped_facts,
+    shipped_spec_path,
+)
 
 
 @dataclass(frozen=True)
@@ -98,9 +63,14 @@ def _deepbet(trust: bool):
 
 def _shipped(name: str) -> Callable[[bool], object]:
     def load(trust: bool):
-        from . import load_model_path
+        from .json_spec import load_json_spec
+        from .spec import declare_stages
 
-        return load_model_path(shipped_spec_path(name), trust)
+        loaded = load_json_spec(shipped_spec_path(name), trust)
+        stages = shipped_facts(name).layers
+        if stages:
+            loaded.layers = declare_stages(loaded.network, stages)
+        return loaded
 
     return load
 
@@ -136,9 +106,9 @@ def list_models() -> list[dict]:
 
 def declared_facts(name_or_path: str) -> ModelFacts | None:
     """What a model declares, read without torch: a registered name, an nnU-Net trained-model
-    folder, or a JSON spec (the file, or the same-stem sidecar of a weights file). ``None`` where only loading the model tells
-    (bundles, bare TorchScript, a spec without labels or channels); the decoder stages are
-    those the spec declares (``decoder_stages``), else empty."""
+    folder, or a JSON spec (the file, or the same-stem sidecar of a weights file). ``None`` where
+    only loading the model tells (bundles, bare TorchScript, a spec without labels or channels);
+    the decoder stages are those the spec declares (``decoder_stages``), else empty."""
     if name_or_path in REGISTRY:
         return REGISTRY[name_or_path].declared()
     path = Path(name_or_path)

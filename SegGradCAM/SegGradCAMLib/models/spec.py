@@ -104,6 +104,17 @@ class LoadedModel:
         return [layers] if isinstance(layers, str) else list(layers)
 
 
+def declare_stages(network: "nn.Module", stages: Sequence[str]) -> list[str]:
+    """Set ``network.decoder_stages`` (module names, coarse to fine), which
+    :func:`SegGradCAMLib.layers.decoder_layers` reads before anything else, and return the
+    stages as a new list (for :attr:`LoadedModel.layers`). Loaders call it where a model
+    declares its stages, so that the engine never asks the model declarations."""
+    stages = [str(name) for name in stages]
+    if stages:  # an empty declaration declares nothing: the stages are then recognised or traced
+        network.decoder_stages = stages
+    return list(stages)
+
+
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file."""
     digest = hashlib.sha256()
@@ -160,3 +171,24 @@ def read_json_object(path: Path) -> dict:
     if not isinstance(data, dict):
         raise SegGradCAMError(f"{path} must hold a JSON object.")
     return data
+
+
+def metadata_fields(meta: dict) -> dict:
+    """Labels, in_channels, spatial_dims and divisible_by from a MONAI bundle's ``metadata.json``
+    (read by bundle folders and by TorchScript archives that carry it)."""
+    fields: dict = {}
+    data_format = meta.get("network_data_format", {})
+    pred = data_format.get("outputs", {}).get("pred", {})
+    channel_def = pred.get("channel_def")
+    if isinstance(channel_def, dict) and channel_def:
+        fields["labels"] = [channel_def[k] for k in sorted(channel_def, key=int)]
+    image = data_format.get("inputs", {}).get("image", {})
+    if "num_channels" in image:
+        fields["in_channels"] = int(image["num_channels"])
+    shape = image.get("spatial_shape")
+    if isinstance(shape, list) and shape:
+        fields["spatial_dims"] = len(shape)
+        factors = [int(s.split("*")[0]) for s in shape if isinstance(s, str) and s.split("*")[0].isdigit()]
+        if factors:
+            fields["divisible_by"] = max(factors)
+    return fields

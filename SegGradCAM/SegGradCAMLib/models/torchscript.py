@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 from ..errors import SegGradCAMError
-from .bundle import metadata_fields
 from .checks import finish_loading, run_example
 from .safe_load import TRUST_HINT
-from .spec import DECLARED_FIELDS, LoadedModel
+from .spec import DECLARED_FIELDS, LoadedModel, metadata_fields
 from .torchscript_replay import ScriptedModule
 
 log = logging.getLogger(__name__)
