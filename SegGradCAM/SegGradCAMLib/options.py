@@ -13,13 +13,13 @@ checked by the run, where the model is known. Torch-free: 3D Slicer builds optio
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+from .declared_options import CommandOptions, option
 from .errors import SegGradCAMError
 from .selection import (
     ALL_CLASSES,
@@ -42,76 +42,6 @@ PERTURBATION_BASELINES = ("blur", "mean")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-def _option(flag: str, default: Any = None, help: str = "", **argparse_settings: Any) -> Any:
-    """A dataclass field declared with its command-line ``flag`` (``""``: positional), ``help``
-    and further :meth:`argparse.ArgumentParser.add_argument` settings."""
-    return field(default=default, metadata={"flag": flag, "help": help, **argparse_settings})
-
-
-def option_text(value: Any) -> str:
-    """A value as the command line writes it: lists comma-separated."""
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
-
-
-class _CommandOptions:
-    """``add_arguments``/``from_argv``/``to_argv`` from the fields' declarations; nested option
-    dataclasses (``engine``) add their own arguments in a group."""
-
-    GROUP: ClassVar[str | None] = None
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """The options of ``cls`` as arguments of ``parser``, with their declared defaults."""
-        target = parser.add_argument_group(cls.GROUP) if cls.GROUP else parser
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            default = _field_default(f)
-            if isinstance(default, _CommandOptions):
-                type(default).add_arguments(parser)
-                continue
-            meta = dict(f.metadata)
-            flag = meta.pop("flag")
-            if not flag:
-                target.add_argument(f.name, **meta)
-            else:
-                target.add_argument(flag, dest=f.name, default=default, **meta)
-
-    @classmethod
-    def from_namespace(cls, args: argparse.Namespace):
-        """Options from parsed arguments (validated by the constructor)."""
-        values = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            nested = _field_default(f)
-            values[f.name] = type(nested).from_namespace(args) if isinstance(nested, _CommandOptions) \
-                else getattr(args, f.name)
-        return cls(**values)
-
-    def to_argv(self) -> list[str]:
-        """The command-line arguments that give these options (defaults left out)."""
-        argv: list[str] = []
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, _CommandOptions):
-                argv += value.to_argv()
-                continue
-            default = _declared_default(type(self), f.name)
-            flag = f.metadata["flag"]
-            if not flag:
-                argv += [str(v) for v in value]
-            elif value != default:
-                argv += [flag] if f.metadata.get("action") in ("store_true", "store_false") else [flag, option_text(value)]
-        return argv
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc,operator]
-
-
-def _declared_default(cls: type, name: str) -> Any:
-    """The default of field ``name`` of ``cls``, normalised as the constructor would."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return _NORMALISE.get(name, lambda v: v)(_field_default(f))
-
-
 def _names(value: Any) -> tuple[str, ...]:
     return tuple(split_list(value)) if isinstance(value, (str, tuple, list)) else (str(value),)
 
@@ -127,29 +57,16 @@ def _classes(value: Any) -> str | tuple[str, ...]:
     return tuple(str(v) for v in (split_list(value) if isinstance(value, str) else value))
 
 
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value)
+
+
+def _optional_names(value: Any) -> tuple[str, ...] | None:
+    return None if value in (None, "") else _names(value)
+
+
 def _optional_path(value: Any) -> Path | None:
     return None if value in (None, "") else Path(value)
-
-
-_NORMALISE = {
-    "inputs": lambda v: tuple(str(p) for p in v),
-    "layers": _layers,
-    "classes": _classes,
-    "region": _optional_path,
-    "cohort": _optional_path,
-    "out": _optional_path,
-    "folds": lambda v: None if v in (None, "") else _names(v),
-    "methods": _names,
-    "metrics": _names,
-    "baselines": _names,
-}
-
-
-def _normalise(options: Any) -> None:
-    """Bring each field of a frozen ``options`` to its one representation (tuples, Paths)."""
-    for f in dataclasses.fields(options):
-        if f.name in _NORMALISE:
-            object.__setattr__(options, f.name, _NORMALISE[f.name](getattr(options, f.name)))
 
 
 def check_device_and_threads(device: str, threads: int) -> None:
@@ -162,25 +79,43 @@ def check_device_and_threads(device: str, threads: int) -> None:
 
 
 @dataclass(frozen=True)
-class EngineOptions(_CommandOptions):
+class EngineOptions(CommandOptions):
     """How a cohort runs: ``engine``; for Ray, the cluster to join (``None``: a local instance on
     127.0.0.1 that stops at the end), the local instance's number of concurrent cases, the
     resources per case and the retries of a case whose worker died."""
 
     GROUP: ClassVar[str | None] = "cohorts (a list of cases; see docs/cohorts.md)"
 
-    engine: str = _option("--engine", "local", "local: one case after another in this process; ray: Ray tasks, "
-                          "one per case", choices=ENGINES)
-    ray_address: str | None = _option("--ray-address", None, "join an existing Ray cluster ('auto' or host:port); "
-                                      "without it a local Ray instance starts on 127.0.0.1 and stops at the end",
-                                      metavar="ADDRESS")
-    workers: int | None = _option("--workers", None, "local Ray instance: cases at once (default: as many as the "
-                                  "CPUs allow)", type=int, metavar="N")
-    cpus_per_case: float = _option("--cpus-per-case", 1.0, "Ray: CPUs each case reserves (default 1)", type=float)
-    gpus_per_case: float = _option("--gpus-per-case", 0.0, "Ray: GPUs each case reserves, fractions allowed "
-                                   "(e.g. 0.25); > 0 runs the cases on the GPU", type=float)
-    max_retries: int = _option("--max-retries", 2, "Ray: re-runs of a case whose worker process died (killed, out "
-                               "of memory)", type=int)
+    engine: str = option(
+        "--engine",
+        "local",
+        "local: one case after another in this process; ray: Ray tasks, one per case",
+        choices=ENGINES,
+    )
+    ray_address: str | None = option(
+        "--ray-address",
+        None,
+        "join an existing Ray cluster ('auto' or host:port); "
+        "without it a local Ray instance starts on 127.0.0.1 and stops at the end",
+        metavar="ADDRESS",
+    )
+    workers: int | None = option(
+        "--workers",
+        None,
+        "local Ray instance: cases at once (default: as many as the CPUs allow)",
+        type=int,
+        metavar="N",
+    )
+    cpus_per_case: float = option("--cpus-per-case", 1.0, "Ray: CPUs each case reserves (default 1)", type=float)
+    gpus_per_case: float = option(
+        "--gpus-per-case",
+        0.0,
+        "Ray: GPUs each case reserves, fractions allowed (e.g. 0.25); > 0 runs the cases on the GPU",
+        type=float,
+    )
+    max_retries: int = option(
+        "--max-retries", 2, "Ray: re-runs of a case whose worker process died (killed, out of memory)", type=int
+    )
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -201,51 +136,109 @@ class EngineOptions(_CommandOptions):
 
 
 @dataclass(frozen=True)
-class ExplainOptions(_CommandOptions):
+class ExplainOptions(CommandOptions):
     """One ``explain`` run: the input volume(s) (one file or DICOM folder per model channel) or a
     cohort list, the model, what to explain and how, and where to write it."""
 
-    inputs: tuple[str, ...] = _option("", (), "volume file(s) (NRRD, NIfTI, ...) or DICOM folder(s), one per model "
-                                      "channel; FILE@N picks volume N of a 4D file", nargs="*", metavar="INPUT")
-    cohort: Path | None = _option("--cohort", None, "explain many cases instead of INPUT: a list file (one case per "
-                                  "line, channel files comma-separated) or a folder of volumes; each case into "
-                                  "OUT/<case id>/", metavar="LIST")
-    model: str = _option("--model", DEFAULT_MODEL, "registered model name (see 'seggradcam models') or a model "
-                         "file/folder")
-    out: Path = _option("--out", None, "output folder", required=True)
-    layers: str | tuple[str, ...] = _option("--layers", AUTO_LAYER, "'auto' (finest decoder stage) or "
-                                            "comma-separated layer names")
-    method: str = _option("--method", AUTO_METHOD, "'auto' (default): the method the model's card chose by "
-                          "evidence, else hirescam", choices=METHOD_CHOICES)
-    classes: str | tuple[str, ...] = _option("--classes", ALL_CLASSES, "'all' (every class but background) or "
-                                             "comma-separated class names or indices")
-    region: Path | None = _option("--region", None, "mask volume on the input grid: explain the class score inside "
-                                  "this region only")
-    device: str = _option("--device", "auto", "auto, cpu, cuda or cuda:N")
-    trust_model: bool = _option("--trust-model", False, "allow model formats that run code (TorchScript, MONAI "
-                                "bundle expressions)", action="store_true")
-    overview: bool = _option("--no-overview", True, "skip overview.png", action="store_false")
-    heatmap_dtype: str = _option("--heatmap-dtype", "float32", "float32, or uint8 (0..255 of the normalised map; for "
-                                 "many classes: a quarter of the disk) - the raw maximum is kept in each file's "
-                                 "metadata and explain.json", choices=HEATMAP_DTYPES)
-    amp: bool = _option("--amp", False, "run the network in bfloat16 autocast (GPU, or a CPU with AMX/AVX-512 "
-                        "BF16); the CAM arithmetic stays float32", action="store_true")
-    threads: int = _option("--threads", 0, "torch CPU threads (0: torch's default)", type=int)
-    step_size: float = _option("--step-size", 0.5, "nnU-Net models: sliding-window step as a fraction of the patch "
-                               "(nnU-Net's tile_step_size)", type=float)
-    folds: tuple[str, ...] | None = _option("--folds", None, "nnU-Net folders: comma-separated folds (default: every "
-                                            "fold_N with the checkpoint; 'all' = fold_all)")
-    checkpoint: str | None = _option("--checkpoint", None, "nnU-Net folders: checkpoint file name (default "
-                                     "checkpoint_final.pth)")
-    faithfulness: bool = _option("--faithfulness", False, "score each heatmap: Deletion/Insertion AUC against 5 "
-                                 "random orderings and the mask, with a verdict (on this volume only; several times "
-                                 "the explain time)", action="store_true")
-    mirror: bool = _option("--mirror", False, "nnU-Net models: test-time mirroring (as nnU-Net predicts by default); "
-                           "off by default", action="store_true")
+    inputs: tuple[str, ...] = option(
+        "",
+        (),
+        "volume file(s) (NRRD, NIfTI, ...) or DICOM folder(s), one per model "
+        "channel; FILE@N picks volume N of a 4D file",
+        _strings,
+        nargs="*",
+        metavar="INPUT",
+    )
+    cohort: Path | None = option(
+        "--cohort",
+        None,
+        "explain many cases instead of INPUT: a list file (one case per "
+        "line, channel files comma-separated) or a folder of volumes; each case into "
+        "OUT/<case id>/",
+        metavar="LIST",
+        normalise=_optional_path,
+    )
+    model: str = option(
+        "--model", DEFAULT_MODEL, "registered model name (see 'seggradcam models') or a model file/folder"
+    )
+    out: Path = option("--out", None, "output folder", required=True, normalise=_optional_path)
+    layers: str | tuple[str, ...] = option(
+        "--layers", AUTO_LAYER, "'auto' (finest decoder stage) or comma-separated layer names", normalise=_layers
+    )
+    method: str = option(
+        "--method",
+        AUTO_METHOD,
+        "'auto' (default): the method the model's card chose by evidence, else hirescam",
+        choices=METHOD_CHOICES,
+    )
+    classes: str | tuple[str, ...] = option(
+        "--classes",
+        ALL_CLASSES,
+        "'all' (every class but background) or comma-separated class names or indices",
+        normalise=_classes,
+    )
+    region: Path | None = option(
+        "--region",
+        None,
+        "mask volume on the input grid: explain the class score inside this region only",
+        normalise=_optional_path,
+    )
+    device: str = option("--device", "auto", "auto, cpu, cuda or cuda:N")
+    trust_model: bool = option(
+        "--trust-model",
+        False,
+        "allow model formats that run code (TorchScript, MONAI bundle expressions)",
+        action="store_true",
+    )
+    overview: bool = option("--no-overview", True, "skip overview.png", action="store_false")
+    heatmap_dtype: str = option(
+        "--heatmap-dtype",
+        "float32",
+        "float32, or uint8 (0..255 of the normalised map; for "
+        "many classes: a quarter of the disk) - the raw maximum is kept in each file's "
+        "metadata and explain.json",
+        choices=HEATMAP_DTYPES,
+    )
+    amp: bool = option(
+        "--amp",
+        False,
+        "run the network in bfloat16 autocast (GPU, or a CPU with AMX/AVX-512 BF16); the CAM arithmetic stays float32",
+        action="store_true",
+    )
+    threads: int = option("--threads", 0, "torch CPU threads (0: torch's default)", type=int)
+    step_size: float = option(
+        "--step-size",
+        0.5,
+        "nnU-Net models: sliding-window step as a fraction of the patch (nnU-Net's tile_step_size)",
+        type=float,
+    )
+    folds: tuple[str, ...] | None = option(
+        "--folds",
+        None,
+        "nnU-Net folders: comma-separated folds (default: every fold_N with the checkpoint; 'all' = fold_all)",
+        normalise=_optional_names,
+    )
+    checkpoint: str | None = option(
+        "--checkpoint", None, "nnU-Net folders: checkpoint file name (default checkpoint_final.pth)"
+    )
+    faithfulness: bool = option(
+        "--faithfulness",
+        False,
+        "score each heatmap: Deletion/Insertion AUC against 5 "
+        "random orderings and the mask, with a verdict (on this volume only; several times "
+        "the explain time)",
+        action="store_true",
+    )
+    mirror: bool = option(
+        "--mirror",
+        False,
+        "nnU-Net models: test-time mirroring (as nnU-Net predicts by default); off by default",
+        action="store_true",
+    )
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
-        _normalise(self)
+        self.normalise_fields()
         if self.out is None:
             raise SegGradCAMError("Give the output folder (--out).")
         if self.cohort is not None and self.inputs:
@@ -262,16 +255,11 @@ class ExplainOptions(_CommandOptions):
         if self.faithfulness and self.region is not None:
             raise SegGradCAMError("--faithfulness scores the predicted masks; leave out --region.")
 
-    @classmethod
-    def from_argv(cls, argv: Sequence[str]) -> "ExplainOptions":
-        """Options from ``explain``'s arguments (without the word ``explain``); a bad one is a
-        :class:`SegGradCAMError` naming it."""
-        return cls.from_namespace(_parse(cls, argv))
-
     def for_case(self, inputs: Sequence[str], out: Path, device: str) -> "ExplainOptions":
         """These options for one case of a cohort: its inputs, output folder and device."""
-        return dataclasses.replace(self, inputs=tuple(inputs), cohort=None, out=out, device=device,
-                                   engine=EngineOptions())
+        return dataclasses.replace(
+            self, inputs=tuple(inputs), cohort=None, out=out, device=device, engine=EngineOptions()
+        )
 
     @property
     def nnunet_options_given(self) -> bool:
@@ -280,53 +268,88 @@ class ExplainOptions(_CommandOptions):
 
 
 @dataclass(frozen=True)
-class EvaluateOptions(_CommandOptions):
+class EvaluateOptions(CommandOptions):
     """One ``evaluate`` run: how faithful the heatmaps of a model are over a data set."""
 
-    model: str = _option("--model", DEFAULT_MODEL, "registered model name or a model file/folder")
-    data: str = _option("--data", "", "folder of volumes (one case each), a list file (one case per line, channels "
-                        "comma-separated), or 'demo' (the demo model's held-out slices)", required=True)
-    out: Path = _option("--out", None, "output folder", required=True)
-    metrics: tuple[str, ...] = _option("--metrics", METRICS, "comma-separated: deletion, insertion (computed "
-                                       "together), road, randomization")
-    methods: tuple[str, ...] = _option("--methods", ("gradcam",), "comma-separated CAM methods (gradcam, gradcam++, "
-                                       "hirescam, layercam; auto: the model card's choice, as explain)")
-    baselines: tuple[str, ...] = _option("--baselines", BASELINE_EXPLANATIONS, "comma-separated baseline "
-                                         "explanations (random, mask, gradient), or 'none'")
-    layers: str | tuple[str, ...] = _option("--layers", AUTO_LAYER, "'auto' (finest decoder stage) or "
-                                            "comma-separated layer names")
-    classes: str | tuple[str, ...] = _option("--classes", ALL_CLASSES, "'all' or comma-separated class names or "
-                                             "indices")
-    max_slices: int = _option("--max-slices", 100, "2D models: at most this many slices per volume (drawn with "
-                              "--seed), or of the 'demo' set in all; a 3D volume is one case", type=int)
-    step: float = _option("--step", 0.01, "fraction of voxels per Deletion/Insertion step", type=float)
-    baseline: str = _option("--baseline", "blur", "what removed voxels become", choices=PERTURBATION_BASELINES)
-    sigma_mm: float = _option("--sigma-mm", 20.0, "blur sigma in mm for --baseline blur (larger than the structures "
-                              "to remove)", type=float)
-    road_percentages: str = _option("--road-percentages", DEFAULT_PERCENTAGES_TEXT, "ROAD removal percentages")
-    seed: int = _option("--seed", 0, "", type=int)
-    batch_size: int = _option("--batch-size", 32, "perturbed inputs per network call", type=int)
-    device: str = _option("--device", "auto", "auto, cpu, cuda or cuda:N")
-    threads: int = _option("--threads", 0, "CPU threads for torch (0: torch's default; 1 is fastest for small 2D "
-                           "models on a busy machine)", type=int)
-    trust_model: bool = _option("--trust-model", False, "allow model formats that run code", action="store_true")
-    write_card: bool = _option("--write-card", False, "write the method with the lowest Deletion AUC on the default "
-                               "stage into the model folder's seggradcam_card.json (what --method auto then uses)",
-                               action="store_true")
-    force: bool = _option("--force", False, "with --write-card: replace an existing card's choice",
-                          action="store_true")
+    model: str = option("--model", DEFAULT_MODEL, "registered model name or a model file/folder")
+    data: str = option(
+        "--data",
+        "",
+        "folder of volumes (one case each), a list file (one case per line, channels "
+        "comma-separated), or 'demo' (the demo model's held-out slices)",
+        required=True,
+    )
+    out: Path = option("--out", None, "output folder", required=True, normalise=_optional_path)
+    metrics: tuple[str, ...] = option(
+        "--metrics",
+        METRICS,
+        "comma-separated: deletion, insertion (computed together), road, randomization",
+        normalise=_names,
+    )
+    methods: tuple[str, ...] = option(
+        "--methods",
+        ("gradcam",),
+        "comma-separated CAM methods (gradcam, gradcam++, "
+        "hirescam, layercam; auto: the model card's choice, as explain)",
+        normalise=_names,
+    )
+    baselines: tuple[str, ...] = option(
+        "--baselines",
+        BASELINE_EXPLANATIONS,
+        "comma-separated baseline explanations (random, mask, gradient), or 'none'",
+        normalise=_names,
+    )
+    layers: str | tuple[str, ...] = option(
+        "--layers", AUTO_LAYER, "'auto' (finest decoder stage) or comma-separated layer names", normalise=_layers
+    )
+    classes: str | tuple[str, ...] = option(
+        "--classes", ALL_CLASSES, "'all' or comma-separated class names or indices", normalise=_classes
+    )
+    max_slices: int = option(
+        "--max-slices",
+        100,
+        "2D models: at most this many slices per volume (drawn with "
+        "--seed), or of the 'demo' set in all; a 3D volume is one case",
+        type=int,
+    )
+    step: float = option("--step", 0.01, "fraction of voxels per Deletion/Insertion step", type=float)
+    baseline: str = option("--baseline", "blur", "what removed voxels become", choices=PERTURBATION_BASELINES)
+    sigma_mm: float = option(
+        "--sigma-mm", 20.0, "blur sigma in mm for --baseline blur (larger than the structures to remove)", type=float
+    )
+    road_percentages: str = option("--road-percentages", DEFAULT_PERCENTAGES_TEXT, "ROAD removal percentages")
+    seed: int = option("--seed", 0, "", type=int)
+    batch_size: int = option("--batch-size", 32, "perturbed inputs per network call", type=int)
+    device: str = option("--device", "auto", "auto, cpu, cuda or cuda:N")
+    threads: int = option(
+        "--threads",
+        0,
+        "CPU threads for torch (0: torch's default; 1 is fastest for small 2D models on a busy machine)",
+        type=int,
+    )
+    trust_model: bool = option("--trust-model", False, "allow model formats that run code", action="store_true")
+    write_card: bool = option(
+        "--write-card",
+        False,
+        "write the method with the lowest Deletion AUC on the default "
+        "stage into the model folder's seggradcam_card.json (what --method auto then uses)",
+        action="store_true",
+    )
+    force: bool = option("--force", False, "with --write-card: replace an existing card's choice", action="store_true")
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
-        _normalise(self)
+        self.normalise_fields()
         if self.out is None or not self.data:
             raise SegGradCAMError("Give the data (--data) and the output folder (--out).")
         if self.max_slices < 1 or not 0 < self.step <= 1:
             raise SegGradCAMError("--max-slices must be >= 1 and --step a fraction in (0, 1].")
-        for values, valid, what in ((self.metrics, METRICS, "metric"),
-                                    (self.methods, (AUTO_METHOD, *CAM_METHODS), "method"),
-                                    (self.baselines, BASELINE_EXPLANATIONS, "baseline explanation"),
-                                    ((self.baseline,), PERTURBATION_BASELINES, "perturbation baseline")):
+        for values, valid, what in (
+            (self.metrics, METRICS, "metric"),
+            (self.methods, (AUTO_METHOD, *CAM_METHODS), "method"),
+            (self.baselines, BASELINE_EXPLANATIONS, "baseline explanation"),
+            ((self.baseline,), PERTURBATION_BASELINES, "perturbation baseline"),
+        ):
             bad = [v for v in values if v not in valid]
             if bad:
                 raise SegGradCAMError(f"Unknown {what} {', '.join(bad)}; choose from {', '.join(valid)}.")
@@ -341,28 +364,3 @@ class EvaluateOptions(_CommandOptions):
     def road_fractions(self) -> tuple[float, ...]:
         """``--road-percentages`` as fractions (``"10,30"`` -> ``(0.1, 0.3)``)."""
         return fractions_from_percentages(self.road_percentages, "--road-percentages")
-
-    @classmethod
-    def from_argv(cls, argv: Sequence[str]) -> "EvaluateOptions":
-        """Options from ``evaluate``'s arguments (without the word ``evaluate``)."""
-        return cls.from_namespace(_parse(cls, argv))
-
-
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser that raises instead of printing usage and exiting (library use)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise _ArgumentError(message)
-
-
-def _parse(cls: type[_CommandOptions], argv: Sequence[str]) -> argparse.Namespace:
-    parser = _Parser(prog=f"seggradcam {cls.__name__}", add_help=False)
-    cls.add_arguments(parser)
-    try:
-        return parser.parse_args(list(argv))
-    except _ArgumentError as error:
-        raise SegGradCAMError(str(error)) from None
