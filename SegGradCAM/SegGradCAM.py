@@ -23,9 +23,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from SegGradCAMLib.errors import SegGradCAMError
-from SegGradCAMLib.models.registry import DEFAULT_MULTICLASS_MODEL as DEMO_MODEL
+from SegGradCAMLib.models.declarations import DEFAULT_MULTICLASS_MODEL as DEMO_MODEL
 from SegGradCAMLib.models.registry import REGISTRY
-from SegGradCAMLib.models.cards import AUTO_METHOD, METHOD_CHOICES
+from SegGradCAMLib.selection import AUTO_METHOD, METHOD_CHOICES
 from SegGradCAMLib.mrml.widget import MODEL_FROM_PATH, SegGradCAMPanel
 
 # torch, monai and the network code are imported only when a run starts, so Slicer can

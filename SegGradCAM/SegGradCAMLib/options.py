@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Sequence
 
 from .declared_options import CommandOptions, option
 from .errors import SegGradCAMError
+from .models.declarations import DEFAULT_MODEL
 from .selection import (
     ALL_CLASSES,
     AUTO_LAYER,
@@ -33,7 +34,6 @@ from .selection import (
     split_list,
 )
 
-DEFAULT_MODEL = "hdbet"
 HEATMAP_DTYPES = ("float32", "uint8")
 ENGINES = ("local", "ray")
 METRICS = ("deletion", "insertion", "road", "randomization")

@@ -37,13 +37,6 @@ def layer_selection(text: str | Sequence[str]) -> str | list[str]:
     return split_list(text)
 
 
-def check_method(method: str) -> str:
-    """``method`` if it is one of :data:`CAM_METHODS`, else a user-facing error."""
-    if method not in CAM_METHODS:
-        raise SegGradCAMError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
-    return method
-
-
 def choices(text: str, valid: Sequence[str], option: str) -> tuple[str, ...]:
     """Comma-separated names, each one of ``valid``; at least one."""
     chosen = tuple(split_list(text))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from SegGradCAMLib.models.cards import METHOD_CHOICES
+from SegGradCAMLib.selection import METHOD_CHOICES
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "SegGradCAM"

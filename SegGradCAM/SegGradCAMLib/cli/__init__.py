@@ -62,7 +62,8 @@ def run_models(scan: Path | None = None) -> None:
     """Print the registry and the nnU-Net folders under ``scan`` (default: where TotalSegmentator
     and nnU-Net keep them on this computer), without importing torch."""
     from ..models.nnunet import find_nnunet_folders, known_model_roots, nnunet_facts
-    from ..models.registry import DEFAULT_MODEL, list_models
+    from ..models.declarations import DEFAULT_MODEL
+    from ..models.registry import list_models
 
     for entry in list_models():
         mark = "*" if entry["name"] == DEFAULT_MODEL else " "

@@ -16,14 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SegGradCAMError
-from ..selection import CAM_METHODS
+from ..selection import AUTO_METHOD, CAM_METHODS
 from .declarations import SHIPPED_MODELS
 from .registry import REGISTRY
 from .spec import read_json_object
 
-AUTO_METHOD = "auto"
-METHOD_CHOICES = (AUTO_METHOD, *CAM_METHODS)
 FALLBACK_METHOD = "hirescam"
 REGISTRY_CARDS = SHIPPED_MODELS / "cards"
 SIDECAR_CARD = "seggradcam_card.json"
@@ -62,10 +59,9 @@ def read_card(path: Path) -> dict | None:
 
 
 def resolve_method(requested: str, model: str) -> MethodChoice:
-    """The method to run: ``requested`` itself, or for ``auto`` the card's choice (else HiResCAM)."""
+    """The method to run: ``requested`` itself (checked by the options), or for ``auto`` the card's
+    choice (else HiResCAM)."""
     if requested != AUTO_METHOD:
-        if requested not in CAM_METHODS:
-            raise SegGradCAMError(f"Unknown method {requested!r}; choose one of {', '.join(METHOD_CHOICES)}.")
         return MethodChoice(requested, requested, None, "asked for")
     path = card_path(model)
     entry = (read_card(path) or {}).get("default_method")

@@ -21,7 +21,8 @@ from .spec import LoadedModel, ModelSpec, declare_stages, sha256_of
 MNI_DIRECTION = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0))
 
 
-def _identity(x: "torch.Tensor") -> "torch.Tensor":
+def _identity(x):
+    """The identity: ``x`` as given."""
     return x
 
 

@@ -14,14 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-# DEFAULT_MODEL and SHIPPED_MODELS (and every name below) stay importable from here for the
-# importers not yet switched to .declarations; new code imports them from .declarations.
-from .declarations import (  # noqa: F401
+from .declarations import (
     DEEPBET,
-    DEFAULT_MODEL,
     DEFAULT_MULTICLASS_MODEL,
     HDBET,
-    SHIPPED_MODELS,
     ModelFacts,
     shipped_facts,
     shipped_spec_path,

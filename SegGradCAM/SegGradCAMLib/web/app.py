@@ -30,9 +30,9 @@ from trame_slicer.rca_view import register_rca_factories
 
 from ..demo import data as demo_data
 from ..errors import SegGradCAMError
-from ..models import SHIPPED_MODELS
 from ..models.nnunet import find_nnunet_folders
-from ..models.registry import DEFAULT_MULTICLASS_MODEL, declared_facts, list_models
+from ..models.declarations import DEFAULT_MULTICLASS_MODEL, SHIPPED_MODELS
+from ..models.registry import declared_facts, list_models
 from ..mrml.runs import SegGradCAMSceneLogic
 from ..reports import EXPLAIN_FILE, ExplainReport
 from ..selection import AUTO_METHOD, METHOD_CHOICES
