@@ -250,16 +250,23 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def inputVolumes(parameterNode, channels: int) -> list:
         """The selected input volumes, as many as the model has channels."""
-        return [parameterNode.inputVolume, parameterNode.inputVolume2, parameterNode.inputVolume3,
-                parameterNode.inputVolume4][:channels]
+        return [
+            parameterNode.inputVolume,
+            parameterNode.inputVolume2,
+            parameterNode.inputVolume3,
+            parameterNode.inputVolume4,
+        ][:channels]
 
     @staticmethod
     def checkSlicerVersion() -> None:
         """SegGradCAM runs in 3D Slicer 5.10 and later (Python 3.12)."""
         version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
         if version < MINIMUM_SLICER:
-            raise SegGradCAMError(_("SegGradCAM needs 3D Slicer {needed} or later; this is {this}.").format(
-                needed=".".join(map(str, MINIMUM_SLICER)), this=".".join(map(str, version))))
+            raise SegGradCAMError(
+                _("SegGradCAM needs 3D Slicer {needed} or later; this is {this}.").format(
+                    needed=".".join(map(str, MINIMUM_SLICER)), this=".".join(map(str, version))
+                )
+            )
 
     def startRun(self, parameterNode):
         """Install what is missing (after asking), then start the worker on the inputs (main thread)."""
@@ -269,11 +276,19 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
         segmentId = parameterNode.regionSegmentID if parameterNode.regionSegmentation else ""
         return self.sceneLogic().startRun(
-            self.inputVolumes(parameterNode, channels), source, classes=parameterNode.classes or "all",
-            layers=parameterNode.layers or "auto", method=parameterNode.method,
-            regionSegmentationNode=parameterNode.regionSegmentation, regionSegmentId=segmentId,
-            regionROINode=parameterNode.regionROI, device=parameterNode.device, trust=parameterNode.trustModel,
-            threads=self.workerThreads(), faithfulness=parameterNode.faithfulness)
+            self.inputVolumes(parameterNode, channels),
+            source,
+            classes=parameterNode.classes or "all",
+            layers=parameterNode.layers or "auto",
+            method=parameterNode.method,
+            regionSegmentationNode=parameterNode.regionSegmentation,
+            regionSegmentId=segmentId,
+            regionROINode=parameterNode.regionROI,
+            device=parameterNode.device,
+            trust=parameterNode.trustModel,
+            threads=self.workerThreads(),
+            faithfulness=parameterNode.faithfulness,
+        )
 
     def startEvaluation(self, parameterNode, className: str):
         """Install what is missing (after asking), then start ``seggradcam evaluate`` for
@@ -283,9 +298,15 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
         channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
         return self.sceneLogic().startEvaluation(
-            self.inputVolumes(parameterNode, channels), source, className, method=parameterNode.method,
-            layers=parameterNode.layers or "auto", device=parameterNode.device, trust=parameterNode.trustModel,
-            threads=self.workerThreads())
+            self.inputVolumes(parameterNode, channels),
+            source,
+            className,
+            method=parameterNode.method,
+            layers=parameterNode.layers or "auto",
+            device=parameterNode.device,
+            trust=parameterNode.trustModel,
+            threads=self.workerThreads(),
+        )
 
     def finishRun(self, run, parameterNode):
         """Read the worker's outputs into nodes and show the first heatmap (main thread)."""
@@ -300,8 +321,13 @@ class SegGradCAMLogic(ScriptedLoadableModuleLogic):
         if heatmap is not None and heatmap.GetDisplayNode() is not None and parameterNode.heatmapColorMap:
             heatmap.GetDisplayNode().SetAndObserveColorNodeID(parameterNode.heatmapColorMap.GetID())
         if heatmap is not None:
-            self.sceneLogic().showHeatmap(heatmap, parameterNode.inputVolume, parameterNode.heatmapOpacity,
-                                          parameterNode.heatmapThreshold, parameterNode.showHeatmap)
+            self.sceneLogic().showHeatmap(
+                heatmap,
+                parameterNode.inputVolume,
+                parameterNode.heatmapOpacity,
+                parameterNode.heatmapThreshold,
+                parameterNode.showHeatmap,
+            )
 
 
 #

@@ -23,8 +23,16 @@ from pathlib import Path
 import aiohttp
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,900",
+]
 REPO = Path(__file__).resolve().parents[1]
 
 # Warm (Inferno red/orange/yellow) pixels per slice view, read from the images in the page
@@ -43,11 +51,19 @@ class ViewerServer:
     """``seggradcam web`` in its own process session, on a free port; :meth:`stop` ends it and its workers."""
 
     def __init__(self, *arguments: str, timeout: float = 120.0) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "SegGradCAM"), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "SegGradCAM"), os.environ.get("PYTHONPATH", "")]),
+        }
         self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen([sys.executable, "-m", "SegGradCAMLib", "web", "--port", "0", *arguments],
-                                        stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "SegGradCAMLib", "web", "--port", "0", *arguments],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         self.started = time.monotonic()
         self.url = None
         deadline = time.monotonic() + timeout
@@ -83,10 +99,13 @@ class Browser:
 
     def __init__(self) -> None:
         self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
-        self.process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={self.profile.name}",
-                                         "--remote-debugging-port=0", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile.name}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         for line in self.process.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
             found = re.search(r"DevTools listening on (ws://\S+)", line)
             if found:
@@ -100,8 +119,11 @@ class Browser:
         self.ws = self.loop.run_until_complete(self._connect(found.group(1)))
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        self.send("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 900, "deviceScaleFactor": 1,
-                                                         "mobile": False}, page=True)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            page=True,
+        )
         self.send("DOM.enable", page=True)
         self.send("Runtime.enable", page=True)
 
@@ -131,29 +153,40 @@ class Browser:
         self.send("Page.navigate", {"url": url}, page=True)
 
     def js(self, expression: str):
-        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                "awaitPromise": True}, page=True)
+        result = self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, page=True
+        )
         return result["result"].get("value")
 
     def text(self, selector: str) -> str:
         return self.js(f"(document.querySelector({json.dumps(selector)}) || {{}}).innerText || ''")
 
     def click(self, selector: str) -> None:
-        if not self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (e) e.click(); return !!e; }})()"):
+        if not self.js(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (e) e.click(); return !!e; }})()"
+        ):
             raise AssertionError(f"no element {selector}")
 
     def choose(self, selector: str, item: str) -> None:
         """Pick ``item`` in the Vuetify select ``selector`` (opens its menu, clicks the entry)."""
-        self.js(f"document.querySelector({json.dumps(selector)}).closest('.v-field').dispatchEvent("
-                "new MouseEvent('mousedown', {bubbles: true}))")
-        self.wait_for(f"[...document.querySelectorAll('.v-overlay .v-list-item')].some(e => e.innerText.trim() === {json.dumps(item)})",
-                      timeout=10)
-        self.js(f"[...document.querySelectorAll('.v-overlay .v-list-item')].find(e => e.innerText.trim() === {json.dumps(item)}).click()")
+        self.js(
+            f"document.querySelector({json.dumps(selector)}).closest('.v-field').dispatchEvent("
+            "new MouseEvent('mousedown', {bubbles: true}))"
+        )
+        self.wait_for(
+            f"[...document.querySelectorAll('.v-overlay .v-list-item')].some(e => e.innerText.trim() === {json.dumps(item)})",
+            timeout=10,
+        )
+        self.js(
+            f"[...document.querySelectorAll('.v-overlay .v-list-item')].find(e => e.innerText.trim() === {json.dumps(item)}).click()"
+        )
 
     def hover(self, selector: str, index: int = 0) -> None:
         """Move the mouse over the centre of the ``index``-th element matching ``selector``."""
-        box = self.js(f"(() => {{ const r = document.querySelectorAll({json.dumps(selector)})[{index}].getBoundingClientRect();"
-                      " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        box = self.js(
+            f"(() => {{ const r = document.querySelectorAll({json.dumps(selector)})[{index}].getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         for dx in (-3, 0):  # two moves: the views react to motion
             self.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": box[0] + dx, "y": box[1]}, page=True)
 
@@ -188,7 +221,9 @@ class Browser:
         return self.js(WARM_PIXELS) or []
 
     def screenshot(self, path: Path) -> None:
-        Path(path).write_bytes(base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"}, page=True)["data"]))
+        Path(path).write_bytes(
+            base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"}, page=True)["data"])
+        )
 
     def close(self) -> None:
         try:

@@ -82,6 +82,6 @@ def small_case(tmp_path_factory) -> list[str]:
     for channel in demo_data.CHANNELS:
         image = sitk.ReadImage(str(paths[channel]))
         path = folder / f"{channel}_cut.nrrd"
-        sitk.WriteImage(image[:, :, centre - 5:centre + 5], str(path))
+        sitk.WriteImage(image[:, :, centre - 5 : centre + 5], str(path))
         cut.append(str(path))
     return cut

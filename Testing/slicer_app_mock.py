@@ -59,7 +59,12 @@ def install() -> None:
     class ScriptedLoadableModuleTest:
         pass
 
-    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest):
+    for cls in (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleWidget,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+    ):
         setattr(scripted, cls.__name__, cls)
     sys.modules["slicer.ScriptedLoadableModule"] = scripted
 

@@ -25,8 +25,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 150
-TOP_LEVEL = ("SegGradCAM", "Testing", "docs", "bench", "scripts", ".ci", "CMakeLists.txt", "SegGradCAM.json",
-             "pyproject.toml", "README.md", "LICENSE")
+TOP_LEVEL = (
+    "SegGradCAM",
+    "Testing",
+    "docs",
+    "bench",
+    "scripts",
+    ".ci",
+    "CMakeLists.txt",
+    "SegGradCAM.json",
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+)
 ALIASES = {"SegGradCAMLib": "SegGradCAM/SegGradCAMLib", "Resources": "SegGradCAM/Resources"}
 PATTERN_MARKS = ("<", ">", "*", "{", "}", "…", "...")
 
@@ -128,10 +139,12 @@ def test_the_checker_finds_what_is_missing(tmp_path):
         "`out/colin27`, `/usr/share/x`, `heatmap_<class>.nrrd`, `Testing/*/test_*.py` are not checked.\n"
         "```bash\nbash scripts/no_such_script.sh && .venv/bin/seggradcam explain x --out out/y\n```\n"
     )
-    assert sorted(missing_paths(page, text)) == sorted([
-        "link (images/no_such_figure.png)",
-        "link (no_such_page.md)",
-        "`Testing/no_such_test.py`",
-        "`SegGradCAM/SegGradCAMLib/no_such_module.py`",
-        "`scripts/no_such_script.sh`",
-    ])
+    assert sorted(missing_paths(page, text)) == sorted(
+        [
+            "link (images/no_such_figure.png)",
+            "link (no_such_page.md)",
+            "`Testing/no_such_test.py`",
+            "`SegGradCAM/SegGradCAMLib/no_such_module.py`",
+            "`scripts/no_such_script.sh`",
+        ]
+    )

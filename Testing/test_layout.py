@@ -79,8 +79,9 @@ def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
                 stem = node.module or ""
             if stem.split(".")[0] != root:
                 continue
-            targets = [f"{stem}.{alias.name}" if f"{stem}.{alias.name}" in modules else nearest(stem)
-                       for alias in node.names]
+            targets = [
+                f"{stem}.{alias.name}" if f"{stem}.{alias.name}" in modules else nearest(stem) for alias in node.names
+            ]
         found.update(target for target in targets if target and target != name)
     return found
 
@@ -112,7 +113,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -209,15 +210,18 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
 
 def test_the_import_reader_resolves_relative_lazy_and_submodule_imports(tmp_path):
     """The rules above could pass by reading nothing: check the reader on a known tree."""
-    library = write_package(tmp_path, {
-        "__init__.py": "import importlib\n",
-        "errors.py": "",
-        "cam.py": "from .errors import SegGradCAMError\n",
-        "models/__init__.py": "from .spec import LoadedModel\nVALUE = 1\n",
-        "models/spec.py": "def f():\n    from .. import cam\n    from ..models import VALUE\n",
-        "models/loader.py": "import SegGradCAMLib.cam\nfrom . import spec, VALUE\nfrom SegGradCAMLib import errors\n",
-        "cli/run.py": "def main():\n    if True:\n        from ..models.loader import x\n    import numpy\n",
-    })
+    library = write_package(
+        tmp_path,
+        {
+            "__init__.py": "import importlib\n",
+            "errors.py": "",
+            "cam.py": "from .errors import SegGradCAMError\n",
+            "models/__init__.py": "from .spec import LoadedModel\nVALUE = 1\n",
+            "models/spec.py": "def f():\n    from .. import cam\n    from ..models import VALUE\n",
+            "models/loader.py": "import SegGradCAMLib.cam\nfrom . import spec, VALUE\nfrom SegGradCAMLib import errors\n",
+            "cli/run.py": "def main():\n    if True:\n        from ..models.loader import x\n    import numpy\n",
+        },
+    )
     graph = import_graph(library)
     assert graph == {
         "SegGradCAMLib": set(),
@@ -225,8 +229,12 @@ def test_the_import_reader_resolves_relative_lazy_and_submodule_imports(tmp_path
         "SegGradCAMLib.cam": {"SegGradCAMLib.errors"},
         "SegGradCAMLib.models": {"SegGradCAMLib.models.spec"},
         "SegGradCAMLib.models.spec": {"SegGradCAMLib.cam", "SegGradCAMLib.models"},
-        "SegGradCAMLib.models.loader": {"SegGradCAMLib.cam", "SegGradCAMLib.models.spec", "SegGradCAMLib.models",
-                                        "SegGradCAMLib.errors"},
+        "SegGradCAMLib.models.loader": {
+            "SegGradCAMLib.cam",
+            "SegGradCAMLib.models.spec",
+            "SegGradCAMLib.models",
+            "SegGradCAMLib.errors",
+        },
         "SegGradCAMLib.cli.run": {"SegGradCAMLib.models.loader"},
     }
     assert find_cycle(graph) == ["SegGradCAMLib.models", "SegGradCAMLib.models.spec", "SegGradCAMLib.models"]

@@ -49,8 +49,15 @@ def threshold_model_file(folder, **spec):
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fields = dict(name="threshold", labels=["background", "blob"], normalization="none", divisible_by=1,
-                  spatial_dims=3, min_size=[8, 8, 8], decoder_stages=["features"])
+    fields = dict(
+        name="threshold",
+        labels=["background", "blob"],
+        normalization="none",
+        divisible_by=1,
+        spatial_dims=3,
+        min_size=[8, 8, 8],
+        decoder_stages=["features"],
+    )
     fields.update(spec)
     fields.setdefault("in_channels", 1)
     path = folder / f"{fields['name']}.pt"

@@ -26,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HEADS = (Path("/usr/share/mricron/templates/ch2.nii.gz"),
-         Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz"))
+HEADS = (
+    Path("/usr/share/mricron/templates/ch2.nii.gz"),
+    Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz"),
+)
 ENGINES = {  # row -> engine options
     "local (torch's threads)": ["--engine", "local"],
     "local, 1 thread": ["--engine", "local", "--threads", "1"],
@@ -59,8 +61,24 @@ def heads_cohort(folder: Path) -> tuple[Path, list[str]]:
 
 def run(cohort: Path, options: list[str], engine: list[str], out: Path) -> dict:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "SegGradCAMLib", "explain", "--cohort", str(cohort), *options,
-                           "--no-overview", "--out", str(out), *engine, "--quiet"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "SegGradCAMLib",
+            "explain",
+            "--cohort",
+            str(cohort),
+            *options,
+            "--no-overview",
+            "--out",
+            str(out),
+            *engine,
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(done.stderr)
@@ -76,8 +94,13 @@ def main() -> None:
     parser.add_argument("--rows", default=";".join(ENGINES), help="rows of ENGINES separated by ; (default: all)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats, "cohorts": {}}
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "repeats": args.repeats,
+        "cohorts": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cohorts.split(","):
             folder = Path(tmp) / name
@@ -92,9 +115,13 @@ def main() -> None:
             for row, results in runs.items():
                 wall = statistics.median(r["wall_s"] for r in results)
                 cases = results[0]["cases"]
-                rows[row] = {"wall_s": round(wall, 2), "cases_s": round(statistics.median(r["cases_s"] for r in results), 2),
-                             "cases": cases, "cases_per_min": round(60 * cases / wall, 2),
-                             "walls": [round(r["wall_s"], 2) for r in results]}
+                rows[row] = {
+                    "wall_s": round(wall, 2),
+                    "cases_s": round(statistics.median(r["cases_s"] for r in results), 2),
+                    "cases": cases,
+                    "cases_per_min": round(60 * cases / wall, 2),
+                    "walls": [round(r["wall_s"], 2) for r in results],
+                }
             base = rows["local (torch's threads)"]["wall_s"]
             for entry in rows.values():
                 entry["wall_vs_local"] = round(entry["wall_s"] / base, 3)

@@ -52,11 +52,19 @@ def main() -> None:
     layer = model.layers[-1]
     batched_s, batched = curves(model.network, layer, data, 32, args.step)
     looped_s, looped = curves(model.network, layer, data, 1, args.step)
-    report = {"slices": args.slices, "curves": len(batched), "step": args.step, "batched_s": round(batched_s, 2),
-              "one_at_a_time_s": round(looped_s, 2), "speedup": round(looped_s / batched_s, 2),
-              "max_auc_difference": float(np.abs(np.subtract(batched, looped)).max()), "threads": 1,
-              "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%d")}
+    report = {
+        "slices": args.slices,
+        "curves": len(batched),
+        "step": args.step,
+        "batched_s": round(batched_s, 2),
+        "one_at_a_time_s": round(looped_s, 2),
+        "speedup": round(looped_s / batched_s, 2),
+        "max_auc_difference": float(np.abs(np.subtract(batched, looped)).max()),
+        "threads": 1,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(json.dumps(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,7 @@ def captum_per_class(network, inputs, layer, classes, regions):
     module = dict(network.named_modules())[layer]
     maps = []
     for i, c in enumerate(classes):
+
         def f_c(x, c=c, i=i):
             return (network(x)[:, c] * regions[:, i]).flatten(1).sum(1)
 
@@ -135,7 +136,7 @@ def measure(network, batches: list[torch.Tensor], layer: str, classes: list[int]
         return [seg_grad_cam(network, x, layer, classes)[layer] for x in batches]
 
     def captum(which=classes):
-        return [captum_per_class(network, x, layer, which, r[:, :len(which)]) for x, r in zip(batches, regions)]
+        return [captum_per_class(network, x, layer, which, r[:, : len(which)]) for x, r in zip(batches, regions)]
 
     def grad_cam():
         return [grad_cam_per_class(network, x, layer, classes, r) for x, r in zip(batches, regions)]
@@ -143,8 +144,9 @@ def measure(network, batches: list[torch.Tensor], layer: str, classes: list[int]
     mine, theirs = ours(), captum()
     result = {
         "layer": layer,
-        "max_relative_difference_captum": max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-                                              for a, b in zip(mine, theirs)),
+        "max_relative_difference_captum": max(
+            float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(mine, theirs)
+        ),
         "plain_s": median_time(plain, repeats),
         "ours_s": median_time(ours, repeats),
         "captum_one_class_s": median_time(lambda: captum(classes[:1]), repeats),
@@ -153,7 +155,9 @@ def measure(network, batches: list[torch.Tensor], layer: str, classes: list[int]
     pgc = grad_cam()
     if pgc[0] is not None:
         result["max_difference_grad_cam_scaled"] = max(
-            float(np.abs(scaled_per_image(upsample_maps(m, x.shape[2:])) - p).max()) for m, p, x in zip(mine, pgc, batches))
+            float(np.abs(scaled_per_image(upsample_maps(m, x.shape[2:])) - p).max())
+            for m, p, x in zip(mine, pgc, batches)
+        )
         result["grad_cam_looped_s"] = median_time(grad_cam, repeats)
     f, t1, n = result["plain_s"], result["captum_one_class_s"], len(classes)
     result["floor_s"] = f + n * (t1 - f)
@@ -177,17 +181,27 @@ def run(repeats: int, size3d: int, classes: int, cases: list[str]) -> dict:
             batches = [torch.randn(*shape, generator=torch.Generator().manual_seed(0))]
             layers, class_ids = decoder_layers(network), list(range(classes))
         for layer in layers:
-            entry = {"network": name, "input": [list(b.shape) for b in batches[:1]], "batches": len(batches),
-                     "classes": len(class_ids), "finest": layer == layers[-1],
-                     **measure(network, batches, layer, class_ids, repeats)}
+            entry = {
+                "network": name,
+                "input": [list(b.shape) for b in batches[:1]],
+                "batches": len(batches),
+                "classes": len(class_ids),
+                "finest": layer == layers[-1],
+                **measure(network, batches, layer, class_ids, repeats),
+            }
             results.append(entry)
             print(json.dumps(entry), flush=True)
     import importlib.util
 
-    return {"repeats": repeats, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "pytorch_grad_cam": importlib.util.find_spec("pytorch_grad_cam") is not None,
-            "date": time.strftime("%Y-%m-%d"), "results": results}
+    return {
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "pytorch_grad_cam": importlib.util.find_spec("pytorch_grad_cam") is not None,
+        "date": time.strftime("%Y-%m-%d"),
+        "results": results,
+    }
 
 
 def main() -> None:

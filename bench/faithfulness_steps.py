@@ -45,18 +45,35 @@ def main() -> None:
                 print(f"case {index} {method} step {step:g}: {seconds:.1f} s")
             for (c, _), coarse in scores[STEPS[0]].items():
                 fine = scores[STEPS[1]][(c, layer[0])]
-                rows.append({"case": index, "method": method, "class": model.spec.labels[c],
-                             "deletion": [coarse["deletion_auc"], fine["deletion_auc"]],
-                             "insertion": [coarse["insertion_auc"], fine["insertion_auc"]],
-                             "verdict": [coarse["verdict"], fine["verdict"]],
-                             "network_calls": [coarse["network_calls"], fine["network_calls"]]})
+                rows.append(
+                    {
+                        "case": index,
+                        "method": method,
+                        "class": model.spec.labels[c],
+                        "deletion": [coarse["deletion_auc"], fine["deletion_auc"]],
+                        "insertion": [coarse["insertion_auc"], fine["insertion_auc"]],
+                        "verdict": [coarse["verdict"], fine["verdict"]],
+                        "network_calls": [coarse["network_calls"], fine["network_calls"]],
+                    }
+                )
                 print(f"  {rows[-1]['class']}: {coarse['verdict']} | at 1 %: {fine['verdict']}")
     gap = max(abs(a - b) for r in rows for a, b in (r["deletion"], r["insertion"]))
     same = sum(r["verdict"][0] == r["verdict"][1] for r in rows)
     print(f"largest AUC difference 5 % vs 1 % steps: {gap:.3f}; same verdict in {same} of {len(rows)}")
-    args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                                    "steps": STEPS, "largest_auc_difference": gap, "same_verdict": same,
-                                    "rows": rows}, indent=1) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+                "steps": STEPS,
+                "largest_auc_difference": gap,
+                "same_verdict": same,
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

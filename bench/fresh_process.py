@@ -34,8 +34,13 @@ def write_report(out: Path | None, runs: list[dict]) -> dict:
     """The runs with torch's version and threads, the machine and the date; written to ``out``."""
     import torch
 
-    report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"), "runs": runs}
+    report = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": runs,
+    }
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))

@@ -68,8 +68,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "SegGradCAM"))
 DATA = ROOT / ".gpu_data" / "demo_case.npz"
-SHIPPED_NNUNET = (ROOT / "SegGradCAM" / "Resources" / "Models" / "demo-lesions-nnunet" / "Dataset901_DemoLesions"
-                  / "nnUNetTrainer_5epochs__nnUNetPlans__3d_fullres")
+SHIPPED_NNUNET = (
+    ROOT
+    / "SegGradCAM"
+    / "Resources"
+    / "Models"
+    / "demo-lesions-nnunet"
+    / "Dataset901_DemoLesions"
+    / "nnUNetTrainer_5epochs__nnUNetPlans__3d_fullres"
+)
 FULL = (256, 256, 256)
 CALIBRATION = (96, 128, 128)
 SMALL_CALIBRATION = (48, 64, 64)  # one window (--small, CPU test)
@@ -80,6 +87,7 @@ STUBBED_SIMPLEITK: list[str] = []  # attributes looked up on the stand-in (must 
 
 
 # ---------------------------------------------------------------- helpers (run in the part processes)
+
 
 def out_dir() -> Path:
     path = Path(os.environ.get("OUT") or "/tmp/gpu_out")
@@ -120,9 +128,14 @@ def install_array_reader() -> None:
                 images.append(np.load(name)[None])
                 geometry = json.loads(Path(name).with_suffix(".json").read_text())
             spacing = tuple(float(s) for s in geometry["spacing"])  # ITK order (x, y, z)
-            properties = {"sitk_stuff": {"spacing": spacing, "origin": tuple(geometry["origin"]),
-                                         "direction": tuple(geometry["direction"])},
-                          "spacing": list(np.abs(spacing[::-1]))}
+            properties = {
+                "sitk_stuff": {
+                    "spacing": spacing,
+                    "origin": tuple(geometry["origin"]),
+                    "direction": tuple(geometry["direction"]),
+                },
+                "spacing": list(np.abs(spacing[::-1])),
+            }
             return np.vstack(images, dtype=np.float32, casting="unsafe"), properties
 
         def read_seg(self, seg_fname):
@@ -136,8 +149,9 @@ def install_array_reader() -> None:
     if getattr(plans_handler, "_gpu_checks_reader", False):
         return
     original = plans_handler.recursive_find_reader_writer_by_name
-    plans_handler.recursive_find_reader_writer_by_name = (
-        lambda name: ArrayIO if name == "SimpleITKIO" else original(name))
+    plans_handler.recursive_find_reader_writer_by_name = lambda name: (
+        ArrayIO if name == "SimpleITKIO" else original(name)
+    )
     plans_handler._gpu_checks_reader = True
 
 
@@ -158,8 +172,13 @@ def write_channels(folder: Path, image, spacing_zyx=(2.0, 2.0, 2.0)) -> list[str
 
 def carried_modules() -> list[str]:
     """Top-level packages this process imported from the wheels' folder /tmp/site (what must travel)."""
-    return sorted({name.split(".")[0] for name, module in list(sys.modules.items())
-                   if str(getattr(module, "__file__", None) or "").startswith("/tmp/site/")})
+    return sorted(
+        {
+            name.split(".")[0]
+            for name, module in list(sys.modules.items())
+            if str(getattr(module, "__file__", None) or "").startswith("/tmp/site/")
+        }
+    )
 
 
 def pick_device() -> str:
@@ -182,8 +201,10 @@ def gpu_peak(device: str) -> dict:
     if not device.startswith("cuda"):
         return {}
     torch.cuda.synchronize()
-    return {"gpu_peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-            "gpu_peak_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+    return {
+        "gpu_peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        "gpu_peak_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -221,10 +242,16 @@ def compare(a, b) -> dict:
             ra, rb = a.raw_max[layer][i], b.raw_max[layer][i]
             diff = np.abs(ha - hb)
             raw = np.abs(ha * ra - hb * rb).max() / max(rb, 1e-12)
-            rows.append({"class": int(c), "max_abs_diff_normalised": float(diff.max()),
-                         "p99_abs_diff_normalised": float(np.percentile(diff, 99)),
-                         "max_abs_diff_raw_over_raw_max": float(raw),
-                         "raw_max_rel_diff": float(abs(ra - rb) / max(rb, 1e-12)), "raw_max_reference": float(rb)})
+            rows.append(
+                {
+                    "class": int(c),
+                    "max_abs_diff_normalised": float(diff.max()),
+                    "p99_abs_diff_normalised": float(np.percentile(diff, 99)),
+                    "max_abs_diff_raw_over_raw_max": float(raw),
+                    "raw_max_rel_diff": float(abs(ra - rb) / max(rb, 1e-12)),
+                    "raw_max_reference": float(rb),
+                }
+            )
         report["layers"][layer] = {
             "max_abs_diff_normalised": max(r["max_abs_diff_normalised"] for r in rows),
             "p99_abs_diff_normalised": max(r["p99_abs_diff_normalised"] for r in rows),
@@ -245,6 +272,7 @@ def demo_case(small: bool):
 
 # ---------------------------------------------------------------- parts
 
+
 def part_env(args) -> dict:
     import importlib.metadata as metadata
 
@@ -252,18 +280,28 @@ def part_env(args) -> dict:
     import numpy
     import torch
 
-    info = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
-            "cuda_available": torch.cuda.is_available(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "simpleitk_stand_in": stubbed,
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "simpleitk_stand_in": stubbed,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
     meminfo = Path("/proc/meminfo").read_text().split("\n")[0].split()
     info["host_memory_gb"] = round(int(meminfo[1]) / 2**20, 1)
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(device_name=props.name, device_memory_gb=round(props.total_memory / 2**30, 1),
-                    capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())
+        info.update(
+            device_name=props.name,
+            device_memory_gb=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     import monai
     import nnunetv2.inference.predict_from_raw_data  # noqa: F401  (the import chain of the nnU-Net path)
 
@@ -272,8 +310,19 @@ def part_env(args) -> dict:
     modules = (("monai", monai), ("nnunetv2", sys.modules["nnunetv2"]), ("SegGradCAMLib", SegGradCAMLib))
     info["imported_from"] = {name: str(Path(module.__file__).parent) for name, module in modules}
     versions = {}
-    for dist in ("monai", "nnunetv2", "dynamic_network_architectures", "acvl_utils", "batchgenerators", "blosc2",
-                 "nibabel", "scipy", "scikit-image", "SimpleITK", "timm"):
+    for dist in (
+        "monai",
+        "nnunetv2",
+        "dynamic_network_architectures",
+        "acvl_utils",
+        "batchgenerators",
+        "blosc2",
+        "nibabel",
+        "scipy",
+        "scikit-image",
+        "SimpleITK",
+        "timm",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -300,20 +349,28 @@ def part_demo2d(args) -> dict:
             layers = list(model.layers)
 
             def run():
-                return explain_volume(model, image, spacing, np.eye(3), layers=layers, method=method, device=dev,
-                                      amp=amp)
+                return explain_volume(
+                    model, image, spacing, np.eye(3), layers=layers, method=method, device=dev, amp=amp
+                )
 
             _, cold = timed(run)  # first call: CUDA context, cuDNN heuristics
             reset_gpu_peak(dev)
             result, warm = timed(run)
             report["runs"][f"{method}/{name}"] = {
-                "device": dev, "amp": amp, "layers": layers, "first_call_s": cold, "seconds": warm,
-                "timings": {k: round(v, 4) for k, v in result.timings.items()}, **gpu_peak(dev)}
+                "device": dev,
+                "amp": amp,
+                "layers": layers,
+                "first_call_s": cold,
+                "seconds": warm,
+                "timings": {k: round(v, 4) for k, v in result.timings.items()},
+                **gpu_peak(dev),
+            }
             results[name] = result
         report["comparisons"][f"{method}/device_vs_cpu"] = compare(results["device"], results["cpu"])
         report["comparisons"][f"{method}/device_amp_vs_cpu"] = compare(results["device_amp"], results["cpu"])
         report["comparisons"][f"{method}/device_amp_vs_device"] = {
-            "labels_equal_fraction": float((results["device_amp"].labels == results["device"].labels).mean())}
+            "labels_equal_fraction": float((results["device_amp"].labels == results["device"].labels).mean())
+        }
     report["torch_threads"] = torch.get_num_threads()
     report["from_tmp_site"] = carried_modules()
     return report
@@ -349,10 +406,15 @@ def part_nnunet_demo(args) -> dict:
                 _, cold = timed(run)
             reset_gpu_peak(dev)
             result, seconds = timed(run)
-            report["runs"][name] = {"device": dev, "first_call_s": cold, "seconds": seconds,
-                                    "windows": windows[-1] if windows else None,
-                                    "timings": {k: round(v, 4) for k, v in result.timings.items()},
-                                    "checks": result.checks, **gpu_peak(dev)}
+            report["runs"][name] = {
+                "device": dev,
+                "first_call_s": cold,
+                "seconds": seconds,
+                "windows": windows[-1] if windows else None,
+                "timings": {k: round(v, 4) for k, v in result.timings.items()},
+                "checks": result.checks,
+                **gpu_peak(dev),
+            }
             results[name] = result
     report["device_vs_cpu"] = compare(results["device"], results["cpu"])
     report["simpleitk_used"] = list(STUBBED_SIMPLEITK)
@@ -382,16 +444,28 @@ def make_many_label_folder(root: Path, n_labels: int) -> Path:
     dataset["name"] = "Dataset990_ManyLabels"
     architecture = plans["configurations"]["3d_fullres"]["architecture"]
     torch.manual_seed(0)
-    network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                     architecture["_kw_requires_import"], 2, n_labels, deep_supervision=False)
+    network = get_network_from_plans(
+        architecture["network_class_name"],
+        architecture["arch_kwargs"],
+        architecture["_kw_requires_import"],
+        2,
+        n_labels,
+        deep_supervision=False,
+    )
     folder = root / "Dataset990_ManyLabels" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     (folder / "fold_0").mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset))
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
-                "inference_allowed_mirroring_axes": (0, 1, 2), "current_epoch": 0,
-                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset}},
-               folder / "fold_0" / "checkpoint_final.pth")
+    torch.save(
+        {
+            "network_weights": network.state_dict(),
+            "trainer_name": "nnUNetTrainer",
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+            "current_epoch": 0,
+            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset},
+        },
+        folder / "fold_0" / "checkpoint_final.pth",
+    )
     return folder
 
 
@@ -424,8 +498,14 @@ def part_many(args) -> dict:
     shape = tuple(int(s) for s in args.shape.split("x"))
     device = pick_device()
     status_file = out_dir() / f"many_{args.shape}_progress.json"
-    report = {"device": device, "shape": list(shape), "labels": MANY_LABELS, "classes": MANY_LABELS - 1,
-              "windows_expected": windows_of(shape), "torch_threads": torch.get_num_threads()}
+    report = {
+        "device": device,
+        "shape": list(shape),
+        "labels": MANY_LABELS,
+        "classes": MANY_LABELS - 1,
+        "windows_expected": windows_of(shape),
+        "torch_threads": torch.get_num_threads(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         folder = make_many_label_folder(Path(tmp), MANY_LABELS)
@@ -453,8 +533,14 @@ def part_many(args) -> dict:
             events.append((stage, done, total, now))
             if stage == "windows" and (done % 20 == 0 or done == total):
                 first = next(e[3] for e in events if e[0] == "windows")
-                status = {"windows_done": done, "windows": total, "loop_s": round(now - first, 2),
-                          "since_start_s": round(now - began, 2), "rss_mb": current_rss_mb(), **gpu_peak(device)}
+                status = {
+                    "windows_done": done,
+                    "windows": total,
+                    "loop_s": round(now - first, 2),
+                    "since_start_s": round(now - began, 2),
+                    "rss_mb": current_rss_mb(),
+                    **gpu_peak(device),
+                }
                 status_file.write_text(json.dumps(status))
 
         kept = {"maps": 0, "max_raw": []}
@@ -473,7 +559,8 @@ def part_many(args) -> dict:
         n_windows, n_classes = windows[-1][2], len(result.classes)
         preprocessed = next(e[3] for e in events if e[0] == "preprocess" and e[1] == 1)
         report["explain"] = {
-            "seconds": explain_s, "windows": n_windows,
+            "seconds": explain_s,
+            "windows": n_windows,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
             # layers, predictor, nnU-Net's own prediction, targets
             "before_windows_s": round(windows[0][3] - preprocessed, 2),
@@ -481,11 +568,14 @@ def part_many(args) -> dict:
             "per_window_s": round(loop_s / n_windows, 4),
             "per_window_and_class_ms": round(1000 * loop_s / (n_windows * n_classes), 3),
             "after_windows_s": round(began + explain_s - windows[-1][3], 2),  # stitching, checks, export, maps
-            "checks": result.checks, "maps_handed_over": kept["maps"],
+            "checks": result.checks,
+            "maps_handed_over": kept["maps"],
             "classes_with_nonzero_map": int(sum(m > 0 for m in kept["max_raw"])),
             "labels_present": int(len(np.unique(result.labels))),
-            "host_rss_before_mb": rss_before, "host_peak_rss_mb": peak_rss_mb(),
-            "host_peak_above_before_mb": round(peak_rss_mb() - rss_before, 1), **gpu_peak(device),
+            "host_rss_before_mb": rss_before,
+            "host_peak_rss_mb": peak_rss_mb(),
+            "host_peak_above_before_mb": round(peak_rss_mb() - rss_before, 1),
+            **gpu_peak(device),
         }
         del result
         print(json.dumps({"explain": report["explain"]}), file=sys.stderr, flush=True)
@@ -500,10 +590,15 @@ def part_many(args) -> dict:
             reset_gpu_peak(device)
             logits, seconds = timed(lambda: predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)))
             plain["perform_everything_on_device" if on_device else "results_on_cpu"] = {
-                "predict_s": seconds, **gpu_peak(device)}
+                "predict_s": seconds,
+                **gpu_peak(device),
+            }
         parts = model.nnunet
-        _, export_s = timed(lambda: convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, parts.plans_manager, parts.configuration_manager, parts.label_manager, properties))
+        _, export_s = timed(
+            lambda: convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, parts.plans_manager, parts.configuration_manager, parts.label_manager, properties
+            )
+        )
         plain["export_s"] = export_s
         best = min(plain["results_on_cpu"]["predict_s"], plain["perform_everything_on_device"]["predict_s"])
         plain["total_s"] = round(preprocess_s + best + export_s, 2)
@@ -520,6 +615,7 @@ PARTS = {"env": part_env, "demo2d": part_demo2d, "nnunet_demo": part_nnunet_demo
 
 # ---------------------------------------------------------------- driver
 
+
 def run_part(name: str, args, timeout: float, extra: list[str] | None = None) -> dict:
     """``name`` in a fresh interpreter; its last stdout line is the JSON result. A part that fails or
     runs past ``timeout`` gives its error (and stderr tail) instead."""
@@ -532,8 +628,11 @@ def run_part(name: str, args, timeout: float, extra: list[str] | None = None) ->
     except subprocess.TimeoutExpired as error:
         tail = (error.stderr or b"")[-3000:]
         tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        return {"error": f"timed out after {timeout:.0f} s", "wall_s": round(time.perf_counter() - start, 1),
-                "stderr_tail": tail}
+        return {
+            "error": f"timed out after {timeout:.0f} s",
+            "wall_s": round(time.perf_counter() - start, 1),
+            "stderr_tail": tail,
+        }
     wall = round(time.perf_counter() - start, 1)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -551,23 +650,34 @@ def extrapolate(calibration: dict, shape) -> dict:
     windows = windows_of(shape)
     loop = explain["per_window_s"] * windows
     rest = (explain["seconds"] - explain["window_loop_s"]) * voxels
-    plain = (calibration["plain"]["preprocess_s"] + calibration["plain"]["results_on_cpu"]["predict_s"]
-             + calibration["plain"]["perform_everything_on_device"]["predict_s"] + calibration["plain"]["export_s"])
+    plain = (
+        calibration["plain"]["preprocess_s"]
+        + calibration["plain"]["results_on_cpu"]["predict_s"]
+        + calibration["plain"]["perform_everything_on_device"]["predict_s"]
+        + calibration["plain"]["export_s"]
+    )
     plain *= windows / calibration["explain"]["windows"]
     part = loop + rest + plain + calibration["setup_s"] * voxels + calibration["warm_up_s"] + 15  # + process start
-    return {"shape": list(shape), "windows": windows, "explain_s": round(loop + rest, 1),
-            "plain_runs_s": round(plain, 1), "part_s": round(part, 1)}
+    return {
+        "shape": list(shape),
+        "windows": windows,
+        "explain_s": round(loop + rest, 1),
+        "plain_runs_s": round(plain, 1),
+        "part_s": round(part, 1),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="CPU test sizes (one or two nnU-Net windows)")
     parser.add_argument("--budget-s", type=float, default=380, help="wall-clock budget of the whole script")
-    parser.add_argument("--big-limit-s", type=float, default=240,
-                        help="longest estimated run of the whole 256^3 volume")
+    parser.add_argument(
+        "--big-limit-s", type=float, default=240, help="longest estimated run of the whole 256^3 volume"
+    )
     parser.add_argument("--skip", default="", help="comma-separated parts to skip (env, demo2d, nnunet_demo, many)")
-    parser.add_argument("--make-data", action="store_true",
-                        help=f"write {DATA.relative_to(ROOT)} (needs the demo data sources)")
+    parser.add_argument(
+        "--make-data", action="store_true", help=f"write {DATA.relative_to(ROOT)} (needs the demo data sources)"
+    )
     parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="x".join(map(str, CALIBRATION)), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -612,9 +722,16 @@ def main() -> None:
                     if candidate["part_s"] <= budget:
                         chosen, estimate = (z, 256, 256), candidate
                         break
-            record("many_plan", {"time_left_s": round(left(), 1), "limit_s": budget, "chosen": chosen,
-                                 "estimate_chosen": estimate,
-                                 "estimate_256": None if args.small else extrapolate(calibration, FULL)})
+            record(
+                "many_plan",
+                {
+                    "time_left_s": round(left(), 1),
+                    "limit_s": budget,
+                    "chosen": chosen,
+                    "estimate_chosen": estimate,
+                    "estimate_256": None if args.small else extrapolate(calibration, FULL),
+                },
+            )
             if chosen is not None:
                 big = run_part("many", args, left() - 5, ["--shape", "x".join(map(str, chosen))])
                 if "error" in big:
@@ -645,28 +762,40 @@ def summary(report: dict) -> list[str]:
     """The headline numbers, one line each."""
     lines = []
     env = report.get("env", {})
-    lines.append(f"env: {env.get('device_name', 'no CUDA')} torch {env.get('torch')} python {env.get('python')} "
-                 f"SimpleITK stand-in {env.get('simpleitk_stand_in')} error {env.get('error')}")
+    lines.append(
+        f"env: {env.get('device_name', 'no CUDA')} torch {env.get('torch')} python {env.get('python')} "
+        f"SimpleITK stand-in {env.get('simpleitk_stand_in')} error {env.get('error')}"
+    )
     demo = report.get("demo2d", {})
     for key, c in demo.get("comparisons", {}).items():
         layers = c.get("layers", {})
-        diffs = ", ".join(f"{name}: max {v['max_abs_diff_normalised']:.2e} p99 {v['p99_abs_diff_normalised']:.2e} "
-                          f"raw max {v['raw_max_rel_diff']:.2e}" for name, v in layers.items())
+        diffs = ", ".join(
+            f"{name}: max {v['max_abs_diff_normalised']:.2e} p99 {v['p99_abs_diff_normalised']:.2e} "
+            f"raw max {v['raw_max_rel_diff']:.2e}"
+            for name, v in layers.items()
+        )
         lines.append(f"demo2d {key}: labels equal {c['labels_equal_fraction']:.6f}" + (f"; {diffs}" if diffs else ""))
     for key, r in demo.get("runs", {}).items():
-        lines.append(f"demo2d {key}: {r['seconds']} s (first call {r['first_call_s']} s), "
-                     f"GPU peak {r.get('gpu_peak_allocated_mb')} MiB")
+        lines.append(
+            f"demo2d {key}: {r['seconds']} s (first call {r['first_call_s']} s), "
+            f"GPU peak {r.get('gpu_peak_allocated_mb')} MiB"
+        )
     if "error" in demo:
         lines.append(f"demo2d error: {demo['error']}")
     nn = report.get("nnunet_demo", {})
     if "device_vs_cpu" in nn:
         c = nn["device_vs_cpu"]
-        diffs = ", ".join(f"{name}: max {v['max_abs_diff_normalised']:.2e} p99 {v['p99_abs_diff_normalised']:.2e} "
-                          f"raw max {v['raw_max_rel_diff']:.2e}" for name, v in c["layers"].items())
+        diffs = ", ".join(
+            f"{name}: max {v['max_abs_diff_normalised']:.2e} p99 {v['p99_abs_diff_normalised']:.2e} "
+            f"raw max {v['raw_max_rel_diff']:.2e}"
+            for name, v in c["layers"].items()
+        )
         lines.append(f"nnunet_demo device vs cpu: labels equal {c['labels_equal_fraction']:.6f}; {diffs}")
         for key, r in nn["runs"].items():
-            lines.append(f"nnunet_demo {key}: {r['seconds']} s (first call {r['first_call_s']}), "
-                         f"{r['windows']} windows, GPU peak {r.get('gpu_peak_allocated_mb')} MiB, checks {r['checks']}")
+            lines.append(
+                f"nnunet_demo {key}: {r['seconds']} s (first call {r['first_call_s']}), "
+                f"{r['windows']} windows, GPU peak {r.get('gpu_peak_allocated_mb')} MiB, checks {r['checks']}"
+            )
     elif nn:
         lines.append(f"nnunet_demo error: {nn.get('error')}")
     for key in ("many_calibration", "many_big"):
@@ -677,14 +806,16 @@ def summary(report: dict) -> list[str]:
             lines.append(f"{key}: error {m['error']} progress {m.get('progress_when_stopped')}")
             continue
         e, p = m["explain"], m["plain"]
-        lines.append(f"{key} {'x'.join(map(str, m['shape']))}, {m['classes']} classes, {e['windows']} windows: explain "
-                     f"{e['seconds']} s (loop {e['window_loop_s']} s, {e['per_window_s']} s/window, "
-                     f"{e['per_window_and_class_ms']} ms/window/class), GPU peak {e.get('gpu_peak_allocated_mb')} MiB, "
-                     f"host peak RSS {e['host_peak_rss_mb']} MiB; plain {p['total_s']} s (predict "
-                     f"{p['results_on_cpu']['predict_s']} / on-device "
-                     f"{p['perform_everything_on_device']['predict_s']} s); explain/plain "
-                     f"{m['ratio_explain_to_plain_total']}; labels equal nnU-Net "
-                     f"{e['checks'].get('labels_equal_to_nnunet')}")
+        lines.append(
+            f"{key} {'x'.join(map(str, m['shape']))}, {m['classes']} classes, {e['windows']} windows: explain "
+            f"{e['seconds']} s (loop {e['window_loop_s']} s, {e['per_window_s']} s/window, "
+            f"{e['per_window_and_class_ms']} ms/window/class), GPU peak {e.get('gpu_peak_allocated_mb')} MiB, "
+            f"host peak RSS {e['host_peak_rss_mb']} MiB; plain {p['total_s']} s (predict "
+            f"{p['results_on_cpu']['predict_s']} / on-device "
+            f"{p['perform_everything_on_device']['predict_s']} s); explain/plain "
+            f"{m['ratio_explain_to_plain_total']}; labels equal nnU-Net "
+            f"{e['checks'].get('labels_equal_to_nnunet')}"
+        )
         if "extrapolated_to_256" in m:
             lines.append(f"{key} extrapolated to 256^3: {m['extrapolated_to_256']}")
     return lines
@@ -701,8 +832,14 @@ def make_data() -> None:
 
     case, _ = next(itertools.islice(demo_data.iter_cases(demo_data.EVAL_SEED), 0, None))
     DATA.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(DATA, image=case.image.astype(np.float32), labels=case.labels,
-                        spacing=np.array([demo_data.SPACING_MM] * 3), subject=case.subject, seed=case.seed)
+    np.savez_compressed(
+        DATA,
+        image=case.image.astype(np.float32),
+        labels=case.labels,
+        spacing=np.array([demo_data.SPACING_MM] * 3),
+        subject=case.subject,
+        seed=case.seed,
+    )
     print(f"{DATA}: {case.subject}, image {case.image.shape}")
 
 

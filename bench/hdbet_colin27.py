@@ -54,9 +54,15 @@ def one_run(kind: str, subnormals: str) -> dict:
         shape = list(result.labels.shape)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"kind": kind, "subnormals": subnormals, "zeroed": zeroed, "seconds": round(seconds, 2),
-            "peak_resident_mb": round(peak / 1024), "peak_above_loaded_mb": round((peak - baseline) / 1024),
-            "grid": shape}
+    return {
+        "kind": kind,
+        "subnormals": subnormals,
+        "zeroed": zeroed,
+        "seconds": round(seconds, 2),
+        "peak_resident_mb": round(peak / 1024),
+        "peak_above_loaded_mb": round((peak - baseline) / 1024),
+        "grid": shape,
+    }
 
 
 def planted_run(subnormals: str) -> dict:
@@ -80,8 +86,13 @@ def planted_run(subnormals: str) -> dict:
             start = time.perf_counter()
             network(x)
             times.append(time.perf_counter() - start)
-    return {"kind": "planted", "subnormals": subnormals, "zeroed": zeroed, "seconds": round(sorted(times)[1], 3),
-            "note": "UNet 3D 16-128 channels, 30 % of weights 1e-39, one 96^3 forward, median of 3"}
+    return {
+        "kind": "planted",
+        "subnormals": subnormals,
+        "zeroed": zeroed,
+        "seconds": round(sorted(times)[1], 3),
+        "note": "UNet 3D 16-128 channels, 30 % of weights 1e-39, one 96^3 forward, median of 3",
+    }
 
 
 def main() -> None:
@@ -97,6 +108,7 @@ def main() -> None:
     if not args.skip_shipped:
         configs += [("plain", "shipped"), ("explain", "shipped")]
     write_report(args.out, [in_fresh_process(__file__, kind, subnormals) for kind, subnormals in configs])
+
 
 if __name__ == "__main__":
     main()

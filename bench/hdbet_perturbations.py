@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HEADS = {"Colin27": Path("/usr/share/mricron/templates/ch2.nii.gz"),
-         "KmeansTest": Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz"),
-         "MNI152": None}  # nilearn's template, written at run time
+HEADS = {
+    "Colin27": Path("/usr/share/mricron/templates/ch2.nii.gz"),
+    "KmeansTest": Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz"),
+    "MNI152": None,
+}  # nilearn's template, written at run time
 RANDOM_ORDERINGS = 5
 DELETION_FRACTIONS = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
 CUBE_MM = 12.0
@@ -58,8 +60,9 @@ def cube_ranking(heat: torch.Tensor, side: int, seed: int | None) -> torch.Tenso
     cube, or (``seed``) in random cube order; voxels within a cube in raster order."""
     shape = heat.shape
     grid = [(n + side - 1) // side for n in shape]
-    padded = torch.nn.functional.pad(heat, [0, grid[2] * side - shape[2], 0, grid[1] * side - shape[1],
-                                            0, grid[0] * side - shape[0]])
+    padded = torch.nn.functional.pad(
+        heat, [0, grid[2] * side - shape[2], 0, grid[1] * side - shape[1], 0, grid[0] * side - shape[0]]
+    )
     means = torch.nn.functional.avg_pool3d(padded[None, None], side)[0, 0]
     if seed is not None:
         means = torch.rand(means.shape, generator=torch.Generator().manual_seed(seed))
@@ -67,7 +70,7 @@ def cube_ranking(heat: torch.Tensor, side: int, seed: int | None) -> torch.Tenso
     cube_rank = torch.empty_like(order)
     cube_rank[order] = torch.arange(order.numel())
     ranks = cube_rank.reshape(grid).repeat_interleave(side, 0).repeat_interleave(side, 1).repeat_interleave(side, 2)
-    ranks = ranks[: shape[0], : shape[1], : shape[2]].double() * side ** 3
+    ranks = ranks[: shape[0], : shape[1], : shape[2]].double() * side**3
     within = torch.arange(heat.numel(), dtype=torch.float64).reshape(shape) / heat.numel()
     fine = ranks + within  # ties inside a cube broken in raster order
     result = torch.empty(heat.numel(), dtype=torch.long)
@@ -100,39 +103,62 @@ def study_head(name: str, folder: Path, perturbations: list[str]) -> dict:
     case = cases_from_volume(model, volume.array[None], tuple(volume.spacing)[::-1], volume.direction, name, [1])[0]
     image = case.image.float()
     layer = model.chosen_layers("auto")[0]
-    cams = {m: seg_grad_cam(network, image[None], [layer], [1], m, upsample=True)[layer][0, 0].float()
-            for m in ("hirescam", "gradcam")}
+    cams = {
+        m: seg_grad_cam(network, image[None], [layer], [1], m, upsample=True)[layer][0, 0].float()
+        for m in ("hirescam", "gradcam")
+    }
     with torch.no_grad():
         mask = label_map(network(image[None]))[0] == 1
     scorer = ClassScorer(network, 1, mask, model.spec.output_activation, "cpu", 1)
     blurred = make_baseline(image, case.spacing, "blur", 20.0)
     ends = [float(scorer(x[None])[0][0]) for x in (image, blurred)]
     side = max(1, int(round(CUBE_MM / float(np.mean(case.spacing)))))
-    result = {"grid": list(image.shape[1:]), "spacing_mm": list(case.spacing), "brain_voxels": int(mask.sum()),
-              "layer": layer, "probability_unperturbed": ends[0], "probability_all_blurred": ends[1],
-              "cube_voxels": side, "perturbations": {}}
+    result = {
+        "grid": list(image.shape[1:]),
+        "spacing_mm": list(case.spacing),
+        "brain_voxels": int(mask.sum()),
+        "layer": layer,
+        "probability_unperturbed": ends[0],
+        "probability_all_blurred": ends[1],
+        "cube_voxels": side,
+        "perturbations": {},
+    }
     randoms = [random_heatmap(mask.shape, seed) for seed in range(RANDOM_ORDERINGS)]
     for perturbation in perturbations:
         t0 = time.perf_counter()
         if perturbation == "road3d":
+
             def score(heat, seed):
                 return road(scorer, image, heat, seed=seed, orders=("morf",))["morf"].summary()["auc"]
         elif perturbation == "blur":
+
             def score(heat, seed):
                 return deletion_auc(scorer, image, blurred, rank_voxels(heat, seed), ends)
         else:
+
             def score(heat, seed):
                 return deletion_auc(scorer, image, blurred, cube_ranking(heat, side, None), ends)
-        random_aucs = [score(r, seed) if perturbation != "supervoxel-blur" else
-                       deletion_auc(scorer, image, blurred, cube_ranking(r, side, seed), ends)
-                       for seed, r in enumerate(randoms)]
+
+        random_aucs = [
+            score(r, seed)
+            if perturbation != "supervoxel-blur"
+            else deletion_auc(scorer, image, blurred, cube_ranking(r, side, seed), ends)
+            for seed, r in enumerate(randoms)
+        ]
         mean, sd = float(np.mean(random_aucs)), float(np.std(random_aucs, ddof=1))
         maps = {m: score(heat, 0) for m, heat in cams.items()}
         result["perturbations"][perturbation] = {
             "random": {"mean": mean, "sd": sd, "aucs": random_aucs},
-            "maps": {m: {"deletion_auc": a, "z": (a - mean) / sd if sd > 0 else None,
-                         "informative": bool(abs(a - mean) > 2 * sd)} for m, a in maps.items()},
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "maps": {
+                m: {
+                    "deletion_auc": a,
+                    "z": (a - mean) / sd if sd > 0 else None,
+                    "informative": bool(abs(a - mean) > 2 * sd),
+                }
+                for m, a in maps.items()
+            },
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         print(name, perturbation, json.dumps(result["perturbations"][perturbation]), flush=True)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
@@ -147,8 +173,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON results; heads already in it are kept")
     args = parser.parse_args()
     earlier = json.loads(args.out.read_text())["heads"] if args.out and args.out.exists() else {}
-    report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-              "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"), "heads": earlier}
+    report = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "heads": earlier,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.heads.split(","):
             report["heads"][name] = study_head(name, Path(tmp), args.perturbations.split(","))

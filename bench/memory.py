@@ -54,14 +54,24 @@ def main() -> None:
     configs = [("BasicUNet", size, 4) for size in map(int, args.sizes.split(","))] + [("UNet", 96, 50)]
     runs = []
     for name, size, classes in configs:
-        row = {mode: in_fresh_process(__file__, name, str(size), str(classes), mode)
-               for mode in ("plain", "one_class", "all_classes")}
+        row = {
+            mode: in_fresh_process(__file__, name, str(size), str(classes), mode)
+            for mode in ("plain", "one_class", "all_classes")
+        }
         bound = row["one_class"]["peak_above_start_mb"]
-        runs.append({"network": name, "size": size, "classes": classes, "layer": row["plain"]["layer"],
-                     **{f"{m}_mb": row[m]["peak_above_start_mb"] for m in row},
-                     **{f"{m}_s": row[m]["seconds"] for m in row},
-                     "all_over_bound": round(row["all_classes"]["peak_above_start_mb"] / max(bound, 1), 3)})
+        runs.append(
+            {
+                "network": name,
+                "size": size,
+                "classes": classes,
+                "layer": row["plain"]["layer"],
+                **{f"{m}_mb": row[m]["peak_above_start_mb"] for m in row},
+                **{f"{m}_s": row[m]["seconds"] for m in row},
+                "all_over_bound": round(row["all_classes"]["peak_above_start_mb"] / max(bound, 1), 3),
+            }
+        )
     write_report(args.out, runs)
+
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,11 @@ from pathlib import Path
 
 from fresh_process import in_fresh_process, measured, write_report
 
-PLANS = next((Path(__file__).resolve().parents[1] / "SegGradCAM" / "Resources" / "Models" / "demo-lesions-nnunet").rglob("plans.json"))
+PLANS = next(
+    (Path(__file__).resolve().parents[1] / "SegGradCAM" / "Resources" / "Models" / "demo-lesions-nnunet").rglob(
+        "plans.json"
+    )
+)
 LABELS = 101  # background + 100
 
 
@@ -30,8 +34,14 @@ def one_run(mode: str) -> dict:
     configuration = json.loads(PLANS.read_text())["configurations"]["3d_fullres"]
     architecture = configuration["architecture"]
     torch.manual_seed(0)
-    network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                     architecture["_kw_requires_import"], 2, LABELS, deep_supervision=False).eval()
+    network = get_network_from_plans(
+        architecture["network_class_name"],
+        architecture["arch_kwargs"],
+        architecture["_kw_requires_import"],
+        2,
+        LABELS,
+        deep_supervision=False,
+    ).eval()
     patch = configuration["patch_size"]
     x = torch.randn(1, 2, *patch, generator=torch.Generator().manual_seed(1))
     layer = f"decoder.stages.{architecture['arch_kwargs']['n_stages'] - 2}"
@@ -61,9 +71,14 @@ def main() -> None:
     runs = [in_fresh_process(__file__, mode) for mode in ("plain", "one_class", "all_classes")]
     patch = runs[0]["patch"]
     windows = math.prod(math.ceil((256 - p) / (p / 2)) + 1 for p in patch)
-    runs.append({"mode": "256^3 estimate", "windows": windows,
-                 "all_classes_s": round(windows * runs[2]["seconds"], 1),
-                 "per_window_and_class_s": round(runs[2]["seconds"] / (LABELS - 1), 3)})
+    runs.append(
+        {
+            "mode": "256^3 estimate",
+            "windows": windows,
+            "all_classes_s": round(windows * runs[2]["seconds"], 1),
+            "per_window_and_class_s": round(runs[2]["seconds"] / (LABELS - 1), 3),
+        }
+    )
     write_report(args.out, runs)
 
 

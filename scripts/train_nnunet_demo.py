@@ -136,7 +136,7 @@ def write_raw_dataset(raw: Path, n_train: int, seed: int) -> list[dict]:
         "file_ending": ".nii.gz",
         "name": DATASET_NAME,
         "description": "SegGradCAM demo: real MRI heads (colin27, kmeans, mni152) with synthetic lesions, "
-                       f"2 mm isotropic, cases of seed {seed} (SegGradCAMLib.demo.data). Demonstration only.",
+        f"2 mm isotropic, cases of seed {seed} (SegGradCAMLib.demo.data). Demonstration only.",
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return cases
@@ -153,8 +153,14 @@ def run(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> fl
     log("$ " + " ".join(f"{k}={v}" for k, v in (env or {}).items()) + (" " if env else "") + " ".join(cmd))
     start = time.time()
     with open(log_path, "w") as handle:
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                   env={**os.environ, **(env or {})})
+        process = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, **(env or {})},
+        )
         for line in process.stdout:
             handle.write(line)
             sys.stdout.write(line)
@@ -165,8 +171,9 @@ def run(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> fl
     return time.time() - start
 
 
-def edit_plans(plans_path: Path, max_features: int, base_features: int, patch_size: list[int] | None,
-               batch_size: int | None) -> dict:
+def edit_plans(
+    plans_path: Path, max_features: int, base_features: int, patch_size: list[int] | None, batch_size: int | None
+) -> dict:
     """Narrow the 3d_fullres network (and optionally its patch/batch size) in nnU-Net's plans.
 
     Changes only network width and sampling, not the preprocessing (spacing, normalisation),
@@ -192,10 +199,13 @@ def edit_plans(plans_path: Path, max_features: int, base_features: int, patch_si
             for stride in strides:
                 factor *= stride[axis] if isinstance(stride, list) else stride
             if size % factor:
-                raise SystemExit(f"patch size {patch_size} not divisible by the network's pooling {factor} on axis {axis}")
+                raise SystemExit(
+                    f"patch size {patch_size} not divisible by the network's pooling {factor} on axis {axis}"
+                )
         config["patch_size"] = list(patch_size)
-    kwargs["features_per_stage"] = [min(base_features * 2 ** i, max_features)
-                                    for i in range(len(kwargs["features_per_stage"]))]
+    kwargs["features_per_stage"] = [
+        min(base_features * 2**i, max_features) for i in range(len(kwargs["features_per_stage"]))
+    ]
     if batch_size is not None:
         config["batch_size"] = batch_size
     plans_path.write_text(json.dumps(plans, indent=4))
@@ -233,10 +243,18 @@ def evaluate(model_dir: Path, work: Path, n_cases: int, seed: int, use_mirroring
     from SegGradCAMLib.demo import data
 
     use_direct_trainer_lookup()
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=False, device=torch.device("cpu"),
-                                verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=use_mirroring,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(
+        str(model_dir), use_folds=(0,), checkpoint_name="checkpoint_final.pth"
+    )
     folder = work / "heldout"
     if folder.exists():
         shutil.rmtree(folder)
@@ -257,14 +275,20 @@ def evaluate(model_dir: Path, work: Path, n_cases: int, seed: int, use_mirroring
         assert prediction.shape == case.labels.shape, (prediction.shape, case.labels.shape)
         reference = case.labels
         record = {
-            "case": index, "subject": case.subject, "case_seed": case.seed, "seconds": round(seconds, 1),
+            "case": index,
+            "subject": case.subject,
+            "case_seed": case.seed,
+            "seconds": round(seconds, 1),
             "lesion_union": dice(prediction > 0, reference > 0),
         }
         for label in range(1, len(data.LABELS)):
             record[data.LABELS[label]] = dice(prediction == label, reference == label)
         per_case.append(record)
-        log(f"held-out case {index} ({case.subject}): " + ", ".join(
-            f"{k} {v:.3f}" for k, v in record.items() if isinstance(v, float) and k != "seconds") + f" [{seconds:.1f} s]")
+        log(
+            f"held-out case {index} ({case.subject}): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in record.items() if isinstance(v, float) and k != "seconds")
+            + f" [{seconds:.1f} s]"
+        )
 
     def mean(key):
         values = [r[key] for r in per_case if r[key] is not None]
@@ -272,10 +296,20 @@ def evaluate(model_dir: Path, work: Path, n_cases: int, seed: int, use_mirroring
 
     summary = {"lesion_union": mean("lesion_union")}
     summary.update({label: mean(label) for label in data.LABELS[1:]})
-    return {"seed": seed, "n_cases": n_cases, "mean_dice": summary, "per_case": per_case,
-            "predictor": {"tile_step_size": 0.5, "use_gaussian": True, "use_mirroring": use_mirroring,
-                          "checkpoint": "checkpoint_final.pth", "folds": [0]},
-            "wall_s": round(time.time() - start, 1)}
+    return {
+        "seed": seed,
+        "n_cases": n_cases,
+        "mean_dice": summary,
+        "per_case": per_case,
+        "predictor": {
+            "tile_step_size": 0.5,
+            "use_gaussian": True,
+            "use_mirroring": use_mirroring,
+            "checkpoint": "checkpoint_final.pth",
+            "folds": [0],
+        },
+        "wall_s": round(time.time() - start, 1),
+    }
 
 
 def describe_checkpoint(path: Path) -> dict:
@@ -329,10 +363,13 @@ def describe_checkpoint(path: Path) -> dict:
     weights = checkpoint["network_weights"]
     unique = {v.untyped_storage().data_ptr(): v.numel() for v in weights.values() if v.dtype.is_floating_point}
     n_params = int(sum(unique.values()))  # the decoder holds the encoder too: count shared tensors once
-    return {"top_level_keys": list(checkpoint), "non_tensor_types_by_key": keys,
-            "unsafe_globals_scan": unsafe,
-            "weights_only_allowlist_verified": verified,  # None if no allow-list made weights_only work
-            "network_parameters": n_params}
+    return {
+        "top_level_keys": list(checkpoint),
+        "non_tensor_types_by_key": keys,
+        "unsafe_globals_scan": unsafe,
+        "weights_only_allowlist_verified": verified,  # None if no allow-list made weights_only work
+        "network_parameters": n_params,
+    }
 
 
 def copy_model(model_dir: Path, out: Path) -> Path:
@@ -357,7 +394,9 @@ def copy_model(model_dir: Path, out: Path) -> Path:
 
 
 def folder_listing(out: Path) -> tuple[list[dict], int]:
-    files = [{"path": str(p.relative_to(out)), "bytes": p.stat().st_size} for p in sorted(out.rglob("*")) if p.is_file()]
+    files = [
+        {"path": str(p.relative_to(out)), "bytes": p.stat().st_size} for p in sorted(out.rglob("*")) if p.is_file()
+    ]
     return files, sum(f["bytes"] for f in files)
 
 
@@ -388,15 +427,20 @@ def write_readme(out: Path, card: dict) -> None:
         f"{card['wall_times_s']['preprocessing']:.0f} s, training (incl. nnU-Net's final validation) "
         f"{card['wall_times_s']['training']:.0f} s; mean epoch {card['training']['mean_epoch_s']:.0f} s.",
         "",
-        "## Held-out Dice (nnUNetPredictor, seed %d, %d cases)" % (card["held_out"]["seed"], card["held_out"]["n_cases"]),
+        "## Held-out Dice (nnUNetPredictor, seed %d, %d cases)"
+        % (card["held_out"]["seed"], card["held_out"]["n_cases"]),
         "",
         "| lesion union | edema | enhancing_rim | necrotic_core |",
         "|---|---|---|---|",
-        "| " + " | ".join(f"{held[k]:.3f}" if held[k] is not None else "n/a"
-                         for k in ("lesion_union", "edema", "enhancing_rim", "necrotic_core")) + " |",
+        "| "
+        + " | ".join(
+            f"{held[k]:.3f}" if held[k] is not None else "n/a"
+            for k in ("lesion_union", "edema", "enhancing_rim", "necrotic_core")
+        )
+        + " |",
         "",
-        "Per-case lesion-union Dice: " + ", ".join(
-            f"{r['lesion_union']:.3f}" for r in card["held_out"]["per_case"] if r["lesion_union"] is not None)
+        "Per-case lesion-union Dice: "
+        + ", ".join(f"{r['lesion_union']:.3f}" for r in card["held_out"]["per_case"] if r["lesion_union"] is not None)
         + " (small lesions are the hardest; per-case values in `model_card.json`).",
         "",
     ]
@@ -418,26 +462,48 @@ def write_readme(out: Path, card: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/nnunet_demo"),
-                        help="working folder for nnUNet_raw/preprocessed/results (default /tmp/nnunet_demo)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/nnunet_demo"),
+        help="working folder for nnUNet_raw/preprocessed/results (default /tmp/nnunet_demo)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model output folder (default {DEFAULT_OUT})")
     parser.add_argument("--n-train", type=int, default=36, help="training cases (default 36)")
     parser.add_argument("--n-eval", type=int, default=12, help="held-out evaluation cases (default 12)")
-    parser.add_argument("--trainer", default="nnUNetTrainer_5epochs",
-                        help="nnU-Net trainer class (one of nnunetv2's own; default nnUNetTrainer_5epochs)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads for training and prediction (default 1: fastest on a shared 2-core machine)")
+    parser.add_argument(
+        "--trainer",
+        default="nnUNetTrainer_5epochs",
+        help="nnU-Net trainer class (one of nnunetv2's own; default nnUNetTrainer_5epochs)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for training and prediction (default 1: fastest on a shared 2-core machine)",
+    )
     parser.add_argument("--base-features", type=int, default=8, help="features of the first stage (default 8)")
     parser.add_argument("--max-features", type=int, default=64, help="feature cap (default 64)")
-    parser.add_argument("--patch-size", type=int, nargs="+", default=[48, 64, 64],
-                        help="3d_fullres patch size (default 48 64 64; 0 keeps the planned one)")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        nargs="+",
+        default=[48, 64, 64],
+        help="3d_fullres patch size (default 48 64 64; 0 keeps the planned one)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="3d_fullres batch size (default: planned)")
     parser.add_argument("--no-eval-mirroring", action="store_true", help="held-out prediction without mirroring TTA")
     parser.add_argument("--prepare-only", action="store_true", help="stop after planning and preprocessing")
-    parser.add_argument("--reuse", action="store_true",
-                        help="reuse raw data, plans and preprocessed data of a previous run in --workdir")
-    parser.add_argument("--skip-training", action="store_true",
-                        help="with --reuse: reuse the trained model in --workdir, only evaluate and export")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse raw data, plans and preprocessed data of a previous run in --workdir",
+    )
+    parser.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="with --reuse: reuse the trained model in --workdir, only evaluate and export",
+    )
     parser.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train_child:
@@ -458,11 +524,16 @@ def main() -> None:
     logs = work / "logs"
     for folder in (raw, preprocessed, results, logs):
         folder.mkdir(parents=True, exist_ok=True)
-    os.environ.update({
-        "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(preprocessed), "nnUNet_results": str(results),
-        "nnUNet_compile": "false",
-    })
+    os.environ.update(
+        {
+            "nnUNet_raw": str(raw),
+            "nnUNet_preprocessed": str(preprocessed),
+            "nnUNet_results": str(results),
+            "nnUNet_compile": "false",
+        }
+    )
     import nnunetv2  # after the environment: nnunetv2.paths reads it on import
+
     wall = {"data": 0.0, "planning": 0.0, "preprocessing": 0.0, "training": 0.0}
     plans_path = preprocessed / DATASET_NAME / f"{PLANS}.json"
     edits_path = work / "plans_edits.json"
@@ -483,13 +554,38 @@ def main() -> None:
         wall["data"] = time.time() - t
         log(f"wrote {len(cases)} training cases in {wall['data']:.0f} s")
 
-        wall["planning"] = run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID),
-                                "-c", CONFIGURATION, "--verify_dataset_integrity", "-npfp", "1", "-np", "1",
-                                "--no_pp", "--no_pbar"], logs / "plan.log")
+        wall["planning"] = run(
+            [
+                nnunet_command("nnUNetv2_plan_and_preprocess"),
+                "-d",
+                str(DATASET_ID),
+                "-c",
+                CONFIGURATION,
+                "--verify_dataset_integrity",
+                "-npfp",
+                "1",
+                "-np",
+                "1",
+                "--no_pp",
+                "--no_pbar",
+            ],
+            logs / "plan.log",
+        )
         edits = edit_plans(plans_path, args.max_features, args.base_features, args.patch_size, args.batch_size)
         log(f"plans edits: {json.dumps(edits)}")
-        wall["preprocessing"] = run([nnunet_command("nnUNetv2_preprocess"), "-d", str(DATASET_ID),
-                                     "-c", CONFIGURATION, "-np", "1", "--no_pbar"], logs / "preprocess.log")
+        wall["preprocessing"] = run(
+            [
+                nnunet_command("nnUNetv2_preprocess"),
+                "-d",
+                str(DATASET_ID),
+                "-c",
+                CONFIGURATION,
+                "-np",
+                "1",
+                "--no_pbar",
+            ],
+            logs / "preprocess.log",
+        )
         edits["wall"] = {k: wall[k] for k in ("data", "planning", "preprocessing")}
         edits_path.write_text(json.dumps(edits, indent=1))
 
@@ -508,13 +604,24 @@ def main() -> None:
         # nnU-Net's Python training entry run_training (what ``nnUNetv2_train 901 3d_fullres 0 -tr <trainer>
         # -device cpu`` calls), in a child process with a fixed number of torch threads: ``nnUNetv2_train
         # -device cpu`` gives torch all cores, which is several times slower on a small shared machine.
-        wall["training"] = run([sys.executable, str(Path(__file__).resolve()), "--train-child",
-                                "--trainer", args.trainer, "--threads", str(args.threads)], logs / "train.log",
-                               # no background augmentation workers (only for training: the planner calls
-                               # torch.set_num_threads(nnUNet_n_proc_DA), which rejects 0)
-                               env={"nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": str(args.threads)})
-        training_record.write_text(json.dumps({"trainer": args.trainer, "threads": args.threads,
-                                               "wall_training_s": wall["training"]}))
+        wall["training"] = run(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--train-child",
+                "--trainer",
+                args.trainer,
+                "--threads",
+                str(args.threads),
+            ],
+            logs / "train.log",
+            # no background augmentation workers (only for training: the planner calls
+            # torch.set_num_threads(nnUNet_n_proc_DA), which rejects 0)
+            env={"nnUNet_n_proc_DA": "0", "OMP_NUM_THREADS": str(args.threads)},
+        )
+        training_record.write_text(
+            json.dumps({"trainer": args.trainer, "threads": args.threads, "wall_training_s": wall["training"]})
+        )
     times = epoch_times(model_dir / "fold_0")
     log(f"training done in {wall['training']:.0f} s; epoch times {times}")
 
@@ -541,15 +648,19 @@ def main() -> None:
     fold0_validation = None
     if validation_summary.is_file():
         summary = json.loads(validation_summary.read_text())
-        fold0_validation = {"foreground_mean_dice": summary["foreground_mean"]["Dice"],
-                            "per_label_dice": {k: v["Dice"] for k, v in summary["mean"].items()}}
+        fold0_validation = {
+            "foreground_mean_dice": summary["foreground_mean"]["Dice"],
+            "per_label_dice": {k: v["Dice"] for k, v in summary["mean"].items()},
+        }
 
-    command = ("PYTHONPATH=SegGradCAM python scripts/train_nnunet_demo.py"
-               f" --workdir {args.workdir} --n-train {args.n_train} --n-eval {args.n_eval} --trainer {args.trainer}"
-               f" --base-features {args.base_features} --max-features {args.max_features} --threads {args.threads}"
-               + f" --patch-size {' '.join(map(str, args.patch_size)) if args.patch_size else 0}"
-               + (f" --batch-size {args.batch_size}" if args.batch_size else "")
-               + (" --no-eval-mirroring" if args.no_eval_mirroring else ""))
+    command = (
+        "PYTHONPATH=SegGradCAM python scripts/train_nnunet_demo.py"
+        f" --workdir {args.workdir} --n-train {args.n_train} --n-eval {args.n_eval} --trainer {args.trainer}"
+        f" --base-features {args.base_features} --max-features {args.max_features} --threads {args.threads}"
+        + f" --patch-size {' '.join(map(str, args.patch_size)) if args.patch_size else 0}"
+        + (f" --batch-size {args.batch_size}" if args.batch_size else "")
+        + (" --no-eval-mirroring" if args.no_eval_mirroring else "")
+    )
     iterations = 250  # nnUNetTrainer default, unchanged by the Xepochs variants
     card = {
         "name": "demo-lesions-nnunet",
@@ -568,10 +679,12 @@ def main() -> None:
         "training": {
             "trainer": args.trainer,
             "trainer_source": f"nnunetv2/{trainer_file.relative_to(Path(nnunetv2.__file__).parent)}",
-            "entry": (f"nnunetv2.run.run_training.run_training('{DATASET_ID}', '{CONFIGURATION}', 0, '{args.trainer}', "
-                      f"'{PLANS}', device=torch.device('cpu')) with torch.set_num_threads({args.threads}), "
-                      f"nnUNet_n_proc_DA=0; equivalent to nnUNetv2_train {DATASET_ID} {CONFIGURATION} 0 "
-                      f"-tr {args.trainer} -device cpu except for the thread count"),
+            "entry": (
+                f"nnunetv2.run.run_training.run_training('{DATASET_ID}', '{CONFIGURATION}', 0, '{args.trainer}', "
+                f"'{PLANS}', device=torch.device('cpu')) with torch.set_num_threads({args.threads}), "
+                f"nnUNet_n_proc_DA=0; equivalent to nnUNetv2_train {DATASET_ID} {CONFIGURATION} 0 "
+                f"-tr {args.trainer} -device cpu except for the thread count"
+            ),
             "epochs": epochs,
             "iterations_per_epoch": iterations,
             "validation_iterations_per_epoch": 50,
@@ -609,13 +722,18 @@ def main() -> None:
     union = held_out["mean_dice"]["lesion_union"]
     notes = []
     if union is None or union < 0.7:
-        notes.append(f"Held-out lesion-union Dice {union} is below the 0.7 aim: the CPU time budget "
-                     f"allowed only {epochs} epochs of {iterations} iterations with a narrow network.")
+        notes.append(
+            f"Held-out lesion-union Dice {union} is below the 0.7 aim: the CPU time budget "
+            f"allowed only {epochs} epochs of {iterations} iterations with a narrow network."
+        )
     weak = {k: v for k, v in held_out["mean_dice"].items() if k != "lesion_union" and (v is None or v < 0.5)}
     if weak:
-        notes.append("Weak classes (held-out Dice < 0.5): " + ", ".join(f"{k} {v}" for k, v in weak.items())
-                     + f". The small necrotic core is under-segmented after this short CPU training ({epochs} "
-                     f"epochs x {iterations} iterations); use the model for lesion / edema / rim demonstrations.")
+        notes.append(
+            "Weak classes (held-out Dice < 0.5): "
+            + ", ".join(f"{k} {v}" for k, v in weak.items())
+            + f". The small necrotic core is under-segmented after this short CPU training ({epochs} "
+            f"epochs x {iterations} iterations); use the model for lesion / edema / rim demonstrations."
+        )
     if notes:
         card["note"] = "Note: " + " ".join(notes)
     write_readme(out, card)

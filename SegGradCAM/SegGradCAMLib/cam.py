@@ -20,8 +20,15 @@ from .layers import resolve_layers
 from .selection import CAM_METHODS
 
 __all__ = [
-    "CAM_METHODS", "CAM_WEIGHTS", "CAMMaps", "cam_weights", "combine_gradients", "label_map", "predicted_regions",
-    "seg_grad_cam", "upsample_maps",
+    "CAM_METHODS",
+    "CAM_WEIGHTS",
+    "CAMMaps",
+    "cam_weights",
+    "combine_gradients",
+    "label_map",
+    "predicted_regions",
+    "seg_grad_cam",
+    "upsample_maps",
 ]
 
 
@@ -99,14 +106,19 @@ def cam_weights(method: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
         raise SegGradCAMError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_WEIGHTS)}.") from None
 
 
-def combine_gradients(method: str, activations: torch.Tensor, gradients: torch.Tensor,
-                      relu: bool = True) -> torch.Tensor:
+def combine_gradients(
+    method: str, activations: torch.Tensor, gradients: torch.Tensor, relu: bool = True
+) -> torch.Tensor:
     """Combine a layer's activations and gradients ``(B, K, *S)`` into a map ``(B, *S)``."""
     return _combine(cam_weights(method), activations, gradients, relu)
 
 
-def _combine(weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], activations: torch.Tensor,
-             gradients: torch.Tensor, relu: bool) -> torch.Tensor:
+def _combine(
+    weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    activations: torch.Tensor,
+    gradients: torch.Tensor,
+    relu: bool,
+) -> torch.Tensor:
     """``sum_k weights(A, g) * A`` over the channels: ``(B, K, *S)`` -> ``(B, *S)``, ReLU'd if ``relu``."""
     cam = (weights(activations, gradients) * activations).sum(dim=1)
     return F.relu(cam) if relu else cam
@@ -132,10 +144,13 @@ def _class_gradients(scores: torch.Tensor, acts: Sequence[torch.Tensor], last: b
         grads = [None if g is None else g[None] for g in grads]
     else:
         eye = torch.eye(len(scores), device=scores.device, dtype=scores.dtype)
-        grads = torch.autograd.grad(scores, acts, grad_outputs=eye, retain_graph=not last, allow_unused=True,
-                                    is_grads_batched=True)
-    return [torch.zeros((len(scores), *a.shape), device=a.device, dtype=a.dtype) if g is None else g
-            for g, a in zip(grads, acts)]
+        grads = torch.autograd.grad(
+            scores, acts, grad_outputs=eye, retain_graph=not last, allow_unused=True, is_grads_batched=True
+        )
+    return [
+        torch.zeros((len(scores), *a.shape), device=a.device, dtype=a.dtype) if g is None else g
+        for g, a in zip(grads, acts)
+    ]
 
 
 def label_map(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -206,8 +221,9 @@ def _hooked(modules: dict[str, nn.Module], activations: dict[str, torch.Tensor])
             handle.remove()
 
 
-def _forward(network: nn.Module, inputs: torch.Tensor, modules: dict[str, nn.Module],
-             activations: dict[str, torch.Tensor]) -> tuple[torch.Tensor, GridTrace]:
+def _forward(
+    network: nn.Module, inputs: torch.Tensor, modules: dict[str, nn.Module], activations: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, GridTrace]:
     """One forward pass of ``inputs`` ``(B, Cin, *S)``: the logits ``(B, C, *S)`` and the traced
     grids of the layers; each of ``modules``' outputs ``(B, K, *s)`` lands in ``activations``."""
     with _hooked(modules, activations), GridTrace(network, inputs.shape[2:]) as trace:
@@ -235,15 +251,21 @@ def _target_regions(logits: torch.Tensor, classes: list[int], regions: torch.Ten
     return regions.to(device=logits.device, dtype=torch.float32)
 
 
-def _backward_maps(scores: torch.Tensor, acts: list[torch.Tensor], weights: Callable, relu: bool,
-                   class_batch: int | None, on_backward: Callable[[int, int], None] | None) -> list[torch.Tensor]:
+def _backward_maps(
+    scores: torch.Tensor,
+    acts: list[torch.Tensor],
+    weights: Callable,
+    relu: bool,
+    class_batch: int | None,
+    on_backward: Callable[[int, int], None] | None,
+) -> list[torch.Tensor]:
     """One map ``(len(scores), B, *s)`` per activation ``(B, K, *s)``, from the gradients of each
     target score (``scores`` ``(len(classes),)``), ``class_batch`` classes per backward pass."""
     n_classes = len(scores)
     maps: list[list[torch.Tensor]] = [[] for _ in acts]
     chunk = class_batch or _class_chunk(acts, n_classes)
     for start in range(0, n_classes, chunk):
-        grads = _class_gradients(scores[start:start + chunk], acts, last=start + chunk >= n_classes)
+        grads = _class_gradients(scores[start : start + chunk], acts, last=start + chunk >= n_classes)
         for per_class, act, grad in zip(maps, acts, grads):
             act = act.detach().float()  # bfloat16 under autocast: the CAM arithmetic in float32
             per_class += [_combine(weights, act, g.float(), relu) for g in grad]

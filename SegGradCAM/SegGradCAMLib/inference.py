@@ -112,8 +112,14 @@ class _Runner:
         """CAMs of a batch ``(B, Cin, *S)`` on the runner's device: maps ``(n, B, *S)``, logits ``(B, C, *S)``."""
         with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.amp):
             result = seg_grad_cam(
-                self.model.network, x.to(self.device), self.layers, self.classes, self.method,
-                None if regions is None else regions.to(self.device), relu=True, upsample=True,
+                self.model.network,
+                x.to(self.device),
+                self.layers,
+                self.classes,
+                self.method,
+                None if regions is None else regions.to(self.device),
+                relu=True,
+                upsample=True,
                 on_backward=self._backward_step,
             )
         self.cam_passes_done += 1
@@ -163,11 +169,20 @@ class _Runner:
 
         def stitch(predictor: Callable, with_coord: bool = False):
             return sliding_window_inference(
-                image[None].cpu(), roi, 1, predictor, overlap=_OVERLAP, mode="gaussian", sigma_scale=_SIGMA_SCALE,
-                sw_device=self.device, device="cpu", with_coord=with_coord,
+                image[None].cpu(),
+                roi,
+                1,
+                predictor,
+                overlap=_OVERLAP,
+                mode="gaussian",
+                sigma_scale=_SIGMA_SCALE,
+                sw_device=self.device,
+                device="cpu",
+                with_coord=with_coord,
             )
 
         if regions is None:
+
             def segment(window: torch.Tensor) -> torch.Tensor:
                 """Logits ``(1, C, *roi)`` of a window ``(1, Cin, *roi)``."""
                 self._step(next(steps), total)
@@ -212,8 +227,8 @@ class _Runner:
         self.cam_passes = len(starts)
         for i, start in enumerate(starts):
             self._step(i, len(starts))
-            batch = slices[start:start + batch_size]
-            logits, maps = self._cams(batch, None if reg is None else reg[start:start + batch_size])
+            batch = slices[start : start + batch_size]
+            logits, maps = self._cams(batch, None if reg is None else reg[start : start + batch_size])
             logit_parts.append(logits[..., : plane[0], : plane[1]])
             for k, v in maps.items():
                 map_parts.setdefault(k, []).append(v[..., : plane[0], : plane[1]])
@@ -222,8 +237,9 @@ class _Runner:
         return logits, {k: torch.cat(v, dim=1) for k, v in map_parts.items()}
 
 
-def _checked_request(model: LoadedModel, image: np.ndarray, classes: Sequence[int] | None,
-                     regions: np.ndarray | None) -> list[int]:
+def _checked_request(
+    model: LoadedModel, image: np.ndarray, classes: Sequence[int] | None, regions: np.ndarray | None
+) -> list[int]:
     """The class indices to explain (default: all but 0), after checking the volume ``(Cin, Z, Y, X)``
     and the region masks ``(len(classes), Z, Y, X)`` against the model."""
     spec = model.spec
@@ -297,10 +313,15 @@ def explain_volume(
     return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings)
 
 
-def heatmaps_on_input_grid(maps: dict[str, torch.Tensor], to_input: Callable[[torch.Tensor], np.ndarray],
-                           labels: np.ndarray, classes: Sequence[int], normalize: bool,
-                           on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None,
-                           masks: np.ndarray | None = None):
+def heatmaps_on_input_grid(
+    maps: dict[str, torch.Tensor],
+    to_input: Callable[[torch.Tensor], np.ndarray],
+    labels: np.ndarray,
+    classes: Sequence[int],
+    normalize: bool,
+    on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None,
+    masks: np.ndarray | None = None,
+):
     """Class maps ``(n, *model grid)`` per layer brought to the input grid one class at a time by
     ``to_input`` (``(1, *model grid)`` -> ``(1, Z, Y, X)``), ReLU'd, divided by their global maximum
     when ``normalize``; handed to ``on_heatmap`` (then not kept) or returned, with the class's
@@ -311,7 +332,7 @@ def heatmaps_on_input_grid(maps: dict[str, torch.Tensor], to_input: Callable[[to
         on_model_grid = maps.pop(name)  # (n, *model grid), released class by class below
         kept = []
         for i in range(len(classes)):
-            heat = np.maximum(to_input(on_model_grid[i:i + 1]), 0)[0]
+            heat = np.maximum(to_input(on_model_grid[i : i + 1]), 0)[0]
             peak = float(heat.max())
             raw_max[name].append(peak)
             if normalize:

@@ -36,11 +36,24 @@ def nnunet_predictor(model: LoadedModel, device: str, tile_step_size: float, mir
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     parts = model.nnunet
-    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=mirror,
-                                perform_everything_on_device=False, device=torch.device(device), verbose=False,
-                                allow_tqdm=False)
-    predictor.manual_initialization(model.network, parts.plans_manager, parts.configuration_manager,
-                                    parts.parameters, parts.dataset_json, parts.trainer_name, parts.mirror_axes)
+    predictor = nnUNetPredictor(
+        tile_step_size=tile_step_size,
+        use_gaussian=True,
+        use_mirroring=mirror,
+        perform_everything_on_device=False,
+        device=torch.device(device),
+        verbose=False,
+        allow_tqdm=False,
+    )
+    predictor.manual_initialization(
+        model.network,
+        parts.plans_manager,
+        parts.configuration_manager,
+        parts.parameters,
+        parts.dataset_json,
+        parts.trainer_name,
+        parts.mirror_axes,
+    )
     return predictor
 
 
@@ -53,8 +66,9 @@ def preprocess(model: LoadedModel, files: Sequence[str], region: np.ndarray | No
     data, properties = reader.read_images(list(files))
     preprocessor = parts.configuration_manager.preprocessor_class(verbose=False)
     seg = None if region is None else region[None].astype(np.int8)
-    data, seg, properties = preprocessor.run_case_npy(data, seg, properties, parts.plans_manager,
-                                                      parts.configuration_manager, parts.dataset_json)
+    data, seg, properties = preprocessor.run_case_npy(
+        data, seg, properties, parts.plans_manager, parts.configuration_manager, parts.dataset_json
+    )
     # nnU-Net returns a segmentation even without one (its non-zero mask, -1 outside): use it only for a region
     return data, properties, None if region is None else seg[0] > 0
 
@@ -88,11 +102,14 @@ def to_input_grid(model: LoadedModel, properties: dict) -> Callable[[torch.Tenso
     plans, configuration = model.nnunet.plans_manager, model.nnunet.configuration_manager
     spacing = [properties["spacing"][i] for i in plans.transpose_forward]
     shape = properties["shape_after_cropping_and_before_resampling"]
-    current = configuration.spacing if len(configuration.spacing) == len(shape) else [spacing[0], *configuration.spacing]
+    current = (
+        configuration.spacing if len(configuration.spacing) == len(shape) else [spacing[0], *configuration.spacing]
+    )
 
     def convert(maps: torch.Tensor) -> np.ndarray:
-        resampled = np.asarray(configuration.resampling_fn_probabilities(maps.float(), shape, current, spacing),
-                               dtype=np.float32)
+        resampled = np.asarray(
+            configuration.resampling_fn_probabilities(maps.float(), shape, current, spacing), dtype=np.float32
+        )
         full = np.zeros((len(resampled), *properties["shape_before_cropping"]), dtype=np.float32)
         full[(slice(None), *bounding_box_to_slice(properties["bbox_used_for_cropping"]))] = resampled
         return file_order(full.transpose([0] + [i + 1 for i in plans.transpose_backward]))
@@ -101,8 +118,9 @@ def to_input_grid(model: LoadedModel, properties: dict) -> Callable[[torch.Tenso
     return convert
 
 
-def _targets(model: LoadedModel, reference: torch.Tensor, classes: list[int], channels: list[int],
-             region: np.ndarray | None) -> torch.Tensor:
+def _targets(
+    model: LoadedModel, reference: torch.Tensor, classes: list[int], channels: list[int], region: np.ndarray | None
+) -> torch.Tensor:
     """Target regions ``(len(classes), z, y, x)`` bool in nnU-Net's preprocessed space: each class's
     mask in nnU-Net's own stitched logits ``reference`` ``(C, z, y, x)`` (sigmoid > 0.5 for
     region-based models), or the user's ``region``."""
@@ -123,9 +141,20 @@ def _flips(model: LoadedModel, mirror: bool) -> list[tuple[int, ...]]:
     return flips
 
 
-def _stitch_windows(model: LoadedModel, predictor, padded: torch.Tensor, targets: torch.Tensor,
-                    layer_names: list[str], channels: list[int], heads: int, method: str, device: str,
-                    mirror: bool, step: ProgressCallback, cancel: Callable[[], bool] | None):
+def _stitch_windows(
+    model: LoadedModel,
+    predictor,
+    padded: torch.Tensor,
+    targets: torch.Tensor,
+    layer_names: list[str],
+    channels: list[int],
+    heads: int,
+    method: str,
+    device: str,
+    mirror: bool,
+    step: ProgressCallback,
+    cancel: Callable[[], bool] | None,
+):
     """CAMs and logits of every fold, window and mirroring of ``padded`` ``(Cin, *S)``, stitched with
     nnU-Net's Gaussian: maps layer -> ``(n, *S)``, logits ``(C, *S)``, weights ``(*S)`` (not yet divided)."""
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
@@ -133,8 +162,9 @@ def _stitch_windows(model: LoadedModel, predictor, padded: torch.Tensor, targets
     parts = model.nnunet
     patch = tuple(parts.configuration_manager.patch_size)
     slicers = predictor._internal_get_sliding_window_slicers(padded.shape[1:])
-    gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32,
-                                device=torch.device("cpu"))
+    gaussian = compute_gaussian(
+        patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32, device=torch.device("cpu")
+    )
     flips = _flips(model, mirror)
     maps = {name: torch.zeros((len(channels), *padded.shape[1:])) for name in layer_names}
     logits = torch.zeros((heads, *padded.shape[1:]))
@@ -152,8 +182,9 @@ def _stitch_windows(model: LoadedModel, predictor, padded: torch.Tensor, targets
                 image, target = window_image, window_target
                 if axes:
                     image, target = torch.flip(image, axes), torch.flip(target, axes)
-                result = seg_grad_cam(model.network, image, layer_names, channels, method, regions=target > 0.5,
-                                      upsample=True)
+                result = seg_grad_cam(
+                    model.network, image, layer_names, channels, method, regions=target > 0.5, upsample=True
+                )
                 for name, m in result.items():
                     m = torch.flip(m, axes) if axes else m  # (n, 1, *patch)
                     maps[name][spatial] += m[:, 0].float().cpu() * gaussian / len(flips)
@@ -169,9 +200,11 @@ def _agreement(model: LoadedModel, ours: torch.Tensor, reference: torch.Tensor) 
     label_manager = model.nnunet.label_manager
     probabilities = [label_manager.apply_inference_nonlin(logits) for logits in (ours, reference)]
     segmentations = [label_manager.convert_probabilities_to_segmentation(p) for p in probabilities]
-    return {"stitched_logits_max_difference_to_nnunet": float((ours - reference).abs().max()),
-            "probabilities_max_difference_to_nnunet": float((probabilities[0] - probabilities[1]).abs().max()),
-            "labels_equal_to_nnunet": float((segmentations[0] == segmentations[1]).float().mean())}
+    return {
+        "stitched_logits_max_difference_to_nnunet": float((ours - reference).abs().max()),
+        "probabilities_max_difference_to_nnunet": float((probabilities[0] - probabilities[1]).abs().max()),
+        "labels_equal_to_nnunet": float((segmentations[0] == segmentations[1]).float().mean()),
+    }
 
 
 def _exported_labels(model: LoadedModel, reference: torch.Tensor, properties: dict, channels: list[int]):
@@ -183,8 +216,14 @@ def _exported_labels(model: LoadedModel, reference: torch.Tensor, properties: di
     parts = model.nnunet
     label_manager = parts.label_manager
     exported = convert_predicted_logits_to_segmentation_with_correct_shape(
-        reference, parts.plans_manager, parts.configuration_manager, label_manager, properties,
-        return_probabilities=label_manager.has_regions, num_threads_torch=torch.get_num_threads())
+        reference,
+        parts.plans_manager,
+        parts.configuration_manager,
+        label_manager,
+        properties,
+        return_probabilities=label_manager.has_regions,
+        num_threads_torch=torch.get_num_threads(),
+    )
     masks = None
     if label_manager.has_regions:  # painted value regions_class_order[i] -> class i + 1; each class's own mask
         painted, probabilities = exported
@@ -240,10 +279,23 @@ def explain_nnunet(
     reference = predictor.predict_logits_from_preprocessed_data(x).float()  # nnU-Net's own stitched logits
     patch = tuple(model.nnunet.configuration_manager.patch_size)
     padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
-    targets, _ = pad_nd_image(_targets(model, reference, classes, channels, region_pre).float(), patch, "constant",
-                              {"value": 0}, True, None)
-    maps, logits, weights = _stitch_windows(model, predictor, padded, targets, layer_names, channels,
-                                            reference.shape[0], method, device, mirror, step, cancel)
+    targets, _ = pad_nd_image(
+        _targets(model, reference, classes, channels, region_pre).float(), patch, "constant", {"value": 0}, True, None
+    )
+    maps, logits, weights = _stitch_windows(
+        model,
+        predictor,
+        padded,
+        targets,
+        layer_names,
+        channels,
+        reference.shape[0],
+        method,
+        device,
+        mirror,
+        step,
+        cancel,
+    )
     crop = (slice(None), *revert[1:])
     maps = {name: (m / weights)[crop] for name, m in maps.items()}
     checks = _agreement(model, (logits / weights)[crop], reference)
@@ -251,7 +303,8 @@ def explain_nnunet(
 
     start = time.perf_counter()
     labels, masks = _exported_labels(model, reference, properties, channels)
-    heatmaps, raw_max = heatmaps_on_input_grid(maps, to_input_grid(model, properties), labels, classes, normalize,
-                                               on_heatmap, masks)
+    heatmaps, raw_max = heatmaps_on_input_grid(
+        maps, to_input_grid(model, properties), labels, classes, normalize, on_heatmap, masks
+    )
     timings["postprocess_s"] = time.perf_counter() - start
     return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings, checks, masks)

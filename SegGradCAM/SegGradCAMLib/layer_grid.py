@@ -25,7 +25,10 @@ import torch
 from torch import nn
 
 TRACED_MODULES = (  # every convolution and pooling: each maps its input's grid to its output's
-    nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
+    nn.modules.conv._ConvNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,11 @@ class GridTrace:
         shape = tuple(output.shape[2:])
         # a pooling, or a convolution of a pooled input, sets a grid that a convolution may replace
         pooling = not isinstance(module, nn.modules.conv._ConvNd) or source in self._pooled
-        if grid is None or len(shape) != len(grid.scale) or (shape in self.grids and (pooling or shape not in self._pooled)):
+        if (
+            grid is None
+            or len(shape) != len(grid.scale)
+            or (shape in self.grids and (pooling or shape not in self._pooled))
+        ):
             return
         out = _output_grid(module, grid)
         if out is not None:
@@ -106,8 +113,9 @@ class GridTrace:
                 self._pooled.discard(shape)
 
     def __enter__(self) -> "GridTrace":
-        self._handles = [m.register_forward_hook(self._hook) for m in self.network.modules()
-                         if isinstance(m, TRACED_MODULES)]
+        self._handles = [
+            m.register_forward_hook(self._hook) for m in self.network.modules() if isinstance(m, TRACED_MODULES)
+        ]
         return self
 
     def __exit__(self, *exc) -> None:

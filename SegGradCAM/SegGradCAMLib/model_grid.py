@@ -34,8 +34,9 @@ class ModelGrid:
     spacing: tuple[float, ...]
 
     @classmethod
-    def of(cls, spec: ModelSpec, shape: Sequence[int], spacing: Sequence[float],
-           direction: Direction | None) -> "ModelGrid":
+    def of(
+        cls, spec: ModelSpec, shape: Sequence[int], spacing: Sequence[float], direction: Direction | None
+    ) -> "ModelGrid":
         """The grid of a model ``spec`` for a volume of ``shape`` ``(Z, Y, X)``, ``spacing`` (mm, array order)."""
         reorient = Reorientation()
         if spec.orientation is not None and direction is not None:
@@ -68,8 +69,9 @@ class ModelGrid:
         return np.ascontiguousarray(self.reorient.undo(moved))
 
 
-def prepare_input(spec: ModelSpec, image: np.ndarray, spacing: Sequence[float],
-                  direction: Direction | None) -> tuple[torch.Tensor, ModelGrid]:
+def prepare_input(
+    spec: ModelSpec, image: np.ndarray, spacing: Sequence[float], direction: Direction | None
+) -> tuple[torch.Tensor, ModelGrid]:
     """A volume ``(Cin, Z, Y, X)`` on the model's grid, normalised as the model declares."""
     grid = ModelGrid.of(spec, image.shape[1:], spacing, direction)
     x = grid.to_model(np.asarray(image, dtype=np.float32))
@@ -86,7 +88,9 @@ def check_volume(image: np.ndarray, spec: ModelSpec) -> None:
             bad = int((~np.isfinite(channel)).sum())
             raise SegGradCAMError(f"Input volume {c + 1} has {bad} NaN/Inf voxels; fix or mask them first.")
         if channel.min() == channel.max():
-            raise SegGradCAMError(f"Input volume {c + 1} is constant (all voxels {channel.flat[0]}); nothing to segment.")
+            raise SegGradCAMError(
+                f"Input volume {c + 1} is constant (all voxels {channel.flat[0]}); nothing to segment."
+            )
 
 
 def check_min_size(grid: Sequence[int], minimum: int) -> None:

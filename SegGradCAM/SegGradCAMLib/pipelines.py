@@ -89,13 +89,20 @@ def _predicted_labels(model: LoadedModel, images: torch.Tensor, device: str, bat
     parts = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
-            parts.append(label_map(model.network(images[start:start + batch_size].to(device))).cpu())
+            parts.append(label_map(model.network(images[start : start + batch_size].to(device))).cpu())
     return torch.cat(parts)
 
 
-def cases_from_volume(model: LoadedModel, image: np.ndarray, spacing: Sequence[float],
-                      direction: Direction | None, name: str, classes: Sequence[int],
-                      batch_size: int = 32, device: str = "cpu") -> list[EvalCase]:
+def cases_from_volume(
+    model: LoadedModel,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    direction: Direction | None,
+    name: str,
+    classes: Sequence[int],
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> list[EvalCase]:
     """Cases of one volume ``(Cin, Z, Y, X)`` (spacing in mm, array order).
 
     3D models: the whole volume on the model grid, padded. 2D models: the slices in
@@ -134,15 +141,28 @@ class Pipeline(Protocol):
 
     def check_scorable(self) -> None: ...
 
-    def explain(self, inputs: InputVolumes, settings: ExplainSettings, progress: ProgressCallback | None,
-                on_heatmap: HeatmapCallback | None) -> VolumeExplanation: ...
+    def explain(
+        self,
+        inputs: InputVolumes,
+        settings: ExplainSettings,
+        progress: ProgressCallback | None,
+        on_heatmap: HeatmapCallback | None,
+    ) -> VolumeExplanation: ...
 
     def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]: ...
 
     def report_note(self, settings: ExplainSettings) -> dict | None: ...
 
-    def evaluation_cases(self, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int, seed: int,
-                         batch_size: int, device: str) -> list[EvalCase]: ...
+    def evaluation_cases(
+        self,
+        paths: Sequence[str],
+        name: str,
+        classes: Sequence[int],
+        max_slices: int,
+        seed: int,
+        batch_size: int,
+        device: str,
+    ) -> list[EvalCase]: ...
 
 
 @dataclass
@@ -161,26 +181,51 @@ class VolumePipeline:
         """Nothing to add to explain.json."""
         return None
 
-    def explain(self, inputs: InputVolumes, settings: ExplainSettings, progress: ProgressCallback | None,
-                on_heatmap: HeatmapCallback | None) -> VolumeExplanation:
+    def explain(
+        self,
+        inputs: InputVolumes,
+        settings: ExplainSettings,
+        progress: ProgressCallback | None,
+        on_heatmap: HeatmapCallback | None,
+    ) -> VolumeExplanation:
         from .inference import explain_volume
 
-        return explain_volume(self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction,
-                              layers=settings.layers, classes=settings.classes, method=settings.method,
-                              regions=settings.regions, device=settings.device, progress=progress, amp=settings.amp,
-                              on_heatmap=on_heatmap)
+        return explain_volume(
+            self.model,
+            inputs.image,
+            inputs.spacing_zyx,
+            inputs.reference.direction,
+            layers=settings.layers,
+            classes=settings.classes,
+            method=settings.method,
+            regions=settings.regions,
+            device=settings.device,
+            progress=progress,
+            amp=settings.amp,
+            on_heatmap=on_heatmap,
+        )
 
     def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]:
         """The volume on the model's grid (3D) or its slices showing a class (2D)."""
-        return cases_from_volume(self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, "volume",
-                                 classes, device=device)
+        return cases_from_volume(
+            self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, "volume", classes, device=device
+        )
 
-    def evaluation_cases(self, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int, seed: int,
-                         batch_size: int, device: str) -> list[EvalCase]:
+    def evaluation_cases(
+        self,
+        paths: Sequence[str],
+        name: str,
+        classes: Sequence[int],
+        max_slices: int,
+        seed: int,
+        batch_size: int,
+        device: str,
+    ) -> list[EvalCase]:
         """The cases of one volume named ``name`` (2D: ``name[z]``, at most ``max_slices`` drawn with ``seed``)."""
         inputs = InputVolumes.read(paths)
-        cases = cases_from_volume(self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, name,
-                                  classes, batch_size, device)
+        cases = cases_from_volume(
+            self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, name, classes, batch_size, device
+        )
         if len(cases) > max_slices:
             keep = np.sort(np.random.default_rng(seed).choice(len(cases), max_slices, replace=False))
             cases = [cases[i] for i in keep]
@@ -203,46 +248,79 @@ class NnunetPipeline:
         if reader not in READERS:
             raise SegGradCAMError(f"{name} reads images with {reader}; supported: {', '.join(READERS)}.")
         if any("@" in path or Path(path).is_dir() for path in paths):
-            raise SegGradCAMError("nnU-Net models read each channel from its own file (NRRD, NIfTI): no FILE@N, "
-                                  "no DICOM folder.")
+            raise SegGradCAMError(
+                "nnU-Net models read each channel from its own file (NRRD, NIfTI): no FILE@N, no DICOM folder."
+            )
         if reader.startswith("Nibabel") and not all(path.endswith((".nii", ".nii.gz")) for path in paths):
-            raise SegGradCAMError(f"{name} reads images with nibabel ({reader}): give NIfTI files (.nii.gz); "
-                                  "convert others first, e.g. in 3D Slicer or with SimpleITK.")
+            raise SegGradCAMError(
+                f"{name} reads images with nibabel ({reader}): give NIfTI files (.nii.gz); "
+                "convert others first, e.g. in 3D Slicer or with SimpleITK."
+            )
 
     def check_scorable(self) -> None:
         """A 3D configuration of exclusive classes (not 2D, not overlapping sigmoid regions)."""
         name = self.model.spec.name
         if self.model.spec.spatial_dims != 3:
-            raise SegGradCAMError(f"{name} is a 2D nnU-Net configuration; scoring heatmaps "
-                                  "(--faithfulness, evaluate) needs a 3D one.")
+            raise SegGradCAMError(
+                f"{name} is a 2D nnU-Net configuration; scoring heatmaps (--faithfulness, evaluate) needs a 3D one."
+            )
         if self.model.nnunet.label_manager.has_regions:
-            raise SegGradCAMError(f"{name} predicts overlapping regions (sigmoid outputs); scoring its heatmaps "
-                                  "(--faithfulness, evaluate) is not available for region-based nnU-Net models yet.")
+            raise SegGradCAMError(
+                f"{name} predicts overlapping regions (sigmoid outputs); scoring its heatmaps "
+                "(--faithfulness, evaluate) is not available for region-based nnU-Net models yet."
+            )
 
     def report_note(self, settings: ExplainSettings) -> dict | None:
         """explain.json's ``nnunet``: the segmentation is nnU-Net's own prediction, and how it was made."""
-        return {"model": self.model.spec.description, "step_size": settings.step_size,
-                "mirroring": bool(settings.mirror),
-                "note": "the segmentation is nnU-Net's own prediction, " + ("with" if settings.mirror else "without")
-                + " test-time mirroring (nnU-Net and SlicerNNUnet mirror by default, so theirs can differ slightly "
-                "unless --mirror)"}
+        return {
+            "model": self.model.spec.description,
+            "step_size": settings.step_size,
+            "mirroring": bool(settings.mirror),
+            "note": "the segmentation is nnU-Net's own prediction, "
+            + ("with" if settings.mirror else "without")
+            + " test-time mirroring (nnU-Net and SlicerNNUnet mirror by default, so theirs can differ slightly "
+            "unless --mirror)",
+        }
 
-    def explain(self, inputs: InputVolumes, settings: ExplainSettings, progress: ProgressCallback | None,
-                on_heatmap: HeatmapCallback | None) -> VolumeExplanation:
+    def explain(
+        self,
+        inputs: InputVolumes,
+        settings: ExplainSettings,
+        progress: ProgressCallback | None,
+        on_heatmap: HeatmapCallback | None,
+    ) -> VolumeExplanation:
         from .inference_nnunet import explain_nnunet
 
         region = None if settings.regions is None else settings.regions[0]
-        return explain_nnunet(self.model, inputs.paths, settings.step_size, settings.mirror, layers=settings.layers,
-                              classes=settings.classes, method=settings.method, region=region,
-                              device=settings.device, progress=progress, on_heatmap=on_heatmap)
+        return explain_nnunet(
+            self.model,
+            inputs.paths,
+            settings.step_size,
+            settings.mirror,
+            layers=settings.layers,
+            classes=settings.classes,
+            method=settings.method,
+            region=region,
+            device=settings.device,
+            progress=progress,
+            on_heatmap=on_heatmap,
+        )
 
     def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]:
         """The volume as nnU-Net preprocesses it, scored with the first fold's weights (as evaluate does)."""
         self.model.network.load_state_dict(self.model.nnunet.parameters[0])
         return self.evaluation_cases(inputs.paths, "volume", classes, 1, 0, 1, device)
 
-    def evaluation_cases(self, paths: Sequence[str], name: str, classes: Sequence[int], max_slices: int, seed: int,
-                         batch_size: int, device: str) -> list[EvalCase]:
+    def evaluation_cases(
+        self,
+        paths: Sequence[str],
+        name: str,
+        classes: Sequence[int],
+        max_slices: int,
+        seed: int,
+        batch_size: int,
+        device: str,
+    ) -> list[EvalCase]:
         """One case: the whole volume as nnU-Net preprocesses it (see :func:`nnunet_case`)."""
         self.check_scorable()
         return [nnunet_case(self.model, paths, name)]
@@ -253,8 +331,13 @@ def pipeline_for(model: LoadedModel) -> Pipeline:
     return NnunetPipeline(model) if model.nnunet is not None else VolumePipeline(model)
 
 
-def load_pipeline(model: str, trust: bool = False, device: str = "cpu", folds: Sequence[str] | None = None,
-                  checkpoint: str | None = None) -> Pipeline:
+def load_pipeline(
+    model: str,
+    trust: bool = False,
+    device: str = "cpu",
+    folds: Sequence[str] | None = None,
+    checkpoint: str | None = None,
+) -> Pipeline:
     """Load a registered model by name or a model file/folder (see :func:`~.models.load_model`) into its pipeline."""
     from .models import load_model
 

@@ -102,8 +102,9 @@ def normalize_intensity(image: np.ndarray, method: str, percentiles: Sequence[fl
     return out
 
 
-def padded_shape(shape: Sequence[int], divisible_by: int | Sequence[int],
-                 min_size: Sequence[int] | None = None) -> tuple[int, ...]:
+def padded_shape(
+    shape: Sequence[int], divisible_by: int | Sequence[int], min_size: Sequence[int] | None = None
+) -> tuple[int, ...]:
     """Smallest shape >= ``shape`` and ``min_size`` whose sizes are multiples of ``divisible_by``
     (one number for every axis, or one per axis)."""
     minimum = min_size if min_size is not None else (1,) * len(shape)
@@ -114,6 +115,6 @@ def padded_shape(shape: Sequence[int], divisible_by: int | Sequence[int],
 def pad_end(array: torch.Tensor, shape: Sequence[int], value: float = 0.0) -> torch.Tensor:
     """Pad the last ``len(shape)`` axes at their upper end up to ``shape``."""
     pads: list[int] = []
-    for n, target in zip(reversed(array.shape[-len(shape):]), reversed(tuple(shape))):
+    for n, target in zip(reversed(array.shape[-len(shape) :]), reversed(tuple(shape))):
         pads += [0, int(target) - int(n)]
     return F.pad(array, pads, value=value) if any(pads) else array

@@ -30,8 +30,11 @@ def _without_none(values: dict[str, Any], optional: tuple[str, ...]) -> dict[str
 def _known(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
     """The fields of ``cls`` in ``data``; a missing required field is a user-facing error."""
     names = {f.name for f in dataclasses.fields(cls)}
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise SegGradCAMError(f"{what} lacks {', '.join(missing)}: not written by this version of SegGradCAM.")
     return {k: v for k, v in data.items() if k in names}
@@ -67,13 +70,19 @@ class ClassEntry:
     layers: dict[str, HeatmapEntry] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "voxels": self.voxels,
-                "layers": {layer: entry.to_json() for layer, entry in self.layers.items()}}
+        return {
+            "index": self.index,
+            "name": self.name,
+            "voxels": self.voxels,
+            "layers": {layer: entry.to_json() for layer, entry in self.layers.items()},
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ClassEntry":
-        layers = {layer: HeatmapEntry(**_known(HeatmapEntry, entry, "explain.json's heatmap entry"))
-                  for layer, entry in data.get("layers", {}).items()}
+        layers = {
+            layer: HeatmapEntry(**_known(HeatmapEntry, entry, "explain.json's heatmap entry"))
+            for layer, entry in data.get("layers", {}).items()
+        }
         return cls(**{**_known(cls, data, "explain.json's class entry"), "layers": layers})
 
 
@@ -204,8 +213,10 @@ class EvaluationReport(_ReportFile):
 
 def _check_schema(data: dict[str, Any], version: int, name: str) -> None:
     if data.get("schema", version) != version:
-        raise SegGradCAMError(f"{name} has schema {data.get('schema')}; this version of SegGradCAM reads schema "
-                              f"{version}: re-run it with this version.")
+        raise SegGradCAMError(
+            f"{name} has schema {data.get('schema')}; this version of SegGradCAM reads schema "
+            f"{version}: re-run it with this version."
+        )
 
 
 def _read_object(path: Path) -> dict[str, Any]:

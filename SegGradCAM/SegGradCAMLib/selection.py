@@ -51,7 +51,9 @@ def numbers(text: str, option: str) -> list[float]:
     try:
         return [float(part) for part in split_list(text)]
     except ValueError:
-        raise SegGradCAMError(f"{option} takes numbers (comma-separated numbers like 10,30,50); got {text!r}.") from None
+        raise SegGradCAMError(
+            f"{option} takes numbers (comma-separated numbers like 10,30,50); got {text!r}."
+        ) from None
 
 
 def fractions_from_percentages(text: str, option: str) -> tuple[float, ...]:

@@ -79,7 +79,9 @@ def test_outputs_have_the_input_geometry(colin27_run, name):
 def test_colin27_heatmap_energy_is_on_the_brain(colin27_run):
     (brain,) = json.loads((colin27_run / "explain.json").read_text())["classes"]
     info = brain["layers"]["end_conv_2_bn"]
-    print(f"energy inside brain mask {info['energy_inside']:.4f}, within 3 mm {info['energy_inside'] + info['energy_shell']:.4f}")
+    print(
+        f"energy inside brain mask {info['energy_inside']:.4f}, within 3 mm {info['energy_inside'] + info['energy_shell']:.4f}"
+    )
     assert info["energy_inside"] + info["energy_shell"] > 0.9
 
 
@@ -124,7 +126,9 @@ def test_4d_input_says_how_to_pick_a_volume(capsys, tmp_path):
 
 
 def test_2d_input_says_a_volume_is_needed(capsys, tmp_path):
-    path = write(np.random.default_rng(0).random((64, 64)).astype(np.float32), tmp_path / "slice.nrrd", (1.0, 1.0), (0.0, 0.0))
+    path = write(
+        np.random.default_rng(0).random((64, 64)).astype(np.float32), tmp_path / "slice.nrrd", (1.0, 1.0), (0.0, 0.0)
+    )
     assert "2D image" in run_error(capsys, ["explain", path, "--out", str(tmp_path / "o")])
 
 
@@ -166,7 +170,9 @@ def test_unknown_layer_lists_valid_ones(capsys, tmp_path, good_volume):
 
 
 def test_unknown_model(capsys, tmp_path, good_volume):
-    assert "Unknown model" in run_error(capsys, ["explain", good_volume, "--model", "nnunet42", "--out", str(tmp_path / "o")])
+    assert "Unknown model" in run_error(
+        capsys, ["explain", good_volume, "--model", "nnunet42", "--out", str(tmp_path / "o")]
+    )
 
 
 def test_cuda_without_cuda(capsys, tmp_path, good_volume):
@@ -174,7 +180,9 @@ def test_cuda_without_cuda(capsys, tmp_path, good_volume):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the refusal cannot happen here")
-    assert "CUDA is not available" in run_error(capsys, ["explain", good_volume, "--device", "cuda", "--out", str(tmp_path / "o")])
+    assert "CUDA is not available" in run_error(
+        capsys, ["explain", good_volume, "--device", "cuda", "--out", str(tmp_path / "o")]
+    )
 
 
 def test_torchscript_model_needs_trust(capsys, tmp_path, good_volume):
@@ -185,14 +193,17 @@ def test_torchscript_model_needs_trust(capsys, tmp_path, good_volume):
 def test_region_on_another_grid(capsys, tmp_path, good_volume):
     region = write(np.ones((10, 10, 10), dtype=np.uint8), tmp_path / "region.nrrd")
     assert "not on the input's grid" in run_error(
-        capsys, ["explain", good_volume, "--region", region, "--out", str(tmp_path / "o")])
+        capsys, ["explain", good_volume, "--region", region, "--out", str(tmp_path / "o")]
+    )
 
 
 def test_console_script_prints_no_traceback(tmp_path):
     """The installed entry point, in a fresh process."""
     proc = subprocess.run(
         [sys.executable, "-m", "SegGradCAMLib.cli", "explain", str(tmp_path / "missing.nrrd"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("seggradcam: error: Input not found") and "Traceback" not in proc.stderr
@@ -207,8 +218,12 @@ def spec_with_weights(tmp_path, weights: bytes | None = None, payload=None) -> s
         path.write_bytes(weights)
     else:
         torch.save(payload, path)
-    spec = {"architecture": "UNet", "weights": path.name, "labels": ["background", "lesion"],
-            "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]}}
+    spec = {
+        "architecture": "UNet",
+        "weights": path.name,
+        "labels": ["background", "lesion"],
+        "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]},
+    }
     (tmp_path / "model.json").write_text(json.dumps(spec))
     return str(tmp_path / "model.json")
 

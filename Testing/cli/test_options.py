@@ -17,28 +17,59 @@ from SegGradCAMLib.reports import EVALUATION_SCHEMA, EXPLAIN_SCHEMA, EvaluationR
 
 # A value other than the default for every field of ExplainOptions (inputs and cohort apart).
 EXPLAIN_VALUES = {
-    "model": "demo-lesions-unet2d", "layers": ("model.1.submodule.2", "model.2"), "method": "layercam",
-    "classes": ("edema", "3"), "region": Path("region.nrrd"), "device": "cuda:1", "trust_model": True,
-    "overview": False, "heatmap_dtype": "uint8", "amp": True, "threads": 3, "step_size": 0.25,
-    "folds": ("0", "all"), "checkpoint": "checkpoint_best.pth", "mirror": True,
+    "model": "demo-lesions-unet2d",
+    "layers": ("model.1.submodule.2", "model.2"),
+    "method": "layercam",
+    "classes": ("edema", "3"),
+    "region": Path("region.nrrd"),
+    "device": "cuda:1",
+    "trust_model": True,
+    "overview": False,
+    "heatmap_dtype": "uint8",
+    "amp": True,
+    "threads": 3,
+    "step_size": 0.25,
+    "folds": ("0", "all"),
+    "checkpoint": "checkpoint_best.pth",
+    "mirror": True,
 }
 # The explain.json keys of the release before the typed report (explain.json gains only "schema").
-EXPLAIN_JSON_KEYS = ["tool", "model", "method", "method_requested", "method_card", "layers", "normalisation",
-                     "heatmap_dtype", "region", "classes", "inputs", "input_geometry", "device", "amp", "torch",
-                     "threads", "peak_memory_mb", "timings", "segmentation"]
+EXPLAIN_JSON_KEYS = [
+    "tool",
+    "model",
+    "method",
+    "method_requested",
+    "method_card",
+    "layers",
+    "normalisation",
+    "heatmap_dtype",
+    "region",
+    "classes",
+    "inputs",
+    "input_geometry",
+    "device",
+    "amp",
+    "torch",
+    "threads",
+    "peak_memory_mb",
+    "timings",
+    "segmentation",
+]
 
 
 def test_every_explain_option_round_trips_through_the_command_line():
     assert set(EXPLAIN_VALUES) | {"inputs", "cohort", "out", "faithfulness", "engine"} == {
-        f.name for f in dataclasses.fields(ExplainOptions)}, "a new option needs a value in EXPLAIN_VALUES"
+        f.name for f in dataclasses.fields(ExplainOptions)
+    }, "a new option needs a value in EXPLAIN_VALUES"
     options = ExplainOptions(inputs=("t1c.nrrd", "flair nrrd.nrrd"), out=Path("out dir"), **EXPLAIN_VALUES)
     argv = options.to_argv()
     assert ExplainOptions.from_argv(argv) == options
     for field in EXPLAIN_VALUES:  # each non-default option is on the command line
         flag = ExplainOptions.__dataclass_fields__[field].metadata["flag"]
         assert flag in argv, flag
-    cohort = ExplainOptions(cohort="cases.txt", out="o", faithfulness=True,
-                            engine=EngineOptions("ray", "auto", None, 2.0, 0.5, 0))
+    cohort = ExplainOptions(
+        cohort="cases.txt", out="o", faithfulness=True, engine=EngineOptions("ray", "auto", None, 2.0, 0.5, 0)
+    )
     assert ExplainOptions.from_argv(cohort.to_argv()) == cohort
 
 
@@ -52,25 +83,46 @@ def test_defaults_are_left_out_and_values_normalised():
 
 
 def test_evaluate_options_round_trip():
-    options = EvaluateOptions(model="m.json", data="cases.txt", out="e", metrics="deletion,insertion",
-                              methods=("auto", "hirescam"), baselines="none", layers="a,b", classes="2",
-                              max_slices=7, step=0.05, baseline="mean", sigma_mm=12.0, road_percentages="20,40",
-                              seed=3, batch_size=4, device="cpu", threads=1, trust_model=True, write_card=True,
-                              force=True, engine=EngineOptions("ray", workers=2))
+    options = EvaluateOptions(
+        model="m.json",
+        data="cases.txt",
+        out="e",
+        metrics="deletion,insertion",
+        methods=("auto", "hirescam"),
+        baselines="none",
+        layers="a,b",
+        classes="2",
+        max_slices=7,
+        step=0.05,
+        baseline="mean",
+        sigma_mm=12.0,
+        road_percentages="20,40",
+        seed=3,
+        batch_size=4,
+        device="cpu",
+        threads=1,
+        trust_model=True,
+        write_card=True,
+        force=True,
+        engine=EngineOptions("ray", workers=2),
+    )
     assert options.baselines == () and options.road_fractions == (0.2, 0.4)
     assert EvaluateOptions.from_argv(options.to_argv()) == options
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"inputs": ()}, "Give the input volume(s)"),
-    ({"cohort": "l.txt"}, "not both"),
-    ({"method": "cam"}, "Unknown method 'cam'"),
-    ({"heatmap_dtype": "float16"}, "--heatmap-dtype"),
-    ({"device": "gpu"}, "Unknown device 'gpu'"),
-    ({"threads": -1}, "--threads must be 0"),
-    ({"step_size": 0.0}, "--step-size must be in (0, 1]"),
-    ({"faithfulness": True, "region": "r.nrrd"}, "leave out --region"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"inputs": ()}, "Give the input volume(s)"),
+        ({"cohort": "l.txt"}, "not both"),
+        ({"method": "cam"}, "Unknown method 'cam'"),
+        ({"heatmap_dtype": "float16"}, "--heatmap-dtype"),
+        ({"device": "gpu"}, "Unknown device 'gpu'"),
+        ({"threads": -1}, "--threads must be 0"),
+        ({"step_size": 0.0}, "--step-size must be in (0, 1]"),
+        ({"faithfulness": True, "region": "r.nrrd"}, "leave out --region"),
+    ],
+)
 def test_explain_options_refuse_bad_values_when_built(values, message):
     base = {"inputs": ("a.nrrd",), "out": "o"}
     with pytest.raises(SegGradCAMError) as error:
@@ -80,14 +132,17 @@ def test_explain_options_refuse_bad_values_when_built(values, message):
         EngineOptions("ray", workers=2, ray_address="auto")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--data", "demo", "--out", "e", "--metrics", "bogus"], "Unknown metric bogus"),
-    (["--data", "demo", "--out", "e", "--step", "0"], "--step a fraction"),
-    (["--data", "demo", "--out", "e", "--road-percentages", "0,200"], "strictly between 0 and 100"),
-    (["--data", "demo", "--out", "e", "--methods", "none", "--baselines", "none"], "Nothing to evaluate"),
-    (["--data", "demo", "--out", "e", "--engine", "local", "--workers", "2"], "need --engine ray"),
-    (["--data", "demo"], "required: --out"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "demo", "--out", "e", "--metrics", "bogus"], "Unknown metric bogus"),
+        (["--data", "demo", "--out", "e", "--step", "0"], "--step a fraction"),
+        (["--data", "demo", "--out", "e", "--road-percentages", "0,200"], "strictly between 0 and 100"),
+        (["--data", "demo", "--out", "e", "--methods", "none", "--baselines", "none"], "Nothing to evaluate"),
+        (["--data", "demo", "--out", "e", "--engine", "local", "--workers", "2"], "need --engine ray"),
+        (["--data", "demo"], "required: --out"),
+    ],
+)
 def test_evaluate_options_from_argv_give_one_line(argv, message):
     with pytest.raises(SegGradCAMError) as error:
         EvaluateOptions.from_argv(argv)
@@ -97,8 +152,9 @@ def test_evaluate_options_from_argv_give_one_line(argv, message):
 def test_the_command_line_offers_every_declared_option():
     """The explain/evaluate parsers are built from the options' declarations: the help names each flag."""
     for command, options in (("explain", ExplainOptions), ("evaluate", EvaluateOptions)):
-        shown = subprocess.run([sys.executable, "-m", "SegGradCAMLib", command, "--help"], capture_output=True,
-                               text=True, timeout=120).stdout
+        shown = subprocess.run(
+            [sys.executable, "-m", "SegGradCAMLib", command, "--help"], capture_output=True, text=True, timeout=120
+        ).stdout
         for f in [*dataclasses.fields(options), *dataclasses.fields(EngineOptions)]:
             flag = f.metadata.get("flag")
             assert flag is None or flag in shown or (not flag and f.name.upper()[:5] in shown), (command, f.name)
@@ -140,10 +196,20 @@ def test_reports_refuse_files_of_another_schema_or_shape(demo_run, tmp_path):
 
 
 def test_evaluation_report_round_trips(tmp_path):
-    report = EvaluationReport(model={"name": "m"}, data="demo", cases=2, device="cpu", config={"methods": ["gradcam"]},
-                              summary=[], comparisons=[], randomization=[], curves=[],
-                              rows=[{"class": "edema"}, {"class": "rim"}, {"class": "edema"}],
-                              randomization_steps=[], timings={"evaluate_s": 1.0})
+    report = EvaluationReport(
+        model={"name": "m"},
+        data="demo",
+        cases=2,
+        device="cpu",
+        config={"methods": ["gradcam"]},
+        summary=[],
+        comparisons=[],
+        randomization=[],
+        curves=[],
+        rows=[{"class": "edema"}, {"class": "rim"}, {"class": "edema"}],
+        randomization_steps=[],
+        timings={"evaluate_s": 1.0},
+    )
     report.write(tmp_path)
     written = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert written["schema"] == EVALUATION_SCHEMA and "cohort" not in written

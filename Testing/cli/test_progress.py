@@ -22,14 +22,25 @@ STAGES = {"startup", "read", "preprocess", "windows", "slices", "backward", "fai
 
 def seggradcam(*args: str) -> subprocess.CompletedProcess:
     """The real command line in its own process (as the Slicer worker runs it)."""
-    return subprocess.run([sys.executable, "-m", "SegGradCAMLib.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "SegGradCAMLib.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_json_progress_events_of_a_one_batch_one_class_run(small_case, tmp_path):
     out = tmp_path / "out"
-    proc = seggradcam("explain", *small_case, "--model", DEFAULT_MULTICLASS_MODEL, "--classes", "edema",
-                      "--out", str(out), "--progress", "json")
+    proc = seggradcam(
+        "explain",
+        *small_case,
+        "--model",
+        DEFAULT_MULTICLASS_MODEL,
+        "--classes",
+        "edema",
+        "--out",
+        str(out),
+        "--progress",
+        "json",
+    )
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout holds nothing but events
     *progress, final = events
@@ -38,7 +49,9 @@ def test_json_progress_events_of_a_one_batch_one_class_run(small_case, tmp_path)
     assert {e["stage"] for e in progress} <= STAGES
     stages = [e["stage"] for e in progress]
     assert stages[:2] == ["startup", "read"] and stages[-1] == "write"
-    assert stages.index("read") < stages.index("startup", 1) < stages.index("preprocess")  # the model loads after reading
+    assert (
+        stages.index("read") < stages.index("startup", 1) < stages.index("preprocess")
+    )  # the model loads after reading
     assert stages.index("preprocess") < stages.index("slices") < stages.index("backward") < stages.index("write")
     for stage in set(stages):
         steps = [(e["done"], e["total"]) for e in progress if e["stage"] == stage]
@@ -62,9 +75,23 @@ def test_json_progress_of_a_failed_run_ends_with_the_error_event(tmp_path):
 def test_progress_bar_on_a_terminal_and_stage_lines_otherwise(small_case, tmp_path):
     primary, secondary = pty.openpty()
     try:
-        proc = subprocess.run([sys.executable, "-m", "SegGradCAMLib.cli", "explain", *small_case, "--model",
-                               DEFAULT_MULTICLASS_MODEL, "--out", str(tmp_path / "tty"), "--no-overview"],
-                              stdout=subprocess.PIPE, stderr=secondary, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "SegGradCAMLib.cli",
+                "explain",
+                *small_case,
+                "--model",
+                DEFAULT_MULTICLASS_MODEL,
+                "--out",
+                str(tmp_path / "tty"),
+                "--no-overview",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            timeout=300,
+        )
         os.close(secondary)
         secondary = None
         seen = b""
@@ -83,11 +110,20 @@ def test_progress_bar_on_a_terminal_and_stage_lines_otherwise(small_case, tmp_pa
     assert proc.returncode == 0
     terminal = seen.decode(errors="replace")
     assert "explain slices: 100%|" in terminal and "explain backward: 100%|" in terminal and " s left" in terminal
-    piped = seggradcam("explain", *small_case, "--model", DEFAULT_MULTICLASS_MODEL, "--out", str(tmp_path / "pipe"),
-                       "--no-overview")
+    piped = seggradcam(
+        "explain", *small_case, "--model", DEFAULT_MULTICLASS_MODEL, "--out", str(tmp_path / "pipe"), "--no-overview"
+    )
     assert "%|" not in piped.stderr and "explain: slices 1/1 in" in piped.stderr
-    quiet = seggradcam("explain", *small_case, "--model", DEFAULT_MULTICLASS_MODEL, "--out", str(tmp_path / "quiet"),
-                       "--no-overview", "--quiet")
+    quiet = seggradcam(
+        "explain",
+        *small_case,
+        "--model",
+        DEFAULT_MULTICLASS_MODEL,
+        "--out",
+        str(tmp_path / "quiet"),
+        "--no-overview",
+        "--quiet",
+    )
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
@@ -95,14 +131,28 @@ def test_uint8_heatmaps_keep_the_raw_maximum(small_case, tmp_path):
     runs = {}
     for dtype in ("float32", "uint8"):
         out = tmp_path / dtype
-        assert seggradcam("explain", *small_case, "--model", DEFAULT_MULTICLASS_MODEL, "--method", "hirescam",
-                          "--out", str(out), "--heatmap-dtype", dtype, "--quiet").returncode == 0
+        assert (
+            seggradcam(
+                "explain",
+                *small_case,
+                "--model",
+                DEFAULT_MULTICLASS_MODEL,
+                "--method",
+                "hirescam",
+                "--out",
+                str(out),
+                "--heatmap-dtype",
+                dtype,
+                "--quiet",
+            ).returncode
+            == 0
+        )
         runs[dtype] = (out, json.loads((out / "explain.json").read_text()))
     (out8, report8), (out32, report32) = runs["uint8"], runs["float32"]
     assert report8["heatmap_dtype"] == "uint8" and report8["threads"] >= 1
     assert report8["peak_memory_mb"]["resident"] > 100 and report8["model"]["subnormal_weights_zeroed"] >= 0
     for entry8, entry32 in zip(report8["classes"], report32["classes"]):
-        (layer, info8), = entry8["layers"].items()
+        ((layer, info8),) = entry8["layers"].items()
         info32 = entry32["layers"][layer]
         image = sitk.ReadImage(str(out8 / info8["file"]))
         assert image.GetPixelID() == sitk.sitkUInt8
@@ -124,8 +174,14 @@ def test_streamed_heatmaps_are_handed_over_and_not_kept(tmp_path):
     spacing = (demo_data.SPACING_MM,) * 3
     kept = explain_volume(model, case.image, spacing, np.eye(3), method="hirescam")
     handed = []
-    streamed = explain_volume(model, case.image, spacing, np.eye(3), method="hirescam",
-                              on_heatmap=lambda heatmap, labels: handed.append((heatmap, labels.copy())))
+    streamed = explain_volume(
+        model,
+        case.image,
+        spacing,
+        np.eye(3),
+        method="hirescam",
+        on_heatmap=lambda heatmap, labels: handed.append((heatmap, labels.copy())),
+    )
     assert streamed.heatmaps == {} and len(handed) == 3
     for heatmap, labels in handed:
         np.testing.assert_array_equal(labels, kept.labels)
@@ -142,7 +198,9 @@ def test_out_of_gpu_memory_ends_with_one_line_and_exit_2(small_case, tmp_path, m
     from SegGradCAMLib.cli import main
 
     def out_of_memory(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)\nmore")
+        raise torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)\nmore"
+        )
 
     monkeypatch.setattr(SegGradCAMLib.inference, "explain_volume", out_of_memory)
     assert main(["explain", *small_case, "--model", DEFAULT_MULTICLASS_MODEL, "--out", str(tmp_path), "--quiet"]) == 2

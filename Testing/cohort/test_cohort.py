@@ -28,8 +28,20 @@ ray = pytest.importorskip("ray", reason='Ray is in the [test] extra (pip install
 MODEL = ["--model", "demo-lesions-unet2d"]
 CASES = 6
 RAY = ["--engine", "ray", "--workers", "2", "--cpus-per-case", "1"]
-EVALUATE = ["--max-slices", "2", "--step", "0.25", "--metrics", "deletion,insertion", "--baselines", "random",
-            "--methods", "hirescam", "--threads", "1"]
+EVALUATE = [
+    "--max-slices",
+    "2",
+    "--step",
+    "0.25",
+    "--metrics",
+    "deletion,insertion",
+    "--baselines",
+    "random",
+    "--methods",
+    "hirescam",
+    "--threads",
+    "1",
+]
 RAY_MARKS = ("ray::", "raylet", "gcs_server", "/ray/dashboard", "/ray/_private", "ray/core/src")
 
 
@@ -76,8 +88,9 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_cli(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "SegGradCAMLib", *argv], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "SegGradCAMLib", *argv], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def last_run(out: Path) -> dict:
@@ -87,7 +100,10 @@ def last_run(out: Path) -> dict:
 def test_case_ids_come_from_file_then_folder_names(cohort, tmp_path):
     cases = cohort_cases(str(cohort["list"]))
     assert [c.id for c in cases] == [f"case_{i}" for i in range(CASES)]
-    assert cases[2].inputs == (str(cohort["root"] / "case_2" / "t1c.nrrd"), str(cohort["root"] / "case_2" / "flair.nrrd"))
+    assert cases[2].inputs == (
+        str(cohort["root"] / "case_2" / "t1c.nrrd"),
+        str(cohort["root"] / "case_2" / "flair.nrrd"),
+    )
     same = tmp_path / "same.txt"
     same.write_text(f"{cohort['root']}/case_0/t1c.nrrd\n{cohort['root']}/case_0/t1c.nrrd\n")
     assert [c.id for c in cohort_cases(str(same))] == ["case_0_t1c-1", "case_0_t1c-2"]
@@ -95,15 +111,31 @@ def test_case_ids_come_from_file_then_folder_names(cohort, tmp_path):
 
 def test_ray_cohort_equals_the_sequential_run(cohort, tmp_path):
     sequential, parallel = tmp_path / "sequential", tmp_path / "ray"
-    assert run_cli("explain", "--cohort", str(cohort["list"]), *MODEL, "--out", str(sequential), "--no-overview",
-                   "--threads", "1", "--quiet").returncode == 0
-    done = run_cli("explain", "--cohort", str(cohort["list"]), *MODEL, "--out", str(parallel), "--no-overview",
-                   *RAY, "--quiet")
+    assert (
+        run_cli(
+            "explain",
+            "--cohort",
+            str(cohort["list"]),
+            *MODEL,
+            "--out",
+            str(sequential),
+            "--no-overview",
+            "--threads",
+            "1",
+            "--quiet",
+        ).returncode
+        == 0
+    )
+    done = run_cli(
+        "explain", "--cohort", str(cohort["list"]), *MODEL, "--out", str(parallel), "--no-overview", *RAY, "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     for i in range(CASES):
         one, other = sequential / f"case_{i}", parallel / f"case_{i}"
         files = sorted(p.name for p in one.glob("*.nrrd"))
-        assert files == sorted(p.name for p in other.glob("*.nrrd")) and "segmentation.nrrd" in files and len(files) == 4
+        assert (
+            files == sorted(p.name for p in other.glob("*.nrrd")) and "segmentation.nrrd" in files and len(files) == 4
+        )
         for name in files:
             a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name))) for folder in (one, other))
             if name == "segmentation.nrrd":
@@ -117,8 +149,9 @@ def test_ray_cohort_equals_the_sequential_run(cohort, tmp_path):
     metrics = {}
     for name, engine in (("sequential", []), ("ray", RAY)):
         out = tmp_path / f"evaluate_{name}"
-        done = run_cli("evaluate", "--data", str(cohort["list"]), *MODEL, *EVALUATE, "--out", str(out), *engine,
-                       "--quiet")
+        done = run_cli(
+            "evaluate", "--data", str(cohort["list"]), *MODEL, *EVALUATE, "--out", str(out), *engine, "--quiet"
+        )
         assert done.returncode == 0, done.stderr
         metrics[name] = json.loads((out / "metrics.json").read_text())
     assert metrics["ray"]["cases"] == metrics["sequential"]["cases"] == 2 * CASES  # 2 slices per volume
@@ -144,8 +177,22 @@ def _kill_one_running_case(process: subprocess.Popen, timeout: float = 120) -> i
 
 def test_a_killed_worker_is_retried_a_bad_case_is_recorded_and_a_rerun_skips_finished_cases(cohort, tmp_path):
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "SegGradCAMLib", "explain", "--cohort", str(cohort["with_bad"]), *MODEL,
-            "--out", str(out), "--no-overview", "--faithfulness", *RAY, "--progress", "json"]
+    argv = [
+        sys.executable,
+        "-m",
+        "SegGradCAMLib",
+        "explain",
+        "--cohort",
+        str(cohort["with_bad"]),
+        *MODEL,
+        "--out",
+        str(out),
+        "--no-overview",
+        "--faithfulness",
+        *RAY,
+        "--progress",
+        "json",
+    ]
     with open(tmp_path / "events.jsonl", "w") as events, open(tmp_path / "log.txt", "w") as log:
         process = subprocess.Popen(argv, stdout=events, stderr=log)
         try:
@@ -158,7 +205,8 @@ def test_a_killed_worker_is_retried_a_bad_case_is_recorded_and_a_rerun_skips_fin
     for i in range(CASES):  # the killed worker's case was run again: nothing is missing
         report = json.loads((out / f"case_{i}" / "explain.json").read_text())
         assert report["inputs"][0].endswith(f"case_{i}/t1c.nrrd") and all(
-            "faithfulness" in layer for c in report["classes"] for layer in c["layers"].values() if c["voxels"])
+            "faithfulness" in layer for c in report["classes"] for layer in c["layers"].values() if c["voxels"]
+        )
     with open(out / "failures.csv") as f:
         failures = list(csv.DictReader(f))
     assert [row["case"] for row in failures] == ["flat"] and "2D image" in failures[0]["message"]
@@ -179,9 +227,25 @@ def test_a_killed_worker_is_retried_a_bad_case_is_recorded_and_a_rerun_skips_fin
 def test_ctrl_c_cancels_the_cohort_and_leaves_no_ray_process_or_partial_output(cohort, tmp_path):
     out = tmp_path / "out"
     before = set(Path("/tmp").glob("sgc-ray-*"))
-    process = subprocess.Popen([sys.executable, "-m", "SegGradCAMLib", "explain", "--cohort", str(cohort["list"]),
-                                *MODEL, "--out", str(out), "--faithfulness", *RAY, "--quiet"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "SegGradCAMLib",
+            "explain",
+            "--cohort",
+            str(cohort["list"]),
+            *MODEL,
+            "--out",
+            str(out),
+            "--faithfulness",
+            *RAY,
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not any("ray::seggradcam_case" in p for p in ray_processes()) and time.monotonic() < deadline:
@@ -208,11 +272,35 @@ def test_joins_an_existing_cluster_and_leaves_it_running(cohort, tmp_path):
     two = tmp_path / "two.txt"
     two.write_text("\n".join(cohort["list"].read_text().splitlines()[:2]).replace("case_", f"{cohort['root']}/case_"))
     try:
-        subprocess.run([ray_command, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                        f"--temp-dir={temp}"], check=True, capture_output=True,
-                       env=env, timeout=120)
-        done = run_cli("explain", "--cohort", str(two), *MODEL, "--out", str(tmp_path / "out"), "--no-overview",
-                       "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", "--quiet")
+        subprocess.run(
+            [
+                ray_command,
+                "start",
+                "--head",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=false",
+                f"--temp-dir={temp}",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
+        done = run_cli(
+            "explain",
+            "--cohort",
+            str(two),
+            *MODEL,
+            "--out",
+            str(tmp_path / "out"),
+            "--no-overview",
+            "--engine",
+            "ray",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+            "--quiet",
+        )
         assert done.returncode == 0, done.stderr
         assert last_run(tmp_path / "out")["done"] == 2 and "Ray (127.0.0.1:" in done.stdout
         assert any("raylet" in p for p in ray_processes())  # the user's cluster is still up
@@ -223,13 +311,26 @@ def test_joins_an_existing_cluster_and_leaves_it_running(cohort, tmp_path):
 
 def test_local_cohort_records_a_bad_case_resumes_and_refuses_other_options(cohort, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["explain", "--cohort", str(cohort["with_bad"]), *MODEL, "--out", str(out), "--no-overview",
-            "--classes", "edema", "--quiet"]
+    argv = [
+        "explain",
+        "--cohort",
+        str(cohort["with_bad"]),
+        *MODEL,
+        "--out",
+        str(out),
+        "--no-overview",
+        "--classes",
+        "edema",
+        "--quiet",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 of 7 cases failed" in err[0] and "flat" in err[0]
-    assert sorted(p.name for p in out.iterdir()) == [*(f"case_{i}" for i in range(CASES)), "cohort.json",
-                                                     "failures.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        *(f"case_{i}" for i in range(CASES)),
+        "cohort.json",
+        "failures.csv",
+    ]
     shutil.rmtree(out / "case_1")
     (out / ".case_1.partial").mkdir()  # as if the run had been killed inside that case
     assert main(argv) == 2
@@ -252,15 +353,20 @@ def test_local_cohort_records_a_bad_case_resumes_and_refuses_other_options(cohor
         (["explain"], "or --cohort LIST"),
         (["explain", "--cohort", "LIST", "--workers", "2"], "need --engine ray"),
         (["explain", "--cohort", "LIST", "--engine", "ray", "--cpus-per-case", "0"], "--cpus-per-case must be > 0"),
-        (["explain", "--cohort", "LIST", "--engine", "ray", "--gpus-per-case", "1", "--workers", "1"],
-         "has 0; lower --gpus-per-case"),
+        (
+            ["explain", "--cohort", "LIST", "--engine", "ray", "--gpus-per-case", "1", "--workers", "1"],
+            "has 0; lower --gpus-per-case",
+        ),
         (["evaluate", "--data", "demo", "--engine", "ray"], "give a list of volumes for --engine ray"),
         (["explain", "--cohort", "MISSING"], "Data not found"),
     ],
 )
 def test_cohort_options_are_checked_with_one_line(cohort, tmp_path, capsys, argv, message):
-    values = {"INPUT": str(cohort["root"] / "case_0" / "t1c.nrrd"), "LIST": str(cohort["list"]),
-              "MISSING": str(tmp_path / "missing.txt")}
+    values = {
+        "INPUT": str(cohort["root"] / "case_0" / "t1c.nrrd"),
+        "LIST": str(cohort["list"]),
+        "MISSING": str(tmp_path / "missing.txt"),
+    }
     assert main([values.get(a, a) for a in argv] + [*MODEL, "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]

@@ -25,6 +25,7 @@ def captum_maps(network, inputs, layer_name, classes, regions, relu=True):
     layer = dict(network.named_modules())[layer_name]
     maps = []
     for i, c in enumerate(classes):
+
         def f_c(x, c=c, i=i):
             return (network(x)[:, c] * regions[:, i]).flatten(1).sum(1)
 
@@ -76,8 +77,9 @@ def in_place_network(arch: str, dims: int) -> nn.Module:
     from monai.networks import nets
 
     torch.manual_seed(0)
-    return nets.UNet(dims, 1, 3, (8, 16, 32, 64), (2, 2, 2), num_res_units=1,
-                     act=("leakyrelu", {"inplace": True})).eval()
+    return nets.UNet(
+        dims, 1, 3, (8, 16, 32, 64), (2, 2, 2), num_res_units=1, act=("leakyrelu", {"inplace": True})
+    ).eval()
 
 
 @pytest.mark.parametrize("together", [False, True], ids=["alone", "with-another-layer"])
@@ -231,11 +233,25 @@ def test_classes_batched_into_few_backward_passes_give_the_per_class_maps(arch):
     layers = decoder_layers(network)[-2:]
     classes = [0, 1, 2, 3, 4]
     looped_steps = []
-    one = seg_grad_cam(network, inputs, layers, classes, "hirescam", class_batch=1,
-                       on_backward=lambda done, total: looped_steps.append((done, total)))
+    one = seg_grad_cam(
+        network,
+        inputs,
+        layers,
+        classes,
+        "hirescam",
+        class_batch=1,
+        on_backward=lambda done, total: looped_steps.append((done, total)),
+    )
     steps = []
-    batched = seg_grad_cam(network, inputs, layers, classes, "hirescam", class_batch=2,
-                           on_backward=lambda done, total: steps.append((done, total)))
+    batched = seg_grad_cam(
+        network,
+        inputs,
+        layers,
+        classes,
+        "hirescam",
+        class_batch=2,
+        on_backward=lambda done, total: steps.append((done, total)),
+    )
     assert looped_steps == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
     assert steps == [(2, 5), (4, 5), (5, 5)]  # three backward passes for five classes
     for name in layers:

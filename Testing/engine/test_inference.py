@@ -64,8 +64,15 @@ def test_two_dimensional_model_runs_slice_by_slice_with_global_normalisation():
     volume = rng.standard_normal((1, 5, 32, 32)).astype(np.float32)
     volume[:, 3] *= 5  # a slice on another scale must stay on another scale
     progress = []
-    result = explain_volume(model, volume, (1, 1, 1), layers="auto", classes=[1, 2], batch_size=2,
-                            progress=lambda stage, done, total: progress.append((done, total)) if stage == "slices" else None)
+    result = explain_volume(
+        model,
+        volume,
+        (1, 1, 1),
+        layers="auto",
+        classes=[1, 2],
+        batch_size=2,
+        progress=lambda stage, done, total: progress.append((done, total)) if stage == "slices" else None,
+    )
     assert progress[-1] == (3, 3) and [d for d, _ in progress] == sorted(d for d, _ in progress)
     direct = seg_grad_cam(network, torch.from_numpy(volume[0][:, None]), "model.1.submodule.2", [1, 2], upsample=True)
     direct = direct["model.1.submodule.2"].numpy()  # (classes, Z, Y, X)
@@ -78,7 +85,9 @@ def test_two_dimensional_model_runs_slice_by_slice_with_global_normalisation():
 
 def test_slice_axis_is_respected():
     network = small_monai_network("BasicUNet", 2)
-    spec = ModelSpec(name="b", labels=["a", "b", "c"], spatial_dims=2, normalization="none", divisible_by=16, slice_axis=2)
+    spec = ModelSpec(
+        name="b", labels=["a", "b", "c"], spatial_dims=2, normalization="none", divisible_by=16, slice_axis=2
+    )
     model = LoadedModel(network, spec, ["upcat_1"])
     volume = np.random.default_rng(2).standard_normal((1, 16, 32, 3)).astype(np.float32)
     result = explain_volume(model, volume, (1, 1, 1), classes=[1])
@@ -97,8 +106,9 @@ def test_sliding_window_stitching_matches_monai_logits():
     volume = np.random.default_rng(3).standard_normal((1, 24, 32, 40)).astype(np.float32)
     result = explain_volume(model, volume, (1, 1, 1), classes=[1, 2])
     with torch.no_grad():
-        logits = sliding_window_inference(torch.from_numpy(volume)[None], (16, 16, 16), 4, network,
-                                          overlap=0.5, mode="gaussian")
+        logits = sliding_window_inference(
+            torch.from_numpy(volume)[None], (16, 16, 16), 4, network, overlap=0.5, mode="gaussian"
+        )
     assert np.mean(result.labels == logits.argmax(1)[0].numpy()) > 0.999
     heat = result.heatmaps["model.1.submodule.2"]
     assert heat.shape == (2, 24, 32, 40) and np.isclose(heat.max(axis=(1, 2, 3)), 1.0).all()
@@ -138,8 +148,15 @@ def _hand_sliding_window(network, volume, roi, starts, pad, layers, classes, reg
     maps = {name: torch.zeros((len(classes), *size)) for name in layers}
     logits = None
     for window in windows:
-        cams = seg_grad_cam(network, x[(slice(None), slice(None), *window)], layers, classes,
-                            regions=regions[(slice(None), *window)][None], relu=True, upsample=True)
+        cams = seg_grad_cam(
+            network,
+            x[(slice(None), slice(None), *window)],
+            layers,
+            classes,
+            regions=regions[(slice(None), *window)][None],
+            relu=True,
+            upsample=True,
+        )
         for name in layers:
             maps[name][(slice(None), *window)] += cams[name][:, 0] * weight
         logits = torch.zeros((cams.logits.shape[1], *size)) if logits is None else logits
@@ -178,8 +195,16 @@ def test_sliding_window_cams_use_the_stitched_segmentation_as_target(shape, star
         regions[0, 2:12, 5:30, 10:35] = True
         regions[1, 10:, 30:, :20] = True
     progress = []
-    result = explain_volume(model, volume, (1, 1, 1), layers=layers, classes=classes, regions=regions,
-                            normalize=False, progress=lambda stage, done, total: progress.append((done, total)) if stage == "windows" else None)
+    result = explain_volume(
+        model,
+        volume,
+        (1, 1, 1),
+        layers=layers,
+        classes=classes,
+        regions=regions,
+        normalize=False,
+        progress=lambda stage, done, total: progress.append((done, total)) if stage == "windows" else None,
+    )
 
     labels, maps = _hand_sliding_window(network, volume[0:1], roi, starts, pad, layers, classes, regions)
     assert result.labels.shape == shape and np.array_equal(result.labels, labels)
@@ -205,8 +230,14 @@ def test_sliding_window_can_be_cancelled_between_windows():
     volume = np.random.default_rng(5).standard_normal((1, 48, 48, 48)).astype(np.float32)
     steps = []
     with pytest.raises(CancelledError):
-        explain_volume(model, volume, (1, 1, 1), classes=[1], progress=lambda stage, d, t: steps.append(d) if stage == "windows" else None,
-                       cancel=lambda: len(steps) >= 10)  # during the second pass (8 windows each)
+        explain_volume(
+            model,
+            volume,
+            (1, 1, 1),
+            classes=[1],
+            progress=lambda stage, d, t: steps.append(d) if stage == "windows" else None,
+            cancel=lambda: len(steps) >= 10,
+        )  # during the second pass (8 windows each)
     assert steps == list(range(10))
 
 
@@ -217,7 +248,9 @@ def test_user_region_changes_the_explanation():
     region[0, :10] = False  # "why this half of the blob?"
     model = threshold_model()
     default = explain_volume(model, image, (1, 1, 1), classes=[1], normalize=False).heatmaps["features"]
-    regional = explain_volume(model, image, (1, 1, 1), classes=[1], regions=region, normalize=False).heatmaps["features"]
+    regional = explain_volume(model, image, (1, 1, 1), classes=[1], regions=region, normalize=False).heatmaps[
+        "features"
+    ]
     # Grad-CAM weight = mean gradient = |region| / N: the map scales with the region's size.
     assert regional.max() / default.max() == pytest.approx(region.sum() / mask.sum(), rel=1e-5)
 

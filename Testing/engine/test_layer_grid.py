@@ -39,8 +39,11 @@ def test_trace_follows_strided_convolutions_poolings_and_transposed_convolutions
     assert _traced(pool, (16, 16, 16))[(4, 4, 4)] == Grid((4.0,) * 3, (1.5,) * 3)  # = align_corners=False
     valid = nn.Conv2d(1, 1, 3)  # no padding: voxel 0 on input voxel 1
     assert _traced(valid, (10, 10))[(8, 8)] == Grid((1.0, 1.0), (1.0, 1.0))
-    up = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2, padding=1), nn.Conv2d(1, 1, 3, stride=2, padding=1),
-                       nn.ConvTranspose2d(1, 1, 2, stride=2))
+    up = nn.Sequential(
+        nn.Conv2d(1, 1, 3, stride=2, padding=1),
+        nn.Conv2d(1, 1, 3, stride=2, padding=1),
+        nn.ConvTranspose2d(1, 1, 2, stride=2),
+    )
     assert _traced(up, (32, 32))[(16, 16)] == Grid((2.0, 2.0), (0.0, 0.0))  # the encoder's, not the decoder's
     lone = nn.ConvTranspose2d(1, 1, 2, stride=2)  # input voxel i spreads onto 2i, 2i + 1
     assert _traced(lone, (4, 4))[(8, 8)] == Grid((0.5, 0.5), (-0.25, -0.25))

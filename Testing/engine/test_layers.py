@@ -16,8 +16,11 @@ def output_sizes(network, names, inputs):
     sizes, handles = {}, []
     modules = dict(network.named_modules())
     for name in names:
-        handles.append(modules[name].register_forward_hook(
-            lambda m, a, out, name=name: sizes.__setitem__(name, out.shape[2:].numel())))
+        handles.append(
+            modules[name].register_forward_hook(
+                lambda m, a, out, name=name: sizes.__setitem__(name, out.shape[2:].numel())
+            )
+        )
     with torch.no_grad():
         network(inputs)
     for handle in handles:

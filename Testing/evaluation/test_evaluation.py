@@ -24,8 +24,14 @@ from SegGradCAMLib.evaluation.report import verdict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-UNET_ARGS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16], "strides": [2, 2],
-             "num_res_units": 1}
+UNET_ARGS = {
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": 3,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,14 @@ def dataset(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluate")
     torch.manual_seed(0)
     torch.save(nets.UNet(**UNET_ARGS).eval().state_dict(), root / "model.pt")
-    spec = {"architecture": "UNet", "args": UNET_ARGS, "weights": "model.pt", "labels": ["background", "a", "b"],
-            "spatial_dims": 2, "normalization": "zscore"}
+    spec = {
+        "architecture": "UNet",
+        "args": UNET_ARGS,
+        "weights": "model.pt",
+        "labels": ["background", "a", "b"],
+        "spatial_dims": 2,
+        "normalization": "zscore",
+    }
     (root / "model.json").write_text(json.dumps(spec))
     (root / "data").mkdir()
     rng = np.random.default_rng(0)
@@ -65,8 +77,11 @@ def test_bootstrap_interval_brackets_the_mean():
 
 def test_paired_comparison_against_baselines():
     explanations = (("gradcam", "up", 0.2), ("random", NO_LAYER, 0.5), ("mask", NO_LAYER, 0.4))
-    rows = [{"case": str(i), "class": "a", "method": m, "layer": layer, "deletion_auc": v + i}
-            for i in range(5) for m, layer, v in explanations]
+    rows = [
+        {"case": str(i), "class": "a", "method": m, "layer": layer, "deletion_auc": v + i}
+        for i in range(5)
+        for m, layer, v in explanations
+    ]
     out = {(c["method"], c["versus"]): c for c in compare(rows, columns=("deletion_auc",), resamples=200)}
     assert out[("gradcam", "random")]["deletion_auc"]["mean"] == pytest.approx(-0.3)
     assert out[("gradcam", "random")]["deletion_auc"]["n"] == 5
@@ -82,8 +97,9 @@ def test_three_dimensional_model_gives_one_padded_case_per_volume():
     image = blob((10, 12, 9), (5, 6, 4), 3)[None]
     (case,) = cases_from_volume(model, image, (2.0, 1.0, 1.0), None, "blob", [1])
     assert tuple(case.image.shape) == (1, 16, 16, 16) and case.spacing == (2.0, 1.0, 1.0)
-    config = EvalConfig(metrics=("deletion", "insertion"), methods=("gradcam",), baselines=("random",),
-                        step=0.25, bootstrap=100)
+    config = EvalConfig(
+        metrics=("deletion", "insertion"), methods=("gradcam",), baselines=("random",), step=0.25, bootstrap=100
+    )
     result = evaluate(model, [case], config)
     assert [(r["method"], r["layer"]) for r in result.rows] == [("gradcam", "features"), ("random", NO_LAYER)]
     explained = (("gradcam", "features"), ("random", NO_LAYER))
@@ -98,9 +114,13 @@ def test_two_dimensional_cases_are_slices_with_a_prediction(dataset):
 
     model = load_model(str(dataset["model"]))
     path = str(dataset["data"] / "case1.nrrd")
-    cases = VolumePipeline(model).evaluation_cases([path], "case1", [1, 2], max_slices=3, seed=0, batch_size=32, device="cpu")
+    cases = VolumePipeline(model).evaluation_cases(
+        [path], "case1", [1, 2], max_slices=3, seed=0, batch_size=32, device="cpu"
+    )
     assert len(cases) == 3 and all(tuple(c.image.shape) == (1, 24, 24) and c.spacing == (1.0, 1.0) for c in cases)
-    assert [c.name for c in VolumePipeline(model).evaluation_cases([path], "case1", [1, 2], 100, 0, 32, "cpu")] == [f"case1[{z}]" for z in range(4)]
+    assert [c.name for c in VolumePipeline(model).evaluation_cases([path], "case1", [1, 2], 100, 0, 32, "cpu")] == [
+        f"case1[{z}]" for z in range(4)
+    ]
     # a list file, a folder, one volume, or a comma list of channel files: one case per volume
     assert [(c.id, c.inputs) for c in cohort_cases(str(dataset["list"]))] == [("case1", (path,))]
     assert [c.id for c in cohort_cases(str(dataset["data"]))] == ["case0", "case1"]
@@ -109,8 +129,25 @@ def test_two_dimensional_cases_are_slices_with_a_prediction(dataset):
 
 def test_evaluate_command_writes_metrics_plots_and_report(dataset, tmp_path):
     out = tmp_path / "out"
-    code = main(["evaluate", "--model", str(dataset["model"]), "--data", str(dataset["data"]), "--out", str(out),
-                 "--max-slices", "2", "--step", "0.25", "--road-percentages", "20,60", "--device", "cpu"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(dataset["model"]),
+            "--data",
+            str(dataset["data"]),
+            "--out",
+            str(out),
+            "--max-slices",
+            "2",
+            "--step",
+            "0.25",
+            "--road-percentages",
+            "20,60",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     with open(out / "metrics.csv", encoding="utf-8") as f:
@@ -131,7 +168,7 @@ def test_evaluate_command_writes_metrics_plots_and_report(dataset, tmp_path):
     assert (out / "randomization.png").is_file() and list(out.glob("curves_*.png"))
     assert list((out / "gallery").glob("*.png"))
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") >= 3 and "src=\"http" not in page and "Deletion AUC" in page
+    assert page.count("data:image/png;base64,") >= 3 and 'src="http' not in page and "Deletion AUC" in page
 
 
 @pytest.mark.parametrize(
@@ -162,15 +199,48 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="Debian package chromium is needed (scripts/setup.sh installs it)")
 def test_report_opens_in_chromium_and_shows_its_plots(dataset, tmp_path):
     out = tmp_path / "out"
-    assert main(["evaluate", "--model", str(dataset["model"]), "--data", str(dataset["data"]), "--out", str(out),
-                 "--max-slices", "2", "--step", "0.25", "--metrics", "deletion,insertion",
-                 "--baselines", "random"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(dataset["model"]),
+                "--data",
+                str(dataset["data"]),
+                "--out",
+                str(out),
+                "--max-slices",
+                "2",
+                "--step",
+                "0.25",
+                "--metrics",
+                "deletion,insertion",
+                "--baselines",
+                "random",
+            ]
+        )
+        == 0
+    )
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--hide-scrollbars", "--window-size=1200,1400", f"--screenshot={shot}", (out / "report.html").as_uri()],
-        check=True, capture_output=True, timeout=120,
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--hide-scrollbars",
+            "--window-size=1200,1400",
+            f"--screenshot={shot}",
+            (out / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     import matplotlib.image
 
@@ -183,9 +253,24 @@ def test_report_opens_in_chromium_and_shows_its_plots(dataset, tmp_path):
 def test_write_card_records_the_lowest_deletion_auc_and_keeps_an_earlier_choice(dataset, tmp_path, capsys):
     from SegGradCAMLib.models.cards import SIDECAR_CARD, resolve_method
 
-    base = ["evaluate", "--model", str(dataset["model"]), "--data", str(dataset["data"] / "case0.nrrd"),
-            "--metrics", "deletion,insertion", "--methods", "gradcam,hirescam", "--baselines", "none",
-            "--step", "0.25", "--device", "cpu", "--quiet"]
+    base = [
+        "evaluate",
+        "--model",
+        str(dataset["model"]),
+        "--data",
+        str(dataset["data"] / "case0.nrrd"),
+        "--metrics",
+        "deletion,insertion",
+        "--methods",
+        "gradcam,hirescam",
+        "--baselines",
+        "none",
+        "--step",
+        "0.25",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     card = dataset["root"] / SIDECAR_CARD
     card.unlink(missing_ok=True)
     assert main([*base, "--out", str(tmp_path / "a"), "--write-card"]) == 0

@@ -27,8 +27,22 @@ def held_out():
 def test_explain_scores_every_class_and_hirescam_beats_random(held_out, tmp_path, capsys):
     paths = demo_data.write_case(held_out, tmp_path / "case")
     out = tmp_path / "out"
-    assert main(["explain", *(str(paths[c]) for c in demo_data.CHANNELS), "--model", DEFAULT_MULTICLASS_MODEL,
-                 "--faithfulness", "--out", str(out), "--progress", "auto"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                *(str(paths[c]) for c in demo_data.CHANNELS),
+                "--model",
+                DEFAULT_MULTICLASS_MODEL,
+                "--faithfulness",
+                "--out",
+                str(out),
+                "--progress",
+                "auto",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "explain.json").read_text())
     assert report["method"] == "hirescam"
     for entry in report["classes"]:
@@ -39,8 +53,10 @@ def test_explain_scores_every_class_and_hirescam_beats_random(held_out, tmp_path
         assert "this volume only" in score["basis"] and "5 random orderings" in score["basis"]
     assert "faithfulness: better than random" in capsys.readouterr().out
     timings = report["timings"]
-    print(f"faithfulness {timings['faithfulness_s']:.1f} s = {timings['faithfulness_s'] / timings['explain_s']:.1f} x "
-          f"the explain time ({timings['explain_s']:.1f} s)")
+    print(
+        f"faithfulness {timings['faithfulness_s']:.1f} s = {timings['faithfulness_s'] / timings['explain_s']:.1f} x "
+        f"the explain time ({timings['explain_s']:.1f} s)"
+    )
 
 
 def test_a_reversed_ranking_is_not_better_than_random(held_out):
@@ -54,9 +70,19 @@ def test_a_reversed_ranking_is_not_better_than_random(held_out):
     reversed_ranking = heat.max() - heat  # least relevant first; the ReLU's zeros tie, broken at random
     replacement = make_baseline(case.image, case.spacing)
     calls = []
-    by_map, randoms, mask_curves = score_class(model.network, case.image, replacement, mask, 1,
-                                               {"hirescam": heat, "reversed": reversed_ranking}, "softmax", "cpu",
-                                               0.05, seed=0, scored=calls.append)
+    by_map, randoms, mask_curves = score_class(
+        model.network,
+        case.image,
+        replacement,
+        mask,
+        1,
+        {"hirescam": heat, "reversed": reversed_ranking},
+        "softmax",
+        "cpu",
+        0.05,
+        seed=0,
+        scored=calls.append,
+    )
     assert sum(calls) == calls_per_case(2, 0.05) == 2 + (2 + RANDOM_ORDERINGS + 1) * 2 * 19  # progress counts them
     summary = summarise(by_map, randoms, mask_curves, 0.05, 1, "blur")
     assert summary["hirescam"]["verdict"].startswith("better than random")

@@ -45,8 +45,11 @@ def test_cam_ranking_points_at_the_lesions() -> None:
 
 def test_summary_compares_gradcam_with_random() -> None:
     dice = {"edema": 0.5, "lesion_union": 0.6}
-    runs = [{"explainer": e, "mode": "roar", "fraction": 0.5, "seed": s, "dice": {k: v - d for k, v in dice.items()}}
-            for e, d in (("gradcam", 0.4), ("random", 0.1)) for s in (0, 1)]
+    runs = [
+        {"explainer": e, "mode": "roar", "fraction": 0.5, "seed": s, "dice": {k: v - d for k, v in dice.items()}}
+        for e, d in (("gradcam", 0.4), ("random", 0.1))
+        for s in (0, 1)
+    ]
     summary = mean_dice_over_seeds({"baseline": [{"seed": 0, "dice": dice}], "runs": runs})
     assert summary["roar"]["gradcam"]["0.5"]["lesion_union"] == pytest.approx(0.2)
     assert summary["gradcam_minus_random_lesion_union"]["roar"]["0.5"] == pytest.approx(-0.3)
@@ -55,8 +58,21 @@ def test_summary_compares_gradcam_with_random() -> None:
 def test_roar_command_reduced(tmp_path) -> None:
     """The CI version: one fraction, one epoch, a few slices; ROAR and KAR, Grad-CAM and random."""
     threads = torch.get_num_threads()
-    code = main(["roar", "--out", str(tmp_path), "--fractions", "50", "--epochs", "1",
-                 "--train-slices", "48", "--test-slices", "16"])
+    code = main(
+        [
+            "roar",
+            "--out",
+            str(tmp_path),
+            "--fractions",
+            "50",
+            "--epochs",
+            "1",
+            "--train-slices",
+            "48",
+            "--test-slices",
+            "16",
+        ]
+    )
     torch.set_num_threads(threads)
     assert code == 0
     report = json.loads((tmp_path / "roar.json").read_text())

@@ -105,13 +105,29 @@ def test_explain_gives_each_class_its_own_heatmap(tmp_path, held_out_case) -> No
 
     case, paths = held_out_case
     out = tmp_path / "explain"
-    assert main(["explain", str(paths["t1c"]), str(paths["flair"]), "--model", DEFAULT_MULTICLASS_MODEL,
-                 "--method", "hirescam", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(paths["t1c"]),
+                str(paths["flair"]),
+                "--model",
+                DEFAULT_MULTICLASS_MODEL,
+                "--method",
+                "hirescam",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "explain.json").read_text())
     assert [c["name"] for c in report["classes"]] == list(demo_data.LABELS[1:])
     segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nrrd")))
     assert dice_scores(segmentation, case.labels)["lesion_union"] > 0.8
-    maps = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"heatmap_{name}.nrrd"))) for name in demo_data.LABELS[1:]}
+    maps = {
+        name: sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"heatmap_{name}.nrrd"))) for name in demo_data.LABELS[1:]
+    }
     for a, b in itertools.combinations(maps.values(), 2):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] < 0.5
     regions = {name: case.labels == c for c, name in enumerate(demo_data.LABELS) if c > 0}
@@ -134,13 +150,19 @@ def test_bfloat16_autocast_on_the_cpu_stays_close_to_float32(held_out_case, meth
     case, _ = held_out_case
     model = load_model(DEFAULT_MULTICLASS_MODEL)
     spacing = (demo_data.SPACING_MM,) * 3  # identity direction (write_case)
-    full, half = (explain_volume(model, case.image, spacing, np.eye(3), method=method, amp=amp) for amp in (False, True))
+    full, half = (
+        explain_volume(model, case.image, spacing, np.eye(3), method=method, amp=amp) for amp in (False, True)
+    )
     agree = float((full.labels == half.labels).mean())
     assert agree >= 0.999
     for layer, maps in full.heatmaps.items():
         for i, heat in enumerate(maps):
             difference = np.abs(heat - half.heatmaps[layer][i])
-            print(f"{method} class {i}: labels equal {agree:.5f}, map difference 99th percentile "
-                  f"{np.percentile(difference, 99):.4f}, max {difference.max():.3f}")
+            print(
+                f"{method} class {i}: labels equal {agree:.5f}, map difference 99th percentile "
+                f"{np.percentile(difference, 99):.4f}, max {difference.max():.3f}"
+            )
             assert np.percentile(difference, 99) <= 1e-2
-            assert half.raw_max[layer][i] == pytest.approx(full.raw_max[layer][i], rel=0.1, abs=1e-6)  # single-voxel maxima: within 10 %
+            assert half.raw_max[layer][i] == pytest.approx(
+                full.raw_max[layer][i], rel=0.1, abs=1e-6
+            )  # single-voxel maxima: within 10 %

@@ -365,7 +365,12 @@ def test_bundle_intensity_window_runs_inside_the_network(tmp_path: Path) -> None
     transforms = {"pre": [spacing, window, "$monai.transforms.EnsureTyped(keys='image')"]}
     preprocessing = {"transforms": "@transforms#pre"}
     folder = _bundle(
-        tmp_path / "ct", original, _basic_unet_def(), yaml_config=True, preprocessing=preprocessing, transforms=transforms
+        tmp_path / "ct",
+        original,
+        _basic_unet_def(),
+        yaml_config=True,
+        preprocessing=preprocessing,
+        transforms=transforms,
     )
     loaded = load_model_path(folder, trust=False)
     spec = loaded.spec

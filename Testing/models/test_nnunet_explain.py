@@ -28,7 +28,9 @@ DATASET = json.loads((SHIPPED / "dataset.json").read_text())
 
 @pytest.fixture(scope="module")
 def nnunet_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("results") / "Dataset901_DemoLesions" / "nnUNetTrainer_5epochs__nnUNetPlans__3d_fullres"
+    folder = (
+        tmp_path_factory.mktemp("results") / "Dataset901_DemoLesions" / "nnUNetTrainer_5epochs__nnUNetPlans__3d_fullres"
+    )
     trained_like_nnunet(folder, plans=PLANS, dataset=DATASET)
     return folder
 
@@ -39,7 +41,9 @@ def oblique_case(tmp_path_factory) -> tuple[list[str], str]:
     case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
     region = np.zeros(case.labels.shape, dtype=np.uint8)
     region[30:40, 40:60, 40:60] = 1
-    paths = write_oblique(tmp_path_factory.mktemp("oblique"), [*zip(demo_data.CHANNELS, case.image), ("region", region)])
+    paths = write_oblique(
+        tmp_path_factory.mktemp("oblique"), [*zip(demo_data.CHANNELS, case.image), ("region", region)]
+    )
     return paths[:2], paths[2]
 
 
@@ -60,8 +64,26 @@ def write_oblique(folder: Path, arrays) -> list[str]:
 def test_cli_explains_an_nnunet_folder_on_the_inputs_geometry(nnunet_folder, oblique_case, tmp_path):
     inputs, region = oblique_case
     out = tmp_path / "out"
-    assert main(["explain", *inputs, "--model", str(nnunet_folder), "--region", region, "--method", "hirescam",
-                 "--layers", "decoder.stages.2,decoder.stages.3", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                *inputs,
+                "--model",
+                str(nnunet_folder),
+                "--region",
+                region,
+                "--method",
+                "hirescam",
+                "--layers",
+                "decoder.stages.2,decoder.stages.3",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "explain.json").read_text())
     assert report["layers"] == ["decoder.stages.2", "decoder.stages.3"]
     assert [c["name"] for c in report["classes"]] == ["edema", "enhancing_rim", "necrotic_core"]
@@ -83,8 +105,14 @@ def test_one_window_maps_equal_captum_on_nnunets_network():
 
     architecture = PLANS["configurations"]["3d_fullres"]["architecture"]
     torch.manual_seed(0)
-    network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                     architecture["_kw_requires_import"], 2, 4, deep_supervision=False).eval()
+    network = get_network_from_plans(
+        architecture["network_class_name"],
+        architecture["arch_kwargs"],
+        architecture["_kw_requires_import"],
+        2,
+        4,
+        deep_supervision=False,
+    ).eval()
     x = torch.randn(1, 2, 32, 32, 32, generator=torch.Generator().manual_seed(2))
     regions = torch.zeros(1, 4, 32, 32, 32, dtype=torch.bool)
     regions[..., 8:20, 10:24, 6:18] = True
@@ -92,6 +120,7 @@ def test_one_window_maps_equal_captum_on_nnunets_network():
     ours = seg_grad_cam(network, x, layer, [0, 1, 2, 3], regions=regions)[layer]
     module = dict(network.named_modules())[layer]
     for c in range(4):
+
         def score(inputs, c=c):
             return (network(inputs)[:, c] * regions[:, c]).flatten(1).sum(1)
 
@@ -100,11 +129,14 @@ def test_one_window_maps_equal_captum_on_nnunets_network():
         assert float((ours[c] - theirs).abs().max() / theirs.abs().max()) <= 1e-5
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("no plans", "plans.json is missing"),
-    ("channels", "takes 2 input volume"),
-    ("file@n", "own file"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("no plans", "plans.json is missing"),
+        ("channels", "takes 2 input volume"),
+        ("file@n", "own file"),
+    ],
+)
 def test_bad_inputs_give_one_line_and_write_nothing(nnunet_folder, oblique_case, tmp_path, capsys, problem, message):
     inputs, _ = oblique_case
     model = str(nnunet_folder)
@@ -192,7 +224,7 @@ def test_no_seams_where_windows_meet(nnunet_folder, tmp_path):
     assert all(len(axis) >= 2 for axis in starts), starts
     layer = "decoder.stages.3"
     heat = explain_nnunet(model, paths, layers=layer, classes=[1], region=region, normalize=False).heatmaps[layer][0]
-    gradient = np.sqrt(sum(g ** 2 for g in np.gradient(heat)))
+    gradient = np.sqrt(sum(g**2 for g in np.gradient(heat)))
     offset = [bounds[0] for bounds in properties["bbox_used_for_cropping"]]
     patch = model.nnunet.configuration_manager.patch_size
     border = np.zeros(heat.shape, dtype=bool)

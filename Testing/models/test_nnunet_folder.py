@@ -22,20 +22,36 @@ from SegGradCAMLib.models.registry import declared_facts
 ARCHITECTURE = {
     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
     "arch_kwargs": {
-        "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-        "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "n_stages": 3,
+        "features_per_stage": [4, 8, 16],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * 3,
+        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        "n_conv_per_stage": [1, 1, 1],
+        "n_conv_per_stage_decoder": [1, 1],
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
         "nonlin_kwargs": {"inplace": True},
     },
     "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
 }
-PLANS = {"dataset_name": "Dataset900_Toy", "plans_name": "nnUNetPlans",
-         "configurations": {"3d_fullres": {"patch_size": [32, 32, 32], "spacing": [2.0, 2.0, 2.0],
-                                           "architecture": ARCHITECTURE}}}
-DATASET = {"channel_names": {"0": "t1c", "1": "flair"}, "file_ending": ".nii.gz", "numTraining": 1,
-           "labels": {"background": 0, "edema": 1, "enhancing_rim": 2, "necrotic_core": 3}}
+PLANS = {
+    "dataset_name": "Dataset900_Toy",
+    "plans_name": "nnUNetPlans",
+    "configurations": {
+        "3d_fullres": {"patch_size": [32, 32, 32], "spacing": [2.0, 2.0, 2.0], "architecture": ARCHITECTURE}
+    },
+}
+DATASET = {
+    "channel_names": {"0": "t1c", "1": "flair"},
+    "file_ending": ".nii.gz",
+    "numTraining": 1,
+    "labels": {"background": 0, "edema": 1, "enhancing_rim": 2, "necrotic_core": 3},
+}
 
 
 class Payload:
@@ -56,24 +72,51 @@ def trained_like_nnunet(folder: Path, plans=PLANS, extra_logging=None, dataset=D
 
     architecture = plans["configurations"]["3d_fullres"]["architecture"]
     torch.manual_seed(0)
-    network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                     architecture["_kw_requires_import"], 2, 4, deep_supervision=True)
+    network = get_network_from_plans(
+        architecture["network_class_name"],
+        architecture["arch_kwargs"],
+        architecture["_kw_requires_import"],
+        2,
+        4,
+        deep_supervision=True,
+    )
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     network(torch.randn(1, 2, 32, 32, 32))[0].mean().backward()
     optimizer.step()
     (folder / "fold_0").mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset))
-    logging = {"mean_fg_dice": [np.float64(0.5)], "ema_fg_dice": [np.float64(0.45)],
-               "dice_per_class_or_region": [[np.float32(0.4), np.float32(0.5), np.float32(0.6)]],
-               "train_losses": [np.float64(-0.2)], "val_losses": [np.float32(-0.1)], "lrs": [0.01],
-               "epoch_start_timestamps": [1.0], "epoch_end_timestamps": [2.0], **(extra_logging or {})}
-    torch.save({"network_weights": network.state_dict(), "optimizer_state": optimizer.state_dict(),
-                "grad_scaler_state": None, "logging": logging, "_best_ema": np.float64(0.45), "current_epoch": 1,
-                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset,
-                              "device": torch.device("cpu")},
-                "trainer_name": "nnUNetTrainer_5epochs", "inference_allowed_mirroring_axes": (0, 1, 2)},
-               folder / "fold_0" / "checkpoint_final.pth")
+    logging = {
+        "mean_fg_dice": [np.float64(0.5)],
+        "ema_fg_dice": [np.float64(0.45)],
+        "dice_per_class_or_region": [[np.float32(0.4), np.float32(0.5), np.float32(0.6)]],
+        "train_losses": [np.float64(-0.2)],
+        "val_losses": [np.float32(-0.1)],
+        "lrs": [0.01],
+        "epoch_start_timestamps": [1.0],
+        "epoch_end_timestamps": [2.0],
+        **(extra_logging or {}),
+    }
+    torch.save(
+        {
+            "network_weights": network.state_dict(),
+            "optimizer_state": optimizer.state_dict(),
+            "grad_scaler_state": None,
+            "logging": logging,
+            "_best_ema": np.float64(0.45),
+            "current_epoch": 1,
+            "init_args": {
+                "plans": plans,
+                "configuration": "3d_fullres",
+                "fold": 0,
+                "dataset_json": dataset,
+                "device": torch.device("cpu"),
+            },
+            "trainer_name": "nnUNetTrainer_5epochs",
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+        },
+        folder / "fold_0" / "checkpoint_final.pth",
+    )
     return network.eval()
 
 
@@ -124,11 +167,14 @@ def test_a_code_carrying_checkpoint_is_refused_and_never_run(folder, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"nonlin": "os.system"}, r"allow-list \(os.system\)"),
-    ({"network_class_name": "dynamic_network_architectures.architectures.primus.Primus"}, "Primus/EVA"),
-    ({"network_class_name": "some_package.EvilUNet"}, r"allow-list \(some_package.EvilUNet\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"nonlin": "os.system"}, r"allow-list \(os.system\)"),
+        ({"network_class_name": "dynamic_network_architectures.architectures.primus.Primus"}, "Primus/EVA"),
+        ({"network_class_name": "some_package.EvilUNet"}, r"allow-list \(some_package.EvilUNet\)"),
+    ],
+)
 def test_plans_naming_other_classes_are_refused(folder, change, message):
     trained_like_nnunet(folder)
     plans = copy.deepcopy(PLANS)
@@ -142,7 +188,9 @@ def test_plans_naming_other_classes_are_refused(folder, change, message):
 
 def test_missing_parts_are_named(folder):
     trained_like_nnunet(folder)
-    with pytest.raises(SegGradCAMError, match=r"fold_1.*checkpoint_final.pth not found; folds with checkpoint_final.pth: fold_0"):
+    with pytest.raises(
+        SegGradCAMError, match=r"fold_1.*checkpoint_final.pth not found; folds with checkpoint_final.pth: fold_0"
+    ):
         load_nnunet_network(folder, fold="1")
     (folder / "plans.json").unlink()
     with pytest.raises(SegGradCAMError, match="plans.json is missing"):
@@ -159,12 +207,20 @@ def test_missing_parts_are_named(folder):
 def test_models_scan_lists_the_folders_without_torch(folder, tmp_path):
     trained_like_nnunet(folder)
     (tmp_path / "not-a-model").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "SegGradCAMLib", "models", "--scan", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "SegGradCAMLib", "models", "--scan", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "folders under" in proc.stdout and f"{folder}  (2 input(s); background, edema" in proc.stdout
-    missing = subprocess.run([sys.executable, "-m", "SegGradCAMLib", "models", "--scan", str(tmp_path / "nope")],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "SegGradCAMLib", "models", "--scan", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and missing.stderr.startswith("seggradcam: error: --scan")
 
 
@@ -180,7 +236,9 @@ def test_known_model_roots_follow_totalsegmentators_conventions(tmp_path):
     custom.mkdir()
     assert known_model_roots({"TOTALSEG_WEIGHTS_PATH": str(custom)}, home) == [custom]
     (tmp_path / "tsh" / "nnunet" / "results").mkdir(parents=True)
-    assert known_model_roots({"TOTALSEG_HOME_DIR": str(tmp_path / "tsh")}, home) == [tmp_path / "tsh" / "nnunet" / "results"]
+    assert known_model_roots({"TOTALSEG_HOME_DIR": str(tmp_path / "tsh")}, home) == [
+        tmp_path / "tsh" / "nnunet" / "results"
+    ]
     slicer_model = tmp_path / "slicer-nnunet"
     slicer_model.mkdir()
     assert known_model_roots({}, home, str(slicer_model)) == [default, slicer_model]

@@ -39,16 +39,21 @@ def test_equal_to_nnunets_own_predictor(model, held_out, mirror, tmp_path):
     assert result.checks["labels_equal_to_nnunet"] >= 0.999
     assert result.checks["probabilities_max_difference_to_nnunet"] <= 5e-3
     predictor = nnunet_predictor(model, "cpu", 0.5, mirror)
-    predictor.predict_from_files([paths], [str(tmp_path / "theirs")], num_processes_preprocessing=1,
-                                 num_processes_segmentation_export=1)  # nnU-Net's path end to end, files to file
+    predictor.predict_from_files(
+        [paths], [str(tmp_path / "theirs")], num_processes_preprocessing=1, num_processes_segmentation_export=1
+    )  # nnU-Net's path end to end, files to file
     theirs = sitk.ReadImage(str(tmp_path / f"theirs{model.nnunet.dataset_json['file_ending']}"))
     assert float((result.labels == sitk.GetArrayFromImage(theirs)).mean()) >= 0.999
     given = sitk.ReadImage(paths[0])
-    assert np.allclose(theirs.GetDirection(), given.GetDirection()) and np.allclose(theirs.GetSpacing(), given.GetSpacing())
+    assert np.allclose(theirs.GetDirection(), given.GetDirection()) and np.allclose(
+        theirs.GetSpacing(), given.GetSpacing()
+    )
     lesion = case.labels > 0
     ours = result.labels > 0
     dice = 2 * (ours & lesion).sum() / (ours.sum() + lesion.sum())
-    print(f"lesion-union Dice {dice:.3f} (model card, 6 held-out cases: {CARD['held_out']['mean_dice']['lesion_union']})")
+    print(
+        f"lesion-union Dice {dice:.3f} (model card, 6 held-out cases: {CARD['held_out']['mean_dice']['lesion_union']})"
+    )
     assert dice > 0.8
     for maps in result.heatmaps.values():  # every predicted class has its own non-empty map
         for c, heat in zip(result.classes, maps):
@@ -67,16 +72,34 @@ def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, 
     case = nnunet_case(model, paths, "held-out")
     data, _, _ = preprocess(model, paths)
     assert all(n % 16 == 0 and n - 16 < m <= n for n, m in zip(case.image.shape[1:], data.shape[1:]))
-    assert np.array_equal(case.image[:, :data.shape[1], :data.shape[2], :data.shape[3]].numpy(), data)
+    assert np.array_equal(case.image[:, : data.shape[1], : data.shape[2], : data.shape[3]].numpy(), data)
     assert case.spacing == (2.0, 2.0, 2.0)
     out = tmp_path / "out"
-    assert main(["explain", *paths, "--model", str(FOLDER), "--classes", "edema", "--faithfulness", "--out", str(out),
-                 "--no-overview", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                *paths,
+                "--model",
+                str(FOLDER),
+                "--classes",
+                "edema",
+                "--faithfulness",
+                "--out",
+                str(out),
+                "--no-overview",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     (entry,) = json.loads((out / "explain.json").read_text())["classes"]
     score = entry["layers"]["decoder.stages.3"]["faithfulness"]
-    print(f"nnU-Net edema: {score['verdict']} (Deletion {score['deletion_auc']:.3f}, random "
-          f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
-          f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f})")
+    print(
+        f"nnU-Net edema: {score['verdict']} (Deletion {score['deletion_auc']:.3f}, random "
+        f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
+        f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f})"
+    )
     assert score["network_calls"] == calls_per_case(1, 0.05) and score["cases"] == 1
     assert score["deletion_auc"] < score["random"]["deletion_mean"] - 2 * score["random"]["deletion_sd"]
     assert score["verdict"].startswith("better than random")

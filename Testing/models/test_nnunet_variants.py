@@ -70,11 +70,29 @@ def test_a_reorienting_reader_gives_outputs_on_the_input_files_grid(case, tmp_pa
         sitk.WriteImage(sitk.PermuteAxes(sitk.Flip(sitk.ReadImage(path), [True, False, True]), [2, 0, 1]), nifti[-1])
     assert nibabel.aff2axcodes(nibabel.load(nifti[0]).affine) == ("I", "L", "A")
     out = tmp_path / "out"
-    assert main(["explain", *nifti, "--model", str(folder), "--method", "hirescam", "--classes", "edema",
-                 "--out", str(out), "--quiet", "--no-overview"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                *nifti,
+                "--model",
+                str(folder),
+                "--method",
+                "hirescam",
+                "--classes",
+                "edema",
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-overview",
+            ]
+        )
+        == 0
+    )
     predictor = nnunet_predictor(load_model(str(folder)), "cpu", 0.5, False)
-    predictor.predict_from_files([nifti], [str(tmp_path / "theirs")], num_processes_preprocessing=1,
-                                 num_processes_segmentation_export=1)
+    predictor.predict_from_files(
+        [nifti], [str(tmp_path / "theirs")], num_processes_preprocessing=1, num_processes_segmentation_export=1
+    )
     theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "theirs.nii.gz")))
     ours = sitk.ReadImage(str(out / "segmentation.nrrd"))
     assert (sitk.GetArrayFromImage(ours) > 0).any() and float((sitk.GetArrayFromImage(ours) == theirs).mean()) >= 0.999
@@ -97,15 +115,35 @@ def test_region_channels_are_explained_on_their_own_masks(region_folder, case, t
     assert model.spec.labels == ["background", "lesion", "rim_and_core", "necrotic_core"]
     assert model.spec.output_activation == "sigmoid"
     out = tmp_path / "out"
-    assert main(["explain", *case, "--model", str(region_folder), "--method", "hirescam", "--out", str(out),
-                 "--quiet", "--no-overview"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                *case,
+                "--model",
+                str(region_folder),
+                "--method",
+                "hirescam",
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-overview",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "explain.json").read_text())
     assert report["checks"]["labels_equal_to_nnunet"] >= 0.999
     assert report["checks"]["probabilities_max_difference_to_nnunet"] <= 5e-3
 
     predictor = nnunet_predictor(model, "cpu", 0.5, False)
-    predictor.predict_from_files([case], [str(tmp_path / "theirs")], save_probabilities=True,
-                                 num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    predictor.predict_from_files(
+        [case],
+        [str(tmp_path / "theirs")],
+        save_probabilities=True,
+        num_processes_preprocessing=1,
+        num_processes_segmentation_export=1,
+    )
     painted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "theirs.nii.gz")))
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nrrd")))
     assert set(np.unique(painted)) <= {0, *ORDER} and set(np.unique(ours)) <= {0, 1, 2, 3}

@@ -11,8 +11,15 @@ from monai.networks import nets
 
 from SegGradCAMLib.models import load_model
 
-ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8, 16], "strides": [2, 2],
-        "num_res_units": 1, "norm": "batch"}
+ARGS = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 1,
+    "norm": "batch",
+}
 PLANTED_PER_TENSOR = 3
 
 
@@ -39,8 +46,9 @@ def planted_network() -> tuple[torch.nn.Module, int]:
 
 def save_json_spec(folder: Path, network: torch.nn.Module) -> Path:
     torch.save(network.state_dict(), folder / "model.pt")
-    (folder / "model.json").write_text(json.dumps({"architecture": "UNet", "args": ARGS, "weights": "model.pt",
-                                                   "labels": ["background", "organ"]}))
+    (folder / "model.json").write_text(
+        json.dumps({"architecture": "UNet", "args": ARGS, "weights": "model.pt", "labels": ["background", "organ"]})
+    )
     return folder / "model.json"
 
 

@@ -33,8 +33,16 @@ def test_curves_become_a_plot_chart_over_a_table_and_aucs_a_table(tmp_path):
     scene = slicer.vtkMRMLScene()
     node = _volume(scene, blob((12, 16, 16), (6, 8, 8), 4))
     logic = SegGradCAMSceneLogic(scene, python=sys.executable)
-    run = logic.startEvaluation([node], str(threshold_model_file(tmp_path, divisible_by=4)), "blob", trust=True,
-                                method="gradcam", layers=["features"], step=0.1, threads=1)
+    run = logic.startEvaluation(
+        [node],
+        str(threshold_model_file(tmp_path, divisible_by=4)),
+        "blob",
+        trust=True,
+        method="gradcam",
+        layers=["features"],
+        step=0.1,
+        threads=1,
+    )
     nodes = logic.finishEvaluation(logic.waitFor(run))
     assert "cases" in {e.get("stage") for e in run.worker.events} and not run.folder.exists()
 

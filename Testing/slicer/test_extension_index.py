@@ -24,14 +24,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY_FILE = ROOT / "SegGradCAM.json"
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "extension_index"
-SCHEMA_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v{}.json#"
+SCHEMA_URL = (
+    "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v{}.json#"
+)
 INDEX_BRANCH_SCHEMA = {"5.10": "1.0.1", "5.12": "1.0.2", "main": "1.0.2"}
 REPOSITORY = "SlicerSegGradCAM"
 # A few of ACCEPTED_EXTENSION_CATEGORIES in check_description_files.py (all that could fit here).
 INDEX_CATEGORIES = {"Analysis", "Neuroimaging", "Quantification", "Segmentation"}
 LICENSE_NAMES = ("LICENSE", "LICENCE", "License.txt", "license.txt", "LICENSE.txt", "COPYING", "COPYING.txt")
-CMAKE_KEYS = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-              "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS")
+CMAKE_KEYS = (
+    "EXTENSION_HOMEPAGE",
+    "EXTENSION_CATEGORY",
+    "EXTENSION_CONTRIBUTORS",
+    "EXTENSION_DESCRIPTION",
+    "EXTENSION_ICONURL",
+    "EXTENSION_SCREENSHOTURLS",
+)
 
 
 def load_entry() -> dict:
@@ -57,7 +65,9 @@ def schema_errors(entry: dict) -> list[str]:
     """What the index's ``jsonschema.validate`` would reject, one message per problem."""
     schema = schema_for(entry.get("$schema", ""))
     validator = jsonschema.validators.validator_for(schema)(schema)
-    return sorted(f"{'/'.join(map(str, e.absolute_path)) or '<entry>'}: {e.message}" for e in validator.iter_errors(entry))
+    return sorted(
+        f"{'/'.join(map(str, e.absolute_path)) or '<entry>'}: {e.message}" for e in validator.iter_errors(entry)
+    )
 
 
 def repository_of(url: str) -> tuple[str, str]:
@@ -200,18 +210,21 @@ def mutated(changes: dict) -> dict:
     return entry
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"scm_url": "https://github.com/SegGradCAM/SegGradCAM.git"}, "does not contain 'Slicer'"),
-    ({"scm_url": "https://github.com/SegGradCAM/SegGradCAM-Slicer.git"}, "does not start with 'Slicer'"),
-    ({"scm_url": "ssh://git@github.com/SegGradCAM/SlicerSegGradCAM.git"}, "not a git:// or https:// URL"),
-    ({"category": DELETE}, "'category' is a required property"),
-    ({"scm_url": DELETE}, "'scm_url' is a required property"),
-    ({"category": "Machine Learning"}, "not one the index accepts"),
-    ({"homepage": "https://example.org"}, "Additional properties are not allowed"),
-    ({"tier": 7}, "7 is greater than the maximum of 5"),
-    ({"build_dependencies": "PyTorch"}, "'PyTorch' is not of type 'array'"),
-    ({"scm_type": "svn"}, "'svn' is not one of ['git', 'local']"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"scm_url": "https://github.com/SegGradCAM/SegGradCAM.git"}, "does not contain 'Slicer'"),
+        ({"scm_url": "https://github.com/SegGradCAM/SegGradCAM-Slicer.git"}, "does not start with 'Slicer'"),
+        ({"scm_url": "ssh://git@github.com/SegGradCAM/SlicerSegGradCAM.git"}, "not a git:// or https:// URL"),
+        ({"category": DELETE}, "'category' is a required property"),
+        ({"scm_url": DELETE}, "'scm_url' is a required property"),
+        ({"category": "Machine Learning"}, "not one the index accepts"),
+        ({"homepage": "https://example.org"}, "Additional properties are not allowed"),
+        ({"tier": 7}, "7 is greater than the maximum of 5"),
+        ({"build_dependencies": "PyTorch"}, "'PyTorch' is not of type 'array'"),
+        ({"scm_type": "svn"}, "'svn' is not one of ['git', 'local']"),
+    ],
+)
 def test_entry_checks_reject(changes, expected):
     problems = entry_problems(mutated(changes))
     assert any(expected in p for p in problems), problems
@@ -230,19 +243,24 @@ def test_dicom_support_rule_needs_v102_so_not_on_the_510_branch():
     assert any("dicom_support_rule" in p for p in entry_problems(for_index_branch(entry, "5.10")))
 
 
-@pytest.mark.parametrize("old, new, expected", [
-    ("project(SegGradCAM)", "project(SlicerSegGradCAM)", "is not the description file name"),
-    ("SlicerSegGradCAM#readme", "SegGradCAM#readme", "EXTENSION_HOMEPAGE"),
-    ("SlicerSegGradCAM/main/SegGradCAM/Resources", "SegGradCAM/main/SegGradCAM/Resources", "not in the repository"),
-    ("SlicerSegGradCAM/main/docs", "SlicerSegGradCAM/master/docs", "not on the branch"),
-    ("slicer_scene_colin27.png", "no_such_screenshot.png", "names no image file"),
-    ('"https://raw.githubusercontent.com/SegGradCAM/SlicerSegGradCAM/main/SegGradCAM/Resources/Icons/SegGradCAM.png"',
-     "https://raw.githubusercontent.com/SegGradCAM/SlicerSegGradCAM/main/SegGradCAM/Resources/Icons/SegGradCAM.png",
-     "no quoted EXTENSION_ICONURL"),
-    ("set(EXTENSION_DEPENDS PyTorch)", "set(EXTENSION_DEPENDS NA)", "EXTENSION_DEPENDS"),
-    ('set(EXTENSION_CATEGORY "Segmentation")', 'set(EXTENSION_CATEGORY "Analysis")', "EXTENSION_CATEGORY"),
-    ('set(EXTENSION_CONTRIBUTORS "', 'set(EXTENSION_CONTRIBUTORS_X "', "EXTENSION_CONTRIBUTORS is not set"),
-])
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("project(SegGradCAM)", "project(SlicerSegGradCAM)", "is not the description file name"),
+        ("SlicerSegGradCAM#readme", "SegGradCAM#readme", "EXTENSION_HOMEPAGE"),
+        ("SlicerSegGradCAM/main/SegGradCAM/Resources", "SegGradCAM/main/SegGradCAM/Resources", "not in the repository"),
+        ("SlicerSegGradCAM/main/docs", "SlicerSegGradCAM/master/docs", "not on the branch"),
+        ("slicer_scene_colin27.png", "no_such_screenshot.png", "names no image file"),
+        (
+            '"https://raw.githubusercontent.com/SegGradCAM/SlicerSegGradCAM/main/SegGradCAM/Resources/Icons/SegGradCAM.png"',
+            "https://raw.githubusercontent.com/SegGradCAM/SlicerSegGradCAM/main/SegGradCAM/Resources/Icons/SegGradCAM.png",
+            "no quoted EXTENSION_ICONURL",
+        ),
+        ("set(EXTENSION_DEPENDS PyTorch)", "set(EXTENSION_DEPENDS NA)", "EXTENSION_DEPENDS"),
+        ('set(EXTENSION_CATEGORY "Segmentation")', 'set(EXTENSION_CATEGORY "Analysis")', "EXTENSION_CATEGORY"),
+        ('set(EXTENSION_CONTRIBUTORS "', 'set(EXTENSION_CONTRIBUTORS_X "', "EXTENSION_CONTRIBUTORS is not set"),
+    ],
+)
 def test_cmake_checks_reject(old, new, expected):
     text = cmake_text()
     assert old in text

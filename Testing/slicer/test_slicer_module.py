@@ -18,7 +18,12 @@ MODULE_DIR = ROOT / "SegGradCAM"
 MODULE_FILE = MODULE_DIR / "SegGradCAM.py"
 PANEL_FILE = MODULE_DIR / "SegGradCAMLib" / "mrml" / "widget.py"  # the widget's behaviour
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegGradCAM.ui"
-MANUALLY_SYNCED_FIELDS = {"layers", "classes", "regionSegmentation", "regionSegmentID"}  # no connector for these widgets
+MANUALLY_SYNCED_FIELDS = {
+    "layers",
+    "classes",
+    "regionSegmentation",
+    "regionSegmentID",
+}  # no connector for these widgets
 
 
 def cmake_list(name: str) -> list[str]:
@@ -29,7 +34,8 @@ def cmake_list(name: str) -> list[str]:
 
 def files_on_disk(folder: str, pattern: str) -> set[str]:
     return {
-        str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / folder).rglob(pattern)
+        str(p.relative_to(MODULE_DIR))
+        for p in (MODULE_DIR / folder).rglob(pattern)
         if p.is_file() and "__pycache__" not in p.parts
     }
 
@@ -55,8 +61,14 @@ def test_cmake_registers_module_generic_and_self_tests():
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
     assert re.search(r"if\(BUILD_TESTING\)\s+.*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text, re.S)
     top = (ROOT / "CMakeLists.txt").read_text()
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+    for key in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+    ):
         assert f"set({key} " in top
     assert "set(EXTENSION_DEPENDS PyTorch)" in top and "add_subdirectory(SegGradCAM)" in top
     assert "include(${Slicer_EXTENSION_CPACK})" in top
@@ -64,8 +76,18 @@ def test_cmake_registers_module_generic_and_self_tests():
 
 def test_extensions_index_entry():
     entry = json.loads((ROOT / "SegGradCAM.json").read_text())
-    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
-               "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    allowed = {
+        "$schema",
+        "category",
+        "scm_url",
+        "scm_revision",
+        "scm_type",
+        "build_dependencies",
+        "dicom_support_rule",
+        "build_subdirectory",
+        "enabled",
+        "tier",
+    }
     assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
     assert entry["build_dependencies"] == ["PyTorch"] and 1 <= entry["tier"] <= 5
@@ -117,8 +139,9 @@ def test_every_widget_the_module_uses_exists(loaded_ui):
 
 def test_parameter_names_match_the_parameter_node(loaded_ui):
     _, objects = loaded_ui
-    bound = {str(obj.property("SlicerParameterName")) for obj in objects.values()
-             if obj.property("SlicerParameterName")}
+    bound = {
+        str(obj.property("SlicerParameterName")) for obj in objects.values() if obj.property("SlicerParameterName")
+    }
     fields = parameter_fields()
     assert bound - fields == set(), "SlicerParameterName without a parameter node field"
     assert fields - bound == MANUALLY_SYNCED_FIELDS, "parameter node fields without a widget"

@@ -21,8 +21,14 @@ MODULE_DIR = ROOT / "SegGradCAM"
 class PythonQtShim:
     """MOCK: a PySide6 widget seen through PythonQt's conventions (properties as attributes)."""
 
-    PROPERTIES = {"visible": "setVisible", "enabled": "setEnabled", "text": "setText", "value": "setValue",
-                  "maximum": "setMaximum", "currentIndex": "setCurrentIndex"}
+    PROPERTIES = {
+        "visible": "setVisible",
+        "enabled": "setEnabled",
+        "text": "setText",
+        "value": "setValue",
+        "maximum": "setMaximum",
+        "currentIndex": "setCurrentIndex",
+    }
 
     def __init__(self, widget) -> None:
         object.__setattr__(self, "widget", widget)
@@ -44,8 +50,11 @@ class PythonQtShim:
         from PySide6.QtCore import Qt
 
         model = self.widget.model()
-        return [model.index(row, 0) for row in range(model.rowCount())
-                if model.data(model.index(row, 0), Qt.CheckStateRole) == Qt.Checked.value]
+        return [
+            model.index(row, 0)
+            for row in range(model.rowCount())
+            if model.data(model.index(row, 0), Qt.CheckStateRole) == Qt.Checked.value
+        ]
 
     def setCheckState(self, index, state) -> None:
         from PySide6.QtCore import Qt
@@ -68,15 +77,23 @@ def widget():
 
     from SegGradCAMLib.mrml.widget import SegGradCAMPanel
 
-    ui = SimpleNamespace(**{obj.objectName(): PythonQtShim(obj) for obj in root.findChildren(QObject)
-                            if obj.objectName()})
+    ui = SimpleNamespace(
+        **{obj.objectName(): PythonQtShim(obj) for obj in root.findChildren(QObject) if obj.objectName()}
+    )
     module_widget = SegGradCAMPanel(ui, SegGradCAM.SegGradCAMLogic())  # what the module widget's setup creates
     combo = root.findChild(QObject, "modelComboBox")
     combo.clear()
     combo.addItems(SegGradCAM.MODEL_CHOICES)
-    module_widget._parameterNode = SimpleNamespace(modelName="hdbet", modelPath=None, layers="end_conv_2_bn",
-                                                   classes="brain", inputVolume="t1c", inputVolume2="flair",
-                                                   inputVolume3=None, inputVolume4=None)
+    module_widget._parameterNode = SimpleNamespace(
+        modelName="hdbet",
+        modelPath=None,
+        layers="end_conv_2_bn",
+        classes="brain",
+        inputVolume="t1c",
+        inputVolume2="flair",
+        inputVolume3=None,
+        inputVolume4=None,
+    )
     yield SegGradCAM, module_widget, root
     root.deleteLater()
     del app
@@ -94,8 +111,12 @@ def test_switching_model_shows_the_new_models_inputs_and_classes(widget):
     assert node.modelName == "hdbet"
     assert ui.inputVolume2Selector.visible and not ui.inputVolume3Selector.visible
     classes = ui.classesCheckableComboBox
-    assert [classes.itemText(i) for i in range(classes.count())] == ["background", "edema", "enhancing_rim",
-                                                                     "necrotic_core"]
+    assert [classes.itemText(i) for i in range(classes.count())] == [
+        "background",
+        "edema",
+        "enhancing_rim",
+        "necrotic_core",
+    ]
     evaluation = ui.evaluationClassComboBox
     assert [evaluation.itemText(i) for i in range(evaluation.count())] == ["edema", "enhancing_rim", "necrotic_core"]
     # what Apply will send: no class or layer of the previous model, the demo model's two inputs

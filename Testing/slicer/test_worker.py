@@ -61,8 +61,12 @@ def processes_mentioning(text: str) -> list[str]:
 
 def test_worker_runs_the_command_line_and_reports_its_events(demo_case, tmp_path):
     out = tmp_path / "out"
-    worker = WorkerProcess(["explain", *demo_case, "--model", DEFAULT_MULTICLASS_MODEL, "--out", str(out)],
-                           tmp_path, python=sys.executable, launcher=LAUNCHER)
+    worker = WorkerProcess(
+        ["explain", *demo_case, "--model", DEFAULT_MULTICLASS_MODEL, "--out", str(out)],
+        tmp_path,
+        python=sys.executable,
+        launcher=LAUNCHER,
+    )
     worker.start()
     wait(worker, lambda: not worker.running and worker.finalEvent is not None)
     assert worker.process.returncode == 0
@@ -74,8 +78,12 @@ def test_worker_runs_the_command_line_and_reports_its_events(demo_case, tmp_path
 
 def test_cancel_kills_the_worker_behind_its_launcher(long_case, tmp_path):
     out = tmp_path / "cancelled-run"
-    worker = WorkerProcess(["explain", *long_case, "--threads", "1", "--model", DEFAULT_MULTICLASS_MODEL, "--out", str(out)],
-                           tmp_path, python=sys.executable, launcher=LAUNCHER)
+    worker = WorkerProcess(
+        ["explain", *long_case, "--threads", "1", "--model", DEFAULT_MULTICLASS_MODEL, "--out", str(out)],
+        tmp_path,
+        python=sys.executable,
+        launcher=LAUNCHER,
+    )
     worker.start()
     wait(worker, lambda: any(e.get("stage") in ("windows", "slices", "backward") for e in worker.events))
     assert len(processes_mentioning(str(out))) == 2  # the launcher and the worker it started
@@ -88,8 +96,11 @@ def test_cancel_kills_the_worker_behind_its_launcher(long_case, tmp_path):
 
 
 def test_a_failing_worker_gives_the_command_lines_one_line_message(demo_case, tmp_path):
-    worker = WorkerProcess(["explain", *demo_case, "--model", "no-such-model", "--out", str(tmp_path / "o")],
-                           tmp_path, python=sys.executable)
+    worker = WorkerProcess(
+        ["explain", *demo_case, "--model", "no-such-model", "--out", str(tmp_path / "o")],
+        tmp_path,
+        python=sys.executable,
+    )
     worker.start()
     wait(worker, lambda: not worker.running)
     assert worker.process.returncode == 2
@@ -99,7 +110,9 @@ def test_a_failing_worker_gives_the_command_lines_one_line_message(demo_case, tm
 
 def test_poll_skips_lines_that_are_not_events_and_keeps_partial_lines(tmp_path):
     worker = WorkerProcess(["models"], tmp_path, python=sys.executable)
-    worker.eventsPath.write_bytes(b'not json\n{"event": "progress", "stage": "read", "done": 0, "total": 1}\n{"event": "do')
+    worker.eventsPath.write_bytes(
+        b'not json\n{"event": "progress", "stage": "read", "done": 0, "total": 1}\n{"event": "do'
+    )
     assert [e["stage"] for e in worker.poll()] == ["read"]
     with open(worker.eventsPath, "ab") as stream:
         stream.write(b'ne", "out": "x", "seconds": 1}\n')
@@ -110,7 +123,8 @@ def test_poll_skips_lines_that_are_not_events_and_keeps_partial_lines(tmp_path):
 def test_nnunet_folder_variables_point_into_the_workers_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_results", "/somewhere/else")
     started = {}
-    worker = WorkerProcess(["models"], tmp_path, python=sys.executable,
-                           popen=lambda command, **options: started.update(options))
+    worker = WorkerProcess(
+        ["models"], tmp_path, python=sys.executable, popen=lambda command, **options: started.update(options)
+    )
     worker.start()
     assert {name: started["env"][name] for name in NNUNET_FOLDERS} == {name: str(tmp_path) for name in NNUNET_FOLDERS}

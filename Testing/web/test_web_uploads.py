@@ -40,8 +40,12 @@ def test_volumes_are_stored_under_generated_names_only(tmp_path):
     content = nrrd_bytes(tmp_path, np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
     paths = area.store([UploadedFile("../../etc/evil name.nrrd", content), UploadedFile("/abs/b.nrrd", content)])
     assert all(p.resolve().is_relative_to((tmp_path / "uploads").resolve()) for p in paths)
-    assert files_under(tmp_path / "uploads") == ["upload0/upload-0.nrrd", "upload0/upload-1.nrrd",
-                                                 "upload0/volume-0.nrrd", "upload0/volume-1.nrrd"]
+    assert files_under(tmp_path / "uploads") == [
+        "upload0/upload-0.nrrd",
+        "upload0/upload-1.nrrd",
+        "upload0/volume-0.nrrd",
+        "upload0/volume-1.nrrd",
+    ]
     image = sitk.ReadImage(str(paths[0]))
     assert image.GetSpacing() == pytest.approx((1.0, 1.2, 2.0)) and image.GetSize() == (6, 5, 4)
 
@@ -65,12 +69,15 @@ def test_upload_and_unpacked_sizes_are_capped(tmp_path):
     assert files_under(tmp_path / "uploads") == []
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("notes.txt", b"hello", "not a volume file"),
-    ("scan.nii.gz", b"not a nifti", "Cannot read scan.nii.gz"),
-    ("series.zip", b"not a zip", "not a valid zip file"),
-    ("series.zip", zipped({"readme.txt": b"no dicom here"}), "holds no DICOM series"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("notes.txt", b"hello", "not a volume file"),
+        ("scan.nii.gz", b"not a nifti", "Cannot read scan.nii.gz"),
+        ("series.zip", b"not a zip", "not a valid zip file"),
+        ("series.zip", zipped({"readme.txt": b"no dicom here"}), "holds no DICOM series"),
+    ],
+)
 def test_bad_uploads_name_the_problem(tmp_path, name, content, message):
     with pytest.raises(SegGradCAMError, match=message) as raised:
         UploadArea(tmp_path / "uploads").store([UploadedFile(name, content)])

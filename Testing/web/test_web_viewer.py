@@ -14,9 +14,11 @@ import pytest
 from browser import Browser, ViewerServer
 
 
-VIEWS_SHOWN = ("[...document.querySelectorAll('img.image-display-area')].filter(i => i.naturalWidth > 0).length >= 4")
-RUN_ENDED = ("document.querySelector('#progress-text').innerText.startsWith('done') || "
-             "!!document.querySelector('#error').offsetParent")
+VIEWS_SHOWN = "[...document.querySelectorAll('img.image-display-area')].filter(i => i.naturalWidth > 0).length >= 4"
+RUN_ENDED = (
+    "document.querySelector('#progress-text').innerText.startsWith('done') || "
+    "!!document.querySelector('#error').offsetParent"
+)
 
 
 def worker_processes() -> list[str]:
@@ -75,8 +77,10 @@ def test_run_shows_heatmaps_that_the_toggle_hides(page, server, tmp_path):
     page.click("#show-heatmap")
     heat_pixels(page, expected=True)
     page.hover("img.image-display-area", 0)  # the axial view's centre: the values there
-    probe = page.wait_for("/heat \\d/.test(document.querySelector('#probe').innerText) && "
-                          "document.querySelector('#probe').innerText", timeout=15)
+    probe = page.wait_for(
+        "/heat \\d/.test(document.querySelector('#probe').innerText) && document.querySelector('#probe').innerText",
+        timeout=15,
+    )
     assert "image " in probe and "label " in probe
     downloads = page.js("[...document.querySelectorAll('.download')].map(b => b.textContent.trim())")
     assert {"segmentation.nrrd", "explain.json"} <= set(downloads)
@@ -90,8 +94,9 @@ def test_a_bad_upload_shows_its_message_and_the_page_keeps_working(page, server,
     bad = tmp_path / "scan.nii.gz"
     bad.write_bytes(b"this is not a NIfTI file")
     page.set_files("#upload", [str(bad)])
-    message = page.wait_for("document.querySelector('#error').offsetParent && document.querySelector('#error').innerText",
-                            timeout=30)
+    message = page.wait_for(
+        "document.querySelector('#error').offsetParent && document.querySelector('#error').innerText", timeout=30
+    )
     assert "scan.nii.gz" in message and "Cannot read" in message
     page.choose("#sample", "KmeansTest T1 head")
     page.wait_for("document.querySelector('#case').innerText.startsWith('KmeansTest')", timeout=30)
@@ -103,20 +108,24 @@ def test_cancel_stops_the_worker_and_other_tabs_follow_the_run(page, server):
     page.wait_for("document.querySelector('#case').innerText.startsWith('Colin27')", timeout=30)
     page.choose("#model", "demo-lesions-unet2d")
     page.click("#run")  # one channel for a two-channel model: refused in the page
-    message = page.wait_for("document.querySelector('#error').offsetParent && document.querySelector('#error').innerText",
-                            timeout=30)
+    message = page.wait_for(
+        "document.querySelector('#error').offsetParent && document.querySelector('#error').innerText", timeout=30
+    )
     assert "takes 2 input volume(s); got 1" in message, message
     page.choose("#model", "hdbet")
     page.click("#run")
-    page.wait_for("/(preprocess|windows|backward|forward)/.test(document.querySelector('#progress-text').innerText)",
-                  timeout=120)
+    page.wait_for(
+        "/(preprocess|windows|backward|forward)/.test(document.querySelector('#progress-text').innerText)", timeout=120
+    )
     assert len(worker_processes()) >= 1
     other = Browser()  # a second tab: the same state, the run's progress, Run disabled
     try:
         other.open(server.url)
-        other.wait_for("document.querySelector('#progress-text') && "
-                       "/(preprocess|windows|backward|forward)/.test(document.querySelector('#progress-text').innerText)",
-                       timeout=60)
+        other.wait_for(
+            "document.querySelector('#progress-text') && "
+            "/(preprocess|windows|backward|forward)/.test(document.querySelector('#progress-text').innerText)",
+            timeout=60,
+        )
         assert other.js("document.querySelector('#run').disabled") is True
     finally:
         other.close()

@@ -15,8 +15,21 @@ from SegGradCAMLib.demo import data as demo_data
 def test_an_output_folder_opens_with_its_background(tmp_path):
     case = demo_data.write_case(demo_data.make_case(demo_data.EVAL_SEED, "colin27"), tmp_path / "case")
     out = tmp_path / "out"
-    assert main(["explain", *(str(case[c]) for c in demo_data.CHANNELS), "--model", "demo-lesions-unet2d",
-                 "--out", str(out), "--quiet", "--no-overview"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                *(str(case[c]) for c in demo_data.CHANNELS),
+                "--model",
+                "demo-lesions-unet2d",
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-overview",
+            ]
+        )
+        == 0
+    )
     viewer = ViewerServer(str(out))
     browser = Browser()
     try:

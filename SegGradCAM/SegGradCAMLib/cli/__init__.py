@@ -32,9 +32,13 @@ COMMANDS = {"explain": explain_command, "evaluate": evaluate_command, "train": t
 
 def _progress_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("--progress", default="auto", choices=MODES,
-                         help="auto: a bar on a terminal, one line per stage otherwise; json: one JSON event per "
-                              "line on standard output (for the 3D Slicer module and the web viewer); quiet: none")
+    options.add_argument(
+        "--progress",
+        default="auto",
+        choices=MODES,
+        help="auto: a bar on a terminal, one line per stage otherwise; json: one JSON event per "
+        "line on standard output (for the 3D Slicer module and the web viewer); quiet: none",
+    )
     options.add_argument("--quiet", action="store_true", help="no progress output (same as --progress quiet)")
     return options
 
@@ -48,9 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     common = [_progress_options()]
     add_explain_parser(sub, common)
     models = sub.add_parser("models", help="list the registered models (and the nnU-Net folders under --scan DIR)")
-    models.add_argument("--scan", type=Path, metavar="DIR",
-                        help="also list the nnU-Net trained-model folders found under DIR (default: "
-                             "TotalSegmentator's and $nnUNet_results when they exist)")
+    models.add_argument(
+        "--scan",
+        type=Path,
+        metavar="DIR",
+        help="also list the nnU-Net trained-model folders found under DIR (default: "
+        "TotalSegmentator's and $nnUNet_results when they exist)",
+    )
     add_evaluate_parser(sub, common)
     add_train_parser(sub, common)
     add_roar_parser(sub, common)
@@ -81,8 +89,10 @@ def run_models(scan: Path | None = None) -> None:
                 print(f"  {folder}  ({facts.in_channels} input(s); {', '.join(facts.labels)})")
             except SegGradCAMError as error:
                 print(f"  {folder}  (unusable: {error})")
-    print("\nAlso accepted as --model: an nnU-Net v2 trained-model folder, a MONAI bundle folder, a TorchScript "
-          "file (--trust-model), or a JSON spec naming a MONAI architecture and a state_dict file.")
+    print(
+        "\nAlso accepted as --model: an nnU-Net v2 trained-model folder, a MONAI bundle folder, a TorchScript "
+        "file (--trust-model), or a JSON spec naming a MONAI architecture and a state_dict file."
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -107,7 +117,10 @@ def _run(args: argparse.Namespace) -> int:
         if isinstance(report, ExplainReport):
             print_summary(report, Path(args.out))  # on standard error with --progress json
         if events is not None:
-            events.write(json.dumps({"event": "done", "out": str(args.out), "seconds": round(time.perf_counter() - start, 3)}) + "\n")
+            events.write(
+                json.dumps({"event": "done", "out": str(args.out), "seconds": round(time.perf_counter() - start, 3)})
+                + "\n"
+            )
     return 0
 
 

@@ -13,8 +13,9 @@ if TYPE_CHECKING:  # torch stays out of the import of the command line
 
 def add_evaluate_parser(sub, parents: list) -> None:
     """The ``evaluate`` subcommand: the arguments :class:`EvaluateOptions` declares."""
-    evaluate = sub.add_parser("evaluate", parents=parents,
-                              help="faithfulness of the heatmaps: Deletion/Insertion, ROAD, sanity checks")
+    evaluate = sub.add_parser(
+        "evaluate", parents=parents, help="faithfulness of the heatmaps: Deletion/Insertion, ROAD, sanity checks"
+    )
     EvaluateOptions.add_arguments(evaluate)
 
 

@@ -31,13 +31,17 @@ def print_summary(report: ExplainReport, out: Path) -> None:
     card = report.method_card
     print(f"Method {report.method}" + (f" (auto: {card['basis']})" if card else ""))
     for entry, layer, info in report.heatmaps():
-        print(f"{entry.name} [{layer}]: {entry.voxels} voxels, "
-              f"heatmap energy inside mask {info.energy_inside:.1%}, "
-              f"within 3 mm {info.energy_inside + info.energy_shell:.1%} -> {out / info.file}")
+        print(
+            f"{entry.name} [{layer}]: {entry.voxels} voxels, "
+            f"heatmap energy inside mask {info.energy_inside:.1%}, "
+            f"within 3 mm {info.energy_inside + info.energy_shell:.1%} -> {out / info.file}"
+        )
         if info.faithfulness is not None:
             score = info.faithfulness
-            print(f"    faithfulness: {score['verdict']} (Deletion AUC {score['deletion_auc']:.3f}, random "
-                  f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
-                  f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f}; {score['basis']})")
+            print(
+                f"    faithfulness: {score['verdict']} (Deletion AUC {score['deletion_auc']:.3f}, random "
+                f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
+                f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f}; {score['basis']})"
+            )
     print(f"Wrote {out / 'explain.json'} ({report.timings['total_s']:.1f} s in all)")
     print(f"See it in the browser viewer: seggradcam web {out}   (3D Slicer: load the .nrrd files)")

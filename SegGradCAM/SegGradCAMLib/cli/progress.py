@@ -45,9 +45,17 @@ class ProgressReporter:
         now = self.clock()
         elapsed = now - self.started.setdefault(stage, now)
         eta = elapsed / done * (total - done) if done > 0 else None
-        self.sink({"event": "progress", "stage": stage, "done": int(done), "total": int(total),
-                   "elapsed_s": round(elapsed, 3), "eta_s": None if eta is None else round(eta, 3),
-                   **{k: int(v) for k, v in counts.items()}})
+        self.sink(
+            {
+                "event": "progress",
+                "stage": stage,
+                "done": int(done),
+                "total": int(total),
+                "elapsed_s": round(elapsed, 3),
+                "eta_s": None if eta is None else round(eta, 3),
+                **{k: int(v) for k, v in counts.items()},
+            }
+        )
 
     def close(self) -> None:
         closer = getattr(self.sink, "close", None)
@@ -74,8 +82,12 @@ class StageLines:
 
     def __call__(self, event: dict) -> None:
         if event["done"] == event["total"]:
-            print(f"{self.label}: {event['stage']} {event['done']}/{event['total']} in {event['elapsed_s']:.1f} s"
-                  + _counts_text(event), file=self.stream, flush=True)
+            print(
+                f"{self.label}: {event['stage']} {event['done']}/{event['total']} in {event['elapsed_s']:.1f} s"
+                + _counts_text(event),
+                file=self.stream,
+                flush=True,
+            )
 
 
 class Bar:
@@ -91,15 +103,22 @@ class Bar:
         stage = event["stage"]
         if stage not in self.bars:
             size = os.get_terminal_size(sys.stderr.fileno())  # a new pty may report 0 x 0: tqdm then hides its bars
-            self.bars[stage] = tqdm(total=event["total"], desc=f"{self.label} {stage}", unit="step", file=sys.stderr,
-                                    position=len(self.bars), ncols=size.columns or 100, nrows=size.lines or 24,
-                                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                    "[{elapsed}, {postfix}]")
+            self.bars[stage] = tqdm(
+                total=event["total"],
+                desc=f"{self.label} {stage}",
+                unit="step",
+                file=sys.stderr,
+                position=len(self.bars),
+                ncols=size.columns or 100,
+                nrows=size.lines or 24,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}, {postfix}]",
+            )
         bar = self.bars[stage]
         bar.total, bar.n = event["total"], event["done"]
         eta = event["eta_s"]
-        bar.set_postfix_str(("time left ?" if eta is None else f"{eta:.0f} s left") + _counts_text(event),
-                            refresh=False)
+        bar.set_postfix_str(
+            ("time left ?" if eta is None else f"{eta:.0f} s left") + _counts_text(event), refresh=False
+        )
         bar.refresh()
 
     def close(self) -> None:
@@ -110,8 +129,9 @@ class Bar:
 
 def _counts_text(event: dict) -> str:
     """An event's extra counts (e.g. a cohort's ``failed`` cases) as ``", 1 failed"``."""
-    return "".join(f", {v} {k}" for k, v in event.items()
-                   if k not in ("event", "stage", "done", "total", "elapsed_s", "eta_s"))
+    return "".join(
+        f", {v} {k}" for k, v in event.items() if k not in ("event", "stage", "done", "total", "elapsed_s", "eta_s")
+    )
 
 
 def make_reporter(mode: str, label: str, events: TextIO | None = None) -> ProgressReporter | None:

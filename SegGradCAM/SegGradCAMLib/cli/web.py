@@ -9,21 +9,36 @@ from pathlib import Path
 
 from ..errors import SegGradCAMError
 
-WEB_EXTRA_HINT = ('the browser viewer needs the web extra (trame-slicer): pip install -e ".[web]" in the '
-                  'SegGradCAM checkout, or pip install "SegGradCAMLib[web]"')
+WEB_EXTRA_HINT = (
+    'the browser viewer needs the web extra (trame-slicer): pip install -e ".[web]" in the '
+    'SegGradCAM checkout, or pip install "SegGradCAMLib[web]"'
+)
 
 
 def add_web_parser(sub) -> None:
     """The ``web`` subcommand."""
     web = sub.add_parser("web", help="browser viewer: open volumes, run, toggle heatmaps (trame-slicer)")
-    web.add_argument("inputs", nargs="*", metavar="INPUT",
-                     help="volume files (one per channel) or a folder 'seggradcam explain' wrote, opened at start")
+    web.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="volume files (one per channel) or a folder 'seggradcam explain' wrote, opened at start",
+    )
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
     web.add_argument("--port", type=int, default=8080, help="port (0: any free port; the address is printed)")
-    web.add_argument("--models", type=Path, action="append", default=[], metavar="DIR",
-                     help="offer the nnU-Net trained-model folders under DIR (repeatable)")
-    web.add_argument("--trust-model", action="store_true",
-                     help="let the page run models whose format is code (TorchScript, bundle expressions)")
+    web.add_argument(
+        "--models",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="offer the nnU-Net trained-model folders under DIR (repeatable)",
+    )
+    web.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="let the page run models whose format is code (TorchScript, bundle expressions)",
+    )
     web.add_argument("--max-upload-mb", type=float, default=512, help="largest upload accepted (default 512 MB)")
 
 
@@ -55,8 +70,11 @@ def web_command(args: argparse.Namespace) -> None:
             viewer.load_case(inputs, ", ".join(p.name for p in inputs))
 
         def ready(**_) -> None:
-            print(f"SegGradCAM web viewer: open http://{args.host}:{viewer.server.port}/ in a browser "
-                  "(Ctrl-C stops it and deletes uploads and outputs)", flush=True)
+            print(
+                f"SegGradCAM web viewer: open http://{args.host}:{viewer.server.port}/ in a browser "
+                "(Ctrl-C stops it and deletes uploads and outputs)",
+                flush=True,
+            )
 
         viewer.ctrl.on_server_ready.add(ready)
         viewer.server.start(host=args.host, port=args.port, open_browser=False, timeout=0, show_connection_info=False)

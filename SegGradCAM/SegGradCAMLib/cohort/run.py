@@ -49,9 +49,16 @@ class CohortReport:
     seconds: float = 0.0
 
     def as_dict(self, engine: str, cases: int) -> dict:
-        return {"engine": engine, "cases": cases, "done": len(self.done), "skipped": len(self.skipped),
-                "failed": len(self.failed), "worker_processes": len(self.processes),
-                "model_loads": self.model_loads, "seconds": round(self.seconds, 3)}
+        return {
+            "engine": engine,
+            "cases": cases,
+            "done": len(self.done),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "worker_processes": len(self.processes),
+            "model_loads": self.model_loads,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def partial_folder(folder: Path) -> Path:
@@ -78,8 +85,14 @@ def run_case(task, case: CohortCase, out: Path) -> dict:
         status, message = "failed", f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"case": case.id, "status": status, "message": message, "seconds": round(time.perf_counter() - start, 3),
-            "process": f"{socket.gethostname()}:{os.getpid()}", "model_loads": model_loads() - loads}
+    return {
+        "case": case.id,
+        "status": status,
+        "message": message,
+        "seconds": round(time.perf_counter() - start, 3),
+        "process": f"{socket.gethostname()}:{os.getpid()}",
+        "model_loads": model_loads() - loads,
+    }
 
 
 def _remove_partial_folders(task, out: Path, cases: Sequence[CohortCase]) -> None:
@@ -97,16 +110,19 @@ def _check_state(task, out: Path, cases: Sequence[CohortCase]) -> list[CohortCas
         theirs, mine = recorded.get("options", {}), task.fingerprint()
         if recorded.get("command") != task.command or theirs != mine:
             differ = sorted(k for k in {**theirs, **mine} if theirs.get(k) != mine.get(k))
-            raise SegGradCAMError(f"{out} holds a cohort run of '{recorded.get('command')}' with other options "
-                                  f"({', '.join(differ) or 'command'}); give another --out or remove that folder.")
+            raise SegGradCAMError(
+                f"{out} holds a cohort run of '{recorded.get('command')}' with other options "
+                f"({', '.join(differ) or 'command'}); give another --out or remove that folder."
+            )
     pending = []
     for case in cases:
         folder = task.folder(out, case)
         if earlier and (folder / task.done_file).is_file():
             continue
         if folder.exists():
-            raise SegGradCAMError(f"{folder} exists and is not a finished case of this cohort run; "
-                                  "give another --out or move it away.")
+            raise SegGradCAMError(
+                f"{folder} exists and is not a finished case of this cohort run; give another --out or move it away."
+            )
         pending.append(case)
     return pending
 
@@ -120,8 +136,9 @@ def _write_failures(out: Path, cases: Sequence[CohortCase], failed: dict[str, st
                 writer.writerow([case.id, ",".join(case.inputs), failed[case.id]])
 
 
-def run_cohort(task, cases: Sequence[CohortCase], out: Path, options: EngineOptions,
-               progress: Callable[..., None] | None = None) -> CohortReport:
+def run_cohort(
+    task, cases: Sequence[CohortCase], out: Path, options: EngineOptions, progress: Callable[..., None] | None = None
+) -> CohortReport:
     """Run ``task`` on every case of ``cases`` not complete in ``out``; writes ``cohort.json`` and
     ``failures.csv``. ``progress("cases", done, total, failed=n)`` after each case."""
     ids = [c.id for c in cases]
@@ -157,8 +174,9 @@ def run_cohort(task, cases: Sequence[CohortCase], out: Path, options: EngineOpti
     return report
 
 
-def _run_here(task, pending: Sequence[CohortCase], out: Path, options: EngineOptions,
-              record: Callable[[dict], None]) -> None:
+def _run_here(
+    task, pending: Sequence[CohortCase], out: Path, options: EngineOptions, record: Callable[[dict], None]
+) -> None:
     for case in pending:
         record(run_case(task, case, out))
 
@@ -167,8 +185,11 @@ def _start_ray(options: EngineOptions) -> str | None:
     """Join the cluster at ``options.ray_address``, or start a local instance on 127.0.0.1 in a
     temporary folder (returned, to be removed after shutdown)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves this machine
-    token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
+    token = (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
         or (Path.home() / ".ray" / "auth_token").is_file()
+    )
     if options.ray_address is not None and token:
         # clusters started by `ray start` use token authentication; Ray's client sends the token only when told
         # (before Ray is imported)
@@ -176,15 +197,19 @@ def _start_ray(options: EngineOptions) -> str | None:
     try:
         import ray
     except ImportError:
-        raise SegGradCAMError('--engine ray needs Ray: pip install -e ".[cluster]" (or pip install "ray>=2.40").') from None
+        raise SegGradCAMError(
+            '--engine ray needs Ray: pip install -e ".[cluster]" (or pip install "ray>=2.40").'
+        ) from None
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if options.ray_address is not None:
         try:
             ray.init(address=options.ray_address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise SegGradCAMError(f"Cannot join the Ray cluster at {options.ray_address}: "
-                                  f"{(str(error).splitlines() or [''])[0]} (is it running? with token authentication, "
-                                  "this machine needs the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
+            raise SegGradCAMError(
+                f"Cannot join the Ray cluster at {options.ray_address}: "
+                f"{(str(error).splitlines() or [''])[0]} (is it running? with token authentication, "
+                "this machine needs the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+            ) from None
         return None
     folder = tempfile.mkdtemp(prefix="sgc-ray-")  # Ray's sockets need a short path
     cpus = None if options.workers is None else options.workers * options.cpus_per_case
@@ -192,8 +217,9 @@ def _start_ray(options: EngineOptions) -> str | None:
     return folder
 
 
-def _run_on_ray(task, pending: Sequence[CohortCase], out: Path, options: EngineOptions,
-                record: Callable[[dict], None]) -> None:
+def _run_on_ray(
+    task, pending: Sequence[CohortCase], out: Path, options: EngineOptions, record: Callable[[dict], None]
+) -> None:
     folder = _start_ray(options)  # imports Ray once its environment is set
     import ray
 
@@ -207,10 +233,16 @@ def _run_on_ray(task, pending: Sequence[CohortCase], out: Path, options: EngineO
         available = ray.cluster_resources()
         for name, need in (("CPU", options.cpus_per_case), ("GPU", options.gpus_per_case)):
             if need and available.get(name, 0) < need:
-                raise SegGradCAMError(f"Each case asks for {need:g} {name}(s) but the Ray cluster has "
-                                      f"{available.get(name, 0):g}; lower --{name.lower()}s-per-case.")
-        remote = ray.remote(run_case).options(num_cpus=options.cpus_per_case, num_gpus=options.gpus_per_case,
-                                              max_retries=options.max_retries, name="seggradcam_case")
+                raise SegGradCAMError(
+                    f"Each case asks for {need:g} {name}(s) but the Ray cluster has "
+                    f"{available.get(name, 0):g}; lower --{name.lower()}s-per-case."
+                )
+        remote = ray.remote(run_case).options(
+            num_cpus=options.cpus_per_case,
+            num_gpus=options.gpus_per_case,
+            max_retries=options.max_retries,
+            name="seggradcam_case",
+        )
         refs = {remote.remote(task, case, out): case for case in pending}
         while refs:
             if interrupted:
@@ -222,9 +254,14 @@ def _run_on_ray(task, pending: Sequence[CohortCase], out: Path, options: EngineO
             try:
                 record(ray.get(ready[0]))
             except ray.exceptions.RayError as error:
-                record({"case": case.id, "status": "failed", "message":
-                        f"its worker process died {options.max_retries + 1} times (killed or out of memory): "
-                        f"{(str(error).strip().splitlines() or [type(error).__name__])[0]}"})
+                record(
+                    {
+                        "case": case.id,
+                        "status": "failed",
+                        "message": f"its worker process died {options.max_retries + 1} times (killed or out of memory): "
+                        f"{(str(error).strip().splitlines() or [type(error).__name__])[0]}",
+                    }
+                )
     finally:
         for ref in refs:  # Ctrl-C or an error: cancel what is left
             ray.cancel(ref, force=True)

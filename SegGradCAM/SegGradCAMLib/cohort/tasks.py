@@ -33,10 +33,21 @@ class ExplainTask:
     def fingerprint(self) -> dict:
         """The options that shape a case's outputs (a resumed run must use the same)."""
         o = self.options
-        keep = {"model": o.model, "layers": o.layers, "method": o.method, "classes": o.classes, "region": o.region,
-                "heatmap_dtype": o.heatmap_dtype, "amp": o.amp, "step_size": o.step_size, "folds": o.folds,
-                "checkpoint": o.checkpoint, "faithfulness": o.faithfulness, "mirror": o.mirror,
-                "no_overview": not o.overview}
+        keep = {
+            "model": o.model,
+            "layers": o.layers,
+            "method": o.method,
+            "classes": o.classes,
+            "region": o.region,
+            "heatmap_dtype": o.heatmap_dtype,
+            "amp": o.amp,
+            "step_size": o.step_size,
+            "folds": o.folds,
+            "checkpoint": o.checkpoint,
+            "faithfulness": o.faithfulness,
+            "mirror": o.mirror,
+            "no_overview": not o.overview,
+        }
         return {k: str(v) for k, v in keep.items()}
 
     def run(self, case: CohortCase, folder: Path) -> None:
@@ -69,16 +80,21 @@ class EvaluateTask:
     def fingerprint(self) -> dict:
         from ..evaluation.scoring import config_dict
 
-        return {"model": self.model, "max_slices": self.max_slices,
-                **{k: str(v) for k, v in config_dict(self.config).items() if k != "device"}}
+        return {
+            "model": self.model,
+            "max_slices": self.max_slices,
+            **{k: str(v) for k, v in config_dict(self.config).items() if k != "device"},
+        }
 
     def run(self, case: CohortCase, folder: Path) -> None:
         from ..evaluation.scoring import evaluate_volume, save_result
         from ..pipelines import load_pipeline
 
         device = self.config.device
-        pipeline = cached_model((self.model, self.trust_model, device),
-                                lambda: load_pipeline(self.model, trust=self.trust_model, device=device))
+        pipeline = cached_model(
+            (self.model, self.trust_model, device),
+            lambda: load_pipeline(self.model, trust=self.trust_model, device=device),
+        )
         result = evaluate_volume(pipeline, case.inputs, case.id, case.index, self.config, self.max_slices)
         save_result(result, folder, with_gallery=case.index < self.config.gallery)
 
@@ -87,13 +103,17 @@ def finish_cohort(command: str, report: CohortReport, options: EngineOptions, ca
     """Print what the run did; a run with failed cases ends in an error naming failures.csv (the
     other cases' outputs stay)."""
     where = f"Ray ({options.ray_address or 'local instance'})" if options.engine == "ray" else "this process"
-    print(f"{command}: {cases} cases -> {out}: {len(report.done)} done in {report.seconds:.1f} s, "
-          f"{len(report.skipped)} complete before (skipped), {len(report.failed)} failed; {where}, "
-          f"{len(report.processes)} worker process(es), model loaded {report.model_loads} time(s)")
+    print(
+        f"{command}: {cases} cases -> {out}: {len(report.done)} done in {report.seconds:.1f} s, "
+        f"{len(report.skipped)} complete before (skipped), {len(report.failed)} failed; {where}, "
+        f"{len(report.processes)} worker process(es), model loaded {report.model_loads} time(s)"
+    )
     if report.failed:
         first = next(iter(report.failed.items()))
-        raise SegGradCAMError(f"{len(report.failed)} of {cases} cases failed, listed in {out / FAILURES_FILE} "
-                              f"(first: {first[0]}: {first[1]}); the other cases' outputs are complete.")
+        raise SegGradCAMError(
+            f"{len(report.failed)} of {cases} cases failed, listed in {out / FAILURES_FILE} "
+            f"(first: {first[0]}: {first[1]}); the other cases' outputs are complete."
+        )
     return report.as_dict(options.engine, cases)
 
 

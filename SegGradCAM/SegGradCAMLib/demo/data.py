@@ -181,8 +181,9 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _implant_lesion(t1c: np.ndarray, flair: np.ndarray, brain: np.ndarray, labels: np.ndarray,
-                    rng: np.random.Generator) -> None:
+def _implant_lesion(
+    t1c: np.ndarray, flair: np.ndarray, brain: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> None:
     """Implant one lesion in place into ``t1c``, ``flair``, ``brain`` and ``labels`` ``(Z, Y, X)``."""
     radius = rng.uniform(8.0, 18.0) / SPACING_MM  # tumour (rim outer) radius, voxels
     edema_extent = rng.uniform(1.5, 2.3)  # edema outer radius / tumour radius
@@ -222,7 +223,11 @@ def _implant_lesion(t1c: np.ndarray, flair: np.ndarray, brain: np.ndarray, label
     t1c_box, flair_box = t1c[box], flair[box]
     kept = np.clip(1 - sum(weights), 0, 1)
     values_t1c = (t1c_box * rng.uniform(0.7, 0.85), rng.uniform(1.3, 1.7) * texture, rng.uniform(0.25, 0.45) * texture)
-    values_flair = (rng.uniform(1.15, 1.45) * texture, rng.uniform(0.95, 1.2) * texture, rng.uniform(0.6, 0.95) * texture)
+    values_flair = (
+        rng.uniform(1.15, 1.45) * texture,
+        rng.uniform(0.95, 1.2) * texture,
+        rng.uniform(0.6, 0.95) * texture,
+    )
     t1c[box] = kept * t1c_box + sum(w * v for w, v in zip(weights, values_t1c))
     flair[box] = kept * flair_box + sum(w * v for w, v in zip(weights, values_flair))
     new = np.select([core, rim, edema], [3, 2, 1], 0).astype(np.uint8)
@@ -242,8 +247,9 @@ def make_case(seed: int, subject: str) -> Case:
     return Case(subject, seed, image, labels)
 
 
-def _elastic(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-             magnitude: float = 2.5) -> tuple[np.ndarray, np.ndarray]:
+def _elastic(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, magnitude: float = 2.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Smooth random displacement (pixels) of ``image`` ``(C, H, W)`` and ``labels`` ``(H, W)``."""
     size = labels.shape
     coarse = rng.standard_normal((2, 5, 5)) * magnitude
@@ -272,8 +278,9 @@ def augment_slice(image: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     return out.astype(np.float32), labels.astype(np.uint8)
 
 
-def case_slices(case: Case, rng: np.random.Generator, lesion_slices: int, empty_slices: int,
-                augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def case_slices(
+    case: Case, rng: np.random.Generator, lesion_slices: int, empty_slices: int, augment: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Axial slices of a case: up to ``lesion_slices`` through lesions and ``empty_slices``
     through lesion-free brain. Returns images ``(n, 2, H, W)`` (normalised) and labels ``(n, H, W)``."""
     image = normalize_intensity(case.image, NORMALIZATION, PERCENTILES)
@@ -281,10 +288,12 @@ def case_slices(case: Case, rng: np.random.Generator, lesion_slices: int, empty_
     brain_area = (case.image[0] > 0.2).sum(axis=(1, 2))
     with_lesion = np.flatnonzero(lesion_area >= 20)
     without = np.flatnonzero((lesion_area == 0) & (brain_area > 0.25 * PLANE * PLANE))
-    chosen = np.concatenate([
-        rng.choice(with_lesion, min(lesion_slices, len(with_lesion)), replace=False),
-        rng.choice(without, min(empty_slices, len(without)), replace=False),
-    ]).astype(int)
+    chosen = np.concatenate(
+        [
+            rng.choice(with_lesion, min(lesion_slices, len(with_lesion)), replace=False),
+            rng.choice(without, min(empty_slices, len(without)), replace=False),
+        ]
+    ).astype(int)
     images, labels = [], []
     for z in chosen:
         x, y = image[:, z], case.labels[z]
@@ -306,8 +315,9 @@ def iter_cases(seed: Seed) -> Iterator[tuple[Case, np.random.Generator]]:
         index += 1
 
 
-def make_slice_set(seed: Seed, n_slices: int, lesion_slices: int = 8, empty_slices: int = 2,
-                   augment: bool = True) -> SliceSet:
+def make_slice_set(
+    seed: Seed, n_slices: int, lesion_slices: int = 8, empty_slices: int = 2, augment: bool = True
+) -> SliceSet:
     """Exactly ``n_slices`` slices from as many cases of ``seed`` as needed."""
     images, labels, cases = [], [], []
     count = 0
@@ -319,8 +329,9 @@ def make_slice_set(seed: Seed, n_slices: int, lesion_slices: int = 8, empty_slic
         count += len(y)
         if count >= n_slices:
             break
-    return SliceSet(np.concatenate(images)[:n_slices], np.concatenate(labels)[:n_slices],
-                    np.concatenate(cases)[:n_slices], seed)
+    return SliceSet(
+        np.concatenate(images)[:n_slices], np.concatenate(labels)[:n_slices], np.concatenate(cases)[:n_slices], seed
+    )
 
 
 def evaluation_set(n_slices: int = 100, seed: int = EVAL_SEED) -> SliceSet:
@@ -349,7 +360,9 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import itertools
 
-    parser = argparse.ArgumentParser(prog="python -m SegGradCAMLib.demo.data", description="Write one demo case (t1c, flair, labels) as NRRD files.")
+    parser = argparse.ArgumentParser(
+        prog="python -m SegGradCAMLib.demo.data", description="Write one demo case (t1c, flair, labels) as NRRD files."
+    )
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--index", type=int, default=0, help="case number in the seed's stream (default 0)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"case stream seed (default {EVAL_SEED}, held out)")

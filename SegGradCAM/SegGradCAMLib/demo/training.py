@@ -27,6 +27,7 @@ from ..cam import label_map
 from . import data as demo_data
 from ..errors import SegGradCAMError
 from ..models import DEFAULT_MULTICLASS_MODEL as MODEL_NAME
+
 ARCHITECTURE = "UNet"
 NETWORK_ARGS = {
     "spatial_dims": 2,
@@ -76,12 +77,14 @@ def predict_labels(network: nn.Module, images: np.ndarray, batch_size: int = 32)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
             out.append(label_map(network(batch)).numpy())
     return np.concatenate(out)
 
 
-def dice_scores(predicted: np.ndarray, target: np.ndarray, labels: Sequence[str] = demo_data.LABELS) -> dict[str, float]:
+def dice_scores(
+    predicted: np.ndarray, target: np.ndarray, labels: Sequence[str] = demo_data.LABELS
+) -> dict[str, float]:
     """Dice per foreground class and on the union of all foreground classes (``lesion_union``),
     pooled over every voxel of the set. ``predicted``, ``target``: integer label arrays of one shape.
     A class absent from both scores 1."""
@@ -138,9 +141,13 @@ def train_network(
                 progress("train", (epoch - 1) * len(batches) + len(losses), steps)
         entry = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - start, 1)}
         if val is not None:
-            entry["val_dice"] = {k: round(v, 4) for k, v in dice_scores(predict_labels(network, val.images), val.labels).items()}
+            entry["val_dice"] = {
+                k: round(v, 4) for k, v in dice_scores(predict_labels(network, val.images), val.labels).items()
+            }
             dice_text = ", ".join(f"{k} {v:.3f}" for k, v in entry["val_dice"].items())
-            log(f"epoch {epoch}/{epochs}: loss {entry['loss']:.4f}, validation Dice {dice_text} ({entry['seconds']:.0f} s)")
+            log(
+                f"epoch {epoch}/{epochs}: loss {entry['loss']:.4f}, validation Dice {dice_text} ({entry['seconds']:.0f} s)"
+            )
         result.history.append(entry)
     result.seconds = time.perf_counter() - start
     network.eval()
@@ -173,33 +180,33 @@ def _readme(card: dict) -> str:
     held_out = card["held_out_dice"]
     rows = "\n".join(f"| {name} | {value:.3f} |" for name, value in held_out.items())
     train, recipe = card["training"], card["data"]
-    return f"""# {card['name']}
+    return f"""# {card["name"]}
 
 **Demonstration model, not for clinical use.** A MONAI 2D U-Net trained on this
 project's CPU from real MRI heads with synthetic tumour-like lesions, so that
 class-discriminative Seg-Grad-CAM maps, the tumour example and ROAR have a
 multi-class network with known ground truth.
 
-- Labels: {', '.join(f'{i} {name}' for i, name in enumerate(card['labels']))}
-- Inputs (2 channels, in this order): {'; '.join(f"`{c['name']}` {c['description']}" for c in card['channels'])}
-- Preprocessing: axial slices at {card['spacing_mm'][0]} mm in-plane, orientation identity (LPS), each channel normalised over
-  the whole volume: percentiles {card['normalization_range'][0]}/{card['normalization_range'][1]} -> 0..1, clipped.
-- Network: `{card['architecture']}` {json.dumps(card['args'])}; decoder stages
-  (coarse to fine) {', '.join(f'`{s}`' for s in card['decoder_stages'])}; the last is the default layer.
-- Data recipe: `SegGradCAMLib.demo.data`, train seed {recipe['train_seed']} ({recipe['train_slices']} slices),
-  validation seed {recipe['val_seed']} ({recipe['val_slices']} slices), held-out evaluation seed {recipe['eval_seed']}
-  ({recipe['eval_slices']} slices, not augmented). Sources: {', '.join(recipe['sources'])}. Lesions are synthetic.
-- Training: {train['epochs']} epochs, batch {train['batch_size']}, Adam + one-cycle lr {train['learning_rate']},
-  Dice + cross-entropy: {train['seconds'] / 60:.1f} min wall after {recipe['seconds'] / 60:.1f} min of data generation
-  ({train['machine']}, torch {train['torch']}).
+- Labels: {", ".join(f"{i} {name}" for i, name in enumerate(card["labels"]))}
+- Inputs (2 channels, in this order): {"; ".join(f"`{c['name']}` {c['description']}" for c in card["channels"])}
+- Preprocessing: axial slices at {card["spacing_mm"][0]} mm in-plane, orientation identity (LPS), each channel normalised over
+  the whole volume: percentiles {card["normalization_range"][0]}/{card["normalization_range"][1]} -> 0..1, clipped.
+- Network: `{card["architecture"]}` {json.dumps(card["args"])}; decoder stages
+  (coarse to fine) {", ".join(f"`{s}`" for s in card["decoder_stages"])}; the last is the default layer.
+- Data recipe: `SegGradCAMLib.demo.data`, train seed {recipe["train_seed"]} ({recipe["train_slices"]} slices),
+  validation seed {recipe["val_seed"]} ({recipe["val_slices"]} slices), held-out evaluation seed {recipe["eval_seed"]}
+  ({recipe["eval_slices"]} slices, not augmented). Sources: {", ".join(recipe["sources"])}. Lesions are synthetic.
+- Training: {train["epochs"]} epochs, batch {train["batch_size"]}, Adam + one-cycle lr {train["learning_rate"]},
+  Dice + cross-entropy: {train["seconds"] / 60:.1f} min wall after {recipe["seconds"] / 60:.1f} min of data generation
+  ({train["machine"]}, torch {train["torch"]}).
 
-Held-out Dice (pooled over the {recipe['eval_slices']} evaluation slices):
+Held-out Dice (pooled over the {recipe["eval_slices"]} evaluation slices):
 
 | class | Dice |
 |---|---|
 {rows}
 
-Reproduce: `{card['command']}` (same seed, same data: the data sha256 values are in `model_card.json`).
+Reproduce: `{card["command"]}` (same seed, same data: the data sha256 values are in `model_card.json`).
 Intended use: demonstrating and testing explanation methods. The anatomy (three heads) is shared
 between training and evaluation; only the lesions, augmentations and slices differ.
 
@@ -209,8 +216,13 @@ mean gradients, spreads over the slice and leaves the small classes' maps nearly
 """
 
 
-def train_demo(out: Path, config: TrainConfig, command: str,
-               progress: Callable[[str, int, int], None] | None = None, log: Callable[[str], None] = print) -> dict:
+def train_demo(
+    out: Path,
+    config: TrainConfig,
+    command: str,
+    progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Generate the demo data, train, evaluate on the held-out set and write the model folder
     (``progress``: as in :func:`train_network`).
 
@@ -226,7 +238,9 @@ def train_demo(out: Path, config: TrainConfig, command: str,
     held_out = demo_data.evaluation_set(config.eval_slices)
     data_seconds = time.perf_counter() - start
     log(f"data: {len(train)} training, {len(val)} validation, {len(held_out)} held-out slices ({data_seconds:.0f} s)")
-    result = train_network(train, val, config.epochs, config.batch_size, config.learning_rate, config.seed, progress, log)
+    result = train_network(
+        train, val, config.epochs, config.batch_size, config.learning_rate, config.seed, progress, log
+    )
     scores = dice_scores(predict_labels(result.network, held_out.images), held_out.labels)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -251,17 +265,32 @@ def train_demo(out: Path, config: TrainConfig, command: str,
         "weights": {"file": weights.name, "sha256": spec["sha256"], "bytes": weights.stat().st_size},
         "data": {
             "recipe": "SegGradCAMLib.demo.data",
-            "sources": ["Colin27 (mricron-data)", "KmeansTest T1 head (insighttoolkit5-examples)",
-                        "MNI152 2009a template (nilearn)"],
-            "train_seed": config.seed, "train_slices": len(train), "train_sha256": train.sha256(),
-            "val_seed": [config.seed, VALIDATION_STREAM], "val_slices": len(val), "val_sha256": val.sha256(),
-            "eval_seed": demo_data.EVAL_SEED, "eval_slices": len(held_out), "eval_sha256": held_out.sha256(),
+            "sources": [
+                "Colin27 (mricron-data)",
+                "KmeansTest T1 head (insighttoolkit5-examples)",
+                "MNI152 2009a template (nilearn)",
+            ],
+            "train_seed": config.seed,
+            "train_slices": len(train),
+            "train_sha256": train.sha256(),
+            "val_seed": [config.seed, VALIDATION_STREAM],
+            "val_slices": len(val),
+            "val_sha256": val.sha256(),
+            "eval_seed": demo_data.EVAL_SEED,
+            "eval_slices": len(held_out),
+            "eval_sha256": held_out.sha256(),
             "seconds": round(data_seconds, 1),
         },
         "training": {
-            **{k: v for k, v in asdict(config).items() if k not in ("seed", "train_slices", "val_slices", "eval_slices")},
-            "loss": "DiceCE (MONAI, softmax)", "optimizer": "Adam, one-cycle schedule",
-            "seconds": round(result.seconds, 1), "torch": torch.__version__,
+            **{
+                k: v
+                for k, v in asdict(config).items()
+                if k not in ("seed", "train_slices", "val_slices", "eval_slices")
+            },
+            "loss": "DiceCE (MONAI, softmax)",
+            "optimizer": "Adam, one-cycle schedule",
+            "seconds": round(result.seconds, 1),
+            "torch": torch.__version__,
             "machine": f"{platform.machine()} CPU, {config.threads} threads",
         },
         "history": result.history,

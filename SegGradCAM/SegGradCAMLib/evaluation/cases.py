@@ -37,8 +37,10 @@ def data_entries(data: str) -> list[list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        raise SegGradCAMError(f"Cannot read {data} as a list file (one case per line, channel files separated by "
-                              f"commas); give a volume ({', '.join(VOLUME_SUFFIXES)}), a folder or a list file.") from None
+        raise SegGradCAMError(
+            f"Cannot read {data} as a list file (one case per line, channel files separated by "
+            f"commas); give a volume ({', '.join(VOLUME_SUFFIXES)}), a folder or a list file."
+        ) from None
     entries = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()

@@ -52,8 +52,9 @@ def rank_voxels(heatmap: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return ranks.reshape(heatmap.shape)
 
 
-def make_baseline(image: torch.Tensor, spacing: Sequence[float], kind: str = "blur",
-                  sigma_mm: float = DEFAULT_SIGMA_MM) -> torch.Tensor:
+def make_baseline(
+    image: torch.Tensor, spacing: Sequence[float], kind: str = "blur", sigma_mm: float = DEFAULT_SIGMA_MM
+) -> torch.Tensor:
     """What removed voxels are replaced by, ``(Cin, *S)`` -> ``(Cin, *S)``.
 
     ``blur``: a Gaussian-blurred copy with ``sigma_mm`` in millimetres per axis
@@ -91,8 +92,15 @@ class ClassScorer:
     Mixed precision is used on CUDA.
     """
 
-    def __init__(self, network: nn.Module, class_index: int, mask: torch.Tensor, activation: str = "softmax",
-                 device: str = "cpu", batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        class_index: int,
+        mask: torch.Tensor,
+        activation: str = "softmax",
+        device: str = "cpu",
+        batch_size: int = 16,
+    ) -> None:
         if not mask.any():
             raise SegGradCAMError(f"Class {class_index} has an empty mask: nothing to score.")
         self.network, self.class_index, self.activation = network, int(class_index), activation
@@ -103,7 +111,7 @@ class ClassScorer:
     def __call__(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         probs, dices = [], []
         for start in range(0, inputs.shape[0], self.batch_size):
-            batch = inputs[start:start + self.batch_size].to(self.device)
+            batch = inputs[start : start + self.batch_size].to(self.device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
                 logits = self.network(batch)
             p, d = self._score(logits.float())
@@ -150,9 +158,16 @@ class PerturbationCurve:
         }
 
 
-def perturbation_curve(scorer: ClassScorer, start: torch.Tensor, end: torch.Tensor, heatmap: torch.Tensor,
-                       fractions: np.ndarray, ends: tuple[np.ndarray, np.ndarray], seed: int = 0,
-                       batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def perturbation_curve(
+    scorer: ClassScorer,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    heatmap: torch.Tensor,
+    fractions: np.ndarray,
+    ends: tuple[np.ndarray, np.ndarray],
+    seed: int = 0,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores as the top-ranked voxels of ``start`` are replaced by those of ``end``.
 
     ``start``, ``end``: ``(Cin, *S)``; ``heatmap``: ``(*S)``; ``ends``: the known
@@ -164,7 +179,7 @@ def perturbation_curve(scorer: ClassScorer, start: torch.Tensor, end: torch.Tens
     counts = torch.from_numpy(np.round(fractions[1:-1] * ranks.numel()).astype(np.int64))
     probs, dices = [ends[0][:1]], [ends[1][:1]]
     for first in range(0, counts.numel(), batch_size):
-        k = counts[first:first + batch_size].view(-1, *([1] * ranks.ndim))
+        k = counts[first : first + batch_size].view(-1, *([1] * ranks.ndim))
         replaced = (ranks[None] < k)[:, None]  # (B, 1, *S)
         p, d = scorer(torch.where(replaced, end[None], start[None]))
         probs.append(p)
@@ -172,9 +187,16 @@ def perturbation_curve(scorer: ClassScorer, start: torch.Tensor, end: torch.Tens
     return np.concatenate(probs + [ends[0][1:]]), np.concatenate(dices + [ends[1][1:]])
 
 
-def deletion_insertion(scorer: ClassScorer, image: torch.Tensor, baseline: torch.Tensor, heatmap: torch.Tensor,
-                       step: float = 0.01, seed: int = 0, batch_size: int = 16,
-                       ends: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, PerturbationCurve]:
+def deletion_insertion(
+    scorer: ClassScorer,
+    image: torch.Tensor,
+    baseline: torch.Tensor,
+    heatmap: torch.Tensor,
+    step: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 16,
+    ends: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, PerturbationCurve]:
     """Deletion (image -> baseline) and Insertion (baseline -> image) curves for one heatmap.
 
     ``image``, ``baseline``: ``(Cin, *S)``; ``heatmap``: ``(*S)``. ``ends``: the
@@ -185,8 +207,9 @@ def deletion_insertion(scorer: ClassScorer, image: torch.Tensor, baseline: torch
     fractions = step_fractions(step)
     prob, dice = ends if ends is not None else scorer(torch.stack([image, baseline]))
     deletion = perturbation_curve(scorer, image, baseline, heatmap, fractions, (prob, dice), seed, batch_size)
-    insertion = perturbation_curve(scorer, baseline, image, heatmap, fractions, (prob[::-1], dice[::-1]), seed,
-                                   batch_size)
+    insertion = perturbation_curve(
+        scorer, baseline, image, heatmap, fractions, (prob[::-1], dice[::-1]), seed, batch_size
+    )
     return {
         "deletion": PerturbationCurve("deletion", fractions, *deletion, reference=float(prob[0])),
         "insertion": PerturbationCurve("insertion", fractions, *insertion, reference=float(prob[0])),

@@ -7,7 +7,9 @@ from typing import Sequence
 import numpy as np
 
 
-def heatmap_energy_fractions(heatmap: np.ndarray, mask: np.ndarray, spacing: Sequence[float], shell_mm: float = 3.0) -> dict[str, float]:
+def heatmap_energy_fractions(
+    heatmap: np.ndarray, mask: np.ndarray, spacing: Sequence[float], shell_mm: float = 3.0
+) -> dict[str, float]:
     """Fractions of heatmap energy (sum of values) inside ``mask``, in a shell of ``shell_mm``
     around it, and beyond. ``heatmap``, ``mask``: ``(Z, Y, X)``; ``spacing`` in array order (mm).
     """
@@ -24,4 +26,9 @@ def heatmap_energy_fractions(heatmap: np.ndarray, mask: np.ndarray, spacing: Seq
         shell = np.zeros_like(mask)
     inside = float(heatmap[mask].sum()) / total
     near = float(heatmap[shell].sum()) / total
-    return {"energy_inside": inside, "energy_shell": near, "energy_beyond": max(0.0, 1.0 - inside - near), "shell_mm": shell_mm}
+    return {
+        "energy_inside": inside,
+        "energy_shell": near,
+        "energy_beyond": max(0.0, 1.0 - inside - near),
+        "shell_mm": shell_mm,
+    }

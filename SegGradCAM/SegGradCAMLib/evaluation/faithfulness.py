@@ -64,10 +64,20 @@ def verdict(deletion: float, insertion: float, random: dict, mask: dict) -> str:
     return f"mixed: better than random on {better}, not on {worse}"
 
 
-def score_class(network, image: torch.Tensor, replacement: torch.Tensor, mask: torch.Tensor, class_index: int,
-                maps: dict[str, torch.Tensor], activation: str, device: str, step: float, seed: int,
-                batch_size: int = 64, scored: Callable[[int], None] = lambda n: None,
-                ) -> tuple[dict[str, _Curves], list[_Curves], _Curves]:
+def score_class(
+    network,
+    image: torch.Tensor,
+    replacement: torch.Tensor,
+    mask: torch.Tensor,
+    class_index: int,
+    maps: dict[str, torch.Tensor],
+    activation: str,
+    device: str,
+    step: float,
+    seed: int,
+    batch_size: int = 64,
+    scored: Callable[[int], None] = lambda n: None,
+) -> tuple[dict[str, _Curves], list[_Curves], _Curves]:
     """One case and class: Deletion/Insertion AUCs of each map ``(*S)``, of the random orderings
     and of the mask baseline (mask voxels first, ties at random). ``image``, ``replacement``:
     ``(Cin, *S)``; ``mask``: ``(*S)`` bool. The perturbed inputs of all rankings go through the
@@ -85,13 +95,13 @@ def score_class(network, image: torch.Tensor, replacement: torch.Tensor, mask: t
         pairs = [(r, k) for r in ranks for k in counts]
         scores = []
         for chunk in range(0, len(pairs), batch_size):
-            replaced = torch.stack([r < k for r, k in pairs[chunk:chunk + batch_size]])[:, None]  # (B, 1, *S)
+            replaced = torch.stack([r < k for r, k in pairs[chunk : chunk + batch_size]])[:, None]  # (B, 1, *S)
             scores.append(scorer(torch.where(replaced, end[None], start[None]))[0])
             scored(len(replaced))
         inner = np.concatenate(scores).reshape(len(ranks), len(counts))
         aucs.append([auc([first, *row, last], fractions) for row in inner])
     curves = [_Curves([d], [i]) for d, i in zip(*aucs)]
-    return dict(zip(maps, curves)), curves[len(maps):-1], curves[-1]
+    return dict(zip(maps, curves)), curves[len(maps) : -1], curves[-1]
 
 
 def calls_per_case(maps: int, step: float) -> int:
@@ -100,31 +110,54 @@ def calls_per_case(maps: int, step: float) -> int:
     return 2 + (maps + RANDOM_ORDERINGS + 1) * 2 * (len(step_fractions(step)) - 2)
 
 
-def summarise(maps: dict[str, _Curves], randoms: list[_Curves], mask: _Curves, step: float, cases: int,
-              perturbation: str) -> dict[str, dict]:
+def summarise(
+    maps: dict[str, _Curves], randoms: list[_Curves], mask: _Curves, step: float, cases: int, perturbation: str
+) -> dict[str, dict]:
     """explain.json's ``faithfulness`` for each map (AUCs averaged over the cases)."""
     random_means = np.array([r.means() for r in randoms])  # (orderings, 2)
-    random = {"deletion_mean": float(random_means[:, 0].mean()), "deletion_sd": float(random_means[:, 0].std(ddof=1)),
-              "insertion_mean": float(random_means[:, 1].mean()), "insertion_sd": float(random_means[:, 1].std(ddof=1)),
-              "n": len(randoms)}
+    random = {
+        "deletion_mean": float(random_means[:, 0].mean()),
+        "deletion_sd": float(random_means[:, 0].std(ddof=1)),
+        "insertion_mean": float(random_means[:, 1].mean()),
+        "insertion_sd": float(random_means[:, 1].std(ddof=1)),
+        "n": len(randoms),
+    }
     mask_deletion, mask_insertion = mask.means()
     mask_entry = {"deletion_auc": mask_deletion, "insertion_auc": mask_insertion}
     steps = len(step_fractions(step)) - 1
-    basis = (f"Deletion and Insertion, {steps} steps, {len(randoms)} random orderings, "
-             f"{cases} {'case' if cases == 1 else 'cases'} of this volume only")
+    basis = (
+        f"Deletion and Insertion, {steps} steps, {len(randoms)} random orderings, "
+        f"{cases} {'case' if cases == 1 else 'cases'} of this volume only"
+    )
     summary = {}
     for name, curves in maps.items():
         deletion, insertion = curves.means()
-        summary[name] = {"deletion_auc": deletion, "insertion_auc": insertion, "random": random, "mask": mask_entry,
-                         "steps": steps, "cases": cases, "perturbation": perturbation,
-                         "verdict": verdict(deletion, insertion, random, mask_entry), "basis": basis}
+        summary[name] = {
+            "deletion_auc": deletion,
+            "insertion_auc": insertion,
+            "random": random,
+            "mask": mask_entry,
+            "steps": steps,
+            "cases": cases,
+            "perturbation": perturbation,
+            "verdict": verdict(deletion, insertion, random, mask_entry),
+            "basis": basis,
+        }
     return summary
 
 
-def explanation_faithfulness(model: LoadedModel, found: Sequence[EvalCase], classes: Sequence[int],
-                             layers: Sequence[str], method: str, device: str = "cpu", step: float = DEFAULT_STEP,
-                             max_slices: int = DEFAULT_MAX_SLICES, seed: int = 0,
-                             progress: Callable[[int, int], None] | None = None) -> dict[tuple[int, str], dict]:
+def explanation_faithfulness(
+    model: LoadedModel,
+    found: Sequence[EvalCase],
+    classes: Sequence[int],
+    layers: Sequence[str],
+    method: str,
+    device: str = "cpu",
+    step: float = DEFAULT_STEP,
+    max_slices: int = DEFAULT_MAX_SLICES,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[tuple[int, str], dict]:
     """Scores and verdicts of ``method`` on ``layers`` for each class of one volume, given as its
     cases on the model grid (:func:`~SegGradCAMLib.pipelines.cases_from_volume`,
     :func:`~SegGradCAMLib.pipelines.nnunet_case`):
@@ -153,18 +186,29 @@ def explanation_faithfulness(model: LoadedModel, found: Sequence[EvalCase], clas
             x = case.image[None].to(device)
             cams = seg_grad_cam(network, x, list(layers), [c], method, upsample=True)
             replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
-            maps, random, mask = score_class(network, case.image.float(), replacement, labels == c, c,
-                                             {layer: cams[layer][0, 0].float().cpu() for layer in layers},
-                                             model.spec.output_activation, device, step, seed,
-                                             batch_size=64 if model.spec.spatial_dims == 2 else 1, scored=scored)
+            maps, random, mask = score_class(
+                network,
+                case.image.float(),
+                replacement,
+                labels == c,
+                c,
+                {layer: cams[layer][0, 0].float().cpu() for layer in layers},
+                model.spec.output_activation,
+                device,
+                step,
+                seed,
+                batch_size=64 if model.spec.spatial_dims == 2 else 1,
+                scored=scored,
+            )
             for layer in layers:
                 per_map[layer].extend(maps[layer])
             for pooled, one in zip(randoms, random):
                 pooled.extend(one)
             mask_curves.extend(mask)
         if cases:
-            for layer, entry in summarise(per_map, randoms, mask_curves, step, len(cases), "blur "
-                                          f"{DEFAULT_SIGMA_MM:g} mm").items():
+            for layer, entry in summarise(
+                per_map, randoms, mask_curves, step, len(cases), f"blur {DEFAULT_SIGMA_MM:g} mm"
+            ).items():
                 results[(c, layer)] = {**entry, "network_calls": len(cases) * per_case}
     return results
 

@@ -59,8 +59,13 @@ def plot_curves(out: Path, curves: Sequence[dict]) -> list[Path]:
         for ax, kind in zip(axes[0], kinds):
             for curve in (c for c in curves if c["class"] == name and c["curve"] == kind):
                 x = np.asarray(curve["fractions"]) * 100
-                line, = ax.plot(x, curve["mean"], label=explanation_name(curve["method"], curve["layer"]),
-                                marker="o" if len(x) < 15 else None, markersize=3)
+                (line,) = ax.plot(
+                    x,
+                    curve["mean"],
+                    label=explanation_name(curve["method"], curve["layer"]),
+                    marker="o" if len(x) < 15 else None,
+                    markersize=3,
+                )
                 ax.fill_between(x, curve["low"], curve["high"], color=line.get_color(), alpha=0.2, linewidth=0)
             ax.set_title(f"{CURVE_TITLES[kind]} — {name}", fontsize=10)
             ax.set_xlabel("voxels removed (%)" if kind != "insertion" else "voxels restored (%)")
@@ -89,10 +94,16 @@ def plot_randomization(out: Path, summary: Sequence[dict]) -> Path | None:
     for key in dict.fromkeys((s["class"], s["method"], s["layer"]) for s in summary):
         steps = [s for s in summary if (s["class"], s["method"], s["layer"]) == key]
         for ax, measure in zip(axes, ("spearman", "ssim")):
-            ax.plot(range(len(steps) + 1), [1.0] + [s[measure] for s in steps], marker="o", markersize=3,
-                    label=f"{key[0]}: {explanation_name(key[1], key[2])}")
-            ax.set_xticks(range(len(steps) + 1), ["original"] + [s["step"] for s in steps], rotation=30,
-                          fontsize=7, ha="right")
+            ax.plot(
+                range(len(steps) + 1),
+                [1.0] + [s[measure] for s in steps],
+                marker="o",
+                markersize=3,
+                label=f"{key[0]}: {explanation_name(key[1], key[2])}",
+            )
+            ax.set_xticks(
+                range(len(steps) + 1), ["original"] + [s["step"] for s in steps], rotation=30, fontsize=7, ha="right"
+            )
     for ax, measure in zip(axes, ("Spearman rank correlation", "SSIM")):
         ax.set_title(f"Cascading randomisation: {measure}", fontsize=10)
         ax.set_ylim(-0.4, 1.05)
@@ -118,8 +129,9 @@ def plot_gallery(out: Path, gallery: Sequence[dict]) -> list[Path]:
     for item in gallery:
         classes = item["classes"]
         keys = list(next(iter(classes.values()))["maps"])
-        fig, axes = plt.subplots(len(classes), len(keys), figsize=(2.2 * len(keys), 2.3 * len(classes)),
-                                 squeeze=False, facecolor="black")
+        fig, axes = plt.subplots(
+            len(classes), len(keys), figsize=(2.2 * len(keys), 2.3 * len(classes)), squeeze=False, facecolor="black"
+        )
         for row, (name, entry) in enumerate(classes.items()):
             mask = entry["mask"]
             z = int(np.argmax(mask.reshape(mask.shape[0], -1).sum(1))) if mask.ndim == 3 else None
@@ -129,8 +141,14 @@ def plot_gallery(out: Path, gallery: Sequence[dict]) -> list[Path]:
                 ax = axes[row][col]
                 ax.imshow(image, cmap="gray", interpolation="nearest")
                 top = float(heat.max())
-                ax.imshow(np.ma.masked_less_equal(heat / top if top > 0 else heat, 0.05), cmap="inferno",
-                          vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
+                ax.imshow(
+                    np.ma.masked_less_equal(heat / top if top > 0 else heat, 0.05),
+                    cmap="inferno",
+                    vmin=0,
+                    vmax=1,
+                    alpha=0.6,
+                    interpolation="nearest",
+                )
                 ax.contour(mask if z is None else mask[z], levels=[0.5], colors="cyan", linewidths=0.7)
                 ax.set_title(f"{name}\n{explanation_name(*key)}", color="white", fontsize=6)
                 ax.axis("off")
@@ -182,11 +200,17 @@ def markdown_table(report: EvaluationReport) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cells) + " |" for cells in results_table(report.summary)]
     compared = [(c, h, b) for c, h, b in TABLE_COLUMNS if any(c in e for e in report.comparisons)]
-    lines += ["", "| explanation | versus | " + " | ".join(f"Δ {h}" for _, h, _ in compared) + " |",
-              "|" + "---|" * (2 + len(compared))]
-    lines += [f"| {explanation_name(e['method'], e['layer'])} | {e['versus']} | "
-              + " | ".join(f"{format_stat(e.get(c))} {verdict(e.get(c), b)}" for c, _, b in compared) + " |"
-              for e in report.comparisons]
+    lines += [
+        "",
+        "| explanation | versus | " + " | ".join(f"Δ {h}" for _, h, _ in compared) + " |",
+        "|" + "---|" * (2 + len(compared)),
+    ]
+    lines += [
+        f"| {explanation_name(e['method'], e['layer'])} | {e['versus']} | "
+        + " | ".join(f"{format_stat(e.get(c))} {verdict(e.get(c), b)}" for c, _, b in compared)
+        + " |"
+        for e in report.comparisons
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -216,7 +240,7 @@ def write_html(out: Path, report: EvaluationReport, figures: Sequence[Path], gal
         f"{report.timings['evaluate_s']:.0f} s on {esc(report.device)}."
     )
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>SegGradCAM evaluation — {esc(report.model['name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>SegGradCAM evaluation — {esc(report.model["name"])}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }}
@@ -225,7 +249,7 @@ th {{ background: #eee; }}
 small {{ color: #666; }}
 img {{ max-width: 100%; margin: 0.5em 0; }}
 </style></head><body>
-<h1>Faithfulness of the explanations of {esc(report.model['name'])}</h1>
+<h1>Faithfulness of the explanations of {esc(report.model["name"])}</h1>
 <p>{settings}</p>
 <p>Scores: mean softmax probability of the class over its original predicted mask (fixed through each curve).
 Deletion replaces the highest-ranked voxels first by the baseline; Insertion restores them into it; ROAD removes
@@ -240,10 +264,10 @@ interval excludes 0, "n.s." when it does not.</p>
 <table id="comparisons"><tr><th>explanation</th><th>versus</th>{compared_header}</tr>
 {comparisons}</table>
 <h2>Curves</h2>
-{''.join(_embed(p) for p in figures)}
+{"".join(_embed(p) for p in figures)}
 <h2>Gallery</h2>
 <p>Heatmaps (inferno) over the first input channel; cyan: predicted mask of the class.</p>
-{''.join(_embed(p) for p in gallery)}
+{"".join(_embed(p) for p in gallery)}
 </body></html>
 """
     path = out / "report.html"

@@ -76,8 +76,9 @@ def imputation_system(values: np.ndarray, removed: np.ndarray):
     return (off_diagonal + sparse.diags(diagonal)).tocsr(), b, index
 
 
-def noisy_linear_imputation(image: torch.Tensor, removed: torch.Tensor, noise: float = 0.01, seed: int = 0,
-                            rtol: float = 1e-8) -> torch.Tensor:
+def noisy_linear_imputation(
+    image: torch.Tensor, removed: torch.Tensor, noise: float = 0.01, seed: int = 0, rtol: float = 1e-8
+) -> torch.Tensor:
     """Impute the removed voxels of ``image`` ``(Cin, *S)``; ``removed``: ``(*S)`` bool.
 
     ``noise`` is the standard deviation of the added noise as a fraction of the
@@ -118,9 +119,15 @@ class RoadCurve:
         return {"auc": auc(self.probability, self.fractions) / span, "dice_auc": auc(self.dice, self.fractions) / span}
 
 
-def road(scorer: ClassScorer, image: torch.Tensor, heatmap: torch.Tensor,
-         percentages: Sequence[float] = DEFAULT_FRACTIONS, noise: float = 0.01,
-         seed: int = 0, orders: Sequence[str] = ("morf", "lerf")) -> dict[str, RoadCurve]:
+def road(
+    scorer: ClassScorer,
+    image: torch.Tensor,
+    heatmap: torch.Tensor,
+    percentages: Sequence[float] = DEFAULT_FRACTIONS,
+    noise: float = 0.01,
+    seed: int = 0,
+    orders: Sequence[str] = ("morf", "lerf"),
+) -> dict[str, RoadCurve]:
     """MoRF and/or LeRF curves for one heatmap. ``image``: ``(Cin, *S)``; ``heatmap``: ``(*S)``."""
     ranks = rank_voxels(heatmap, seed)
     total = ranks.numel()

@@ -55,12 +55,18 @@ class RoarConfig:
     threads: int = 1
 
 
-def cam_ranking(network: nn.Module, images: np.ndarray, method: str = "gradcam", layer: str | Sequence[str] = "auto",
-                classes: Sequence[int] = range(1, len(demo_data.LABELS)), batch_size: int = 32) -> np.ndarray:
+def cam_ranking(
+    network: nn.Module,
+    images: np.ndarray,
+    method: str = "gradcam",
+    layer: str | Sequence[str] = "auto",
+    classes: Sequence[int] = range(1, len(demo_data.LABELS)),
+    batch_size: int = 32,
+) -> np.ndarray:
     """Ranking maps ``(N, H, W)`` in 0..1 from the Seg-Grad-CAM maps of ``classes`` on ``images`` ``(N, C, H, W)``."""
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
         maps = seg_grad_cam(network, x, layer, list(classes), method, upsample=True)
         m = next(iter(maps.values()))  # (classes, B, H, W)
         peak = m.flatten(2).amax(2)[..., None, None]
@@ -68,8 +74,9 @@ def cam_ranking(network: nn.Module, images: np.ndarray, method: str = "gradcam",
     return np.concatenate(out).astype(np.float32)
 
 
-def degrade(images: np.ndarray, ranking: np.ndarray, fraction: float, mode: str, fill: np.ndarray,
-            rng: np.random.Generator) -> np.ndarray:
+def degrade(
+    images: np.ndarray, ranking: np.ndarray, fraction: float, mode: str, fill: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Replace pixels of ``images`` ``(N, C, H, W)`` by ``fill`` ``(C,)``: the top ``fraction`` of
     each image's ``ranking`` ``(N, H, W)`` (``mode="roar"``) or all the others (``"kar"``)."""
     n, _, h, w = images.shape
@@ -77,7 +84,7 @@ def degrade(images: np.ndarray, ranking: np.ndarray, fraction: float, mode: str,
     flat = ranking.reshape(n, -1)
     order = np.lexsort((rng.random(flat.shape), flat), axis=-1)  # ascending, ties at random
     top = np.zeros(flat.shape, dtype=bool)
-    np.put_along_axis(top, order[:, flat.shape[1] - count:], True, axis=1)
+    np.put_along_axis(top, order[:, flat.shape[1] - count :], True, axis=1)
     replace = (top if mode == "roar" else ~top).reshape(n, 1, h, w)
     return np.where(replace, fill.reshape(1, -1, 1, 1), images).astype(np.float32)
 
@@ -92,8 +99,13 @@ def _replaced(data: demo_data.SliceSet, images: np.ndarray) -> demo_data.SliceSe
     return demo_data.SliceSet(images, data.labels, data.case, data.seed)
 
 
-def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = None,
-             log: Callable[[str], None] = print, progress: Callable[[str, int, int], None] | None = None) -> dict:
+def run_roar(
+    network: nn.Module,
+    config: RoarConfig,
+    out_json: Path | None = None,
+    log: Callable[[str], None] = print,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
     """ROAR/KAR with the demo recipe: heatmaps of ``network`` (the base model) on
     ``config.train_slices`` training and ``config.test_slices`` held-out slices, then one
     retraining per seed, explainer, mode and fraction, plus an unmodified baseline per seed.
@@ -110,8 +122,13 @@ def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = Non
     rankings = _rankings(network, config, train, test)
     report = _new_report(config, train, test, fill, heatmap_seconds=round(time.perf_counter() - start, 1))
     jobs = [(seed, None, None, 0.0) for seed in config.seeds]
-    jobs += [(seed, e, m, f) for seed in config.seeds for m in config.modes for e in config.explainers
-             for f in config.fractions]
+    jobs += [
+        (seed, e, m, f)
+        for seed in config.seeds
+        for m in config.modes
+        for e in config.explainers
+        for f in config.fractions
+    ]
     for i, job in enumerate(jobs, 1):
         if progress is not None:
             progress("runs", i - 1, len(jobs))
@@ -128,8 +145,9 @@ def run_roar(network: nn.Module, config: RoarConfig, out_json: Path | None = Non
     return report
 
 
-def _rankings(network: nn.Module, config: RoarConfig, train: demo_data.SliceSet,
-              test: demo_data.SliceSet) -> dict[str, list[np.ndarray]]:
+def _rankings(
+    network: nn.Module, config: RoarConfig, train: demo_data.SliceSet, test: demo_data.SliceSet
+) -> dict[str, list[np.ndarray]]:
     """Each explainer's ranking maps of the training and the test images: ``explainer -> [train, test]``."""
     rankings = {}
     for explainer in config.explainers:
@@ -141,15 +159,21 @@ def _rankings(network: nn.Module, config: RoarConfig, train: demo_data.SliceSet,
     return rankings
 
 
-def _new_report(config: RoarConfig, train: demo_data.SliceSet, test: demo_data.SliceSet, fill: np.ndarray,
-                heatmap_seconds: float) -> dict:
+def _new_report(
+    config: RoarConfig, train: demo_data.SliceSet, test: demo_data.SliceSet, fill: np.ndarray, heatmap_seconds: float
+) -> dict:
     """The report before any retraining: method, configuration, data and machine."""
     return {
         "method": "ROAR/KAR (Hooker et al. 2019): pixels replaced by the per-channel training mean "
-                  "in train and test images, retrained from scratch",
+        "in train and test images, retrained from scratch",
         "config": asdict(config),
-        "data": {"train_seed": demo_data.TRAIN_SEED, "train_sha256": train.sha256(),
-                 "test_seed": demo_data.EVAL_SEED, "test_sha256": test.sha256(), "fill": fill.round(4).tolist()},
+        "data": {
+            "train_seed": demo_data.TRAIN_SEED,
+            "train_sha256": train.sha256(),
+            "test_seed": demo_data.EVAL_SEED,
+            "test_sha256": test.sha256(),
+            "fill": fill.round(4).tolist(),
+        },
         "heatmap_seconds": heatmap_seconds,
         "torch": torch.__version__,
         "machine": f"{platform.machine()} CPU, {config.threads} threads",
@@ -158,8 +182,15 @@ def _new_report(config: RoarConfig, train: demo_data.SliceSet, test: demo_data.S
     }
 
 
-def _run_job(job: tuple, train: demo_data.SliceSet, test: demo_data.SliceSet, rankings: dict[str, list[np.ndarray]],
-             fill: np.ndarray, config: RoarConfig, report: dict) -> tuple[dict, str]:
+def _run_job(
+    job: tuple,
+    train: demo_data.SliceSet,
+    test: demo_data.SliceSet,
+    rankings: dict[str, list[np.ndarray]],
+    fill: np.ndarray,
+    config: RoarConfig,
+    report: dict,
+) -> tuple[dict, str]:
     """One retraining ``(seed, explainer, mode, fraction)`` (explainer None: the unmodified
     baseline), its entry appended to the report; returns the entry and its label."""
     seed, explainer, mode, fraction = job
@@ -168,10 +199,17 @@ def _run_job(job: tuple, train: demo_data.SliceSet, test: demo_data.SliceSet, ra
         report["baseline"].append(entry)
         return entry, "baseline"
     rng = np.random.default_rng(seed)
-    ranked = [_replaced(s, degrade(s.images, r, fraction, mode, fill, rng))
-              for s, r in zip((train, test), rankings[explainer])]
-    entry = {"seed": seed, "explainer": explainer, "mode": mode, "fraction": fraction,
-             **_retrain_and_score(*ranked, config, seed)}
+    ranked = [
+        _replaced(s, degrade(s.images, r, fraction, mode, fill, rng))
+        for s, r in zip((train, test), rankings[explainer])
+    ]
+    entry = {
+        "seed": seed,
+        "explainer": explainer,
+        "mode": mode,
+        "fraction": fraction,
+        **_retrain_and_score(*ranked, config, seed),
+    }
     report["runs"].append(entry)
     return entry, f"{mode} {explainer} {fraction:.0%}"
 
@@ -192,8 +230,13 @@ def mean_dice_over_seeds(report: dict) -> dict:
             continue
         for explainer, by_fraction in by_explainer.items():
             for fraction in by_fraction:
-                by_fraction[fraction] = mean([r for r in report["runs"] if r["mode"] == mode
-                                              and r["explainer"] == explainer and str(r["fraction"]) == fraction])
+                by_fraction[fraction] = mean(
+                    [
+                        r
+                        for r in report["runs"]
+                        if r["mode"] == mode and r["explainer"] == explainer and str(r["fraction"]) == fraction
+                    ]
+                )
         for explainer in (e for e in by_explainer if e != "random" and "random" in by_explainer):
             common = [f for f in by_explainer[explainer] if f in by_explainer["random"]]
             summary.setdefault(f"{explainer}_minus_random_lesion_union", {})[mode] = {
@@ -222,8 +265,15 @@ def plot_roar(report: dict, path: Path, classes: Sequence[str] | None = None) ->
                 points = [(100 * float(f), by_fraction[f][name]) for f in by_fraction]
                 points.append((0.0 if mode == "roar" else 100.0, summary["baseline"][name]))
                 xs, ys = zip(*sorted(points))
-                ax.plot(xs, ys, styles[mode], color=colours.get(explainer), marker="o", ms=3,
-                        label=f"{mode.upper()} {explainer}")
+                ax.plot(
+                    xs,
+                    ys,
+                    styles[mode],
+                    color=colours.get(explainer),
+                    marker="o",
+                    ms=3,
+                    label=f"{mode.upper()} {explainer}",
+                )
         ax.set_title(name.replace("_", " "))
         ax.set_xlabel("pixels replaced (ROAR) / kept (KAR), %")
         ax.set_ylim(0, 1)
@@ -232,8 +282,11 @@ def plot_roar(report: dict, path: Path, classes: Sequence[str] | None = None) ->
     axes[0][-1].legend(fontsize=7)
     seeds = {m: sorted({r["seed"] for r in report["runs"] if r["mode"] == m}) for m in MODES if m in summary}
     seed_text = ", ".join(f"{m.upper()} {s}" for m, s in seeds.items())
-    fig.suptitle(f"test Dice after retraining ({report['config']['epochs']} epochs, "
-                 f"{report['config']['train_slices']} slices); seeds {seed_text}", fontsize=9)
+    fig.suptitle(
+        f"test Dice after retraining ({report['config']['epochs']} epochs, "
+        f"{report['config']['train_slices']} slices); seeds {seed_text}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -41,8 +41,9 @@ def gradient_saliency(network: nn.Module, image: torch.Tensor, class_index: int,
     return grad[0].abs().amax(dim=0).detach()
 
 
-def baseline_heatmap(kind: str, network: nn.Module, image: torch.Tensor, class_index: int, mask: torch.Tensor,
-                     seed: int = 0) -> torch.Tensor:
+def baseline_heatmap(
+    kind: str, network: nn.Module, image: torch.Tensor, class_index: int, mask: torch.Tensor, seed: int = 0
+) -> torch.Tensor:
     """One of :data:`BASELINE_EXPLANATIONS` for class ``class_index``, ``(*S)``."""
     if kind == "random":
         return random_heatmap(mask.shape, seed)
@@ -96,7 +97,7 @@ def cascade_steps(network: nn.Module, example: torch.Tensor, stages: Sequence[st
         return name == stage or name.startswith(stage + ".")
 
     last_of_finest = max((i for i, name in enumerate(order) if inside(name, stages[-1])), default=-1)
-    steps = [("head", order[last_of_finest + 1:])]
+    steps = [("head", order[last_of_finest + 1 :])]
     for stage in reversed(stages):
         first = next((i for i, name in enumerate(order) if inside(name, stage)), None)
         if first is not None:
@@ -114,9 +115,16 @@ def _reinitialise(module: nn.Module, generator: torch.Generator) -> None:
             p.copy_(torch.randn(p.shape, generator=generator) * float(p.std() if p.numel() > 1 else 1.0))
 
 
-def cascading_randomisation(network: nn.Module, image: torch.Tensor, layer: str, class_index: int,
-                            region: torch.Tensor, stages: Sequence[str], method: str = "gradcam",
-                            seed: int = 0) -> list[dict[str, float | str]]:
+def cascading_randomisation(
+    network: nn.Module,
+    image: torch.Tensor,
+    layer: str,
+    class_index: int,
+    region: torch.Tensor,
+    stages: Sequence[str],
+    method: str = "gradcam",
+    seed: int = 0,
+) -> list[dict[str, float | str]]:
     """Similarity of the heatmap of a progressively randomised copy to the original.
 
     ``image``: ``(Cin, *S)``; ``region``: ``(*S)`` bool, the fixed target mask.

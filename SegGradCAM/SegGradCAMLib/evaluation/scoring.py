@@ -66,8 +66,9 @@ def case_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
-def _explanations(model: LoadedModel, case: EvalCase, classes: list[int], layers: list[str],
-                  config: EvalConfig) -> tuple[torch.Tensor, dict[tuple[str, str], torch.Tensor]]:
+def _explanations(
+    model: LoadedModel, case: EvalCase, classes: list[int], layers: list[str], config: EvalConfig
+) -> tuple[torch.Tensor, dict[tuple[str, str], torch.Tensor]]:
     """Logits ``(C, *S)`` and CAMs ``(method, layer) -> (len(classes), *S)`` of one case."""
     x = case.image[None].to(config.device)
     maps, logits = {}, None
@@ -95,8 +96,16 @@ class _ClassTarget:
     seed: int
 
 
-def evaluate_case(model: LoadedModel, case: EvalCase, keys: tuple[int, ...], classes: list[int], layers: list[str],
-                  stages: list[str], config: EvalConfig, result: EvalResult) -> None:
+def evaluate_case(
+    model: LoadedModel,
+    case: EvalCase,
+    keys: tuple[int, ...],
+    classes: list[int],
+    layers: list[str],
+    stages: list[str],
+    config: EvalConfig,
+    result: EvalResult,
+) -> None:
     """Append the rows, curves and randomisation steps of one case to ``result``; ``keys`` (the
     case's position) seed its random orderings."""
     network, spec = model.network, model.spec
@@ -115,21 +124,38 @@ def evaluate_case(model: LoadedModel, case: EvalCase, keys: tuple[int, ...], cla
         target = _ClassTarget(spec.labels[c], scorer, image, replacement, ends, case_seed(config.seed, *keys, c))
         explanations = {key: m[ci] for key, m in cams.items()}
         for kind in config.baselines:
-            explanations[(kind, NO_LAYER)] = baseline_heatmap(kind, network, image.to(config.device),
-                                                              c, mask.to(config.device), target.seed).cpu()
-        gallery["classes"][target.name] = {"mask": mask.numpy(),
-                                           "maps": {k: v.numpy() for k, v in explanations.items()}}
+            explanations[(kind, NO_LAYER)] = baseline_heatmap(
+                kind, network, image.to(config.device), c, mask.to(config.device), target.seed
+            ).cpu()
+        gallery["classes"][target.name] = {
+            "mask": mask.numpy(),
+            "maps": {k: v.numpy() for k, v in explanations.items()},
+        }
         for (method, layer), heat in explanations.items():
-            row = {"case": case.name, "class": target.name, "method": method, "layer": layer,
-                   "mask_voxels": int(mask.sum())}
+            row = {
+                "case": case.name,
+                "class": target.name,
+                "method": method,
+                "layer": layer,
+                "mask_voxels": int(mask.sum()),
+            }
             row.update(_score_explanation(target, heat, (target.name, method, layer), config, result))
-            row.update({k: v for k, v in heatmap_energy_fractions(heat.numpy(), mask.numpy(), case.spacing,
-                                                                   config.shell_mm).items() if k != "shell_mm"})
+            row.update(
+                {
+                    k: v
+                    for k, v in heatmap_energy_fractions(
+                        heat.numpy(), mask.numpy(), case.spacing, config.shell_mm
+                    ).items()
+                    if k != "shell_mm"
+                }
+            )
             if "randomization" in config.metrics and method in config.methods:
-                steps = cascading_randomisation(network, image.to(config.device), layer, c, mask.to(config.device),
-                                                stages, method, target.seed)
-                result.randomization += [{"case": case.name, "class": target.name, "method": method, "layer": layer,
-                                          **s} for s in steps]
+                steps = cascading_randomisation(
+                    network, image.to(config.device), layer, c, mask.to(config.device), stages, method, target.seed
+                )
+                result.randomization += [
+                    {"case": case.name, "class": target.name, "method": method, "layer": layer, **s} for s in steps
+                ]
                 row["randomization_spearman"] = steps[-1]["spearman"]
                 row["randomization_ssim"] = steps[-1]["ssim"]
             result.rows.append(row)
@@ -137,16 +163,25 @@ def evaluate_case(model: LoadedModel, case: EvalCase, keys: tuple[int, ...], cla
         result.gallery.append(gallery)
 
 
-def _score_explanation(target: _ClassTarget, heat: torch.Tensor, key: tuple[str, str, str], config: EvalConfig,
-                       result: EvalResult) -> dict[str, float]:
+def _score_explanation(
+    target: _ClassTarget, heat: torch.Tensor, key: tuple[str, str, str], config: EvalConfig, result: EvalResult
+) -> dict[str, float]:
     """Deletion/Insertion and ROAD numbers of one heatmap ``(*S)``.
 
     ``key``: (class name, method, layer); the curves go into ``result.curves``.
     """
     row: dict[str, float] = {}
     if target.ends is not None:
-        for kind, curve in deletion_insertion(target.scorer, target.image, target.replacement, heat, config.step,
-                                              target.seed, config.batch_size, target.ends).items():
+        for kind, curve in deletion_insertion(
+            target.scorer,
+            target.image,
+            target.replacement,
+            heat,
+            config.step,
+            target.seed,
+            config.batch_size,
+            target.ends,
+        ).items():
             summary = curve.summary()
             row[f"{kind}_auc"] = summary["auc"]
             row[f"{kind}_auc_normalised"] = summary["auc_normalised"]
@@ -154,8 +189,9 @@ def _score_explanation(target: _ClassTarget, heat: torch.Tensor, key: tuple[str,
             result.curves.setdefault((*key, kind), []).append(curve.probability)
             result.fractions[kind] = curve.fractions
     if "road" in config.metrics:
-        for order, curve in road(target.scorer, target.image, heat, config.road_percentages, config.road_noise,
-                                 target.seed).items():
+        for order, curve in road(
+            target.scorer, target.image, heat, config.road_percentages, config.road_noise, target.seed
+        ).items():
             summary = curve.summary()
             row[f"road_{order}"] = summary["auc"]
             row[f"road_{order}_dice"] = summary["dice_auc"]
@@ -164,9 +200,14 @@ def _score_explanation(target: _ClassTarget, heat: torch.Tensor, key: tuple[str,
     return row
 
 
-def evaluate(model: LoadedModel, cases: Sequence[EvalCase], config: EvalConfig,
-             progress: Callable[[int, int], None] | None = None,
-             cancel: Callable[[], bool] | None = None, keys: Sequence[tuple[int, ...]] | None = None) -> EvalResult:
+def evaluate(
+    model: LoadedModel,
+    cases: Sequence[EvalCase],
+    config: EvalConfig,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    keys: Sequence[tuple[int, ...]] | None = None,
+) -> EvalResult:
     """Evaluate every case; ``progress(done, total)`` after each; ``cancel()`` returning
     True stops before the next case (raises :class:`~SegGradCAMLib.errors.CancelledError`).
     ``keys``: each case's seed keys (default: its position)."""
@@ -180,23 +221,26 @@ def evaluate(model: LoadedModel, cases: Sequence[EvalCase], config: EvalConfig,
     for index, case in enumerate(cases):
         if cancel is not None and cancel():
             raise CancelledError("Cancelled by the user.")
-        evaluate_case(model, case, (index,) if keys is None else tuple(keys[index]), classes, layers, stages,
-                      config, result)
+        evaluate_case(
+            model, case, (index,) if keys is None else tuple(keys[index]), classes, layers, stages, config, result
+        )
         if progress is not None:
             progress(index + 1, len(cases))
     result.seconds = time.perf_counter() - start
     return result
 
 
-def evaluate_volume(pipeline: Pipeline, paths: Sequence[str], name: str, index: int, config: EvalConfig,
-                    max_slices: int) -> EvalResult:
+def evaluate_volume(
+    pipeline: Pipeline, paths: Sequence[str], name: str, index: int, config: EvalConfig, max_slices: int
+) -> EvalResult:
     """One volume of a cohort, the ``index``-th, given as its channel files: its cases (see the
     pipeline's ``evaluation_cases``), named after ``name`` and seeded by ``index`` (so the result
     does not depend on which process or machine runs it, nor on the other volumes)."""
     model = pipeline.model
     classes = list(config.classes) if config.classes is not None else list(range(1, len(model.spec.labels)))
-    cases = pipeline.evaluation_cases(paths, name, classes, max_slices, case_seed(config.seed, index),
-                                      config.batch_size, config.device)
+    cases = pipeline.evaluation_cases(
+        paths, name, classes, max_slices, case_seed(config.seed, index), config.batch_size, config.device
+    )
     if not cases:
         return EvalResult()
     return evaluate(model, cases, config, keys=[(index, k) for k in range(len(cases))])
@@ -211,7 +255,7 @@ def merge_results(parts: Sequence[EvalResult], gallery: int) -> EvalResult:
             merged.curves.setdefault(key, []).extend(curves)
         merged.fractions.update(part.fractions)
         merged.randomization += part.randomization
-        merged.gallery += part.gallery[:gallery - len(merged.gallery)]
+        merged.gallery += part.gallery[: gallery - len(merged.gallery)]
         merged.seconds += part.seconds
     return merged
 
@@ -238,10 +282,14 @@ def save_result(result: EvalResult, folder: Path, with_gallery: bool) -> None:
         gallery.append({"case": item["case"], "classes": classes})
     if arrays:
         np.savez_compressed(folder / GALLERY_FILE, **arrays)
-    content = {"rows": result.rows, "curves": [{"key": list(k), "curves": [c.tolist() for c in v]}
-                                                for k, v in result.curves.items()],
-               "fractions": {k: v.tolist() for k, v in result.fractions.items()},
-               "randomization": result.randomization, "gallery": gallery, "seconds": result.seconds}
+    content = {
+        "rows": result.rows,
+        "curves": [{"key": list(k), "curves": [c.tolist() for c in v]} for k, v in result.curves.items()],
+        "fractions": {k: v.tolist() for k, v in result.fractions.items()},
+        "randomization": result.randomization,
+        "gallery": gallery,
+        "seconds": result.seconds,
+    }
     (folder / RESULT_FILE).write_text(json.dumps(content), encoding="utf-8")
 
 
@@ -256,9 +304,13 @@ def load_result(folder: Path) -> EvalResult:
     if content["gallery"]:
         with np.load(folder / GALLERY_FILE, allow_pickle=False) as arrays:
             for i, item in enumerate(content["gallery"]):
-                classes = {name: {"mask": arrays[f"{i}.{j}.mask"],
-                                  "maps": {tuple(key): arrays[f"{i}.{j}.{k}"] for k, key in enumerate(keys)}}
-                           for j, (name, keys) in enumerate(item["classes"].items())}
+                classes = {
+                    name: {
+                        "mask": arrays[f"{i}.{j}.mask"],
+                        "maps": {tuple(key): arrays[f"{i}.{j}.{k}"] for k, key in enumerate(keys)},
+                    }
+                    for j, (name, keys) in enumerate(item["classes"].items())
+                }
                 result.gallery.append({"case": item["case"], "image": arrays[f"{i}.image"], "classes": classes})
     return result
 

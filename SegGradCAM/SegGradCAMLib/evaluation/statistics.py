@@ -12,17 +12,32 @@ NO_LAYER = "-"
 # Columns of one row (case x class x explanation x layer); lower is better for
 # deletion and ROAD MoRF, higher for insertion and ROAD LeRF.
 METRIC_COLUMNS = (
-    "deletion_auc", "deletion_auc_normalised", "deletion_dice_auc",
-    "insertion_auc", "insertion_auc_normalised", "insertion_dice_auc",
-    "road_morf", "road_lerf", "road_morf_dice", "road_lerf_dice",
-    "energy_inside", "energy_shell", "energy_beyond",
-    "randomization_spearman", "randomization_ssim",
+    "deletion_auc",
+    "deletion_auc_normalised",
+    "deletion_dice_auc",
+    "insertion_auc",
+    "insertion_auc_normalised",
+    "insertion_dice_auc",
+    "road_morf",
+    "road_lerf",
+    "road_morf_dice",
+    "road_lerf_dice",
+    "energy_inside",
+    "energy_shell",
+    "energy_beyond",
+    "randomization_spearman",
+    "randomization_ssim",
 )
 POOLED = "all classes"
 
 
-def bootstrap_ci(values: Sequence[float], resamples: int = 2000, level: float = 0.95, seed: int = 0,
-                 cases: Sequence[str] | None = None) -> dict[str, float]:
+def bootstrap_ci(
+    values: Sequence[float],
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    cases: Sequence[str] | None = None,
+) -> dict[str, float]:
     """Mean of ``values`` with a percentile-bootstrap confidence interval (NaNs dropped).
 
     With ``cases`` (one id per value) whole cases are resampled, so that several
@@ -62,16 +77,21 @@ def bootstrap_summary(rows: Sequence[dict], resamples: int = 2000, seed: int = 0
         entry = {"class": name, "method": method, "layer": layer, "n": len(members)}
         for column in METRIC_COLUMNS:
             if any(column in r for r in members):
-                entry[column] = bootstrap_ci([r.get(column, np.nan) for r in members], resamples, seed=seed,
-                                             cases=[r["case"] for r in members])
+                entry[column] = bootstrap_ci(
+                    [r.get(column, np.nan) for r in members], resamples, seed=seed, cases=[r["case"] for r in members]
+                )
         summary.append(entry)
     classes = list(dict.fromkeys(e["class"] for e in summary if e["class"] != POOLED))
     classes.append(POOLED)
     return sorted(summary, key=lambda e: (classes.index(e["class"]), e["layer"] == NO_LAYER))
 
 
-def compare(rows: Sequence[dict], columns: Sequence[str] = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf"),
-            resamples: int = 2000, seed: int = 0) -> list[dict]:
+def compare(
+    rows: Sequence[dict],
+    columns: Sequence[str] = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf"),
+    resamples: int = 2000,
+    seed: int = 0,
+) -> list[dict]:
     """Paired differences, CAM explanation minus baseline on the same case and class, pooled
     over classes, with case-level bootstrap CIs: one dict per (method, layer, baseline) with
     a :func:`bootstrap_ci` result per column.
@@ -85,11 +105,15 @@ def compare(rows: Sequence[dict], columns: Sequence[str] = ("deletion_auc", "ins
         for other in baselines:
             entry = {"method": method, "layer": layer, "versus": other}
             for column in columns:
-                pairs = [(r["case"], r[column] - by_key[(r["case"], r["class"], other, NO_LAYER)][column])
-                         for r in mine if column in r and (r["case"], r["class"], other, NO_LAYER) in by_key]
+                pairs = [
+                    (r["case"], r[column] - by_key[(r["case"], r["class"], other, NO_LAYER)][column])
+                    for r in mine
+                    if column in r and (r["case"], r["class"], other, NO_LAYER) in by_key
+                ]
                 if pairs:
-                    entry[column] = bootstrap_ci([d for _, d in pairs], resamples, seed=seed,
-                                                 cases=[c for c, _ in pairs])
+                    entry[column] = bootstrap_ci(
+                        [d for _, d in pairs], resamples, seed=seed, cases=[c for c, _ in pairs]
+                    )
             out.append(entry)
     return out
 
@@ -102,9 +126,19 @@ def mean_curves(result) -> list[dict]:
         stack = np.stack(curves)
         mean = stack.mean(axis=0)
         half = 1.96 * stack.std(axis=0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else np.zeros_like(mean)
-        out.append({"class": name, "method": method, "layer": layer, "curve": kind, "n": len(curves),
-                    "fractions": result.fractions[kind].tolist(), "mean": mean.tolist(),
-                    "low": (mean - half).tolist(), "high": (mean + half).tolist()})
+        out.append(
+            {
+                "class": name,
+                "method": method,
+                "layer": layer,
+                "curve": kind,
+                "n": len(curves),
+                "fractions": result.fractions[kind].tolist(),
+                "mean": mean.tolist(),
+                "low": (mean - half).tolist(),
+                "high": (mean + half).tolist(),
+            }
+        )
     return out
 
 
@@ -113,6 +147,15 @@ def randomization_summary(steps: Sequence[dict]) -> list[dict]:
     groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for s in steps:
         groups.setdefault((s["class"], s["method"], s["layer"], s["step"]), []).append(s)
-    return [{"class": k[0], "method": k[1], "layer": k[2], "step": k[3], "n": len(v),
-             "spearman": float(np.mean([s["spearman"] for s in v])), "ssim": float(np.mean([s["ssim"] for s in v]))}
-            for k, v in groups.items()]
+    return [
+        {
+            "class": k[0],
+            "method": k[1],
+            "layer": k[2],
+            "step": k[3],
+            "n": len(v),
+            "spearman": float(np.mean([s["spearman"] for s in v])),
+            "ssim": float(np.mean([s["ssim"] for s in v])),
+        }
+        for k, v in groups.items()
+    ]

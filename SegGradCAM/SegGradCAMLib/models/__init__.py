@@ -21,8 +21,9 @@ from .registry import REGISTRY, list_models
 from .spec import LoadedModel, ModelSpec
 
 
-def load_model_path(path: Path, trust: bool, folds: Sequence[str] | None = None,
-                    checkpoint: str | None = None) -> LoadedModel:
+def load_model_path(
+    path: Path, trust: bool, folds: Sequence[str] | None = None, checkpoint: str | None = None
+) -> LoadedModel:
     """Load a model file or MONAI bundle folder, picking the format from the path:
 
     - a folder: an nnU-Net v2 trained-model folder (``plans.json`` + ``dataset.json``), else a
@@ -64,8 +65,13 @@ def load_model_path(path: Path, trust: bool, folds: Sequence[str] | None = None,
     )
 
 
-def load_model(name_or_path: str, trust: bool = False, device: str = "cpu", folds: Sequence[str] | None = None,
-               checkpoint: str | None = None) -> LoadedModel:
+def load_model(
+    name_or_path: str,
+    trust: bool = False,
+    device: str = "cpu",
+    folds: Sequence[str] | None = None,
+    checkpoint: str | None = None,
+) -> LoadedModel:
     """Load a registered model by name, or a model file/folder by path.
 
     ``trust=True`` allows formats that execute code (TorchScript, MONAI bundle
@@ -89,6 +95,13 @@ def load_model(name_or_path: str, trust: bool = False, device: str = "cpu", fold
 
 
 __all__ = [
-    "DEFAULT_MODEL", "DEFAULT_MULTICLASS_MODEL", "REGISTRY", "SHIPPED_MODELS", "LoadedModel", "ModelSpec",
-    "list_models", "load_model", "load_model_path",
+    "DEFAULT_MODEL",
+    "DEFAULT_MULTICLASS_MODEL",
+    "REGISTRY",
+    "SHIPPED_MODELS",
+    "LoadedModel",
+    "ModelSpec",
+    "list_models",
+    "load_model",
+    "load_model_path",
 ]

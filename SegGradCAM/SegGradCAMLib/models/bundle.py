@@ -39,9 +39,7 @@ from .safe_load import TRUST_HINT
 from .spec import LoadedModel, metadata_fields, read_json_object
 
 INTENSITY_TRANSFORMS = ("NormalizeIntensity", "ScaleIntensity", "ScaleIntensityRangePercentiles", "ScaleIntensityRange")
-BUNDLE_NEUTRAL = frozenset(
-    {"LoadImage", "EnsureChannelFirst", "EnsureType", "ToTensor", "AddChannel", "CastToType"}
-)
+BUNDLE_NEUTRAL = frozenset({"LoadImage", "EnsureChannelFirst", "EnsureType", "ToTensor", "AddChannel", "CastToType"})
 # LPS unit vector of each axis code (ITK convention, as in ModelSpec.orientation).
 AXIS_CODES = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
 
@@ -217,10 +215,11 @@ def _map_transform(name: str, transform: dict, fields: dict, notes: dict) -> Non
         fields["normalization"] = "zscore_nonzero" if transform.get("nonzero") else "zscore"
     elif name == "ScaleIntensity" and transform.get("minv", 0.0) == 0 and transform.get("maxv", 1.0) == 1:
         fields["normalization"] = "minmax"
-    elif (
-        name == "ScaleIntensityRangePercentiles"
-        and (transform.get("b_min"), transform.get("b_max"), transform.get("clip")) == (0, 1, True)
-    ):
+    elif name == "ScaleIntensityRangePercentiles" and (
+        transform.get("b_min"),
+        transform.get("b_max"),
+        transform.get("clip"),
+    ) == (0, 1, True):
         fields["normalization"] = "percentile"
         fields["normalization_range"] = (float(transform["lower"]), float(transform["upper"]))
     elif name == "ScaleIntensityRange":

@@ -24,8 +24,10 @@ from .spec import read_json_object
 FALLBACK_METHOD = "hirescam"
 REGISTRY_CARDS = SHIPPED_MODELS / "cards"
 SIDECAR_CARD = "seggradcam_card.json"
-FALLBACK_BASIS = ("no evaluation in a model card: HiResCAM, whose map keeps the gradient x activation terms "
-                  "(Grad-CAM averages the gradients away first; Draelos & Carin 2020)")
+FALLBACK_BASIS = (
+    "no evaluation in a model card: HiResCAM, whose map keeps the gradient x activation terms "
+    "(Grad-CAM averages the gradients away first; Draelos & Carin 2020)"
+)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from .spec import LoadedModel, declare_stages, make_spec
 log = logging.getLogger(__name__)
 
 
-def finish_loading(network: nn.Module, fields: dict, weights: Path, out_channels: int | None, trusted: bool) -> LoadedModel:
+def finish_loading(
+    network: nn.Module, fields: dict, weights: Path, out_channels: int | None, trusted: bool
+) -> LoadedModel:
     """Validate ``fields`` into a ModelSpec and find the decoder layers (those the fields
     declare as ``decoder_stages``, else recognised or traced)."""
     network.eval()
@@ -59,9 +61,7 @@ def run_example(network: nn.Module, example: torch.Tensor) -> torch.Tensor:
     except (RuntimeError, ValueError) as error:
         raise failed_on(example, error) from error
     if not isinstance(output, torch.Tensor) or output.ndim != example.ndim:
-        raise SegGradCAMError(
-            f"The network returned {type(output).__name__}, not one logits tensor (B, C, *spatial)."
-        )
+        raise SegGradCAMError(f"The network returned {type(output).__name__}, not one logits tensor (B, C, *spatial).")
     return output
 
 

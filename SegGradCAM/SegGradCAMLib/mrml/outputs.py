@@ -44,10 +44,18 @@ def inferno_colors(count: int = 256) -> np.ndarray:
 
 def label_colors(count: int) -> np.ndarray:
     """Distinct colours ``(count, 3)`` for label values 1..count-1 (row 0 is background)."""
-    palette = np.array([
-        (0.0, 0.0, 0.0), (0.95, 0.8, 0.2), (0.9, 0.3, 0.25), (0.3, 0.7, 0.95),
-        (0.4, 0.85, 0.4), (0.8, 0.45, 0.9), (1.0, 0.6, 0.2), (0.5, 0.9, 0.9),
-    ])
+    palette = np.array(
+        [
+            (0.0, 0.0, 0.0),
+            (0.95, 0.8, 0.2),
+            (0.9, 0.3, 0.25),
+            (0.3, 0.7, 0.95),
+            (0.4, 0.85, 0.4),
+            (0.8, 0.45, 0.9),
+            (1.0, 0.6, 0.2),
+            (0.5, 0.9, 0.9),
+        ]
+    )
     return np.array([palette[i % len(palette)] if i else palette[0] for i in range(count)])
 
 
@@ -97,26 +105,33 @@ class SceneOutputs:
         import slicer
 
         labels = readVolumeArray(Path(outFolder) / report.segmentation)
-        heatmaps = {(entry.name, layer): (readVolumeArray(Path(outFolder) / info.file), info)
-                    for entry, layer, info in report.heatmaps()}
+        heatmaps = {
+            (entry.name, layer): (readVolumeArray(Path(outFolder) / info.file), info)
+            for entry, layer, info in report.heatmaps()
+        }
         model, method = report.model, report.method
         self.removeRunOutputs(runKey)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         provenance = {
-            "SegGradCAM.Model": model.name, "SegGradCAM.ModelSHA256": model.sha256,
-            "SegGradCAM.Method": method, "SegGradCAM.Time": stamp, "SegGradCAM.Input": reference.GetID(),
+            "SegGradCAM.Model": model.name,
+            "SegGradCAM.ModelSHA256": model.sha256,
+            "SegGradCAM.Method": method,
+            "SegGradCAM.Time": stamp,
+            "SegGradCAM.Input": reference.GetID(),
         }
         baseName = f"{reference.GetName()} {model.name}"
         folderItemID = self._runFolder(f"SegGradCAM: {baseName} {method}", runKey)
 
         colorNode = self._labelColorNode(f"{model.name} labels", model.labels, runKey)
-        labelmapNode = self._newOutputNode("vtkMRMLLabelMapVolumeNode", f"{baseName} segmentation", reference,
-                                           folderItemID, runKey, provenance)
+        labelmapNode = self._newOutputNode(
+            "vtkMRMLLabelMapVolumeNode", f"{baseName} segmentation", reference, folderItemID, runKey, provenance
+        )
         slicer.util.updateVolumeFromArray(labelmapNode, labels.astype(np.int16))
         self._addDisplayNode(labelmapNode, "vtkMRMLLabelMapVolumeDisplayNode", colorNode)
 
-        segmentationNode = self._newOutputNode("vtkMRMLSegmentationNode", f"{baseName} segments", reference,
-                                               folderItemID, runKey, provenance)
+        segmentationNode = self._newOutputNode(
+            "vtkMRMLSegmentationNode", f"{baseName} segments", reference, folderItemID, runKey, provenance
+        )
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(reference)
         slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode)
         segmentationNode.CreateDefaultDisplayNodes()
@@ -132,18 +147,35 @@ class SceneOutputs:
             name = f"{baseName} heatmap {label}" + (f" {layer}" if several else "")
             score = info.faithfulness
             verdict = {"SegGradCAM.Faithfulness": f"{score['verdict']} ({score['basis']})"} if score else {}
-            node = self._newOutputNode("vtkMRMLScalarVolumeNode", name, reference, folderItemID, runKey,
-                                       {**provenance, "SegGradCAM.Class": label, "SegGradCAM.Layer": layer,
-                                        "SegGradCAM.RawMax": f"{info.max_raw:.6g}", **verdict})
+            node = self._newOutputNode(
+                "vtkMRMLScalarVolumeNode",
+                name,
+                reference,
+                folderItemID,
+                runKey,
+                {
+                    **provenance,
+                    "SegGradCAM.Class": label,
+                    "SegGradCAM.Layer": layer,
+                    "SegGradCAM.RawMax": f"{info.max_raw:.6g}",
+                    **verdict,
+                },
+            )
             slicer.util.updateVolumeFromArray(node, heat.astype(np.float32))
             nodeDisplay = self._addDisplayNode(node, "vtkMRMLScalarVolumeDisplayNode", heatColor)
             nodeDisplay.SetAutoWindowLevel(False)
             nodeDisplay.SetWindowLevelMinMax(0.0, 1.0)
             heatmapNodes[(label, layer)] = node
-        scores = [(label, layer, info.faithfulness) for (label, layer), (_, info) in heatmaps.items()
-                  if info.faithfulness is not None]
-        table = self._faithfulnessTable(scores, f"{baseName} faithfulness", reference, folderItemID, runKey,
-                                        provenance) if scores else None
+        scores = [
+            (label, layer, info.faithfulness)
+            for (label, layer), (_, info) in heatmaps.items()
+            if info.faithfulness is not None
+        ]
+        table = (
+            self._faithfulnessTable(scores, f"{baseName} faithfulness", reference, folderItemID, runKey, provenance)
+            if scores
+            else None
+        )
         chart = self._faithfulnessChart(table, reference, folderItemID, runKey, provenance) if scores else None
         return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID, table, chart)
 
@@ -176,15 +208,23 @@ class SceneOutputs:
         from .evaluation_plots import SERIES_COLORS
 
         name = tableNode.GetName()
-        chart = self._newOutputNode("vtkMRMLPlotChartNode", f"{name} chart", reference, folderItemID, runKey,
-                                    provenance)
+        chart = self._newOutputNode(
+            "vtkMRMLPlotChartNode", f"{name} chart", reference, folderItemID, runKey, provenance
+        )
         chart.SetTitle(f"{name}: this volume only")
         chart.SetYAxisTitle("AUC (Deletion: lower is better; Insertion: higher)")
-        columns = ("Deletion AUC", "random Deletion AUC (mean)", "mask Deletion AUC", "Insertion AUC",
-                   "random Insertion AUC (mean)", "mask Insertion AUC")
+        columns = (
+            "Deletion AUC",
+            "random Deletion AUC (mean)",
+            "mask Deletion AUC",
+            "Insertion AUC",
+            "random Insertion AUC (mean)",
+            "mask Insertion AUC",
+        )
         for index, column in enumerate(columns):
-            series = self._newOutputNode("vtkMRMLPlotSeriesNode", f"{name} {column}", reference, folderItemID, runKey,
-                                         provenance)
+            series = self._newOutputNode(
+                "vtkMRMLPlotSeriesNode", f"{name} {column}", reference, folderItemID, runKey, provenance
+            )
             series.SetAndObserveTableNodeID(tableNode.GetID())
             series.SetYColumnName(column)
             series.SetLabelColumnName("heatmap")
@@ -195,8 +235,9 @@ class SceneOutputs:
 
     # -- display ---------------------------------------------------------------
 
-    def showHeatmap(self, heatmapNode, backgroundNode=None, opacity: float = 0.5, threshold: float = 0.2,
-                    visible: bool = True) -> None:
+    def showHeatmap(
+        self, heatmapNode, backgroundNode=None, opacity: float = 0.5, threshold: float = 0.2, visible: bool = True
+    ) -> None:
         """Show ``heatmapNode`` as the foreground of every slice view over ``backgroundNode``.
 
         Voxels below ``threshold`` (0..1) are transparent.
@@ -274,8 +315,11 @@ class SceneOutputs:
 
         ids = vtk.vtkIdList()
         shNode.GetItemChildren(shNode.GetSceneItemID(), ids, True)
-        return [ids.GetId(i) for i in range(ids.GetNumberOfIds())
-                if shNode.GetItemAttribute(ids.GetId(i), RUN_KEY_ATTRIBUTE) == runKey]
+        return [
+            ids.GetId(i)
+            for i in range(ids.GetNumberOfIds())
+            if shNode.GetItemAttribute(ids.GetId(i), RUN_KEY_ATTRIBUTE) == runKey
+        ]
 
     def _runFolder(self, name: str, runKey: str) -> int:
         import slicer
@@ -288,8 +332,9 @@ class SceneOutputs:
         shNode.SetItemAttribute(folder, RUN_KEY_ATTRIBUTE, runKey)
         return folder
 
-    def _newOutputNode(self, className: str, name: str, reference, folderItemID: int, runKey: str,
-                       attributes: dict[str, str]):
+    def _newOutputNode(
+        self, className: str, name: str, reference, folderItemID: int, runKey: str, attributes: dict[str, str]
+    ):
         """A new tagged node in the run folder, under the reference's parent transform;
         volume nodes also copy the reference's IJK-to-RAS matrix."""
         import slicer
@@ -326,6 +371,13 @@ class SceneOutputs:
 
 
 __all__ = [
-    "HEATMAP_COLOR_NODE_NAME", "OUTPUT_ATTRIBUTE", "RUN_KEY_ATTRIBUTE", "RunOutputs", "SceneOutputs", "inferno_colors",
-    "label_colors", "readVolumeArray", "removeWithDisplayAndStorage",
+    "HEATMAP_COLOR_NODE_NAME",
+    "OUTPUT_ATTRIBUTE",
+    "RUN_KEY_ATTRIBUTE",
+    "RunOutputs",
+    "SceneOutputs",
+    "inferno_colors",
+    "label_colors",
+    "readVolumeArray",
+    "removeWithDisplayAndStorage",
 ]

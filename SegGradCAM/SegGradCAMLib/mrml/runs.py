@@ -106,16 +106,36 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
             if region is not None:
                 regionPath = folder / "region.nrrd"
                 writeVolumeArray(region.astype(np.uint8), volumes[0], regionPath)
-            options = ExplainOptions(inputs=tuple(paths), model=model, out=folder / "out", layers=layers,
-                                     classes=classes, method=method, region=regionPath, device=device,
-                                     trust_model=trust, threads=threads, faithfulness=faithfulness)
+            options = ExplainOptions(
+                inputs=tuple(paths),
+                model=model,
+                out=folder / "out",
+                layers=layers,
+                classes=classes,
+                method=method,
+                region=regionPath,
+                device=device,
+                trust_model=trust,
+                threads=threads,
+                faithfulness=faithfulness,
+            )
             return ["explain", *options.to_argv()]
 
         return self._startWorker(volumes, model, arguments, f"{method}")
 
-    def startEvaluation(self, inputVolumeNodes: Sequence, model: str, className: str, method: str = "auto",
-                        layers="auto", device: str = "auto", trust: bool = False, threads: int = 0,
-                        step: float = 0.05, maxSlices: int = 10) -> ExplainRun:
+    def startEvaluation(
+        self,
+        inputVolumeNodes: Sequence,
+        model: str,
+        className: str,
+        method: str = "auto",
+        layers="auto",
+        device: str = "auto",
+        trust: bool = False,
+        threads: int = 0,
+        step: float = 0.05,
+        maxSlices: int = 10,
+    ) -> ExplainRun:
         """Start ``seggradcam evaluate`` in the worker on the inputs: Deletion and Insertion of
         ``className`` for ``method`` against the random and mask baselines (3D models: the
         volume; 2D models: up to ``maxSlices`` slices where the class is predicted)."""
@@ -123,16 +143,28 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
 
         def arguments(folder: Path, paths: list[str]) -> list[str]:
             (folder / "cases.txt").write_text(",".join(paths) + "\n", encoding="utf-8")
-            options = EvaluateOptions(model=model, data=str(folder / "cases.txt"), out=folder / "out",
-                                      metrics=("deletion", "insertion"), methods=(method,),
-                                      baselines=("random", "mask"), layers=layers, classes=className, step=step,
-                                      max_slices=maxSlices, device=device, threads=threads, trust_model=trust)
+            options = EvaluateOptions(
+                model=model,
+                data=str(folder / "cases.txt"),
+                out=folder / "out",
+                metrics=("deletion", "insertion"),
+                methods=(method,),
+                baselines=("random", "mask"),
+                layers=layers,
+                classes=className,
+                step=step,
+                max_slices=maxSlices,
+                device=device,
+                threads=threads,
+                trust_model=trust,
+            )
             return ["evaluate", *options.to_argv()]
 
         return self._startWorker(volumes, model, arguments, f"evaluate {className} {method}")
 
-    def _startWorker(self, volumes: list, model: str, arguments: Callable[[Path, list[str]], list[str]],
-                     what: str) -> ExplainRun:
+    def _startWorker(
+        self, volumes: list, model: str, arguments: Callable[[Path, list[str]], list[str]], what: str
+    ) -> ExplainRun:
         """Write the volumes to a fresh temporary folder and start the worker on the command
         ``arguments(folder, input paths)`` (built by the options' ``to_argv``)."""
         import slicer
@@ -174,8 +206,9 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
 
     def evaluateAndWait(self, inputVolumeNodes, model: str, className: str, poll: float = 0.1, **options):
         """Start an evaluation, wait for the worker and show its curves (blocking; scripts and tests)."""
-        return self.finishEvaluation(self.waitFor(self.startEvaluation(inputVolumeNodes, model, className, **options),
-                                                  poll))
+        return self.finishEvaluation(
+            self.waitFor(self.startEvaluation(inputVolumeNodes, model, className, **options), poll)
+        )
 
     def waitFor(self, run: ExplainRun, poll: float = 0.1) -> ExplainRun:
         """Poll ``run`` until its worker ends (cancelled on an interrupt)."""
@@ -197,8 +230,9 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
         if final is None or final["event"] != "done":
             raise SegGradCAMError(run.worker.errorMessage())
         if any(self.scene.GetNodeByID(nodeID) is None for nodeID in run.inputNodeIDs):
-            raise SegGradCAMError("The input volume was removed (or the scene closed) during the run; "
-                                  "nothing was added.")
+            raise SegGradCAMError(
+                "The input volume was removed (or the scene closed) during the run; nothing was added."
+            )
 
     def finishEvaluation(self, run: ExplainRun):
         """The finished evaluation's curves and AUCs as plot, chart and table nodes (main
@@ -224,8 +258,10 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
             outputs = self.addOutputs(report, run.outFolder, self.scene.GetNodeByID(run.inputNodeIDs[0]), run.runKey)
         finally:
             shutil.rmtree(run.folder, ignore_errors=True)
-        logging.info(f"SegGradCAM: {report.model.name} {report.method}: {len(outputs.heatmapNodes)} "
-                     f"heatmap(s) in {time.perf_counter() - run.started:.1f} s")
+        logging.info(
+            f"SegGradCAM: {report.model.name} {report.method}: {len(outputs.heatmapNodes)} "
+            f"heatmap(s) in {time.perf_counter() - run.started:.1f} s"
+        )
         return outputs
 
 

@@ -22,9 +22,16 @@ from ..selection import split_list
 from .outputs import OUTPUT_ATTRIBUTE
 
 MODEL_FROM_PATH = "From file or folder"
-SELECTORS_LOCKED_WHILE_RUNNING = ("modelComboBox", "modelPathLineEdit", "deviceComboBox", "inputVolumeSelector",
-                                  "inputVolume2Selector", "inputVolume3Selector", "inputVolume4Selector",
-                                  "evaluateButton")
+SELECTORS_LOCKED_WHILE_RUNNING = (
+    "modelComboBox",
+    "modelPathLineEdit",
+    "deviceComboBox",
+    "inputVolumeSelector",
+    "inputVolume2Selector",
+    "inputVolume3Selector",
+    "inputVolume4Selector",
+    "evaluateButton",
+)
 
 
 class SegGradCAMPanel(VTKObservationMixin):
@@ -71,8 +78,11 @@ class SegGradCAMPanel(VTKObservationMixin):
             slicerNNUnetModel = json.loads(qt.QSettings().value("SlicerNNUNet/Parameter") or "{}").get("modelPath")
         except (TypeError, ValueError, AttributeError):
             slicerNNUnetModel = None
-        folders = [str(folder) for root in known_model_roots(slicer_nnunet_model=slicerNNUnetModel)
-                   for folder in find_nnunet_folders(root)]
+        folders = [
+            str(folder)
+            for root in known_model_roots(slicer_nnunet_model=slicerNNUnetModel)
+            for folder in find_nnunet_folders(root)
+        ]
         if folders:
             self.ui.modelPathLineEdit.comboBox().addItems(folders)
             logging.info(f"SegGradCAM: {len(folders)} nnU-Net model folder(s) found on this computer")
@@ -118,8 +128,13 @@ class SegGradCAMPanel(VTKObservationMixin):
         for name in SELECTORS_LOCKED_WHILE_RUNNING:
             getattr(self.ui, name).enabled = not running
         self.ui.modelPathLineEdit.enabled = not running and node.modelName == MODEL_FROM_PATH
-        display = (node.displayedHeatmap, node.heatmapOpacity, node.heatmapThreshold, node.heatmapColorMap,
-                   node.showHeatmap)
+        display = (
+            node.displayedHeatmap,
+            node.heatmapOpacity,
+            node.heatmapThreshold,
+            node.heatmapColorMap,
+            node.showHeatmap,
+        )
         if display != self._displayed:
             self._displayed = display
             self.logic.showHeatmap(node)
@@ -244,18 +259,21 @@ class SegGradCAMPanel(VTKObservationMixin):
         left = "" if event["eta_s"] is None else _(", {seconds:.0f} s left").format(seconds=event["eta_s"])
         stage = _("starting (loading the model)") if event["stage"] == "startup" else event["stage"]
         self.ui.statusLabel.text = _("{stage} {done}/{total}{left}").format(
-            stage=stage, done=event["done"], total=event["total"], left=left)
+            stage=stage, done=event["done"], total=event["total"], left=left
+        )
 
     def showFinishedRun(self, run) -> None:
         """The ended run's outputs in the scene (an evaluation's in a plot and table layout)."""
         if self._runKind == "evaluate":
             self.showEvaluation(self.logic.sceneLogic().finishEvaluation(run))
             self.ui.statusLabel.text = _("Evaluated in {seconds:.1f} s").format(
-                seconds=run.worker.finalEvent["seconds"])
+                seconds=run.worker.finalEvent["seconds"]
+            )
             return
         outputs = self.logic.finishRun(run, self._parameterNode)
         self.ui.statusLabel.text = _("{count} heatmap(s) in {seconds:.1f} s").format(
-            count=len(outputs.heatmapNodes), seconds=run.worker.finalEvent["seconds"])
+            count=len(outputs.heatmapNodes), seconds=run.worker.finalEvent["seconds"]
+        )
         if outputs.faithfulnessChartNode is not None:
             slicer.modules.plots.logic().ShowChartInLayout(outputs.faithfulnessChartNode)
 

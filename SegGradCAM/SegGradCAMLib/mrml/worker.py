@@ -42,8 +42,14 @@ class WorkerProcess:
     ``launcher`` (a command put before the interpreter) are injected by tests.
     """
 
-    def __init__(self, arguments: Sequence[str], folder: Path, python: str | None = None,
-                 launcher: Sequence[str] = (), popen: Callable = subprocess.Popen) -> None:
+    def __init__(
+        self,
+        arguments: Sequence[str],
+        folder: Path,
+        python: str | None = None,
+        launcher: Sequence[str] = (),
+        popen: Callable = subprocess.Popen,
+    ) -> None:
         self.arguments = [*arguments, "--progress", "json"]
         self.folder = Path(folder)
         self.python = python or workerPython()
@@ -69,7 +75,12 @@ class WorkerProcess:
         posix = os.name == "posix"
         with open(self.eventsPath, "wb") as stdout, open(self.logPath, "wb") as stderr:
             self.process = self.popen(
-                command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=str(self.folder),
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                env=env,
+                cwd=str(self.folder),
                 start_new_session=posix,
                 creationflags=0 if posix else subprocess.CREATE_NEW_PROCESS_GROUP,
             )
@@ -108,8 +119,11 @@ class WorkerProcess:
         final = self.finalEvent
         if final is not None and final["event"] == "error":
             return final["message"]
-        lines = self.logPath.read_text(encoding="utf-8", errors="replace").strip().splitlines() \
-            if self.logPath.exists() else []
+        lines = (
+            self.logPath.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            if self.logPath.exists()
+            else []
+        )
         code = None if self.process is None else self.process.poll()
         return lines[-1] if lines else f"The worker process ended with exit code {code} and no message."
 

@@ -28,8 +28,9 @@ NORMALISATION = "each heatmap divided by its global maximum over the volume (max
 
 def load_options_pipeline(options: ExplainOptions, device: str) -> Pipeline:
     """The pipeline of the options' model (``--model``, ``--trust-model``, nnU-Net's ``--folds``/``--checkpoint``)."""
-    return load_pipeline(options.model, trust=options.trust_model, device=device, folds=options.folds,
-                         checkpoint=options.checkpoint)
+    return load_pipeline(
+        options.model, trust=options.trust_model, device=device, folds=options.folds, checkpoint=options.checkpoint
+    )
 
 
 def read_region(options: ExplainOptions, reference, count: int) -> np.ndarray | None:
@@ -38,15 +39,21 @@ def read_region(options: ExplainOptions, reference, count: int) -> np.ndarray | 
         return None
     region = read_volume(str(options.region))
     if not same_geometry(region, reference):
-        raise SegGradCAMError(f"Region {options.region} is not on the input's grid; resample it onto "
-                              f"{reference.path} first.")
+        raise SegGradCAMError(
+            f"Region {options.region} is not on the input's grid; resample it onto {reference.path} first."
+        )
     if not (region.array > 0).any():
         raise SegGradCAMError(f"Region {options.region} is empty (no voxel > 0).")
     return np.repeat((region.array > 0)[None], count, axis=0)
 
 
-def run_pipeline(pipeline: Pipeline, inputs: InputVolumes, settings: ExplainSettings,
-                 progress: ProgressCallback | None, writer: HeatmapWriter) -> VolumeExplanation:
+def run_pipeline(
+    pipeline: Pipeline,
+    inputs: InputVolumes,
+    settings: ExplainSettings,
+    progress: ProgressCallback | None,
+    writer: HeatmapWriter,
+) -> VolumeExplanation:
     """The pipeline's explain, with an out-of-memory error on the GPU as a one-line message."""
     if settings.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(settings.device)
@@ -59,20 +66,34 @@ def run_pipeline(pipeline: Pipeline, inputs: InputVolumes, settings: ExplainSett
         ) from None
 
 
-def score_faithfulness(pipeline: Pipeline, inputs: InputVolumes, result: VolumeExplanation, writer: HeatmapWriter,
-                       device: str, step: ProgressCallback) -> None:
+def score_faithfulness(
+    pipeline: Pipeline,
+    inputs: InputVolumes,
+    result: VolumeExplanation,
+    writer: HeatmapWriter,
+    device: str,
+    step: ProgressCallback,
+) -> None:
     """Each heatmap's Deletion/Insertion score against random orderings and the mask, into its entry."""
     from ..evaluation.faithfulness import explanation_faithfulness
 
     cases = pipeline.faithfulness_cases(inputs, result.classes, device)
-    scores = explanation_faithfulness(pipeline.model, cases, result.classes, result.layers, result.method, device,
-                                      progress=lambda done, total: step("faithfulness", done, total))
+    scores = explanation_faithfulness(
+        pipeline.model,
+        cases,
+        result.classes,
+        result.layers,
+        result.method,
+        device,
+        progress=lambda done, total: step("faithfulness", done, total),
+    )
     for (c, layer), entry in scores.items():
         writer.entries[c].layers[layer].faithfulness = entry
 
 
-def write_segmentation_and_overview(options: ExplainOptions, inputs: InputVolumes, result: VolumeExplanation,
-                                    writer: HeatmapWriter, title: str) -> None:
+def write_segmentation_and_overview(
+    options: ExplainOptions, inputs: InputVolumes, result: VolumeExplanation, writer: HeatmapWriter, title: str
+) -> None:
     """``segmentation.nrrd`` (uint8, int16 beyond 255 labels) and, unless turned off, ``overview.png``."""
     reference = inputs.reference
     dtype = np.uint8 if len(writer.labels) < 256 else np.int16
@@ -81,31 +102,57 @@ def write_segmentation_and_overview(options: ExplainOptions, inputs: InputVolume
     if options.overview:
         from ..volumes.overview import save_overview
 
-        save_overview(Path(options.out) / "overview.png", reference.array, result.labels, writer.overview_titles(),
-                      reference.spacing, reference.direction, title=title)
+        save_overview(
+            Path(options.out) / "overview.png",
+            reference.array,
+            result.labels,
+            writer.overview_titles(),
+            reference.spacing,
+            reference.direction,
+            title=title,
+        )
         writer.step()
 
 
-def build_report(options: ExplainOptions, pipeline: Pipeline, choice: MethodChoice, inputs: InputVolumes,
-                 settings: ExplainSettings, result: VolumeExplanation, writer: HeatmapWriter, threads: int,
-                 timings: dict[str, float]) -> ExplainReport:
+def build_report(
+    options: ExplainOptions,
+    pipeline: Pipeline,
+    choice: MethodChoice,
+    inputs: InputVolumes,
+    settings: ExplainSettings,
+    result: VolumeExplanation,
+    writer: HeatmapWriter,
+    threads: int,
+    timings: dict[str, float],
+) -> ExplainReport:
     """explain.json of the run."""
     spec, model = pipeline.model.spec, pipeline.model
     return ExplainReport(
-        model=ModelInfo(spec.name, spec.sha256, spec.source, list(spec.labels), spec.trusted_code,
-                        model.subnormals_zeroed),
+        model=ModelInfo(
+            spec.name, spec.sha256, spec.source, list(spec.labels), spec.trusted_code, model.subnormals_zeroed
+        ),
         **choice.as_report(),
-        layers=result.layers, normalisation=NORMALISATION, heatmap_dtype=options.heatmap_dtype,
+        layers=result.layers,
+        normalisation=NORMALISATION,
+        heatmap_dtype=options.heatmap_dtype,
         region=str(options.region) if options.region else "predicted mask of each class",
-        classes=[writer.entries[c] for c in result.classes], inputs=[v.path for v in inputs.volumes],
-        input_geometry=inputs.reference.geometry(), device=settings.device, amp=bool(options.amp), torch=torch.__version__,
-        threads=threads, peak_memory_mb=peak_memory_mb(settings.device), timings={k: round(v, 3) for k, v in timings.items()},
-        checks=result.checks or None, nnunet=pipeline.report_note(settings),
+        classes=[writer.entries[c] for c in result.classes],
+        inputs=[v.path for v in inputs.volumes],
+        input_geometry=inputs.reference.geometry(),
+        device=settings.device,
+        amp=bool(options.amp),
+        torch=torch.__version__,
+        threads=threads,
+        peak_memory_mb=peak_memory_mb(settings.device),
+        timings={k: round(v, 3) for k, v in timings.items()},
+        checks=result.checks or None,
+        nnunet=pipeline.report_note(settings),
     )
 
 
-def explain_files(options: ExplainOptions, progress: ProgressCallback | None = None,
-                  load: PipelineLoader = load_options_pipeline) -> ExplainReport:
+def explain_files(
+    options: ExplainOptions, progress: ProgressCallback | None = None, load: PipelineLoader = load_options_pipeline
+) -> ExplainReport:
     """Explain ``options.inputs`` into ``options.out``; ``progress(stage, done, total)``;
     ``load(options, device)`` gives the pipeline (cohorts: once per process)."""
     step = progress or (lambda stage, done, total: None)
@@ -129,9 +176,16 @@ def explain_files(options: ExplainOptions, progress: ProgressCallback | None = N
     if options.faithfulness:
         pipeline.check_scorable()
     classes = class_indices(options.classes, spec.labels)
-    settings = ExplainSettings(layer_selection(options.layers), classes, choice.method,
-                               read_region(options, inputs.reference, len(classes)), device, options.amp,
-                               options.step_size, options.mirror)
+    settings = ExplainSettings(
+        layer_selection(options.layers),
+        classes,
+        choice.method,
+        read_region(options, inputs.reference, len(classes)),
+        device,
+        options.amp,
+        options.step_size,
+        options.mirror,
+    )
 
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,8 +197,17 @@ def explain_files(options: ExplainOptions, progress: ProgressCallback | None = N
         written[0] += 1
         step("write", written[0], files)
 
-    writer = HeatmapWriter(out, inputs.reference, list(spec.labels), choice.method, options.heatmap_dtype,
-                           chosen == "auto" or len(chosen) > 1, settings.regions, options.overview, file_written)
+    writer = HeatmapWriter(
+        out,
+        inputs.reference,
+        list(spec.labels),
+        choice.method,
+        options.heatmap_dtype,
+        chosen == "auto" or len(chosen) > 1,
+        settings.regions,
+        options.overview,
+        file_written,
+    )
     start = time.perf_counter()
     result = run_pipeline(pipeline, inputs, settings, progress, writer)
     timings["explain_s"] = time.perf_counter() - start

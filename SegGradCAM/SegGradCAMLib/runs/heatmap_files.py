@@ -53,10 +53,19 @@ class HeatmapWriter:
         mask = own if self.regions is None else self.regions[heatmap.position]
         entry = self.entries.setdefault(c, ClassEntry(c, name, int(own.sum())))  # once per class, not per layer
         spacing_zyx = tuple(self.reference.spacing)[::-1]
-        entry.layers[layer] = HeatmapEntry(filename, heatmap.raw_max, float(heat.max()), float(heat.mean()),
-                                           **heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=SHELL_MM))
-        metadata = {"SegGradCAM.RawMax": f"{heatmap.raw_max:.9g}", "SegGradCAM.Method": self.method,
-                    "SegGradCAM.Layer": layer, "SegGradCAM.Class": name}
+        entry.layers[layer] = HeatmapEntry(
+            filename,
+            heatmap.raw_max,
+            float(heat.max()),
+            float(heat.mean()),
+            **heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=SHELL_MM),
+        )
+        metadata = {
+            "SegGradCAM.RawMax": f"{heatmap.raw_max:.9g}",
+            "SegGradCAM.Method": self.method,
+            "SegGradCAM.Layer": layer,
+            "SegGradCAM.Class": name,
+        }
         if self.dtype == "uint8":
             metadata["SegGradCAM.ValueScale"] = f"{1 / 255:.9g}"  # stored value x scale = normalised value
         write_like(encode_heatmap(heat, self.dtype), self.reference, self.out / filename, metadata)

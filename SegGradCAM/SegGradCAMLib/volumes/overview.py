@@ -54,9 +54,13 @@ def save_overview(
     fig, axes = plt.subplots(len(rows), 3, figsize=(11, 3.7 * len(rows)), squeeze=False, facecolor="black")
     for row, (name, label, heat) in enumerate(rows):
         mask = labels == label if label >= 0 else labels > 0
-        planes = zip(_planes(image, centre), _planes(mask, centre),
-                     _planes(heat, centre) if heat is not None else [None] * 3, aspects,
-                     ("axial", "coronal", "sagittal"))
+        planes = zip(
+            _planes(image, centre),
+            _planes(mask, centre),
+            _planes(heat, centre) if heat is not None else [None] * 3,
+            aspects,
+            ("axial", "coronal", "sagittal"),
+        )
         for col, (img, lab, hm, aspect, plane) in enumerate(planes):
             ax = axes[row, col]
             ax.imshow(img, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")

@@ -69,8 +69,16 @@ def model_choices(model_dirs: Sequence[Path]) -> dict[str, str]:
 class SegGradCAMWeb(TrameApp):
     """The viewer: controls in a side drawer, four views, a status line."""
 
-    def __init__(self, server=None, workdir: Path | None = None, model_dirs: Sequence[Path] = (),
-                 trust: bool = False, max_upload_mb: float = 512, encoder: str | None = None, python: str | None = None):
+    def __init__(
+        self,
+        server=None,
+        workdir: Path | None = None,
+        model_dirs: Sequence[Path] = (),
+        trust: bool = False,
+        max_upload_mb: float = 512,
+        encoder: str | None = None,
+        python: str | None = None,
+    ):
         super().__init__(server)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="seggradcam-web-"))
         self.uploads = UploadArea(self.workdir / "uploads", max_upload_mb)
@@ -89,13 +97,40 @@ class SegGradCAMWeb(TrameApp):
         self.run = None
         self._runs = 0
         self.state.update(
-            models=list(self.models), model=DEFAULT_MULTICLASS_MODEL if DEFAULT_MULTICLASS_MODEL in self.models
-            else next(iter(self.models), None), classes_items=["all"], classes="all", layers_items=["auto"],
-            layers="auto", methods=list(METHOD_CHOICES), method=AUTO_METHOD, samples=self.samples(), sample=None,
-            faithfulness=False, running=False, progress=0, progress_text="", error="", message="", case_title="no volume loaded",
-            heat_items=[], heat=None, show_heatmap=True, opacity=0.6, threshold=0.2, show_segmentation=True,
-            segmentation_style="outline", bg_window=400.0, bg_level=200.0, range_min=0.0, range_max=1000.0,
-            legend="", probe="", downloads=[], note=NOTE_SHARED,
+            models=list(self.models),
+            model=DEFAULT_MULTICLASS_MODEL
+            if DEFAULT_MULTICLASS_MODEL in self.models
+            else next(iter(self.models), None),
+            classes_items=["all"],
+            classes="all",
+            layers_items=["auto"],
+            layers="auto",
+            methods=list(METHOD_CHOICES),
+            method=AUTO_METHOD,
+            samples=self.samples(),
+            sample=None,
+            faithfulness=False,
+            running=False,
+            progress=0,
+            progress_text="",
+            error="",
+            message="",
+            case_title="no volume loaded",
+            heat_items=[],
+            heat=None,
+            show_heatmap=True,
+            opacity=0.6,
+            threshold=0.2,
+            show_segmentation=True,
+            segmentation_style="outline",
+            bg_window=400.0,
+            bg_level=200.0,
+            range_min=0.0,
+            range_max=1000.0,
+            legend="",
+            probe="",
+            downloads=[],
+            note=NOTE_SHARED,
         )
         build_page(self)
         self.ctrl.on_client_connected.add(self._fit_views_soon)
@@ -107,8 +142,15 @@ class SegGradCAMWeb(TrameApp):
 
     def samples(self) -> list[str]:
         """The bundled samples present on this computer."""
-        return [name for name, present in (("Colin27 T1 head", COLIN27.is_file()), ("KmeansTest T1 head", KMEANS.is_file()),
-                                           ("Demo lesion case (t1c, flair)", COLIN27.is_file())) if present]
+        return [
+            name
+            for name, present in (
+                ("Colin27 T1 head", COLIN27.is_file()),
+                ("KmeansTest T1 head", KMEANS.is_file()),
+                ("Demo lesion case (t1c, flair)", COLIN27.is_file()),
+            )
+            if present
+        ]
 
     def sample_files(self, name: str) -> list[Path]:
         """The files of a bundled sample (the demo lesion case is written to the work folder)."""
@@ -133,9 +175,17 @@ class SegGradCAMWeb(TrameApp):
         background = nodes[0]
         display = background.GetDisplayNode()
         low, high = background.GetImageData().GetScalarRange()
-        self.state.update(range_min=float(low), range_max=float(high), bg_window=float(display.GetWindow()),
-                          bg_level=float(display.GetLevel()), case_title=f"{title} ({len(nodes)} channel(s))",
-                          heat_items=[], heat=None, legend="", downloads=[])
+        self.state.update(
+            range_min=float(low),
+            range_max=float(high),
+            bg_window=float(display.GetWindow()),
+            bg_level=float(display.GetLevel()),
+            case_title=f"{title} ({len(nodes)} channel(s))",
+            heat_items=[],
+            heat=None,
+            legend="",
+            downloads=[],
+        )
         self.logic.showHeatmap(None, background)
         self.app.display_manager.reset_views()
         return nodes
@@ -149,8 +199,10 @@ class SegGradCAMWeb(TrameApp):
             self.load_case(inputs, folder.name)
         else:
             self.load_case([folder / report.segmentation], f"{folder.name}: segmentation only")
-            self.state.message = (f"The inputs named in {folder.name}/explain.json are gone; showing the "
-                                  "segmentation alone (on its own grid) with the heatmaps.")
+            self.state.message = (
+                f"The inputs named in {folder.name}/explain.json are gone; showing the "
+                "segmentation alone (on its own grid) with the heatmaps."
+            )
         outputs = self.logic.addOutputs(report, folder, self.shown.volumes[0], f"web|{folder}")
         self.show_outputs(outputs, report, folder)
 
@@ -166,9 +218,15 @@ class SegGradCAMWeb(TrameApp):
                 raise SegGradCAMError("Open a volume first (a sample or an upload).")
             if model not in self.models:  # the page's list, never a path sent by a browser
                 raise SegGradCAMError("Choose one of the offered models and methods.")
-            self.run = self.logic.startRun(self.shown.volumes, self.models[model], classes=str(classes),
-                                           layers=str(layers), method=method, trust=self.trust,
-                                           faithfulness=bool(faithfulness))
+            self.run = self.logic.startRun(
+                self.shown.volumes,
+                self.models[model],
+                classes=str(classes),
+                layers=str(layers),
+                method=method,
+                trust=self.trust,
+                faithfulness=bool(faithfulness),
+            )
         except SegGradCAMError as error:
             self.state.error = str(error)
             return
@@ -199,7 +257,10 @@ class SegGradCAMWeb(TrameApp):
                 outputs = self.logic.finishRun(run)
                 report = ExplainReport.read(kept)
                 self.show_outputs(outputs, report, kept)
-                self.state.progress, self.state.progress_text = 100, f"done in {time.perf_counter() - run.started:.1f} s"
+                self.state.progress, self.state.progress_text = (
+                    100,
+                    f"done in {time.perf_counter() - run.started:.1f} s",
+                )
             except SegGradCAMError as error:
                 self.state.error, self.state.progress_text = str(error), "failed"
 
@@ -217,7 +278,12 @@ class SegGradCAMWeb(TrameApp):
         outputs.segmentationNode.GetDisplayNode().SetVisibility2D(False)  # 2D: the label layer, outline or fill
         outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # 3D: the segments' surfaces
         items = [{"title": f"{label} / {layer}", "value": i} for i, (label, layer) in enumerate(outputs.heatmapNodes)]
-        files = [report.segmentation, *(info.file for _, _, info in report.heatmaps()), EXPLAIN_FILE, *(["overview.png"] if (folder / "overview.png").is_file() else [])]
+        files = [
+            report.segmentation,
+            *(info.file for _, _, info in report.heatmaps()),
+            EXPLAIN_FILE,
+            *(["overview.png"] if (folder / "overview.png").is_file() else []),
+        ]
         self.shown.files = tuple(files)
         self.state.update(heat_items=items, heat=0 if items else None, downloads=files)
         self._show_segmentation()
@@ -234,21 +300,28 @@ class SegGradCAMWeb(TrameApp):
         node = self._heatmap_node()
         if not self.shown.volumes:
             return
-        self.logic.showHeatmap(node, self.shown.volumes[0], opacity=float(self.state.opacity),
-                               threshold=float(self.state.threshold), visible=bool(self.state.show_heatmap))
+        self.logic.showHeatmap(
+            node,
+            self.shown.volumes[0],
+            opacity=float(self.state.opacity),
+            threshold=float(self.state.threshold),
+            visible=bool(self.state.show_heatmap),
+        )
         if node is not None:
             label, layer = node.GetAttribute("SegGradCAM.Class"), node.GetAttribute("SegGradCAM.Layer")
             score = node.GetAttribute("SegGradCAM.Faithfulness")
-            self.state.legend = (f"{label} — {self.shown.report.method} on {layer}; 1.0 = raw maximum "
-                                 f"{float(node.GetAttribute('SegGradCAM.RawMax')):.4g}"
-                                 + (f". Faithfulness: {score}" if score else ""))
+            self.state.legend = (
+                f"{label} — {self.shown.report.method} on {layer}; 1.0 = raw maximum "
+                f"{float(node.GetAttribute('SegGradCAM.RawMax')):.4g}" + (f". Faithfulness: {score}" if score else "")
+            )
         self._render()
 
     @change("show_segmentation", "segmentation_style")
     def _show_segmentation(self, **_) -> None:
         labelmap = self.shown.outputs.labelmapNode if self.shown.outputs else None
-        self.logic.showLabels(labelmap, outline=self.state.segmentation_style == "outline",
-                              visible=bool(self.state.show_segmentation))
+        self.logic.showLabels(
+            labelmap, outline=self.state.segmentation_style == "outline", visible=bool(self.state.show_segmentation)
+        )
         if self.shown.outputs:  # 3D: the segments' surfaces
             self.shown.outputs.segmentationNode.GetDisplayNode().SetVisibility3D(bool(self.state.show_segmentation))
         self._render()
@@ -265,8 +338,12 @@ class SegGradCAMWeb(TrameApp):
     def _on_model(self, model, **_) -> None:
         facts = declared_facts(self.models[model]) if model in self.models else None
         labels = [name for i, name in enumerate(facts.labels) if i or name.lower() != "background"] if facts else []
-        self.state.update(classes_items=["all", *labels], classes="all", layers_items=["auto", *(facts.layers if facts else [])],
-                          layers="auto")
+        self.state.update(
+            classes_items=["all", *labels],
+            classes="all",
+            layers_items=["auto", *(facts.layers if facts else [])],
+            layers="auto",
+        )
 
     def _fit_views_soon(self, **_) -> None:
         """Fit the views to the volume once the new page has sized them."""
@@ -284,8 +361,11 @@ class SegGradCAMWeb(TrameApp):
         parts = [f"RAS ({ras[0]:.0f}, {ras[1]:.0f}, {ras[2]:.0f})"]
         outputs = self.shown.outputs
         labels = self.shown.report.model.labels if self.shown.report else []
-        for name, node in [("image", self.shown.volumes[0]), ("label", outputs.labelmapNode if outputs else None),
-                           ("heat", self._heatmap_node())]:
+        for name, node in [
+            ("image", self.shown.volumes[0]),
+            ("label", outputs.labelmapNode if outputs else None),
+            ("heat", self._heatmap_node()),
+        ]:
             value = value_at(node, ras) if node is not None else None
             if value is not None:
                 text = labels[int(value)] if name == "label" and 0 <= int(value) < len(labels) else f"{value:.3g}"

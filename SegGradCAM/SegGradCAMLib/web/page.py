@@ -13,10 +13,15 @@ from ..mrml.outputs import inferno_colors
 
 def quad_layout() -> Layout:
     """Axial and 3D on the left, coronal and sagittal on the right."""
-    return Layout(LayoutDirection.Horizontal, [
-        Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.threed_view()]),
-        Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.coronal_view(), ViewLayoutDefinition.sagittal_view()]),
-    ])
+    return Layout(
+        LayoutDirection.Horizontal,
+        [
+            Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.threed_view()]),
+            Layout(
+                LayoutDirection.Vertical, [ViewLayoutDefinition.coronal_view(), ViewLayoutDefinition.sagittal_view()]
+            ),
+        ],
+    )
 
 
 def build_page(web) -> None:
@@ -28,69 +33,168 @@ def build_page(web) -> None:
         ui.root.theme = "dark"
         with ui.toolbar:
             v3.VSpacer()
-            v3.VProgressLinear(model_value=("progress",), height=8, style="max-width: 220px", id="progress",
-                               active=("running",))
+            v3.VProgressLinear(
+                model_value=("progress",), height=8, style="max-width: 220px", id="progress", active=("running",)
+            )
             Span("{{ progress_text }}", id="progress-text", classes="mx-2 text-caption")
         with ui.drawer as drawer:
             drawer.width = 330
             with v3.VContainer(classes="pa-2", style="font-size: 13px"):
                 Div("{{ note }}", classes="text-caption mb-2", id="note")
-                v3.VSelect(label="Sample", items=("samples",), v_model=("sample",), density="compact", id="sample",
-                           update_modelValue=(web.open_sample, "[$event]"), hide_details=True)
-                v3.VFileInput(label="Upload (one file per channel, or a DICOM zip)", multiple=True, id="upload",
-                              density="compact", hide_details=True, classes="mt-2",
-                              change=f"trigger('{web.ctrl.trigger_name(web.upload)}', [$event.target.files])")
+                v3.VSelect(
+                    label="Sample",
+                    items=("samples",),
+                    v_model=("sample",),
+                    density="compact",
+                    id="sample",
+                    update_modelValue=(web.open_sample, "[$event]"),
+                    hide_details=True,
+                )
+                v3.VFileInput(
+                    label="Upload (one file per channel, or a DICOM zip)",
+                    multiple=True,
+                    id="upload",
+                    density="compact",
+                    hide_details=True,
+                    classes="mt-2",
+                    change=f"trigger('{web.ctrl.trigger_name(web.upload)}', [$event.target.files])",
+                )
                 Div("{{ case_title }}", id="case", classes="text-caption my-1")
-                v3.VSelect(label="Model", items=("models",), v_model=("model",), density="compact", id="model",
-                           hide_details=True, classes="mt-2")
-                v3.VSelect(label="Classes", items=("classes_items",), v_model=("classes",), density="compact", id="classes",
-                           hide_details=True, classes="mt-2")
-                v3.VSelect(label="Layers", items=("layers_items",), v_model=("layers",), density="compact", id="layers",
-                           hide_details=True, classes="mt-2")
-                v3.VSelect(label="Method", items=("methods",), v_model=("method",), density="compact", id="method",
-                           hide_details=True, classes="mt-2")
-                v3.VCheckbox(v_model=("faithfulness",), label="Score faithfulness (slower)", density="compact",
-                             hide_details=True, id="faithfulness")
+                v3.VSelect(
+                    label="Model",
+                    items=("models",),
+                    v_model=("model",),
+                    density="compact",
+                    id="model",
+                    hide_details=True,
+                    classes="mt-2",
+                )
+                v3.VSelect(
+                    label="Classes",
+                    items=("classes_items",),
+                    v_model=("classes",),
+                    density="compact",
+                    id="classes",
+                    hide_details=True,
+                    classes="mt-2",
+                )
+                v3.VSelect(
+                    label="Layers",
+                    items=("layers_items",),
+                    v_model=("layers",),
+                    density="compact",
+                    id="layers",
+                    hide_details=True,
+                    classes="mt-2",
+                )
+                v3.VSelect(
+                    label="Method",
+                    items=("methods",),
+                    v_model=("method",),
+                    density="compact",
+                    id="method",
+                    hide_details=True,
+                    classes="mt-2",
+                )
+                v3.VCheckbox(
+                    v_model=("faithfulness",),
+                    label="Score faithfulness (slower)",
+                    density="compact",
+                    hide_details=True,
+                    id="faithfulness",
+                )
                 with Div(classes="d-flex mt-2"):
-                    v3.VBtn("Run", click=(web.start_run, "[model, classes, layers, method, faithfulness]"), disabled=("running",), id="run", color="primary",
-                            classes="mr-2")
+                    v3.VBtn(
+                        "Run",
+                        click=(web.start_run, "[model, classes, layers, method, faithfulness]"),
+                        disabled=("running",),
+                        id="run",
+                        color="primary",
+                        classes="mr-2",
+                    )
                     v3.VBtn("Cancel", click=web.cancel_run, disabled=("!running",), id="cancel")
-                v3.VAlert(text=("error",), v_show=("error",), type="error", density="compact", id="error",
-                          classes="mt-2")
-                v3.VAlert(text=("message",), v_show=("message",), type="info", density="compact", id="message",
-                          classes="mt-2")
+                v3.VAlert(
+                    text=("error",), v_show=("error",), type="error", density="compact", id="error", classes="mt-2"
+                )
+                v3.VAlert(
+                    text=("message",), v_show=("message",), type="info", density="compact", id="message", classes="mt-2"
+                )
                 v3.VDivider(classes="my-2")
-                v3.VSelect(label="Heatmap (class / layer)", items=("heat_items",), v_model=("heat",),
-                           density="compact", hide_details=True, id="heat")
-                v3.VCheckbox(v_model=("show_heatmap",), label="Show heatmap", density="compact", hide_details=True,
-                             id="show-heatmap")
-                v3.VSlider(v_model=("opacity",), min=0, max=1, step=0.05, label="Opacity", density="compact",
-                           hide_details=True)
-                v3.VSlider(v_model=("threshold",), min=0, max=1, step=0.05, label="Threshold", density="compact",
-                           hide_details=True)
+                v3.VSelect(
+                    label="Heatmap (class / layer)",
+                    items=("heat_items",),
+                    v_model=("heat",),
+                    density="compact",
+                    hide_details=True,
+                    id="heat",
+                )
+                v3.VCheckbox(
+                    v_model=("show_heatmap",),
+                    label="Show heatmap",
+                    density="compact",
+                    hide_details=True,
+                    id="show-heatmap",
+                )
+                v3.VSlider(
+                    v_model=("opacity",), min=0, max=1, step=0.05, label="Opacity", density="compact", hide_details=True
+                )
+                v3.VSlider(
+                    v_model=("threshold",),
+                    min=0,
+                    max=1,
+                    step=0.05,
+                    label="Threshold",
+                    density="compact",
+                    hide_details=True,
+                )
                 Div(style=f"height: 10px; background: linear-gradient(to right, {stops});", classes="mt-1")
                 with Div(classes="d-flex text-caption"):
                     Span("0")
                     v3.VSpacer()
                     Span("1")
                 Div("{{ legend }}", classes="text-caption", id="legend")
-                v3.VCheckbox(v_model=("show_segmentation",), label="Show segmentation", density="compact",
-                             hide_details=True, id="show-segmentation")
+                v3.VCheckbox(
+                    v_model=("show_segmentation",),
+                    label="Show segmentation",
+                    density="compact",
+                    hide_details=True,
+                    id="show-segmentation",
+                )
                 with v3.VRadioGroup(v_model=("segmentation_style",), inline=True, density="compact", hide_details=True):
                     v3.VRadio(label="outline", value="outline")
                     v3.VRadio(label="fill", value="fill")
-                v3.VSlider(v_model=("bg_window",), min=1, max=("range_max - range_min",), label="Window",
-                           density="compact", hide_details=True)
-                v3.VSlider(v_model=("bg_level",), min=("range_min",), max=("range_max",), label="Level",
-                           density="compact", hide_details=True)
+                v3.VSlider(
+                    v_model=("bg_window",),
+                    min=1,
+                    max=("range_max - range_min",),
+                    label="Window",
+                    density="compact",
+                    hide_details=True,
+                )
+                v3.VSlider(
+                    v_model=("bg_level",),
+                    min=("range_min",),
+                    max=("range_max",),
+                    label="Level",
+                    density="compact",
+                    hide_details=True,
+                )
                 v3.VDivider(classes="my-2")
                 Div("Downloads", classes="text-caption", v_show=("downloads.length",))
-                v3.VBtn("{{ name }}", v_for="name in downloads", key="name", size="x-small", variant="tonal",
-                        classes="ma-1 download", style="text-transform: none", click=(f"utils.download(name, trigger('{web.ctrl.trigger_name(web.download)}', "
-                                               "[name]), 'application/octet-stream')"))
+                v3.VBtn(
+                    "{{ name }}",
+                    v_for="name in downloads",
+                    key="name",
+                    size="x-small",
+                    variant="tonal",
+                    classes="ma-1 download",
+                    style="text-transform: none",
+                    click=(
+                        f"utils.download(name, trigger('{web.ctrl.trigger_name(web.download)}', "
+                        "[name]), 'application/octet-stream')"
+                    ),
+                )
         with ui.content, Div(style="position: relative; height: calc(100vh - 64px);"):  # beside the drawer
             with Div(style="position: absolute; inset: 0 0 22px 0;"):
                 web.layout.initialize_layout_grid(ui)
             Div("{{ probe }}", id="probe", style="position: absolute; bottom: 0; height: 22px; font: 12px monospace;")
-
-

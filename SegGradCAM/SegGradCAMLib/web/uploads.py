@@ -49,8 +49,10 @@ class UploadArea:
             raise SegGradCAMError("No file was uploaded.")
         total = sum(len(f.content) for f in files)
         if total > self.max_upload:
-            raise SegGradCAMError(f"The upload is {total / 2**20:.0f} MB; the limit is {self.max_upload / 2**20:.0f} MB "
-                                  "(the server's --max-upload-mb).")
+            raise SegGradCAMError(
+                f"The upload is {total / 2**20:.0f} MB; the limit is {self.max_upload / 2**20:.0f} MB "
+                "(the server's --max-upload-mb)."
+            )
         folder = self.root / f"upload{next(self._count)}"
         folder.mkdir(parents=True)
         try:
@@ -66,8 +68,10 @@ class UploadArea:
         else:
             ending = next((e for e in VOLUME_ENDINGS if name.endswith(e)), None)
             if ending is None:
-                raise SegGradCAMError(f"{display_name(upload.name)}: not a volume file; upload NRRD, NIfTI (.nii.gz), "
-                                      "MHA or a zipped DICOM series.")
+                raise SegGradCAMError(
+                    f"{display_name(upload.name)}: not a volume file; upload NRRD, NIfTI (.nii.gz), "
+                    "MHA or a zipped DICOM series."
+                )
             source = folder / f"upload-{index}{ending}"
             source.write_bytes(upload.content)
         try:
@@ -93,12 +97,15 @@ class UploadArea:
             for member in members:
                 parts = PurePosixPath(member.filename.replace("\\", "/")).parts
                 if member.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-                    raise SegGradCAMError(f"{display_name(upload.name)}: refused, member {member.filename!r} points "
-                                          "outside the archive.")
+                    raise SegGradCAMError(
+                        f"{display_name(upload.name)}: refused, member {member.filename!r} points outside the archive."
+                    )
             unpacked = sum(m.file_size for m in members)
             if unpacked > self.max_unpacked:
-                raise SegGradCAMError(f"{display_name(upload.name)} unpacks to {unpacked / 2**20:.0f} MB; the limit is "
-                                      f"{self.max_unpacked / 2**20:.0f} MB.")
+                raise SegGradCAMError(
+                    f"{display_name(upload.name)} unpacks to {unpacked / 2**20:.0f} MB; the limit is "
+                    f"{self.max_unpacked / 2**20:.0f} MB."
+                )
             folder.mkdir()
             written = 0
             for index, member in enumerate(members):
@@ -106,8 +113,9 @@ class UploadArea:
                     while chunk := source.read(2**20):  # the declared sizes may lie: count what comes out
                         written += len(chunk)
                         if written > self.max_unpacked:
-                            raise SegGradCAMError(f"{display_name(upload.name)} unpacks to more than "
-                                                  f"{self.max_unpacked / 2**20:.0f} MB.")
+                            raise SegGradCAMError(
+                                f"{display_name(upload.name)} unpacks to more than {self.max_unpacked / 2**20:.0f} MB."
+                            )
                         target.write(chunk)
         return folder
 
