@@ -98,7 +98,7 @@ def write_segmentation_and_overview(
     reference = inputs.reference
     dtype = np.uint8 if len(writer.labels) < 256 else np.int16
     write_like(result.labels.astype(dtype), reference, Path(options.out) / "segmentation.nrrd")
-    writer.step()
+    writer.file_written()
     if options.overview:
         from ..volumes.overview import save_overview
 
@@ -111,7 +111,7 @@ def write_segmentation_and_overview(
             reference.direction,
             title=title,
         )
-        writer.step()
+        writer.file_written()
 
 
 def build_report(
@@ -150,6 +150,45 @@ def build_report(
     )
 
 
+def checked_settings(
+    options: ExplainOptions, pipeline: Pipeline, inputs: InputVolumes, method: str, device: str
+) -> ExplainSettings:
+    """What to explain, once the inputs are checked against the model and its pipeline."""
+    spec = pipeline.model.spec
+    spec.check_input_count(len(inputs.volumes))
+    pipeline.check_inputs(inputs.paths)
+    if options.faithfulness:
+        pipeline.check_scorable()
+    classes = class_indices(options.classes, spec.labels)
+    region = read_region(options, inputs.reference, len(classes))
+    layers = layer_selection(options.layers)
+    return ExplainSettings(layers, classes, method, region, device, options.amp, options.step_size, options.mirror)
+
+
+def new_writer(
+    options: ExplainOptions, pipeline: Pipeline, inputs: InputVolumes, settings: ExplainSettings, progress
+) -> HeatmapWriter:
+    """The writer of the heatmaps into the (created) output folder, counting every file the run writes."""
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = pipeline.model.chosen_layers(settings.layers)
+    several = chosen == "auto" or len(chosen) > 1
+    files = len(settings.classes) * (1 if chosen == "auto" else len(chosen)) + 2 + options.overview
+    labels = list(pipeline.model.spec.labels)
+    return HeatmapWriter(
+        out,
+        inputs.reference,
+        labels,
+        settings.method,
+        options.heatmap_dtype,
+        several,
+        settings.regions,
+        options.overview,
+        files,
+        progress,
+    )
+
+
 def explain_files(
     options: ExplainOptions, progress: ProgressCallback | None = None, load: PipelineLoader = load_options_pipeline
 ) -> ExplainReport:
@@ -170,44 +209,8 @@ def explain_files(
     pipeline = load(options, device)
     timings["load_model_s"] = time.perf_counter() - start
     step("startup", 1, 1)
-    spec = pipeline.model.spec
-    spec.check_input_count(len(inputs.volumes))
-    pipeline.check_inputs(inputs.paths)
-    if options.faithfulness:
-        pipeline.check_scorable()
-    classes = class_indices(options.classes, spec.labels)
-    settings = ExplainSettings(
-        layer_selection(options.layers),
-        classes,
-        choice.method,
-        read_region(options, inputs.reference, len(classes)),
-        device,
-        options.amp,
-        options.step_size,
-        options.mirror,
-    )
-
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    chosen = pipeline.model.chosen_layers(settings.layers)
-    files = len(classes) * (1 if chosen == "auto" else len(chosen)) + 2 + options.overview
-    written = [0]
-
-    def file_written() -> None:
-        written[0] += 1
-        step("write", written[0], files)
-
-    writer = HeatmapWriter(
-        out,
-        inputs.reference,
-        list(spec.labels),
-        choice.method,
-        options.heatmap_dtype,
-        chosen == "auto" or len(chosen) > 1,
-        settings.regions,
-        options.overview,
-        file_written,
-    )
+    settings = checked_settings(options, pipeline, inputs, choice.method, device)
+    writer = new_writer(options, pipeline, inputs, settings, step)
     start = time.perf_counter()
     result = run_pipeline(pipeline, inputs, settings, progress, writer)
     timings["explain_s"] = time.perf_counter() - start
@@ -218,10 +221,11 @@ def explain_files(
         timings["faithfulness_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    write_segmentation_and_overview(options, inputs, result, writer, f"{spec.name} — {choice.method}")
+    title = f"{pipeline.model.spec.name} — {choice.method}"
+    write_segmentation_and_overview(options, inputs, result, writer, title)
     timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
     timings["total_s"] = time.perf_counter() - began
     report = build_report(options, pipeline, choice, inputs, settings, result, writer, threads, timings)
-    report.write(out)
-    step("write", files, files)
+    report.write(options.out)
+    step("write", writer.files, writer.files)
     return report

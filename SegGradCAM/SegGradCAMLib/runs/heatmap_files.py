@@ -27,7 +27,7 @@ class HeatmapWriter:
     """Writes each class map into ``out`` with the ``reference`` volume's geometry and records it
     in ``entries`` (class index -> :class:`ClassEntry`); keeps the first maps for the overview.
     ``regions`` ``(len(classes), Z, Y, X)``: the user's target regions, else each class's mask.
-    ``step()`` is called after each file."""
+    ``file_written()`` reports each file as a ``write`` step of ``files`` to ``progress``."""
 
     out: Path
     reference: Volume
@@ -37,9 +37,15 @@ class HeatmapWriter:
     several_layers: bool
     regions: np.ndarray | None
     keep_for_overview: bool
-    step: Callable[[], None]
+    files: int
+    progress: Callable[[str, int, int], None]
+    written: int = 0
     entries: dict[int, ClassEntry] = field(default_factory=dict)
     overview_rows: list[tuple[str, str, int, np.ndarray]] = field(default_factory=list)  # (class, layer, index, map)
+
+    def file_written(self) -> None:
+        self.written += 1
+        self.progress("write", self.written, self.files)
 
     def filename(self, name: str, layer: str) -> str:
         return f"heatmap_{safe_filename(name)}" + (f"_{safe_filename(layer)}" if self.several_layers else "") + ".nrrd"
@@ -71,7 +77,7 @@ class HeatmapWriter:
         write_like(encode_heatmap(heat, self.dtype), self.reference, self.out / filename, metadata)
         if self.keep_for_overview and len(self.overview_rows) < OVERVIEW_ROWS:
             self.overview_rows.append((name, layer, c, heat))
-        self.step()
+        self.file_written()
 
     def overview_titles(self) -> list[tuple[str, int, np.ndarray]]:
         """Overview rows: ``class / layer`` (and the faithfulness verdict when scored), class index, map."""
