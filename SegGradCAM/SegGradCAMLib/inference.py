@@ -88,6 +88,16 @@ def _monai_padding(shape: Sequence[int], roi: Sequence[int]) -> list[int]:
     return pads
 
 
+def _monai_windows(shape: Sequence[int], roi: Sequence[int]) -> int:
+    """How many windows MONAI's ``sliding_window_inference`` takes over a volume of spatial ``shape``."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval  # private MONAI helper: its own scan, to count windows
+
+    scanned = tuple(max(n, r) for n, r in zip(shape, roi))  # MONAI's image_size, after its padding
+    interval = _get_scan_interval(scanned, roi, len(roi), (_OVERLAP,) * len(roi))
+    return len(dense_patch_slices(scanned, roi, interval))
+
+
 class _Runner:
     """Runs the network with CAMs over a prepared (oriented, resampled, normalised) volume."""
 
@@ -146,6 +156,34 @@ class _Runner:
         crop = (slice(None),) + tuple(slice(0, n) for n in shape)
         return logits[0][crop], {k: v[:, 0][crop] for k, v in maps.items()}
 
+    def _stitch(self, image: torch.Tensor, roi: tuple[int, ...], predictor: Callable, with_coord: bool = False):
+        """MONAI's ``sliding_window_inference`` of ``predictor`` over ``image`` ``(Cin, *S)``, stitched on the CPU."""
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(
+            image[None].cpu(),
+            roi,
+            1,
+            predictor,
+            overlap=_OVERLAP,
+            mode="gaussian",
+            sigma_scale=_SIGMA_SCALE,
+            sw_device=self.device,
+            device="cpu",
+            with_coord=with_coord,
+        )
+
+    def _segment(self, window: torch.Tensor, step: Callable[[], None]) -> torch.Tensor:
+        """Logits ``(1, C, *roi)`` of a window ``(1, Cin, *roi)`` (the segmentation pass, no gradients)."""
+        step()
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model.network(window)
+        if not isinstance(logits, torch.Tensor):
+            raise SegGradCAMError(
+                f"The network returned {type(logits).__name__}; Seg-Grad-CAM needs one logits tensor."
+            )
+        return logits.float()
+
     def _sliding_window(self, image: torch.Tensor, regions: torch.Tensor | None):
         """MONAI sliding windows over image ``(Cin, Z, Y, X)``: logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``.
 
@@ -154,62 +192,34 @@ class _Runner:
         pass explains every window with the regions cut to it; MONAI stitches maps and
         logits with the same Gaussian weights, on the CPU (only windows go to the device).
         """
-        from monai.data.utils import dense_patch_slices
-        from monai.inferers import sliding_window_inference
-        from monai.inferers.utils import _get_scan_interval  # private MONAI helper: its own scan, to count windows
-
         roi = tuple(int(r) for r in self.model.spec.roi_size)
         shape = tuple(image.shape[1:])
-        scanned = tuple(max(n, r) for n, r in zip(shape, roi))  # MONAI's image_size, after its padding
-        interval = _get_scan_interval(scanned, roi, len(roi), (_OVERLAP,) * len(roi))
-        n_windows = len(dense_patch_slices(scanned, roi, interval))
+        n_windows = _monai_windows(shape, roi)
         total = n_windows if regions is not None else 2 * n_windows
         self.cam_passes = n_windows
         steps = itertools.count()
 
-        def stitch(predictor: Callable, with_coord: bool = False):
-            return sliding_window_inference(
-                image[None].cpu(),
-                roi,
-                1,
-                predictor,
-                overlap=_OVERLAP,
-                mode="gaussian",
-                sigma_scale=_SIGMA_SCALE,
-                sw_device=self.device,
-                device="cpu",
-                with_coord=with_coord,
-            )
+        def step() -> None:
+            self._step(next(steps), total)
 
         if regions is None:
-
-            def segment(window: torch.Tensor) -> torch.Tensor:
-                """Logits ``(1, C, *roi)`` of a window ``(1, Cin, *roi)``."""
-                self._step(next(steps), total)
-                with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.amp):
-                    logits = self.model.network(window)
-                if not isinstance(logits, torch.Tensor):
-                    raise SegGradCAMError(
-                        f"The network returned {type(logits).__name__}; Seg-Grad-CAM needs one logits tensor."
-                    )
-                return logits.float()
-
             with torch.no_grad():
-                regions = predicted_regions(stitch(segment), self.classes)[0]
+                logits = self._stitch(image, roi, lambda window: self._segment(window, step))
+                regions = predicted_regions(logits, self.classes)[0]
         # MONAI's window coordinates are in its padded volume: pad the regions the same way.
         regions = F.pad(regions.bool(), _monai_padding(shape, roi))
 
         def explain(window: torch.Tensor, coords: list[list[slice]]) -> dict[str, torch.Tensor]:
             """Window ``(1, Cin, *roi)`` at ``coords`` ``[[batch, channels, *spatial]]`` -> layer ->
             ``(1, n, *roi)`` and ``_LOGITS`` -> ``(1, C, *roi)``."""
-            self._step(next(steps), total)
+            step()
             (where,) = coords  # sw_batch_size 1: one window
             result = self._explain(window, regions[(slice(None), *where[2:])][None])
             out = {name: m.transpose(0, 1).float() for name, m in result.items()}
             out[_LOGITS] = result.logits.float()
             return out
 
-        stitched = stitch(explain, with_coord=True)
+        stitched = self._stitch(image, roi, explain, with_coord=True)
         self._step(total, total)
         return stitched[_LOGITS][0], {name: stitched[name][0] for name in self.layers}
 
@@ -325,7 +335,8 @@ def heatmaps_on_input_grid(
     """Class maps ``(n, *model grid)`` per layer brought to the input grid one class at a time by
     ``to_input`` (``(1, *model grid)`` -> ``(1, Z, Y, X)``), ReLU'd, divided by their global maximum
     when ``normalize``; handed to ``on_heatmap`` (then not kept) or returned, with the class's
-    own mask from ``masks`` ``(n, Z, Y, X)`` when given. ``maps`` is emptied as it goes. Returns (layer -> ``(n, Z, Y, X)`` float32, layer -> raw maxima)."""
+    own mask from ``masks`` ``(n, Z, Y, X)`` when given. ``maps`` is emptied as it goes. Returns
+    (layer -> ``(n, Z, Y, X)`` float32, layer -> raw maxima)."""
     heatmaps: dict[str, np.ndarray] = {}
     raw_max: dict[str, list[float]] = {name: [] for name in maps}
     for name in list(maps):
