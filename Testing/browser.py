@@ -174,11 +174,13 @@ class Browser:
             "new MouseEvent('mousedown', {bubbles: true}))"
         )
         self.wait_for(
-            f"[...document.querySelectorAll('.v-overlay .v-list-item')].some(e => e.innerText.trim() === {json.dumps(item)})",
+            "[...document.querySelectorAll('.v-overlay .v-list-item')]"
+            f".some(e => e.innerText.trim() === {json.dumps(item)})",
             timeout=10,
         )
         self.js(
-            f"[...document.querySelectorAll('.v-overlay .v-list-item')].find(e => e.innerText.trim() === {json.dumps(item)}).click()"
+            "[...document.querySelectorAll('.v-overlay .v-list-item')]"
+            f".find(e => e.innerText.trim() === {json.dumps(item)}).click()"
         )
 
     def hover(self, selector: str, index: int = 0) -> None:

@@ -218,7 +218,9 @@ def test_the_import_reader_resolves_relative_lazy_and_submodule_imports(tmp_path
             "cam.py": "from .errors import SegGradCAMError\n",
             "models/__init__.py": "from .spec import LoadedModel\nVALUE = 1\n",
             "models/spec.py": "def f():\n    from .. import cam\n    from ..models import VALUE\n",
-            "models/loader.py": "import SegGradCAMLib.cam\nfrom . import spec, VALUE\nfrom SegGradCAMLib import errors\n",
+            "models/loader.py": (
+                "import SegGradCAMLib.cam\nfrom . import spec, VALUE\nfrom SegGradCAMLib import errors\n"
+            ),
             "cli/run.py": "def main():\n    if True:\n        from ..models.loader import x\n    import numpy\n",
         },
     )

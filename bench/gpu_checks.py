@@ -348,7 +348,8 @@ def part_demo2d(args) -> dict:
             model = load_model("demo-lesions-unet2d", device=dev)
             layers = list(model.layers)
 
-            def run():
+            # loop values bound as defaults (B023); run is only called inside this iteration
+            def run(model=model, layers=layers, method=method, dev=dev, amp=amp):
                 return explain_volume(
                     model, image, spacing, np.eye(3), layers=layers, method=method, device=dev, amp=amp
                 )
@@ -394,11 +395,12 @@ def part_nnunet_demo(args) -> dict:
             model = load_model(str(SHIPPED_NNUNET), device=dev)
             windows = []
 
-            def progress(stage: str, done: int, total: int) -> None:
+            # loop values bound as defaults (B023); both are only called inside this iteration
+            def progress(stage: str, done: int, total: int, windows: list = windows) -> None:
                 if stage == "windows":
                     windows.append(total)
 
-            def run():
+            def run(model=model, dev=dev, progress=progress):
                 return explain_nnunet(model, files, layers=NNUNET_DEMO_LAYERS, device=dev, progress=progress)
 
             cold = None
@@ -588,7 +590,9 @@ def part_many(args) -> dict:
             predictor = nnunet_predictor(model, device, 0.5, False)
             predictor.perform_everything_on_device = on_device and device == "cuda"
             reset_gpu_peak(device)
-            logits, seconds = timed(lambda: predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)))
+            logits, seconds = timed(
+                lambda predictor=predictor: predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+            )
             plain["perform_everything_on_device" if on_device else "results_on_cpu"] = {
                 "predict_s": seconds,
                 **gpu_peak(device),

@@ -413,7 +413,9 @@ def write_readme(out: Path, card: dict) -> None:
         "  `nnUNetPredictor.initialize_from_trained_model_folder(folder, use_folds=(0,))`).",
         f"- nnU-Net {card['versions']['nnunetv2']}, configuration `{CONFIGURATION}`, fold 0, trainer "
         f"`{card['training']['trainer']}` ({card['training']['epochs']} epochs x "
-        f"{card['training']['iterations_per_epoch']} iterations), CPU ({card['training']['cpu_threads']} torch thread{'s' if card['training']['cpu_threads'] != 1 else ''}).",
+        f"{card['training']['iterations_per_epoch']} iterations), "
+        f"CPU ({card['training']['cpu_threads']} torch thread"
+        f"{'s' if card['training']['cpu_threads'] != 1 else ''}).",
         "- Inputs: channel 0 `t1c`, channel 1 `flair` (2 mm isotropic, NIfTI/NRRD via SimpleITK); nnU-Net's own",
         "  preprocessing (z-score per channel) is applied by the predictor.",
         "- Labels: 0 background, 1 edema, 2 enhancing_rim, 3 necrotic_core.",
@@ -422,7 +424,8 @@ def write_readme(out: Path, card: dict) -> None:
         f"held-out evaluation on {card['held_out']['n_cases']} cases of seed {card['held_out']['seed']}.",
         f"- Plans edits (3d_fullres): features_per_stage {edits['before']['features_per_stage']} -> "
         f"{edits['after']['features_per_stage']}, patch_size {edits['before']['patch_size']} -> "
-        f"{edits['after']['patch_size']}, batch_size {edits['before']['batch_size']} -> {edits['after']['batch_size']}.",
+        f"{edits['after']['patch_size']}, batch_size {edits['before']['batch_size']} -> "
+        f"{edits['after']['batch_size']}.",
         f"- Wall times: planning {card['wall_times_s']['planning']:.0f} s, preprocessing "
         f"{card['wall_times_s']['preprocessing']:.0f} s, training (incl. nnU-Net's final validation) "
         f"{card['wall_times_s']['training']:.0f} s; mean epoch {card['training']['mean_epoch_s']:.0f} s.",

@@ -80,7 +80,8 @@ def test_colin27_heatmap_energy_is_on_the_brain(colin27_run):
     (brain,) = json.loads((colin27_run / "explain.json").read_text())["classes"]
     info = brain["layers"]["end_conv_2_bn"]
     print(
-        f"energy inside brain mask {info['energy_inside']:.4f}, within 3 mm {info['energy_inside'] + info['energy_shell']:.4f}"
+        f"energy inside brain mask {info['energy_inside']:.4f}, "
+        f"within 3 mm {info['energy_inside'] + info['energy_shell']:.4f}"
     )
     assert info["energy_inside"] + info["energy_shell"] > 0.9
 

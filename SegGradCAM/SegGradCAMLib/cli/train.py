@@ -112,8 +112,9 @@ def roar_command(args: argparse.Namespace, progress: ProgressCallback | None = N
     spec = model.spec
     if tuple(spec.labels) != demo_data.LABELS or spec.in_channels != len(demo_data.CHANNELS) or spec.spatial_dims != 2:
         raise SegGradCAMError(
-            f"ROAR runs on the demo recipe: the model must be 2D with inputs {', '.join(demo_data.CHANNELS)} and labels "
-            f"{', '.join(demo_data.LABELS)}; {spec.name} has {spec.in_channels} input(s) and labels {', '.join(spec.labels)}."
+            "ROAR runs on the demo recipe: the model must be 2D with inputs "
+            f"{', '.join(demo_data.CHANNELS)} and labels {', '.join(demo_data.LABELS)}; "
+            f"{spec.name} has {spec.in_channels} input(s) and labels {', '.join(spec.labels)}."
         )
     config = RoarConfig(
         fractions=fractions,

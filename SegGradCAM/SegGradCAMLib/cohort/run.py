@@ -258,7 +258,8 @@ def _run_on_ray(
                     {
                         "case": case.id,
                         "status": "failed",
-                        "message": f"its worker process died {options.max_retries + 1} times (killed or out of memory): "
+                        "message": f"its worker process died {options.max_retries + 1} times "
+                        "(killed or out of memory): "
                         f"{(str(error).strip().splitlines() or [type(error).__name__])[0]}",
                     }
                 )

@@ -146,7 +146,8 @@ def train_network(
             }
             dice_text = ", ".join(f"{k} {v:.3f}" for k, v in entry["val_dice"].items())
             log(
-                f"epoch {epoch}/{epochs}: loss {entry['loss']:.4f}, validation Dice {dice_text} ({entry['seconds']:.0f} s)"
+                f"epoch {epoch}/{epochs}: loss {entry['loss']:.4f}, "
+                f"validation Dice {dice_text} ({entry['seconds']:.0f} s)"
             )
         result.history.append(entry)
     result.seconds = time.perf_counter() - start
@@ -171,7 +172,9 @@ def model_spec(weights: str, sha256: str) -> dict:
         "orientation": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
         "slice_axis": 0,
         "source": "trained by `seggradcam train --recipe demo` (SegGradCAMLib.demo.training)",
-        "description": "Demo 2D U-Net for synthetic lesions in real MRI (inputs: t1c, flair). Demonstration only, not clinical.",
+        "description": (
+            "Demo 2D U-Net for synthetic lesions in real MRI (inputs: t1c, flair). Demonstration only, not clinical."
+        ),
     }
 
 
@@ -180,6 +183,7 @@ def _readme(card: dict) -> str:
     held_out = card["held_out_dice"]
     rows = "\n".join(f"| {name} | {value:.3f} |" for name, value in held_out.items())
     train, recipe = card["training"], card["data"]
+    spacing = card["spacing_mm"][0]
     return f"""# {card["name"]}
 
 **Demonstration model, not for clinical use.** A MONAI 2D U-Net trained on this
@@ -189,7 +193,7 @@ multi-class network with known ground truth.
 
 - Labels: {", ".join(f"{i} {name}" for i, name in enumerate(card["labels"]))}
 - Inputs (2 channels, in this order): {"; ".join(f"`{c['name']}` {c['description']}" for c in card["channels"])}
-- Preprocessing: axial slices at {card["spacing_mm"][0]} mm in-plane, orientation identity (LPS), each channel normalised over
+- Preprocessing: axial slices at {spacing} mm in-plane, orientation identity (LPS), each channel normalised over
   the whole volume: percentiles {card["normalization_range"][0]}/{card["normalization_range"][1]} -> 0..1, clipped.
 - Network: `{card["architecture"]}` {json.dumps(card["args"])}; decoder stages
   (coarse to fine) {", ".join(f"`{s}`" for s in card["decoder_stages"])}; the last is the default layer.
@@ -216,39 +220,74 @@ mean gradients, spreads over the slice and leaves the small classes' maps nearly
 """
 
 
-def train_demo(
-    out: Path,
-    config: TrainConfig,
-    command: str,
-    progress: Callable[[str, int, int], None] | None = None,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Generate the demo data, train, evaluate on the held-out set and write the model folder
-    (``progress``: as in :func:`train_network`).
+@dataclass
+class _DemoData:
+    """The three slice sets of one training run and the seconds spent generating them."""
 
-    Returns the model card (also written to ``out/model_card.json``).
-    """
-    from ..layers import decoder_layers
-    from ..models.spec import sha256_of
+    train: demo_data.SliceSet
+    val: demo_data.SliceSet
+    held_out: demo_data.SliceSet
+    seconds: float
 
-    torch.set_num_threads(config.threads)
+
+def _make_demo_data(config: TrainConfig, log: Callable[[str], None]) -> _DemoData:
+    """Generate the training, validation and held-out slice sets of ``config``."""
     start = time.perf_counter()
     train = demo_data.make_slice_set(config.seed, config.train_slices)
     val = demo_data.make_slice_set((config.seed, VALIDATION_STREAM), config.val_slices)
     held_out = demo_data.evaluation_set(config.eval_slices)
     data_seconds = time.perf_counter() - start
     log(f"data: {len(train)} training, {len(val)} validation, {len(held_out)} held-out slices ({data_seconds:.0f} s)")
-    result = train_network(
-        train, val, config.epochs, config.batch_size, config.learning_rate, config.seed, progress, log
-    )
-    scores = dice_scores(predict_labels(result.network, held_out.images), held_out.labels)
+    return _DemoData(train, val, held_out, data_seconds)
+
+
+def _write_weights(out: Path, network: nn.Module) -> tuple[Path, dict]:
+    """Write ``out/model.pt`` and the JSON spec next to it; returns the weights path and the spec."""
+    from ..models.spec import sha256_of
 
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "model.pt"
-    torch.save(result.network.state_dict(), weights)
+    torch.save(network.state_dict(), weights)
     spec = model_spec(weights.name, sha256_of(weights))
     (out / f"{MODEL_NAME}.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    card = {
+    return weights, spec
+
+
+def _data_card(config: TrainConfig, data: _DemoData) -> dict:
+    """The ``data`` section of the model card: sources, seeds, sizes and sha256 of each slice set."""
+    return {
+        "recipe": "SegGradCAMLib.demo.data",
+        "sources": [
+            "Colin27 (mricron-data)",
+            "KmeansTest T1 head (insighttoolkit5-examples)",
+            "MNI152 2009a template (nilearn)",
+        ],
+        "train_seed": config.seed,
+        "train_slices": len(data.train),
+        "train_sha256": data.train.sha256(),
+        "val_seed": [config.seed, VALIDATION_STREAM],
+        "val_slices": len(data.val),
+        "val_sha256": data.val.sha256(),
+        "eval_seed": demo_data.EVAL_SEED,
+        "eval_slices": len(data.held_out),
+        "eval_sha256": data.held_out.sha256(),
+        "seconds": round(data.seconds, 1),
+    }
+
+
+def _model_card(
+    config: TrainConfig,
+    command: str,
+    data: _DemoData,
+    result: TrainResult,
+    weights: Path,
+    spec: dict,
+    scores: dict[str, float],
+) -> dict:
+    """The model card of a finished run (written to ``model_card.json``)."""
+    from ..layers import decoder_layers
+
+    return {
         "name": MODEL_NAME,
         "intended_use": "demonstration and testing of explanation methods; not for clinical use",
         "labels": list(demo_data.LABELS),
@@ -263,24 +302,7 @@ def train_demo(
         "args": NETWORK_ARGS,
         "decoder_stages": decoder_layers(result.network),
         "weights": {"file": weights.name, "sha256": spec["sha256"], "bytes": weights.stat().st_size},
-        "data": {
-            "recipe": "SegGradCAMLib.demo.data",
-            "sources": [
-                "Colin27 (mricron-data)",
-                "KmeansTest T1 head (insighttoolkit5-examples)",
-                "MNI152 2009a template (nilearn)",
-            ],
-            "train_seed": config.seed,
-            "train_slices": len(train),
-            "train_sha256": train.sha256(),
-            "val_seed": [config.seed, VALIDATION_STREAM],
-            "val_slices": len(val),
-            "val_sha256": val.sha256(),
-            "eval_seed": demo_data.EVAL_SEED,
-            "eval_slices": len(held_out),
-            "eval_sha256": held_out.sha256(),
-            "seconds": round(data_seconds, 1),
-        },
+        "data": _data_card(config, data),
         "training": {
             **{
                 k: v
@@ -297,6 +319,28 @@ def train_demo(
         "held_out_dice": {k: round(v, 4) for k, v in scores.items()},
         "command": command,
     }
+
+
+def train_demo(
+    out: Path,
+    config: TrainConfig,
+    command: str,
+    progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Generate the demo data, train, evaluate on the held-out set and write the model folder
+    (``progress``: as in :func:`train_network`).
+
+    Returns the model card (also written to ``out/model_card.json``).
+    """
+    torch.set_num_threads(config.threads)
+    data = _make_demo_data(config, log)
+    result = train_network(
+        data.train, data.val, config.epochs, config.batch_size, config.learning_rate, config.seed, progress, log
+    )
+    scores = dice_scores(predict_labels(result.network, data.held_out.images), data.held_out.labels)
+    weights, spec = _write_weights(out, result.network)
+    card = _model_card(config, command, data, result, weights, spec, scores)
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(_readme(card), encoding="utf-8")
     log("held-out Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))

@@ -45,7 +45,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ) from error
     except Exception as error:  # weights_only never runs code: any other failure is a damaged file
         raise SegGradCAMError(
-            f"Cannot read model file {path.name}: it is corrupt or not a PyTorch file ({type(error).__name__}: {error})."
+            f"Cannot read model file {path.name}: it is corrupt or not a PyTorch file "
+            f"({type(error).__name__}: {error})."
         ) from error
     for key in ("state_dict", "model", "network", "model_state_dict"):
         if isinstance(data, dict) and key in data and isinstance(data[key], dict):
