@@ -139,6 +139,7 @@ def _class_chunk(acts: Sequence[torch.Tensor], n_classes: int) -> int:
 def _class_gradients(scores: torch.Tensor, acts: Sequence[torch.Tensor], last: bool) -> list[torch.Tensor]:
     """Gradients of each of ``scores`` ``(k,)`` with respect to each activation: one
     ``(k, *act.shape)`` tensor per activation, in one backward pass (zeros where unused)."""
+    grads: Sequence[torch.Tensor | None]
     if len(scores) == 1:
         grads = torch.autograd.grad(scores[0], acts, retain_graph=not last, allow_unused=True)
         grads = [None if g is None else g[None] for g in grads]

@@ -35,7 +35,7 @@ def nnunet_predictor(model: LoadedModel, device: str, tile_step_size: float, mir
     """nnU-Net's predictor on the model's network, plans and folds (no file is read)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    parts = model.nnunet
+    parts = model.nnunet_parts()
     predictor = nnUNetPredictor(
         tile_step_size=tile_step_size,
         use_gaussian=True,
@@ -61,7 +61,7 @@ def preprocess(model: LoadedModel, files: Sequence[str], region: np.ndarray | No
     """The input files read by the plans' image reader and preprocessed by nnU-Net:
     ``(C, z, y, x)`` float32, properties, and ``region`` ``(Z, Y, X)`` (input grid) carried along
     as nnU-Net carries a segmentation (``(z, y, x)`` bool, or None)."""
-    parts = model.nnunet
+    parts = model.nnunet_parts()
     reader = parts.plans_manager.image_reader_writer_class()
     data, properties = reader.read_images(list(files))
     preprocessor = parts.configuration_manager.preprocessor_class(verbose=False)
@@ -78,7 +78,7 @@ READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")
 
 def reader_name(model: LoadedModel) -> str:
     """The class name of the plans' image reader (``SimpleITKIO``, ``NibabelIO``, ...)."""
-    return model.nnunet.plans_manager.image_reader_writer_class.__name__
+    return model.nnunet_parts().plans_manager.image_reader_writer_class.__name__
 
 
 def to_file_order(model: LoadedModel, properties: dict) -> Callable[[np.ndarray], np.ndarray]:
@@ -99,7 +99,8 @@ def to_input_grid(model: LoadedModel, properties: dict) -> Callable[[torch.Tenso
     reader's reorientation undone (:func:`to_file_order`)."""
     from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
-    plans, configuration = model.nnunet.plans_manager, model.nnunet.configuration_manager
+    parts = model.nnunet_parts()
+    plans, configuration = parts.plans_manager, parts.configuration_manager
     spacing = [properties["spacing"][i] for i in plans.transpose_forward]
     shape = properties["shape_after_cropping_and_before_resampling"]
     current = (
@@ -124,7 +125,7 @@ def _targets(
     """Target regions ``(len(classes), z, y, x)`` bool in nnU-Net's preprocessed space: each class's
     mask in nnU-Net's own stitched logits ``reference`` ``(C, z, y, x)`` (sigmoid > 0.5 for
     region-based models), or the user's ``region``."""
-    label_manager = model.nnunet.label_manager
+    label_manager = model.nnunet_parts().label_manager
     if region is not None:
         return torch.from_numpy(np.repeat(region[None], len(classes), axis=0))
     if label_manager.has_regions:
@@ -135,8 +136,9 @@ def _targets(
 def _flips(model: LoadedModel, mirror: bool) -> list[tuple[int, ...]]:
     """The mirrorings nnU-Net averages over (batch-axis numbering), the identity first."""
     flips: list[tuple[int, ...]] = [()]
-    if mirror and model.nnunet.mirror_axes:
-        axes = [a + 2 for a in model.nnunet.mirror_axes]
+    mirror_axes = model.nnunet_parts().mirror_axes
+    if mirror and mirror_axes:
+        axes = [a + 2 for a in mirror_axes]
         flips += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
     return flips
 
@@ -159,7 +161,7 @@ def _stitch_windows(
     nnU-Net's Gaussian: maps layer -> ``(n, *S)``, logits ``(C, *S)``, weights ``(*S)`` (not yet divided)."""
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-    parts = model.nnunet
+    parts = model.nnunet_parts()
     patch = tuple(parts.configuration_manager.patch_size)
     slicers = predictor._internal_get_sliding_window_slicers(padded.shape[1:])
     gaussian = compute_gaussian(
@@ -197,7 +199,7 @@ def _stitch_windows(
 
 def _agreement(model: LoadedModel, ours: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """How our stitched logits ``(C, *S)`` agree with nnU-Net's own: logits, probabilities, labels."""
-    label_manager = model.nnunet.label_manager
+    label_manager = model.nnunet_parts().label_manager
     probabilities = [label_manager.apply_inference_nonlin(logits) for logits in (ours, reference)]
     segmentations = [label_manager.convert_probabilities_to_segmentation(p) for p in probabilities]
     return {
@@ -213,7 +215,7 @@ def _exported_labels(model: LoadedModel, reference: torch.Tensor, properties: di
     ``(n, Z, Y, X)`` bool (else None)."""
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
-    parts = model.nnunet
+    parts = model.nnunet_parts()
     label_manager = parts.label_manager
     exported = convert_predicted_logits_to_segmentation_with_correct_shape(
         reference,
@@ -272,12 +274,12 @@ def explain_nnunet(
     start = time.perf_counter()
     classes = list(range(1, len(model.spec.labels))) if classes is None else [int(c) for c in classes]
     # the network output channel of each class
-    channels = [c - 1 for c in classes] if model.nnunet.label_manager.has_regions else classes
+    channels = [c - 1 for c in classes] if model.nnunet_parts().label_manager.has_regions else classes
     layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
     predictor = nnunet_predictor(model, device, tile_step_size, mirror)
     x = torch.from_numpy(data)
     reference = predictor.predict_logits_from_preprocessed_data(x).float()  # nnU-Net's own stitched logits
-    patch = tuple(model.nnunet.configuration_manager.patch_size)
+    patch = tuple(model.nnunet_parts().configuration_manager.patch_size)
     padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
     targets, _ = pad_nd_image(
         _targets(model, reference, classes, channels, region_pre).float(), patch, "constant", {"value": 0}, True, None

@@ -38,7 +38,7 @@ def _unet_stages(network: nn.Module) -> list[str]:
 def _attention_unet_stages(network: nn.Module) -> list[str]:
     from monai.networks.nets.attentionunet import AttentionLayer
 
-    stages, path, block = [], "model.1", network.model[1]
+    stages, path, block = [], "model.1", network.get_submodule("model.1")
     while isinstance(block, AttentionLayer):
         stages.append(path)
         if not isinstance(block.submodule, nn.Sequential):
@@ -96,21 +96,21 @@ def traced_decoder_layers(network: nn.Module, example_input: torch.Tensor) -> li
     finally:
         for handle in handles:
             handle.remove()
-    records = [(n, size) for n, size, out in records if out is not output]
-    if not records:
+    sizes = [(n, size) for n, size, out in records if out is not output]
+    if not sizes:
         return []
-    coarsest = min(size for _, size in records)
-    start = next(i for i, (_, size) in enumerate(records) if size == coarsest)
+    coarsest = min(size for _, size in sizes)
+    start = next(i for i, (_, size) in enumerate(sizes) if size == coarsest)
     stages: list[str] = []
-    for i in range(start, len(records)):
-        name, size = records[i]
-        next_size = records[i + 1][1] if i + 1 < len(records) else None
+    for i in range(start, len(sizes)):
+        name, size = sizes[i]
+        next_size = sizes[i + 1][1] if i + 1 < len(sizes) else None
         if size > coarsest and next_size != size:
             stages.append(name)
     # keep one stage per resolution, the last one to finish there
     last_by_size: dict[int, str] = {}
     for name in stages:
-        last_by_size[dict(records)[name]] = name
+        last_by_size[dict(sizes)[name]] = name
     return sorted(last_by_size.values(), key=stages.index)
 
 

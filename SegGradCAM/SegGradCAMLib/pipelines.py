@@ -127,7 +127,7 @@ def nnunet_case(model: LoadedModel, paths: Sequence[str], name: str) -> EvalCase
     ``(Cin, z, y, x)``. Scored in one pass over the whole volume (not in sliding windows)."""
     from .inference_nnunet import preprocess
 
-    manager = model.nnunet.configuration_manager
+    manager = model.nnunet_parts().configuration_manager
     data, _, _ = preprocess(model, paths)
     x = torch.from_numpy(data).float()
     strides = np.prod(manager.pool_op_kernel_sizes, axis=0)  # the network's total stride per axis
@@ -264,7 +264,7 @@ class NnunetPipeline:
             raise SegGradCAMError(
                 f"{name} is a 2D nnU-Net configuration; scoring heatmaps (--faithfulness, evaluate) needs a 3D one."
             )
-        if self.model.nnunet.label_manager.has_regions:
+        if self.model.nnunet_parts().label_manager.has_regions:
             raise SegGradCAMError(
                 f"{name} predicts overlapping regions (sigmoid outputs); scoring its heatmaps "
                 "(--faithfulness, evaluate) is not available for region-based nnU-Net models yet."
@@ -308,7 +308,7 @@ class NnunetPipeline:
 
     def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]:
         """The volume as nnU-Net preprocesses it, scored with the first fold's weights (as evaluate does)."""
-        self.model.network.load_state_dict(self.model.nnunet.parameters[0])
+        self.model.network.load_state_dict(self.model.nnunet_parts().parameters[0])
         return self.evaluation_cases(inputs.paths, "volume", classes, 1, 0, 1, device)
 
     def evaluation_cases(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import pickle
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -261,20 +260,6 @@ def load_nnunet_network(folder: Path, fold: str = "0", checkpoint: str = CHECKPO
     return network.eval(), data
 
 
-@dataclass
-class NnUNetParts:
-    """What nnU-Net's pipeline needs besides the network: its plans/configuration/label managers,
-    dataset.json, one state_dict per fold, and the checkpoint's mirroring axes."""
-
-    plans_manager: object
-    configuration_manager: object
-    label_manager: object
-    dataset_json: dict
-    parameters: list
-    trainer_name: str
-    mirror_axes: tuple | None
-
-
 def default_folds(folder: Path, checkpoint: str) -> list[str]:
     """Every ``fold_N`` holding ``checkpoint`` (``fold_all`` skipped), as nnU-Net's auto-detection."""
     folds = sorted(
@@ -295,7 +280,7 @@ def load_nnunet_model(
     ``fold_all``."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from .spec import LoadedModel, ModelSpec, declare_stages, sha256_of
+    from .spec import LoadedModel, ModelSpec, NnUNetParts, declare_stages, sha256_of
 
     folder = Path(folder)
     facts = nnunet_facts(folder)  # names a missing plans.json / dataset.json first

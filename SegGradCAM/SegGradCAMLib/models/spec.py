@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import SegGradCAMError
 
@@ -82,6 +82,24 @@ DECLARED_FIELDS = SPEC_FIELDS | {"decoder_stages"}
 
 
 @dataclass
+class NnUNetParts:
+    """What nnU-Net's pipeline needs besides the network: its plans/configuration/label managers,
+    dataset.json, one state_dict per fold, and the checkpoint's mirroring axes.
+
+    Built by :func:`.nnunet.load_nnunet_model`; the managers are nnU-Net's own classes
+    (``PlansManager``, ``ConfigurationManager``, ``LabelManager``), typed ``Any`` so that this
+    module needs neither nnU-Net nor torch."""
+
+    plans_manager: Any
+    configuration_manager: Any
+    label_manager: Any
+    dataset_json: dict
+    parameters: list
+    trainer_name: str
+    mirror_axes: tuple | None
+
+
+@dataclass
 class LoadedModel:
     """A network in eval mode that returns logits ``(B, C, *S)``, with its spec.
 
@@ -94,7 +112,13 @@ class LoadedModel:
     spec: ModelSpec
     layers: list[str] = field(default_factory=list)
     subnormals_zeroed: int = 0
-    nnunet: object = None  # an nnU-Net model's plans, folds and managers (see models.nnunet.NnUNetParts)
+    nnunet: NnUNetParts | None = None  # an nnU-Net model's plans, folds and managers
+
+    def nnunet_parts(self) -> NnUNetParts:
+        """:attr:`nnunet`, for code that runs nnU-Net models only; any other model is an error."""
+        if self.nnunet is None:
+            raise SegGradCAMError(f"{self.spec.name} is not an nnU-Net model.")
+        return self.nnunet
 
     def chosen_layers(self, layers: "str | Sequence[str]" = "auto") -> "str | list[str]":
         """``layers`` with ``"auto"`` meaning the finest declared decoder stage; ``"auto"``
@@ -111,7 +135,8 @@ def declare_stages(network: "nn.Module", stages: Sequence[str]) -> list[str]:
     declares its stages, so that the engine never asks the model declarations."""
     stages = [str(name) for name in stages]
     if stages:  # an empty declaration declares nothing: the stages are then recognised or traced
-        network.decoder_stages = stages
+        # setattr: nn.Module types its attributes as Tensor | Module, and this one is a list
+        setattr(network, "decoder_stages", stages)  # noqa: B010
     return list(stages)
 
 
