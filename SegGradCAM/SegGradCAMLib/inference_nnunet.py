@@ -239,6 +239,48 @@ def _exported_labels(model: LoadedModel, reference: torch.Tensor, properties: di
     return file_order(labels[None])[0], None if masks is None else file_order(masks)
 
 
+def _stitched_maps(
+    model: LoadedModel,
+    predictor,
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    targets: torch.Tensor,
+    layer_names: list[str],
+    channels: list[int],
+    method: str,
+    device: str,
+    mirror: bool,
+    step: ProgressCallback,
+    cancel: Callable[[], bool] | None,
+):
+    """The CAMs of the preprocessed volume ``x`` ``(Cin, *S)`` with ``targets`` ``(n, *S)``, padded to
+    the patch as nnU-Net pads, stitched and cropped back: maps layer -> ``(n, *S)``, and how our
+    stitched logits agree with nnU-Net's ``reference`` ``(C, *S)``."""
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    patch = tuple(model.nnunet_parts().configuration_manager.patch_size)
+    padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
+    padded_targets, _ = pad_nd_image(targets.float(), patch, "constant", {"value": 0}, True, None)
+    maps, logits, weights = _stitch_windows(
+        model,
+        predictor,
+        padded,
+        padded_targets,
+        layer_names,
+        channels,
+        reference.shape[0],
+        method,
+        device,
+        mirror,
+        step,
+        cancel,
+    )
+    crop = (slice(None), *revert[1:])
+    return {name: (m / weights)[crop] for name, m in maps.items()}, _agreement(
+        model, (logits / weights)[crop], reference
+    )
+
+
 def explain_nnunet(
     model: LoadedModel,
     files: Sequence[str],
@@ -261,8 +303,6 @@ def explain_nnunet(
     explain the class score inside it instead of the predicted masks. Other arguments as
     :func:`SegGradCAMLib.inference.explain_volume`.
     """
-    from acvl_utils.cropping_and_padding.padding import pad_nd_image
-
     step = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -279,28 +319,10 @@ def explain_nnunet(
     predictor = nnunet_predictor(model, device, tile_step_size, mirror)
     x = torch.from_numpy(data)
     reference = predictor.predict_logits_from_preprocessed_data(x).float()  # nnU-Net's own stitched logits
-    patch = tuple(model.nnunet_parts().configuration_manager.patch_size)
-    padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
-    targets, _ = pad_nd_image(
-        _targets(model, reference, classes, channels, region_pre).float(), patch, "constant", {"value": 0}, True, None
+    targets = _targets(model, reference, classes, channels, region_pre)
+    maps, checks = _stitched_maps(
+        model, predictor, x, reference, targets, layer_names, channels, method, device, mirror, step, cancel
     )
-    maps, logits, weights = _stitch_windows(
-        model,
-        predictor,
-        padded,
-        targets,
-        layer_names,
-        channels,
-        reference.shape[0],
-        method,
-        device,
-        mirror,
-        step,
-        cancel,
-    )
-    crop = (slice(None), *revert[1:])
-    maps = {name: (m / weights)[crop] for name, m in maps.items()}
-    checks = _agreement(model, (logits / weights)[crop], reference)
     timings["network_and_cam_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

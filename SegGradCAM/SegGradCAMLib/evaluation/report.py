@@ -16,7 +16,15 @@ import numpy as np
 from ..volumes.files import safe_filename
 from ..reports import EvaluationReport
 from .scoring import config_dict
-from .statistics import METRIC_COLUMNS, NO_LAYER, bootstrap_summary, compare, mean_curves, randomization_summary
+from .statistics import (
+    METRIC_COLUMNS,
+    bootstrap_summary,
+    compare,
+    explanation_name,
+    format_stat,
+    mean_curves,
+    randomization_summary,
+)
 
 # Columns of the report's table: (metric, heading, better).
 TABLE_COLUMNS = (
@@ -28,10 +36,6 @@ TABLE_COLUMNS = (
     ("randomization_spearman", "Spearman after randomisation", "lower"),
 )
 CURVE_TITLES = {"deletion": "Deletion", "insertion": "Insertion", "road_morf": "ROAD MoRF", "road_lerf": "ROAD LeRF"}
-
-
-def explanation_name(method: str, layer: str) -> str:
-    return method if layer == NO_LAYER else f"{method} @ {layer}"
 
 
 def write_tables(out: Path, report: EvaluationReport) -> None:
@@ -164,13 +168,6 @@ def plot_gallery(out: Path, gallery: Sequence[dict]) -> list[Path]:
 def _embed(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
-
-
-def format_stat(stat: dict | None) -> str:
-    """``mean [low, high]`` of a :func:`~SegGradCAMLib.evaluation.statistics.bootstrap_ci` result, or a dash."""
-    if not stat or not stat.get("n") or math.isnan(stat["mean"]):
-        return "–"
-    return f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]"
 
 
 def verdict(stat: dict | None, better: str) -> str:

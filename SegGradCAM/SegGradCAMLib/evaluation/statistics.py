@@ -3,6 +3,7 @@ paired differences against the baselines, mean curves and the randomisation summ
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -29,6 +30,18 @@ METRIC_COLUMNS = (
     "randomization_ssim",
 )
 POOLED = "all classes"
+
+
+def explanation_name(method: str, layer: str) -> str:
+    """A CAM method on a layer (``gradcam @ layer``), or a baseline's name."""
+    return method if layer == NO_LAYER else f"{method} @ {layer}"
+
+
+def format_stat(stat: dict | None) -> str:
+    """``mean [low, high]`` of a :func:`~SegGradCAMLib.evaluation.statistics.bootstrap_ci` result, or a dash."""
+    if not stat or not stat.get("n") or math.isnan(stat["mean"]):
+        return "–"
+    return f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]"
 
 
 def bootstrap_ci(

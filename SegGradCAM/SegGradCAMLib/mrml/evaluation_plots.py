@@ -66,8 +66,7 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
     """
     import slicer
 
-    from ..evaluation.statistics import POOLED
-    from ..evaluation.report import explanation_name, format_stat
+    from ..evaluation.statistics import explanation_name
 
     curves = [c for c in report.curves if c["curve"] in CURVE_KINDS]
     if not curves:
@@ -102,6 +101,14 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
         seriesNodes.append(series)
     curveTable.Modified()
 
+    aucTable = addAucTable(scene, report, baseName, several)
+    return EvaluationNodes(chart, curveTable, seriesNodes, aucTable)
+
+
+def addAucTable(scene, report, baseName: str, several: bool):
+    """A table node of the evaluation's AUCs per explanation (means and 95% CIs, classes apart)."""
+    from ..evaluation.statistics import POOLED, explanation_name, format_stat
+
     aucTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{baseName} AUC")
     summary = [s for s in report.summary if s["class"] != POOLED]
     addTableColumn(
@@ -117,4 +124,4 @@ def showEvaluation(scene, report: dict, baseName: str) -> EvaluationNodes:
         )
     addTableColumn(aucTable.GetTable(), "cases", [s["n"] for s in summary])
     aucTable.Modified()
-    return EvaluationNodes(chart, curveTable, seriesNodes, aucTable)
+    return aucTable

@@ -102,7 +102,6 @@ class SceneOutputs:
         """An explain run's outputs (``report`` = its explain.json, files in ``outFolder``) as
         nodes: label map, segmentation and one heatmap per class and layer, with the geometry of
         ``reference``; replaces only ``runKey``'s previous outputs."""
-        import slicer
 
         labels = readVolumeArray(Path(outFolder) / report.segmentation)
         heatmaps = {
@@ -122,50 +121,16 @@ class SceneOutputs:
         baseName = f"{reference.GetName()} {model.name}"
         folderItemID = self._runFolder(f"SegGradCAM: {baseName} {method}", runKey)
 
+        place = (reference, folderItemID, runKey, provenance)
         colorNode = self._labelColorNode(f"{model.name} labels", model.labels, runKey)
-        labelmapNode = self._newOutputNode(
-            "vtkMRMLLabelMapVolumeNode", f"{baseName} segmentation", reference, folderItemID, runKey, provenance
-        )
-        slicer.util.updateVolumeFromArray(labelmapNode, labels.astype(np.int16))
-        self._addDisplayNode(labelmapNode, "vtkMRMLLabelMapVolumeDisplayNode", colorNode)
-
-        segmentationNode = self._newOutputNode(
-            "vtkMRMLSegmentationNode", f"{baseName} segments", reference, folderItemID, runKey, provenance
-        )
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode)
-        segmentationNode.CreateDefaultDisplayNodes()
-        display = segmentationNode.GetDisplayNode()
-        display.SetName(f"{segmentationNode.GetName()} display")
-        display.SetVisibility2DFill(False)
-        display.SetVisibility2DOutline(True)
-
-        heatmapNodes = {}
-        heatColor = self.heatmapColorNode()
+        labelmapNode, segmentationNode = self._addSegmentation(labels, baseName, colorNode, place)
         several = len(report.layers) > 1
-        for (label, layer), (heat, info) in heatmaps.items():
-            name = f"{baseName} heatmap {label}" + (f" {layer}" if several else "")
-            score = info.faithfulness
-            verdict = {"SegGradCAM.Faithfulness": f"{score['verdict']} ({score['basis']})"} if score else {}
-            node = self._newOutputNode(
-                "vtkMRMLScalarVolumeNode",
-                name,
-                reference,
-                folderItemID,
-                runKey,
-                {
-                    **provenance,
-                    "SegGradCAM.Class": label,
-                    "SegGradCAM.Layer": layer,
-                    "SegGradCAM.RawMax": f"{info.max_raw:.6g}",
-                    **verdict,
-                },
+        heatmapNodes = {
+            (label, layer): self._addHeatmap(
+                heat, info, label, layer, f"{baseName} heatmap {label}" + (f" {layer}" if several else ""), place
             )
-            slicer.util.updateVolumeFromArray(node, heat.astype(np.float32))
-            nodeDisplay = self._addDisplayNode(node, "vtkMRMLScalarVolumeDisplayNode", heatColor)
-            nodeDisplay.SetAutoWindowLevel(False)
-            nodeDisplay.SetWindowLevelMinMax(0.0, 1.0)
-            heatmapNodes[(label, layer)] = node
+            for (label, layer), (heat, info) in heatmaps.items()
+        }
         scores = [
             (label, layer, info.faithfulness)
             for (label, layer), (_, info) in heatmaps.items()
@@ -178,6 +143,47 @@ class SceneOutputs:
         )
         chart = self._faithfulnessChart(table, reference, folderItemID, runKey, provenance) if scores else None
         return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID, table, chart)
+
+    def _addSegmentation(self, labels: np.ndarray, baseName: str, colorNode, place: tuple):
+        """The label map ``(K, J, I)`` as a label map node and a segmentation node (outlines in 2D);
+        ``place``: (reference volume, folder item, run key, provenance)."""
+        import slicer
+
+        reference = place[0]
+        labelmapNode = self._newOutputNode("vtkMRMLLabelMapVolumeNode", f"{baseName} segmentation", *place)
+        slicer.util.updateVolumeFromArray(labelmapNode, labels.astype(np.int16))
+        self._addDisplayNode(labelmapNode, "vtkMRMLLabelMapVolumeDisplayNode", colorNode)
+        segmentationNode = self._newOutputNode("vtkMRMLSegmentationNode", f"{baseName} segments", *place)
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode)
+        segmentationNode.CreateDefaultDisplayNodes()
+        display = segmentationNode.GetDisplayNode()
+        display.SetName(f"{segmentationNode.GetName()} display")
+        display.SetVisibility2DFill(False)
+        display.SetVisibility2DOutline(True)
+        return labelmapNode, segmentationNode
+
+    def _addHeatmap(self, heat: np.ndarray, info, label: str, layer: str, name: str, place: tuple):
+        """One heatmap ``(K, J, I)`` (its report entry ``info``) as a scalar volume node shown 0..1
+        with the heatmap colours; its class, layer, raw maximum and faithfulness verdict as attributes."""
+        import slicer
+
+        reference, folderItemID, runKey, provenance = place
+        score = info.faithfulness
+        verdict = {"SegGradCAM.Faithfulness": f"{score['verdict']} ({score['basis']})"} if score else {}
+        attributes = {
+            **provenance,
+            "SegGradCAM.Class": label,
+            "SegGradCAM.Layer": layer,
+            "SegGradCAM.RawMax": f"{info.max_raw:.6g}",
+            **verdict,
+        }
+        node = self._newOutputNode("vtkMRMLScalarVolumeNode", name, reference, folderItemID, runKey, attributes)
+        slicer.util.updateVolumeFromArray(node, heat.astype(np.float32))
+        nodeDisplay = self._addDisplayNode(node, "vtkMRMLScalarVolumeDisplayNode", self.heatmapColorNode())
+        nodeDisplay.SetAutoWindowLevel(False)
+        nodeDisplay.SetWindowLevelMinMax(0.0, 1.0)
+        return node
 
     def _faithfulnessTable(self, scores: list, name: str, reference, folderItemID: int, runKey: str, provenance: dict):
         """One row per heatmap: its Deletion/Insertion AUCs, the baselines', the verdict and its basis."""
