@@ -146,6 +146,51 @@ def summarise(
     return summary
 
 
+def _class_curves(
+    model: LoadedModel,
+    cases: Sequence[tuple[EvalCase, torch.Tensor]],
+    c: int,
+    layers: Sequence[str],
+    method: str,
+    device: str,
+    step: float,
+    seed: int,
+    scored: Callable[[int], None],
+):
+    """Deletion/Insertion curves of class ``c`` over its ``cases`` (case, labels ``(*S)``), pooled:
+    the maps' per layer, the random orderings' and the mask's."""
+    from .deletion_insertion import DEFAULT_SIGMA_MM
+
+    network = model.network
+    per_map = {layer: _Curves([], []) for layer in layers}
+    randoms = [_Curves([], []) for _ in range(RANDOM_ORDERINGS)]
+    mask_curves = _Curves([], [])
+    for case, labels in cases:
+        x = case.image[None].to(device)
+        cams = seg_grad_cam(network, x, list(layers), [c], method, upsample=True)
+        replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
+        maps, random, mask = score_class(
+            network,
+            case.image.float(),
+            replacement,
+            labels == c,
+            c,
+            {layer: cams[layer][0, 0].float().cpu() for layer in layers},
+            model.spec.output_activation,
+            device,
+            step,
+            seed,
+            batch_size=64 if model.spec.spatial_dims == 2 else 1,
+            scored=scored,
+        )
+        for layer in layers:
+            per_map[layer].extend(maps[layer])
+        for pooled, one in zip(randoms, random):
+            pooled.extend(one)
+        mask_curves.extend(mask)
+    return per_map, randoms, mask_curves
+
+
 def explanation_faithfulness(
     model: LoadedModel,
     found: Sequence[EvalCase],
@@ -179,32 +224,7 @@ def explanation_faithfulness(
 
     results = {}
     for c, cases in by_class.items():
-        per_map = {layer: _Curves([], []) for layer in layers}
-        randoms = [_Curves([], []) for _ in range(RANDOM_ORDERINGS)]
-        mask_curves = _Curves([], [])
-        for case, labels in cases:
-            x = case.image[None].to(device)
-            cams = seg_grad_cam(network, x, list(layers), [c], method, upsample=True)
-            replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
-            maps, random, mask = score_class(
-                network,
-                case.image.float(),
-                replacement,
-                labels == c,
-                c,
-                {layer: cams[layer][0, 0].float().cpu() for layer in layers},
-                model.spec.output_activation,
-                device,
-                step,
-                seed,
-                batch_size=64 if model.spec.spatial_dims == 2 else 1,
-                scored=scored,
-            )
-            for layer in layers:
-                per_map[layer].extend(maps[layer])
-            for pooled, one in zip(randoms, random):
-                pooled.extend(one)
-            mask_curves.extend(mask)
+        per_map, randoms, mask_curves = _class_curves(model, cases, c, layers, method, device, step, seed, scored)
         if cases:
             for layer, entry in summarise(
                 per_map, randoms, mask_curves, step, len(cases), f"blur {DEFAULT_SIGMA_MM:g} mm"

@@ -96,6 +96,37 @@ class _ClassTarget:
     seed: int
 
 
+def _row(
+    case: EvalCase,
+    target: _ClassTarget,
+    mask: torch.Tensor,
+    class_index: int,
+    method: str,
+    layer: str,
+    heat: torch.Tensor,
+    stages: list[str],
+    config: EvalConfig,
+    result: EvalResult,
+) -> dict:
+    """The metrics of one explanation ``heat`` ``(*S)`` of one class of one case (curves and
+    randomisation steps go into ``result``)."""
+    network, image = target.scorer.network, target.image
+    row = {"case": case.name, "class": target.name, "method": method, "layer": layer, "mask_voxels": int(mask.sum())}
+    row.update(_score_explanation(target, heat, (target.name, method, layer), config, result))
+    energy = heatmap_energy_fractions(heat.numpy(), mask.numpy(), case.spacing, config.shell_mm)
+    row.update({k: v for k, v in energy.items() if k != "shell_mm"})
+    if "randomization" in config.metrics and method in config.methods:
+        steps = cascading_randomisation(
+            network, image.to(config.device), layer, class_index, mask.to(config.device), stages, method, target.seed
+        )
+        result.randomization += [
+            {"case": case.name, "class": target.name, "method": method, "layer": layer, **s} for s in steps
+        ]
+        row["randomization_spearman"] = steps[-1]["spearman"]
+        row["randomization_ssim"] = steps[-1]["ssim"]
+    return row
+
+
 def evaluate_case(
     model: LoadedModel,
     case: EvalCase,
@@ -132,33 +163,7 @@ def evaluate_case(
             "maps": {k: v.numpy() for k, v in explanations.items()},
         }
         for (method, layer), heat in explanations.items():
-            row = {
-                "case": case.name,
-                "class": target.name,
-                "method": method,
-                "layer": layer,
-                "mask_voxels": int(mask.sum()),
-            }
-            row.update(_score_explanation(target, heat, (target.name, method, layer), config, result))
-            row.update(
-                {
-                    k: v
-                    for k, v in heatmap_energy_fractions(
-                        heat.numpy(), mask.numpy(), case.spacing, config.shell_mm
-                    ).items()
-                    if k != "shell_mm"
-                }
-            )
-            if "randomization" in config.metrics and method in config.methods:
-                steps = cascading_randomisation(
-                    network, image.to(config.device), layer, c, mask.to(config.device), stages, method, target.seed
-                )
-                result.randomization += [
-                    {"case": case.name, "class": target.name, "method": method, "layer": layer, **s} for s in steps
-                ]
-                row["randomization_spearman"] = steps[-1]["spearman"]
-                row["randomization_ssim"] = steps[-1]["ssim"]
-            result.rows.append(row)
+            result.rows.append(_row(case, target, mask, c, method, layer, heat, stages, config, result))
     if len(result.gallery) < config.gallery and gallery["classes"]:
         result.gallery.append(gallery)
 
