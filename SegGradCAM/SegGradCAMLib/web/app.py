@@ -31,18 +31,16 @@ from trame_slicer.rca_view import register_rca_factories
 from ..demo import data as demo_data
 from ..errors import SegGradCAMError
 from ..models.nnunet import find_nnunet_folders
-from ..models.declarations import DEFAULT_MULTICLASS_MODEL, SHIPPED_MODELS
+from ..models.declarations import SHIPPED_MODELS
 from ..models.registry import declared_facts, list_models
 from ..mrml.runs import SegGradCAMSceneLogic
 from ..reports import EXPLAIN_FILE, ExplainReport
-from ..selection import AUTO_METHOD, METHOD_CHOICES
-from .page import build_page, quad_layout
+from .page import build_page, initial_state, quad_layout
 from .uploads import UploadArea, UploadedFile
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 KMEANS = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
 DOWNLOAD_TYPES = {".nrrd": "application/octet-stream", ".png": "image/png", ".json": "application/json"}
-NOTE_SHARED = "All tabs share this server's scene and controls; one run at a time."
 
 
 @dataclass
@@ -96,42 +94,7 @@ class SegGradCAMWeb(TrameApp):
         self.shown = Shown([])
         self.run = None
         self._runs = 0
-        self.state.update(
-            models=list(self.models),
-            model=DEFAULT_MULTICLASS_MODEL
-            if DEFAULT_MULTICLASS_MODEL in self.models
-            else next(iter(self.models), None),
-            classes_items=["all"],
-            classes="all",
-            layers_items=["auto"],
-            layers="auto",
-            methods=list(METHOD_CHOICES),
-            method=AUTO_METHOD,
-            samples=self.samples(),
-            sample=None,
-            faithfulness=False,
-            running=False,
-            progress=0,
-            progress_text="",
-            error="",
-            message="",
-            case_title="no volume loaded",
-            heat_items=[],
-            heat=None,
-            show_heatmap=True,
-            opacity=0.6,
-            threshold=0.2,
-            show_segmentation=True,
-            segmentation_style="outline",
-            bg_window=400.0,
-            bg_level=200.0,
-            range_min=0.0,
-            range_max=1000.0,
-            legend="",
-            probe="",
-            downloads=[],
-            note=NOTE_SHARED,
-        )
+        self.state.update(initial_state(list(self.models), self.samples()))
         build_page(self)
         self.ctrl.on_client_connected.add(self._fit_views_soon)
         crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")

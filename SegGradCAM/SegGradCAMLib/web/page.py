@@ -8,7 +8,11 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 from trame_vuetify.widgets import vuetify3 as v3
 
+from ..models.declarations import DEFAULT_MULTICLASS_MODEL
 from ..mrml.outputs import inferno_colors
+from ..selection import AUTO_METHOD, METHOD_CHOICES
+
+NOTE_SHARED = "All tabs share this server's scene and controls; one run at a time."
 
 
 def quad_layout() -> Layout:
@@ -21,6 +25,45 @@ def quad_layout() -> Layout:
                 LayoutDirection.Vertical, [ViewLayoutDefinition.coronal_view(), ViewLayoutDefinition.sagittal_view()]
             ),
         ],
+    )
+
+
+def initial_state(models: list[str], samples: list[str]) -> dict:
+    """The page's state before anything is loaded: the offered ``models`` (the demo model chosen
+    when offered) and ``samples``, default choices and display settings."""
+    return dict(
+        models=models,
+        model=DEFAULT_MULTICLASS_MODEL if DEFAULT_MULTICLASS_MODEL in models else next(iter(models), None),
+        classes_items=["all"],
+        classes="all",
+        layers_items=["auto"],
+        layers="auto",
+        methods=list(METHOD_CHOICES),
+        method=AUTO_METHOD,
+        samples=samples,
+        sample=None,
+        faithfulness=False,
+        running=False,
+        progress=0,
+        progress_text="",
+        error="",
+        message="",
+        case_title="no volume loaded",
+        heat_items=[],
+        heat=None,
+        show_heatmap=True,
+        opacity=0.6,
+        threshold=0.2,
+        show_segmentation=True,
+        segmentation_style="outline",
+        bg_window=400.0,
+        bg_level=200.0,
+        range_min=0.0,
+        range_max=1000.0,
+        legend="",
+        probe="",
+        downloads=[],
+        note=NOTE_SHARED,
     )
 
 
