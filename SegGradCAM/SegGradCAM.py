@@ -53,7 +53,8 @@ and computes Seg-Grad-CAM heatmaps on its decoder layers, one per segmented clas
 <b>Quick tutorial</b> (Sample Data: MRHead or MRBrainTumor1):
 <ol>
 <li>Load a brain MRI (File / Download Sample Data / MRHead).</li>
-<li>Inputs: pick the volume; Model: <i>hdbet</i> (brain extraction); leave layers and classes empty for the defaults.</li>
+<li>Inputs: pick the volume; Model: <i>hdbet</i> (brain extraction); leave layers and classes empty
+for the defaults.</li>
 <li>Press <b>Apply</b> (it turns into <b>Cancel</b> while running; HD-BET takes about half a minute on a CPU).</li>
 <li>The segmentation appears as an outline, the heatmap of the chosen class over the volume in all slice views.
 Use Display to switch class/layer, change opacity, threshold and colour map.</li>
