@@ -101,8 +101,13 @@ class CommandOptions:
             elif not flag:
                 argv += [str(v) for v in value]
             elif value != _normalised(f, _default(f)):
-                argv += [flag] if f.metadata.get("action") in SWITCHES else [flag, option_text(value)]
+                argv += [flag] if f.metadata.get("action") in SWITCHES else _flag_and_value(flag, option_text(value))
         return argv
+
+
+def _flag_and_value(flag: str, text: str) -> list[str]:
+    """``--flag value``, or ``--flag=value`` for a value that argparse would take for an option (``-x``)."""
+    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]
 
 
 class _ArgumentError(Exception):

@@ -73,6 +73,11 @@ def test_every_explain_option_round_trips_through_the_command_line():
     assert ExplainOptions.from_argv(cohort.to_argv()) == cohort
 
 
+def test_values_that_look_like_options_round_trip():
+    options = ExplainOptions(inputs=("a.nrrd",), out="-out", checkpoint="-ckpt.pth", region="-r.nrrd")
+    assert ExplainOptions.from_argv(options.to_argv()) == options
+
+
 def test_defaults_are_left_out_and_values_normalised():
     options = ExplainOptions(inputs=["a.nrrd"], out="o", classes="1, edema", layers="auto", folds="0,1")
     assert options.to_argv() == ["a.nrrd", "--out", "o", "--classes", "1,edema", "--folds", "0,1"]
