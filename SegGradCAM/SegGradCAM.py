@@ -1,5 +1,3 @@
-import logging
-import os
 import pathlib
 import sys
 from typing import Annotated
@@ -17,7 +15,6 @@ from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
@@ -26,12 +23,13 @@ from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models.declarations import DEFAULT_MULTICLASS_MODEL as DEMO_MODEL
 from SegGradCAMLib.models.registry import REGISTRY
 from SegGradCAMLib.selection import AUTO_METHOD, METHOD_CHOICES
+from SegGradCAMLib.mrml.module_logic import SegGradCAMLogic
 from SegGradCAMLib.mrml.widget import MODEL_FROM_PATH, SegGradCAMPanel
 
 # torch, monai and the network code are imported only when a run starts, so Slicer can
 # load this module (and run its generic tests) without them; the model registry is light.
+# The logic is SegGradCAMLib.mrml.module_logic's SegGradCAMLogic, exposed here under Slicer's name.
 
-MINIMUM_SLICER = (5, 10)
 MODEL_CHOICES = list(REGISTRY) + [MODEL_FROM_PATH]
 
 
@@ -110,6 +108,9 @@ class SegGradCAMParameterNode:
     showHeatmap: bool = True
 
 
+SegGradCAMLogic.parameterNodeClass = SegGradCAMParameterNode  # what the logic's getParameterNode wraps
+
+
 #
 # SegGradCAMWidget
 #
@@ -165,170 +166,6 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.panel.initializeParameterNode()
-
-
-#
-# SegGradCAMLogic
-#
-
-
-class SegGradCAMLogic(ScriptedLoadableModuleLogic):
-    """Adapter from the module's parameter node to SegGradCAMLib's scene logic, which runs the
-    command line in a worker process (``PythonSlicer -m SegGradCAMLib explain ...``).
-
-    ``installLogic`` (what installs missing packages) and ``python`` (the worker's interpreter)
-    are injected by tests.
-    """
-
-    def __init__(self, installLogic=None, python=None) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        self._sceneLogic = None
-        self._installLogic = installLogic
-        self._python = python
-
-    def getParameterNode(self):
-        return SegGradCAMParameterNode(super().getParameterNode())
-
-    def sceneLogic(self, scene=None):
-        from SegGradCAMLib.mrml.runs import SegGradCAMSceneLogic
-
-        scene = scene or slicer.mrmlScene
-        if self._sceneLogic is None or self._sceneLogic.scene is not scene:
-            self._sceneLogic = SegGradCAMSceneLogic(scene, python=self._python)
-        return self._sceneLogic
-
-    def installLogic(self):
-        if self._installLogic is None:
-            from SegGradCAMLib.mrml.install import InstallLogic
-
-            self._installLogic = InstallLogic()
-        return self._installLogic
-
-    @staticmethod
-    def modelNames() -> list:
-        return list(REGISTRY)
-
-    @staticmethod
-    def modelInfo(name: str, path=None) -> dict:
-        """Labels, channels and layers a model declares (a registered name, or for
-        MODEL_FROM_PATH the JSON spec at ``path``), without loading torch."""
-        from SegGradCAMLib.models.registry import declared_facts
-
-        source = str(path) if name == MODEL_FROM_PATH and path else name
-        try:
-            facts = declared_facts(source)
-        except SegGradCAMError as error:
-            logging.warning(str(error))
-            return {}
-        if facts is None:
-            return {}
-        return {"labels": list(facts.labels), "in_channels": facts.in_channels, "layers": list(facts.layers)}
-
-    @staticmethod
-    def modelSource(parameterNode) -> str:
-        """The registered model name, or the chosen model file or folder."""
-        if parameterNode.modelName != MODEL_FROM_PATH:
-            return parameterNode.modelName
-        source = str(parameterNode.modelPath or "")
-        if source in ("", ".") or not pathlib.Path(source).exists():
-            raise SegGradCAMError(_("Choose an existing model file or folder."))
-        return source
-
-    @staticmethod
-    def requirementsKey(parameterNode, source: str) -> str:
-        """What decides the packages to install: the registered name, or ``nnunet`` for an nnU-Net folder."""
-        from SegGradCAMLib.models.nnunet import looks_like_nnunet_folder
-
-        if parameterNode.modelName == MODEL_FROM_PATH and looks_like_nnunet_folder(pathlib.Path(source)):
-            return "nnunet"
-        return parameterNode.modelName
-
-    @staticmethod
-    def workerThreads() -> int:
-        """CPU threads for the worker: all cores but one, left to Slicer's user interface."""
-        return max(1, (os.cpu_count() or 2) - 1)
-
-    @staticmethod
-    def inputVolumes(parameterNode, channels: int) -> list:
-        """The selected input volumes, as many as the model has channels."""
-        return [
-            parameterNode.inputVolume,
-            parameterNode.inputVolume2,
-            parameterNode.inputVolume3,
-            parameterNode.inputVolume4,
-        ][:channels]
-
-    @staticmethod
-    def checkSlicerVersion() -> None:
-        """SegGradCAM runs in 3D Slicer 5.10 and later (Python 3.12)."""
-        version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
-        if version < MINIMUM_SLICER:
-            raise SegGradCAMError(
-                _("SegGradCAM needs 3D Slicer {needed} or later; this is {this}.").format(
-                    needed=".".join(map(str, MINIMUM_SLICER)), this=".".join(map(str, version))
-                )
-            )
-
-    def startRun(self, parameterNode):
-        """Install what is missing (after asking), then start the worker on the inputs (main thread)."""
-        self.checkSlicerVersion()
-        source = self.modelSource(parameterNode)
-        self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
-        channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
-        segmentId = parameterNode.regionSegmentID if parameterNode.regionSegmentation else ""
-        return self.sceneLogic().startRun(
-            self.inputVolumes(parameterNode, channels),
-            source,
-            classes=parameterNode.classes or "all",
-            layers=parameterNode.layers or "auto",
-            method=parameterNode.method,
-            regionSegmentationNode=parameterNode.regionSegmentation,
-            regionSegmentId=segmentId,
-            regionROINode=parameterNode.regionROI,
-            device=parameterNode.device,
-            trust=parameterNode.trustModel,
-            threads=self.workerThreads(),
-            faithfulness=parameterNode.faithfulness,
-        )
-
-    def startEvaluation(self, parameterNode, className: str):
-        """Install what is missing (after asking), then start ``seggradcam evaluate`` for
-        ``className`` in the worker on the inputs (main thread)."""
-        self.checkSlicerVersion()
-        source = self.modelSource(parameterNode)
-        self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
-        channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
-        return self.sceneLogic().startEvaluation(
-            self.inputVolumes(parameterNode, channels),
-            source,
-            className,
-            method=parameterNode.method,
-            layers=parameterNode.layers or "auto",
-            device=parameterNode.device,
-            trust=parameterNode.trustModel,
-            threads=self.workerThreads(),
-        )
-
-    def finishRun(self, run, parameterNode):
-        """Read the worker's outputs into nodes and show the first heatmap (main thread)."""
-        outputs = self.sceneLogic().finishRun(run)
-        if not parameterNode.heatmapColorMap:
-            parameterNode.heatmapColorMap = self.sceneLogic().heatmapColorNode()
-        parameterNode.displayedHeatmap = next(iter(outputs.heatmapNodes.values()), None)
-        return outputs
-
-    def showHeatmap(self, parameterNode) -> None:
-        heatmap = parameterNode.displayedHeatmap
-        if heatmap is not None and heatmap.GetDisplayNode() is not None and parameterNode.heatmapColorMap:
-            heatmap.GetDisplayNode().SetAndObserveColorNodeID(parameterNode.heatmapColorMap.GetID())
-        if heatmap is not None:
-            self.sceneLogic().showHeatmap(
-                heatmap,
-                parameterNode.inputVolume,
-                parameterNode.heatmapOpacity,
-                parameterNode.heatmapThreshold,
-                parameterNode.showHeatmap,
-            )
 
 
 #

@@ -1,0 +1,192 @@
+"""The SegGradCAM module's logic in 3D Slicer: :class:`SegGradCAMLogic`, the adapter from the
+module's parameter node to the scene logic (:class:`~.runs.SegGradCAMSceneLogic`), which runs the
+command line in a worker process.
+
+The module file (``SegGradCAM.py``) imports it and exposes it as ``SegGradCAMLogic``, as
+SlicerNNUnet keeps its logic classes in its Lib package. No torch here: the module imports this
+file at load time; the scene logic, the install logic and the model loaders are imported when used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from ..errors import SegGradCAMError
+from ..models.registry import REGISTRY
+from .widget import MODEL_FROM_PATH
+
+MINIMUM_SLICER = (5, 10)
+
+
+class SegGradCAMLogic(ScriptedLoadableModuleLogic):
+    """Adapter from the module's parameter node to SegGradCAMLib's scene logic, which runs the
+    command line in a worker process (``PythonSlicer -m SegGradCAMLib explain ...``).
+
+    The class keeps Slicer's name ``<ModuleName>Logic``: ``ScriptedLoadableModuleLogic`` names the
+    module's parameter node after it, and the module file exposes it under that name.
+    ``installLogic`` (what installs missing packages) and ``python`` (the worker's interpreter)
+    are injected by tests.
+    """
+
+    #: The module's ``parameterNodeWrapper`` class. The module file (``SegGradCAM.py``) defines
+    #: it, as Slicer's template does, and sets it here when Slicer loads the module: this file
+    #: never imports the module file.
+    parameterNodeClass: type | None = None
+
+    def __init__(self, installLogic=None, python=None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._sceneLogic = None
+        self._installLogic = installLogic
+        self._python = python
+
+    def getParameterNode(self):
+        if self.parameterNodeClass is None:
+            raise RuntimeError("SegGradCAMLogic.parameterNodeClass is not set: load the module (SegGradCAM.py) first")
+        return self.parameterNodeClass(super().getParameterNode())
+
+    def sceneLogic(self, scene=None):
+        from .runs import SegGradCAMSceneLogic
+
+        scene = scene or slicer.mrmlScene
+        if self._sceneLogic is None or self._sceneLogic.scene is not scene:
+            self._sceneLogic = SegGradCAMSceneLogic(scene, python=self._python)
+        return self._sceneLogic
+
+    def installLogic(self):
+        if self._installLogic is None:
+            from .install import InstallLogic
+
+            self._installLogic = InstallLogic()
+        return self._installLogic
+
+    @staticmethod
+    def modelNames() -> list:
+        return list(REGISTRY)
+
+    @staticmethod
+    def modelInfo(name: str, path=None) -> dict:
+        """Labels, channels and layers a model declares (a registered name, or for
+        MODEL_FROM_PATH the JSON spec at ``path``), without loading torch."""
+        from ..models.registry import declared_facts
+
+        source = str(path) if name == MODEL_FROM_PATH and path else name
+        try:
+            facts = declared_facts(source)
+        except SegGradCAMError as error:
+            logging.warning(str(error))
+            return {}
+        if facts is None:
+            return {}
+        return {"labels": list(facts.labels), "in_channels": facts.in_channels, "layers": list(facts.layers)}
+
+    @staticmethod
+    def modelSource(parameterNode) -> str:
+        """The registered model name, or the chosen model file or folder."""
+        if parameterNode.modelName != MODEL_FROM_PATH:
+            return parameterNode.modelName
+        source = str(parameterNode.modelPath or "")
+        if source in ("", ".") or not pathlib.Path(source).exists():
+            raise SegGradCAMError(_("Choose an existing model file or folder."))
+        return source
+
+    @staticmethod
+    def requirementsKey(parameterNode, source: str) -> str:
+        """What decides the packages to install: the registered name, or ``nnunet`` for an nnU-Net folder."""
+        from ..models.nnunet import looks_like_nnunet_folder
+
+        if parameterNode.modelName == MODEL_FROM_PATH and looks_like_nnunet_folder(pathlib.Path(source)):
+            return "nnunet"
+        return parameterNode.modelName
+
+    @staticmethod
+    def workerThreads() -> int:
+        """CPU threads for the worker: all cores but one, left to Slicer's user interface."""
+        return max(1, (os.cpu_count() or 2) - 1)
+
+    @staticmethod
+    def inputVolumes(parameterNode, channels: int) -> list:
+        """The selected input volumes, as many as the model has channels."""
+        return [
+            parameterNode.inputVolume,
+            parameterNode.inputVolume2,
+            parameterNode.inputVolume3,
+            parameterNode.inputVolume4,
+        ][:channels]
+
+    @staticmethod
+    def checkSlicerVersion() -> None:
+        """SegGradCAM runs in 3D Slicer 5.10 and later (Python 3.12)."""
+        version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+        if version < MINIMUM_SLICER:
+            raise SegGradCAMError(
+                _("SegGradCAM needs 3D Slicer {needed} or later; this is {this}.").format(
+                    needed=".".join(map(str, MINIMUM_SLICER)), this=".".join(map(str, version))
+                )
+            )
+
+    def startRun(self, parameterNode):
+        """Install what is missing (after asking), then start the worker on the inputs (main thread)."""
+        self.checkSlicerVersion()
+        source = self.modelSource(parameterNode)
+        self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
+        channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
+        segmentId = parameterNode.regionSegmentID if parameterNode.regionSegmentation else ""
+        return self.sceneLogic().startRun(
+            self.inputVolumes(parameterNode, channels),
+            source,
+            classes=parameterNode.classes or "all",
+            layers=parameterNode.layers or "auto",
+            method=parameterNode.method,
+            regionSegmentationNode=parameterNode.regionSegmentation,
+            regionSegmentId=segmentId,
+            regionROINode=parameterNode.regionROI,
+            device=parameterNode.device,
+            trust=parameterNode.trustModel,
+            threads=self.workerThreads(),
+            faithfulness=parameterNode.faithfulness,
+        )
+
+    def startEvaluation(self, parameterNode, className: str):
+        """Install what is missing (after asking), then start ``seggradcam evaluate`` for
+        ``className`` in the worker on the inputs (main thread)."""
+        self.checkSlicerVersion()
+        source = self.modelSource(parameterNode)
+        self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
+        channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
+        return self.sceneLogic().startEvaluation(
+            self.inputVolumes(parameterNode, channels),
+            source,
+            className,
+            method=parameterNode.method,
+            layers=parameterNode.layers or "auto",
+            device=parameterNode.device,
+            trust=parameterNode.trustModel,
+            threads=self.workerThreads(),
+        )
+
+    def finishRun(self, run, parameterNode):
+        """Read the worker's outputs into nodes and show the first heatmap (main thread)."""
+        outputs = self.sceneLogic().finishRun(run)
+        if not parameterNode.heatmapColorMap:
+            parameterNode.heatmapColorMap = self.sceneLogic().heatmapColorNode()
+        parameterNode.displayedHeatmap = next(iter(outputs.heatmapNodes.values()), None)
+        return outputs
+
+    def showHeatmap(self, parameterNode) -> None:
+        heatmap = parameterNode.displayedHeatmap
+        if heatmap is not None and heatmap.GetDisplayNode() is not None and parameterNode.heatmapColorMap:
+            heatmap.GetDisplayNode().SetAndObserveColorNodeID(parameterNode.heatmapColorMap.GetID())
+        if heatmap is not None:
+            self.sceneLogic().showHeatmap(
+                heatmap,
+                parameterNode.inputVolume,
+                parameterNode.heatmapOpacity,
+                parameterNode.heatmapThreshold,
+                parameterNode.showHeatmap,
+            )
