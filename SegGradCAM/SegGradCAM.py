@@ -23,12 +23,11 @@ from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models.declarations import DEFAULT_MULTICLASS_MODEL as DEMO_MODEL
 from SegGradCAMLib.models.registry import REGISTRY
 from SegGradCAMLib.selection import AUTO_METHOD, METHOD_CHOICES
-from SegGradCAMLib.mrml.module_logic import SegGradCAMLogic
+from SegGradCAMLib.mrml.module_logic import SegGradCAMModuleLogic
 from SegGradCAMLib.mrml.widget import MODEL_FROM_PATH, SegGradCAMPanel
 
 # torch, monai and the network code are imported only when a run starts, so Slicer can
 # load this module (and run its generic tests) without them; the model registry is light.
-# The logic is SegGradCAMLib.mrml.module_logic's SegGradCAMLogic, exposed here under Slicer's name.
 
 MODEL_CHOICES = list(REGISTRY) + [MODEL_FROM_PATH]
 
@@ -108,7 +107,12 @@ class SegGradCAMParameterNode:
     showHeatmap: bool = True
 
 
-SegGradCAMLogic.parameterNodeClass = SegGradCAMParameterNode  # what the logic's getParameterNode wraps
+class SegGradCAMLogic(SegGradCAMModuleLogic):
+    """The module's logic (:class:`SegGradCAMLib.mrml.module_logic.SegGradCAMModuleLogic`) on its
+    typed parameter node."""
+
+    def getParameterNode(self):
+        return SegGradCAMParameterNode(super().getParameterNode())
 
 
 #

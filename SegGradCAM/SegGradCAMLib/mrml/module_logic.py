@@ -24,31 +24,21 @@ from .widget import MODEL_FROM_PATH
 MINIMUM_SLICER = (5, 10)
 
 
-class SegGradCAMLogic(ScriptedLoadableModuleLogic):
+class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
     """Adapter from the module's parameter node to SegGradCAMLib's scene logic, which runs the
     command line in a worker process (``PythonSlicer -m SegGradCAMLib explain ...``).
 
-    The class keeps Slicer's name ``<ModuleName>Logic``: ``ScriptedLoadableModuleLogic`` names the
-    module's parameter node after it, and the module file exposes it under that name.
-    ``installLogic`` (what installs missing packages) and ``python`` (the worker's interpreter)
-    are injected by tests.
+    The module file subclasses it as ``SegGradCAMLogic`` (Slicer's name ``<ModuleName>Logic``,
+    after which ``ScriptedLoadableModuleLogic`` names the module's parameter node) and wraps that
+    node in its ``parameterNodeWrapper`` class. ``installLogic`` (what installs missing packages)
+    and ``python`` (the worker's interpreter) are injected by tests.
     """
-
-    #: The module's ``parameterNodeWrapper`` class. The module file (``SegGradCAM.py``) defines
-    #: it, as Slicer's template does, and sets it here when Slicer loads the module: this file
-    #: never imports the module file.
-    parameterNodeClass: type | None = None
 
     def __init__(self, installLogic=None, python=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._sceneLogic = None
         self._installLogic = installLogic
         self._python = python
-
-    def getParameterNode(self):
-        if self.parameterNodeClass is None:
-            raise RuntimeError("SegGradCAMLogic.parameterNodeClass is not set: load the module (SegGradCAM.py) first")
-        return self.parameterNodeClass(super().getParameterNode())
 
     def sceneLogic(self, scene=None):
         from .runs import SegGradCAMSceneLogic
