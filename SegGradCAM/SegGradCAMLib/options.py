@@ -14,6 +14,7 @@ checked by the run, where the model is known. Torch-free: 3D Slicer builds optio
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,19 +47,34 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(split_list(value)) if isinstance(value, (str, tuple, list)) else (str(value),)
 
 
+def _one_or_many(value: Any) -> Any:
+    """A single name or path as it is; a sequence of one ``"auto"``/``"all"`` as that word."""
+    if isinstance(value, (tuple, list)) and len(value) == 1 and value[0] in (AUTO_LAYER, ALL_CLASSES):
+        return value[0]
+    return value
+
+
 def _layers(value: Any) -> str | tuple[str, ...]:
-    chosen = layer_selection(value)
+    chosen = layer_selection(_one_or_many(value))
     return chosen if isinstance(chosen, str) else tuple(chosen)
 
 
 def _classes(value: Any) -> str | tuple[str, ...]:
+    value = _one_or_many(value)
     if isinstance(value, str) and value.strip() == ALL_CLASSES:
         return ALL_CLASSES
     return tuple(str(v) for v in (split_list(value) if isinstance(value, str) else value))
 
 
 def _strings(value: Any) -> tuple[str, ...]:
-    return tuple(str(v) for v in value)
+    """Input paths: one path (str or path-like) or a sequence of them, as strings."""
+    if isinstance(value, (str, os.PathLike)):
+        return (os.fspath(value),)
+    return tuple(os.fspath(v) for v in value)
+
+
+def _text(value: Any) -> str:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def _optional_names(value: Any) -> tuple[str, ...] | None:
@@ -159,7 +175,10 @@ class ExplainOptions(CommandOptions):
         normalise=_optional_path,
     )
     model: str = option(
-        "--model", DEFAULT_MODEL, "registered model name (see 'seggradcam models') or a model file/folder"
+        "--model",
+        DEFAULT_MODEL,
+        "registered model name (see 'seggradcam models') or a model file/folder",
+        normalise=_text,
     )
     out: Path = option("--out", None, "output folder", required=True, normalise=_optional_path)
     layers: str | tuple[str, ...] = option(
@@ -271,13 +290,14 @@ class ExplainOptions(CommandOptions):
 class EvaluateOptions(CommandOptions):
     """One ``evaluate`` run: how faithful the heatmaps of a model are over a data set."""
 
-    model: str = option("--model", DEFAULT_MODEL, "registered model name or a model file/folder")
+    model: str = option("--model", DEFAULT_MODEL, "registered model name or a model file/folder", normalise=_text)
     data: str = option(
         "--data",
         "",
         "folder of volumes (one case each), a list file (one case per line, channels "
         "comma-separated), or 'demo' (the demo model's held-out slices)",
         required=True,
+        normalise=_text,
     )
     out: Path = option("--out", None, "output folder", required=True, normalise=_optional_path)
     metrics: tuple[str, ...] = option(

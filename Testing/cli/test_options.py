@@ -78,6 +78,15 @@ def test_values_that_look_like_options_round_trip():
     assert ExplainOptions.from_argv(options.to_argv()) == options
 
 
+def test_the_python_api_takes_one_path_paths_and_single_words():
+    one = ExplainOptions(inputs="a.nrrd", out="o", layers=["auto"], classes=["all"])
+    assert one.inputs == ("a.nrrd",) and one.layers == "auto" and one.classes == "all"
+    assert ExplainOptions(inputs=Path("a.nrrd"), out="o") == one == ExplainOptions(inputs=[Path("a.nrrd")], out="o")
+    evaluation = EvaluateOptions(model=Path("m.json"), data=Path("cases"), out="e", baselines=())
+    assert evaluation.model == "m.json" and evaluation.data == "cases" and "--baselines" in evaluation.to_argv()
+    assert EvaluateOptions.from_argv(evaluation.to_argv()) == evaluation  # an empty list is written "none"
+
+
 def test_defaults_are_left_out_and_values_normalised():
     options = ExplainOptions(inputs=["a.nrrd"], out="o", classes="1, edema", layers="auto", folds="0,1")
     assert options.to_argv() == ["a.nrrd", "--out", "o", "--classes", "1,edema", "--folds", "0,1"]

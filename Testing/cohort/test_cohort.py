@@ -371,3 +371,25 @@ def test_cohort_options_are_checked_with_one_line(cohort, tmp_path, capsys, argv
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "out" / "case_0").exists()
+
+
+def test_cohort_fingerprint_records_the_options_as_typed():
+    """A cohort folder of an earlier release (options recorded as typed) is resumed, not refused."""
+    from SegGradCAMLib.cohort.tasks import ExplainTask
+    from SegGradCAMLib.options import ExplainOptions
+
+    options = ExplainOptions(cohort="l.txt", out="o", classes="edema", layers="model.2", folds=["0", "1"])
+    recorded = ExplainTask(options, "cpu").fingerprint()
+    assert recorded["classes"] == "edema" and recorded["layers"] == "model.2" and recorded["folds"] == "0,1"
+    assert recorded["region"] == "None" and recorded["no_overview"] == "False" and recorded["step_size"] == "0.5"
+
+
+def test_evaluate_on_a_list_reports_reading_then_cases(cohort, tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text(cohort["list"].read_text().splitlines()[0].replace("case_0/", f"{cohort['root']}/case_0/") + "\n")
+    argv = ["evaluate", "--data", str(one), *MODEL, *EVALUATE, "--out", str(tmp_path / "e"), "--progress", "json"]
+    result = run_cli(*argv)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    steps = [(e["stage"], e["done"], e["total"]) for e in events if e["event"] == "progress"]
+    assert ("read", 1, 1) in steps and steps.index(("read", 1, 1)) < steps.index(("cases", 0, 1))

