@@ -85,6 +85,23 @@ def _optional_path(value: Any) -> Path | None:
     return None if value in (None, "") else Path(value)
 
 
+def out_option() -> Any:
+    """``--out``: the output folder, shared by ``explain`` and ``evaluate``."""
+    return option("--out", None, "output folder", required=True, normalise=_optional_path)
+
+
+def layers_option() -> Any:
+    """``--layers``, shared by ``explain`` and ``evaluate``."""
+    return option(
+        "--layers", AUTO_LAYER, "'auto' (finest decoder stage) or comma-separated layer names", normalise=_layers
+    )
+
+
+def device_option() -> Any:
+    """``--device``, shared by ``explain`` and ``evaluate``."""
+    return option("--device", "auto", "auto, cpu, cuda or cuda:N")
+
+
 def check_device_and_threads(device: str, threads: int) -> None:
     """``device``: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (whether it is present is
     checked when the run starts); ``threads`` >= 0."""
@@ -180,10 +197,8 @@ class ExplainOptions(CommandOptions):
         "registered model name (see 'seggradcam models') or a model file/folder",
         normalise=_text,
     )
-    out: Path = option("--out", None, "output folder", required=True, normalise=_optional_path)
-    layers: str | tuple[str, ...] = option(
-        "--layers", AUTO_LAYER, "'auto' (finest decoder stage) or comma-separated layer names", normalise=_layers
-    )
+    out: Path = out_option()
+    layers: str | tuple[str, ...] = layers_option()
     method: str = option(
         "--method",
         AUTO_METHOD,
@@ -202,7 +217,7 @@ class ExplainOptions(CommandOptions):
         "mask volume on the input grid: explain the class score inside this region only",
         normalise=_optional_path,
     )
-    device: str = option("--device", "auto", "auto, cpu, cuda or cuda:N")
+    device: str = device_option()
     trust_model: bool = option(
         "--trust-model",
         False,
@@ -299,7 +314,7 @@ class EvaluateOptions(CommandOptions):
         required=True,
         normalise=_text,
     )
-    out: Path = option("--out", None, "output folder", required=True, normalise=_optional_path)
+    out: Path = out_option()
     metrics: tuple[str, ...] = option(
         "--metrics",
         METRICS,
@@ -319,9 +334,7 @@ class EvaluateOptions(CommandOptions):
         "comma-separated baseline explanations (random, mask, gradient), or 'none'",
         normalise=_names,
     )
-    layers: str | tuple[str, ...] = option(
-        "--layers", AUTO_LAYER, "'auto' (finest decoder stage) or comma-separated layer names", normalise=_layers
-    )
+    layers: str | tuple[str, ...] = layers_option()
     classes: str | tuple[str, ...] = option(
         "--classes", ALL_CLASSES, "'all' or comma-separated class names or indices", normalise=_classes
     )
@@ -340,7 +353,7 @@ class EvaluateOptions(CommandOptions):
     road_percentages: str = option("--road-percentages", DEFAULT_PERCENTAGES_TEXT, "ROAD removal percentages")
     seed: int = option("--seed", 0, "", type=int)
     batch_size: int = option("--batch-size", 32, "perturbed inputs per network call", type=int)
-    device: str = option("--device", "auto", "auto, cpu, cuda or cuda:N")
+    device: str = device_option()
     threads: int = option(
         "--threads",
         0,
