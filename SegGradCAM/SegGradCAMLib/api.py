@@ -7,17 +7,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .options import EvaluateOptions, ExplainOptions
-from .reports import EvaluationReport, ExplainReport
+from .reports import CohortSummary, EvaluationReport, ExplainReport
 
 if TYPE_CHECKING:  # torch is imported when a run starts, not with the entry points
     from .inference import ProgressCallback
 
 
-def explain(options: ExplainOptions, progress: ProgressCallback | None = None) -> ExplainReport | dict:
+def explain(options: ExplainOptions, progress: ProgressCallback | None = None) -> ExplainReport | CohortSummary:
     """Segment and explain ``options.inputs`` into ``options.out`` (explain.json, the segmentation,
     one heatmap per class and layer, the overview); returns the report. With ``options.cohort``:
     every case of the list into ``OUT/<case id>/`` by the options' engine; returns what the
-    cohort run did. ``progress(stage, done, total)``."""
+    cohort run did (a :class:`CohortSummary`). ``progress(stage, done, total)``."""
     if options.cohort is not None:
         from .cohort.tasks import explain_cohort
 
@@ -45,5 +45,5 @@ def evaluate(options: EvaluateOptions, progress: ProgressCallback | None = None)
     report = run.write(result)
     cohort = finish_cohort("evaluate", ran, options.engine, len(cases), options.out)  # failed cases raise here
     if report is not None:
-        report.cohort = cohort  # returned with the report; metrics.json holds the merged cases
+        report.cohort = cohort.to_json()  # returned with the report; metrics.json holds the merged cases
     return run.finish(report)

@@ -211,6 +211,25 @@ class EvaluationReport(_ReportFile):
         return list(dict.fromkeys(row["class"] for row in self.rows))
 
 
+@dataclass
+class CohortSummary:
+    """What a cohort run did (``cohort.json``'s ``last_run``; ``metrics.json``'s ``cohort``): its
+    engine, the cases of its list, those done now, skipped (complete before) and failed, the worker
+    processes, how often a model loaded, and its seconds."""
+
+    engine: str
+    cases: int
+    done: int
+    skipped: int
+    failed: int
+    worker_processes: int
+    model_loads: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _check_schema(data: dict[str, Any], version: int, name: str) -> None:
     if data.get("schema", version) != version:
         raise SegGradCAMError(

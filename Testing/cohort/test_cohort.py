@@ -393,3 +393,15 @@ def test_evaluate_on_a_list_reports_reading_then_cases(cohort, tmp_path):
     events = [json.loads(line) for line in result.stdout.splitlines()]
     steps = [(e["stage"], e["done"], e["total"]) for e in events if e["event"] == "progress"]
     assert ("read", 1, 1) in steps and steps.index(("read", 1, 1)) < steps.index(("cases", 0, 1))
+
+
+def test_the_library_entry_runs_a_cohort_and_says_what_it_did(cohort, tmp_path):
+    from SegGradCAMLib import ExplainOptions, explain
+    from SegGradCAMLib.reports import CohortSummary
+
+    one = tmp_path / "one.txt"
+    one.write_text(cohort["list"].read_text().splitlines()[0].replace("case_0/", f"{cohort['root']}/case_0/") + "\n")
+    out = tmp_path / "c"
+    summary = explain(ExplainOptions(cohort=one, model="demo-lesions-unet2d", out=out, threads=1, overview=False))
+    assert isinstance(summary, CohortSummary) and (summary.cases, summary.done, summary.failed) == (1, 1, 0)
+    assert last_run(out) == summary.to_json() and len(list(out.glob("*/explain.json"))) == 1

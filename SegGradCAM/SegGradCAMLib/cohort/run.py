@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 from ..errors import SegGradCAMError
 from ..options import EngineOptions
+from ..reports import CohortSummary
 from .cases import CohortCase
 from .model_cache import model_loads
 
@@ -48,17 +49,17 @@ class CohortReport:
     model_loads: int = 0
     seconds: float = 0.0
 
-    def as_dict(self, engine: str, cases: int) -> dict:
-        return {
-            "engine": engine,
-            "cases": cases,
-            "done": len(self.done),
-            "skipped": len(self.skipped),
-            "failed": len(self.failed),
-            "worker_processes": len(self.processes),
-            "model_loads": self.model_loads,
-            "seconds": round(self.seconds, 3),
-        }
+    def summary(self, engine: str, cases: int) -> CohortSummary:
+        return CohortSummary(
+            engine,
+            cases,
+            len(self.done),
+            len(self.skipped),
+            len(self.failed),
+            len(self.processes),
+            self.model_loads,
+            round(self.seconds, 3),
+        )
 
 
 def partial_folder(folder: Path) -> Path:
@@ -169,7 +170,7 @@ def run_cohort(
         _remove_partial_folders(task, out, pending)
     report.seconds = time.perf_counter() - start
     _write_failures(out, cases, report.failed)
-    state["last_run"] = report.as_dict(options.engine, len(cases))
+    state["last_run"] = report.summary(options.engine, len(cases)).to_json()
     (out / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
     return report
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import SegGradCAMError
 from ..declared_options import option_text
 from ..options import EngineOptions, ExplainOptions
+from ..reports import CohortSummary
 from .cases import CohortCase, cohort_cases
 from .model_cache import cached_model
 from .run import FAILURES_FILE, CohortReport, run_cohort
@@ -100,7 +101,7 @@ class EvaluateTask:
         save_result(result, folder, with_gallery=case.index < self.config.gallery)
 
 
-def finish_cohort(command: str, report: CohortReport, options: EngineOptions, cases: int, out: Path) -> dict:
+def finish_cohort(command: str, report: CohortReport, options: EngineOptions, cases: int, out: Path) -> CohortSummary:
     """Print what the run did; a run with failed cases ends in an error naming failures.csv (the
     other cases' outputs stay)."""
     where = f"Ray ({options.ray_address or 'local instance'})" if options.engine == "ray" else "this process"
@@ -115,10 +116,10 @@ def finish_cohort(command: str, report: CohortReport, options: EngineOptions, ca
             f"{len(report.failed)} of {cases} cases failed, listed in {out / FAILURES_FILE} "
             f"(first: {first[0]}: {first[1]}); the other cases' outputs are complete."
         )
-    return report.as_dict(options.engine, cases)
+    return report.summary(options.engine, cases)
 
 
-def explain_cohort(options: ExplainOptions, progress=None) -> dict:
+def explain_cohort(options: ExplainOptions, progress=None) -> CohortSummary:
     """``explain --cohort LIST``: each case as a single run writes it, into ``OUT/<case id>/``;
     returns what the run did."""
     from ..models.cards import resolve_method
