@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -30,6 +29,7 @@ from .selection import (
     CAM_METHODS,
     DEFAULT_PERCENTAGES_TEXT,
     METHOD_CHOICES,
+    check_device_name,
     fractions_from_percentages,
     layer_selection,
     split_list,
@@ -40,7 +40,6 @@ ENGINES = ("local", "ray")
 METRICS = ("deletion", "insertion", "road", "randomization")
 BASELINE_EXPLANATIONS = ("random", "mask", "gradient")
 PERTURBATION_BASELINES = ("blur", "mean")
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -103,10 +102,9 @@ def device_option() -> Any:
 
 
 def check_device_and_threads(device: str, threads: int) -> None:
-    """``device``: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (whether it is present is
+    """``device``: see :func:`~SegGradCAMLib.selection.check_device_name` (whether it is present is
     checked when the run starts); ``threads`` >= 0."""
-    if not DEVICE_PATTERN.fullmatch(device):
-        raise SegGradCAMError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.")
+    check_device_name(device)
     if threads < 0:
         raise SegGradCAMError(f"--threads must be 0 (torch's default) or more; got {threads}.")
 

@@ -18,6 +18,7 @@ CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 AUTO_METHOD = "auto"  # the method the model's card chose by evidence
 METHOD_CHOICES = (AUTO_METHOD, *CAM_METHODS)
 DEFAULT_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 DEFAULT_PERCENTAGES_TEXT = ",".join(f"{100 * f:g}" for f in DEFAULT_FRACTIONS)
 
 
@@ -82,12 +83,19 @@ def class_indices(text: str | Sequence[int | str], labels: Sequence[str]) -> lis
     return chosen
 
 
+def check_device_name(name: str) -> None:
+    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``; whether it is present is :func:`pick_device`'s."""
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise SegGradCAMError(f"Unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.")
+
+
 def pick_device(name: str) -> str:
     """Resolve ``auto``/``cpu``/``cuda[:N]``/``mps``; refuse CUDA or MPS where there is none.
 
     ``auto``: CUDA when present, else Apple's MPS (untested here; operations it lacks
     run on the CPU, see ``PYTORCH_ENABLE_MPS_FALLBACK`` in the command line), else the CPU.
     """
+    check_device_name(name)
     import torch
 
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
@@ -97,8 +105,6 @@ def pick_device(name: str) -> str:
         return name
     if name == "mps":
         raise SegGradCAMError("--device mps was requested but MPS (Apple GPU) is not available here; use --device cpu.")
-    if re.fullmatch(r"cuda(:\d+)?", name):
-        if not torch.cuda.is_available():
-            raise SegGradCAMError(f"--device {name} was requested but CUDA is not available here; use --device cpu.")
-        return name
-    raise SegGradCAMError(f"Unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.")
+    if not torch.cuda.is_available():  # cuda or cuda:N
+        raise SegGradCAMError(f"--device {name} was requested but CUDA is not available here; use --device cpu.")
+    return name
