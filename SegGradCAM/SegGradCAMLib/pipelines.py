@@ -15,6 +15,7 @@ sees it, for Deletion/Insertion), as MONAI's ``Inferer`` subclasses share ``__ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -49,9 +50,9 @@ class InputVolumes:
     def reference(self) -> Volume:
         return self.volumes[0]
 
-    @property
+    @cached_property
     def image(self) -> np.ndarray:
-        """``(Cin, Z, Y, X)``."""
+        """``(Cin, Z, Y, X)``, stacked once (the explain and the faithfulness cases share it)."""
         return np.stack([v.array for v in self.volumes])
 
     @property
