@@ -20,6 +20,16 @@ from .model_cache import cached_model
 from .run import FAILURES_FILE, CohortReport, run_cohort
 
 
+def cached_pipeline(model: str, trust: bool, device: str, folds=None, checkpoint=None):
+    """The pipeline of ``model`` loaded once per process (a Ray worker runs many cases)."""
+    from ..pipelines import load_pipeline
+
+    key = (model, trust, device, folds, checkpoint)
+    return cached_model(
+        key, lambda: load_pipeline(model, trust=trust, device=device, folds=folds, checkpoint=checkpoint)
+    )
+
+
 @dataclass
 class ExplainTask:
     """``seggradcam explain`` of one case into ``OUT/<case id>/``, as a single run writes it."""
@@ -53,15 +63,12 @@ class ExplainTask:
         return {k: option_text(v) for k, v in keep.items()}  # as typed on the command line
 
     def run(self, case: CohortCase, folder: Path) -> None:
-        from ..runs.explain import explain_files, load_options_pipeline
+        from ..runs.explain import explain_files
 
         options = self.options.for_case(case.inputs, folder, self.device)
-
-        def load(o: ExplainOptions, device: str):
-            key = (o.model, o.trust_model, device, o.folds, o.checkpoint)
-            return cached_model(key, lambda: load_options_pipeline(o, device))
-
-        explain_files(options, None, load)
+        explain_files(
+            options, None, lambda o, device: cached_pipeline(o.model, o.trust_model, device, o.folds, o.checkpoint)
+        )
 
 
 @dataclass
@@ -90,13 +97,8 @@ class EvaluateTask:
 
     def run(self, case: CohortCase, folder: Path) -> None:
         from ..evaluation.scoring import evaluate_volume, save_result
-        from ..pipelines import load_pipeline
 
-        device = self.config.device
-        pipeline = cached_model(
-            (self.model, self.trust_model, device),
-            lambda: load_pipeline(self.model, trust=self.trust_model, device=device),
-        )
+        pipeline = cached_pipeline(self.model, self.trust_model, self.config.device)
         result = evaluate_volume(pipeline, case.inputs, case.id, case.index, self.config, self.max_slices)
         save_result(result, folder, with_gallery=case.index < self.config.gallery)
 
