@@ -57,7 +57,9 @@ class HeatmapWriter:
         filename = self.filename(name, layer)
         own = labels == c if heatmap.mask is None else heatmap.mask
         mask = own if self.regions is None else self.regions[heatmap.position]
-        entry = self.entries.setdefault(c, ClassEntry(c, name, int(own.sum())))  # once per class, not per layer
+        if c not in self.entries:  # once per class, not per layer
+            self.entries[c] = ClassEntry(c, name, int(own.sum()))
+        entry = self.entries[c]
         spacing_zyx = tuple(self.reference.spacing)[::-1]
         entry.layers[layer] = HeatmapEntry(
             filename,
