@@ -8,6 +8,12 @@ CMakeLists.txt (project name, icon and screenshot URLs) and its license file. Th
 vendored in Testing/extension_index/ (sources in its README.md); nothing here uses the
 network. The index's 5.10 branch takes schema v1.0.1, main and 5.12 take v1.0.2: the entry
 for 5.10 is this file with the ``$schema`` URL changed, so it must be valid under both.
+
+The index's pre-commit hook also formats every entry with prettier and the index's
+``.prettierrc.js`` (prettier-plugin-multiline-arrays, ``multilineArraysWrapThreshold: 0``: every
+array one item a line); an entry that hook would reformat fails the index's lint. That
+configuration is vendored as Testing/extension_index/prettierrc.js, with the prettier and plugin
+versions the hook pins locked in package-lock.json there; scripts/setup.sh installs them.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -31,6 +38,8 @@ INDEX_BRANCH_SCHEMA = {"5.10": "1.0.1", "5.12": "1.0.2", "main": "1.0.2"}
 REPOSITORY = "SlicerSegGradCAM"
 # A few of ACCEPTED_EXTENSION_CATEGORIES in check_description_files.py (all that could fit here).
 INDEX_CATEGORIES = {"Analysis", "Neuroimaging", "Quantification", "Segmentation"}
+PRETTIER = SCHEMA_DIR / "node_modules" / ".bin" / "prettier"
+PRETTIER_CONFIG = SCHEMA_DIR / "prettierrc.js"
 LICENSE_NAMES = ("LICENSE", "LICENCE", "License.txt", "license.txt", "LICENSE.txt", "COPYING", "COPYING.txt")
 CMAKE_KEYS = (
     "EXTENSION_HOMEPAGE",
@@ -191,6 +200,40 @@ def test_no_url_names_the_old_repository():
 
 def test_license_file_at_the_root():
     assert any((ROOT / name).is_file() for name in LICENSE_NAMES)
+
+
+def prettier_check(path: Path) -> subprocess.CompletedProcess:
+    """``prettier --check`` of one file with the index's configuration (the vendored copy).
+
+    ``--no-editorconfig``: the index has no .editorconfig, so none of this repository may count.
+    """
+    assert PRETTIER.is_file(), (
+        f"{PRETTIER.relative_to(ROOT)} is missing: run scripts/setup.sh "
+        "(it installs the index's prettier with npm ci --prefix Testing/extension_index)"
+    )
+    command = [str(PRETTIER), "--config", str(PRETTIER_CONFIG), "--no-editorconfig", "--check"]
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return subprocess.run([*command, str(name)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_entry_is_formatted_as_the_index_prettier_configuration_wants():
+    result = prettier_check(ENTRY_FILE)
+    output = result.stdout + result.stderr
+    fix = " ".join(str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a for a in result.args)
+    fix = fix.replace("--check", "--write")
+    assert result.returncode == 0, f"the index's prettier would reformat {ENTRY_FILE.name}; fix: {fix}\n{output}"
+    assert "All matched files use Prettier code style!" in output, output  # checked, not ignored
+
+
+def test_prettier_check_rejects_a_one_line_array(tmp_path):
+    """The vendored configuration is in force: the one-line array the index reformats fails."""
+    one_line = ENTRY_FILE.read_text(encoding="utf-8").replace('[\n    "PyTorch"\n  ]', '["PyTorch"]')
+    assert '"build_dependencies": ["PyTorch"],' in one_line
+    probe = tmp_path / ENTRY_FILE.name
+    probe.write_text(one_line, encoding="utf-8")
+    result = prettier_check(probe)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{probe.parent.name}/{probe.name}" in result.stderr  # prettier names it relative to the cwd
 
 
 # --- the checks reject what the index rejects ---------------------------------------------
