@@ -1,20 +1,29 @@
 """The worker process (``python -m SegGradCAMLib ... --progress json``): a real run, cancel that
-kills the whole tree behind a launcher, and a failure's one-line message."""
+kills the whole tree behind a launcher, a failure's one-line message and its log, no console
+window on Windows, the worker's interpreter and the run folders inside 3D Slicer (its
+``slicer.app`` a stand-in here)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import slicer
 
 from SegGradCAMLib.demo import data as demo_data
+from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL
+from SegGradCAMLib.mrml import worker as worker_module
+from SegGradCAMLib.mrml.runs import SegGradCAMSceneLogic
 from SegGradCAMLib.mrml.worker import NNUNET_FOLDERS, WorkerProcess
 
+PYTHON = sys.executable  # this interpreter (a test may stand in Slicer's executable for sys.executable)
 # A one-level launcher like PythonSlicer: it starts the real interpreter as its child.
 LAUNCHER = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"]
 
@@ -106,6 +115,7 @@ def test_a_failing_worker_gives_the_command_lines_one_line_message(demo_case, tm
     assert worker.process.returncode == 2
     assert worker.finalEvent["event"] == "error"
     assert worker.errorMessage().startswith("Unknown model 'no-such-model'")
+    assert worker.logTail(1) == "seggradcam: error: " + worker.errorMessage()
 
 
 def test_poll_skips_lines_that_are_not_events_and_keeps_partial_lines(tmp_path):
@@ -128,3 +138,102 @@ def test_nnunet_folder_variables_point_into_the_workers_folder(tmp_path, monkeyp
     )
     worker.start()
     assert {name: started["env"][name] for name in NNUNET_FOLDERS} == {name: str(tmp_path) for name in NNUNET_FOLDERS}
+
+
+class Recorder:
+    """Stands in for ``subprocess.Popen`` / ``subprocess.run``: keeps each call's command and options."""
+
+    def __init__(self):
+        self.calls: list[tuple[list[str], dict]] = []
+
+    def __call__(self, command, **options):
+        self.calls.append((command, options))
+        return types.SimpleNamespace(pid=4242, poll=lambda: None, wait=lambda: 0)
+
+
+def test_on_windows_the_worker_and_taskkill_have_no_console_window(tmp_path, monkeypatch):
+    # subprocess.STARTUPINFO exists only on Windows: a stand-in that keeps its fields
+    monkeypatch.setattr(subprocess, "STARTUPINFO", types.SimpleNamespace, raising=False)
+    popen, run = Recorder(), Recorder()
+    worker = WorkerProcess(["models"], tmp_path, python=sys.executable, popen=popen, run=run, osName="nt")
+    worker.start()
+    worker.kill()
+    (_, started), (kill_command, killed) = popen.calls[0], run.calls[0]
+    assert kill_command == ["taskkill", "/F", "/T", "/PID", "4242"]
+    for options in (started, killed):
+        assert options["creationflags"] & 0x08000000  # CREATE_NO_WINDOW
+        assert options["startupinfo"].dwFlags & 1 and options["startupinfo"].wShowWindow == 0  # SW_HIDE
+        assert not options.get("start_new_session")
+    assert started["creationflags"] & 0x00000200  # CREATE_NEW_PROCESS_GROUP: the tree can be killed
+
+
+def test_on_posix_the_worker_starts_in_a_session_of_its_own(tmp_path):
+    popen = Recorder()
+    WorkerProcess(["models"], tmp_path, python=sys.executable, popen=popen, osName="posix").start()
+    options = popen.calls[0][1]
+    assert options["start_new_session"] is True
+    assert not options.get("creationflags") and options.get("startupinfo") is None
+
+
+@pytest.fixture()
+def slicer_app(tmp_path, monkeypatch):
+    """A stand-in for 3D Slicer's ``slicer.app`` (the slicer-core wheel has none): its home and temporary folders."""
+    app = types.SimpleNamespace(slicerHome=str(tmp_path / "Slicer"), temporaryPath=str(tmp_path / "SlicerTemp"))
+    Path(app.temporaryPath).mkdir()
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "Slicer" / "MacOS" / "Slicer"))  # the Slicer application
+    return app
+
+
+def python_slicer(folder: Path) -> str:
+    path = folder / ("PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return str(path)
+
+
+def test_outside_slicer_the_worker_runs_on_this_interpreter(monkeypatch, tmp_path):
+    monkeypatch.setattr(worker_module.shutil, "which", lambda name: python_slicer(tmp_path))
+    assert worker_module.workerPython() == sys.executable
+    assert not worker_module.insideSlicer()
+
+
+def test_inside_slicer_the_worker_runs_on_python_slicer(slicer_app, monkeypatch, tmp_path):
+    on_path = python_slicer(tmp_path / "path")
+    monkeypatch.setattr(worker_module.shutil, "which", lambda name: on_path if name == "PythonSlicer" else None)
+    assert worker_module.workerPython() == on_path
+    monkeypatch.setattr(worker_module.shutil, "which", lambda name: None)
+    in_bin = python_slicer(Path(slicer_app.slicerHome) / "bin")
+    assert worker_module.workerPython() == in_bin
+    beside_slicer = python_slicer(Path(sys.executable).parent)  # beside Slicer's executable (here not in bin)
+    assert worker_module.workerPython() == beside_slicer
+    assert worker_module.insideSlicer()
+
+
+def test_inside_slicer_without_python_slicer_there_is_no_fallback_to_slicer_itself(slicer_app, monkeypatch):
+    monkeypatch.setattr(worker_module.shutil, "which", lambda name: None)
+    with pytest.raises(SegGradCAMError, match="PythonSlicer.*not found.*Reinstall 3D Slicer"):
+        worker_module.workerPython()
+
+
+def test_run_folders_go_to_slicers_temporary_folder_inside_slicer(monkeypatch, tmp_path):
+    outside = worker_module.temporaryFolder()
+    assert outside.parent == Path(tempfile.gettempdir()) and outside.name.startswith("SegGradCAM-")
+    outside.rmdir()
+    app = types.SimpleNamespace(temporaryPath=str(tmp_path))
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    inside = worker_module.temporaryFolder()
+    assert inside.parent == tmp_path and inside.is_dir() and inside.name.startswith("SegGradCAM-")
+
+
+def test_a_failed_runs_log_outlives_its_folder(slicer_app):
+    scene = slicer.vtkMRMLScene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "input")
+    slicer.util.updateVolumeFromArray(volume, np.zeros((4, 8, 8), np.float32))
+    logic = SegGradCAMSceneLogic(scene, python=PYTHON)
+    run = logic.waitFor(logic.startRun([volume], "no-such-model"), 0.05)
+    with pytest.raises(SegGradCAMError, match="Unknown model 'no-such-model'") as error:
+        logic.finishRun(run)
+    assert "\n" not in str(error.value) and not run.folder.exists()
+    assert run.log.splitlines()[-1] == "seggradcam: error: " + str(error.value)
+    assert run.folder.parent == Path(slicer_app.temporaryPath)

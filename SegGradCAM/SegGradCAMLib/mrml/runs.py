@@ -8,7 +8,8 @@ A run goes through the worker process (:mod:`.worker`: the command line,
 
 1. :meth:`SegGradCAMSceneLogic.startRun` (main thread) checks the input nodes, writes
    them (and a target region) as NRRD with their world geometry to a fresh temporary
-   folder and starts the worker: an :class:`ExplainRun`;
+   folder (in Slicer's temporary folder inside 3D Slicer) and starts the worker: an
+   :class:`ExplainRun`;
 2. :meth:`SegGradCAMSceneLogic.pollRun` (from a timer) reads its progress events;
    :meth:`SegGradCAMSceneLogic.cancelRun` kills its process tree;
 3. :meth:`SegGradCAMSceneLogic.finishRun` (main thread) reads its outputs into nodes
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +39,15 @@ from ..options import EvaluateOptions, ExplainOptions
 from ..reports import EvaluationReport, ExplainReport
 from .inputs import SceneInputs, writeVolumeArray
 from .outputs import RunOutputs, SceneOutputs
-from .worker import WorkerProcess
+from .worker import WorkerProcess, temporaryFolder
 
 
 @dataclass
 class ExplainRun:
     """One explain run in the worker process: its inputs written to ``folder`` (a fresh
     temporary folder, removed when the run ends in any way), its outputs in ``folder/out``.
-    ``progress``: the worker's last progress event."""
+    ``progress``: the worker's last progress event. ``log``: the end of the worker's log, kept
+    when the worker failed (its folder is gone by then)."""
 
     worker: WorkerProcess
     folder: Path
@@ -54,6 +55,7 @@ class ExplainRun:
     runKey: str
     started: float = field(default_factory=time.perf_counter)
     progress: dict | None = None
+    log: str = ""
 
     @property
     def outFolder(self) -> Path:
@@ -169,7 +171,7 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
         ``arguments(folder, input paths)`` (built by the options' ``to_argv``)."""
         import slicer
 
-        folder = Path(tempfile.mkdtemp(prefix="SegGradCAM-"))
+        folder = temporaryFolder()
         try:
             paths = []
             for index, node in enumerate(volumes):
@@ -224,10 +226,12 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
     # -- step 3: the outputs into the scene ----------------------------------------
 
     def _checkFinished(self, run: ExplainRun) -> None:
-        """Raise the worker's one-line message unless it ended well and its inputs are still in the scene."""
+        """Raise the worker's one-line message unless it ended well (its log's end kept in ``run.log``)
+        and its inputs are still in the scene."""
         self.pollRun(run)
         final = run.worker.finalEvent
         if final is None or final["event"] != "done":
+            run.log = run.worker.logTail()
             raise SegGradCAMError(run.worker.errorMessage())
         if any(self.scene.GetNodeByID(nodeID) is None for nodeID in run.inputNodeIDs):
             raise SegGradCAMError(
