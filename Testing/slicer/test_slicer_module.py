@@ -133,7 +133,7 @@ def loaded_ui():
 def test_every_widget_the_module_uses_exists(loaded_ui):
     _, objects = loaded_ui
     used = widget_names_used_by_module()
-    assert {"applyButton", "progressBar", "modelComboBox", "heatmapSelector", "inputVolume4Selector"} <= used
+    assert {"applyButton", "progressBar", "modelFolderButton", "heatmapSelector", "inputVolume4Selector"} <= used
     assert used - set(objects) == set()
 
 
@@ -145,7 +145,7 @@ def test_parameter_names_match_the_parameter_node(loaded_ui):
     fields = parameter_fields()
     assert bound - fields == set(), "SlicerParameterName without a parameter node field"
     assert fields - bound == MANUALLY_SYNCED_FIELDS, "parameter node fields without a widget"
-    assert all(f"_parameterNode.{name}" in module_text() for name in MANUALLY_SYNCED_FIELDS)
+    assert all(re.search(rf"(node|_parameterNode)\.{name}\b", module_text()) for name in MANUALLY_SYNCED_FIELDS)
 
 
 def ui_widget_classes() -> dict[str, str]:
@@ -191,7 +191,18 @@ def test_choice_widgets_offer_the_parameter_choices(loaded_ui):
     method = objects["methodComboBox"]
     assert [method.itemText(i) for i in range(method.count())] == list(METHOD_CHOICES)  # auto first
     device = objects["deviceComboBox"]
-    assert [device.itemText(i) for i in range(device.count())] == ["auto", "cpu", "cuda"]
+    tree = ast.parse(MODULE_FILE.read_text())
+    declared = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "DEVICE_CHOICES")
+    assert (
+        [device.itemText(i) for i in range(device.count())]
+        == ast.literal_eval(declared)
+        == [
+            "auto",
+            "cpu",
+            "cuda",
+            "mps",
+        ]
+    )
 
 
 IMPORT_WITHOUT_TORCH = """

@@ -1,142 +1,391 @@
-"""The module's widget driven on the real .ui file (loaded by PySide6's QUiLoader, offscreen).
-
-What is a MOCK here: ``slicer_app_mock`` (Slicer's application modules) and ``PythonQtShim``,
-which gives PySide6 widgets the PythonQt spelling the module uses (``widget.visible = x``,
-``comboBox.checkedIndexes()``). The panel's code (``SegGradCAMLib.mrml.widget``), the .ui
-file and the model declarations are the real ones.
-"""
+"""The module's widget as a clinician meets it: the real .ui, the real panel code and a real
+``slicer-core`` scene, driven through ``Testing/slicer_harness.py`` (its MOCKs: the Qt GUI of the
+Slicer application, the C++ widgets and the parameter node wrapper, each following Slicer's
+source; see there). Runs go through the real worker process with the 2D demo model."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sys
-from pathlib import Path
-from types import SimpleNamespace
+import time
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
+import slicer
+import slicer_app_mock
+import slicer_harness
 
-ROOT = Path(__file__).resolve().parents[2]
-MODULE_DIR = ROOT / "SegGradCAM"
+from SegGradCAMLib.models.declarations import SHIPPED_MODELS, shipped_spec_path
 
-
-class PythonQtShim:
-    """MOCK: a PySide6 widget seen through PythonQt's conventions (properties as attributes)."""
-
-    PROPERTIES = {
-        "visible": "setVisible",
-        "enabled": "setEnabled",
-        "text": "setText",
-        "value": "setValue",
-        "maximum": "setMaximum",
-        "currentIndex": "setCurrentIndex",
-    }
-
-    def __init__(self, widget) -> None:
-        object.__setattr__(self, "widget", widget)
-
-    def __getattr__(self, name):
-        widget = object.__getattribute__(self, "widget")
-        if name == "visible":
-            return not widget.isHidden()
-        getters = {"enabled": "isEnabled", "text": "text", "currentIndex": "currentIndex", "value": "value"}
-        if name in getters:
-            return getattr(widget, getters[name])()
-        return getattr(widget, name)
-
-    def __setattr__(self, name, value) -> None:
-        widget = object.__getattribute__(self, "widget")
-        getattr(widget, self.PROPERTIES[name])(value)
-
-    def checkedIndexes(self):
-        from PySide6.QtCore import Qt
-
-        model = self.widget.model()
-        return [
-            model.index(row, 0)
-            for row in range(model.rowCount())
-            if model.data(model.index(row, 0), Qt.CheckStateRole) == Qt.Checked.value
-        ]
-
-    def setCheckState(self, index, state) -> None:
-        from PySide6.QtCore import Qt
-
-        self.widget.model().setData(index, Qt.Checked.value if state else Qt.Unchecked.value, Qt.CheckStateRole)
+DEMO = "demo-lesions-unet2d"
+DEMO_CLASSES = ["background", "edema", "enhancing_rim", "necrotic_core"]
 
 
 @pytest.fixture()
-def widget():
-    from conftest import load_slicer_ui
-    from PySide6.QtCore import QObject
+def scene():
+    scene = slicer.vtkMRMLScene()
+    for name in ("Red", "Yellow", "Green"):
+        scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode", f"SliceComposite{name}")
+    return scene
 
-    root, app = load_slicer_ui()
-    sys.path[:0] = [str(ROOT / "Testing"), str(MODULE_DIR)]
-    import slicer_app_mock
 
-    slicer_app_mock.install()
-    sys.modules["qt"].Qt = SimpleNamespace(Checked=True, Unchecked=False)
-    import SegGradCAM
+@pytest.fixture()
+def opened(scene):
+    """``opened(**logicOptions)``: the module's widget set up and entered (the module shown)."""
+    widgets = []
 
-    from SegGradCAMLib.mrml.widget import SegGradCAMPanel
+    def open_module(**logic_options):
+        widget = slicer_harness.module_widget(scene, **logic_options)
+        widget.enter()
+        widgets.append(widget)
+        return widget
 
-    ui = SimpleNamespace(
-        **{obj.objectName(): PythonQtShim(obj) for obj in root.findChildren(QObject) if obj.objectName()}
+    yield open_module
+    slicer_harness.close()
+    slicer_app_mock.QSettings.values.clear()
+
+
+def items(combo) -> list[str]:
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+def checked(combo) -> list[str]:
+    return [combo.itemText(index.row()) for index in combo.checkedIndexes()]
+
+
+def choose(combo, text: str) -> None:
+    """The user picks ``text`` in a combo box."""
+    combo.setCurrentIndex(items(combo).index(text))
+
+
+def check(combo, *names: str) -> None:
+    """The user checks ``names`` in a checkable combo box, one click each."""
+    model = combo.model()
+    for name in names:
+        combo.setCheckState(model.index(items(combo).index(name), 0), True)
+
+
+def add_volume(scene, path, name):
+    image = sitk.ReadImage(str(path))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image).astype(np.float32))
+    node.SetSpacing(*image.GetSpacing())
+    return node
+
+
+def choose_demo_with_inputs(widget, scene, small_case):
+    ui = widget.ui
+    choose(ui.modelComboBox, DEMO)
+    ui.inputVolumeSelector.setCurrentNode(add_volume(scene, small_case[0], "t1c"))
+    ui.inputVolume2Selector.setCurrentNode(add_volume(scene, small_case[1], "flair"))
+
+
+def run_to_end(widget, timeout: float = 180.0) -> None:
+    """The panel's poll timer until the run is over (as Slicer's event loop runs it)."""
+    end = time.monotonic() + timeout
+    while widget.panel._run is not None:
+        assert time.monotonic() < end, "the run did not end"
+        widget.tick()
+        time.sleep(0.05)
+
+
+# -- choices kept ------------------------------------------------------------------------
+
+
+def test_class_and_layer_choices_survive_reentering_the_module(opened):
+    """Defect: every enter() reconnected the GUI; the model combo box, cleared and refilled by
+    its connector, told the panel "hdbet" and the demo model's classes were wiped."""
+    widget = opened()
+    ui, node = widget.ui, widget.logic.getParameterNode()
+    choose(ui.modelComboBox, DEMO)
+    check(ui.classesCheckableComboBox, "edema", "necrotic_core")
+    check(ui.layersCheckableComboBox, items(ui.layersCheckableComboBox)[0])
+    layer = items(ui.layersCheckableComboBox)[0]
+    assert (node.modelName, node.classes, node.layers) == (DEMO, "edema,necrotic_core", layer)
+    for _ in range(2):
+        widget.exit()
+        widget.enter()
+    assert (node.modelName, node.classes, node.layers) == (DEMO, "edema,necrotic_core", layer)
+    assert ui.modelComboBox.currentText == DEMO
+    assert checked(ui.classesCheckableComboBox) == ["edema", "necrotic_core"]
+    assert checked(ui.layersCheckableComboBox) == [layer]
+    assert ui.inputVolume2Selector.visible
+
+
+def test_a_saved_scene_restores_model_classes_and_layers(opened, scene):
+    """Save the scene, close it, load it again: the module shows what was saved."""
+    widget = opened()
+    ui, node = widget.ui, widget.logic.getParameterNode()
+    choose(ui.modelComboBox, DEMO)
+    check(ui.classesCheckableComboBox, "enhancing_rim")
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    saved = scene.GetSceneXMLString()
+    scene.Clear(0)  # File / Close Scene: the module connects to a new parameter node
+    assert ui.modelComboBox.currentText == "hdbet" and checked(ui.classesCheckableComboBox) == []
+    scene.SetLoadFromXMLString(1)
+    scene.SetSceneXMLString(saved)
+    scene.Import()
+    node = widget.logic.getParameterNode()
+    assert (node.modelName, node.classes) == (DEMO, "enhancing_rim")
+    assert ui.modelComboBox.currentText == DEMO
+    assert checked(ui.classesCheckableComboBox) == ["enhancing_rim"]
+
+
+def test_switching_the_model_takes_effect_and_drops_the_old_models_names(opened):
+    """Defect: the panel's combo-box slot wrote the classes before the wrapper's own slot, and
+    the wrapper's GUI refresh wrote the old model back into the combo box (it snapped back)."""
+    widget = opened()
+    ui, node = widget.ui, widget.logic.getParameterNode()
+    check(ui.classesCheckableComboBox, "brain")
+    assert node.classes == "brain" and not ui.inputVolume2Selector.visible
+    choose(ui.modelComboBox, DEMO)
+    assert node.modelName == DEMO and ui.modelComboBox.currentText == DEMO
+    assert items(ui.classesCheckableComboBox) == DEMO_CLASSES
+    assert node.classes == "" and ui.inputVolume2Selector.visible and not ui.inputVolume3Selector.visible
+    assert items(ui.evaluationClassComboBox) == DEMO_CLASSES[1:]
+
+
+def test_a_model_file_fills_classes_and_inputs_from_its_json_spec(opened):
+    widget = opened()
+    ui, node = widget.ui, widget.logic.getParameterNode()
+    assert not ui.modelPathLineEdit.enabled and not ui.modelFolderButton.enabled
+    choose(ui.modelComboBox, slicer_harness.load_module().MODEL_FROM_PATH)
+    assert ui.modelPathLineEdit.enabled and ui.modelFolderButton.enabled
+    ui.modelPathLineEdit.setCurrentPath(str(shipped_spec_path(DEMO)))
+    assert node.modelPath == shipped_spec_path(DEMO)
+    assert items(ui.classesCheckableComboBox) == DEMO_CLASSES and ui.inputVolume2Selector.visible
+
+
+def test_a_model_folder_is_chosen_with_the_folder_button(opened):
+    """The path's browse button opens a file dialog; nnU-Net folders need the folder button."""
+    widget = opened()
+    ui, node = widget.ui, widget.logic.getParameterNode()
+    choose(ui.modelComboBox, slicer_harness.load_module().MODEL_FROM_PATH)
+    folder = str(next(SHIPPED_MODELS.joinpath("demo-lesions-nnunet").rglob("plans.json")).parent)
+    slicer_app_mock.QFileDialog.answer = folder
+    try:
+        ui.modelFolderButton.click()
+    finally:
+        slicer_app_mock.QFileDialog.answer = ""
+    assert str(node.modelPath) == folder and ui.modelPathLineEdit.currentPath == folder
+    assert "edema" in items(ui.classesCheckableComboBox)
+
+
+# -- SlicerNNUnet's settings -----------------------------------------------------------
+
+
+def nnunet_copy(root):
+    """The shipped nnU-Net demo folder copied under ``root`` (results/<dataset>/<configuration>)."""
+    shipped = next(SHIPPED_MODELS.joinpath("demo-lesions-nnunet").rglob("plans.json")).parent
+    target = root / "Dataset001_Demo" / shipped.name
+    shutil.copytree(shipped, target)
+    return target
+
+
+def test_slicer_nnunet_users_open_the_module_without_a_traceback(opened, tmp_path):
+    """Defect: SlicerNNUnet stores its model path as ``{"_path": ...}``; ``Path(dict)`` raised
+    in setup(). Its folders are offered when "From file or folder" is chosen, not before."""
+    folder = nnunet_copy(tmp_path / "nnunet")
+    slicer_app_mock.QSettings.values["SlicerNNUNet/Parameter"] = json.dumps(
+        {"device": "cuda", "modelPath": {"_path": str(tmp_path / "nnunet")}}
     )
-    module_widget = SegGradCAMPanel(ui, SegGradCAM.SegGradCAMLogic())  # what the module widget's setup creates
-    combo = root.findChild(QObject, "modelComboBox")
-    combo.clear()
-    combo.addItems(SegGradCAM.MODEL_CHOICES)
-    module_widget._parameterNode = SimpleNamespace(
-        modelName="hdbet",
-        modelPath=None,
-        layers="end_conv_2_bn",
-        classes="brain",
-        inputVolume="t1c",
-        inputVolume2="flair",
-        inputVolume3=None,
-        inputVolume4=None,
+    widget = opened()
+    ui = widget.ui
+    assert widget.errors == []
+    assert items(ui.modelPathLineEdit.comboBox()) == []  # nothing scanned at module open
+    choose(ui.modelComboBox, slicer_harness.load_module().MODEL_FROM_PATH)
+    assert items(ui.modelPathLineEdit.comboBox()) == [str(folder)]
+
+
+@pytest.mark.parametrize("stored", [{"modelPath": {"_path": "."}}, {"modelPath": 3}, "not json {"])
+def test_slicer_nnunets_default_or_broken_setting_scans_nothing(opened, tmp_path, monkeypatch, stored):
+    """SlicerNNUnet's default ``"."`` is Slicer's working folder (``/`` from the macOS Finder)."""
+    nnunet_copy(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("TOTALSEG_WEIGHTS_PATH", "TOTALSEG_HOME_DIR", "nnUNet_results"):
+        monkeypatch.delenv(name, raising=False)
+    slicer_app_mock.QSettings.values["SlicerNNUNet/Parameter"] = (
+        stored if isinstance(stored, str) else json.dumps(stored)
     )
-    yield SegGradCAM, module_widget, root
-    root.deleteLater()
-    del app
+    widget = opened()
+    choose(widget.ui.modelComboBox, slicer_harness.load_module().MODEL_FROM_PATH)
+    assert items(widget.ui.modelPathLineEdit.comboBox()) == [] and widget.errors == []
 
 
-def test_switching_model_shows_the_new_models_inputs_and_classes(widget):
-    """The combo box's slot runs while the parameter node still holds the previous model (PythonQt
-    runs slots in connection order, and the parameter node's GUI connector was connected after)."""
-    SegGradCAM, module_widget, root = widget
-    module_widget.updateModelChoices()  # as shown for hdbet
-    assert module_widget.ui.inputVolume2Selector.visible is False
-    demo = SegGradCAM.MODEL_CHOICES.index(SegGradCAM.DEMO_MODEL)
-    module_widget.updateModelChoices(demo)  # the parameter node still says "hdbet"
-    ui, node = module_widget.ui, module_widget._parameterNode
-    assert node.modelName == "hdbet"
-    assert ui.inputVolume2Selector.visible and not ui.inputVolume3Selector.visible
-    classes = ui.classesCheckableComboBox
-    assert [classes.itemText(i) for i in range(classes.count())] == [
-        "background",
-        "edema",
-        "enhancing_rim",
-        "necrotic_core",
-    ]
-    evaluation = ui.evaluationClassComboBox
-    assert [evaluation.itemText(i) for i in range(evaluation.count())] == ["edema", "enhancing_rim", "necrotic_core"]
-    # what Apply will send: no class or layer of the previous model, the demo model's two inputs
-    assert node.classes == "" and node.layers == ""
-    node.modelName = SegGradCAM.DEMO_MODEL  # now the GUI connector writes the parameter node
-    channels = module_widget.logic.modelInfo(node.modelName)["in_channels"]
-    assert module_widget.logic.inputVolumes(node, channels) == ["t1c", "flair"]
+# -- runs: the panel is never stuck --------------------------------------------------------
 
 
-def test_a_model_file_fills_the_inputs_and_classes_from_its_json_spec(widget):
-    """'From file or folder': the JSON spec's labels and input channels, read without torch."""
-    SegGradCAM, module_widget, root = widget
-    from SegGradCAMLib.models.declarations import shipped_spec_path
+def test_apply_runs_then_the_panel_is_back_to_apply(opened, scene, small_case):
+    widget = opened(python=sys.executable)
+    ui = widget.ui
+    choose_demo_with_inputs(widget, scene, small_case)
+    ui.applyButton.click()
+    assert widget.errors == []
+    assert ui.applyButton.text == "Cancel" and ui.applyButton.enabled
+    assert not ui.modelComboBox.enabled and not ui.inputVolumeSelector.enabled and not ui.evaluateButton.enabled
+    run_to_end(widget)
+    assert widget.errors == [], widget.errors
+    assert ui.applyButton.text == "Apply" and ui.modelComboBox.enabled and ui.evaluateButton.enabled
+    assert "heatmap(s)" in ui.statusLabel.text
+    heatmap = widget.logic.getParameterNode().displayedHeatmap
+    assert heatmap is not None
+    ui.heatmapSelector.setCurrentNode(None)  # "None" in the heatmap selector hides the overlay
+    foregrounds = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode").GetForegroundVolumeID() for i in range(3)]
+    assert foregrounds == [None] * 3
 
-    spec = str(shipped_spec_path(SegGradCAM.DEMO_MODEL))  # a JSON spec file like any user's
-    module_widget.onModelPathChanged(spec)  # the combo box still shows hdbet: nothing read from the path
-    assert module_widget.ui.inputVolume2Selector.visible is False
-    from_path = SegGradCAM.MODEL_CHOICES.index(SegGradCAM.MODEL_FROM_PATH)
-    module_widget.ui.modelComboBox.setCurrentIndex(from_path)
-    module_widget.onModelPathChanged(spec)
-    classes = module_widget.ui.classesCheckableComboBox
-    assert module_widget.ui.inputVolume2Selector.visible
-    assert [classes.itemText(i) for i in range(classes.count())][1:] == ["edema", "enhancing_rim", "necrotic_core"]
+
+def test_after_deletion_insertion_the_panel_is_back_to_apply(opened, scene, small_case):
+    """Defect: after an evaluation the button still read Cancel and the inputs stayed disabled."""
+    widget = opened(python=sys.executable)
+    ui = widget.ui
+    choose_demo_with_inputs(widget, scene, small_case)
+    choose(ui.evaluationClassComboBox, "edema")
+    ui.evaluateButton.click()
+    assert ui.applyButton.text == "Cancel" and not ui.evaluateButton.enabled
+    run_to_end(widget)
+    assert widget.errors == [], widget.errors
+    assert ui.applyButton.text == "Apply" and ui.evaluateButton.enabled and ui.inputVolumeSelector.enabled
+    assert ui.statusLabel.text.startswith("Evaluated in")
+
+
+def test_a_failed_run_says_why_and_shows_the_workers_log(opened, scene, small_case):
+    widget = opened(python=sys.executable)
+    ui = widget.ui
+    choose_demo_with_inputs(widget, scene, small_case)
+    t1c = slicer.util.arrayFromVolume(ui.inputVolumeSelector.currentNode())
+    t1c[0, 0, 0] = np.nan  # the worker refuses it with one line
+    ui.applyButton.click()
+    run_to_end(widget)
+    assert ui.applyButton.text == "Apply" and ui.applyButton.enabled
+    assert ui.statusLabel.text.startswith("Failed: ") and "NaN" in ui.statusLabel.text
+    message, options = widget.errors[-1]
+    assert "NaN" in message and "NaN" in options["detailedText"].splitlines()[-1]
+    assert ui.showLogButton.visible
+    ui.showLogButton.click()
+    assert widget.errors[-1][1]["detailedText"] == options["detailedText"]
+
+
+def test_cancel_kills_the_run_and_restores_the_panel(opened, scene, small_case):
+    widget = opened(python=sys.executable)
+    ui = widget.ui
+    choose_demo_with_inputs(widget, scene, small_case)
+    ui.applyButton.click()
+    folder = widget.panel._run.folder
+    ui.applyButton.click()  # Cancel
+    assert widget.panel._run is None and ui.statusLabel.text == "Cancelled"
+    assert ui.applyButton.text == "Apply" and ui.modelComboBox.enabled
+    assert not folder.exists()
+    assert str(folder.parent) == slicer.app.temporaryPath  # Slicer's temporary folder, not the system's
+
+
+# -- installs --------------------------------------------------------------------------
+
+
+class FakeInstallLogic:
+    """FAKE install logic: says what it would install, records the panel while "installing"."""
+
+    def __init__(self, panel_state, fail=None):
+        self.panel_state, self.fail, self.installs = panel_state, fail, 0
+
+    def describeInstall(self, key):
+        return None if self.installs else f"Installing monai>=1.3 for {key}..."
+
+    def ensureRequirements(self, key):
+        if self.installs:
+            return
+        self.installs += 1
+        self.panel_state()
+        if self.fail:
+            raise self.fail
+
+
+def test_an_install_disables_apply_says_what_and_cannot_start_twice(opened, scene, small_case):
+    seen = []
+    install = FakeInstallLogic(lambda: seen.append(state()))
+    widget = opened(python=sys.executable, installLogic=install)
+    ui = widget.ui
+
+    def state():
+        ui.applyButton.click()  # a second click while installing (pip's output runs the event loop)
+        return ui.applyButton.enabled, ui.modelComboBox.enabled, ui.statusLabel.text
+
+    choose_demo_with_inputs(widget, scene, small_case)
+    ui.applyButton.click()
+    assert install.installs == 1
+    assert seen == [(False, False, f"Installing monai>=1.3 for {DEMO}...")]
+    assert ui.applyButton.text == "Cancel"  # then the run started, once
+    ui.applyButton.click()
+
+
+def test_a_failed_install_leaves_the_module_usable(opened, scene, small_case):
+    from SegGradCAMLib.errors import SegGradCAMError
+
+    failure = SegGradCAMError("pip could not install monai. Install it in Slicer's Python console.")
+    widget = opened(python=sys.executable, installLogic=FakeInstallLogic(lambda: None, fail=failure))
+    ui = widget.ui
+    choose_demo_with_inputs(widget, scene, small_case)
+    ui.applyButton.click()
+    assert "pip could not install monai" in widget.errors[-1][0]
+    assert widget.panel._run is None and ui.applyButton.text == "Apply" and ui.applyButton.enabled
+    assert ui.modelComboBox.enabled and ui.statusLabel.text == ""
+
+
+# -- reload, polish ------------------------------------------------------------------------
+
+
+def test_reload_leaves_the_old_widget_unwired_and_one_error_class(opened):
+    """Defect: cleanup() left the hidden old widget connected to the parameter node; reloading
+    deepest modules first made SegGradCAMError a class the module's code no longer caught."""
+    widget = opened()
+    old_ui = widget.ui
+    widget.reload()
+    new = slicer.modules.SegGradCAMWidget
+    assert new is not widget
+    node = new.logic.getParameterNode()
+    node.modelName = DEMO
+    assert new.ui.modelComboBox.currentText == DEMO
+    assert old_ui.modelComboBox.currentText == "hdbet"  # the old GUI is no longer written
+    errors = sys.modules["SegGradCAMLib.errors"].SegGradCAMError
+    assert sys.modules["SegGradCAMLib.mrml.widget"].SegGradCAMError is errors
+    node.modelName = slicer_harness.load_module().MODEL_FROM_PATH
+    with pytest.raises(errors):
+        new.logic.modelSource(node)
+
+
+def test_device_choices_include_apples_mps(opened):
+    widget = opened()
+    assert items(widget.ui.deviceComboBox) == ["auto", "cpu", "cuda", "mps"]
+    choose(widget.ui.deviceComboBox, "mps")
+    assert widget.logic.getParameterNode().device == "mps"
+
+
+def test_slicers_own_inferno_colour_table_is_used(scene):
+    from SegGradCAMLib.mrml.outputs import SLICER_INFERNO_ID
+    from SegGradCAMLib.mrml.runs import SegGradCAMSceneLogic
+
+    logic = SegGradCAMSceneLogic(scene)
+    made = logic.heatmapColorNode()  # a scene without Slicer's colour tables (slicer-core)
+    assert made.GetID() != SLICER_INFERNO_ID and made.GetNumberOfColors() == 256
+    # Slicer's colours logic adds Inferno.txt under this ID at startup (here: as a saved scene has it)
+    scene.SetLoadFromXMLString(1)
+    scene.SetSceneXMLString(f'<MRML><ColorTable id="{SLICER_INFERNO_ID}" name="Inferno" type="13"/></MRML>')
+    scene.Import()
+    inferno = scene.GetNodeByID(SLICER_INFERNO_ID)
+    assert inferno is not None and logic.heatmapColorNode() is inferno
+
+
+def test_help_links_the_documentation_and_contributors_match_the_extension(opened):
+    import re
+
+    module = slicer_harness.load_module()
+    parent = slicer_app_mock.ModuleParent()
+    module.SegGradCAM(parent)
+    assert module.DOCUMENTATION_URL in parent.helpText and module.DOCUMENTATION_URL.endswith("docs/slicer.md")
+    assert os.path.exists(slicer_harness.ROOT / "docs" / "slicer.md")
+    cmake = (slicer_harness.ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert parent.contributors == [re.search(r'EXTENSION_CONTRIBUTORS "([^"]+)"', cmake).group(1)]

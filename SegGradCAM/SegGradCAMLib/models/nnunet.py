@@ -60,14 +60,22 @@ def looks_like_nnunet_folder(path: Path) -> bool:
     )
 
 
-def find_nnunet_folders(root: Path) -> list[Path]:
+def find_nnunet_folders(root: Path, max_depth: int = 4) -> list[Path]:
     """The nnU-Net trained-model folders under ``root`` (``plans.json`` and ``dataset.json`` beside
-    at least one ``fold_*``), sorted."""
-    return sorted(
-        plans.parent
-        for plans in Path(root).rglob("plans.json")
-        if is_nnunet_folder(plans.parent) and any(plans.parent.glob("fold_*"))
-    )
+    at least one ``fold_*``), sorted; at most ``max_depth`` folders below ``root`` (nnU-Net's
+    ``results/<dataset>/<trainer__plans__configuration>`` is 2), so that a root given by mistake
+    (a home folder, ``/``) is not walked whole. Unreadable folders are skipped."""
+    import os
+
+    root = Path(root)
+    found = []
+    for folder, subfolders, files in os.walk(root, onerror=lambda error: None):
+        path = Path(folder)
+        if len(path.relative_to(root).parts) >= max_depth:
+            subfolders.clear()
+        if "plans.json" in files and is_nnunet_folder(path) and any(path.glob("fold_*")):
+            found.append(path)
+    return sorted(found)
 
 
 def known_model_roots(environ=None, home: Path | None = None, slicer_nnunet_model: str | None = None) -> list[Path]:

@@ -65,7 +65,9 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
         MODEL_FROM_PATH the JSON spec at ``path``), without loading torch."""
         from ..models.registry import declared_facts
 
-        source = str(path) if name == MODEL_FROM_PATH and path else name
+        if name == MODEL_FROM_PATH and str(path or "") in ("", "."):
+            return {}
+        source = str(path) if name == MODEL_FROM_PATH else name
         try:
             facts = declared_facts(source)
         except SegGradCAMError as error:
@@ -120,11 +122,21 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
                 )
             )
 
-    def startRun(self, parameterNode):
-        """Install what is missing (after asking), then start the worker on the inputs (main thread)."""
+    def describeInstall(self, parameterNode):
+        """What :meth:`installRequirements` would install, in words; None when nothing is missing."""
+        source = self.modelSource(parameterNode)
+        return self.installLogic().describeInstall(self.requirementsKey(parameterNode, source))
+
+    def installRequirements(self, parameterNode) -> None:
+        """Install the packages the node's model needs (after asking); nothing if all is there."""
         self.checkSlicerVersion()
         source = self.modelSource(parameterNode)
         self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
+
+    def startRun(self, parameterNode):
+        """Install what is missing (after asking), then start the worker on the inputs (main thread)."""
+        self.installRequirements(parameterNode)
+        source = self.modelSource(parameterNode)
         channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
         segmentId = parameterNode.regionSegmentID if parameterNode.regionSegmentation else ""
         return self.sceneLogic().startRun(
@@ -145,9 +157,8 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
     def startEvaluation(self, parameterNode, className: str):
         """Install what is missing (after asking), then start ``seggradcam evaluate`` for
         ``className`` in the worker on the inputs (main thread)."""
-        self.checkSlicerVersion()
+        self.installRequirements(parameterNode)
         source = self.modelSource(parameterNode)
-        self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
         channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
         return self.sceneLogic().startEvaluation(
             self.inputVolumes(parameterNode, channels),
@@ -169,14 +180,14 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
         return outputs
 
     def showHeatmap(self, parameterNode) -> None:
+        """The node's heatmap over its input in every slice view; "None" hides the overlay."""
         heatmap = parameterNode.displayedHeatmap
         if heatmap is not None and heatmap.GetDisplayNode() is not None and parameterNode.heatmapColorMap:
             heatmap.GetDisplayNode().SetAndObserveColorNodeID(parameterNode.heatmapColorMap.GetID())
-        if heatmap is not None:
-            self.sceneLogic().showHeatmap(
-                heatmap,
-                parameterNode.inputVolume,
-                parameterNode.heatmapOpacity,
-                parameterNode.heatmapThreshold,
-                parameterNode.showHeatmap,
-            )
+        self.sceneLogic().showHeatmap(
+            heatmap,
+            parameterNode.inputVolume,
+            parameterNode.heatmapOpacity,
+            parameterNode.heatmapThreshold,
+            parameterNode.showHeatmap,
+        )

@@ -21,6 +21,7 @@ OUTPUT_ATTRIBUTE = "SegGradCAM.Output"
 RUN_KEY_ATTRIBUTE = "SegGradCAM.RunKey"
 HEATMAP_COLOR_NODE_NAME = "SegGradCAM Heatmap"
 
+SLICER_INFERNO_ID = "vtkMRMLColorTableNodeFileInferno.txt"  # Slicer's colours logic: Inferno.txt
 # Inferno-like colour map: control points (position, r, g, b), linearly interpolated.
 INFERNO_POINTS = (
     (0.00, 0.001, 0.000, 0.014),
@@ -254,10 +255,15 @@ class SceneOutputs:
             display.SetLowerThreshold(float(threshold))
             display.SetUpperThreshold(1e6)
         for composite in self._nodesOfClass("vtkMRMLSliceCompositeNode"):
+            if heatmapNode is None or not visible:
+                foreground = self.scene.GetNodeByID(composite.GetForegroundVolumeID() or "")
+                if foreground is not None and foreground.GetAttribute(OUTPUT_ATTRIBUTE) == "true":
+                    composite.SetForegroundVolumeID(None)  # only a SegGradCAM map is hidden
+                continue
             if backgroundNode is not None:
                 composite.SetBackgroundVolumeID(backgroundNode.GetID())
-            composite.SetForegroundVolumeID(heatmapNode.GetID() if heatmapNode is not None and visible else None)
-            composite.SetForegroundOpacity(float(opacity) if visible else 0.0)
+            composite.SetForegroundVolumeID(heatmapNode.GetID())
+            composite.SetForegroundOpacity(float(opacity))
 
     def showLabels(self, labelmapNode, outline: bool = True, visible: bool = True) -> None:
         """Show a label map in every slice view's label layer, as outlines or filled."""
@@ -272,7 +278,12 @@ class SceneOutputs:
         return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
     def heatmapColorNode(self):
-        """The shared Inferno-like heatmap colour table (created once per scene)."""
+        """Slicer's own Inferno colour table (loaded by its colours logic at startup); in a scene
+        without Slicer's colour files (``slicer-core`` outside Slicer), an Inferno-like table made
+        once per scene."""
+        node = self.scene.GetNodeByID(SLICER_INFERNO_ID)
+        if node is not None:
+            return node
         node = self.scene.GetFirstNodeByName(HEATMAP_COLOR_NODE_NAME)
         if node is not None and node.IsA("vtkMRMLColorTableNode"):
             return node

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pathlib
 
 import qt
 import slicer
@@ -18,13 +19,14 @@ import vtk
 from slicer.i18n import tr as _
 from slicer.util import VTKObservationMixin
 
+from ..errors import SegGradCAMError
 from ..selection import split_list
 from .outputs import OUTPUT_ATTRIBUTE
 
 MODEL_FROM_PATH = "From file or folder"
+SLICER_NNUNET_SETTINGS_KEY = "SlicerNNUNet/Parameter"
 SELECTORS_LOCKED_WHILE_RUNNING = (
     "modelComboBox",
-    "modelPathLineEdit",
     "deviceComboBox",
     "inputVolumeSelector",
     "inputVolume2Selector",
@@ -32,6 +34,11 @@ SELECTORS_LOCKED_WHILE_RUNNING = (
     "inputVolume4Selector",
     "evaluateButton",
 )
+
+
+def _mrmlNode(parameterNode):
+    """The vtkMRMLScriptedModuleNode under a parameter node wrapper (None for None)."""
+    return getattr(parameterNode, "parameterNode", None)
 
 
 class SegGradCAMPanel(VTKObservationMixin):
@@ -49,48 +56,74 @@ class SegGradCAMPanel(VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._runKind = "explain"
+        self._installing = False
         self._displayed = None
+        self._shownChoices = None
+        self._modelFoldersOffered = False
+        self._failureLog = ""
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onPollRun)
 
     def setup(self) -> None:
-        """Connect the widgets' signals, then show the parameter node and the model's choices."""
+        """Connect the widgets' signals, then show the parameter node and the model's choices.
+
+        Nothing listens to the model's combo box or path: the parameter node's GUI connection
+        writes them into the node, and :meth:`onParameterNodeModified` follows the node.
+        """
         self.ui.heatmapSelector.addAttribute("vtkMRMLScalarVolumeNode", OUTPUT_ATTRIBUTE, "true")
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateModelChoices)
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.modelFolderButton.connect("clicked(bool)", self.onModelFolderButton)
+        self.ui.showLogButton.connect("clicked(bool)", self.onShowLogButton)
         self.ui.regionSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRegionSegmentationChanged)
         self.ui.regionSegmentSelector.connect("currentSegmentChanged(QString)", self.onRegionSegmentChanged)
         self.ui.layersCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
         self.ui.classesCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
+        self.ui.showLogButton.visible = False
         self.initializeParameterNode()
-        self.updateModelChoices()
-        self.offerKnownModelFolders()
+
+    @staticmethod
+    def slicerNNUnetModelPath() -> str | None:
+        """SlicerNNUnet's last model path from its QSettings parameter (JSON, where a path is
+        ``{"_path": ...}``); None when unset, unreadable or its default ``"."``."""
+        try:
+            value = json.loads(qt.QSettings().value(SLICER_NNUNET_SETTINGS_KEY) or "{}").get("modelPath")
+        except (TypeError, ValueError, AttributeError):
+            return None
+        if isinstance(value, dict):
+            value = value.get("_path")
+        return value if isinstance(value, str) and value not in ("", ".") else None
 
     def offerKnownModelFolders(self) -> None:
         """The nnU-Net folders TotalSegmentator and SlicerNNUnet keep on this computer, offered in
-        the model path's list (SlicerNNUnet's last model path is in its QSettings parameter)."""
+        the model path's list; looked for once, when "From file or folder" is first chosen."""
         from ..models.nnunet import find_nnunet_folders, known_model_roots
 
+        self._modelFoldersOffered = True
         try:
-            slicerNNUnetModel = json.loads(qt.QSettings().value("SlicerNNUNet/Parameter") or "{}").get("modelPath")
-        except (TypeError, ValueError, AttributeError):
-            slicerNNUnetModel = None
-        folders = [
-            str(folder)
-            for root in known_model_roots(slicer_nnunet_model=slicerNNUnetModel)
-            for folder in find_nnunet_folders(root)
-        ]
+            roots = known_model_roots(slicer_nnunet_model=self.slicerNNUnetModelPath())
+            folders = [str(folder) for root in roots for folder in find_nnunet_folders(root)]
+        except (OSError, ValueError) as error:
+            logging.warning(f"SegGradCAM: could not look for nnU-Net model folders: {error}")
+            return
         if folders:
             self.ui.modelPathLineEdit.comboBox().addItems(folders)
             logging.info(f"SegGradCAM: {len(folders)} nnU-Net model folder(s) found on this computer")
+
+    def onModelFolderButton(self) -> None:
+        """Choose a model folder (nnU-Net, MONAI bundle): the path's browse button picks files."""
+        node = self._parameterNode
+        start = str(node.modelPath) if node is not None and str(node.modelPath) not in ("", ".") else ""
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Model folder (nnU-Net or MONAI bundle)"), start)
+        if folder and node is not None:
+            node.modelPath = pathlib.Path(folder)
 
     def cleanup(self) -> None:
         """Module closed (or reloaded): stop the timer, end the worker, drop observers."""
         self._timer.stop()
         self.cancelRun()
+        self.setParameterNode(None)
         self.removeObservers()
 
     # -- parameter node ----------------------------------------------------------
@@ -103,13 +136,15 @@ class SegGradCAMPanel(VTKObservationMixin):
                 self._parameterNode.inputVolume = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode) -> None:
-        """Connect the GUI to ``inputParameterNode``, once per node."""
-        if inputParameterNode is self._parameterNode:
+        """Connect the GUI to ``inputParameterNode``, once per MRML node: the logic wraps the same
+        node in a new wrapper object at each call, so wrappers are compared by their node."""
+        if _mrmlNode(inputParameterNode) is _mrmlNode(self._parameterNode):
             return
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        self._shownChoices = None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
@@ -122,12 +157,15 @@ class SegGradCAMPanel(VTKObservationMixin):
         node = self._parameterNode
         if node is None:
             return
-        running = self._run is not None
-        self.ui.applyButton.enabled = running or bool(node.inputVolume)
+        if self._choicesOf(node) != self._shownChoices:
+            self.updateModelChoices()
+        running, busy = self._run is not None, self._run is not None or self._installing
+        self.ui.applyButton.enabled = not self._installing and (running or bool(node.inputVolume))
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         for name in SELECTORS_LOCKED_WHILE_RUNNING:
-            getattr(self.ui, name).enabled = not running
-        self.ui.modelPathLineEdit.enabled = not running and node.modelName == MODEL_FROM_PATH
+            getattr(self.ui, name).enabled = not busy
+        for name in ("modelPathLineEdit", "modelFolderButton"):
+            getattr(self.ui, name).enabled = not busy and node.modelName == MODEL_FROM_PATH
         display = (
             node.displayedHeatmap,
             node.heatmapOpacity,
@@ -141,31 +179,32 @@ class SegGradCAMPanel(VTKObservationMixin):
 
     # -- model, layers, classes, region ------------------------------------------
 
-    def onModelPathChanged(self, path) -> None:
-        """A model file or folder was chosen: offer what its declaration (JSON spec) lists."""
-        self.updateModelChoices(self.ui.modelComboBox.currentIndex, path)
+    @staticmethod
+    def _choicesOf(node) -> tuple:
+        return (node.modelName, str(node.modelPath), node.layers, node.classes)
 
-    def updateModelChoices(self, index=None, path=None) -> None:
-        """Fill layers, classes and the number of input selectors from the chosen model's declaration.
-
-        ``index``: the model combo box's new index. PythonQt runs slots in connection order, so
-        this may run before the parameter node holds the new model: the model is read from the
-        combo box, and names the new model lacks are dropped from the parameter node.
-        """
+    def updateModelChoices(self) -> None:
+        """Layers, classes, evaluation classes and the number of input selectors from the parameter
+        node's model; names the model lacks are dropped from the node (kept while the model's
+        declaration cannot be read, e.g. a saved scene's model file missing on this computer)."""
         node = self._parameterNode
-        if node is None:
-            return
-        modelName = self.ui.modelComboBox.itemText(index) if index is not None and index >= 0 else node.modelName
-        info = self.logic.modelInfo(modelName, path or node.modelPath)
+        if node.modelName == MODEL_FROM_PATH and not self._modelFoldersOffered:
+            self.offerKnownModelFolders()
+        info = self.logic.modelInfo(node.modelName, node.modelPath)
         channels = info.get("in_channels", 1)
         for i in range(2, 5):
             visible = i <= channels
             getattr(self.ui, f"inputVolume{i}Selector").visible = visible
             getattr(self.ui, f"inputVolume{i}Label").visible = visible
-        node.layers = self._fillCheckable(self.ui.layersCheckableComboBox, info.get("layers", []), node.layers)
-        node.classes = self._fillCheckable(self.ui.classesCheckableComboBox, info.get("labels", []), node.classes)
+        layers = self._fillCheckable(self.ui.layersCheckableComboBox, info.get("layers", []), node.layers)
+        classes = self._fillCheckable(self.ui.classesCheckableComboBox, info.get("labels", []), node.classes)
         self.ui.evaluationClassComboBox.clear()
         self.ui.evaluationClassComboBox.addItems([name for name in info.get("labels", []) if name != "background"])
+        if not info:
+            layers, classes = node.layers, node.classes
+        self._shownChoices = (node.modelName, str(node.modelPath), layers, classes)
+        with slicer.util.NodeModify(node):
+            node.layers, node.classes = layers, classes
 
     @staticmethod
     def _fillCheckable(comboBox, names, checkedText) -> str:
@@ -182,10 +221,15 @@ class SegGradCAMPanel(VTKObservationMixin):
         return ",".join(name for name in names if name in checked)
 
     def onCheckedNamesChanged(self) -> None:
-        if self._parameterNode is None:
+        """The user checked a name: into the node, without refilling the lists being edited."""
+        node = self._parameterNode
+        if node is None:
             return
-        self._parameterNode.layers = ",".join(self._checkedNames(self.ui.layersCheckableComboBox))
-        self._parameterNode.classes = ",".join(self._checkedNames(self.ui.classesCheckableComboBox))
+        layers = ",".join(self._checkedNames(self.ui.layersCheckableComboBox))
+        classes = ",".join(self._checkedNames(self.ui.classesCheckableComboBox))
+        self._shownChoices = (node.modelName, str(node.modelPath), layers, classes)
+        with slicer.util.NodeModify(node):
+            node.layers, node.classes = layers, classes
 
     @staticmethod
     def _checkedNames(comboBox) -> list:
@@ -225,8 +269,13 @@ class SegGradCAMPanel(VTKObservationMixin):
         self.startWorkerRun("evaluate", lambda: self.logic.startEvaluation(self._parameterNode, className))
 
     def startWorkerRun(self, kind: str, start) -> None:
-        """Start a worker run (``start()`` returns it) and poll it with the timer."""
+        """Install what is missing (saying what), then start a worker run (``start()`` returns
+        it) and poll it with the timer. Ignored while an installation goes on."""
+        if self._installing:
+            return
+        self.showFailure(None)
         with slicer.util.tryWithErrorDisplay(_("SegGradCAM could not start."), waitCursor=True):
+            self.installRequirements()
             self._run, self._runKind = start(), kind
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
@@ -234,23 +283,76 @@ class SegGradCAMPanel(VTKObservationMixin):
             self._timer.start()
         self.onParameterNodeModified()
 
+    def installRequirements(self) -> None:
+        """Install the model's missing packages (after asking) with Apply and the inputs disabled
+        and the status saying what is installed; a second click meanwhile does nothing."""
+        description = self.logic.describeInstall(self._parameterNode)
+        if description is None:
+            return
+        self._installing = True
+        self.ui.statusLabel.text = description
+        self.onParameterNodeModified()
+        slicer.app.processEvents()
+        try:
+            self.logic.installRequirements(self._parameterNode)
+        finally:
+            self._installing = False
+            self.ui.statusLabel.text = ""
+            self.onParameterNodeModified()
+
     def onPollRun(self) -> None:
-        """Timer on the main thread: the worker's progress while it runs, the outputs when it ends."""
-        if self._run is None:
+        """Timer on the main thread: the worker's progress while it runs, the outputs when it
+        ends. The panel is back to Apply afterwards, whatever happened."""
+        run = self._run
+        if run is None:
             self._timer.stop()
             return
-        self.logic.sceneLogic().pollRun(self._run)
-        if self._run.progress is not None:
-            self.showProgress(self._run.progress)
-        if not self._run.finished:
+        try:
+            self.logic.sceneLogic().pollRun(run)
+            if run.progress is not None:
+                self.showProgress(run.progress)
+            finished = run.finished
+        except Exception as error:  # the run's folder or event file became unreadable: it is over
+            logging.exception("SegGradCAM: polling the worker failed")
+            self.logic.sceneLogic().cancelRun(self.endRun())
+            self.showFailure(str(error))
+            self.onParameterNodeModified()
             return
+        if not finished:
+            return
+        self.endRun()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("SegGradCAM failed."), waitCursor=True):
+                try:
+                    self.showFinishedRun(run)
+                except SegGradCAMError as error:
+                    self.showFailure(str(error), run.log)
+        finally:
+            self.onParameterNodeModified()
+
+    def endRun(self):
+        """The run ended (or failed): timer stopped, progress hidden; returns the run."""
         self._timer.stop()
         run, self._run = self._run, None
         self.ui.progressBar.visible = False
         self.ui.statusLabel.text = ""
-        with slicer.util.tryWithErrorDisplay(_("SegGradCAM failed."), waitCursor=True):
-            self.showFinishedRun(run)
-        self.onParameterNodeModified()
+        return run
+
+    def showFailure(self, message, log: str = "") -> None:
+        """A failed run's one-line message in the status and a dialog, its worker log behind
+        "Show details" (and in the dialog's details); ``message`` None clears it."""
+        self._failureLog = log or ""
+        self.ui.showLogButton.visible = bool(message) and bool(log)
+        if message is None:
+            return
+        self.ui.statusLabel.text = _("Failed: {message}").format(message=message)
+        slicer.util.errorDisplay(
+            _("SegGradCAM failed: {message}").format(message=message), windowTitle="SegGradCAM", detailedText=log
+        )
+
+    def onShowLogButton(self) -> None:
+        """The last lines of the failed run's worker log, in a dialog."""
+        slicer.util.errorDisplay(self.ui.statusLabel.text, windowTitle="SegGradCAM", detailedText=self._failureLog)
 
     def showProgress(self, event: dict) -> None:
         """A worker progress event in the progress bar and the status line."""
@@ -287,9 +389,6 @@ class SegGradCAMPanel(VTKObservationMixin):
     def cancelRun(self) -> None:
         """Kill the worker process (tree); the scene is left as it was. A status, not an error."""
         if self._run is not None:
-            self._timer.stop()
-            run, self._run = self._run, None
-            self.logic.sceneLogic().cancelRun(run)
-            self.ui.progressBar.visible = False
+            self.logic.sceneLogic().cancelRun(self.endRun())
             self.ui.statusLabel.text = _("Cancelled")
             self.onParameterNodeModified()
