@@ -349,6 +349,16 @@ _WIDGET_CLASSES: list = []
 _SAVED: dict = {}
 
 
+def scene_with_slice_views():
+    """A real MRML scene with the slice composite nodes of Slicer's three slice views."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    for name in ("Red", "Yellow", "Green"):
+        scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode", f"SliceComposite{name}")
+    return scene
+
+
 def load_module():
     """Execute SegGradCAM.py afresh as the module ``SegGradCAM`` (as Slicer loads it)."""
     spec = importlib.util.spec_from_file_location("SegGradCAM", MODULE_FILE)
@@ -403,10 +413,11 @@ def close() -> None:
     widget = getattr(getattr(slicer, "modules", None), "SegGradCAMWidget", None)
     if widget is not None:
         widget.cleanup()
-    library = _SAVED.pop("library", {})
-    for name in [k for k in sys.modules if k.split(".")[0] == "SegGradCAMLib"]:
-        del sys.modules[name]
-    sys.modules.update(library)  # a reload's fresh library forgotten: other tests keep their classes
+    if "library" in _SAVED:  # a reload's fresh library forgotten: other tests keep their classes
+        library = _SAVED.pop("library")
+        for name in [k for k in sys.modules if k.split(".")[0] == "SegGradCAMLib"]:
+            del sys.modules[name]
+        sys.modules.update(library)
     for name, value in _SAVED.items():
         owner, attribute = (slicer.util, name[5:]) if name.startswith("util.") else (slicer, name)
         if value is None:

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 import slicer
 import vtk
 from conftest import COLIN27, COLIN27_BRAIN
+from slicer_harness import scene_with_slice_views
 from toy_models import blob, centre_of_mass, threshold_model_file
 
 from SegGradCAMLib.demo import data as demo_data
@@ -52,10 +53,7 @@ def ijk_to_ras(node) -> np.ndarray:
 
 @pytest.fixture()
 def scene():
-    scene = slicer.vtkMRMLScene()
-    for name in ("Red", "Yellow", "Green"):
-        scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode", f"SliceComposite{name}")
-    return scene
+    return scene_with_slice_views()
 
 
 def add_volume(scene, array, name="input", matrix=None):

@@ -26,10 +26,7 @@ DEMO_CLASSES = ["background", "edema", "enhancing_rim", "necrotic_core"]
 
 @pytest.fixture()
 def scene():
-    scene = slicer.vtkMRMLScene()
-    for name in ("Red", "Yellow", "Green"):
-        scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode", f"SliceComposite{name}")
-    return scene
+    return slicer_harness.scene_with_slice_views()
 
 
 @pytest.fixture()
@@ -46,6 +43,11 @@ def opened(scene):
     yield open_module
     slicer_harness.close()
     slicer_app_mock.QSettings.values.clear()
+
+
+def from_path() -> str:
+    """The model choice "From file or folder" (of the module the harness loaded)."""
+    return sys.modules["SegGradCAM"].MODEL_FROM_PATH
 
 
 def items(combo) -> list[str]:
@@ -153,7 +155,7 @@ def test_a_model_file_fills_classes_and_inputs_from_its_json_spec(opened):
     widget = opened()
     ui, node = widget.ui, widget.logic.getParameterNode()
     assert not ui.modelPathLineEdit.enabled and not ui.modelFolderButton.enabled
-    choose(ui.modelComboBox, slicer_harness.load_module().MODEL_FROM_PATH)
+    choose(ui.modelComboBox, from_path())
     assert ui.modelPathLineEdit.enabled and ui.modelFolderButton.enabled
     ui.modelPathLineEdit.setCurrentPath(str(shipped_spec_path(DEMO)))
     assert node.modelPath == shipped_spec_path(DEMO)
@@ -164,7 +166,7 @@ def test_a_model_folder_is_chosen_with_the_folder_button(opened):
     """The path's browse button opens a file dialog; nnU-Net folders need the folder button."""
     widget = opened()
     ui, node = widget.ui, widget.logic.getParameterNode()
-    choose(ui.modelComboBox, slicer_harness.load_module().MODEL_FROM_PATH)
+    choose(ui.modelComboBox, from_path())
     folder = str(next(SHIPPED_MODELS.joinpath("demo-lesions-nnunet").rglob("plans.json")).parent)
     slicer_app_mock.QFileDialog.answer = folder
     try:
@@ -197,7 +199,7 @@ def test_slicer_nnunet_users_open_the_module_without_a_traceback(opened, tmp_pat
     ui = widget.ui
     assert widget.errors == []
     assert items(ui.modelPathLineEdit.comboBox()) == []  # nothing scanned at module open
-    choose(ui.modelComboBox, slicer_harness.load_module().MODEL_FROM_PATH)
+    choose(ui.modelComboBox, from_path())
     assert items(ui.modelPathLineEdit.comboBox()) == [str(folder)]
 
 
@@ -213,7 +215,7 @@ def test_slicer_nnunets_default_or_broken_setting_scans_nothing(opened, tmp_path
         stored if isinstance(stored, str) else json.dumps(stored)
     )
     widget = opened()
-    choose(widget.ui.modelComboBox, slicer_harness.load_module().MODEL_FROM_PATH)
+    choose(widget.ui.modelComboBox, from_path())
     assert items(widget.ui.modelPathLineEdit.comboBox()) == [] and widget.errors == []
 
 
@@ -352,7 +354,7 @@ def test_reload_leaves_the_old_widget_unwired_and_one_error_class(opened):
     assert old_ui.modelComboBox.currentText == "hdbet"  # the old GUI is no longer written
     errors = sys.modules["SegGradCAMLib.errors"].SegGradCAMError
     assert sys.modules["SegGradCAMLib.mrml.widget"].SegGradCAMError is errors
-    node.modelName = slicer_harness.load_module().MODEL_FROM_PATH
+    node.modelName = from_path()
     with pytest.raises(errors):
         new.logic.modelSource(node)
 
@@ -382,7 +384,8 @@ def test_slicers_own_inferno_colour_table_is_used(scene):
 def test_help_links_the_documentation_and_contributors_match_the_extension(opened):
     import re
 
-    module = slicer_harness.load_module()
+    opened()
+    module = sys.modules["SegGradCAM"]
     parent = slicer_app_mock.ModuleParent()
     module.SegGradCAM(parent)
     assert module.DOCUMENTATION_URL in parent.helpText and module.DOCUMENTATION_URL.endswith("docs/slicer.md")

@@ -1,32 +1,20 @@
 """Installing SegGradCAM's Python requirements inside 3D Slicer, after asking once.
 
-:class:`InstallLogic` finds what is absent *or too old* (installed versions are checked
-against the requirement's specifier, not only presence), shows one confirmation listing
-everything (PyTorch included), then installs:
+:class:`InstallLogic` finds what is absent or too old (checked against the requirement's
+specifier), shows one confirmation listing everything, then installs PyTorch through the PyTorch
+extension (``PyTorchUtilsLogic().installTorch``, which picks the build for the GPU driver);
+``nnunetv2`` through the NNUNet extension's ``InstallLogic.setupPythonRequirements`` where that
+extension is installed; the rest with ``slicer.packaging.pip_ensure`` (Slicer >= 5.12) or
+``slicer.util.pip_install`` (5.10).
 
-- PyTorch through the PyTorch extension (``PyTorchUtils.PyTorchUtilsLogic().installTorch``,
-  which picks the build matching the GPU driver), as SlicerTotalSegmentator and SlicerNNUnet do;
-- nnU-Net (``nnunetv2``) through the install logic of the NNUNet extension (SlicerNNUnet)
-  (``SlicerNNUNetLib.InstallLogic(doAskConfirmation=False).setupPythonRequirements``, which
-  keeps Slicer's SimpleITK and requests and the installed PyTorch) where that extension is
-  installed, else like the rest;
-- the rest with ``slicer.packaging.pip_ensure`` (3D Slicer >= 5.12) or
-  ``slicer.util.pip_install`` (3D Slicer 5.10).
-
-PyTorch is checked in the installed distributions' metadata, never imported into Slicer's
-process (``PyTorchUtilsLogic.torchInstalled`` would import it): the runs import it in the
-worker process. For the same reason, upgrading a package that Slicer has already loaded is
-only a warning: the worker imports the new version.
-
-Slicer's own numpy, scipy, SimpleITK and requests, and the PyTorch build just installed,
-are never reinstalled, upgraded or downgraded: they are never requested, and pip gets a
-constraints file pinning their installed versions, so that a dependency that would need
-another version of them makes pip pick an older compatible release (or fail, with a
-message) instead of replacing them.
+PyTorch is checked in the installed metadata, never imported into Slicer's process: the runs
+import it in the worker process, so upgrading a package Slicer has loaded is only a warning.
+Slicer's own numpy, scipy, SimpleITK and requests, and the installed PyTorch, are never
+requested, and pip gets a constraints file pinning their versions, so that a dependency needing
+another version makes pip pick an older compatible release (or fail, with a message).
 
 Slicer's modules (``slicer``, ``PyTorchUtils``, ``SlicerNNUNetLib``) are imported only when
-needed, so this module imports anywhere; tests inject the confirmation, the pip functions and
-the extensions' logics.
+needed; tests inject the confirmation, the pip functions and the extensions' logics.
 """
 
 from __future__ import annotations
@@ -102,8 +90,6 @@ class InstallLogic:
         self._pipInstall = pipInstall
         self._pyTorchUtilsLogic = pyTorchUtilsLogic
         self._nnunetInstallLogic = nnunetInstallLogic
-
-    # -- what is needed -------------------------------------------------------------
 
     @staticmethod
     def modelFamily(modelName: str) -> str:
@@ -186,7 +172,7 @@ class InstallLogic:
         missing = self.missingRequirements(modelName)
         byNNUNet = self.byNNUNetExtension(missing)
         if missing:
-            parts.append(", ".join(f"{r} (through the NNUNet extension)" if r in byNNUNet else r for r in missing))
+            parts.append(", ".join(self._how(r, byNNUNet) for r in missing))
         if not parts:
             return None
         return f"Installing {' and '.join(parts)}..."
@@ -240,21 +226,21 @@ class InstallLogic:
     def _confirmationText(self, everything: list[str], byNNUNet: list[str]) -> str:
         lines = []
         for requirement in everything:
-            name = self._parse(requirement).name
-            installed = self.installedVersion(name)
-            how = ""
-            if canonicalize_name(name) == "torch":
-                how = " (through the PyTorch extension)"
-            elif requirement in byNNUNet:
-                how = " (through the NNUNet extension)"
+            installed = self.installedVersion(self._parse(requirement).name)
             now = f", installed: {installed}" if installed is not None else ""
-            lines.append(f"- {requirement}{how}{now}")
+            lines.append(f"- {self._how(requirement, byNNUNet)}{now}")
         return (
             "SegGradCAM needs these Python packages, which are missing or too old:\n"
             + "\n".join(lines)
             + "\n\nInstall them now? This downloads them and can take several minutes "
             "(PyTorch: over a gigabyte with GPU support)."
         )
+
+    def _how(self, requirement: str, byNNUNet: list[str]) -> str:
+        """``requirement`` and, for PyTorch or nnU-Net from an extension, which extension installs it."""
+        if canonicalize_name(self._parse(requirement).name) == "torch":
+            return f"{requirement} (through the PyTorch extension)"
+        return f"{requirement} (through the NNUNet extension)" if requirement in byNNUNet else requirement
 
     def _installTorch(self) -> None:
         logic = self._torchLogicOrNone()
@@ -341,8 +327,8 @@ class InstallLogic:
         """A temporary constraints file; the caller removes it."""
         text = "".join(f"{name}=={installed}\n" for name, installed in self.pinnedPackages().items())
         handle, path = tempfile.mkstemp(prefix="SegGradCAM-constraints-", suffix=".txt")
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
+        os.write(handle, text.encode("utf-8"))
+        os.close(handle)
         return path
 
     # -- the injectable pieces, looked up when first needed ------------------------
@@ -396,8 +382,6 @@ class InstallLogic:
             "which is missing: install 'PyTorch' from the Extensions Manager, restart 3D Slicer and try again."
         )
 
-    # -- helpers --------------------------------------------------------------------
-
     @staticmethod
     def _parse(requirement: str) -> Requirement:
         try:
@@ -409,7 +393,7 @@ class InstallLogic:
     def _isImported(distributionName: str) -> bool:
         """True if a top-level module of the distribution is loaded in this process."""
         wanted = canonicalize_name(distributionName)
-        for module, distributions in importlib.metadata.packages_distributions().items():
-            if module in sys.modules and any(canonicalize_name(d) == wanted for d in distributions):
-                return True
-        return False
+        return any(
+            module in sys.modules and wanted in {canonicalize_name(d) for d in distributions}
+            for module, distributions in importlib.metadata.packages_distributions().items()
+        )
