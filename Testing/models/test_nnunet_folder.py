@@ -242,3 +242,18 @@ def test_known_model_roots_follow_totalsegmentators_conventions(tmp_path):
     slicer_model = tmp_path / "slicer-nnunet"
     slicer_model.mkdir()
     assert known_model_roots({}, home, str(slicer_model)) == [default, slicer_model]
+
+
+def test_model_folders_are_looked_for_to_a_bounded_depth(folder, tmp_path):
+    """A root given by mistake (a home folder, ``/``) is not walked whole: nnU-Net's layout is
+    ``results/<dataset>/<trainer__plans__configuration>``, found; the same folder four levels
+    deeper is not."""
+    from SegGradCAMLib.models.nnunet import find_nnunet_folders
+
+    trained_like_nnunet(folder)
+    deep = tmp_path / "a" / "b" / "c" / "d" / folder.parent.name / folder.name
+    trained_like_nnunet(deep)
+    assert find_nnunet_folders(tmp_path) == [folder]  # deep is 6 folders below tmp_path
+    assert find_nnunet_folders(tmp_path / "a" / "b") == [deep]  # 4 below: the default depth
+    assert find_nnunet_folders(tmp_path / "a") == []
+    assert find_nnunet_folders(tmp_path / "a", max_depth=5) == [deep]
