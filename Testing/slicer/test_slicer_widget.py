@@ -107,9 +107,11 @@ def test_class_and_layer_choices_survive_reentering_the_module(opened):
     check(ui.layersCheckableComboBox, items(ui.layersCheckableComboBox)[0])
     layer = items(ui.layersCheckableComboBox)[0]
     assert (node.modelName, node.classes, node.layers) == (DEMO, "edema,necrotic_core", layer)
+    connected = widget.panel._parameterNode
     for _ in range(2):
         widget.exit()
         widget.enter()
+    assert widget.panel._parameterNode is connected, "the GUI was connected again to the same node"
     assert (node.modelName, node.classes, node.layers) == (DEMO, "edema,necrotic_core", layer)
     assert ui.modelComboBox.currentText == DEMO
     assert checked(ui.classesCheckableComboBox) == ["edema", "necrotic_core"]
