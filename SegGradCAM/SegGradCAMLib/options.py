@@ -40,6 +40,7 @@ ENGINES = ("local", "ray")
 METRICS = ("deletion", "insertion", "road", "randomization")
 BASELINE_EXPLANATIONS = ("random", "mask", "gradient")
 PERTURBATION_BASELINES = ("blur", "mean")
+MAX_VOXELS = 2**30  # --max-voxels default: 1024³ values, 4 GiB as float32
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -99,6 +100,16 @@ def layers_option() -> Any:
 def device_option() -> Any:
     """``--device``, shared by ``explain`` and ``evaluate``."""
     return option("--device", "auto", "auto, cpu, cuda or cuda:N")
+
+
+def max_voxels_option() -> Any:
+    """``--max-voxels``, shared by ``explain`` and ``evaluate``: the cap on a volume's declared size."""
+    return option("--max-voxels", MAX_VOXELS, "refuse, unread, a volume declaring more voxels", type=int)
+
+
+def check_max_voxels(max_voxels: int) -> None:
+    if max_voxels < 1:
+        raise SegGradCAMError(f"--max-voxels must be >= 1; got {max_voxels}.")
 
 
 def check_device_and_threads(device: str, threads: int) -> None:
@@ -238,6 +249,7 @@ class ExplainOptions(CommandOptions):
         action="store_true",
     )
     threads: int = option("--threads", 0, "torch CPU threads (0: torch's default)", type=int)
+    max_voxels: int = max_voxels_option()
     step_size: float = option(
         "--step-size",
         0.5,
@@ -282,6 +294,7 @@ class ExplainOptions(CommandOptions):
         if self.heatmap_dtype not in HEATMAP_DTYPES:
             raise SegGradCAMError(f"--heatmap-dtype: choose one of {', '.join(HEATMAP_DTYPES)}.")
         check_device_and_threads(self.device, self.threads)
+        check_max_voxels(self.max_voxels)
         if not 0 < self.step_size <= 1:
             raise SegGradCAMError(f"--step-size must be in (0, 1]; got {self.step_size}.")
         if self.faithfulness and self.region is not None:
@@ -358,6 +371,7 @@ class EvaluateOptions(CommandOptions):
         "CPU threads for torch (0: torch's default; 1 is fastest for small 2D models on a busy machine)",
         type=int,
     )
+    max_voxels: int = max_voxels_option()
     trust_model: bool = option("--trust-model", False, "allow model formats that run code", action="store_true")
     write_card: bool = option(
         "--write-card",
@@ -388,6 +402,7 @@ class EvaluateOptions(CommandOptions):
             raise SegGradCAMError("Nothing to evaluate: give at least one method or baseline.")
         self.road_fractions  # noqa: B018 - a bad list fails here, when built
         check_device_and_threads(self.device, self.threads)
+        check_max_voxels(self.max_voxels)
         if self.batch_size < 1:
             raise SegGradCAMError(f"--batch-size must be >= 1; got {self.batch_size}.")
 

@@ -28,6 +28,7 @@ from .errors import SegGradCAMError
 from .inference import ClassHeatmap, ProgressCallback, VolumeExplanation
 from .model_grid import Direction, check_volume, prepare_input
 from .models.spec import LoadedModel
+from .options import MAX_VOXELS
 from .preprocessing import pad_end, padded_shape
 from .volumes.files import Volume, read_channels
 
@@ -43,8 +44,9 @@ class InputVolumes:
     volumes: tuple[Volume, ...]
 
     @classmethod
-    def read(cls, paths: Sequence[str]) -> "InputVolumes":
-        return cls(tuple(paths), tuple(read_channels(list(paths))))
+    def read(cls, paths: Sequence[str], max_voxels: int = MAX_VOXELS) -> "InputVolumes":
+        """The files read, each refused if it declares more than ``max_voxels`` values."""
+        return cls(tuple(paths), tuple(read_channels(list(paths), max_voxels)))
 
     @property
     def reference(self) -> Volume:

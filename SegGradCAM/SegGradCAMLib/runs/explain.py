@@ -37,7 +37,7 @@ def read_region(options: ExplainOptions, reference, count: int) -> np.ndarray | 
     """The ``--region`` mask repeated for ``count`` classes ``(count, Z, Y, X)`` bool, or None."""
     if options.region is None:
         return None
-    region = read_volume(str(options.region))
+    region = read_volume(str(options.region), options.max_voxels)
     if not same_geometry(region, reference):
         raise SegGradCAMError(
             f"Region {options.region} is not on the input's grid; resample it onto {reference.path} first."
@@ -201,7 +201,7 @@ def explain_files(
     device = pick_device(options.device)
     choice = resolve_method(options.method, options.model)
     threads = set_threads(options.threads)
-    inputs = InputVolumes.read(options.inputs)
+    inputs = InputVolumes.read(options.inputs, options.max_voxels)
     timings["read_s"] = time.perf_counter() - start
     step("read", 1, 1)
 

@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import SegGradCAMError
+from ..options import MAX_VOXELS
+from .declared import check_voxel_count, checked_file
 
 GEOMETRY_TOLERANCE = 1e-4
 
@@ -63,7 +65,9 @@ def _split_selector(text: str) -> tuple[str, int | None]:
     return text, None
 
 
-def _read_image(path: Path):
+def _read_image(path: Path, max_voxels: int):
+    """The image of a file or of a folder's one DICOM series, checked before it is allocated
+    (:mod:`.declared`)."""
     import SimpleITK as sitk
 
     if path.is_dir():
@@ -73,13 +77,21 @@ def _read_image(path: Path):
             raise SegGradCAMError(f"Folder {path} holds no DICOM series.")
         if len(series) > 1:
             raise SegGradCAMError(f"Folder {path} holds {len(series)} DICOM series; put one series per folder.")
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+        first = sitk.ImageFileReader()
+        first.SetFileName(files[0])
+        first.ReadImageInformation()
+        check_voxel_count(path, [*first.GetSize()[:2], len(files)], first.GetNumberOfComponents(), max_voxels)
+        reader.SetFileNames(files)
         return reader.Execute()
-    return sitk.ReadImage(str(path))
+    with checked_file(path, max_voxels) as source:
+        return sitk.ReadImage(str(source))
 
 
-def read_volume(text: str) -> Volume:
-    """Read one scalar 3D volume; ``text`` is a path, optionally ``PATH@N``."""
+def read_volume(text: str, max_voxels: int = MAX_VOXELS) -> Volume:
+    """Read one scalar 3D volume; ``text`` is a path, optionally ``PATH@N``. A file is read exactly
+    as named, and refused when its header declares more than ``max_voxels`` values or more bytes
+    than it holds."""
     import SimpleITK as sitk
 
     name, index = _split_selector(text)
@@ -87,7 +99,7 @@ def read_volume(text: str) -> Volume:
     if not path.exists():
         raise SegGradCAMError(f"Input not found: {path}")
     try:
-        image = _read_image(path)
+        image = _read_image(path, max_voxels)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown format"
         raise SegGradCAMError(f"Cannot read {path}: not a readable image or DICOM series ({first[:200]}).") from None
@@ -128,9 +140,9 @@ def same_geometry(a: Volume, b: Volume, tolerance: float = GEOMETRY_TOLERANCE) -
     )
 
 
-def read_channels(paths: Sequence[str]) -> list[Volume]:
+def read_channels(paths: Sequence[str], max_voxels: int = MAX_VOXELS) -> list[Volume]:
     """Read co-registered input volumes (one per model channel); all on one grid."""
-    volumes = [read_volume(p) for p in paths]
+    volumes = [read_volume(p, max_voxels) for p in paths]
     for other in volumes[1:]:
         if not same_geometry(volumes[0], other):
             raise SegGradCAMError(

@@ -1,0 +1,146 @@
+"""Volume files are read as they are or refused before anything is allocated: a file shorter than
+its header promises (NIfTI, NRRD, MetaImage; gzip unpacked), a declared size over the voxel cap,
+and ``x.nii.gz`` read from itself, never from a sibling ``x.nii``."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from dicom_series import write_dicom_series
+
+from SegGradCAMLib.cli import main
+from SegGradCAMLib.errors import SegGradCAMError
+from SegGradCAMLib.volumes.files import read_volume
+from SegGradCAMLib.web.uploads import UploadArea, UploadedFile
+
+SHAPE = (20, 30, 40)  # (Z, Y, X)
+
+
+def volume_array(seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random(SHAPE) * 100 + 1).astype(np.float32)
+
+
+def write(array: np.ndarray, path, compress: bool = False) -> str:
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path), useCompression=compress)
+    return str(path)
+
+
+def first_quarter(source, target) -> str:
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 4])
+    return str(target)
+
+
+def run_error(capsys, argv: list[str]) -> str:
+    """Run the CLI expecting a user error: exit 2, one line on stderr, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def nifti_declaring(path, size: tuple[int, int, int]) -> str:
+    """A tiny uint8 NIfTI (1,376 bytes) whose header declares ``size`` (x, y, z) voxels."""
+    write(np.ones((8, 8, 16), np.uint8), path)
+    data = bytearray(path.read_bytes())
+    assert len(data) == 1376
+    struct.pack_into("<3h", data, 42, *size)  # dim[1..3]
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["ok.nii", "ok.nrrd", "ok.mha"])
+def test_a_file_cut_short_is_refused(tmp_path, name):
+    ok = tmp_path / name
+    write(volume_array(), ok)
+    cut = first_quarter(ok, tmp_path / f"cut_{name}")
+    with pytest.raises(SegGradCAMError, match=r"cut short: its header promises [\d,]+ bytes.*holds [\d,]+"):
+        read_volume(cut)
+
+
+def test_a_gzip_nifti_that_unpacks_short_is_refused(tmp_path):
+    ok = tmp_path / "ok.nii"
+    write(volume_array(), ok)
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(ok.read_bytes()[: ok.stat().st_size // 4]))
+    with pytest.raises(SegGradCAMError, match=r"short.nii.gz is cut short: .* unpacked"):
+        read_volume(str(short))
+    whole = tmp_path / "whole.nii.gz"
+    whole.write_bytes(gzip.compress(ok.read_bytes()))
+    with pytest.raises(SegGradCAMError, match=r"cut.nii.gz is cut short"):
+        read_volume(first_quarter(whole, tmp_path / "cut.nii.gz"))
+    np.testing.assert_array_equal(read_volume(str(whole)).array, volume_array())
+
+
+def test_detached_data_files_are_checked(tmp_path):
+    for header in ("ok.nhdr", "ok.mhd"):
+        write(volume_array(), tmp_path / header)
+        raw = tmp_path / "ok.raw"
+        raw.write_bytes(raw.read_bytes()[:1000])
+        with pytest.raises(SegGradCAMError, match=r"data file ok.raw is cut short"):
+            read_volume(str(tmp_path / header))
+        raw.unlink()
+
+
+def test_cli_refuses_a_truncated_nifti(capsys, tmp_path, small_case):
+    ok, flair = tmp_path / "ok.nii", tmp_path / "flair.nii"
+    sitk.WriteImage(sitk.ReadImage(small_case[0]), str(ok))
+    sitk.WriteImage(sitk.ReadImage(small_case[1]), str(flair))
+    cut = first_quarter(ok, tmp_path / "trunc.nii")
+    argv = ["explain", cut, str(flair), "--model", "demo-lesions-unet2d", "--out", str(tmp_path / "o")]
+    assert "trunc.nii is cut short" in run_error(capsys, argv)
+    assert not (tmp_path / "o").exists()
+
+
+def test_web_upload_refuses_a_truncated_nifti(tmp_path):
+    ok = tmp_path / "ok.nii"
+    write(volume_array(), ok)
+    content = ok.read_bytes()[: ok.stat().st_size // 4]
+    with pytest.raises(SegGradCAMError, match=r"^trunc.nii is cut short"):
+        UploadArea(tmp_path / "area").store([UploadedFile("trunc.nii", content)])
+
+
+def test_nii_gz_is_read_from_itself_not_from_its_sibling(capsys, tmp_path, small_case):
+    sitk.WriteImage(sitk.ReadImage(small_case[0]), str(tmp_path / "x.nii.gz"))
+    sitk.WriteImage(sitk.ReadImage(small_case[1]), str(tmp_path / "x.nii"))
+    gz = read_volume(str(tmp_path / "x.nii.gz"))
+    np.testing.assert_array_equal(gz.array, sitk.GetArrayFromImage(sitk.ReadImage(small_case[0])))
+    np.testing.assert_array_equal(read_volume(str(tmp_path / "x.nii")).array, read_volume(small_case[1]).array)
+    out = tmp_path / "o"
+    argv = ["explain", str(tmp_path / "x.nii.gz"), str(tmp_path / "x.nii"), "--model", "demo-lesions-unet2d"]
+    assert main([*argv, "--out", str(out), "--threads", "1", "--no-overview"]) == 0
+    assert json.loads((out / "explain.json").read_text())["inputs"] == [str(tmp_path / "x.nii.gz"), argv[2]]
+    expected = main(["explain", *small_case, "--model", "demo-lesions-unet2d", "--out", str(tmp_path / "e")])
+    assert expected == 0
+    report, reference = (json.loads((f / "explain.json").read_text()) for f in (out, tmp_path / "e"))
+    assert [c["voxels"] for c in report["classes"]] == [c["voxels"] for c in reference["classes"]]
+
+
+@pytest.mark.parametrize("size", [(300, 300, 300), (800, 800, 800)])
+def test_a_header_declaring_more_than_the_file_holds_is_refused(tmp_path, size):
+    path = nifti_declaring(tmp_path / "liar.nii", size)
+    with pytest.raises(SegGradCAMError, match=r"liar.nii is cut short: its header promises [\d,]+ bytes"):
+        read_volume(path)
+
+
+def test_voxel_cap_is_checked_before_reading(capsys, tmp_path):
+    path = nifti_declaring(tmp_path / "huge.nii", (1500, 1500, 1500))
+    err = run_error(capsys, ["explain", path, "--model", "hdbet", "--out", str(tmp_path / "o")])
+    assert "declares 1500 x 1500 x 1500 voxels (3,375,000,000)" in err and "--max-voxels" in err
+    ok = write(volume_array(), tmp_path / "ok.nrrd")
+    with pytest.raises(SegGradCAMError, match=r"declares 40 x 30 x 20 voxels \(24,000\).*limit of 1,000"):
+        read_volume(ok, max_voxels=1000)
+    err = run_error(capsys, ["explain", ok, "--max-voxels", "1000", "--out", str(tmp_path / "o")])
+    assert "limit of 1,000 voxels" in err
+    assert read_volume(ok, max_voxels=24_000).array.shape == SHAPE
+
+
+def test_voxel_cap_covers_dicom_series(tmp_path):
+    write_dicom_series(np.ones((4, 16, 16)), tmp_path / "series")
+    with pytest.raises(SegGradCAMError, match=r"declares 16 x 16 x 4 voxels \(1,024\)"):
+        read_volume(str(tmp_path / "series"), max_voxels=1000)
