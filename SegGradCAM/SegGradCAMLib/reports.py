@@ -215,7 +215,8 @@ class EvaluationReport(_ReportFile):
 class CohortSummary:
     """What a cohort run did (``cohort.json``'s ``last_run``; ``metrics.json``'s ``cohort``): its
     engine, the cases of its list, those done now, skipped (complete before) and failed, the worker
-    processes, how often a model loaded, and its seconds."""
+    processes, how often a model loaded, its seconds, and the finished cases run again because
+    their input files changed (counted in ``done``)."""
 
     engine: str
     cases: int
@@ -225,6 +226,7 @@ class CohortSummary:
     worker_processes: int
     model_loads: int
     seconds: float
+    recomputed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -72,9 +72,9 @@ def no_ray_process_left():
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> dict[str, Path]:
+def cohort(tmp_path_factory) -> dict:
     """Six held-out demo cases (one folder each, two channels) in a list file, and the same list
-    with a 2D image as a seventh case."""
+    with a 2D image as a seventh case; the cases' ids (``ids``, ``flat``)."""
     root = tmp_path_factory.mktemp("cohort")
     lines = []
     for i, (case, _) in enumerate(itertools.islice(demo_data.iter_cases(demo_data.EVAL_SEED), CASES)):
@@ -84,7 +84,14 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
     (root / "flat").mkdir()
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((96, 96), np.float32)), str(root / "flat" / "t1c.nrrd"))
     (root / "with_bad.txt").write_text("\n".join([*lines[:3], "flat/t1c.nrrd,flat/t1c.nrrd", *lines[3:]]) + "\n")
-    return {"root": root, "list": root / "list.txt", "with_bad": root / "with_bad.txt"}
+    ids = [case.id for case in cohort_cases(str(root / "with_bad.txt"))]
+    return {
+        "root": root,
+        "list": root / "list.txt",
+        "with_bad": root / "with_bad.txt",
+        "ids": ids[:3] + ids[4:],
+        "flat": ids[3],
+    }
 
 
 def run_cli(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -97,16 +104,14 @@ def last_run(out: Path) -> dict:
     return json.loads((out / "cohort.json").read_text())["last_run"]
 
 
-def test_case_ids_come_from_file_then_folder_names(cohort, tmp_path):
+def test_case_ids_name_the_first_channels_folder_and_file(cohort):
     cases = cohort_cases(str(cohort["list"]))
-    assert [c.id for c in cases] == [f"case_{i}" for i in range(CASES)]
+    assert [c.id.rsplit("-", 1)[0] for c in cases] == [f"case_{i}_t1c" for i in range(CASES)]
+    assert [c.id for c in cases] == cohort["ids"] and cohort["flat"].startswith("flat_t1c-")
     assert cases[2].inputs == (
         str(cohort["root"] / "case_2" / "t1c.nrrd"),
         str(cohort["root"] / "case_2" / "flair.nrrd"),
     )
-    same = tmp_path / "same.txt"
-    same.write_text(f"{cohort['root']}/case_0/t1c.nrrd\n{cohort['root']}/case_0/t1c.nrrd\n")
-    assert [c.id for c in cohort_cases(str(same))] == ["case_0_t1c-1", "case_0_t1c-2"]
 
 
 def test_ray_cohort_equals_the_sequential_run(cohort, tmp_path):
@@ -131,7 +136,7 @@ def test_ray_cohort_equals_the_sequential_run(cohort, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     for i in range(CASES):
-        one, other = sequential / f"case_{i}", parallel / f"case_{i}"
+        one, other = sequential / cohort["ids"][i], parallel / cohort["ids"][i]
         files = sorted(p.name for p in one.glob("*.nrrd"))
         assert (
             files == sorted(p.name for p in other.glob("*.nrrd")) and "segmentation.nrrd" in files and len(files) == 4
@@ -157,7 +162,7 @@ def test_ray_cohort_equals_the_sequential_run(cohort, tmp_path):
     assert metrics["ray"]["cases"] == metrics["sequential"]["cases"] == 2 * CASES  # 2 slices per volume
     for key in ("rows", "summary", "comparisons", "curves"):  # same thread count: the same numbers
         assert metrics["ray"][key] == metrics["sequential"][key], key
-    assert {r["case"].split("[")[0] for r in metrics["ray"]["rows"]} == {f"case_{i}" for i in range(CASES)}
+    assert {r["case"].split("[")[0] for r in metrics["ray"]["rows"]} == set(cohort["ids"])
 
 
 def _kill_one_running_case(process: subprocess.Popen, timeout: float = 120) -> int:
@@ -203,13 +208,13 @@ def test_a_killed_worker_is_retried_a_bad_case_is_recorded_and_a_rerun_skips_fin
     assert not Path(f"/proc/{killed}").exists()
     log = (tmp_path / "log.txt").read_text()
     for i in range(CASES):  # the killed worker's case was run again: nothing is missing
-        report = json.loads((out / f"case_{i}" / "explain.json").read_text())
+        report = json.loads((out / cohort["ids"][i] / "explain.json").read_text())
         assert report["inputs"][0].endswith(f"case_{i}/t1c.nrrd") and all(
             "faithfulness" in layer for c in report["classes"] for layer in c["layers"].values() if c["voxels"]
         )
     with open(out / "failures.csv") as f:
         failures = list(csv.DictReader(f))
-    assert [row["case"] for row in failures] == ["flat"] and "2D image" in failures[0]["message"]
+    assert [row["case"] for row in failures] == [cohort["flat"]] and "2D image" in failures[0]["message"]
     assert "1 of 7 cases failed" in log and "failures.csv" in log.splitlines()[-1]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     cases = [e for e in events if e.get("stage") == "cases"]
@@ -326,22 +331,19 @@ def test_local_cohort_records_a_bad_case_resumes_and_refuses_other_options(cohor
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 of 7 cases failed" in err[0] and "flat" in err[0]
-    assert sorted(p.name for p in out.iterdir()) == [
-        *(f"case_{i}" for i in range(CASES)),
-        "cohort.json",
-        "failures.csv",
-    ]
-    shutil.rmtree(out / "case_1")
-    (out / ".case_1.partial").mkdir()  # as if the run had been killed inside that case
+    assert sorted(p.name for p in out.iterdir()) == sorted([*cohort["ids"], "cohort.json", "failures.csv"])
+    second = cohort["ids"][1]
+    shutil.rmtree(out / second)
+    (out / f".{second}.partial").mkdir()  # as if the run had been killed inside that case
     assert main(argv) == 2
     run = last_run(out)
     assert (run["skipped"], run["done"], run["failed"]) == (CASES - 1, 1, 1)
-    assert (out / "case_1" / "explain.json").is_file() and not (out / ".case_1.partial").exists()
+    assert (out / second / "explain.json").is_file() and not (out / f".{second}.partial").exists()
     mine = tmp_path / "mine"
-    (mine / "case_0").mkdir(parents=True)
-    (mine / "case_0" / "notes.txt").write_text("the user's")
+    (mine / cohort["ids"][0]).mkdir(parents=True)
+    (mine / cohort["ids"][0] / "notes.txt").write_text("the user's")
     assert main([*argv[:6], str(mine), *argv[7:]]) == 2  # a folder of the user's is never replaced
-    assert "is not a finished case" in capsys.readouterr().err and (mine / "case_0" / "notes.txt").is_file()
+    assert "is not a finished case" in capsys.readouterr().err and (mine / cohort["ids"][0] / "notes.txt").is_file()
     assert main([*argv[:-3], "--classes", "all", "--quiet"]) == 2
     assert "other options (classes)" in capsys.readouterr().err
 
@@ -370,7 +372,7 @@ def test_cohort_options_are_checked_with_one_line(cohort, tmp_path, capsys, argv
     assert main([values.get(a, a) for a in argv] + [*MODEL, "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
-    assert not (tmp_path / "out" / "case_0").exists()
+    assert not list((tmp_path / "out").glob("case_*"))
 
 
 def test_cohort_fingerprint_records_the_options_as_typed():
@@ -405,3 +407,90 @@ def test_the_library_entry_runs_a_cohort_and_says_what_it_did(cohort, tmp_path):
     summary = explain(ExplainOptions(cohort=one, model="demo-lesions-unet2d", out=out, threads=1, overview=False))
     assert isinstance(summary, CohortSummary) and (summary.cases, summary.done, summary.failed) == (1, 1, 0)
     assert last_run(out) == summary.to_json() and len(list(out.glob("*/explain.json"))) == 1
+
+
+def _list_file(root: Path, lines: list[str], name: str = "list.txt") -> Path:
+    path = root / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_case_ids_are_unique_never_empty_and_depend_only_on_the_case_itself(tmp_path):
+    """Issue 22.5: ``d/a.nrrd``, ``d/a-1.nrrd``, ``d/a.nii.gz`` gave ``d_a-1`` twice; a CJK name an empty id;
+    appending a case renamed every case."""
+    from SegGradCAMLib.errors import SegGradCAMError
+
+    names = ["d/a.nrrd", "d/a-1.nrrd", "d/a.nii.gz", "e/a.nrrd", "d/脑部扫描.nrrd", "d/.nrrd"]
+    ids = {n: c.id for n, c in zip(names, cohort_cases(str(_list_file(tmp_path, names))))}
+    assert len(set(ids.values())) == len(names) and all(ids.values()), ids
+    assert "脑部扫描" in ids["d/脑部扫描.nrrd"] and not any(i.startswith((".", "-")) for i in ids.values())
+    for order in (names[:2], names[::-1], [names[3], "f/b.nrrd"]):  # other cases, other positions: the same id
+        for case in cohort_cases(str(_list_file(tmp_path, order, "other.txt"))):
+            name = next(n for n in names + ["f/b.nrrd"] if case.inputs == (str((tmp_path / n).resolve()),))
+            assert case.id == ids.get(name, case.id)
+    two = cohort_cases(str(_list_file(tmp_path, ["d/a.nrrd,d/a-1.nrrd", "d/a.nrrd,d/a.nii.gz"], "two.txt")))
+    assert two[0].id != two[1].id  # every channel counts
+    with pytest.raises(SegGradCAMError, match="case 3 repeats case 1"):
+        cohort_cases(str(_list_file(tmp_path, ["d/a.nrrd", "d/b.nrrd", "d/a.nrrd"], "twice.txt")))
+
+
+def _copy_case(source: Path, first: Path) -> str:
+    """Eight middle slices of a two-channel demo case, whose first channel is ``first`` (any
+    volume format) and second ``first`` + ``.flair.nrrd``; its list line."""
+    first.parent.mkdir(parents=True, exist_ok=True)
+    second = first.with_name(first.name + ".flair.nrrd")
+    for channel, path in (("t1c", first), ("flair", second)):
+        sitk.WriteImage(sitk.ReadImage(str(source / f"{channel}.nrrd"))[:, :, 34:42], str(path))
+    return f"{first},{second}"
+
+
+def test_cohort_cases_never_overwrite_each_other_append_cheaply_and_follow_changed_inputs(cohort, tmp_path, capsys):
+    """Issue 22.5, end to end: three cases whose ids collided; a fourth (CJK) case appended; a changed input."""
+    d, root = tmp_path / "d", cohort["root"]
+    lines = [_copy_case(root / f"case_{i}", d / n) for i, n in enumerate(["a.nrrd", "a-1.nrrd", "a.nii.gz"])]
+    out = tmp_path / "out"
+    argv = ["explain", "--cohort", "LIST", *MODEL, "--out", str(out), "--no-overview", "--classes", "edema"]
+
+    def run(lines: list[str]) -> dict:
+        assert main([_list_file(tmp_path, lines).as_posix() if a == "LIST" else a for a in argv]) == 0
+        return last_run(out)
+
+    assert (run(lines)["done"], len(list(out.glob("*/explain.json")))) == (3, 3)
+    for folder in out.glob("*/"):
+        report = json.loads((folder / "explain.json").read_text())
+        assert report["inputs"][0] in {str(d / n) for n in ("a.nrrd", "a-1.nrrd", "a.nii.gz")}
+    assert len({json.loads(p.read_text())["inputs"][0] for p in out.glob("*/explain.json")}) == 3
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*/explain.json")}
+
+    lines.append(_copy_case(root / "case_3", tmp_path / "脑" / "扫描.nrrd"))
+    ran = run(lines)
+    assert (ran["done"], ran["skipped"], len(list(out.glob("*/explain.json")))) == (1, 3, 4)
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # the finished cases untouched
+    state = json.loads((out / "cohort.json").read_text())
+    recorded = {f["path"]: f for case in state["cases"].values() for f in case["inputs"]}
+    assert recorded[str(d / "a.nrrd")]["size"] == (d / "a.nrrd").stat().st_size
+
+    capsys.readouterr()
+    _copy_case(root / "case_4", d / "a-1.nrrd")  # the user replaced one input file
+    ran = run(lines)
+    assert (ran["done"], ran["skipped"], ran["recomputed"]) == (1, 3, 1)
+    assert "changed" in capsys.readouterr().out and str(d / "a-1.nrrd") in json.dumps(state)
+
+
+def test_a_cohort_folder_of_the_earlier_id_scheme_is_recomputed_with_a_message(cohort, tmp_path, capsys):
+    """Cohort folders written before ids depended on the inputs (``cases`` a list of ids): their
+    case folders are replaced by a recomputed run, said so; nothing is mixed."""
+    one = _list_file(tmp_path, [_copy_case(cohort["root"] / "case_0", tmp_path / "t1c.nrrd")])
+    out = tmp_path / "out"
+    argv = ["explain", "--cohort", str(one), *MODEL, "--out", str(out), "--no-overview", "--classes", "edema"]
+    assert main(argv) == 0
+    state = json.loads((out / "cohort.json").read_text())
+    (new,) = state["cases"]
+    os.replace(out / new, out / "case_0")  # as the earlier release named it
+    state["cases"] = ["case_0"]
+    (out / "cohort.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "earlier release" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted([new, "cohort.json", "failures.csv"])
+    assert last_run(out)["done"] == 1

@@ -2,7 +2,9 @@
 
 Either engine calls :func:`run_case` for each case that is not complete. A case writes into a
 hidden ``.<id>.partial`` folder that becomes its output folder only when the case succeeded,
-so an output folder is always complete, and a re-run of the same command skips it. A case that
+so an output folder is always complete, and a re-run of the same command skips it unless one of
+its input files changed since (``cohort.json`` records each case's files with size and
+modification time; such a case is removed and run again, and the run says so). A case that
 fails (bad input, or a defect) is recorded with its one-line message in ``failures.csv`` and
 does not stop the others; a Ray worker that dies (killed, out of memory) is retried
 (``max_retries``). ``cohort.json`` records the options, so that a re-run with other options
@@ -45,6 +47,8 @@ class CohortReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    recomputed: list[str] = field(default_factory=list)  # finished before, run again: their inputs changed
+    notes: list[str] = field(default_factory=list)  # what the run did besides its cases, one line each
     processes: set = field(default_factory=set)
     model_loads: int = 0
     seconds: float = 0.0
@@ -59,6 +63,7 @@ class CohortReport:
             len(self.processes),
             self.model_loads,
             round(self.seconds, 3),
+            len(self.recomputed),
         )
 
 
@@ -69,7 +74,7 @@ def partial_folder(folder: Path) -> Path:
 def run_case(task, case: CohortCase, out: Path) -> dict:
     """One case (in whichever process runs it): its outputs into ``task.folder(out, case)``, or
     its one-line message. Returns a small record of what happened."""
-    final = task.folder(out, case)
+    final = task.folder(out, case.id)
     staging = partial_folder(final)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -98,34 +103,94 @@ def run_case(task, case: CohortCase, out: Path) -> dict:
 
 def _remove_partial_folders(task, out: Path, cases: Sequence[CohortCase]) -> None:
     for case in cases:
-        shutil.rmtree(partial_folder(task.folder(out, case)), ignore_errors=True)
+        shutil.rmtree(partial_folder(task.folder(out, case.id)), ignore_errors=True)
 
 
-def _check_state(task, out: Path, cases: Sequence[CohortCase]) -> list[CohortCase]:
-    """The cases still to run; refuses an output folder of a run with other options, and a case
-    folder that is not a cohort run's (nothing of the user's is replaced)."""
+def input_files(case: CohortCase) -> dict:
+    """What ``case``'s channel files are now: ``{"inputs": [{path, size, mtime_ns}, ...]}`` (a
+    missing file without size: the case fails when it runs)."""
+    files = []
+    for path in case.inputs:
+        try:
+            stat = os.stat(path)
+            files.append({"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        except OSError:
+            files.append({"path": path})
+    return {"inputs": files}
+
+
+def _earlier_state(task, out: Path) -> dict | None:
+    """``cohort.json`` of an earlier run into ``out``, or None; refuses one with other options."""
     state = out / STATE_FILE
-    earlier = state.exists()
-    if earlier:
-        recorded = json.loads(state.read_text(encoding="utf-8"))
-        theirs, mine = recorded.get("options", {}), task.fingerprint()
-        if recorded.get("command") != task.command or theirs != mine:
-            differ = sorted(k for k in {**theirs, **mine} if theirs.get(k) != mine.get(k))
-            raise SegGradCAMError(
-                f"{out} holds a cohort run of '{recorded.get('command')}' with other options "
-                f"({', '.join(differ) or 'command'}); give another --out or remove that folder."
-            )
+    if not state.exists():
+        return None
+    recorded = json.loads(state.read_text(encoding="utf-8"))
+    theirs, mine = recorded.get("options", {}), task.fingerprint()
+    if recorded.get("command") != task.command or theirs != mine:
+        differ = sorted(k for k in {**theirs, **mine} if theirs.get(k) != mine.get(k))
+        raise SegGradCAMError(
+            f"{out} holds a cohort run of '{recorded.get('command')}' with other options "
+            f"({', '.join(differ) or 'command'}); give another --out or remove that folder."
+        )
+    return recorded
+
+
+def _remove_earlier_release_cases(task, out: Path, ids: list) -> str:
+    """An earlier release named case folders by list position and recorded no input files
+    (``cases`` a list of ids): its finished case folders are removed (every case is run again
+    under its own id, nothing mixed); the line that says so."""
+    removed = 0
+    for name in ids:
+        folder = task.folder(out, str(name))
+        if str(name).strip(".") and Path(str(name)).name == name and (folder / task.done_file).is_file():
+            shutil.rmtree(folder)
+            removed += 1
+    return (
+        f"{out} was written by an earlier release whose case ids followed the list's order: its {removed} "
+        "finished case folder(s) were removed and every case is computed again under an id of its own files."
+    )
+
+
+def _check_state(task, out: Path, cases: Sequence[CohortCase], report: CohortReport) -> tuple[list, dict]:
+    """The cases still to run and the records of ``cohort.json``'s ``cases`` (id -> input
+    files). A finished case is skipped when its input files are those recorded, else removed
+    and run again (noted in ``report``). Refuses an output folder of a run with other options,
+    and a case folder that is not a cohort run's (nothing of the user's is replaced)."""
+    earlier = _earlier_state(task, out)
+    recorded = {} if earlier is None else earlier.get("cases", {})
+    if isinstance(recorded, list):
+        report.notes.append(_remove_earlier_release_cases(task, out, recorded))
+        recorded = {}
+    now = {case.id: input_files(case) for case in cases}
     pending = []
     for case in cases:
-        folder = task.folder(out, case)
-        if earlier and (folder / task.done_file).is_file():
-            continue
-        if folder.exists():
+        folder = task.folder(out, case.id)
+        if earlier is not None and (folder / task.done_file).is_file():
+            if recorded.get(case.id) == now[case.id]:
+                report.skipped.append(case.id)
+                continue
+            report.recomputed.append(case.id)
+        elif folder.exists():
             raise SegGradCAMError(
                 f"{folder} exists and is not a finished case of this cohort run; give another --out or move it away."
             )
         pending.append(case)
-    return pending
+    for case_id in report.recomputed:  # stale outputs go before their case runs again
+        shutil.rmtree(task.folder(out, case_id))
+    if report.recomputed:
+        shown = ", ".join(report.recomputed[:5]) + (", ..." if len(report.recomputed) > 5 else "")
+        report.notes.append(
+            f"{len(report.recomputed)} finished case(s) run again: their input files are not those "
+            f"recorded at their run ({shown})."
+        )
+    return pending, {**recorded, **now}
+
+
+def _write_state(out: Path, state: dict) -> None:
+    """``cohort.json``, replaced whole."""
+    partial = out / f".{STATE_FILE}{PARTIAL_SUFFIX}"
+    partial.write_text(json.dumps(state, indent=1), encoding="utf-8")
+    os.replace(partial, out / STATE_FILE)
 
 
 def _write_failures(out: Path, cases: Sequence[CohortCase], failed: dict[str, str]) -> None:
@@ -142,12 +207,11 @@ def run_cohort(
 ) -> CohortReport:
     """Run ``task`` on every case of ``cases`` not complete in ``out``; writes ``cohort.json`` and
     ``failures.csv``. ``progress("cases", done, total, failed=n)`` after each case."""
-    ids = [c.id for c in cases]
     out.mkdir(parents=True, exist_ok=True)
-    pending = _check_state(task, out, cases)
-    state = {"command": task.command, "options": task.fingerprint(), "cases": ids}
-    (out / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-    report = CohortReport(skipped=[c.id for c in cases if c not in pending])
+    report = CohortReport()
+    pending, records = _check_state(task, out, cases, report)
+    state = {"command": task.command, "options": task.fingerprint(), "cases": records}
+    _write_state(out, state)
     start = time.perf_counter()
 
     def record(result: dict) -> None:
@@ -171,7 +235,7 @@ def run_cohort(
     report.seconds = time.perf_counter() - start
     _write_failures(out, cases, report.failed)
     state["last_run"] = report.summary(options.engine, len(cases)).to_json()
-    (out / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+    _write_state(out, state)
     return report
 
 

@@ -39,8 +39,8 @@ class ExplainTask:
     command = "explain"
     done_file = "explain.json"
 
-    def folder(self, out: Path, case: CohortCase) -> Path:
-        return out / case.id
+    def folder(self, out: Path, case_id: str) -> Path:
+        return out / case_id
 
     def fingerprint(self) -> dict:
         """The options that shape a case's outputs (a resumed run must use the same)."""
@@ -83,8 +83,8 @@ class EvaluateTask:
     command = "evaluate"
     done_file = "evaluation.json"
 
-    def folder(self, out: Path, case: CohortCase) -> Path:
-        return out / "cases" / case.id
+    def folder(self, out: Path, case_id: str) -> Path:
+        return out / "cases" / case_id
 
     def fingerprint(self) -> dict:
         from ..evaluation.scoring import config_dict
@@ -104,12 +104,15 @@ class EvaluateTask:
 
 
 def finish_cohort(command: str, report: CohortReport, options: EngineOptions, cases: int, out: Path) -> CohortSummary:
-    """Print what the run did; a run with failed cases ends in an error naming failures.csv (the
+    """Print what the run did (its notes first); a run with failed cases ends in an error naming failures.csv (the
     other cases' outputs stay)."""
+    for note in report.notes:
+        print(f"{command}: {note}")
     where = f"Ray ({options.ray_address or 'local instance'})" if options.engine == "ray" else "this process"
     print(
         f"{command}: {cases} cases -> {out}: {len(report.done)} done in {report.seconds:.1f} s, "
-        f"{len(report.skipped)} complete before (skipped), {len(report.failed)} failed; {where}, "
+        f"{len(report.skipped)} complete before (skipped), {len(report.recomputed)} run again (inputs changed), "
+        f"{len(report.failed)} failed; {where}, "
         f"{len(report.processes)} worker process(es), model loaded {report.model_loads} time(s)"
     )
     if report.failed:
@@ -157,5 +160,5 @@ def evaluate_cohort(run, progress=None):
     task = EvaluateTask(options.model, options.trust_model, config, options.max_slices)
     ran = run_cohort(task, cases, Path(options.out), options.engine, progress)
     run.timings["evaluate_s"] = ran.seconds
-    parts = [load_result(task.folder(Path(options.out), c)) for c in cases if c.id not in ran.failed]
+    parts = [load_result(task.folder(Path(options.out), c.id)) for c in cases if c.id not in ran.failed]
     return ran, cases, merge_results(parts, run.config.gallery)
