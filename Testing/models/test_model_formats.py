@@ -396,3 +396,61 @@ def test_bundle_torchscript_needs_trust_and_other_folders_are_refused(tmp_path: 
     (tmp_path / "empty").mkdir()
     with pytest.raises(SegGradCAMError, match="not a MONAI bundle"):
         load_model_path(tmp_path / "empty", trust=True)
+
+
+@pytest.mark.parametrize(
+    "pred, image, message",
+    [
+        ({"channel_def": {"a": "organ", "0": "background"}}, {}, r"channel_def key 'a' is not a channel index"),
+        ({"channel_def": {"0": "background", "2": "organ"}}, {}, r"channel_def keys must be the channels 0..1"),
+        ({"channel_def": {"0": "background", "00": "organ"}}, {}, r"channel_def keys must be the channels 0..1"),
+        ({"channel_def": ["background", "organ"]}, {}, r"channel_def must be an object"),
+        ({}, {"num_channels": "a"}, r"num_channels must be a whole number"),
+    ],
+)
+def test_bundle_metadata_that_makes_no_sense_is_one_line(tmp_path: Path, pred: dict, image: dict, message: str) -> None:
+    folder = _bundle(tmp_path / "b", nets.BasicUNet(**BASIC_ARGS).eval(), _basic_unet_def())
+    path = folder / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["network_data_format"]["outputs"]["pred"].update(pred)
+    metadata["network_data_format"]["inputs"]["image"].update(image)
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(SegGradCAMError, match=r"metadata.json: .*" + message) as error:
+        load_model_path(folder, trust=False)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("weights", ["../../../etc/passwd", "/etc/passwd", "sub/../../model.pt"])
+def test_json_spec_weights_outside_its_folder_are_refused_unopened(tmp_path: Path, monkeypatch, weights: str) -> None:
+    import SegGradCAMLib.models.json_spec as json_spec
+
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    path = _write_spec(folder, _unet(), "UNet", UNET_ARGS)
+    (tmp_path / "model.pt").write_bytes((folder / "model.pt").read_bytes())
+    spec = json.loads(path.read_text())
+    spec["weights"] = weights
+    path.write_text(json.dumps(spec))
+    opened = []
+    monkeypatch.setattr(json_spec, "load_state_dict", lambda p: opened.append(p))
+    monkeypatch.setattr(json_spec, "is_torchscript_archive", lambda p: opened.append(p))
+    with pytest.raises(SegGradCAMError, match=r"model.json names weights .* outside its folder.*--trust-model"):
+        load_model_path(path, trust=False)
+    assert opened == []
+
+
+def test_json_spec_weights_by_absolute_path_load_with_trust(tmp_path: Path) -> None:
+    original = _unet()
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    path = _write_spec(folder, original, "UNet", UNET_ARGS)
+    (folder / "model.pt").rename(tmp_path / "elsewhere.pt")
+    spec = json.loads(path.read_text())
+    spec["weights"] = str(tmp_path / "elsewhere.pt")
+    path.write_text(json.dumps(spec))
+    loaded = load_model_path(path, trust=True)
+    assert _same_output(loaded.network, original, torch.randn(1, 1, 32, 32))
+    spec["weights"] = "sub/../model.pt"
+    (tmp_path / "elsewhere.pt").rename(folder / "model.pt")
+    path.write_text(json.dumps(spec))
+    assert _same_output(load_model_path(path, trust=False).network, original, torch.randn(1, 1, 32, 32))

@@ -61,7 +61,7 @@ def load_bundle(folder: Path, trust: bool) -> LoadedModel:
     config = _read_config(config_path)
     meta_path = configs / "metadata.json"
     meta = read_json_object(meta_path) if meta_path.is_file() else {}
-    fields = metadata_fields(meta)
+    fields = metadata_fields(meta, str(meta_path))
     fields["name"] = folder.name
     notes = _preprocessing_fields(config, fields)
     weights, torchscript = folder / "models" / "model.pt", folder / "models" / "model.ts"

@@ -13,7 +13,8 @@ JSON spec schema (one JSON object)::
                                        # its same-stem sidecar: a state_dict (read with
                                        # weights_only=True) or a TorchScript archive (then
                                        # "architecture"/"args" must be absent); relative
-                                       # to the spec's folder
+                                       # to the spec's folder and inside it (an absolute
+                                       # path or "../" needs --trust-model)
       "labels": ["background", "lesion"],  # optional: one name per output channel;
                                        # default class_0 .. class_{C-1}
       "sha256": "...",                 # optional: expected checksum of the weights, verified
@@ -81,7 +82,7 @@ def load_json_spec(spec_path: Path, trust: bool, weights: Path | None = None) ->
     for key, (kind, description) in SPEC_TYPES.items():
         if key in data and not isinstance(data[key], kind):
             raise SegGradCAMError(f"'{key}' in {spec_path.name} must be {description}.")
-    named = spec_path.parent / data["weights"] if "weights" in data else None
+    named = named_weights(spec_path, data["weights"], trust) if "weights" in data else None
     if weights is None and named is None:
         raise SegGradCAMError(f"{spec_path.name} lacks the required key 'weights' (the weights file).")
     if weights is not None and named is not None and named.resolve() != weights.resolve():
@@ -106,6 +107,18 @@ def load_json_spec(spec_path: Path, trust: bool, weights: Path | None = None) ->
     load_weights(network, weights)
     fields_from_args(fields, data["architecture"], data["args"])
     return finish_loading(network, fields, weights, data["args"].get("out_channels"), trusted=False)
+
+
+def named_weights(spec_path: Path, name: str, trust: bool) -> Path:
+    """The weights file a spec names, relative to the spec's folder and inside it (symbolic links
+    followed); an absolute path or one leaving the folder needs ``trust``. Nothing is opened."""
+    path = (spec_path.parent / name).resolve()
+    if not trust and (Path(name).is_absolute() or not path.is_relative_to(spec_path.parent.resolve())):
+        raise SegGradCAMError(
+            f"{spec_path.name} names weights {name!r} outside its folder: put the weights file beside "
+            "the spec (a relative path), or pass --trust-model to load it from there."
+        )
+    return path
 
 
 def build_network(architecture: str, args: dict) -> nn.Module:

@@ -198,18 +198,19 @@ def read_json_object(path: Path) -> dict:
     return data
 
 
-def metadata_fields(meta: dict) -> dict:
+def metadata_fields(meta: dict, source: str = "metadata.json") -> dict:
     """Labels, in_channels, spatial_dims and divisible_by from a MONAI bundle's ``metadata.json``
-    (read by bundle folders and by TorchScript archives that carry it)."""
+    (read by bundle folders and by TorchScript archives that carry it; ``source`` names it in errors)."""
     fields: dict = {}
-    data_format = meta.get("network_data_format", {})
-    pred = data_format.get("outputs", {}).get("pred", {})
-    channel_def = pred.get("channel_def")
-    if isinstance(channel_def, dict) and channel_def:
-        fields["labels"] = [channel_def[k] for k in sorted(channel_def, key=int)]
-    image = data_format.get("inputs", {}).get("image", {})
+    pred = _section(meta, source, "network_data_format", "outputs", "pred")
+    labels = _channel_labels(pred.get("channel_def", {}), source)
+    if labels:
+        fields["labels"] = labels
+    image = _section(meta, source, "network_data_format", "inputs", "image")
     if "num_channels" in image:
-        fields["in_channels"] = int(image["num_channels"])
+        if type(image["num_channels"]) is not int:
+            raise SegGradCAMError(f"{source}: num_channels must be a whole number; got {image['num_channels']!r}.")
+        fields["in_channels"] = image["num_channels"]
     shape = image.get("spatial_shape")
     if isinstance(shape, list) and shape:
         fields["spatial_dims"] = len(shape)
@@ -217,3 +218,29 @@ def metadata_fields(meta: dict) -> dict:
         if factors:
             fields["divisible_by"] = max(factors)
     return fields
+
+
+def _section(meta: dict, source: str, *keys: str) -> dict:
+    """``meta[keys[0]][keys[1]]...``: an object, ``{}`` where absent."""
+    value: Any = meta
+    for depth, key in enumerate(keys):
+        value = value.get(key, {})
+        if not isinstance(value, dict):
+            raise SegGradCAMError(f"{source}: {'.'.join(keys[: depth + 1])} must be an object.")
+    return value
+
+
+def _channel_labels(channel_def: Any, source: str) -> list:
+    """``channel_def`` ``{"0": name, "1": name, ...}`` as the labels in channel order (``{}``: none)."""
+    if not isinstance(channel_def, dict):
+        raise SegGradCAMError(f'{source}: channel_def must be an object {{"0": "background", "1": ...}}.')
+    for key in channel_def:
+        if not key.isdigit():
+            raise SegGradCAMError(f'{source}: channel_def key {key!r} is not a channel index; use "0", "1", ...')
+    channels = [str(i) for i in range(len(channel_def))]
+    if set(channel_def) != set(channels):
+        raise SegGradCAMError(
+            f"{source}: channel_def keys must be the channels 0..{len(channels) - 1}, one each; "
+            f"got {', '.join(sorted(channel_def, key=int))}."
+        )
+    return [channel_def[key] for key in channels]
