@@ -40,12 +40,7 @@ def test_volumes_are_stored_under_generated_names_only(tmp_path):
     content = nrrd_bytes(tmp_path, np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
     paths = area.store([UploadedFile("../../etc/evil name.nrrd", content), UploadedFile("/abs/b.nrrd", content)])
     assert all(p.resolve().is_relative_to((tmp_path / "uploads").resolve()) for p in paths)
-    assert files_under(tmp_path / "uploads") == [
-        "upload0/upload-0.nrrd",
-        "upload0/upload-1.nrrd",
-        "upload0/volume-0.nrrd",
-        "upload0/volume-1.nrrd",
-    ]
+    assert files_under(tmp_path / "uploads") == ["upload0/volume-0.nrrd", "upload0/volume-1.nrrd"]
     image = sitk.ReadImage(str(paths[0]))
     assert image.GetSpacing() == pytest.approx((1.0, 1.2, 2.0)) and image.GetSize() == (6, 5, 4)
 
@@ -114,3 +109,45 @@ def test_without_the_web_extra_one_line_names_it():
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install -e ".[web]"' in lines[0], done.stderr
+
+
+def dicom_zip(tmp_path, extra: dict[str, bytes]) -> bytes:
+    """A zipped real DICOM series (6 slices) with the ``extra`` members beside it."""
+    array = np.random.default_rng(1).integers(0, 1000, (6, 16, 20)).astype(np.int16)
+    write_dicom_series(array, tmp_path / "series")
+    members = {f"dicom/{p.name}": p.read_bytes() for p in sorted((tmp_path / "series").iterdir())}
+    return zipped({**members, **extra})
+
+
+def test_only_the_volume_is_kept_and_unread_members_are_never_unpacked(tmp_path):
+    area = UploadArea(tmp_path / "uploads")
+    content = dicom_zip(tmp_path, {"padding.bin": b"\0" * (64 * 2**20)})  # 64 MB of zeros beside the series
+    assert len(content) < 2**20
+    [path] = area.store([UploadedFile("series.zip", content)])
+    assert files_under(tmp_path / "uploads") == ["upload0/volume-0.nrrd"]
+    assert sitk.ReadImage(str(path)).GetSize() == (20, 16, 6)
+
+
+def test_the_servers_disk_quota_holds_across_uploads(tmp_path):
+    area = UploadArea(tmp_path / "uploads", max_disk_mb=2)
+    content = nrrd_bytes(tmp_path, np.zeros((50, 50, 60), np.float32))  # 0.6 MB
+    area.store([UploadedFile("a.nrrd", content)])
+    area.store([UploadedFile("b.nrrd", content)])
+    with pytest.raises(SegGradCAMError, match="disk quota of 2 MB"):
+        area.store([UploadedFile("c.nrrd", content)])
+    assert files_under(tmp_path / "uploads") == ["upload0/volume-0.nrrd", "upload1/volume-0.nrrd"]
+
+
+def lying_zip() -> bytes:
+    """A zip whose local and central headers declare 100 bytes for a 200 kB member."""
+    content = bytearray(zipped({"a.dcm": b"DICM" * 50_000}))
+    for signature, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = content.find(signature) + size_at
+        content[at : at + 4] = (100).to_bytes(4, "little")
+    return bytes(content)
+
+
+def test_a_zip_whose_sizes_lie_is_refused_with_one_line(tmp_path):
+    with pytest.raises(SegGradCAMError, match="series.zip: damaged zip file"):
+        UploadArea(tmp_path / "uploads").store([UploadedFile("series.zip", lying_zip())])
+    assert files_under(tmp_path / "uploads") == []

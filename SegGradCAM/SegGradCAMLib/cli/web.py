@@ -40,6 +40,20 @@ def add_web_parser(sub) -> None:
         help="let the page run models whose format is code (TorchScript, bundle expressions)",
     )
     web.add_argument("--max-upload-mb", type=float, default=512, help="largest upload accepted (default 512 MB)")
+    web.add_argument(
+        "--max-disk-mb",
+        type=float,
+        default=4096,
+        help="disk quota for all uploads held at once, unpacked zips included (default 4096 MB)",
+    )
+    web.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also accept pages served from URL (e.g. https://viewer.example.org behind a proxy); by default "
+        "only the server's own address is accepted (repeatable)",
+    )
 
 
 def web_command(args: argparse.Namespace) -> None:
@@ -60,7 +74,14 @@ def web_command(args: argparse.Namespace) -> None:
     except ImportError as error:
         raise SegGradCAMError(f"{WEB_EXTRA_HINT} ({error}).") from None
 
-    viewer = SegGradCAMWeb(model_dirs=args.models, trust=args.trust_model, max_upload_mb=args.max_upload_mb)
+    viewer = SegGradCAMWeb(
+        model_dirs=args.models,
+        trust=args.trust_model,
+        max_upload_mb=args.max_upload_mb,
+        max_disk_mb=args.max_disk_mb,
+        host=args.host,
+        allowed_origins=args.allowed_origin,
+    )
     try:
         if inputs and inputs[0].is_dir():
             if not (inputs[0] / "explain.json").is_file():

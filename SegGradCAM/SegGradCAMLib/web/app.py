@@ -5,7 +5,8 @@ scene, driven by the same :class:`~SegGradCAMLib.mrml.runs.SegGradCAMSceneLogic`
 3D Slicer module: runs go through the worker process and its progress events, outputs become the
 same label map, segmentation and heatmap nodes with the input's geometry, shown with the same
 colour tables. One scene and one set of controls per server: every browser tab shares them, and
-one run goes at a time.
+one run goes at a time (no other volume opens meanwhile: a run's outputs belong to its inputs).
+Only the server's own page may connect (:mod:`.access`); what it sends is checked (:mod:`.controls`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -28,30 +28,20 @@ from trame_server.utils.asynchronous import create_task
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
-from ..demo import data as demo_data
 from ..errors import SegGradCAMError
 from ..models.nnunet import find_nnunet_folders
 from ..models.declarations import SHIPPED_MODELS
 from ..models.registry import declared_facts, list_models
 from ..mrml.runs import SegGradCAMSceneLogic
 from ..reports import EXPLAIN_FILE, ExplainReport
+from ..selection import METHOD_CHOICES
+from .access import PageAccess
+from .case import Shown, output_files, sample_files, sample_names
+from .controls import CONTROLS, Choice, heatmap_index, shown_failures
 from .page import build_page, initial_state, quad_layout
-from .uploads import UploadArea, UploadedFile
+from .uploads import MAX_DISK_MB, UploadArea, UploadedFile
 
-COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
-KMEANS = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
 DOWNLOAD_TYPES = {".nrrd": "application/octet-stream", ".png": "image/png", ".json": "application/json"}
-
-
-@dataclass
-class Shown:
-    """What the views show: the case's volume nodes, and the last run's outputs and report."""
-
-    volumes: list
-    outputs: object = None
-    report: ExplainReport | None = None
-    folder: Path | None = None  # the outputs' files
-    files: tuple[str, ...] = ()  # the names offered for download (kept here: the page's state is the client's)
 
 
 def model_choices(model_dirs: Sequence[Path]) -> dict[str, str]:
@@ -64,6 +54,13 @@ def model_choices(model_dirs: Sequence[Path]) -> dict[str, str]:
     return choices
 
 
+def run_choices(model: str | None) -> tuple[list[str], list[str]]:
+    """The classes and layers offered for the ``--model`` value ``model`` (what it declares)."""
+    facts = declared_facts(model) if model else None
+    labels = [name for i, name in enumerate(facts.labels) if i or name.lower() != "background"] if facts else []
+    return ["all", *labels], ["auto", *(facts.layers if facts else [])]
+
+
 class SegGradCAMWeb(TrameApp):
     """The viewer: controls in a side drawer, four views, a status line."""
 
@@ -74,12 +71,16 @@ class SegGradCAMWeb(TrameApp):
         model_dirs: Sequence[Path] = (),
         trust: bool = False,
         max_upload_mb: float = 512,
+        max_disk_mb: float = MAX_DISK_MB,
+        host: str = "127.0.0.1",
+        allowed_origins: Sequence[str] = (),
         encoder: str | None = None,
         python: str | None = None,
     ):
         super().__init__(server)
+        PageAccess(host, allowed_origins).bind(self.server)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="seggradcam-web-"))
-        self.uploads = UploadArea(self.workdir / "uploads", max_upload_mb)
+        self.uploads = UploadArea(self.workdir / "uploads", max_upload_mb, max_disk_mb=max_disk_mb)
         self.trust = trust
         self.models = model_choices(model_dirs)
         self.app = SlicerApp()
@@ -94,7 +95,8 @@ class SegGradCAMWeb(TrameApp):
         self.shown = Shown([])
         self.run = None
         self._runs = 0
-        self.state.update(initial_state(list(self.models), self.samples()))
+        self.good = initial_state(list(self.models), sample_names())  # the last good value of each control
+        self.state.update(self.good)
         build_page(self)
         self.ctrl.on_client_connected.add(self._fit_views_soon)
         crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
@@ -103,37 +105,23 @@ class SegGradCAMWeb(TrameApp):
 
     # -- volumes ---------------------------------------------------------------------------
 
-    def samples(self) -> list[str]:
-        """The bundled samples present on this computer."""
-        return [
-            name
-            for name, present in (
-                ("Colin27 T1 head", COLIN27.is_file()),
-                ("KmeansTest T1 head", KMEANS.is_file()),
-                ("Demo lesion case (t1c, flair)", COLIN27.is_file()),
-            )
-            if present
-        ]
-
-    def sample_files(self, name: str) -> list[Path]:
-        """The files of a bundled sample (the demo lesion case is written to the work folder)."""
-        if name.startswith("Colin27"):
-            return [COLIN27]
-        if name.startswith("KmeansTest"):
-            return [KMEANS]
-        case = demo_data.make_case(demo_data.EVAL_SEED, "colin27")
-        paths = demo_data.write_case(case, self.workdir / "samples" / "demo-case")
-        return [paths[channel] for channel in demo_data.CHANNELS]
-
-    def load_case(self, paths: Sequence[Path], title: str) -> list:
-        """Load volume files as the case's channels (the first is the background)."""
-        nodes = []
-        for path in paths:
-            loaded = self.app.io_manager.load_volumes(str(path))
-            if not loaded:
-                raise SegGradCAMError(f"{Path(path).name} could not be read as a volume.")
-            nodes.append(loaded[0])
-        self.shown = Shown(nodes)
+    def load_case(self, paths: Sequence[Path], title: str, own: Path | None = None) -> list:
+        """Load volume files as the case's channels (the first is the background), in place of the
+        case shown (its nodes and the server's files of it removed). ``own``: the server's folder
+        of these files, removed with them (also when they are refused)."""
+        nodes: list = []
+        try:
+            self._check_no_run()
+            for path in paths:
+                loaded = self.app.io_manager.load_volumes(str(path))
+                if not loaded:
+                    raise SegGradCAMError(f"{Path(path).name} could not be read as a volume.")
+                nodes.append(loaded[0])
+        except BaseException:
+            Shown(nodes, own).remove(self.logic)
+            raise
+        self.shown.remove(self.logic)
+        self.shown = Shown(nodes, own)
         self.logic.showLabels(None)
         background = nodes[0]
         display = background.GetDisplayNode()
@@ -153,10 +141,16 @@ class SegGradCAMWeb(TrameApp):
         self.app.display_manager.reset_views()
         return nodes
 
+    def _check_no_run(self) -> None:
+        """No other volume while a run goes: its outputs belong to the inputs it was started on."""
+        if self.run is not None:
+            raise SegGradCAMError("A run is going: cancel it (or let it end) before opening another volume.")
+
     def open_output_folder(self, folder: Path) -> None:
         """A folder ``seggradcam explain`` wrote: its inputs as the background when they still
         exist, then the segmentation and heatmaps as the same nodes a run adds."""
         report = ExplainReport.read(folder)
+        output_files(report, folder)  # inside the folder and present, before anything is loaded
         inputs = [Path(p) for p in report.inputs]
         if inputs and all(p.is_file() for p in inputs):
             self.load_case(inputs, folder.name)
@@ -167,32 +161,30 @@ class SegGradCAMWeb(TrameApp):
                 "segmentation alone (on its own grid) with the heatmaps."
             )
         outputs = self.logic.addOutputs(report, folder, self.shown.volumes[0], f"web|{folder}")
-        self.show_outputs(outputs, report, folder)
+        self.show_outputs(outputs, report, folder, f"web|{folder}", owned=False)
 
     # -- runs ---------------------------------------------------------------------------------
 
+    @shown_failures
     def start_run(self, model: str, classes: str, layers: str, method: str, faithfulness: bool) -> None:
-        """Run with the choices the page showed when Run was clicked (checked here, never trusted)."""
+        """Run with the choices the page showed when Run was clicked (checked against the server's
+        lists, never trusted: the page never sends a path)."""
         if self.run is not None:
             return
         self.state.error = self.state.message = ""
-        try:
-            if not self.shown.volumes:
-                raise SegGradCAMError("Open a volume first (a sample or an upload).")
-            if model not in self.models:  # the page's list, never a path sent by a browser
-                raise SegGradCAMError("Choose one of the offered models and methods.")
-            self.run = self.logic.startRun(
-                self.shown.volumes,
-                self.models[model],
-                classes=str(classes),
-                layers=str(layers),
-                method=method,
-                trust=self.trust,
-                faithfulness=bool(faithfulness),
-            )
-        except SegGradCAMError as error:
-            self.state.error = str(error)
-            return
+        if not self.shown.volumes:
+            raise SegGradCAMError("Open a volume first (a sample or an upload).")
+        model = Choice("Model", list(self.models), "the offered models")(model)
+        class_names, layer_names = run_choices(self.models[model])
+        self.run = self.logic.startRun(
+            self.shown.volumes,
+            self.models[model],
+            classes=Choice("Classes", class_names)(classes),
+            layers=Choice("Layers", layer_names)(layers),
+            method=Choice("Method", METHOD_CHOICES)(method),
+            trust=self.trust,
+            faithfulness=CONTROLS["faithfulness"](faithfulness),
+        )
         self.state.update(running=True, progress=0, progress_text="starting the worker")
         create_task(self._follow(self.run))
 
@@ -212,21 +204,25 @@ class SegGradCAMWeb(TrameApp):
         self.run = None
         with self.state:
             self.state.running = False
-            try:
-                self._runs += 1
-                kept = self.workdir / "outputs" / f"run{self._runs}"
-                if run.outFolder.is_dir():
-                    shutil.copytree(run.outFolder, kept)  # for downloads; the run's own folder goes now
-                outputs = self.logic.finishRun(run)
-                report = ExplainReport.read(kept)
-                self.show_outputs(outputs, report, kept)
-                self.state.progress, self.state.progress_text = (
-                    100,
-                    f"done in {time.perf_counter() - run.started:.1f} s",
-                )
-            except SegGradCAMError as error:
-                self.state.error, self.state.progress_text = str(error), "failed"
+            self.state.progress_text = "failed"  # until the outputs are shown
+            self._finish(run)
 
+    @shown_failures
+    def _finish(self, run) -> None:
+        """Show a finished run's outputs on its inputs (a copy of its folder kept for downloads)."""
+        self._runs += 1
+        kept = self.workdir / "outputs" / f"run{self._runs}"
+        if run.outFolder.is_dir():
+            shutil.copytree(run.outFolder, kept)  # the run's own folder goes now
+        try:
+            outputs = self.logic.finishRun(run)
+        except BaseException:
+            shutil.rmtree(kept, ignore_errors=True)
+            raise
+        self.show_outputs(outputs, ExplainReport.read(kept), kept, run.runKey, owned=True)
+        self.state.progress, self.state.progress_text = 100, f"done in {time.perf_counter() - run.started:.1f} s"
+
+    @shown_failures
     def cancel_run(self) -> None:
         run, self.run = self.run, None
         if run is not None:
@@ -235,15 +231,15 @@ class SegGradCAMWeb(TrameApp):
 
     # -- display --------------------------------------------------------------------------------
 
-    def show_outputs(self, outputs, report: ExplainReport, folder: Path) -> None:
-        """Offer the run's heatmaps (class / layer), show the first over its segmentation."""
-        self.shown.outputs, self.shown.report, self.shown.folder = outputs, report, folder
+    def show_outputs(self, outputs, report: ExplainReport, folder: Path, run_key: str, owned: bool) -> None:
+        """Offer the run's heatmaps (class / layer), show the first over its segmentation (in place
+        of the outputs shown before; ``run_key`` tags the nodes, ``owned``: the folder is the server's)."""
+        self.shown.replace_outputs(self.logic, outputs, report, folder, run_key, owned)
         outputs.segmentationNode.GetDisplayNode().SetVisibility2D(False)  # 2D: the label layer, outline or fill
         outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # 3D: the segments' surfaces
         items = [{"title": f"{label} / {layer}", "value": i} for i, (label, layer) in enumerate(outputs.heatmapNodes)]
         files = [
-            report.segmentation,
-            *(info.file for _, _, info in report.heatmaps()),
+            *output_files(report, folder),
             EXPLAIN_FILE,
             *(["overview.png"] if (folder / "overview.png").is_file() else []),
         ]
@@ -253,12 +249,23 @@ class SegGradCAMWeb(TrameApp):
         self._show_heatmap()
         self.app.display_manager.reset_views()  # the 3D view onto the new surfaces
 
+    def control(self, name: str, check=None):
+        """The page's value of the control ``name``, checked (by ``check``, else its check in
+        :data:`~.controls.CONTROLS`); a bad one is put back to the last good one, and said."""
+        try:
+            self.good[name] = (check or CONTROLS[name])(self.state[name])
+        except SegGradCAMError as error:
+            self.state.error = str(error)
+            self.state[name] = self.good[name]
+        return self.good[name]
+
     def _heatmap_node(self):
         nodes = list(self.shown.outputs.heatmapNodes.values()) if self.shown.outputs else []
-        index = self.state.heat
-        return nodes[index] if isinstance(index, int) and 0 <= index < len(nodes) else None
+        index = self.control("heat", heatmap_index(len(nodes)))
+        return None if index is None else nodes[index]
 
     @change("heat", "show_heatmap", "opacity", "threshold")
+    @shown_failures
     def _show_heatmap(self, **_) -> None:
         node = self._heatmap_node()
         if not self.shown.volumes:
@@ -266,9 +273,9 @@ class SegGradCAMWeb(TrameApp):
         self.logic.showHeatmap(
             node,
             self.shown.volumes[0],
-            opacity=float(self.state.opacity),
-            threshold=float(self.state.threshold),
-            visible=bool(self.state.show_heatmap),
+            opacity=self.control("opacity"),
+            threshold=self.control("threshold"),
+            visible=self.control("show_heatmap"),
         )
         if node is not None:
             label, layer = node.GetAttribute("SegGradCAM.Class"), node.GetAttribute("SegGradCAM.Layer")
@@ -280,33 +287,30 @@ class SegGradCAMWeb(TrameApp):
         self._render()
 
     @change("show_segmentation", "segmentation_style")
+    @shown_failures
     def _show_segmentation(self, **_) -> None:
         labelmap = self.shown.outputs.labelmapNode if self.shown.outputs else None
-        self.logic.showLabels(
-            labelmap, outline=self.state.segmentation_style == "outline", visible=bool(self.state.show_segmentation)
-        )
+        visible = self.control("show_segmentation")
+        self.logic.showLabels(labelmap, outline=self.control("segmentation_style") == "outline", visible=visible)
         if self.shown.outputs:  # 3D: the segments' surfaces
-            self.shown.outputs.segmentationNode.GetDisplayNode().SetVisibility3D(bool(self.state.show_segmentation))
+            self.shown.outputs.segmentationNode.GetDisplayNode().SetVisibility3D(visible)
         self._render()
 
     @change("bg_window", "bg_level")
-    def _window_level(self, bg_window, bg_level, **_) -> None:
+    @shown_failures
+    def _window_level(self, **_) -> None:
+        window, level = self.control("bg_window"), self.control("bg_level")
         if self.shown.volumes:
             display = self.shown.volumes[0].GetDisplayNode()
             display.SetAutoWindowLevel(False)
-            display.SetWindowLevel(float(bg_window), float(bg_level))
+            display.SetWindowLevel(window, level)
             self._render()
 
     @change("model")
+    @shown_failures
     def _on_model(self, model, **_) -> None:
-        facts = declared_facts(self.models[model]) if model in self.models else None
-        labels = [name for i, name in enumerate(facts.labels) if i or name.lower() != "background"] if facts else []
-        self.state.update(
-            classes_items=["all", *labels],
-            classes="all",
-            layers_items=["auto", *(facts.layers if facts else [])],
-            layers="auto",
-        )
+        classes, layers = run_choices(self.models.get(model) if isinstance(model, str) else None)
+        self.state.update(classes_items=classes, classes="all", layers_items=layers, layers="auto")
 
     def _fit_views_soon(self, **_) -> None:
         """Fit the views to the volume once the new page has sized them."""
@@ -338,27 +342,24 @@ class SegGradCAMWeb(TrameApp):
 
     # -- files ------------------------------------------------------------------------------------
 
+    @shown_failures
     async def upload(self, files) -> None:
         """Volumes from the browser: one file per channel, or a zipped DICOM series."""
-        with self.state:
-            self.state.error = self.state.message = ""
-            try:
-                received = [ClientFile(f) for f in files or []]  # name and bytes; the name is never a path
-                uploaded = [UploadedFile(f.name or "", f.content or b"") for f in received]
-                paths = self.uploads.store(uploaded)
-                self.load_case(paths, ", ".join(f.name[:40] for f in uploaded))
-            except SegGradCAMError as error:
-                self.state.error = str(error)
+        self.state.error = self.state.message = ""
+        self._check_no_run()  # before anything is stored
+        received = [ClientFile(f) for f in files or [] if isinstance(f, dict)]  # the name is never a path
+        uploaded = [UploadedFile(str(f.name or ""), bytes(f.content or b"")) for f in received]
+        paths = self.uploads.store(uploaded)
+        self.load_case(paths, ", ".join(f.name[:40] for f in uploaded), own=paths[0].parent)
 
+    @shown_failures
     def open_sample(self, name: str) -> None:
         self.state.error = self.state.message = ""
-        if name not in self.samples():
-            return
-        try:
-            self.load_case(self.sample_files(name), name)
-        except SegGradCAMError as error:
-            self.state.error = str(error)
+        if name in sample_names():
+            paths, own = sample_files(name, self.workdir / "samples")
+            self.load_case(paths, name, own)
 
+    @shown_failures
     def download(self, name: str):
         """The bytes of one output file, looked up by name among the outputs (never a path)."""
         if self.shown.folder is None or name not in self.shown.files:

@@ -92,11 +92,13 @@ def build_page(web) -> None:
                     id="sample",
                     update_modelValue=(web.open_sample, "[$event]"),
                     hide_details=True,
+                    disabled=("running",),  # the server refuses another volume while a run goes
                 )
                 v3.VFileInput(
                     label="Upload (one file per channel, or a DICOM zip)",
                     multiple=True,
                     id="upload",
+                    disabled=("running",),
                     density="compact",
                     hide_details=True,
                     classes="mt-2",

@@ -2,15 +2,20 @@
 
 No name or path from the client is used as a file path: each upload is stored as
 ``upload-N<known extension>`` and each zip member as ``member-N``; a zip member whose name
-would leave its folder (absolute, ``..``) is refused (zip-slip), and the unpacked size is capped
-as well as the upload. Volumes are read by :func:`SegGradCAMLib.volumes.files.read_volume`
-(NRRD, NIfTI, MHA; a zipped DICOM series) and stored again as NRRD for the scene.
+would leave its folder (absolute, ``..``) is refused (zip-slip). Only the members that are read
+(DICOM files: ``DICM`` at byte 128) are unpacked. Capped: the upload, what a zip unpacks to, and
+the bytes all uploads hold on disk (the server's disk quota). Volumes are read by
+:func:`SegGradCAMLib.volumes.files.read_volume` (NRRD, NIfTI, MHA; a zipped DICOM series) and
+stored again as NRRD for the scene; the uploaded and unpacked files are deleted then.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
+import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -21,6 +26,8 @@ from ..volumes.files import read_volume
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MAX_UPLOAD_MB = 512
 MAX_UNPACKED_MB = 2048
+MAX_DISK_MB = 4096
+DICOM_MAGIC = (128, b"DICM")  # a DICOM file's preamble ends at byte 128 with "DICM"
 
 
 @dataclass
@@ -34,17 +41,27 @@ class UploadedFile:
 class UploadArea:
     """A folder for uploads; each :meth:`store` gets a fresh sub-folder."""
 
-    def __init__(self, root: Path, max_upload_mb: float = MAX_UPLOAD_MB, max_unpacked_mb: float = MAX_UNPACKED_MB):
+    def __init__(
+        self,
+        root: Path,
+        max_upload_mb: float = MAX_UPLOAD_MB,
+        max_unpacked_mb: float = MAX_UNPACKED_MB,
+        max_disk_mb: float = MAX_DISK_MB,
+    ):
         self.root = Path(root)
         self.max_upload = int(max_upload_mb * 2**20)
         self.max_unpacked = int(max_unpacked_mb * 2**20)
+        self.max_disk = int(max_disk_mb * 2**20)
         self._count = itertools.count()
 
-    def store(self, files: Sequence[UploadedFile]) -> list[Path]:
-        """The uploaded volumes as NRRD files, one per channel in the order given. Raises
-        :class:`SegGradCAMError` naming the problem (nothing of the failed upload is kept)."""
-        import shutil
+    def held(self) -> int:
+        """Bytes the uploads hold on disk now."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else 0
 
+    def store(self, files: Sequence[UploadedFile]) -> list[Path]:
+        """The uploaded volumes as NRRD files, one per channel in the order given (nothing else
+        is kept). Raises :class:`SegGradCAMError` naming the problem (nothing of the failed
+        upload is kept)."""
         if not files:
             raise SegGradCAMError("No file was uploaded.")
         total = sum(len(f.content) for f in files)
@@ -53,6 +70,7 @@ class UploadArea:
                 f"The upload is {total / 2**20:.0f} MB; the limit is {self.max_upload / 2**20:.0f} MB "
                 "(the server's --max-upload-mb)."
             )
+        self._check_quota(total)
         folder = self.root / f"upload{next(self._count)}"
         folder.mkdir(parents=True)
         try:
@@ -60,6 +78,16 @@ class UploadArea:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+
+    def _check_quota(self, adding: int, held: int | None = None) -> None:
+        """Refuse ``adding`` bytes more beyond the disk quota (``held``: the bytes held, when known)."""
+        held = self.held() if held is None else held
+        if held + adding > self.max_disk:
+            raise SegGradCAMError(
+                f"The server's disk quota of {self.max_disk / 2**20:.0f} MB for uploads is reached "
+                f"({held / 2**20:.0f} MB held, {adding / 2**20:.0f} MB more needed); open the volume "
+                "again after the current one is replaced, or start the server with a larger --max-disk-mb."
+            )
 
     def _store_one(self, upload: UploadedFile, folder: Path, index: int) -> Path:
         name = upload.name.lower()
@@ -81,13 +109,17 @@ class UploadArea:
         import SimpleITK as sitk
 
         path = folder / f"volume-{index}.nrrd"
+        self._check_quota(volume.image.GetNumberOfPixels() * volume.image.GetSizeOfPixelComponent())
         sitk.WriteImage(volume.image, str(path))  # a 3D scalar volume with its geometry (read_volume checked)
+        if source.is_dir():
+            shutil.rmtree(source)
+        else:
+            source.unlink()
         return path
 
     def _unpack(self, upload: UploadedFile, folder: Path) -> Path:
-        """The members of a zip (a DICOM series) as ``member-N`` files; zip-slip and oversize refused."""
-        import io
-
+        """The DICOM members of a zip as ``member-N`` files (the others are never unpacked);
+        zip-slip, oversize and damaged archives refused."""
         try:
             archive = zipfile.ZipFile(io.BytesIO(upload.content))
         except zipfile.BadZipFile:
@@ -107,17 +139,33 @@ class UploadArea:
                     f"{self.max_unpacked / 2**20:.0f} MB."
                 )
             folder.mkdir()
-            written = 0
-            for index, member in enumerate(members):
-                with archive.open(member) as source, open(folder / f"member-{index}", "wb") as target:
-                    while chunk := source.read(2**20):  # the declared sizes may lie: count what comes out
+            try:
+                self._unpack_dicom(archive, members, folder, display_name(upload.name))
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
+                raise SegGradCAMError(
+                    f"{display_name(upload.name)}: damaged zip file ({error}); zip the series again."
+                ) from None
+        return folder
+
+    def _unpack_dicom(self, archive: zipfile.ZipFile, members: list, folder: Path, shown: str) -> None:
+        """Unpack the DICOM ``members`` into ``folder``, counting the bytes that come out (the
+        declared sizes may lie) against the unpacked limit and the disk quota."""
+        at, magic = DICOM_MAGIC
+        held, written = self.held(), 0
+        for index, member in enumerate(members):
+            with archive.open(member) as source:
+                head = source.read(at + len(magic))
+                if head[at:] != magic:
+                    continue
+                with open(folder / f"member-{index}", "wb") as target:
+                    chunk = head
+                    while chunk:
                         written += len(chunk)
                         if written > self.max_unpacked:
-                            raise SegGradCAMError(
-                                f"{display_name(upload.name)} unpacks to more than {self.max_unpacked / 2**20:.0f} MB."
-                            )
+                            raise SegGradCAMError(f"{shown} unpacks to more than {self.max_unpacked / 2**20:.0f} MB.")
+                        self._check_quota(written, held)
                         target.write(chunk)
-        return folder
+                        chunk = source.read(2**20)
 
 
 def display_name(name: str) -> str:

@@ -1,0 +1,96 @@
+"""What the browser viewer shows, and the files behind it: the case's volume nodes and the
+outputs of one run on them, each with the folder of its files. A case opened replaces the one
+before it, nodes and files (the server's own files; never a folder the user named)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from ..demo import data as demo_data
+from ..errors import SegGradCAMError
+from ..mrml.outputs import removeWithDisplayAndStorage
+from ..reports import ExplainReport
+
+COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+KMEANS = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
+DEMO_CASE = "Demo lesion case (t1c, flair)"
+
+
+@dataclass
+class Shown:
+    """The case's volume nodes (``own``: the server's folder of their files, or None), and the
+    outputs shown on them: nodes, report, folder (``owned``: the server's, deleted with them),
+    the names offered for download (kept here: the page's state is the client's) and the run
+    key that tags their nodes."""
+
+    volumes: list
+    own: Path | None = None
+    outputs: object = None
+    report: ExplainReport | None = None
+    folder: Path | None = None
+    owned: bool = False
+    files: tuple[str, ...] = ()
+    run_key: str = ""
+
+    def replace_outputs(self, logic, outputs, report: ExplainReport, folder: Path, run_key: str, owned: bool) -> None:
+        """Show ``outputs`` instead of the previous ones (their nodes and the server's folder removed)."""
+        if self.outputs is not None and self.run_key != run_key:  # the same key: replaced when added
+            logic.removeRunOutputs(self.run_key)
+        if self.owned and self.folder is not None and self.folder != folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.outputs, self.report, self.folder, self.owned, self.run_key = outputs, report, folder, owned, run_key
+
+    def remove(self, logic) -> None:
+        """Remove the volumes and outputs from the scene, and the server's files of them."""
+        if self.outputs is not None:
+            logic.removeRunOutputs(self.run_key)
+        for node in self.volumes:
+            removeWithDisplayAndStorage(logic.scene, node)
+        for folder in (self.own, self.folder if self.owned else None):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def output_files(report: ExplainReport, folder: Path) -> list[str]:
+    """The files ``folder``'s explain.json names (segmentation, heatmaps), each checked to lie in
+    ``folder`` and to be there; :class:`SegGradCAMError` naming the first that is not."""
+    names = [report.segmentation, *(info.file for _, _, info in report.heatmaps())]
+    for name in names:
+        path = folder / name
+        if PurePath(name).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+            raise SegGradCAMError(
+                f"{folder.name}/explain.json names {name!r}, outside {folder.name}; "
+                "an output folder's files must lie in it."
+            )
+        if not path.is_file():
+            raise SegGradCAMError(
+                f"{folder.name}/explain.json names {name}, which is missing in {folder.name}; "
+                "run seggradcam explain again."
+            )
+    return names
+
+
+def sample_names() -> list[str]:
+    """The bundled samples present on this computer."""
+    present = {
+        "Colin27 T1 head": COLIN27.is_file(),
+        "KmeansTest T1 head": KMEANS.is_file(),
+        DEMO_CASE: COLIN27.is_file(),
+    }
+    return [name for name, there in present.items() if there]
+
+
+def sample_files(name: str, folder: Path) -> tuple[list[Path], Path | None]:
+    """The files of the bundled sample ``name``, and the folder of the server's that holds them,
+    or None (the demo lesion case is written to a fresh folder in ``folder``)."""
+    if name.startswith("Colin27"):
+        return [COLIN27], None
+    if name.startswith("KmeansTest"):
+        return [KMEANS], None
+    folder.mkdir(parents=True, exist_ok=True)
+    own = Path(tempfile.mkdtemp(prefix="demo-case-", dir=folder))
+    paths = demo_data.write_case(demo_data.make_case(demo_data.EVAL_SEED, "colin27"), own / "case")
+    return [paths[channel] for channel in demo_data.CHANNELS], own

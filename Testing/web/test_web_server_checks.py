@@ -1,0 +1,143 @@
+"""The browser viewer's server in this process (no browser): every state value it reads is
+checked, a failure is shown on the page, a volume cannot change under a run, outputs are
+confined to their folder, and an opened volume replaces the previous one's nodes and files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+
+import pytest
+from test_web_uploads import lying_zip
+
+from SegGradCAMLib.cli import main
+from SegGradCAMLib.demo import data as demo_data
+from SegGradCAMLib.errors import SegGradCAMError
+
+DEMO = "Demo lesion case (t1c, flair)"
+KMEANS = "KmeansTest T1 head"
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from trame.app import get_server
+
+    from SegGradCAMLib.web.app import SegGradCAMWeb
+
+    viewer = SegGradCAMWeb(server=get_server("server-checks"), workdir=tmp_path_factory.mktemp("web"))
+    viewer.state.ready()  # as when the server starts: changes run the change handlers on flush
+    yield viewer
+    viewer.close()
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory):
+    """A folder ``seggradcam explain`` wrote (the demo model on the demo case, edema only)."""
+    root = tmp_path_factory.mktemp("explained")
+    case = demo_data.write_case(demo_data.make_case(demo_data.EVAL_SEED, "colin27"), root / "case")
+    inputs = [str(case[c]) for c in demo_data.CHANNELS]
+    arguments = ["--model", "demo-lesions-unet2d", "--classes", "edema", "--quiet", "--no-overview"]
+    assert main(["explain", *inputs, *arguments, "--out", str(root / "out")]) == 0
+    return root / "out"
+
+
+def changed(web, **values) -> None:
+    """Values set from a page (trame.state.set), then flushed: the server's change handlers run."""
+    web.state.update(values)
+    web.state.flush()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("opacity", "abc", "Opacity must be a number from 0 to 1"),
+        ("threshold", 7, "Threshold must be a number from 0 to 1"),
+        ("bg_window", float("nan"), "Window must be a number"),
+        ("show_heatmap", "abc", "Show heatmap must be true or false"),
+        ("segmentation_style", "evil", "Segmentation style must be one of outline, fill"),
+        ("heat", "x", "Heatmap must be one of the listed heatmaps"),
+    ],
+)
+def test_a_bad_display_value_is_refused_and_put_back(web, name, value, message):
+    web.open_sample(KMEANS)
+    before = web.state[name]
+    web.state.error = ""
+    changed(web, **{name: value})
+    assert message in web.state.error
+    assert web.state[name] == before
+    web.state.error = ""
+    changed(web, opacity=0.5)  # later changes work again
+    assert web.state.error == "" and web.state.opacity == 0.5
+
+
+def test_a_huge_class_list_is_refused(web):
+    web.open_sample(DEMO)
+    web.start_run("demo-lesions-unet2d", "edema," * 200_000, "auto", "auto", False)
+    assert web.run is None
+    assert web.state.error.startswith("Classes must be one of all, edema, enhancing_rim, necrotic_core; got 'edema,")
+    web.start_run("demo-lesions-unet2d", "all", "x" * 100, "auto", False)
+    assert web.run is None and web.state.error.startswith("Layers must be one of auto, ")
+
+
+def test_a_damaged_upload_is_shown_on_the_page(web):
+    asyncio.run(web.upload([{"name": "series.zip", "content": lying_zip()}]))
+    assert web.state.error.startswith("series.zip: damaged zip file")
+
+
+def test_no_volume_can_be_opened_while_a_run_goes(web):
+    web.open_sample(DEMO)
+    web.start_run("demo-lesions-unet2d", "all", "auto", "auto", False)
+    assert web.run is not None, web.state.error
+    try:
+        web.open_sample(KMEANS)
+        assert web.state.case_title.startswith("Demo lesion case")
+        assert "A run is going" in web.state.error
+        asyncio.run(web.upload([{"name": "a.nrrd", "content": b"x"}]))
+        assert web.state.case_title.startswith("Demo lesion case") and "A run is going" in web.state.error
+    finally:
+        web.cancel_run()
+    web.open_sample(KMEANS)
+    assert web.state.case_title.startswith("KmeansTest") and web.state.error == ""
+
+
+def with_explain(folder, tmp_path, **changes):
+    """A copy of the output ``folder`` whose explain.json has the top-level ``changes``."""
+    copy = tmp_path / "out"
+    shutil.copytree(folder, copy)
+    report = json.loads((copy / "explain.json").read_text())
+    (copy / "explain.json").write_text(json.dumps({**report, **changes}))
+    return copy
+
+
+def test_an_output_folder_cannot_name_files_outside_it(web, explained, tmp_path):
+    (tmp_path / "case").mkdir()
+    shutil.copy(explained / "segmentation.nrrd", tmp_path / "case" / "labels.nrrd")
+    folder = with_explain(explained, tmp_path, segmentation="../case/labels.nrrd")
+    with pytest.raises(SegGradCAMError, match=r"explain.json names '\.\./case/labels.nrrd', outside out"):
+        web.open_output_folder(folder)
+    assert web.download("../case/labels.nrrd") is None
+
+
+def test_a_missing_heatmap_file_is_one_line(web, explained, tmp_path):
+    folder = with_explain(explained, tmp_path)
+    (folder / "heatmap_edema.nrrd").unlink()
+    with pytest.raises(SegGradCAMError, match=r"explain.json names heatmap_edema.nrrd, which is missing in out"):
+        web.open_output_folder(folder)
+
+
+def test_an_opened_volume_replaces_the_previous_ones_nodes_and_files(web, explained):
+    def sizes() -> tuple[int, int]:
+        files = [p for p in web.workdir.rglob("*") if p.is_file()]
+        return web.scene.GetNumberOfNodes(), len(files)
+
+    web.open_sample(DEMO)
+    web.open_output_folder(explained)  # a run's outputs too
+    web.open_sample(DEMO)
+    first = sizes()
+    for name in (KMEANS, DEMO) * 3:
+        web.open_output_folder(explained)
+        web.open_sample(name)
+    assert sizes() == first
