@@ -4,8 +4,8 @@ One module per command. User errors (bad files, unknown names, ...) print one li
 ``seggradcam: error: ...`` and exit with code 2. Long commands report progress
 (:mod:`.progress`): a bar on a terminal, a line per stage otherwise, nothing with
 ``--quiet``, and with ``--progress json`` the project's JSON events on standard output
-(ending in exactly one ``done`` or ``error`` event). Heavy imports (torch, monai)
-happen only when a command runs.
+(ending in exactly one ``done`` or ``error`` event; Ctrl-C: the ``error`` event "interrupted"
+and exit code 130). Heavy imports (torch, monai) happen only when a command runs.
 """
 
 from __future__ import annotations
@@ -105,11 +105,17 @@ def _run(args: argparse.Namespace) -> int:
             reporter("startup", 0, 1)  # interpreter, torch import and model load, up to the command's 1/1
         try:
             report = COMMANDS[args.command](args, reporter)
-        except SegGradCAMError as error:
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            print(f"seggradcam: error: {message}", file=sys.stderr)
-            if events is not None:
+        except (SegGradCAMError, KeyboardInterrupt) as error:
+            interrupted = isinstance(error, KeyboardInterrupt)  # main() says so and exits 130
+            message = (
+                "interrupted" if interrupted else str(error).splitlines()[0] if str(error) else type(error).__name__
+            )
+            if not interrupted:
+                print(f"seggradcam: error: {message}", file=sys.stderr)
+            if events is not None:  # the event readers wait for an end
                 events.write(json.dumps({"event": "error", "message": message}) + "\n")
+            if interrupted:
+                raise
             return 2
         finally:
             if reporter is not None:

@@ -20,6 +20,7 @@ from ..reports import ExplainReport, ModelInfo
 from ..selection import class_indices, layer_selection, pick_device
 from ..volumes.files import read_volume, same_geometry, write_like
 from .heatmap_files import HeatmapWriter
+from .outputs import REPORT_FILE, RunFolder
 from .resources import peak_memory_mb, set_threads
 
 PipelineLoader = Callable[[ExplainOptions, str], Pipeline]
@@ -97,20 +98,22 @@ def write_segmentation_and_overview(
     """``segmentation.nrrd`` (uint8, int16 beyond 255 labels) and, unless turned off, ``overview.png``."""
     reference = inputs.reference
     dtype = np.uint8 if len(writer.labels) < 256 else np.int16
-    write_like(result.labels.astype(dtype), reference, Path(options.out) / "segmentation.nrrd")
+    with writer.folder.writing("segmentation.nrrd") as path:
+        write_like(result.labels.astype(dtype), reference, path)
     writer.file_written()
     if options.overview:
         from ..volumes.overview import save_overview
 
-        save_overview(
-            Path(options.out) / "overview.png",
-            reference.array,
-            result.labels,
-            writer.overview_titles(),
-            reference.spacing,
-            reference.direction,
-            title=title,
-        )
+        with writer.folder.writing("overview.png") as path:
+            save_overview(
+                path,
+                reference.array,
+                result.labels,
+                writer.overview_titles(),
+                reference.spacing,
+                reference.direction,
+                title=title,
+            )
         writer.file_written()
 
 
@@ -166,17 +169,21 @@ def checked_settings(
 
 
 def new_writer(
-    options: ExplainOptions, pipeline: Pipeline, inputs: InputVolumes, settings: ExplainSettings, progress
+    options: ExplainOptions,
+    pipeline: Pipeline,
+    inputs: InputVolumes,
+    settings: ExplainSettings,
+    folder: RunFolder,
+    progress,
 ) -> HeatmapWriter:
-    """The writer of the heatmaps into the (created) output folder, counting every file the run writes."""
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """The writer of the heatmaps into the run's ``folder``, counting every file the run writes;
+    refuses heatmap names known now (chosen layers) that are input files."""
     chosen = pipeline.model.chosen_layers(settings.layers)
     several = chosen == "auto" or len(chosen) > 1
     files = len(settings.classes) * (1 if chosen == "auto" else len(chosen)) + 2 + options.overview
     labels = list(pipeline.model.spec.labels)
-    return HeatmapWriter(
-        out,
+    writer = HeatmapWriter(
+        folder,
         inputs.reference,
         labels,
         settings.method,
@@ -187,13 +194,17 @@ def new_writer(
         files,
         progress,
     )
+    if chosen != "auto":
+        folder.refuse_inputs(writer.filename(labels[c], layer) for c in settings.classes for layer in chosen)
+    return writer
 
 
 def explain_files(
     options: ExplainOptions, progress: ProgressCallback | None = None, load: PipelineLoader = load_options_pipeline
 ) -> ExplainReport:
-    """Explain ``options.inputs`` into ``options.out``; ``progress(stage, done, total)``;
-    ``load(options, device)`` gives the pipeline (cohorts: once per process)."""
+    """Explain ``options.inputs`` into ``options.out`` (through a :class:`RunFolder`: the outputs
+    whole or absent); ``progress(stage, done, total)``; ``load(options, device)`` gives the
+    pipeline (cohorts: once per process)."""
     step = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
     began = start = time.perf_counter()
@@ -201,31 +212,34 @@ def explain_files(
     device = pick_device(options.device)
     choice = resolve_method(options.method, options.model)
     threads = set_threads(options.threads)
-    inputs = InputVolumes.read(options.inputs, options.max_voxels)
-    timings["read_s"] = time.perf_counter() - start
-    step("read", 1, 1)
+    with RunFolder(Path(options.out), [*options.inputs, options.region, options.model]) as folder:
+        inputs = InputVolumes.read(options.inputs, options.max_voxels)
+        timings["read_s"] = time.perf_counter() - start
+        step("read", 1, 1)
 
-    start = time.perf_counter()
-    pipeline = load(options, device)
-    timings["load_model_s"] = time.perf_counter() - start
-    step("startup", 1, 1)
-    settings = checked_settings(options, pipeline, inputs, choice.method, device)
-    writer = new_writer(options, pipeline, inputs, settings, step)
-    start = time.perf_counter()
-    result = run_pipeline(pipeline, inputs, settings, progress, writer)
-    timings["explain_s"] = time.perf_counter() - start
-    timings.update(result.timings)
-    if options.faithfulness:
         start = time.perf_counter()
-        score_faithfulness(pipeline, inputs, result, writer, device, step)
-        timings["faithfulness_s"] = time.perf_counter() - start
+        pipeline = load(options, device)
+        timings["load_model_s"] = time.perf_counter() - start
+        step("startup", 1, 1)
+        settings = checked_settings(options, pipeline, inputs, choice.method, device)
+        writer = new_writer(options, pipeline, inputs, settings, folder, step)
+        start = time.perf_counter()
+        result = run_pipeline(pipeline, inputs, settings, progress, writer)
+        timings["explain_s"] = time.perf_counter() - start
+        timings.update(result.timings)
+        if options.faithfulness:
+            start = time.perf_counter()
+            score_faithfulness(pipeline, inputs, result, writer, device, step)
+            timings["faithfulness_s"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    title = f"{pipeline.model.spec.name} — {choice.method}"
-    write_segmentation_and_overview(options, inputs, result, writer, title)
-    timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
-    timings["total_s"] = time.perf_counter() - began
-    report = build_report(options, pipeline, choice, inputs, settings, result, writer, threads, timings)
-    report.write(options.out)
+        start = time.perf_counter()
+        title = f"{pipeline.model.spec.name} — {choice.method}"
+        write_segmentation_and_overview(options, inputs, result, writer, title)
+        timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
+        timings["total_s"] = time.perf_counter() - began
+        report = build_report(options, pipeline, choice, inputs, settings, result, writer, threads, timings)
+        with folder.writing(REPORT_FILE):
+            report.write(folder.staging)
+        folder.commit()
     step("write", writer.files, writer.files)
     return report

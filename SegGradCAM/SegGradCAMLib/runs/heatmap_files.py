@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -12,6 +11,7 @@ from ..evaluation.energy import heatmap_energy_fractions
 from ..inference import ClassHeatmap
 from ..reports import ClassEntry, HeatmapEntry
 from ..volumes.files import Volume, safe_filename, write_like
+from .outputs import RunFolder
 
 OVERVIEW_ROWS = 6  # heatmaps drawn in overview.png (the first ones; every map is written to a file)
 SHELL_MM = 3.0  # the shell around a class mask whose heatmap energy is reported
@@ -24,12 +24,12 @@ def encode_heatmap(heat: np.ndarray, dtype: str) -> np.ndarray:
 
 @dataclass
 class HeatmapWriter:
-    """Writes each class map into ``out`` with the ``reference`` volume's geometry and records it
-    in ``entries`` (class index -> :class:`ClassEntry`); keeps the first maps for the overview.
+    """Writes each class map into the run's ``folder`` with the ``reference`` volume's geometry and
+    records it in ``entries`` (class index -> :class:`ClassEntry`); keeps the first maps for the overview.
     ``regions`` ``(len(classes), Z, Y, X)``: the user's target regions, else each class's mask.
     ``file_written()`` reports each file as a ``write`` step of ``files`` to ``progress``."""
 
-    out: Path
+    folder: RunFolder
     reference: Volume
     labels: list[str]
     method: str
@@ -76,7 +76,8 @@ class HeatmapWriter:
         }
         if self.dtype == "uint8":
             metadata["SegGradCAM.ValueScale"] = f"{1 / 255:.9g}"  # stored value x scale = normalised value
-        write_like(encode_heatmap(heat, self.dtype), self.reference, self.out / filename, metadata)
+        with self.folder.writing(filename) as path:
+            write_like(encode_heatmap(heat, self.dtype), self.reference, path, metadata)
         if self.keep_for_overview and len(self.overview_rows) < OVERVIEW_ROWS:
             self.overview_rows.append((name, layer, c, heat))
         self.file_written()

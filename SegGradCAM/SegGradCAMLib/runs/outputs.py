@@ -1,0 +1,116 @@
+"""The output folder of one run: its outputs whole or absent, the inputs and the user's other
+files untouched.
+
+A run writes into a hidden temporary folder inside ``--out`` (``.seggradcam-partial-*``: inside,
+so that ``--out .`` works where the parent folder is not writable and every move is a rename
+on one file system). Only a run that succeeded replaces the earlier outputs: the earlier run's
+``explain.json`` goes first (the folder no longer looks complete), then the earlier run's maps
+that this run does not write, then the new files move in, ``explain.json`` last. A failed or
+interrupted run leaves the folder as it was (a killed one leaves its hidden folder too), and
+removes the folders it created. No output may be one of the run's input files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from ..errors import SegGradCAMError
+
+PARTIAL_PREFIX = ".seggradcam-partial-"
+REPORT_FILE = "explain.json"
+FIXED_FILES = ("segmentation.nrrd", "overview.png")  # with explain.json and the heatmap_*.nrrd files
+
+
+def is_run_output(name: str) -> bool:
+    """Whether ``name`` is a file name a run writes (never a path, never the user's other files)."""
+    heatmap = name.startswith("heatmap_") and name.endswith(".nrrd")
+    return name == Path(name).name and (heatmap or name in FIXED_FILES or name == REPORT_FILE)
+
+
+def earlier_outputs(out: Path) -> set[str]:
+    """The files of the earlier run in ``out``, as its ``explain.json`` names them (none without one)."""
+    try:
+        report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
+        maps = {layer["file"] for entry in report["classes"] for layer in entry["layers"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return {name for name in maps if isinstance(name, str) and is_run_output(name)} | set(FIXED_FILES)
+
+
+class RunFolder:
+    """``out`` and the hidden folder a run writes into (``staging``); ``inputs``: the run's
+    input paths, never replaced. Use as a context manager around the run, ending in :meth:`commit`."""
+
+    def __init__(self, out: Path, inputs: Sequence[str | Path]) -> None:
+        self.out, self.inputs = Path(out), [Path(p) for p in inputs if p is not None and Path(p).exists()]
+        if self.out.exists() and not self.out.is_dir():
+            raise SegGradCAMError(f"--out {self.out} is a file, not a folder; give a folder.")
+        self.refuse_inputs((REPORT_FILE, *FIXED_FILES))
+        self.created = [p for p in (self.out, *self.out.parents) if not p.exists()]  # deepest first
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=self.out))
+        except OSError as error:
+            self._remove_created()
+            raise SegGradCAMError(
+                f"cannot write into {self.out}: {error.strerror or error}; give another --out."
+            ) from None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if kind is not None:
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self.created:
+            try:
+                folder.rmdir()  # only an empty folder
+            except OSError:
+                return
+
+    def is_input(self, path: Path) -> bool:
+        """Whether ``path`` is (a link to) one of the run's input files."""
+        return path.exists() and any(os.path.samefile(path, p) for p in self.inputs)
+
+    def refuse_inputs(self, names: Iterable[str]) -> None:
+        """Refuse to run when an output file ``out/name`` is one of the inputs."""
+        for name in names:
+            if self.is_input(self.out / name):
+                raise SegGradCAMError(
+                    f"{self.out / name} is an input of this run and would be overwritten by an output; "
+                    "give another --out."
+                )
+
+    @contextlib.contextmanager
+    def writing(self, name: str) -> Iterator[Path]:
+        """The temporary path of output ``name``; a failed write as one line."""
+        try:
+            yield self.staging / name
+        except (OSError, RuntimeError) as error:  # SimpleITK reports a failed write as a RuntimeError
+            free = shutil.disk_usage(self.staging).free / 2**20
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else "the write failed"
+            raise SegGradCAMError(
+                f"cannot write {name} into {self.out}: {reason} ({free:.0f} MiB free there); "
+                "free some space or give another --out."
+            ) from None
+
+    def commit(self) -> None:
+        """Replace the earlier run's outputs in ``out`` by this run's (``explain.json`` last)."""
+        names = sorted(os.listdir(self.staging), key=lambda name: name == REPORT_FILE)
+        self.refuse_inputs(names)
+        stale = earlier_outputs(self.out) - set(names)
+        (self.out / REPORT_FILE).unlink(missing_ok=True)
+        for name in stale:
+            if not self.is_input(self.out / name):
+                (self.out / name).unlink(missing_ok=True)
+        for name in names:
+            os.replace(self.staging / name, self.out / name)
