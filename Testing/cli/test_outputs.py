@@ -17,7 +17,9 @@ import pytest
 import SimpleITK as sitk
 
 from SegGradCAMLib.cli import main
+from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL
+from SegGradCAMLib.runs.outputs import RunFolder
 
 DEMO = ["--model", DEFAULT_MULTICLASS_MODEL]
 
@@ -120,6 +122,8 @@ def collection(small_case, tmp_path: Path, layout: str) -> tuple[list[str], Path
     if layout == "input is a link to an output":
         (other / "t1c.nrrd").symlink_to(first)
         return [str(other / "t1c.nrrd"), small_case[1]], coll
+    if layout == "region is an output":
+        return [*small_case, "--region", str(first)], coll
     second.unlink()
     if layout == "output is a link to an input":
         second.symlink_to(small_case[1])
@@ -129,7 +133,8 @@ def collection(small_case, tmp_path: Path, layout: str) -> tuple[list[str], Path
 
 
 @pytest.mark.parametrize(
-    "layout", ["same names", "input is a link to an output", "output is a link to an input", "hard link"]
+    "layout",
+    ["same names", "input is a link to an output", "region is an output", "output is a link to an input", "hard link"],
 )
 def test_an_output_file_that_is_an_input_is_refused(small_case, tmp_path, capsys, layout):
     inputs, coll = collection(small_case, tmp_path, layout)
@@ -138,6 +143,36 @@ def test_an_output_file_that_is_an_input_is_refused(small_case, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("seggradcam: error:") and "is an input" in err[0], err
     assert snapshot(coll) == before and sorted(os.listdir(coll)) == ["heatmap_edema.nrrd", "segmentation.nrrd"]
+
+
+def test_a_map_named_only_after_the_run_is_checked_before_anything_moves(tmp_path):
+    """Layers found while running (``--layers auto`` without declared stages) name their maps late."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "heatmap_lesion_conv.nrrd").write_text("an input")
+    with pytest.raises(SegGradCAMError, match="is an input"):
+        with RunFolder(out, [out / "heatmap_lesion_conv.nrrd"]) as folder:
+            for name in ("segmentation.nrrd", "heatmap_lesion_conv.nrrd", "explain.json"):
+                (folder.staging / name).write_text("new")
+            folder.commit()
+    assert snapshot(out) == {"heatmap_lesion_conv.nrrd": b"an input"}
+
+
+def test_only_the_earlier_runs_own_files_are_removed(tmp_path):
+    """An earlier explain.json naming other files (the user's, or a path) removes none of them."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (tmp_path / "outside.nrrd").write_text("the user's")
+    for name in ("notes.txt", "heatmap_old.nrrd", "overview.png"):
+        (out / name).write_text("earlier")
+    maps = {"a": {"file": "notes.txt"}, "b": {"file": "../outside.nrrd"}, "c": {"file": "heatmap_old.nrrd"}}
+    (out / "explain.json").write_text(json.dumps({"classes": [{"layers": maps}]}))
+    with RunFolder(out, []) as folder:
+        for name in ("segmentation.nrrd", "explain.json"):
+            (folder.staging / name).write_text("new")
+        folder.commit()
+    assert snapshot(out) == {"explain.json": b"new", "notes.txt": b"earlier", "segmentation.nrrd": b"new"}
+    assert (tmp_path / "outside.nrrd").read_text() == "the user's"
 
 
 def test_out_that_is_a_file_is_refused(small_case, tmp_path, capsys):
