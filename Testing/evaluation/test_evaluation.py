@@ -122,8 +122,9 @@ def test_two_dimensional_cases_are_slices_with_a_prediction(dataset):
         f"case1[{z}]" for z in range(4)
     ]
     # a list file, a folder, one volume, or a comma list of channel files: one case per volume
-    assert [(c.id, c.inputs) for c in cohort_cases(str(dataset["list"]))] == [("case1", (path,))]
-    assert [c.id for c in cohort_cases(str(dataset["data"]))] == ["case0", "case1"]
+    (listed,) = cohort_cases(str(dataset["list"]))
+    assert listed.inputs == (path,) and listed.id.startswith("data_case1-")
+    assert [c.id for c in cohort_cases(str(dataset["data"]))][1] == listed.id  # the id of the files, however listed
     assert [c.inputs for c in cohort_cases(f"{path},{path}")] == [(path, path)]
 
 
