@@ -10,6 +10,7 @@ import os
 import shutil
 
 import pytest
+from conftest import KMEANS_T1
 from test_web_uploads import lying_zip
 
 from SegGradCAMLib.cli import main
@@ -88,17 +89,21 @@ def test_a_damaged_upload_is_shown_on_the_page(web):
 
 
 def test_no_volume_can_be_opened_while_a_run_goes(web):
+    async def during_a_run() -> None:
+        web.start_run("demo-lesions-unet2d", "all", "auto", "auto", False)
+        assert web.run is not None, web.state.error
+        try:
+            web.open_sample(KMEANS)
+            assert web.state.case_title.startswith("Demo lesion case")
+            assert "A run is going" in web.state.error
+            await web.upload([{"name": "a.nrrd", "content": b"x"}])
+            assert web.state.case_title.startswith("Demo lesion case") and "A run is going" in web.state.error
+        finally:
+            web.cancel_run()
+            await asyncio.sleep(0.5)  # the run's follower sees the cancel and ends
+
     web.open_sample(DEMO)
-    web.start_run("demo-lesions-unet2d", "all", "auto", "auto", False)
-    assert web.run is not None, web.state.error
-    try:
-        web.open_sample(KMEANS)
-        assert web.state.case_title.startswith("Demo lesion case")
-        assert "A run is going" in web.state.error
-        asyncio.run(web.upload([{"name": "a.nrrd", "content": b"x"}]))
-        assert web.state.case_title.startswith("Demo lesion case") and "A run is going" in web.state.error
-    finally:
-        web.cancel_run()
+    asyncio.run(during_a_run())
     web.open_sample(KMEANS)
     assert web.state.case_title.startswith("KmeansTest") and web.state.error == ""
 
@@ -137,7 +142,10 @@ def test_an_opened_volume_replaces_the_previous_ones_nodes_and_files(web, explai
     web.open_output_folder(explained)  # a run's outputs too
     web.open_sample(DEMO)
     first = sizes()
-    for name in (KMEANS, DEMO) * 3:
+    upload = [{"name": "head.nii.gz", "content": KMEANS_T1.read_bytes()}]
+    for name in (KMEANS, DEMO):
         web.open_output_folder(explained)
+        asyncio.run(web.upload(upload))
+        assert web.state.case_title.startswith("head.nii.gz") and len(list(web.workdir.rglob("*.nrrd"))) == 1
         web.open_sample(name)
     assert sizes() == first

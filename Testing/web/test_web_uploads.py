@@ -151,3 +151,11 @@ def test_a_zip_whose_sizes_lie_is_refused_with_one_line(tmp_path):
     with pytest.raises(SegGradCAMError, match="series.zip: damaged zip file"):
         UploadArea(tmp_path / "uploads").store([UploadedFile("series.zip", lying_zip())])
     assert files_under(tmp_path / "uploads") == []
+
+
+def test_an_upload_declaring_more_voxels_than_the_cap_is_refused_unread(tmp_path):
+    content = nrrd_bytes(tmp_path, np.zeros((20, 20, 20), np.float32))
+    with pytest.raises(SegGradCAMError, match=r"^a.nrrd declares 20 x 20 x 20 voxels \(8,000\).*--max-voxels"):
+        UploadArea(tmp_path / "uploads", max_voxels=1000).store([UploadedFile("a.nrrd", content)])
+    assert files_under(tmp_path / "uploads") == []
+    assert UploadArea(tmp_path / "uploads").max_voxels == 512**3  # the viewer's default cap

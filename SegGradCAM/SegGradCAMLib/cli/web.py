@@ -43,8 +43,12 @@ def add_web_parser(sub) -> None:
     web.add_argument(
         "--max-disk-mb",
         type=float,
-        default=4096,
         help="disk quota for all uploads held at once, unpacked zips included (default 4096 MB)",
+    )
+    web.add_argument(
+        "--max-voxels",
+        type=int,
+        help="refuse, unread, an uploaded volume declaring more voxels (default 512³ = 134,217,728)",
     )
     web.add_argument(
         "--allowed-origin",
@@ -61,6 +65,11 @@ def web_command(args: argparse.Namespace) -> None:
     for folder in args.models:
         if not folder.is_dir():
             raise SegGradCAMError(f"--models {folder}: not a folder.")
+    for name, value in (("--max-upload-mb", args.max_upload_mb), ("--max-disk-mb", args.max_disk_mb)):
+        if value is not None and not value > 0:
+            raise SegGradCAMError(f"{name} must be more than 0; got {value}.")
+    if args.max_voxels is not None and args.max_voxels < 1:
+        raise SegGradCAMError(f"--max-voxels must be >= 1; got {args.max_voxels}.")
     inputs = [Path(p) for p in args.inputs]
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
@@ -74,13 +83,14 @@ def web_command(args: argparse.Namespace) -> None:
     except ImportError as error:
         raise SegGradCAMError(f"{WEB_EXTRA_HINT} ({error}).") from None
 
+    limits = {"max_disk_mb": args.max_disk_mb, "max_voxels": args.max_voxels}  # None: the viewer's defaults
     viewer = SegGradCAMWeb(
         model_dirs=args.models,
         trust=args.trust_model,
         max_upload_mb=args.max_upload_mb,
-        max_disk_mb=args.max_disk_mb,
         host=args.host,
         allowed_origins=args.allowed_origin,
+        **{name: value for name, value in limits.items() if value is not None},
     )
     try:
         if inputs and inputs[0].is_dir():

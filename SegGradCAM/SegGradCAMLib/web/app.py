@@ -39,7 +39,7 @@ from .access import PageAccess
 from .case import Shown, output_files, sample_files, sample_names
 from .controls import CONTROLS, Choice, heatmap_index, shown_failures
 from .page import build_page, initial_state, quad_layout
-from .uploads import MAX_DISK_MB, UploadArea, UploadedFile
+from .uploads import MAX_DISK_MB, WEB_MAX_VOXELS, UploadArea, UploadedFile
 
 DOWNLOAD_TYPES = {".nrrd": "application/octet-stream", ".png": "image/png", ".json": "application/json"}
 
@@ -72,6 +72,7 @@ class SegGradCAMWeb(TrameApp):
         trust: bool = False,
         max_upload_mb: float = 512,
         max_disk_mb: float = MAX_DISK_MB,
+        max_voxels: int = WEB_MAX_VOXELS,
         host: str = "127.0.0.1",
         allowed_origins: Sequence[str] = (),
         encoder: str | None = None,
@@ -80,7 +81,7 @@ class SegGradCAMWeb(TrameApp):
         super().__init__(server)
         PageAccess(host, allowed_origins).bind(self.server)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="seggradcam-web-"))
-        self.uploads = UploadArea(self.workdir / "uploads", max_upload_mb, max_disk_mb=max_disk_mb)
+        self.uploads = UploadArea(self.workdir / "uploads", max_upload_mb, max_disk_mb, max_voxels)
         self.trust = trust
         self.models = model_choices(model_dirs)
         self.app = SlicerApp()

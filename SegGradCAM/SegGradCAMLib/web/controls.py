@@ -82,7 +82,7 @@ def heatmap_index(count: int) -> Callable[[Any], int | None]:
 CONTROLS: dict[str, Callable[[Any], Any]] = {
     "opacity": Number("Opacity", 0.0, 1.0),
     "threshold": Number("Threshold", 0.0, 1.0),
-    "bg_window": Number("Window", 1e-6),
+    "bg_window": Number("Window", 0.0),
     "bg_level": Number("Level"),
     "show_heatmap": Flag("Show heatmap"),
     "show_segmentation": Flag("Show segmentation"),

@@ -27,6 +27,7 @@ VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MAX_UPLOAD_MB = 512
 MAX_UNPACKED_MB = 2048
 MAX_DISK_MB = 4096
+WEB_MAX_VOXELS = 512**3  # an upload's declared size cap (the web's --max-voxels): 0.5 GiB as float32
 DICOM_MAGIC = (128, b"DICM")  # a DICOM file's preamble ends at byte 128 with "DICM"
 
 
@@ -47,11 +48,13 @@ class UploadArea:
         max_upload_mb: float = MAX_UPLOAD_MB,
         max_unpacked_mb: float = MAX_UNPACKED_MB,
         max_disk_mb: float = MAX_DISK_MB,
+        max_voxels: int = WEB_MAX_VOXELS,
     ):
         self.root = Path(root)
         self.max_upload = int(max_upload_mb * 2**20)
         self.max_unpacked = int(max_unpacked_mb * 2**20)
         self.max_disk = int(max_disk_mb * 2**20)
+        self.max_voxels = max_voxels
         self._count = itertools.count()
 
     def held(self) -> int:
@@ -103,7 +106,7 @@ class UploadArea:
             source = folder / f"upload-{index}{ending}"
             source.write_bytes(upload.content)
         try:
-            volume = read_volume(str(source))
+            volume = read_volume(str(source), self.max_voxels)  # the declared size checked before reading
         except SegGradCAMError as error:  # named as the user knows it, not by the server's path
             raise SegGradCAMError(str(error).replace(str(source), display_name(upload.name))) from None
         import SimpleITK as sitk
