@@ -149,3 +149,22 @@ def test_an_opened_volume_replaces_the_previous_ones_nodes_and_files(web, explai
         assert web.state.case_title.startswith("head.nii.gz") and len(list(web.workdir.rglob("*.nrrd"))) == 1
         web.open_sample(name)
     assert sizes() == first
+
+
+def test_a_failure_while_following_a_run_ends_it_and_is_shown(web, monkeypatch):
+    def broken(run):
+        raise RuntimeError("the worker's pipe broke")
+
+    async def run_until_it_ends() -> None:
+        web.start_run("demo-lesions-unet2d", "all", "auto", "auto", False)
+        assert web.run is not None, web.state.error
+        monkeypatch.setattr(web.logic, "pollRun", broken)
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if web.run is None:
+                break
+
+    web.open_sample(DEMO)
+    asyncio.run(run_until_it_ends())
+    assert web.run is None and web.state.running is False
+    assert web.state.error.startswith("Failed: RuntimeError: the worker's pipe broke")

@@ -189,17 +189,23 @@ class SegGradCAMWeb(TrameApp):
         self.state.update(running=True, progress=0, progress_text="starting the worker")
         create_task(self._follow(self.run))
 
+    @shown_failures
     async def _follow(self, run) -> None:
-        """Poll the worker (never blocking the server's loop) and add its outputs when it ends."""
-        while not run.finished:
-            self.logic.pollRun(run)
-            if run.progress:
-                p = run.progress
-                left = "" if p.get("eta_s") is None else f", {p['eta_s']:.0f} s left"
-                with self.state:
-                    self.state.progress = round(100 * p["done"] / max(p["total"], 1))
-                    self.state.progress_text = f"{p['stage']} {p['done']}/{p['total']}{left}"
-            await asyncio.sleep(0.2)
+        """Poll the worker (never blocking the server's loop) and add its outputs when it ends (a
+        failure of the polling ends the run and is shown)."""
+        try:
+            while not run.finished:
+                self.logic.pollRun(run)
+                if run.progress:
+                    p = run.progress
+                    left = "" if p.get("eta_s") is None else f", {p['eta_s']:.0f} s left"
+                    with self.state:
+                        self.state.progress = round(100 * p["done"] / max(p["total"], 1))
+                        self.state.progress_text = f"{p['stage']} {p['done']}/{p['total']}{left}"
+                await asyncio.sleep(0.2)
+        except BaseException:
+            self.cancel_run()
+            raise
         if self.run is not run:  # cancelled
             return
         self.run = None
