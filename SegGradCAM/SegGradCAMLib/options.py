@@ -102,6 +102,17 @@ def device_option() -> Any:
     return option("--device", "auto", "auto, cpu, cuda or cuda:N")
 
 
+def max_voxels_option() -> Any:
+    """``--max-voxels``, shared by ``explain`` and ``evaluate``: the cap on a volume's declared size."""
+    return option("--max-voxels", MAX_VOXELS, "refuse, unread, a volume declaring more voxels", type=int)
+
+
+def check_max_voxels(max_voxels: int) -> None:
+    """``max_voxels`` >= 1."""
+    if max_voxels < 1:
+        raise SegGradCAMError(f"--max-voxels must be >= 1; got {max_voxels}.")
+
+
 def check_device_and_threads(device: str, threads: int) -> None:
     """``device``: see :func:`~SegGradCAMLib.selection.check_device_name` (whether it is present is
     checked when the run starts); ``threads`` >= 0."""
@@ -239,7 +250,7 @@ class ExplainOptions(CommandOptions):
         action="store_true",
     )
     threads: int = option("--threads", 0, "torch CPU threads (0: torch's default)", type=int)
-    max_voxels: int = option("--max-voxels", MAX_VOXELS, "refuse, unread, a volume declaring more voxels", type=int)
+    max_voxels: int = max_voxels_option()
     step_size: float = option(
         "--step-size",
         0.5,
@@ -284,8 +295,7 @@ class ExplainOptions(CommandOptions):
         if self.heatmap_dtype not in HEATMAP_DTYPES:
             raise SegGradCAMError(f"--heatmap-dtype: choose one of {', '.join(HEATMAP_DTYPES)}.")
         check_device_and_threads(self.device, self.threads)
-        if self.max_voxels < 1:
-            raise SegGradCAMError(f"--max-voxels must be >= 1; got {self.max_voxels}.")
+        check_max_voxels(self.max_voxels)
         if not 0 < self.step_size <= 1:
             raise SegGradCAMError(f"--step-size must be in (0, 1]; got {self.step_size}.")
         if self.faithfulness and self.region is not None:
@@ -362,6 +372,7 @@ class EvaluateOptions(CommandOptions):
         "CPU threads for torch (0: torch's default; 1 is fastest for small 2D models on a busy machine)",
         type=int,
     )
+    max_voxels: int = max_voxels_option()
     trust_model: bool = option("--trust-model", False, "allow model formats that run code", action="store_true")
     write_card: bool = option(
         "--write-card",
@@ -392,6 +403,7 @@ class EvaluateOptions(CommandOptions):
             raise SegGradCAMError("Nothing to evaluate: give at least one method or baseline.")
         self.road_fractions  # noqa: B018 - a bad list fails here, when built
         check_device_and_threads(self.device, self.threads)
+        check_max_voxels(self.max_voxels)
         if self.batch_size < 1:
             raise SegGradCAMError(f"--batch-size must be >= 1; got {self.batch_size}.")
 

@@ -30,7 +30,7 @@ from .model_grid import Direction, check_volume, prepare_input
 from .models.spec import LoadedModel
 from .options import MAX_VOXELS
 from .preprocessing import pad_end, padded_shape
-from .volumes.files import Volume, read_channels
+from .volumes.files import Volume, check_files, check_no_itk_sibling, read_channels
 
 HeatmapCallback = Callable[[ClassHeatmap, np.ndarray], None]
 
@@ -165,6 +165,7 @@ class Pipeline(Protocol):
         seed: int,
         batch_size: int,
         device: str,
+        max_voxels: int = MAX_VOXELS,
     ) -> list[EvalCase]: ...
 
 
@@ -223,9 +224,11 @@ class VolumePipeline:
         seed: int,
         batch_size: int,
         device: str,
+        max_voxels: int = MAX_VOXELS,
     ) -> list[EvalCase]:
-        """The cases of one volume named ``name`` (2D: ``name[z]``, at most ``max_slices`` drawn with ``seed``)."""
-        inputs = InputVolumes.read(paths)
+        """The cases of one volume named ``name`` (2D: ``name[z]``, at most ``max_slices`` drawn with ``seed``);
+        a file declaring more than ``max_voxels`` values is refused."""
+        inputs = InputVolumes.read(paths, max_voxels)
         cases = cases_from_volume(
             self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, name, classes, batch_size, device
         )
@@ -254,6 +257,7 @@ class NnunetPipeline:
             raise SegGradCAMError(
                 "nnU-Net models read each channel from its own file (NRRD, NIfTI): no FILE@N, no DICOM folder."
             )
+        check_no_itk_sibling(paths)
         if reader.startswith("Nibabel") and not all(path.endswith((".nii", ".nii.gz")) for path in paths):
             raise SegGradCAMError(
                 f"{name} reads images with nibabel ({reader}): give NIfTI files (.nii.gz); "
@@ -310,9 +314,11 @@ class NnunetPipeline:
         )
 
     def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]:
-        """The volume as nnU-Net preprocesses it, scored with the first fold's weights (as evaluate does)."""
+        """The volume as nnU-Net preprocesses it (its files checked when read), scored with the first
+        fold's weights (as evaluate does)."""
+        self.check_scorable()
         self.model.network.load_state_dict(self.model.nnunet_parts().parameters[0])
-        return self.evaluation_cases(inputs.paths, "volume", classes, 1, 0, 1, device)
+        return [nnunet_case(self.model, inputs.paths, "volume")]
 
     def evaluation_cases(
         self,
@@ -323,9 +329,13 @@ class NnunetPipeline:
         seed: int,
         batch_size: int,
         device: str,
+        max_voxels: int = MAX_VOXELS,
     ) -> list[EvalCase]:
-        """One case: the whole volume as nnU-Net preprocesses it (see :func:`nnunet_case`)."""
+        """One case: the whole volume as nnU-Net preprocesses it (see :func:`nnunet_case`), its files
+        checked as :meth:`check_inputs` and :func:`~.volumes.files.check_files` do."""
         self.check_scorable()
+        self.check_inputs(paths)
+        check_files(paths, max_voxels)
         return [nnunet_case(self.model, paths, name)]
 
 

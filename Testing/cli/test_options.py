@@ -116,6 +116,7 @@ def test_evaluate_options_round_trip():
         batch_size=4,
         device="cpu",
         threads=1,
+        max_voxels=10**6,
         trust_model=True,
         write_card=True,
         force=True,
@@ -153,6 +154,7 @@ def test_explain_options_refuse_bad_values_when_built(values, message):
     [
         (["--data", "demo", "--out", "e", "--metrics", "bogus"], "Unknown metric bogus"),
         (["--data", "demo", "--out", "e", "--step", "0"], "--step a fraction"),
+        (["--data", "demo", "--out", "e", "--max-voxels", "-5"], "--max-voxels must be >= 1"),
         (["--data", "demo", "--out", "e", "--road-percentages", "0,200"], "strictly between 0 and 100"),
         (["--data", "demo", "--out", "e", "--methods", "none", "--baselines", "none"], "Nothing to evaluate"),
         (["--data", "demo", "--out", "e", "--engine", "local", "--workers", "2"], "need --engine ray"),

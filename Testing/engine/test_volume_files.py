@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +145,46 @@ def test_voxel_cap_covers_dicom_series(tmp_path):
     write_dicom_series(np.ones((4, 16, 16)), tmp_path / "series")
     with pytest.raises(SegGradCAMError, match=r"declares 16 x 16 x 4 voxels \(1,024\)"):
         read_volume(str(tmp_path / "series"), max_voxels=1000)
+
+
+NNUNET_DEMO = (
+    Path(__file__).resolve().parents[2]
+    / "SegGradCAM/Resources/Models/demo-lesions-nnunet/Dataset901_DemoLesions"
+    / "nnUNetTrainer_5epochs__nnUNetPlans__3d_fullres"
+)
+EVALUATE_QUICKLY = ["--metrics", "deletion", "--step", "0.5", "--baselines", "none", "--max-slices", "1"]
+
+
+def test_evaluate_applies_the_voxel_cap(capsys, tmp_path, small_case):
+    data = tmp_path / "cases.txt"
+    data.write_text(",".join(small_case) + "\n")
+    argv = ["evaluate", "--model", "demo-lesions-unet2d", "--data", str(data), "--out", str(tmp_path / "o")]
+    err = run_error(capsys, [*argv, *EVALUATE_QUICKLY, "--max-voxels", "1000"])
+    assert "limit of 1,000 voxels (--max-voxels)" in err
+
+
+def test_nnunet_models_get_the_same_checks(capsys, tmp_path, small_case):
+    """nnU-Net reads its inputs with its own reader (here SimpleITK's): a truncated file is refused
+    before evaluate scores it, and x.nii.gz beside x.nii (whose voxels ITK would take) is refused."""
+    t1c, flair = tmp_path / "t1c.nii", tmp_path / "flair.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(small_case[0]), str(t1c))
+    sitk.WriteImage(sitk.ReadImage(small_case[1]), str(flair))
+    data = tmp_path / "cases.txt"
+    data.write_text(f"{first_quarter(t1c, tmp_path / 'cut.nii')},{flair}\n")
+    argv = ["evaluate", "--model", str(NNUNET_DEMO), "--data", str(data), "--out", str(tmp_path / "e")]
+    assert "cut.nii is cut short" in run_error(capsys, [*argv, *EVALUATE_QUICKLY, "--methods", "gradcam"])
+    sitk.WriteImage(sitk.ReadImage(small_case[0]), str(tmp_path / "flair.nii"))
+    argv = ["explain", str(t1c), str(flair), "--model", str(NNUNET_DEMO), "--out", str(tmp_path / "o")]
+    assert "flair.nii.gz has a sibling flair.nii" in run_error(capsys, argv)
+
+
+def test_a_nifti_pair_and_a_missing_data_file_are_named(tmp_path):
+    write(volume_array(), tmp_path / "p.hdr")
+    np.testing.assert_array_equal(read_volume(str(tmp_path / "p.hdr")).array, volume_array())
+    (tmp_path / "p.img").write_bytes((tmp_path / "p.img").read_bytes()[:1000])
+    with pytest.raises(SegGradCAMError, match=r"p.hdr: its data file p.img is cut short"):
+        read_volume(str(tmp_path / "p.hdr"))
+    write(volume_array(), tmp_path / "m.mhd")
+    (tmp_path / "m.raw").unlink()
+    with pytest.raises(SegGradCAMError, match=r"m.mhd: its data file m.raw is missing"):
+        read_volume(str(tmp_path / "m.mhd"))

@@ -80,6 +80,7 @@ class EvaluateTask:
     trust_model: bool
     config: object  # EvalConfig
     max_slices: int
+    max_voxels: int  # refused, not a different result: not in the fingerprint
     command = "evaluate"
     done_file = "evaluation.json"
 
@@ -99,7 +100,9 @@ class EvaluateTask:
         from ..evaluation.scoring import evaluate_volume, save_result
 
         pipeline = cached_pipeline(self.model, self.trust_model, self.config.device)
-        result = evaluate_volume(pipeline, case.inputs, case.id, case.index, self.config, self.max_slices)
+        result = evaluate_volume(
+            pipeline, case.inputs, case.id, case.index, self.config, self.max_slices, self.max_voxels
+        )
         save_result(result, folder, with_gallery=case.index < self.config.gallery)
 
 
@@ -157,7 +160,7 @@ def evaluate_cohort(run, progress=None):
     if progress is not None:
         progress("read", 1, 1)
     config = dataclasses.replace(run.config, device=cohort_device(options.engine, options.device))
-    task = EvaluateTask(options.model, options.trust_model, config, options.max_slices)
+    task = EvaluateTask(options.model, options.trust_model, config, options.max_slices, options.max_voxels)
     ran = run_cohort(task, cases, Path(options.out), options.engine, progress)
     run.timings["evaluate_s"] = ran.seconds
     parts = [load_result(task.folder(Path(options.out), c.id)) for c in cases if c.id not in ran.failed]

@@ -17,7 +17,7 @@ from ..cam import label_map, seg_grad_cam
 from ..errors import CancelledError
 from ..layers import decoder_layers, resolve_layers
 from ..models.spec import LoadedModel
-from ..options import BASELINE_EXPLANATIONS, METRICS
+from ..options import BASELINE_EXPLANATIONS, MAX_VOXELS, METRICS
 from ..pipelines import EvalCase, Pipeline
 from ..selection import DEFAULT_FRACTIONS
 from .deletion_insertion import DEFAULT_SIGMA_MM, ClassScorer, deletion_insertion, make_baseline
@@ -236,15 +236,22 @@ def evaluate(
 
 
 def evaluate_volume(
-    pipeline: Pipeline, paths: Sequence[str], name: str, index: int, config: EvalConfig, max_slices: int
+    pipeline: Pipeline,
+    paths: Sequence[str],
+    name: str,
+    index: int,
+    config: EvalConfig,
+    max_slices: int,
+    max_voxels: int = MAX_VOXELS,
 ) -> EvalResult:
     """One volume of a cohort, the ``index``-th, given as its channel files: its cases (see the
-    pipeline's ``evaluation_cases``), named after ``name`` and seeded by ``index`` (so the result
-    does not depend on which process or machine runs it, nor on the other volumes)."""
+    pipeline's ``evaluation_cases``; a file declaring more than ``max_voxels`` values is refused),
+    named after ``name`` and seeded by ``index`` (so the result does not depend on which process
+    or machine runs it, nor on the other volumes)."""
     model = pipeline.model
     classes = list(config.classes) if config.classes is not None else list(range(1, len(model.spec.labels)))
     cases = pipeline.evaluation_cases(
-        paths, name, classes, max_slices, case_seed(config.seed, index), config.batch_size, config.device
+        paths, name, classes, max_slices, case_seed(config.seed, index), config.batch_size, config.device, max_voxels
     )
     if not cases:
         return EvalResult()

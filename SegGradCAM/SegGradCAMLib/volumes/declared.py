@@ -60,7 +60,9 @@ def checked_file(path: Path, max_voxels: int) -> Iterator[Path]:
     extent = read_header(path) if read_header else None
     if extent is not None:
         data, start = extent
-        _check_size(path, data, data.stat().st_size if data.is_file() else 0, data_bytes + max(start, 0))
+        if not data.is_file():
+            raise SegGradCAMError(f"{path}: its data file {data.name} is missing; keep it beside the header.")
+        _check_size(path, data, data.stat().st_size, data_bytes + max(start, 0))
     yield path
 
 
@@ -158,9 +160,9 @@ def _metaimage_data(path: Path) -> tuple[Path, int] | None:
         key, _, value = line.partition("=")
         fields[key.strip().lower()] = value.strip()
     name = fields.get("elementdatafile", "")
-    if fields.get("compresseddata", "false").lower() == "true" or name.startswith("LIST") or " " in name:
+    if fields.get("compresseddata", "false").lower() == "true" or name.upper().startswith("LIST") or " " in name:
         return None
-    if name == "LOCAL":
+    if name.upper() == "LOCAL":
         return path, end
     skip = int(fields.get("headersize", "0"))
     return path.parent / name, skip

@@ -88,6 +88,11 @@ def _read_image(path: Path, max_voxels: int):
         return sitk.ReadImage(str(source))
 
 
+def _cannot_read(path: Path, error: RuntimeError) -> SegGradCAMError:
+    first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown format"
+    return SegGradCAMError(f"Cannot read {path}: not a readable image or DICOM series ({first[:200]}).")
+
+
 def read_volume(text: str, max_voxels: int = MAX_VOXELS) -> Volume:
     """Read one scalar 3D volume; ``text`` is a path, optionally ``PATH@N``. A file is read exactly
     as named, and refused when its header declares more than ``max_voxels`` values or more bytes
@@ -101,8 +106,7 @@ def read_volume(text: str, max_voxels: int = MAX_VOXELS) -> Volume:
     try:
         image = _read_image(path, max_voxels)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown format"
-        raise SegGradCAMError(f"Cannot read {path}: not a readable image or DICOM series ({first[:200]}).") from None
+        raise _cannot_read(path, error) from None
     components = image.GetNumberOfComponentsPerPixel()
     if image.GetDimension() == 4 or components > 1:
         count = image.GetSize()[3] if image.GetDimension() == 4 else components
@@ -128,6 +132,33 @@ def read_volume(text: str, max_voxels: int = MAX_VOXELS) -> Volume:
         raise SegGradCAMError(f"{path} has {image.GetDimension()} dimensions; a 3D volume is needed.")
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     return Volume(str(path) if index is None else f"{path}@{index}", array, image)
+
+
+def check_files(paths: Sequence[str], max_voxels: int = MAX_VOXELS) -> None:
+    """For files another reader reads (nnU-Net's): what :func:`read_volume` checks before reading,
+    the declared size against ``max_voxels`` and the bytes the header promises."""
+    for text in paths:
+        path = Path(text)
+        if not path.is_file():
+            raise SegGradCAMError(f"Input not found: {path}")
+        try:
+            with checked_file(path, max_voxels):
+                pass
+        except RuntimeError as error:
+            raise _cannot_read(path, error) from None
+
+
+def check_no_itk_sibling(paths: Sequence[str]) -> None:
+    """Refuse an ``x.nii.gz`` beside an ``x.nii``: ITK's NIfTI reader (used by readers other than
+    :func:`read_volume`, such as nnU-Net's SimpleITKIO) takes the voxels of ``x.nii`` for it."""
+    for text in paths:
+        path = Path(text)
+        sibling = path.with_name(path.name[:-3])
+        if path.name.lower().endswith(".nii.gz") and sibling.exists():
+            raise SegGradCAMError(
+                f"{path} has a sibling {sibling.name}, whose voxels ITK-based readers (nnU-Net's SimpleITKIO) "
+                "take instead; move one of the two elsewhere."
+            )
 
 
 def same_geometry(a: Volume, b: Volume, tolerance: float = GEOMETRY_TOLERANCE) -> bool:
