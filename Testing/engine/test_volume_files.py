@@ -188,3 +188,14 @@ def test_a_nifti_pair_and_a_missing_data_file_are_named(tmp_path):
     (tmp_path / "m.raw").unlink()
     with pytest.raises(SegGradCAMError, match=r"m.mhd: its data file m.raw is missing"):
         read_volume(str(tmp_path / "m.mhd"))
+
+
+def test_a_plain_nifti_named_nii_gz_is_read_from_itself(tmp_path):
+    """ITK looks for x.nii first whatever x.nii.gz holds; an uncompressed x.nii.gz is read as named."""
+    write(volume_array(0), tmp_path / "plain.nii")
+    (tmp_path / "plain.nii").rename(tmp_path / "x.nii.gz")
+    write(volume_array(1), tmp_path / "x.nii")
+    np.testing.assert_array_equal(read_volume(str(tmp_path / "x.nii.gz")).array, volume_array(0))
+    (tmp_path / "x.nii.gz").write_bytes((tmp_path / "x.nii.gz").read_bytes()[:5000])
+    with pytest.raises(SegGradCAMError, match=r"x.nii.gz is cut short: its header promises 96,352 bytes, the file"):
+        read_volume(str(tmp_path / "x.nii.gz"))

@@ -69,7 +69,8 @@ def checked_file(path: Path, max_voxels: int) -> Iterator[Path]:
 @contextmanager
 def _checked_nifti(path: Path, meta: dict[str, str]) -> Iterator[Path]:
     """NIfTI-1/2 and Analyze: ``vox_offset`` + dim[1..dim[0]] x bitpix bits, in the file itself
-    (single file) or in the ``.img`` beside the ``.hdr`` (pair); a gzip file unpacked once."""
+    (single file) or in the ``.img`` beside the ``.hdr`` (pair); a gzip file unpacked once, and a
+    ``*.gz`` file read from a private copy."""
     dims = [int(meta[f"dim[{i}]"]) for i in range(1, int(meta["dim[0]"]) + 1)]
     needed = int(float(meta["vox_offset"])) + (math.prod(dims) * int(meta["bitpix"]) + 7) // 8
     if meta["nifti_type"] in PAIRED_NIFTI:  # the data in the .img beside the header
@@ -79,10 +80,11 @@ def _checked_nifti(path: Path, meta: dict[str, str]) -> Iterator[Path]:
         yield path
     elif meta["nifti_type"] not in SINGLE_NIFTI:
         yield path
-    elif _is_gzip(path):
+    elif _is_gzip(path) or path.name.lower().endswith(".gz"):  # ITK reads x.nii, if any, for x.nii.gz
+        packed = _is_gzip(path)
         with tempfile.TemporaryDirectory(prefix="seggradcam-") as folder:
             copy = Path(folder) / "volume.nii"
-            _check_size(path, path, _unpack(path, copy, needed), needed, unpacked=True)
+            _check_size(path, path, _copy(path, copy, needed, packed), needed, unpacked=packed)
             yield copy
     else:
         _check_size(path, path, path.stat().st_size, needed)
@@ -94,13 +96,13 @@ def _is_gzip(path: Path) -> bool:
         return file.read(2) == b"\x1f\x8b"
 
 
-def _unpack(path: Path, target: Path, limit: int) -> int:
-    """Unpack the gzip file ``path`` into ``target``, at most ``limit`` bytes; the number unpacked
-    (a damaged or cut stream counts what came out of it)."""
+def _copy(path: Path, target: Path, limit: int, packed: bool) -> int:
+    """Copy ``path`` into ``target`` (unpacked from gzip if ``packed``), at most ``limit`` bytes;
+    the number copied (a damaged or cut stream counts what came out of it)."""
     written = 0
     with open(target, "wb") as out:
         try:
-            with gzip.open(path, "rb") as source:
+            with (gzip.open if packed else open)(path, "rb") as source:
                 while written < limit and (chunk := source.read(min(CHUNK, limit - written))):
                     out.write(chunk)
                     written += len(chunk)
