@@ -34,7 +34,7 @@ def curves(network, layer, data, batch_size: int, step: float) -> tuple[float, l
         baseline = make_baseline(image, (demo_data.SPACING_MM,) * 2, "blur", 20.0)
         start = time.perf_counter()
         scorer = ClassScorer(network, 1, mask, batch_size=batch_size)
-        result = deletion_insertion(scorer, image, baseline, heat, step=step, batch_size=batch_size)
+        result = deletion_insertion(scorer, image, baseline, heat, step=step)
         seconds += time.perf_counter() - start
         aucs += [result["deletion"].summary()["auc"], result["insertion"].summary()["auc"]]
     return seconds, aucs

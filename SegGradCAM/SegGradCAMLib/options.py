@@ -364,7 +364,8 @@ class EvaluateOptions(CommandOptions):
     )
     road_percentages: str = option("--road-percentages", DEFAULT_PERCENTAGES_TEXT, "ROAD removal percentages")
     seed: int = option("--seed", 0, "", type=int)
-    batch_size: int = option("--batch-size", 32, "perturbed inputs per network call", type=int)
+    batch_size: int = option("--batch-size", 32, "perturbed inputs per network call, at most", type=int)
+    max_memory_gb: float | None = option("--max-memory-gb", None, "GB one scoring network call may take", type=float)
     device: str = device_option()
     threads: int = option(
         "--threads",
@@ -406,6 +407,8 @@ class EvaluateOptions(CommandOptions):
         check_max_voxels(self.max_voxels)
         if self.batch_size < 1:
             raise SegGradCAMError(f"--batch-size must be >= 1; got {self.batch_size}.")
+        if self.max_memory_gb is not None and not 0 < self.max_memory_gb < float("inf"):
+            raise SegGradCAMError(f"--max-memory-gb must be a number of GB > 0; got {self.max_memory_gb}.")
 
     @property
     def road_fractions(self) -> tuple[float, ...]:

@@ -191,6 +191,7 @@ class EvaluationReport(_ReportFile):
     randomization_steps: list[dict[str, Any]]
     timings: dict[str, float]
     cohort: dict[str, Any] | None = None
+    peak_memory_mb: dict[str, float] | None = None  # this process's (a Ray cohort's cases ran in others)
     tool: str = "seggradcam evaluate"
     schema: int = EVALUATION_SCHEMA
     FILE: ClassVar[str] = METRICS_FILE

@@ -151,6 +151,7 @@ def test_evaluate_command_writes_metrics_plots_and_report(dataset, tmp_path):
     )
     assert code == 0
     report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert report["peak_memory_mb"]["resident"] > 100 and report["config"]["max_memory_gb"] is None
     with open(out / "metrics.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(report["rows"]) and report["cases"] == 4  # 2 slices of each of the 2 volumes
@@ -181,6 +182,9 @@ def test_evaluate_command_writes_metrics_plots_and_report(dataset, tmp_path):
         (["--data", "/nonexistent/folder"], "Data not found"),
         (["--data", "/nonexistent/scan.nii.gz"], "Data not found: /nonexistent/scan.nii.gz"),
         (["--data", "BINARY"], "Cannot read"),
+        (["--max-memory-gb", "0"], "--max-memory-gb must be a number of GB > 0"),
+        (["--max-memory-gb", "nan"], "--max-memory-gb must be a number of GB > 0"),
+        (["--max-memory-gb", "1e-9"], "needs about"),  # one input's network call cannot fit: refused
     ],
 )
 def test_evaluate_refuses_bad_arguments_in_one_line(dataset, tmp_path, capsys, argv, message):

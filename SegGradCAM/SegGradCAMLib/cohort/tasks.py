@@ -93,7 +93,7 @@ class EvaluateTask:
         return {
             "model": self.model,
             "max_slices": self.max_slices,
-            **{k: str(v) for k, v in config_dict(self.config).items() if k != "device"},
+            **{k: str(v) for k, v in config_dict(self.config).items() if k not in ("device", "max_memory_gb")},
         }
 
     def run(self, case: CohortCase, folder: Path) -> None:

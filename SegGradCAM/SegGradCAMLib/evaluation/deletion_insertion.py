@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import SegGradCAMError
 from ..options import PERTURBATION_BASELINES
+from .memory import MemoryBudget
 
 # Blur strong enough to wash out lesion-sized structures (5 mm left a 2 mm-pixel lesion recognisable).
 DEFAULT_SIGMA_MM = 20.0
@@ -88,8 +89,9 @@ class ClassScorer:
     """Scores inputs for one class against a fixed mask, in batches without gradients.
 
     ``__call__``: inputs ``(B, Cin, *S)`` -> (mean probability of ``class_index``
-    over ``mask`` ``(B,)``, ``Dice(argmax == class_index, mask)`` ``(B,)``).
-    Mixed precision is used on CUDA.
+    over ``mask`` ``(B,)``, ``Dice(argmax == class_index, mask)`` ``(B,)``), as many
+    inputs per network call as ``budget`` holds (default: ``batch_size`` at most, by the
+    free memory; see :mod:`.memory`). Mixed precision is used on CUDA.
     """
 
     def __init__(
@@ -100,24 +102,39 @@ class ClassScorer:
         activation: str = "softmax",
         device: str = "cpu",
         batch_size: int = 16,
+        budget: MemoryBudget | None = None,
     ) -> None:
         if not mask.any():
             raise SegGradCAMError(f"Class {class_index} has an empty mask: nothing to score.")
         self.network, self.class_index, self.activation = network, int(class_index), activation
         self.mask = mask.to(device=device, dtype=torch.bool)
-        self.device, self.batch_size = device, int(batch_size)
+        self.device = device
+        self.budget = budget if budget is not None else MemoryBudget(int(batch_size))
+
+    def inputs_per_call(self, example: torch.Tensor) -> int:
+        """How many inputs like ``example`` ``(Cin, *S)`` one call takes (the first time for its
+        shape, a call on ``example`` measures what an input costs)."""
+        if tuple(example.shape) not in self.budget.costs:
+            self(example[None])
+        return self.budget.inputs_per_call(tuple(example.shape), self.device)
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        probs, dices = [], []
-        for start in range(0, inputs.shape[0], self.batch_size):
-            batch = inputs[start : start + self.batch_size].to(self.device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
-                logits = self.network(batch)
-            p, d = self._score(logits.float())
-            probs.append(p)
-            dices.append(d)
-        return torch.cat(probs).cpu().numpy(), torch.cat(dices).cpu().numpy()
+        scores, start = [], 0
+        if tuple(inputs.shape[1:]) not in self.budget.costs:  # the first input alone, measured
+            scores.append(self.budget.measure(self._forward, inputs[:1].to(self.device), self.device))
+            start = 1
+        size = self.budget.inputs_per_call(tuple(inputs.shape[1:]), self.device)
+        for first in range(start, inputs.shape[0], size):
+            batch = inputs[first : first + size]
+            self.budget.hold(batch.shape[0])
+            scores.append(self._forward(batch.to(self.device)))
+        return torch.cat([p for p, _ in scores]).cpu().numpy(), torch.cat([d for _, d in scores]).cpu().numpy()
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
+            logits = self.network(batch)
+        return self._score(logits.float())
 
     def _score(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c, mask = self.class_index, self.mask
@@ -166,20 +183,21 @@ def perturbation_curve(
     fractions: np.ndarray,
     ends: tuple[np.ndarray, np.ndarray],
     seed: int = 0,
-    batch_size: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores as the top-ranked voxels of ``start`` are replaced by those of ``end``.
 
     ``start``, ``end``: ``(Cin, *S)``; ``heatmap``: ``(*S)``; ``ends``: the known
     (probability, Dice) of ``start`` and of ``end``, each ``(2,)``, so only the inner
-    steps run the network. Perturbed inputs are built ``batch_size`` at a time
-    (memory bounded). Returns (probability, Dice), ``(T,)`` each.
+    steps run the network. Perturbed inputs are built as many at a time as one network
+    call takes (by the scorer's memory budget, never by the number of steps). Returns
+    (probability, Dice), ``(T,)`` each.
     """
     ranks = rank_voxels(heatmap, seed)
     counts = torch.from_numpy(np.round(fractions[1:-1] * ranks.numel()).astype(np.int64))
     probs, dices = [ends[0][:1]], [ends[1][:1]]
-    for first in range(0, counts.numel(), batch_size):
-        k = counts[first : first + batch_size].view(-1, *([1] * ranks.ndim))
+    size = scorer.inputs_per_call(start)
+    for first in range(0, counts.numel(), size):
+        k = counts[first : first + size].view(-1, *([1] * ranks.ndim))
         replaced = (ranks[None] < k)[:, None]  # (B, 1, *S)
         p, d = scorer(torch.where(replaced, end[None], start[None]))
         probs.append(p)
@@ -194,7 +212,6 @@ def deletion_insertion(
     heatmap: torch.Tensor,
     step: float = 0.01,
     seed: int = 0,
-    batch_size: int = 16,
     ends: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, PerturbationCurve]:
     """Deletion (image -> baseline) and Insertion (baseline -> image) curves for one heatmap.
@@ -206,10 +223,8 @@ def deletion_insertion(
     """
     fractions = step_fractions(step)
     prob, dice = ends if ends is not None else scorer(torch.stack([image, baseline]))
-    deletion = perturbation_curve(scorer, image, baseline, heatmap, fractions, (prob, dice), seed, batch_size)
-    insertion = perturbation_curve(
-        scorer, baseline, image, heatmap, fractions, (prob[::-1], dice[::-1]), seed, batch_size
-    )
+    deletion = perturbation_curve(scorer, image, baseline, heatmap, fractions, (prob, dice), seed)
+    insertion = perturbation_curve(scorer, baseline, image, heatmap, fractions, (prob[::-1], dice[::-1]), seed)
     return {
         "deletion": PerturbationCurve("deletion", fractions, *deletion, reference=float(prob[0])),
         "insertion": PerturbationCurve("insertion", fractions, *insertion, reference=float(prob[0])),

@@ -272,11 +272,14 @@ interval excludes 0, "n.s." when it does not.</p>
     return path
 
 
-def write_outputs(out: Path, model, data: str, result, config, timings: dict, device: str) -> EvaluationReport:
+def write_outputs(
+    out: Path, model, data: str, result, config, timings: dict, device: str, peak_memory_mb: dict[str, float]
+) -> EvaluationReport:
     """Write every evaluation output into ``out``; returns the ``metrics.json`` content.
 
     ``model``: the :class:`~SegGradCAMLib.models.LoadedModel`; ``result``: an
-    :class:`~SegGradCAMLib.evaluation.scoring.EvalResult` of ``config``.
+    :class:`~SegGradCAMLib.evaluation.scoring.EvalResult` of ``config``; ``peak_memory_mb``: the
+    scoring process's peak memory.
     """
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -295,6 +298,7 @@ def write_outputs(out: Path, model, data: str, result, config, timings: dict, de
         rows=result.rows,
         randomization_steps=result.randomization,
         timings=timings,
+        peak_memory_mb=peak_memory_mb,
     )
     figures = plot_curves(out, report.curves)
     randomization_plot = plot_randomization(out, randomization)

@@ -22,6 +22,7 @@ from ..pipelines import EvalCase, Pipeline
 from ..selection import DEFAULT_FRACTIONS
 from .deletion_insertion import DEFAULT_SIGMA_MM, ClassScorer, deletion_insertion, make_baseline
 from .energy import heatmap_energy_fractions
+from .memory import MemoryBudget
 from .road import road
 from .sanity import baseline_heatmap, cascading_randomisation
 from .statistics import NO_LAYER
@@ -29,7 +30,9 @@ from .statistics import NO_LAYER
 
 @dataclass
 class EvalConfig:
-    """What to measure and how. ``step``: fraction of voxels per Deletion/Insertion step."""
+    """What to measure and how. ``step``: fraction of voxels per Deletion/Insertion step;
+    ``batch_size`` and ``max_memory_gb``: perturbed inputs per network call at most, and the
+    memory such a call may take (see :mod:`.memory`)."""
 
     metrics: Sequence[str] = METRICS
     methods: Sequence[str] = ("gradcam",)
@@ -44,6 +47,7 @@ class EvalConfig:
     shell_mm: float = 3.0
     seed: int = 0
     batch_size: int = 32
+    max_memory_gb: float | None = None
     device: str = "cpu"
     bootstrap: int = 2000
     gallery: int = 6
@@ -145,12 +149,13 @@ def evaluate_case(
     image = case.image.float()
     replacement = make_baseline(image, case.spacing, config.baseline, config.sigma_mm)
     curves = bool({"deletion", "insertion"} & set(config.metrics))
+    budget = MemoryBudget(config.batch_size, config.max_memory_gb)  # shared by the case's classes
     gallery = {"case": case.name, "image": image[0].numpy(), "classes": {}}
     for ci, c in enumerate(classes):
         mask = labels == c
         if not mask.any():
             continue
-        scorer = ClassScorer(network, c, mask, spec.output_activation, config.device, config.batch_size)
+        scorer = ClassScorer(network, c, mask, spec.output_activation, config.device, budget=budget)
         ends = scorer(torch.stack([image, replacement])) if curves else None
         target = _ClassTarget(spec.labels[c], scorer, image, replacement, ends, case_seed(config.seed, *keys, c))
         explanations = {key: m[ci] for key, m in cams.items()}
@@ -184,7 +189,6 @@ def _score_explanation(
             heat,
             config.step,
             target.seed,
-            config.batch_size,
             target.ends,
         ).items():
             summary = curve.summary()

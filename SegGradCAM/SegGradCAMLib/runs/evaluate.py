@@ -21,7 +21,7 @@ from ..options import EvaluateOptions
 from ..pipelines import Pipeline, load_pipeline
 from ..reports import EvaluationReport
 from ..selection import AUTO_LAYER, AUTO_METHOD, class_indices, layer_selection, pick_device
-from .resources import set_threads
+from .resources import peak_memory_mb, set_threads
 
 
 def check_card_writable(options: EvaluateOptions) -> None:
@@ -54,6 +54,7 @@ def eval_config(options: EvaluateOptions, labels, device: str) -> EvalConfig:
         road_percentages=options.road_fractions,
         seed=options.seed,
         batch_size=options.batch_size,
+        max_memory_gb=options.max_memory_gb,
         device=device,
     )
 
@@ -106,7 +107,14 @@ class EvaluationRun:
             return None
         out = Path(self.options.out)
         report = write_outputs(
-            out, self.pipeline.model, self.options.data, result, self.config, self.timings, self.config.device
+            out,
+            self.pipeline.model,
+            self.options.data,
+            result,
+            self.config,
+            self.timings,
+            self.config.device,
+            peak_memory_mb(self.config.device),
         )
         print(
             f"Evaluated {report.cases} cases in {report.timings['evaluate_s']:.0f} s; "
