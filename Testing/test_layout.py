@@ -37,7 +37,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # The package __init__ ("") only maps names to modules lazily (importlib, no import
     # statement), so it imports nothing and sits at the bottom: importing it is always allowed,
     # and an import statement added to it would be reported as going up.
-    ("declarations", ("models.declarations", "options", "declared_options", "reports", "selection", "errors", "")),
+    (
+        "declarations",
+        ("models.declarations", "options", "engine_options", "declared_options", "reports", "selection", "errors", ""),
+    ),
 )
 DEFAULT_LAYER = "engine"
 LAYER_NAMES = [name for name, _ in LAYERS]

@@ -14,7 +14,7 @@ _LAZY = {
     "evaluate": "api",
     "ExplainOptions": "options",
     "EvaluateOptions": "options",
-    "EngineOptions": "options",
+    "EngineOptions": "engine_options",
     "ExplainReport": "reports",
     "EvaluationReport": "reports",
     "seg_grad_cam": "cam",

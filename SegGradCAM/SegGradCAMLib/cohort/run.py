@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import SegGradCAMError
-from ..options import EngineOptions
+from ..engine_options import EngineOptions
 from ..reports import CohortSummary
 from .cases import CohortCase
 from .model_cache import model_loads

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..errors import SegGradCAMError
 from ..declared_options import option_text
-from ..options import EngineOptions, ExplainOptions
+from ..engine_options import EngineOptions
+from ..options import ExplainOptions
 from ..reports import CohortSummary
 from .cases import CohortCase, cohort_cases
 from .model_cache import cached_model
