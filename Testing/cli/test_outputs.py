@@ -184,6 +184,29 @@ def test_out_that_is_a_file_is_refused(small_case, tmp_path, capsys):
     assert out.read_text() == "a file of the user's"
 
 
+def evaluate_into(out: Path, small_case, tmp_path: Path) -> int:
+    cases = tmp_path / "cases.txt"
+    cases.write_text(",".join(small_case) + "\n")
+    argv = ["evaluate", *DEMO, "--data", str(cases), "--metrics", "deletion", "--out", str(out), "--quiet"]
+    return main(argv)
+
+
+def test_evaluate_out_that_is_a_file_is_refused_before_scoring(small_case, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.write_text("a file of the user's")
+    assert evaluate_into(out, small_case, tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a folder" in err[0], err
+    assert out.read_text() == "a file of the user's"
+
+
+def test_evaluate_into_a_read_only_folder_is_one_line(small_case, tmp_path, capsys):
+    out = read_only_folder(tmp_path) / "o"
+    assert evaluate_into(out, small_case, tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("seggradcam: error: cannot write into"), err
+
+
 def read_only_folder(tmp_path: Path) -> Path:
     """A folder this process cannot write into (root writes anywhere but /sys)."""
     folder = tmp_path / "read-only"

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 from ..errors import SegGradCAMError
 from ..engine_options import EngineOptions
+from ..runs.outputs import check_out_folder, unwritable
 from ..reports import CohortSummary
 from .cases import CohortCase
 from .model_cache import model_loads
@@ -207,11 +208,15 @@ def run_cohort(
 ) -> CohortReport:
     """Run ``task`` on every case of ``cases`` not complete in ``out``; writes ``cohort.json`` and
     ``failures.csv``. ``progress("cases", done, total, failed=n)`` after each case."""
-    out.mkdir(parents=True, exist_ok=True)
-    report = CohortReport()
-    pending, records = _check_state(task, out, cases, report)
-    state = {"command": task.command, "options": task.fingerprint(), "cases": records}
-    _write_state(out, state)
+    check_out_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        report = CohortReport()
+        pending, records = _check_state(task, out, cases, report)
+        state = {"command": task.command, "options": task.fingerprint(), "cases": records}
+        _write_state(out, state)
+    except OSError as error:
+        raise unwritable(out, error) from None
     start = time.perf_counter()
 
     def record(result: dict) -> None:

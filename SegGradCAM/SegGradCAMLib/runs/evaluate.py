@@ -21,6 +21,7 @@ from ..options import EvaluateOptions
 from ..pipelines import Pipeline, load_pipeline
 from ..reports import EvaluationReport
 from ..selection import AUTO_LAYER, AUTO_METHOD, class_indices, layer_selection, pick_device
+from .outputs import check_out_folder, unwritable
 from .resources import peak_memory_mb, set_threads
 
 
@@ -74,6 +75,7 @@ class EvaluationRun:
         step = progress or (lambda stage, done, total: None)
         if options.write_card:
             check_card_writable(options)
+        check_out_folder(Path(options.out))
         step("read", 0, 1)
         set_threads(options.threads)
         start = time.perf_counter()
@@ -106,16 +108,19 @@ class EvaluationRun:
         if not result.rows:
             return None
         out = Path(self.options.out)
-        report = write_outputs(
-            out,
-            self.pipeline.model,
-            self.options.data,
-            result,
-            self.config,
-            self.timings,
-            self.config.device,
-            peak_memory_mb(self.config.device),
-        )
+        try:
+            report = write_outputs(
+                out,
+                self.pipeline.model,
+                self.options.data,
+                result,
+                self.config,
+                self.timings,
+                self.config.device,
+                peak_memory_mb(self.config.device),
+            )
+        except OSError as error:
+            raise unwritable(out, error) from None
         print(
             f"Evaluated {report.cases} cases in {report.timings['evaluate_s']:.0f} s; "
             f"wrote {out / 'metrics.json'}, metrics.csv, report.html"

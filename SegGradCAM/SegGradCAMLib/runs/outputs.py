@@ -43,14 +43,24 @@ def earlier_outputs(out: Path) -> set[str]:
     return {name for name in maps if isinstance(name, str) and is_run_output(name)} | set(FIXED_FILES)
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise SegGradCAMError(f"--out {out} is a file, not a folder; give a folder.")
+
+
+def unwritable(out: Path, error: OSError) -> SegGradCAMError:
+    """The one-line error for an ``--out`` that cannot be written (read-only, full, gone)."""
+    return SegGradCAMError(f"cannot write into {out}: {error.strerror or error}; give another --out.")
+
+
 class RunFolder:
     """``out`` and the hidden folder a run writes into (``staging``); ``inputs``: the run's
     input paths, never replaced. Use as a context manager around the run, ending in :meth:`commit`."""
 
     def __init__(self, out: Path, inputs: Sequence[str | Path]) -> None:
         self.out, self.inputs = Path(out), [Path(p) for p in inputs if p is not None and Path(p).exists()]
-        if self.out.exists() and not self.out.is_dir():
-            raise SegGradCAMError(f"--out {self.out} is a file, not a folder; give a folder.")
+        check_out_folder(self.out)
         self.refuse_inputs((REPORT_FILE, *FIXED_FILES))
         self.created = [p for p in (self.out, *self.out.parents) if not p.exists()]  # deepest first
         try:
@@ -58,9 +68,7 @@ class RunFolder:
             self.staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=self.out))
         except OSError as error:
             self._remove_created()
-            raise SegGradCAMError(
-                f"cannot write into {self.out}: {error.strerror or error}; give another --out."
-            ) from None
+            raise unwritable(self.out, error) from None
 
     def __enter__(self) -> RunFolder:
         return self
