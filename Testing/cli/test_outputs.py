@@ -86,6 +86,10 @@ def test_rerun_interrupted_in_faithfulness_leaves_the_earlier_run(small_case, hi
         assert events[-1] == {"event": "error", "message": "interrupted"}
         assert [e["event"] for e in events].count("error") == 1 and "Traceback" not in stderr
         assert snapshot(out) == before  # nothing of the new run left, not even its temporary folder
+    else:
+        assert list(out.glob(".seggradcam-partial-*"))  # a killed run cannot clean up after itself
+        assert main(["explain", *small_case, *DEMO, "--method", "hirescam", "--out", str(out), "--quiet"]) == 0
+        assert not list(out.glob(".seggradcam-partial-*"))  # the next run removes what it left
 
 
 def test_rerun_replaces_the_earlier_outputs_and_keeps_the_users_files(small_case, tmp_path):

@@ -6,8 +6,8 @@ so that ``--out .`` works where the parent folder is not writable and every move
 on one file system). Only a run that succeeded replaces the earlier outputs: the earlier run's
 ``explain.json`` goes first (the folder no longer looks complete), then the earlier run's maps
 that this run does not write, then the new files move in, ``explain.json`` last. A failed or
-interrupted run leaves the folder as it was (a killed one leaves its hidden folder too), and
-removes the folders it created. No output may be one of the run's input files.
+interrupted run leaves the folder as it was and removes the folders it created; a killed one
+leaves its hidden folder (named with its process id), which the next run into ``--out`` removes. No output may be one of the run's input files.
 """
 
 from __future__ import annotations
@@ -54,6 +54,25 @@ def unwritable(out: Path, error: OSError) -> SegGradCAMError:
     return SegGradCAMError(f"cannot write into {out}: {error.strerror or error}; give another --out.")
 
 
+def remove_abandoned_staging(out: Path) -> None:
+    """Remove the hidden folders of runs in ``out`` that were killed (their process is gone);
+    a running one's is kept."""
+    for folder in out.glob(f"{PARTIAL_PREFIX}*"):
+        pid = folder.name[len(PARTIAL_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else (or not checkable here): keep its folder
+        return True
+    return True
+
+
 class RunFolder:
     """``out`` and the hidden folder a run writes into (``staging``); ``inputs``: the run's
     input paths, never replaced. Use as a context manager around the run, ending in :meth:`commit`."""
@@ -65,7 +84,8 @@ class RunFolder:
         self.created = [p for p in (self.out, *self.out.parents) if not p.exists()]  # deepest first
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=self.out))
+            remove_abandoned_staging(self.out)
+            self.staging = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", dir=self.out))
         except OSError as error:
             self._remove_created()
             raise unwritable(self.out, error) from None
