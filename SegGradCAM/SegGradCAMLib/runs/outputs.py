@@ -7,7 +7,8 @@ on one file system). Only a run that succeeded replaces the earlier outputs: the
 ``explain.json`` goes first (the folder no longer looks complete), then the earlier run's maps
 that this run does not write, then the new files move in, ``explain.json`` last. A failed or
 interrupted run leaves the folder as it was and removes the folders it created; a killed one
-leaves its hidden folder (named with its process id), which the next run into ``--out`` removes. No output may be one of the run's input files.
+leaves its hidden folder (named with its process id), which the next run into ``--out``
+removes. No output may be one of the run's input files.
 """
 
 from __future__ import annotations
