@@ -29,13 +29,14 @@ def peak_memory_mb(device: str) -> dict[str, float]:
 
 
 def free_memory_bytes(device: str) -> int | None:
-    """Memory a run may still take on ``device``, in bytes: CUDA's free memory; else the
-    system's available memory (Linux's MemAvailable, lowered to what this cgroup's limit leaves);
-    None where unknown."""
+    """Memory a run may still take on ``device``, in bytes: CUDA's free memory and what torch
+    holds unused; else the system's available memory (Linux's MemAvailable, lowered to what this
+    cgroup's limit leaves); None where unknown."""
     if device.startswith("cuda"):
         import torch
 
-        return torch.cuda.mem_get_info(torch.device(device))[0]
+        cuda = torch.device(device)
+        return torch.cuda.mem_get_info(cuda)[0] + torch.cuda.memory_reserved(cuda) - torch.cuda.memory_allocated(cuda)
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
