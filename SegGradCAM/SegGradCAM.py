@@ -144,6 +144,7 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.panel = SegGradCAMPanel(self.ui, self.logic)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.panel.setup()
 
     def onReload(self) -> None:
@@ -174,6 +175,11 @@ class SegGradCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.panel.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """A saved scene was loaded into the module's parameter node: show all of it (its node
+        references are resolved only now)."""
+        self.panel.refreshFromParameterNode()
 
 
 #

@@ -23,8 +23,8 @@ What is a MOCK here, and the real source each follows (Slicer 5.10, CTK):
   ``enter``/``exit`` with ``isEntered``, and ``reload()`` used by the real
   ``slicer.util.reloadScriptedModule`` (which execs the module file afresh, calls the old
   widget's ``cleanup()`` and empties the layout);
-- ``slicer.app`` (version 5.10, a temporary folder, cursors) and ``slicer.util.errorDisplay``
-  (records the message instead of a dialog).
+- ``slicer.app`` (version 5.10, a temporary folder as its temporary path and home, cursors) and
+  ``slicer.util.errorDisplay`` (records the message instead of a dialog).
 """
 
 from __future__ import annotations
@@ -391,6 +391,7 @@ def install(scene) -> None:
         majorVersion=5,
         minorVersion=10,
         temporaryPath=str(temporary),
+        slicerHome=str(temporary),
         setOverrideCursor=lambda cursor: None,
         restoreOverrideCursor=lambda: None,
         processEvents=application.processEvents,

@@ -139,6 +139,60 @@ def test_a_saved_scene_restores_model_classes_and_layers(opened, scene):
     assert checked(ui.classesCheckableComboBox) == ["enhancing_rim"]
 
 
+def test_a_saved_scene_loaded_while_the_module_is_shown_shows_its_inputs_and_region(opened, scene):
+    """The import fills the parameter node before its node references resolve: the panel shows
+    them afterwards (inputs, region segment, ROI) and Apply follows."""
+    widget = opened()
+    ui = widget.ui
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "head")
+    slicer.util.updateVolumeFromArray(volume, np.ones((4, 5, 6), np.float32))
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "region")
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    node = widget.logic.getParameterNode()
+    node.inputVolume, node.regionSegmentation, node.regionSegmentID, node.regionROI = volume, segmentation, "a", roi
+    assert ui.regionSegmentSelector.currentNode() is segmentation  # set from Python: the selector follows
+    assert ui.regionSegmentSelector.currentSegmentID() == "a"
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    saved = scene.GetSceneXMLString()
+    scene.Clear(0)
+    assert not ui.applyButton.enabled
+    scene.SetLoadFromXMLString(1)
+    scene.SetSceneXMLString(saved)
+    scene.Import()
+    node = widget.logic.getParameterNode()
+    assert node.inputVolume is not None and ui.inputVolumeSelector.currentNode() is node.inputVolume
+    assert ui.regionSegmentSelector.currentNode() is node.regionSegmentation is not None
+    assert ui.regionSegmentSelector.currentSegmentID() == "a"
+    assert ui.regionROISelector.currentNode() is node.regionROI is not None
+    assert ui.applyButton.enabled
+
+
+def test_the_first_volume_that_is_not_a_heatmap_becomes_the_input(scene, opened):
+    from SegGradCAMLib.mrml.outputs import OUTPUT_ATTRIBUTE
+
+    heatmap = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "an earlier heatmap")
+    heatmap.SetAttribute(OUTPUT_ATTRIBUTE, "true")
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "head")
+    widget = opened()
+    assert widget.logic.getParameterNode().inputVolume is volume
+
+
+def test_a_malformed_nnunet_folder_offers_no_choices_and_leaves_the_panel_usable(opened, scene, tmp_path):
+    folder = nnunet_copy(tmp_path)
+    (folder / "plans.json").write_text("{}")
+    widget = opened()
+    ui = widget.ui
+    choose(ui.modelComboBox, from_path())
+    ui.modelPathLineEdit.setCurrentPath(str(folder))
+    assert items(ui.classesCheckableComboBox) == [] and widget.errors == []
+    ui.inputVolumeSelector.setCurrentNode(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "head"))
+    assert ui.applyButton.enabled
+    ui.applyButton.click()  # Apply says why, in one message
+    assert "not a readable nnU-Net folder" in widget.errors[-1][0]
+    assert ui.applyButton.text == "Apply" and ui.applyButton.enabled
+
+
 def test_switching_the_model_takes_effect_and_drops_the_old_models_names(opened):
     """Defect: the panel's combo-box slot wrote the classes before the wrapper's own slot, and
     the wrapper's GUI refresh wrote the old model back into the combo box (it snapped back)."""
@@ -205,7 +259,9 @@ def test_slicer_nnunet_users_open_the_module_without_a_traceback(opened, tmp_pat
     assert items(ui.modelPathLineEdit.comboBox()) == [str(folder)]
 
 
-@pytest.mark.parametrize("stored", [{"modelPath": {"_path": "."}}, {"modelPath": 3}, "not json {"])
+@pytest.mark.parametrize(
+    "stored", [{"modelPath": {"_path": "."}}, {"modelPath": {"_path": "./"}}, {"modelPath": 3}, "not json {"]
+)
 def test_slicer_nnunets_default_or_broken_setting_scans_nothing(opened, tmp_path, monkeypatch, stored):
     """SlicerNNUnet's default ``"."`` is Slicer's working folder (``/`` from the macOS Finder)."""
     nnunet_copy(tmp_path)
@@ -257,6 +313,18 @@ def test_after_deletion_insertion_the_panel_is_back_to_apply(opened, scene, smal
     assert ui.statusLabel.text.startswith("Evaluated in")
 
 
+def test_a_failed_evaluation_says_the_cases_own_reason(opened, scene, small_case):
+    widget = opened(python=sys.executable)
+    ui = widget.ui
+    choose_demo_with_inputs(widget, scene, small_case)
+    slicer.util.arrayFromVolume(ui.inputVolume2Selector.currentNode())[0, 0, 0] = np.nan
+    choose(ui.evaluationClassComboBox, "edema")
+    ui.evaluateButton.click()
+    run_to_end(widget)
+    assert "NaN" in ui.statusLabel.text and "failures.csv" not in ui.statusLabel.text, ui.statusLabel.text
+    assert ui.applyButton.text == "Apply" and ui.evaluateButton.enabled
+
+
 def test_a_failed_run_says_why_and_shows_the_workers_log(opened, scene, small_case):
     widget = opened(python=sys.executable)
     ui = widget.ui
@@ -299,13 +367,15 @@ class FakeInstallLogic:
     def describeInstall(self, key):
         return None if self.installs else f"Installing monai>=1.3 for {key}..."
 
-    def ensureRequirements(self, key):
+    def ensureRequirements(self, key, confirmed=None):
         if self.installs:
             return
         self.installs += 1
-        self.panel_state()
+        self.panel_state()  # while the confirmation is shown
         if self.fail:
             raise self.fail
+        confirmed()
+        self.panel_state()  # installing
 
 
 def test_an_install_disables_apply_says_what_and_cannot_start_twice(opened, scene, small_case):
@@ -321,7 +391,7 @@ def test_an_install_disables_apply_says_what_and_cannot_start_twice(opened, scen
     choose_demo_with_inputs(widget, scene, small_case)
     ui.applyButton.click()
     assert install.installs == 1
-    assert seen == [(False, False, f"Installing monai>=1.3 for {DEMO}...")]
+    assert seen == [(False, False, ""), (False, False, f"Installing monai>=1.3 for {DEMO}...")]
     assert ui.applyButton.text == "Cancel"  # then the run started, once
     ui.applyButton.click()
 
@@ -359,6 +429,12 @@ def test_reload_leaves_the_old_widget_unwired_and_one_error_class(opened):
     node.modelName = from_path()
     with pytest.raises(errors):
         new.logic.modelSource(node)
+    node.modelName = DEMO
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    slicer.util.updateVolumeFromArray(volume, np.ones((4, 8, 8), np.float32))
+    node.inputVolume, node.inputVolume2 = volume, volume
+    new.ui.applyButton.click()  # the new logic finds no PythonSlicer in this "Slicer": one message
+    assert "PythonSlicer was not found" in new.errors[-1][0] and new.ui.applyButton.text == "Apply"
 
 
 def test_device_choices_include_apples_mps(opened):

@@ -167,6 +167,17 @@ def test_on_windows_the_worker_and_taskkill_have_no_console_window(tmp_path, mon
     assert started["creationflags"] & 0x00000200  # CREATE_NEW_PROCESS_GROUP: the tree can be killed
 
 
+def test_windows_flags_can_be_checked_by_injecting_the_os_name_alone(tmp_path):
+    """Where ``subprocess.STARTUPINFO`` does not exist (not Windows), the injected "nt" still starts
+    the worker and taskkill without a console window (CREATE_NO_WINDOW)."""
+    popen, run = Recorder(), Recorder()
+    worker = WorkerProcess(["models"], tmp_path, python=sys.executable, popen=popen, run=run, osName="nt")
+    worker.start()
+    worker.kill()
+    for options in (popen.calls[0][1], run.calls[0][1]):
+        assert options["creationflags"] & 0x08000000 and "startupinfo" not in options
+
+
 def test_on_posix_the_worker_starts_in_a_session_of_its_own(tmp_path):
     popen = Recorder()
     WorkerProcess(["models"], tmp_path, python=sys.executable, popen=popen, osName="posix").start()

@@ -156,14 +156,20 @@ def nnunet_facts(folder: Path) -> ModelFacts:
     """Labels, input channels and decoder stages of an nnU-Net folder, read without torch."""
     folder = Path(folder)
     dataset, plans = _read_json(folder / "dataset.json"), _read_json(folder / "plans.json")
-    configuration = plans["configurations"][configuration_of(folder, plans)]
-    n_stages = configuration.get("architecture", {}).get("arch_kwargs", {}).get("n_stages")
+    try:
+        configuration = plans["configurations"][configuration_of(folder, plans)]
+        n_stages = configuration.get("architecture", {}).get("arch_kwargs", {}).get("n_stages")
+        channels = dataset.get("channel_names", dataset.get("modality", {}))
+        labels = tuple(label_names(dataset))
+        count = len(channels)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise SegGradCAMError(
+            f"{folder} is not a readable nnU-Net folder: its plans.json or dataset.json is not laid out as "
+            f"nnU-Net writes them ({type(error).__name__}: {error})."
+        ) from None
     if not isinstance(n_stages, int) or n_stages < 2:
         raise SegGradCAMError(f"plans.json of {folder.name} has no architecture with n_stages.")
-    channels = dataset.get("channel_names", dataset.get("modality", {}))
-    return ModelFacts(
-        tuple(label_names(dataset)), len(channels), tuple(f"decoder.stages.{i}" for i in range(n_stages - 1))
-    )
+    return ModelFacts(labels, count, tuple(f"decoder.stages.{i}" for i in range(n_stages - 1)))
 
 
 def checkpoint_path(folder: Path, fold: str, checkpoint: str = CHECKPOINTS[0]) -> Path:

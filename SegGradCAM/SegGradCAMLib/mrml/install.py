@@ -179,8 +179,9 @@ class InstallLogic:
 
     # -- installing -----------------------------------------------------------------
 
-    def ensureRequirements(self, modelName: str) -> None:
+    def ensureRequirements(self, modelName: str, confirmed: Optional[Callable[[], None]] = None) -> None:
         """Install what ``modelName`` needs after one confirmation; nothing if all is there.
+        ``confirmed()`` is called once the user has accepted, before anything is installed.
 
         Raises SegGradCAMError, ending with what to do next, if the user declines or an
         installation fails. An upgraded package that Slicer has already loaded is a warning:
@@ -200,6 +201,8 @@ class InstallLogic:
                 f"Missing Python packages: {', '.join(everything)}. SegGradCAM needs them for this model. "
                 "Run SegGradCAM again and accept the installation, or install them in Slicer's Python console."
             )
+        if confirmed is not None:
+            confirmed()
         if torchMissing:
             self._installTorch()
         byPip = [r for r in missing if r not in byNNUNet]

@@ -70,8 +70,8 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
         source = str(path) if name == MODEL_FROM_PATH else name
         try:
             facts = declared_facts(source)
-        except SegGradCAMError as error:
-            logging.warning(str(error))
+        except Exception as error:  # a model the panel cannot read offers no choices; Apply says why
+            logging.warning(f"SegGradCAM: {source}: {error}")
             return {}
         if facts is None:
             return {}
@@ -127,11 +127,16 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
         source = self.modelSource(parameterNode)
         return self.installLogic().describeInstall(self.requirementsKey(parameterNode, source))
 
-    def installRequirements(self, parameterNode) -> None:
-        """Install the packages the node's model needs (after asking); nothing if all is there."""
+    def installRequirements(self, parameterNode, confirmed=None) -> None:
+        """Install the packages the node's model needs (after asking); nothing if all is there.
+        ``confirmed()``: called once the user accepted, before anything is installed."""
         self.checkSlicerVersion()
         source = self.modelSource(parameterNode)
-        self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source))
+        key = self.requirementsKey(parameterNode, source)
+        if confirmed is None:
+            self.installLogic().ensureRequirements(key)
+        else:
+            self.installLogic().ensureRequirements(key, confirmed=confirmed)
 
     def startRun(self, parameterNode):
         """Install what is missing (after asking), then start the worker on the inputs (main thread)."""

@@ -66,6 +66,20 @@ class ExplainRun:
         return not self.worker.running
 
 
+def caseFailure(outFolder: Path) -> str | None:
+    """The message of the failed case in a worker evaluation's ``failures.csv`` (one case), if any."""
+    import csv
+
+    from ..cohort.run import FAILURES_FILE
+
+    try:
+        with open(outFolder / FAILURES_FILE, newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+    except OSError:
+        return None
+    return rows[0]["message"] if rows else None
+
+
 class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
     """SegGradCAM's logic on the given MRML scene: the run's inputs (:class:`~.inputs.SceneInputs`),
     its worker (here) and its outputs (:class:`~.outputs.SceneOutputs`)."""
@@ -246,6 +260,8 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
         try:
             self._checkFinished(run)
             report = EvaluationReport.read(run.outFolder)
+        except SegGradCAMError as error:  # the one case's own message, not the cohort's summary
+            raise SegGradCAMError(caseFailure(run.outFolder) or str(error)) from None
         finally:
             shutil.rmtree(run.folder, ignore_errors=True)
         reference = self.scene.GetNodeByID(run.inputNodeIDs[0])

@@ -86,14 +86,16 @@ class SegGradCAMPanel(VTKObservationMixin):
     @staticmethod
     def slicerNNUnetModelPath() -> str | None:
         """SlicerNNUnet's last model path from its QSettings parameter (JSON, where a path is
-        ``{"_path": ...}``); None when unset, unreadable or its default ``"."``."""
+        ``{"_path": ...}``); None when unset, unreadable or relative (its default is ``"."``)."""
         try:
             value = json.loads(qt.QSettings().value(SLICER_NNUNET_SETTINGS_KEY) or "{}").get("modelPath")
         except (TypeError, ValueError, AttributeError):
             return None
         if isinstance(value, dict):
             value = value.get("_path")
-        return value if isinstance(value, str) and value not in ("", ".") else None
+        if not isinstance(value, str) or not value or not pathlib.Path(value).is_absolute():
+            return None  # its default "." (or any relative path) is Slicer's working folder: never searched
+        return value
 
     def offerKnownModelFolders(self) -> None:
         """The nnU-Net folders TotalSegmentator and SlicerNNUnet keep on this computer, offered in
@@ -131,9 +133,16 @@ class SegGradCAMPanel(VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode and firstVolumeNode.GetAttribute(OUTPUT_ATTRIBUTE) != "true":
-                self._parameterNode.inputVolume = firstVolumeNode
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode", slicer.mrmlScene)
+            inputs = [node for node in volumes if node.GetAttribute(OUTPUT_ATTRIBUTE) != "true"]
+            if inputs:
+                self._parameterNode.inputVolume = inputs[0]
+
+    def refreshFromParameterNode(self) -> None:
+        """Show the parameter node again, every widget (after a scene import filled it)."""
+        if self._parameterNode is not None:
+            self._shownChoices = None
+            self._parameterNode.Modified()  # the GUI connection writes every widget from the node
 
     def setParameterNode(self, inputParameterNode) -> None:
         """Connect the GUI to ``inputParameterNode``, once per MRML node: the logic wraps the same
@@ -159,6 +168,7 @@ class SegGradCAMPanel(VTKObservationMixin):
             return
         if self._choicesOf(node) != self._shownChoices:
             self.updateModelChoices()
+        self.showRegionSegment()
         running, busy = self._run is not None, self._run is not None or self._installing
         self.ui.applyButton.enabled = not self._installing and (running or bool(node.inputVolume))
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
@@ -290,11 +300,14 @@ class SegGradCAMPanel(VTKObservationMixin):
         if description is None:
             return
         self._installing = True
-        self.ui.statusLabel.text = description
         self.onParameterNodeModified()
-        slicer.app.processEvents()
+
+        def confirmed():  # the user accepted: say what is being installed
+            self.ui.statusLabel.text = description
+            slicer.app.processEvents()
+
         try:
-            self.logic.installRequirements(self._parameterNode)
+            self.logic.installRequirements(self._parameterNode, confirmed=confirmed)
         finally:
             self._installing = False
             self.ui.statusLabel.text = ""

@@ -64,9 +64,12 @@ def workerPython() -> str:
         return sys.executable
     import slicer
 
+    found = shutil.which("PythonSlicer")
+    if found is not None:
+        return found
     name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
     candidates = (Path(sys.executable).parent / name, Path(slicer.app.slicerHome) / "bin" / name)
-    found = shutil.which("PythonSlicer") or next((str(path) for path in candidates if path.is_file()), None)
+    found = next((str(path) for path in candidates if path.is_file()), None)
     if found is None:
         raise SegGradCAMError(
             f"3D Slicer's Python launcher {name} was not found (not on the PATH, nor beside {sys.executable}, "
@@ -135,10 +138,11 @@ class WorkerProcess:
         one as ``slicer.util.launchConsoleProcess`` asks for); ``ownGroup``: a process group of its
         own. Elsewhere: ``ownGroup``: a session of its own, so :meth:`kill` reaches the whole tree."""
         if self.osName == "nt":
-            return {
-                "creationflags": CREATE_NO_WINDOW | (CREATE_NEW_PROCESS_GROUP if ownGroup else 0),
-                "startupinfo": subprocess.STARTUPINFO(dwFlags=STARTF_USESHOWWINDOW, wShowWindow=SW_HIDE),
-            }
+            options: dict = {"creationflags": CREATE_NO_WINDOW | (CREATE_NEW_PROCESS_GROUP if ownGroup else 0)}
+            startupInfo = getattr(subprocess, "STARTUPINFO", None)  # Windows only
+            if startupInfo is not None:
+                options["startupinfo"] = startupInfo(dwFlags=STARTF_USESHOWWINDOW, wShowWindow=SW_HIDE)
+            return options
         return {"start_new_session": ownGroup}
 
     def poll(self) -> list[dict]:
