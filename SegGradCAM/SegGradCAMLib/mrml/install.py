@@ -13,9 +13,8 @@ Slicer's own numpy, scipy, SimpleITK and requests, and the installed PyTorch, ar
 requested, and pip gets a constraints file pinning their versions, so that a dependency needing
 another version makes pip pick an older compatible release (or fail, with a message).
 
-Slicer's modules (``slicer``, ``PyTorchUtils``, ``SlicerNNUNetLib``) are imported only when
-needed; tests inject the confirmation, the pip functions and the extensions' logics.
-"""
+Slicer's modules are imported only when needed; tests inject the confirmation, the pip
+functions and the extensions' logics."""
 
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ file at load time; the scene logic, the install logic and the model loaders are 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
 
+import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -22,6 +24,7 @@ from ..models.registry import REGISTRY
 from .widget import MODEL_FROM_PATH
 
 MINIMUM_SLICER = (5, 10)
+SLICER_NNUNET_SETTINGS_KEY = "SlicerNNUNet/Parameter"
 
 
 class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
@@ -76,6 +79,32 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
         if facts is None:
             return {}
         return {"labels": list(facts.labels), "in_channels": facts.in_channels, "layers": list(facts.layers)}
+
+    @staticmethod
+    def slicerNNUnetModelPath() -> str | None:
+        """SlicerNNUnet's last model path from its QSettings parameter (JSON, where a path is
+        ``{"_path": ...}``); None when unset, unreadable or relative (its default is ``"."``)."""
+        try:
+            value = json.loads(qt.QSettings().value(SLICER_NNUNET_SETTINGS_KEY) or "{}").get("modelPath")
+        except (TypeError, ValueError, AttributeError):
+            return None
+        if isinstance(value, dict):
+            value = value.get("_path")
+        if not isinstance(value, str) or not value or not pathlib.Path(value).is_absolute():
+            return None  # its default "." (or any relative path) is Slicer's working folder: never searched
+        return value
+
+    @classmethod
+    def knownModelFolders(cls) -> list[str]:
+        """The nnU-Net folders of TotalSegmentator, SlicerNNUnet's last model and ``$nnUNet_results``."""
+        from ..models.nnunet import find_nnunet_folders, known_model_roots
+
+        try:
+            roots = known_model_roots(slicer_nnunet_model=cls.slicerNNUnetModelPath())
+            return [str(folder) for root in roots for folder in find_nnunet_folders(root)]
+        except (OSError, ValueError) as error:
+            logging.warning(f"SegGradCAM: could not look for nnU-Net model folders: {error}")
+            return []
 
     @staticmethod
     def modelSource(parameterNode) -> str:

@@ -9,7 +9,6 @@ its Lib package. No computation here, and no torch: the module imports this file
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 
@@ -24,7 +23,6 @@ from ..selection import split_list
 from .outputs import OUTPUT_ATTRIBUTE
 
 MODEL_FROM_PATH = "From file or folder"
-SLICER_NNUNET_SETTINGS_KEY = "SlicerNNUNet/Parameter"
 SELECTORS_LOCKED_WHILE_RUNNING = (
     "modelComboBox",
     "deviceComboBox",
@@ -83,32 +81,11 @@ class SegGradCAMPanel(VTKObservationMixin):
         self.ui.showLogButton.visible = False
         self.initializeParameterNode()
 
-    @staticmethod
-    def slicerNNUnetModelPath() -> str | None:
-        """SlicerNNUnet's last model path from its QSettings parameter (JSON, where a path is
-        ``{"_path": ...}``); None when unset, unreadable or relative (its default is ``"."``)."""
-        try:
-            value = json.loads(qt.QSettings().value(SLICER_NNUNET_SETTINGS_KEY) or "{}").get("modelPath")
-        except (TypeError, ValueError, AttributeError):
-            return None
-        if isinstance(value, dict):
-            value = value.get("_path")
-        if not isinstance(value, str) or not value or not pathlib.Path(value).is_absolute():
-            return None  # its default "." (or any relative path) is Slicer's working folder: never searched
-        return value
-
     def offerKnownModelFolders(self) -> None:
         """The nnU-Net folders TotalSegmentator and SlicerNNUnet keep on this computer, offered in
         the model path's list; looked for once, when "From file or folder" is first chosen."""
-        from ..models.nnunet import find_nnunet_folders, known_model_roots
-
         self._modelFoldersOffered = True
-        try:
-            roots = known_model_roots(slicer_nnunet_model=self.slicerNNUnetModelPath())
-            folders = [str(folder) for root in roots for folder in find_nnunet_folders(root)]
-        except (OSError, ValueError) as error:
-            logging.warning(f"SegGradCAM: could not look for nnU-Net model folders: {error}")
-            return
+        folders = self.logic.knownModelFolders()
         if folders:
             self.ui.modelPathLineEdit.comboBox().addItems(folders)
             logging.info(f"SegGradCAM: {len(folders)} nnU-Net model folder(s) found on this computer")
