@@ -159,3 +159,29 @@ def test_an_upload_declaring_more_voxels_than_the_cap_is_refused_unread(tmp_path
         UploadArea(tmp_path / "uploads", max_voxels=1000).store([UploadedFile("a.nrrd", content)])
     assert files_under(tmp_path / "uploads") == []
     assert UploadArea(tmp_path / "uploads").max_voxels == 512**3  # the viewer's default cap
+
+
+@pytest.mark.parametrize(
+    "name, header",
+    [
+        ("x.nhdr", "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 4 2\nencoding: raw\ndata file: {data}\n\n"),
+        ("x.nrrd", "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 4 2\nencoding: raw\ndatafile: {data}\n\n"),
+        (
+            "x.mhd",
+            "ObjectType = Image\nNDims = 3\nDimSize = 4 4 2\nElementType = MET_UCHAR\nElementDataFile = {data}\n",
+        ),
+        (
+            "x.mha",
+            "ObjectType = Image\nNDims = 3\nDimSize = 4 4 2\nElementType = MET_UCHAR\nElementDataFile = {data}\n",
+        ),
+    ],
+    ids=["nhdr", "nrrd", "mhd", "mha"],
+)
+def test_a_header_naming_a_data_file_elsewhere_is_refused_unread(tmp_path, name, header):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(range(32)))
+    area = UploadArea(tmp_path / "uploads")
+    for data in (str(secret), "../../secret.bin"):
+        with pytest.raises(SegGradCAMError, match=r"^x\.\w+: .*data file") as raised:
+            area.store([UploadedFile(name, header.format(data=data).encode())])
+        assert "\n" not in str(raised.value) and files_under(tmp_path / "uploads") == []

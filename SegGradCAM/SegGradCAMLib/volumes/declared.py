@@ -139,12 +139,7 @@ def _header_lines(path: Path, last: str | None) -> tuple[list[str], int]:
 def _nrrd_data(path: Path) -> tuple[Path, int] | None:
     """Raw NRRD data: its file and the offset it starts at (-1: at the end); None when ITK checks
     it itself (compressed or text encodings, data split over several files)."""
-    lines, end = _header_lines(path, None)
-    fields = {}
-    for line in lines[1:]:
-        key, separator, value = line.partition(": ")
-        if separator and not line.startswith("#"):
-            fields[key.strip().lower()] = value.strip()
+    fields, end = _nrrd_fields(path)
     name = fields.get("data file", fields.get("datafile"))
     if fields.get("encoding") != "raw" or (name is not None and (" " in name or name.startswith("LIST"))):
         return None
@@ -156,11 +151,7 @@ def _nrrd_data(path: Path) -> tuple[Path, int] | None:
 def _metaimage_data(path: Path) -> tuple[Path, int] | None:
     """Raw MetaImage data: its file and the offset it starts at (-1: at the end); None when ITK
     checks it itself (compressed data, data split over several files)."""
-    lines, end = _header_lines(path, "elementdatafile")
-    fields = {}
-    for line in lines:
-        key, _, value = line.partition("=")
-        fields[key.strip().lower()] = value.strip()
+    fields, end = _metaimage_fields(path)
     name = fields.get("elementdatafile", "")
     if fields.get("compresseddata", "false").lower() == "true" or name.upper().startswith("LIST") or " " in name:
         return None
@@ -168,3 +159,37 @@ def _metaimage_data(path: Path) -> tuple[Path, int] | None:
         return path, end
     skip = int(fields.get("headersize", "0"))
     return path.parent / name, skip
+
+
+def detached_data_name(path: Path) -> str | None:
+    """The data file(s) a NRRD (``.nrrd``, ``.nhdr``) or MetaImage (``.mha``, ``.mhd``) header
+    names, as written; None when the data is attached or the file is of another format."""
+    name = path.name.lower()
+    if name.endswith((".nrrd", ".nhdr")):
+        fields = _nrrd_fields(path)[0]
+        return fields.get("data file", fields.get("datafile"))
+    if name.endswith((".mha", ".mhd")):
+        data = _metaimage_fields(path)[0].get("elementdatafile", "LOCAL")
+        return None if data.upper() == "LOCAL" else data
+    return None
+
+
+def _nrrd_fields(path: Path) -> tuple[dict[str, str], int]:
+    """A NRRD header's fields (keys lower-case) and the offset of the first byte after it."""
+    lines, end = _header_lines(path, None)
+    fields = {}
+    for line in lines[1:]:
+        key, separator, value = line.partition(": ")
+        if separator and not line.startswith("#"):
+            fields[key.strip().lower()] = value.strip()
+    return fields, end
+
+
+def _metaimage_fields(path: Path) -> tuple[dict[str, str], int]:
+    """A MetaImage header's fields (keys lower-case) up to ``ElementDataFile`` and the offset after it."""
+    lines, end = _header_lines(path, "elementdatafile")
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        fields[key.strip().lower()] = value.strip()
+    return fields, end

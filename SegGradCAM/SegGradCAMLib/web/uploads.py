@@ -4,7 +4,8 @@ No name or path from the client is used as a file path: each upload is stored as
 ``upload-N<known extension>`` and each zip member as ``member-N``; a zip member whose name
 would leave its folder (absolute, ``..``) is refused (zip-slip). Only the members that are read
 (DICOM files: ``DICM`` at byte 128) are unpacked. Capped: the upload, what a zip unpacks to, and
-the bytes all uploads hold on disk (the server's disk quota). Volumes are read by
+the bytes all uploads hold on disk (the server's disk quota). A NRRD or MetaImage header naming a
+separate data file is refused unread (it could name any file of the server's). Volumes are read by
 :func:`SegGradCAMLib.volumes.files.read_volume` (NRRD, NIfTI, MHA; a zipped DICOM series) and
 stored again as NRRD for the scene; the uploaded and unpacked files are deleted then.
 """
@@ -21,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from ..errors import SegGradCAMError
+from ..volumes.declared import detached_data_name
 from ..volumes.files import read_volume
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -105,6 +107,11 @@ class UploadArea:
                 )
             source = folder / f"upload-{index}{ending}"
             source.write_bytes(upload.content)
+            if detached_data_name(source) is not None:  # it would read a file of the server's
+                raise SegGradCAMError(
+                    f"{display_name(upload.name)}: its header names a separate data file, which an upload "
+                    "cannot bring; save the volume as one file (.nrrd, .mha or .nii.gz) and upload that."
+                )
         try:
             volume = read_volume(str(source), self.max_voxels)  # the declared size checked before reading
         except SegGradCAMError as error:  # named as the user knows it, not by the server's path
