@@ -259,3 +259,46 @@ def test_full_disk_is_one_line_and_leaves_no_partial_file(small_case, hirescam_r
         assert snapshot(out) == before
     else:
         assert not out.exists()
+
+
+def test_a_component_of_an_output_file_is_an_input(tmp_path):
+    """``FILE@N`` (one component of a multi-component file) protects ``FILE``."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "segmentation.nrrd").write_text("an input")
+    with pytest.raises(SegGradCAMError, match="is an input"):
+        RunFolder(out, [f"{out / 'segmentation.nrrd'}@0", f"{out / 'segmentation.nrrd'}@1"])
+    assert snapshot(out) == {"segmentation.nrrd": b"an input"}
+
+
+def test_the_weights_a_json_spec_names_are_an_input(small_case, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "overview.png").write_text("the weights")
+    (out / "spec.json").write_text(json.dumps({"architecture": "UNet", "args": {}, "weights": "overview.png"}))
+    before = snapshot(out)
+    assert main(["explain", *small_case, "--model", str(out / "spec.json"), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an input" in err[0], err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("target", ["explain.json", "segmentation.nrrd", "heatmap_a.nrrd"])
+def test_a_folder_where_an_output_goes_is_refused_before_anything_moves(tmp_path, target):
+    out = tmp_path / "o"
+    out.mkdir()
+    maps = {"x": {"file": "heatmap_a.nrrd"}}
+    for name in ("heatmap_a.nrrd", "segmentation.nrrd"):
+        (out / name).write_text("earlier")
+    (out / "explain.json").write_text(json.dumps({"classes": [{"layers": maps}]}))
+    (out / target).unlink()
+    (out / target).mkdir()
+    before = snapshot(out)
+    with pytest.raises(SegGradCAMError, match="is a folder") as caught:
+        with RunFolder(out, []) as folder:
+            for name in ("heatmap_a.nrrd", "segmentation.nrrd", "explain.json"):
+                (folder.staging / name).write_text("new")
+            folder.commit()
+    assert "\n" not in str(caught.value)
+    assert snapshot(out) == before and (out / target).is_dir()
+    assert not list(out.glob(".seggradcam-partial-*"))

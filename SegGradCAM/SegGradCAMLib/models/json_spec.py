@@ -121,6 +121,19 @@ def named_weights(spec_path: Path, name: str, trust: bool) -> Path:
     return path
 
 
+def spec_weights(model: str | None) -> Path | None:
+    """The weights file named by ``model`` when it is a JSON spec (to protect it from the run's
+    outputs); None otherwise, or when the spec does not read (loading it reports that)."""
+    path = Path(model or "")
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    try:
+        name = read_json_object(path).get("weights")
+    except SegGradCAMError:
+        return None
+    return named_weights(path, name, trust=True) if isinstance(name, str) else None
+
+
 def build_network(architecture: str, args: dict) -> nn.Module:
     """``monai.networks.nets.<architecture>(**args)`` for an allow-listed name."""
     from monai.networks import nets

@@ -14,6 +14,7 @@ import torch
 from ..errors import SegGradCAMError
 from ..inference import ProgressCallback, VolumeExplanation
 from ..models.cards import MethodChoice, resolve_method
+from ..models.json_spec import spec_weights
 from ..options import ExplainOptions
 from ..pipelines import ExplainSettings, InputVolumes, Pipeline, load_pipeline
 from ..reports import ExplainReport, ModelInfo
@@ -212,7 +213,8 @@ def explain_files(
     device = pick_device(options.device)
     choice = resolve_method(options.method, options.model)
     threads = set_threads(options.threads)
-    with RunFolder(Path(options.out), [*options.inputs, options.region, options.model]) as folder:
+    protected = [*options.inputs, options.region, options.model, spec_weights(options.model)]
+    with RunFolder(Path(options.out), protected) as folder:
         inputs = InputVolumes.read(options.inputs, options.max_voxels)
         timings["read_s"] = time.perf_counter() - start
         step("read", 1, 1)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ..errors import SegGradCAMError
+from ..volumes.files import split_selector
 
 PARTIAL_PREFIX = ".seggradcam-partial-"
 REPORT_FILE = "explain.json"
@@ -42,6 +43,11 @@ def earlier_outputs(out: Path) -> set[str]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
     return {name for name in maps if isinstance(name, str) and is_run_output(name)} | set(FIXED_FILES)
+
+
+def is_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder (not a link to one): never a run's output."""
+    return path.is_dir() and not path.is_symlink()
 
 
 def check_out_folder(out: Path) -> None:
@@ -76,10 +82,11 @@ def _process_alive(pid: int) -> bool:
 
 class RunFolder:
     """``out`` and the hidden folder a run writes into (``staging``); ``inputs``: the run's
-    input paths, never replaced. Use as a context manager around the run, ending in :meth:`commit`."""
+    input paths (``FILE@N`` too), never replaced. Use as a context manager around the run, ending in :meth:`commit`."""
 
     def __init__(self, out: Path, inputs: Sequence[str | Path]) -> None:
-        self.out, self.inputs = Path(out), [Path(p) for p in inputs if p is not None and Path(p).exists()]
+        paths = [Path(split_selector(str(p))[0]) for p in inputs if p is not None]  # FILE@N: FILE
+        self.out, self.inputs = Path(out), [p for p in paths if p.exists()]
         check_out_folder(self.out)
         self.refuse_inputs((REPORT_FILE, *FIXED_FILES))
         self.created = [p for p in (self.out, *self.out.parents) if not p.exists()]  # deepest first
@@ -136,10 +143,22 @@ class RunFolder:
         """Replace the earlier run's outputs in ``out`` by this run's (``explain.json`` last)."""
         names = sorted(os.listdir(self.staging), key=lambda name: name == REPORT_FILE)
         self.refuse_inputs(names)
-        stale = earlier_outputs(self.out) - set(names)
-        (self.out / REPORT_FILE).unlink(missing_ok=True)
-        for name in stale:
-            if not self.is_input(self.out / name):
-                (self.out / name).unlink(missing_ok=True)
         for name in names:
-            os.replace(self.staging / name, self.out / name)
+            if is_folder(self.out / name):
+                raise SegGradCAMError(
+                    f"{self.out / name} is a folder where this run writes an output: "
+                    "move it away or give another --out."
+                )
+        stale = earlier_outputs(self.out) - set(names)
+        try:
+            (self.out / REPORT_FILE).unlink(missing_ok=True)
+            for name in stale:
+                if not self.is_input(self.out / name) and not is_folder(self.out / name):
+                    (self.out / name).unlink(missing_ok=True)
+            for name in names:
+                os.replace(self.staging / name, self.out / name)
+        except OSError as error:
+            raise SegGradCAMError(
+                f"cannot move the outputs into {self.out}: {error.strerror or error} ({error.filename}); "
+                "the folder holds part of this run: run again, or give another --out."
+            ) from None

@@ -58,7 +58,8 @@ def safe_filename(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
 
 
-def _split_selector(text: str) -> tuple[str, int | None]:
+def split_selector(text: str) -> tuple[str, int | None]:
+    """``PATH@N`` -> (``PATH``, ``N``); any other text (or an existing file named so) -> (text, None)."""
     match = re.fullmatch(r"(.+)@(\d+)", text)
     if match and not Path(text).exists():
         return match.group(1), int(match.group(2))
@@ -99,7 +100,7 @@ def read_volume(text: str, max_voxels: int = MAX_VOXELS) -> Volume:
     than it holds."""
     import SimpleITK as sitk
 
-    name, index = _split_selector(text)
+    name, index = split_selector(text)
     path = Path(name)
     if not path.exists():
         raise SegGradCAMError(f"Input not found: {path}")
