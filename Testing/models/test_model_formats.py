@@ -120,6 +120,12 @@ def test_bare_state_dict_asks_for_a_json_spec(tmp_path: Path) -> None:
         ({"sha256": "0" * 64}, "does not match the sha256"),
         ({"in_channels": 4}, "'in_channels' is 4 but the network's args say 1"),
         ({"args": {**UNET_ARGS, "bogus": 1}}, "Cannot build UNet with arguments"),
+        ({"labels": ["background", "a b", "a-b"]}, "classes 'a b' and 'a-b' both get the file name heatmap_a-b"),
+        ({"labels": ["background", "a/b", "a-b"]}, "classes 'a/b' and 'a-b' both get the file name"),
+        ({"labels": ["background", "Tumour", "tumour"]}, "classes 'Tumour' and 'tumour' both get the file name"),
+        ({"in_channels": 1.0}, "'in_channels' must be a whole number of at least 1; got 1.0"),
+        ({"in_channels": True}, "'in_channels' must be a whole number of at least 1; got True"),
+        ({"weights": "model\u0000.pt"}, "'weights' in model.json holds a NUL byte"),
     ],
 )
 def test_json_spec_errors_are_explained(tmp_path: Path, change: dict, message: str) -> None:
@@ -406,6 +412,9 @@ def test_bundle_torchscript_needs_trust_and_other_folders_are_refused(tmp_path: 
         ({"channel_def": {"0": "background", "00": "organ"}}, {}, r"channel_def keys must be the channels 0..1"),
         ({"channel_def": ["background", "organ"]}, {}, r"channel_def must be an object"),
         ({}, {"num_channels": "a"}, r"num_channels must be a whole number"),
+        ({"channel_def": {"0": "background", "\u00b2": "organ"}}, {}, r"channel_def key '\u00b2' is not a channel"),
+        ({}, {"spatial_shape": ["\u00b2*n", "16*n", "16*n"]}, r"spatial_shape '\u00b2\*n' is not"),
+        ({}, {"spatial_shape": ["0*n", "0*n", "0*n"]}, r"spatial_shape '0\*n' is not"),
     ],
 )
 def test_bundle_metadata_that_makes_no_sense_is_one_line(tmp_path: Path, pred: dict, image: dict, message: str) -> None:

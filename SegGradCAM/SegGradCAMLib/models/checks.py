@@ -26,6 +26,8 @@ def finish_loading(
     declared = fields.pop("decoder_stages", None)
     spatial_dims = fields.get("spatial_dims", 3)
     fields.setdefault("in_channels", 1)
+    if type(fields["in_channels"]) is not int or fields["in_channels"] < 1:
+        raise SegGradCAMError(f"'in_channels' must be a whole number of at least 1; got {fields['in_channels']!r}.")
     size = fields.get("min_size") or fields.get("roi_size") or (64,) * spatial_dims
     example = torch.zeros(1, fields["in_channels"], *size)
     if out_channels is None and "labels" not in fields:

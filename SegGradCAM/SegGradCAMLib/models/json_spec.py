@@ -112,6 +112,8 @@ def load_json_spec(spec_path: Path, trust: bool, weights: Path | None = None) ->
 def named_weights(spec_path: Path, name: str, trust: bool) -> Path:
     """The weights file a spec names, relative to the spec's folder and inside it (symbolic links
     followed); an absolute path or one leaving the folder needs ``trust``. Nothing is opened."""
+    if "\0" in name:
+        raise SegGradCAMError(f"'weights' in {spec_path.name} holds a NUL byte; name the weights file.")
     path = (spec_path.parent / name).resolve()
     if not trust and (Path(name).is_absolute() or not path.is_relative_to(spec_path.parent.resolve())):
         raise SegGradCAMError(

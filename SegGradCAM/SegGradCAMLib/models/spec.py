@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import SegGradCAMError
+from ..volumes.files import safe_filename
 
 if TYPE_CHECKING:  # torch stays out of module import: 3D Slicer loads this without it
     from torch import nn
@@ -150,9 +151,20 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def check_labels(labels: Sequence[str]) -> list[str]:
+    """The class names, unique and non-empty, and unique as heatmap file names too (compared
+    ignoring case, as on case-insensitive file systems)."""
     labels = [str(label) for label in labels]
     if len(set(labels)) != len(labels) or not labels:
         raise ValueError(f"Model labels must be unique and non-empty; got {labels}.")
+    seen: dict[str, str] = {}
+    for label in labels:
+        name = safe_filename(label)
+        other = seen.setdefault(name.lower(), label)
+        if other != label:
+            raise ValueError(
+                f"classes {other!r} and {label!r} both get the file name heatmap_{name}.nrrd "
+                "(letters, digits, _ and - kept, case ignored); rename one."
+            )
     return labels
 
 
@@ -214,10 +226,18 @@ def metadata_fields(meta: dict, source: str = "metadata.json") -> dict:
     shape = image.get("spatial_shape")
     if isinstance(shape, list) and shape:
         fields["spatial_dims"] = len(shape)
-        factors = [int(s.split("*")[0]) for s in shape if isinstance(s, str) and s.split("*")[0].isdigit()]
+        factors = [_shape_factor(s, source) for s in shape if isinstance(s, str) and "*" in s]
         if factors:
             fields["divisible_by"] = max(factors)
     return fields
+
+
+def _shape_factor(text: str, source: str) -> int:
+    """The ``k`` of a ``spatial_shape`` entry ``"k*n"`` (sizes must be multiples of ``k``)."""
+    factor = text.split("*")[0]
+    if not (factor.isascii() and factor.isdigit() and int(factor) >= 1):
+        raise SegGradCAMError(f'{source}: spatial_shape {text!r} is not "k*n" with a whole number k >= 1, e.g. "16*n".')
+    return int(factor)
 
 
 def _section(meta: dict, source: str, *keys: str) -> dict:
@@ -235,7 +255,7 @@ def _channel_labels(channel_def: Any, source: str) -> list:
     if not isinstance(channel_def, dict):
         raise SegGradCAMError(f'{source}: channel_def must be an object {{"0": "background", "1": ...}}.')
     for key in channel_def:
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit()):
             raise SegGradCAMError(f'{source}: channel_def key {key!r} is not a channel index; use "0", "1", ...')
     channels = [str(i) for i in range(len(channel_def))]
     if set(channel_def) != set(channels):
