@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import SegGradCAMError
-from ..volumes.files import safe_filename
 
 if TYPE_CHECKING:  # torch stays out of module import: 3D Slicer loads this without it
     from torch import nn
@@ -153,6 +152,8 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
 def check_labels(labels: Sequence[str]) -> list[str]:
     """The class names, unique and non-empty, and unique as heatmap file names too (compared
     ignoring case, as on case-insensitive file systems)."""
+    from ..volumes.files import safe_filename  # here: options imports this module, volumes.files options
+
     labels = [str(label) for label in labels]
     if len(set(labels)) != len(labels) or not labels:
         raise ValueError(f"Model labels must be unique and non-empty; got {labels}.")
