@@ -494,3 +494,33 @@ def test_a_cohort_folder_of_the_earlier_id_scheme_is_recomputed_with_a_message(c
     assert "earlier release" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == sorted([new, "cohort.json", "failures.csv"])
     assert last_run(out)["done"] == 1
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        '{"command": "explain", "opt',
+        "[]",
+        "null",
+        '{"command": "explain", "options": {}, "cases": 5}',
+        '{"options": null}',
+    ],
+    ids=["truncated", "list", "null", "cases 5", "options null"],
+)
+def test_a_damaged_cohort_json_in_out_is_one_line(cohort, tmp_path, capsys, state):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cohort.json").write_text(state)
+    argv = ["explain", "--cohort", str(cohort["list"]), *MODEL, "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cohort.json is damaged" in err[0] and "move it away" in err[0], err
+    assert os.listdir(out) == ["cohort.json"] and (out / "cohort.json").read_text() == state
+
+
+def test_a_list_file_holding_a_nul_byte_is_one_line(cohort, tmp_path, capsys):
+    listed = _list_file(tmp_path, ["case_0/t1c.nrrd,case_0/fl\0air.nrrd"])
+    argv = ["explain", "--cohort", str(listed), *MODEL, "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NUL byte" in err[0], err

@@ -125,7 +125,16 @@ def _earlier_state(task, out: Path) -> dict | None:
     state = out / STATE_FILE
     if not state.exists():
         return None
-    recorded = json.loads(state.read_text(encoding="utf-8"))
+    try:
+        recorded = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON (e.g. cut short)
+        recorded = None
+    valid = isinstance(recorded, dict) and isinstance(recorded.get("options", {}), dict)
+    if not valid or not isinstance(recorded.get("cases", {}), (dict, list)):
+        raise SegGradCAMError(
+            f"{state} is damaged (not the record of a cohort run); move it away to run every case again, "
+            "or give another --out."
+        )
     theirs, mine = recorded.get("options", {}), task.fingerprint()
     if recorded.get("command") != task.command or theirs != mine:
         differ = sorted(k for k in {**theirs, **mine} if theirs.get(k) != mine.get(k))

@@ -41,6 +41,9 @@ def data_entries(data: str) -> list[list[str]]:
             f"Cannot read {data} as a list file (one case per line, channel files separated by "
             f"commas); give a volume ({', '.join(VOLUME_SUFFIXES)}), a folder or a list file."
         ) from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise SegGradCAMError(f"List file {data} holds a NUL byte (line {line}); remove it or give another list.")
     entries = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
