@@ -5,6 +5,7 @@ and ``x.nii.gz`` read from itself, never from a sibling ``x.nii``."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import struct
 from pathlib import Path
@@ -199,3 +200,57 @@ def test_a_plain_nifti_named_nii_gz_is_read_from_itself(tmp_path):
     (tmp_path / "x.nii.gz").write_bytes((tmp_path / "x.nii.gz").read_bytes()[:5000])
     with pytest.raises(SegGradCAMError, match=r"x.nii.gz is cut short: its header promises 96,352 bytes, the file"):
         read_volume(str(tmp_path / "x.nii.gz"))
+
+
+def zeroed_in_the_middle(path: Path) -> str:
+    """``path`` with 500 bytes in its middle zeroed: same length, its gzip stream damaged."""
+    data = path.read_bytes()
+    middle = len(data) // 2
+    path.write_bytes(data[:middle] + bytes(500) + data[middle + 500 :])
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["gz.nii.gz", "gz.nrrd"])
+@pytest.mark.parametrize("blocky", [False, True])
+def test_a_gzip_stream_damaged_in_the_middle_is_refused(tmp_path, name, blocky):
+    array = volume_array()
+    if blocky:  # packs well: zeroed bytes may decode as other values, with no stream error
+        array[:, :, :20], array[:, :, 20:] = 50, 0
+    path = zeroed_in_the_middle(Path(write(array, tmp_path / name, compress=True)))
+    with pytest.raises(SegGradCAMError, match="damaged") as error:
+        read_volume(path)
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_a_full_temporary_folder_is_named_not_the_input(tmp_path, monkeypatch):
+    from SegGradCAMLib.volumes import declared
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    def full_open(file, mode="r", *args, **kwargs):
+        return Full() if "w" in mode else open(file, mode, *args, **kwargs)
+
+    path = write(volume_array(), tmp_path / "ok.nii.gz", compress=True)
+    monkeypatch.setattr(declared, "open", full_open, raising=False)
+    with pytest.raises(SegGradCAMError, match="No space left on device.*TMPDIR") as error:
+        read_volume(path)
+    assert "cut short" not in str(error.value) and len(str(error.value).splitlines()) == 1
+
+
+def test_an_analyze_pair_with_gzip_data_is_checked(tmp_path):
+    write(volume_array(), tmp_path / "x.hdr")
+    data = (tmp_path / "x.img").read_bytes()
+    (tmp_path / "x.img").unlink()
+    (tmp_path / "x.img.gz").write_bytes(gzip.compress(data[: len(data) // 4]))
+    with pytest.raises(SegGradCAMError, match="x.img.gz"):
+        read_volume(str(tmp_path / "x.hdr"))
+
+
+@pytest.mark.parametrize("name", ["spoof.nrrd", "spoof.mha"])
+def test_a_nifti_type_key_in_another_format_is_not_taken_for_nifti(tmp_path, name):
+    image = sitk.GetImageFromArray(volume_array())
+    image.SetMetaData("nifti_type", "1")
+    sitk.WriteImage(image, str(tmp_path / name))
+    assert read_volume(str(tmp_path / name)).array.shape == SHAPE

@@ -2,27 +2,29 @@
 cap, and the bytes its header promises against the bytes on disk (ITK reads a short NIfTI as
 zeros, and allocates the declared size before it finds a short NRRD or MetaImage).
 
-The bytes are checked for NIfTI (``.nii``, a ``.hdr``/``.img`` pair, ``.nii.gz``: unpacked once,
-into a private temporary ``.nii`` that ITK then reads, so that ITK never takes the voxels of a
-sibling ``x.nii`` for ``x.nii.gz``), and for NRRD and MetaImage with raw data attached or in one
-detached file. Compressed NRRD/MetaImage data, data split over several files and other formats
-get the cap only: ITK finds their short data itself, in a buffer the cap bounds.
+The bytes are checked for NIfTI (``.nii``, a ``.hdr``/``.img`` or ``.img.gz`` pair, ``.nii.gz``:
+unpacked once, into a private temporary ``.nii`` that ITK then reads, so that ITK never takes the
+voxels of a sibling ``x.nii`` for ``x.nii.gz``), and for NRRD and MetaImage with raw or gzip data
+attached or in one detached file. A compressed stream is read to its end, so that its checksum is
+checked (ITK does not), with no more memory than a chunk. Data split over several files and other
+formats get the cap only: ITK finds their short data itself, in a buffer the cap bounds. The
+format is the one ITK picks from the file's name and magic bytes, never a header key.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
 import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..errors import SegGradCAMError
 
 CHUNK = 2**22
 HEADER_LIMIT = 2**16  # longest header line read
+ALLOWANCE = 2**20  # unpacked bytes allowed beyond those a header promises
 SINGLE_NIFTI, PAIRED_NIFTI = ("1", "4"), ("0", "2", "5")  # niftilib's nifti_type: NIfTI-1/2 .nii, Analyze and pairs
 
 
@@ -46,45 +48,49 @@ def checked_file(path: Path, max_voxels: int) -> Iterator[Path]:
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    image_io = reader.GetImageIOFromFileName(str(path))  # from the name and magic bytes, never a header key
+    reader.SetImageIO(image_io)
     reader.ReadImageInformation()
     components = reader.GetNumberOfComponents()
     check_voxel_count(path, reader.GetSize(), components, max_voxels)
     meta = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
-    if "nifti_type" in meta:
+    if image_io == "NiftiImageIO":
         with _checked_nifti(path, meta) as source:
             yield source
         return
     values = math.prod(reader.GetSize()) * components
     data_bytes = values * sitk.Image([1, 1], reader.GetPixelID(), components).GetSizeOfPixelComponent()
-    read_header = {"NrrdImageIO": _nrrd_data, "MetaImageIO": _metaimage_data}.get(meta.get("ITK_InputFilterName", ""))
+    read_header = {"NrrdImageIO": _nrrd_data, "MetaImageIO": _metaimage_data}.get(image_io)
     extent = read_header(path) if read_header else None
     if extent is not None:
-        data, start = extent
+        data, start, packed = extent
         if not data.is_file():
             raise SegGradCAMError(f"{path}: its data file {data.name} is missing; keep it beside the header.")
-        _check_size(path, data, data.stat().st_size, data_bytes + max(start, 0))
+        have = _counted(path, data, start, data_bytes, packed) if packed else data.stat().st_size
+        _check_size(path, data, have, data_bytes + (0 if packed else max(start, 0)), unpacked=packed)
     yield path
 
 
 @contextmanager
 def _checked_nifti(path: Path, meta: dict[str, str]) -> Iterator[Path]:
     """NIfTI-1/2 and Analyze: ``vox_offset`` + dim[1..dim[0]] x bitpix bits, in the file itself
-    (single file) or in the ``.img`` beside the ``.hdr`` (pair); a gzip file unpacked once, and a
+    (single file) or in the ``.img`` (else ``.img.gz``) beside the ``.hdr`` (pair); a gzip file unpacked once, and a
     ``*.gz`` file read from a private copy."""
     dims = [int(meta[f"dim[{i}]"]) for i in range(1, int(meta["dim[0]"]) + 1)]
     needed = int(float(meta["vox_offset"])) + (math.prod(dims) * int(meta["bitpix"]) + 7) // 8
-    if meta["nifti_type"] in PAIRED_NIFTI:  # the data in the .img beside the header
-        data = path.with_suffix(".img")
+    if meta["nifti_type"] in PAIRED_NIFTI:  # the data in the .img beside the header, else in .img.gz
+        data, packed_data = path.with_suffix(".img"), path.with_suffix(".img.gz")
         if data.is_file():
             _check_size(path, data, data.stat().st_size, needed)
+        elif packed_data.is_file():
+            packed = _is_gzip(packed_data)
+            have = _counted(path, packed_data, 0, needed, packed)
+            _check_size(path, packed_data, have, needed, unpacked=packed)
         yield path
     elif meta["nifti_type"] not in SINGLE_NIFTI:
         yield path
     elif _is_gzip(path) or path.name.lower().endswith(".gz"):  # ITK reads x.nii, if any, for x.nii.gz
-        packed = _is_gzip(path)
-        with tempfile.TemporaryDirectory(prefix="seggradcam-") as folder:
-            copy = Path(folder) / "volume.nii"
-            _check_size(path, path, _copy(path, copy, needed, packed), needed, unpacked=packed)
+        with _private_copy(path, needed, _is_gzip(path)) as copy:
             yield copy
     else:
         _check_size(path, path, path.stat().st_size, needed)
@@ -96,26 +102,88 @@ def _is_gzip(path: Path) -> bool:
         return file.read(2) == b"\x1f\x8b"
 
 
-def _copy(path: Path, target: Path, limit: int, packed: bool) -> int:
-    """Copy ``path`` into ``target`` (unpacked from gzip if ``packed``), at most ``limit`` bytes;
-    the number copied (a damaged or cut stream counts what came out of it)."""
-    written = 0
-    with open(target, "wb") as out:
+@contextmanager
+def _private_copy(path: Path, needed: int, packed: bool) -> Iterator[Path]:
+    """A private temporary ``.nii`` holding the first ``needed`` bytes of ``path`` (unpacked when
+    ``packed``, the whole stream checked), removed afterwards."""
+    try:
+        temporary = tempfile.TemporaryDirectory(prefix="seggradcam-")
+    except OSError as error:
+        raise _unwritable(path, needed, error) from None
+    with temporary as folder:
+        copy = Path(folder) / "volume.nii"
         try:
-            with (gzip.open if packed else open)(path, "rb") as source:
-                while written < limit and (chunk := source.read(min(CHUNK, limit - written))):
-                    out.write(chunk)
-                    written += len(chunk)
-        except (OSError, EOFError, zlib.error):
-            pass
-    return written
+            with open(copy, "wb") as out:
+                have = _counted(path, path, 0, needed, packed, out.write)
+        except OSError as error:  # reading errors are SegGradCAMError already: this is the copy's
+            raise _unwritable(path, needed, error) from None
+        _check_size(path, path, have, needed, unpacked=packed)
+        yield copy
+
+
+def _unwritable(path: Path, needed: int, error: OSError) -> SegGradCAMError:
+    return SegGradCAMError(
+        f"Cannot write the unpacked copy of {path} into the temporary folder {tempfile.gettempdir()} "
+        f"({error.strerror or error}): it is full or not writable; free space there or set TMPDIR to a "
+        f"folder with room for {needed:,} bytes."
+    )
+
+
+def _counted(
+    path: Path, data: Path, start: int, limit: int, packed: bool, write: Callable[[bytes], object] | None = None
+) -> int:
+    """The bytes ``data`` holds from ``start`` (unpacked from zlib or gzip when ``packed``, the
+    stream read to its end so that its checksum is checked), the first ``limit`` passed to
+    ``write``. Refuses a stream unpacking to more than ``limit`` + ``ALLOWANCE`` bytes."""
+    have = 0
+    for piece in _pieces(path, data, start, packed):
+        if write is not None and have < limit:
+            write(piece[: limit - have])
+        have += len(piece)
+        if not packed and have >= limit:
+            break
+        if have > limit + ALLOWANCE:
+            raise SegGradCAMError(
+                f"{_named(path, data)} unpacks to more than the {limit:,} bytes its header promises; "
+                "it is damaged or does not belong to this header: copy it again."
+            )
+    return have
+
+
+def _pieces(path: Path, data: Path, start: int, packed: bool) -> Iterator[bytes]:
+    """The bytes of ``data`` from ``start``, at most ``CHUNK`` at a time; unpacked when ``packed``
+    (zlib or gzip, read up to the end of the stream and its checksum)."""
+    inflater = zlib.decompressobj(47)  # 32 + 15: a zlib or a gzip header
+    try:
+        with open(data, "rb") as file:
+            file.seek(start)
+            while (chunk := file.read(CHUNK)) and not inflater.eof:
+                while packed and chunk and not inflater.eof:
+                    yield inflater.decompress(chunk, CHUNK)
+                    chunk = inflater.unconsumed_tail
+                if not packed:
+                    yield chunk
+    except OSError as error:
+        raise SegGradCAMError(f"Cannot read {data}: {error.strerror or error}.") from None
+    except zlib.error as error:
+        raise SegGradCAMError(
+            f"{_named(path, data)} is damaged: its compressed data does not unpack ({error}); copy it again."
+        ) from None
+    if packed and not inflater.eof:
+        raise SegGradCAMError(
+            f"{_named(path, data)} is cut short: its compressed stream stops before its end; "
+            "it is damaged or was not copied completely: copy it again."
+        )
+
+
+def _named(path: Path, data: Path) -> str:
+    return f"{path}" if data == path else f"{path}: its data file {data.name}"
 
 
 def _check_size(path: Path, data: Path, have: int, needed: int, unpacked: bool = False) -> None:
     if have < needed:
-        what = f"{path}" if data == path else f"{path}: its data file {data.name}"
         raise SegGradCAMError(
-            f"{what} is cut short: its header promises {needed:,} bytes"
+            f"{_named(path, data)} is cut short: its header promises {needed:,} bytes"
             + (" unpacked" if unpacked else "")
             + f", the file holds {have:,}; it is damaged or was not copied completely: copy it again."
         )
@@ -136,19 +204,23 @@ def _header_lines(path: Path, last: str | None) -> tuple[list[str], int]:
         return lines, file.tell()
 
 
-def _nrrd_data(path: Path) -> tuple[Path, int] | None:
-    """Raw NRRD data: its file and the offset it starts at (-1: at the end); None when ITK checks
-    it itself (compressed or text encodings, data split over several files)."""
+def _nrrd_data(path: Path) -> tuple[Path, int, bool] | None:
+    """Raw or gzip NRRD data: its file, the offset it starts at (-1: raw data at the end) and
+    whether it is gzip; None when ITK checks it itself (other encodings, data split over several
+    files, gzip data with a byte skip)."""
     fields, end = _nrrd_fields(path)
     name = fields.get("data file", fields.get("datafile"))
-    if fields.get("encoding") != "raw" or (name is not None and (" " in name or name.startswith("LIST"))):
+    skip = int(fields.get("byte skip", fields.get("byteskip", "0")))
+    packed = fields.get("encoding") in ("gzip", "gz")
+    if (fields.get("encoding") != "raw" and not (packed and skip == 0)) or (
+        name is not None and (" " in name or name.startswith("LIST"))
+    ):
         return None
-    skip = int(fields.get("byte skip", "0"))
     data = path if name is None else path.parent / name
-    return data, -1 if skip == -1 else (end if name is None else 0) + skip
+    return data, -1 if skip == -1 else (end if name is None else 0) + skip, packed
 
 
-def _metaimage_data(path: Path) -> tuple[Path, int] | None:
+def _metaimage_data(path: Path) -> tuple[Path, int, bool] | None:
     """Raw MetaImage data: its file and the offset it starts at (-1: at the end); None when ITK
     checks it itself (compressed data, data split over several files)."""
     fields, end = _metaimage_fields(path)
@@ -156,9 +228,9 @@ def _metaimage_data(path: Path) -> tuple[Path, int] | None:
     if fields.get("compresseddata", "false").lower() == "true" or name.upper().startswith("LIST") or " " in name:
         return None
     if name.upper() == "LOCAL":
-        return path, end
+        return path, end, False
     skip = int(fields.get("headersize", "0"))
-    return path.parent / name, skip
+    return path.parent / name, skip, False
 
 
 def detached_data_name(path: Path) -> str | None:
