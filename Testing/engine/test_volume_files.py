@@ -254,3 +254,18 @@ def test_a_nifti_type_key_in_another_format_is_not_taken_for_nifti(tmp_path, nam
     image.SetMetaData("nifti_type", "1")
     sitk.WriteImage(image, str(tmp_path / name))
     assert read_volume(str(tmp_path / name)).array.shape == SHAPE
+
+
+def test_compressed_metaimage_data_must_unpack_to_the_promised_bytes(tmp_path):
+    array = volume_array()
+    array[:, :, :20], array[:, :, 20:] = 50, 0
+    damaged = zeroed_in_the_middle(Path(write(array, tmp_path / "damaged.mha", compress=True)))
+    lying = Path(write(array, tmp_path / "lying.mha", compress=True))
+    header, separator, data = lying.read_bytes().partition(b"ElementDataFile = LOCAL\n")
+    size = int(header.split(b"CompressedDataSize = ")[1].split()[0])
+    header = header.replace(b"CompressedDataSize = %d" % size, b"CompressedDataSize = %d" % (size // 2))
+    lying.write_bytes(header + separator + data)
+    for path in (damaged, str(lying)):
+        with pytest.raises(SegGradCAMError, match="damaged") as error:
+            read_volume(path)
+        assert len(str(error.value).splitlines()) == 1

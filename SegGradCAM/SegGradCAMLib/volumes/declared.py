@@ -4,7 +4,7 @@ zeros, and allocates the declared size before it finds a short NRRD or MetaImage
 
 The bytes are checked for NIfTI (``.nii``, a ``.hdr``/``.img`` or ``.img.gz`` pair, ``.nii.gz``:
 unpacked once, into a private temporary ``.nii`` that ITK then reads, so that ITK never takes the
-voxels of a sibling ``x.nii`` for ``x.nii.gz``), and for NRRD and MetaImage with raw or gzip data
+voxels of a sibling ``x.nii`` for ``x.nii.gz``), and for NRRD and MetaImage with raw or zlib/gzip data
 attached or in one detached file. A compressed stream is read to its end, so that its checksum is
 checked (ITK does not), with no more memory than a chunk. Data split over several files and other
 formats get the cap only: ITK finds their short data itself, in a buffer the cap bounds. The
@@ -14,11 +14,12 @@ format is the one ITK picks from the file's name and magic bytes, never a header
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 from ..errors import SegGradCAMError
 
@@ -26,6 +27,16 @@ CHUNK = 2**22
 HEADER_LIMIT = 2**16  # longest header line read
 ALLOWANCE = 2**20  # unpacked bytes allowed beyond those a header promises
 SINGLE_NIFTI, PAIRED_NIFTI = ("1", "4"), ("0", "2", "5")  # niftilib's nifti_type: NIfTI-1/2 .nii, Analyze and pairs
+
+
+class Extent(NamedTuple):
+    """Where a header's data lies: its file, the offset it starts at (-1: raw data at the end of
+    the file), whether it is zlib/gzip packed, and its packed bytes (-1: up to the file's end)."""
+
+    data: Path
+    start: int
+    packed: bool = False
+    length: int = -1
 
 
 def check_voxel_count(path: Path, size: Sequence[int], components: int, max_voxels: int) -> None:
@@ -63,10 +74,10 @@ def checked_file(path: Path, max_voxels: int) -> Iterator[Path]:
     read_header = {"NrrdImageIO": _nrrd_data, "MetaImageIO": _metaimage_data}.get(image_io)
     extent = read_header(path) if read_header else None
     if extent is not None:
-        data, start, packed = extent
+        data, start, packed, length = extent
         if not data.is_file():
             raise SegGradCAMError(f"{path}: its data file {data.name} is missing; keep it beside the header.")
-        have = _counted(path, data, start, data_bytes, packed) if packed else data.stat().st_size
+        have = _counted(path, data, start, data_bytes, packed, length=length) if packed else data.stat().st_size
         _check_size(path, data, have, data_bytes + (0 if packed else max(start, 0)), unpacked=packed)
     yield path
 
@@ -130,13 +141,19 @@ def _unwritable(path: Path, needed: int, error: OSError) -> SegGradCAMError:
 
 
 def _counted(
-    path: Path, data: Path, start: int, limit: int, packed: bool, write: Callable[[bytes], object] | None = None
+    path: Path,
+    data: Path,
+    start: int,
+    limit: int,
+    packed: bool,
+    write: Callable[[bytes], object] | None = None,
+    length: int = -1,
 ) -> int:
     """The bytes ``data`` holds from ``start`` (unpacked from zlib or gzip when ``packed``, the
     stream read to its end so that its checksum is checked), the first ``limit`` passed to
     ``write``. Refuses a stream unpacking to more than ``limit`` + ``ALLOWANCE`` bytes."""
     have = 0
-    for piece in _pieces(path, data, start, packed):
+    for piece in _pieces(path, data, start, packed, length):
         if write is not None and have < limit:
             write(piece[: limit - have])
         have += len(piece)
@@ -150,14 +167,16 @@ def _counted(
     return have
 
 
-def _pieces(path: Path, data: Path, start: int, packed: bool) -> Iterator[bytes]:
-    """The bytes of ``data`` from ``start``, at most ``CHUNK`` at a time; unpacked when ``packed``
-    (zlib or gzip, read up to the end of the stream and its checksum)."""
+def _pieces(path: Path, data: Path, start: int, packed: bool, length: int = -1) -> Iterator[bytes]:
+    """The bytes of ``data`` from ``start`` (``length`` of them; -1: all), at most ``CHUNK`` at a
+    time; unpacked when ``packed`` (zlib or gzip, read up to the end of the stream and its checksum)."""
     inflater = zlib.decompressobj(47)  # 32 + 15: a zlib or a gzip header
+    left = length if length >= 0 else 2**63
     try:
         with open(data, "rb") as file:
             file.seek(start)
-            while (chunk := file.read(CHUNK)) and not inflater.eof:
+            while left > 0 and (chunk := file.read(min(CHUNK, left))) and not inflater.eof:
+                left -= len(chunk)
                 while packed and chunk and not inflater.eof:
                     yield inflater.decompress(chunk, CHUNK)
                     chunk = inflater.unconsumed_tail
@@ -204,33 +223,40 @@ def _header_lines(path: Path, last: str | None) -> tuple[list[str], int]:
         return lines, file.tell()
 
 
-def _nrrd_data(path: Path) -> tuple[Path, int, bool] | None:
-    """Raw or gzip NRRD data: its file, the offset it starts at (-1: raw data at the end) and
-    whether it is gzip; None when ITK checks it itself (other encodings, data split over several
-    files, gzip data with a byte skip)."""
+def _nrrd_data(path: Path) -> Extent | None:
+    """Raw or gzip NRRD data, attached or in one file; None when ITK checks it itself (other
+    encodings, data split over several files, gzip data with a byte skip)."""
     fields, end = _nrrd_fields(path)
     name = fields.get("data file", fields.get("datafile"))
-    skip = int(fields.get("byte skip", fields.get("byteskip", "0")))
+    skip = _integer(path, fields, "byte skip", fields.get("byteskip", "0"))
     packed = fields.get("encoding") in ("gzip", "gz")
     if (fields.get("encoding") != "raw" and not (packed and skip == 0)) or (
         name is not None and (" " in name or name.startswith("LIST"))
     ):
         return None
     data = path if name is None else path.parent / name
-    return data, -1 if skip == -1 else (end if name is None else 0) + skip, packed
+    return Extent(data, -1 if skip == -1 else (end if name is None else 0) + skip, packed)
 
 
-def _metaimage_data(path: Path) -> tuple[Path, int, bool] | None:
-    """Raw MetaImage data: its file and the offset it starts at (-1: at the end); None when ITK
-    checks it itself (compressed data, data split over several files)."""
+def _metaimage_data(path: Path) -> Extent | None:
+    """Raw or compressed MetaImage data, attached or in one file; None when ITK checks it itself
+    (data split over several files)."""
     fields, end = _metaimage_fields(path)
     name = fields.get("elementdatafile", "")
-    if fields.get("compresseddata", "false").lower() == "true" or name.upper().startswith("LIST") or " " in name:
+    if name.upper().startswith("LIST") or " " in name:
         return None
+    packed = fields.get("compresseddata", "false").lower() == "true"
+    length = _integer(path, fields, "compresseddatasize", "-1") if packed else -1
     if name.upper() == "LOCAL":
-        return path, end, False
-    skip = int(fields.get("headersize", "0"))
-    return path.parent / name, skip, False
+        return Extent(path, end, packed, length)
+    return Extent(path.parent / name, 0 if packed else _integer(path, fields, "headersize", "0"), packed, length)
+
+
+def _integer(path: Path, fields: dict[str, str], key: str, default: str) -> int:
+    text = fields.get(key, default)
+    if not re.fullmatch(r"-?\d+", text):
+        raise SegGradCAMError(f"{path}: its header field {key!r} is {text!r}, not a whole number; fix the header.")
+    return int(text)
 
 
 def detached_data_name(path: Path) -> str | None:
