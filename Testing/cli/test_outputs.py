@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from SegGradCAMLib.cli import main
+from SegGradCAMLib.cli import main, signals_end_the_run
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL
 from SegGradCAMLib.runs.outputs import RunFolder
@@ -64,7 +64,7 @@ def hirescam_run(small_case, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_rerun_interrupted_in_faithfulness_leaves_the_earlier_run(small_case, hirescam_run, tmp_path, sig):
     out = tmp_path / "o"
     shutil.copytree(hirescam_run, out)
@@ -81,9 +81,10 @@ def test_rerun_interrupted_in_faithfulness_leaves_the_earlier_run(small_case, hi
     events += [json.loads(line) for line in rest.splitlines()]
     assert assert_one_run_or_none(out) == "hirescam", stderr
     assert (out / "notes.txt").read_text() == "the user's own file"
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130, stderr
-        assert events[-1] == {"event": "error", "message": "interrupted"}
+    if sig != signal.SIGKILL:
+        code, message = (130, "interrupted") if sig == signal.SIGINT else (143, "terminated")
+        assert proc.returncode == code, stderr
+        assert events[-1] == {"event": "error", "message": message}
         assert [e["event"] for e in events].count("error") == 1 and "Traceback" not in stderr
         assert snapshot(out) == before  # nothing of the new run left, not even its temporary folder
     else:
@@ -302,3 +303,15 @@ def test_a_folder_where_an_output_goes_is_refused_before_anything_moves(tmp_path
     assert "\n" not in str(caught.value)
     assert snapshot(out) == before and (out / target).is_dir()
     assert not list(out.glob(".seggradcam-partial-*"))
+
+
+def test_signals_after_the_first_are_ignored_while_the_run_cleans_up():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with signals_end_the_run():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            finally:  # the cleanup: another Ctrl-C (or SIGTERM) changes nothing
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

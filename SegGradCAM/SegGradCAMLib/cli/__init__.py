@@ -5,7 +5,8 @@ One module per command. User errors (bad files, unknown names, ...) print one li
 (:mod:`.progress`): a bar on a terminal, a line per stage otherwise, nothing with
 ``--quiet``, and with ``--progress json`` the project's JSON events on standard output
 (ending in exactly one ``done`` or ``error`` event; Ctrl-C: the ``error`` event "interrupted"
-and exit code 130). Heavy imports (torch, monai) happen only when a command runs.
+and exit code 130; SIGTERM: "terminated" and 143; further signals are ignored while the run
+cleans up). Heavy imports (torch, monai) happen only when a command runs.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ..errors import SegGradCAMError
 from ..reports import ExplainReport
@@ -95,21 +98,45 @@ def run_models(scan: Path | None = None) -> None:
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, ending a run the way Ctrl-C does (its folders cleaned up), with exit code 143."""
+
+
+@contextlib.contextmanager
+def signals_end_the_run() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM :class:`Terminated`, once: after the first,
+    both are ignored so that the cleanup runs to its end. The handlers are restored after."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+        yield
+        return
+
+    def stop(number: int, frame) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated() if number == signal.SIGTERM else KeyboardInterrupt()
+
+    before = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run one long command with its progress output; returns the exit code."""
     mode = "quiet" if args.quiet else args.progress
     start = time.perf_counter()
-    with events_on_stdout() if mode == "json" else contextlib.nullcontext(None) as events:
+    with signals_end_the_run(), events_on_stdout() if mode == "json" else contextlib.nullcontext(None) as events:
         reporter = make_reporter(mode, args.command, events)
         if reporter is not None:
             reporter("startup", 0, 1)  # interpreter, torch import and model load, up to the command's 1/1
         try:
             report = COMMANDS[args.command](args, reporter)
         except (SegGradCAMError, KeyboardInterrupt) as error:
-            interrupted = isinstance(error, KeyboardInterrupt)  # main() says so and exits 130
-            message = (
-                "interrupted" if interrupted else str(error).splitlines()[0] if str(error) else type(error).__name__
-            )
+            interrupted = isinstance(error, KeyboardInterrupt)  # main() says so and exits 130 (143)
+            stopped = "terminated" if isinstance(error, Terminated) else "interrupted"
+            message = stopped if interrupted else str(error).splitlines()[0] if str(error) else type(error).__name__
             if not interrupted:
                 print(f"seggradcam: error: {message}", file=sys.stderr)
             if events is not None:  # the event readers wait for an end
@@ -145,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SegGradCAMError as error:
         print(f"seggradcam: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("seggradcam: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("seggradcam: interrupted", file=sys.stderr)
         return 130
