@@ -269,3 +269,17 @@ def test_compressed_metaimage_data_must_unpack_to_the_promised_bytes(tmp_path):
         with pytest.raises(SegGradCAMError, match="damaged") as error:
             read_volume(path)
         assert len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_dicom_series_with_a_lost_slice_is_refused(tmp_path, damage):
+    folder = tmp_path / "series"
+    write_dicom_series(np.arange(6 * 16 * 16).reshape(6, 16, 16) % 300, folder)
+    middle = folder / "slice003.dcm"
+    if damage == "missing":
+        middle.unlink()
+    else:
+        middle.write_bytes(middle.read_bytes()[:-300])
+    with pytest.raises(SegGradCAMError, match="slice") as error:
+        read_volume(str(folder))
+    assert len(str(error.value).splitlines()) == 1

@@ -18,6 +18,7 @@ from ..options import MAX_VOXELS
 from .declared import check_voxel_count, checked_file
 
 GEOMETRY_TOLERANCE = 1e-4
+SLICE_TOLERANCE = 1e-2  # relative deviation of a slice gap from the mean gap
 
 
 @dataclass
@@ -72,21 +73,67 @@ def _read_image(path: Path, max_voxels: int):
     import SimpleITK as sitk
 
     if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise SegGradCAMError(f"Folder {path} holds no DICOM series.")
-        if len(series) > 1:
-            raise SegGradCAMError(f"Folder {path} holds {len(series)} DICOM series; put one series per folder.")
-        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
-        first = sitk.ImageFileReader()
-        first.SetFileName(files[0])
-        first.ReadImageInformation()
-        check_voxel_count(path, [*first.GetSize()[:2], len(files)], first.GetNumberOfComponents(), max_voxels)
-        reader.SetFileNames(files)
-        return reader.Execute()
+        return _read_series(path, max_voxels)
     with checked_file(path, max_voxels) as source:
         return sitk.ReadImage(str(source))
+
+
+def _read_series(path: Path, max_voxels: int):
+    """The image of a folder's one DICOM series, refused where a slice is lost: a DICOM file that
+    GDCM leaves out of the series (unreadable, cut short), or unevenly spaced slices."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(path))
+    if not series:
+        raise SegGradCAMError(f"Folder {path} holds no DICOM series.")
+    if len(series) > 1:
+        raise SegGradCAMError(f"Folder {path} holds {len(series)} DICOM series; put one series per folder.")
+    files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+    left_out = sorted({p.name for p in path.iterdir() if _is_dicom(p)} - {Path(f).name for f in files})
+    if left_out:
+        raise SegGradCAMError(
+            f"Folder {path}: DICOM file {left_out[0]} ({len(left_out)} in all) is not read with its series of "
+            f"{len(files)} slices (damaged or cut short); copy the series again, or remove files of other series."
+        )
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    first.ReadImageInformation()
+    check_voxel_count(path, [*first.GetSize()[:2], len(files)], first.GetNumberOfComponents(), max_voxels)
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    _check_even_slices(path, reader, len(files), np.asarray(image.GetDirection()).reshape(-1, image.GetDimension()))
+    return image
+
+
+def _is_dicom(path: Path) -> bool:
+    """A file with the DICOM preamble ("DICM" at byte 128), other than a DICOMDIR index."""
+    if not path.is_file() or path.name.upper() == "DICOMDIR":
+        return False
+    with open(path, "rb") as file:
+        return file.read(132)[128:] == b"DICM"
+
+
+def _check_even_slices(path: Path, reader, count: int, direction: np.ndarray) -> None:
+    """Refuse slices whose positions (0020,0032) along the slice normal are not evenly spaced: a
+    missing slice (ITK only warns, and spaces the volume by the mean gap)."""
+    key = "0020|0032"
+    if count < 3 or direction.shape[0] < 3 or not all(reader.HasMetaDataKey(i, key) for i in range(count)):
+        return
+    try:
+        points = np.array([[float(v) for v in reader.GetMetaData(i, key).split("\\")] for i in range(count)])
+        gaps = np.diff(points @ direction[:, 2])
+    except ValueError:
+        raise SegGradCAMError(
+            f"Folder {path}: a slice's position (0020,0032) is not three numbers; the series is damaged."
+        ) from None
+    if np.abs(gaps - gaps.mean()).max() > SLICE_TOLERANCE * abs(gaps.mean()):
+        at = int(np.abs(gaps - gaps.mean()).argmax())
+        raise SegGradCAMError(
+            f"Folder {path}: its slices are not evenly spaced (gap of {abs(gaps[at]):g} mm after slice {at + 1}, "
+            f"{abs(gaps.mean()):g} mm on average): a slice is missing; copy the whole series again."
+        )
 
 
 def _cannot_read(path: Path, error: RuntimeError) -> SegGradCAMError:
