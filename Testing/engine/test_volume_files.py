@@ -283,3 +283,11 @@ def test_a_dicom_series_with_a_lost_slice_is_refused(tmp_path, damage):
     with pytest.raises(SegGradCAMError, match="slice") as error:
         read_volume(str(folder))
     assert len(str(error.value).splitlines()) == 1
+
+
+def test_gzip_nrrd_data_after_skipped_lines_is_read(tmp_path):
+    array = volume_array()
+    (tmp_path / "data.gz").write_bytes(b"a line to skip\n" + gzip.compress(array.tobytes()))
+    header = f"NRRD0004\ntype: float\ndimension: 3\nsizes: {SHAPE[2]} {SHAPE[1]} {SHAPE[0]}\nendian: little\n"
+    (tmp_path / "x.nhdr").write_text(header + "encoding: gzip\nline skip: 1\ndata file: data.gz\n\n")
+    np.testing.assert_array_equal(read_volume(str(tmp_path / "x.nhdr")).array, array)

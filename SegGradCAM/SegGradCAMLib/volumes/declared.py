@@ -225,12 +225,13 @@ def _header_lines(path: Path, last: str | None) -> tuple[list[str], int]:
 
 def _nrrd_data(path: Path) -> Extent | None:
     """Raw or gzip NRRD data, attached or in one file; None when ITK checks it itself (other
-    encodings, data split over several files, gzip data with a byte skip)."""
+    encodings, data split over several files, gzip data after skipped lines or bytes)."""
     fields, end = _nrrd_fields(path)
     name = fields.get("data file", fields.get("datafile"))
     skip = _integer(path, fields, "byte skip", fields.get("byteskip", "0"))
     packed = fields.get("encoding") in ("gzip", "gz")
-    if (fields.get("encoding") != "raw" and not (packed and skip == 0)) or (
+    plain_gzip = packed and skip == 0 and _integer(path, fields, "line skip", fields.get("lineskip", "0")) == 0
+    if (fields.get("encoding") != "raw" and not plain_gzip) or (
         name is not None and (" " in name or name.startswith("LIST"))
     ):
         return None
