@@ -291,3 +291,10 @@ def test_gzip_nrrd_data_after_skipped_lines_is_read(tmp_path):
     header = f"NRRD0004\ntype: float\ndimension: 3\nsizes: {SHAPE[2]} {SHAPE[1]} {SHAPE[0]}\nendian: little\n"
     (tmp_path / "x.nhdr").write_text(header + "encoding: gzip\nline skip: 1\ndata file: data.gz\n\n")
     np.testing.assert_array_equal(read_volume(str(tmp_path / "x.nhdr")).array, array)
+
+
+def test_a_gzip_nifti_unpacking_to_far_more_than_promised_is_refused(tmp_path):
+    nifti = Path(write(volume_array(), tmp_path / "x.nii"))
+    (tmp_path / "long.nii.gz").write_bytes(gzip.compress(nifti.read_bytes() + bytes(3 * 2**20)))
+    with pytest.raises(SegGradCAMError, match="unpacks to more than the 96,352 bytes its header promises"):
+        read_volume(str(tmp_path / "long.nii.gz"))
