@@ -121,7 +121,7 @@ def test_an_output_folder_cannot_name_files_outside_it(web, explained, tmp_path)
     (tmp_path / "case").mkdir()
     shutil.copy(explained / "segmentation.nrrd", tmp_path / "case" / "labels.nrrd")
     folder = with_explain(explained, tmp_path, segmentation="../case/labels.nrrd")
-    with pytest.raises(SegGradCAMError, match=r"explain.json names '\.\./case/labels.nrrd', outside out"):
+    with pytest.raises(SegGradCAMError, match=r"^out/\.\./case/labels.nrrd lies outside out"):
         web.open_output_folder(folder)
     assert web.download("../case/labels.nrrd") is None
 
@@ -129,7 +129,7 @@ def test_an_output_folder_cannot_name_files_outside_it(web, explained, tmp_path)
 def test_a_missing_heatmap_file_is_one_line(web, explained, tmp_path):
     folder = with_explain(explained, tmp_path)
     (folder / "heatmap_edema.nrrd").unlink()
-    with pytest.raises(SegGradCAMError, match=r"explain.json names heatmap_edema.nrrd, which is missing in out"):
+    with pytest.raises(SegGradCAMError, match=r"^out/heatmap_edema.nrrd is missing"):
         web.open_output_folder(folder)
 
 
@@ -168,3 +168,27 @@ def test_a_failure_while_following_a_run_ends_it_and_is_shown(web, monkeypatch):
     asyncio.run(run_until_it_ends())
     assert web.run is None and web.state.running is False
     assert web.state.error.startswith("Failed: RuntimeError: the worker's pipe broke")
+
+
+@pytest.mark.parametrize("name", ["overview.png", "explain.json", "segmentation.nrrd", "heatmap_edema.nrrd"])
+def test_a_served_file_linking_outside_its_folder_is_refused(web, explained, tmp_path, name):
+    folder = with_explain(explained, tmp_path)
+    (tmp_path / "secret").mkdir()
+    secret = tmp_path / "secret" / name
+    shutil.copy(folder / name, secret) if (folder / name).exists() else secret.write_bytes(b"secret")
+    (folder / name).unlink(missing_ok=True)
+    (folder / name).symlink_to(secret)
+    with pytest.raises(SegGradCAMError, match=rf"^out/{name} lies outside out \(through a link") as raised:
+        web.open_output_folder(folder)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_file_replaced_by_a_link_after_opening_is_not_downloaded(web, explained, tmp_path):
+    folder = with_explain(explained, tmp_path)
+    web.open_output_folder(folder)
+    web.state.error = ""
+    (tmp_path / "secret").write_bytes(b"secret")
+    (folder / "heatmap_edema.nrrd").unlink()
+    (folder / "heatmap_edema.nrrd").symlink_to(tmp_path / "secret")
+    assert web.download("heatmap_edema.nrrd") is None
+    assert web.state.error.startswith("out/heatmap_edema.nrrd lies outside out (through a link")

@@ -36,7 +36,7 @@ from ..mrml.runs import SegGradCAMSceneLogic
 from ..reports import EXPLAIN_FILE, ExplainReport
 from ..selection import METHOD_CHOICES
 from .access import PageAccess
-from .case import Shown, output_files, sample_files, sample_names
+from .case import Shown, output_files, sample_files, sample_names, served_file
 from .controls import CONTROLS, Choice, heatmap_index, shown_failures
 from .page import build_page, initial_state, quad_layout
 from .uploads import MAX_DISK_MB, WEB_MAX_VOXELS, UploadArea, UploadedFile
@@ -150,6 +150,7 @@ class SegGradCAMWeb(TrameApp):
     def open_output_folder(self, folder: Path) -> None:
         """A folder ``seggradcam explain`` wrote: its inputs as the background when they still
         exist, then the segmentation and heatmaps as the same nodes a run adds."""
+        served_file(folder, EXPLAIN_FILE)
         report = ExplainReport.read(folder)
         output_files(report, folder)  # inside the folder and present, before anything is loaded
         inputs = [Path(p) for p in report.inputs]
@@ -245,11 +246,7 @@ class SegGradCAMWeb(TrameApp):
         outputs.segmentationNode.GetDisplayNode().SetVisibility2D(False)  # 2D: the label layer, outline or fill
         outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # 3D: the segments' surfaces
         items = [{"title": f"{label} / {layer}", "value": i} for i, (label, layer) in enumerate(outputs.heatmapNodes)]
-        files = [
-            *output_files(report, folder),
-            EXPLAIN_FILE,
-            *(["overview.png"] if (folder / "overview.png").is_file() else []),
-        ]
+        files = output_files(report, folder)
         self.shown.files = tuple(files)
         self.state.update(heat_items=items, heat=0 if items else None, downloads=files)
         self._show_segmentation()
@@ -368,10 +365,12 @@ class SegGradCAMWeb(TrameApp):
 
     @shown_failures
     def download(self, name: str):
-        """The bytes of one output file, looked up by name among the outputs (never a path)."""
+        """The bytes of one output file, looked up by name among the outputs (never a path), its
+        real path checked again to lie in the folder."""
         if self.shown.folder is None or name not in self.shown.files:
             return None
-        return self.server.protocol.addAttachment((self.shown.folder / name).read_bytes())
+        content = served_file(self.shown.folder, name).read_bytes()
+        return self.server.protocol.addAttachment(content)
 
     def close(self) -> None:
         """Stop a running worker and delete uploads and outputs (patient data)."""

@@ -4,19 +4,21 @@ before it, nodes and files (the server's own files; never a folder the user name
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from ..demo import data as demo_data
 from ..errors import SegGradCAMError
 from ..mrml.outputs import removeWithDisplayAndStorage
-from ..reports import ExplainReport
+from ..reports import EXPLAIN_FILE, ExplainReport
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 KMEANS = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
 DEMO_CASE = "Demo lesion case (t1c, flair)"
+OVERVIEW = "overview.png"  # offered for download when the folder has it
 
 
 @dataclass
@@ -55,22 +57,29 @@ class Shown:
 
 
 def output_files(report: ExplainReport, folder: Path) -> list[str]:
-    """The files ``folder``'s explain.json names (segmentation, heatmaps), each checked to lie in
-    ``folder`` and to be there; :class:`SegGradCAMError` naming the first that is not."""
-    names = [report.segmentation, *(info.file for _, _, info in report.heatmaps())]
+    """The files of ``folder`` offered for download: those its explain.json names (segmentation,
+    heatmaps), explain.json, and overview.png when there; each checked by :func:`served_file`."""
+    names = [report.segmentation, *(info.file for _, _, info in report.heatmaps()), EXPLAIN_FILE]
+    if os.path.lexists(folder / OVERVIEW):
+        names.append(OVERVIEW)
     for name in names:
-        path = folder / name
-        if PurePath(name).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
-            raise SegGradCAMError(
-                f"{folder.name}/explain.json names {name!r}, outside {folder.name}; "
-                "an output folder's files must lie in it."
-            )
-        if not path.is_file():
-            raise SegGradCAMError(
-                f"{folder.name}/explain.json names {name}, which is missing in {folder.name}; "
-                "run seggradcam explain again."
-            )
+        served_file(folder, name)
     return names
+
+
+def served_file(folder: Path, name: str) -> Path:
+    """The real path of ``folder/name`` (links followed), once it lies in ``folder``'s real path
+    and is a file; :class:`SegGradCAMError` naming it otherwise (checked again at each download:
+    the file may have been replaced by a link since)."""
+    real = (folder / name).resolve()
+    if not real.is_relative_to(folder.resolve()):
+        raise SegGradCAMError(
+            f"{folder.name}/{name} lies outside {folder.name} (through a link or '..'); "
+            "an output folder's files must lie in it."
+        )
+    if not real.is_file():
+        raise SegGradCAMError(f"{folder.name}/{name} is missing or not a file; run seggradcam explain again.")
+    return real
 
 
 def sample_names() -> list[str]:
