@@ -59,3 +59,31 @@ def test_the_own_origin_needs_the_pages_secret(server):
     assert "error" in asyncio.run(hello(server.url, own_origin(server.url), secret="wslink-secret"))
     assert "clientID" in asyncio.run(hello(server.url, own_origin(server.url)))["result"]
     assert "clientID" in asyncio.run(hello(server.url, "https://viewer.example.org"))["result"]  # --allowed-origin
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://x.org:80", "http://x.org"),
+        ("https://y.org:443/", "https://y.org"),
+        ("HTTPS://Y.org:8443", "https://y.org:8443"),
+        ("http://[::1]:80", "http://[::1]"),
+    ],
+)
+def test_allowed_origins_are_compared_as_browsers_send_them(url, origin):
+    from SegGradCAMLib.web.access import PageAccess, origin_of
+
+    access = PageAccess("127.0.0.1", [url])
+    assert origin_of(url) == origin and access.allowed(origin, 8080)
+    assert access.allowed(url, 8080) and access.allowed("http://localhost:80", 80)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://x.org:99999", "http://x.org:0", "http://u@x.org", "ftp://x.org"]
+)
+def test_a_malformed_allowed_origin_is_one_line_and_exit_2(url, capsys):
+    from SegGradCAMLib.cli import main
+
+    assert main(["web", "--allowed-origin", url]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"seggradcam: error: --allowed-origin {url}: give an address like") and "\n" not in error

@@ -25,15 +25,42 @@ WS_PATH = "/ws"  # trame's WebSocket
 SETTINGS_PATH = "/paraview/"  # where trame's page asks for its connection settings
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
 ANY_ADDRESS = {"0.0.0.0", "::", ""}
+DEFAULT_PORTS = {"http": 80, "https": 443}  # dropped from origins, as browsers do
 
 
 def origin_of(url: str) -> str:
-    """``scheme://host[:port]`` of ``url`` as browsers send it in ``Origin`` (lower case, no path);
-    :class:`SegGradCAMError` when ``url`` is not an http(s) address."""
-    parts = urlsplit(url.strip().lower())
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise SegGradCAMError(f"--allowed-origin {url}: give an address like http://viewer.example.org:8080.")
-    return f"{parts.scheme}://{parts.netloc}"
+    """``url`` as an allowed origin (:func:`normal_origin`); :class:`SegGradCAMError` when it is
+    not an http(s) address."""
+    origin = normal_origin(url)
+    if origin is None:
+        raise SegGradCAMError(
+            f"--allowed-origin {url}: give an address like http://viewer.example.org:8080 "
+            "(http or https, a host, a port from 1 to 65535, no user, path or query)."
+        )
+    return origin
+
+
+def normal_origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) ``url`` as browsers send it in ``Origin`` (lower
+    case, IPv6 in brackets, the scheme's default port dropped, no path); None when it is not one."""
+    try:
+        parts = urlsplit(url.strip().lower())
+        port = parts.port  # a port outside 0-65535 raises, as a bad IPv6 address does above
+    except ValueError:
+        return None
+    if (
+        parts.scheme not in DEFAULT_PORTS
+        or not parts.hostname
+        or port == 0
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    return f"{parts.scheme}://{url_host(parts.hostname)}" + (
+        "" if port in (None, DEFAULT_PORTS[parts.scheme]) else f":{port}"
+    )
 
 
 def own_hosts(host: str) -> set[str]:
@@ -65,8 +92,8 @@ class PageAccess:
 
     def allowed(self, origin: str | None, port: int) -> bool:
         """Whether a request with this ``Origin`` header, to the server's ``port``, comes from its page."""
-        own = {f"http://{host}" + ("" if port == 80 else f":{port}") for host in self.hosts}
-        return origin is not None and origin.lower() in own | self.extra
+        own = {normal_origin(f"http://{host}:{port}") for host in self.hosts}
+        return origin is not None and normal_origin(origin) in (own | self.extra) - {None}
 
     def bind(self, server) -> None:
         """Guard the trame ``server`` (before it starts listening): its secret, the origin check,
