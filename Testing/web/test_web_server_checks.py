@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from conftest import KMEANS_T1
 from test_web_uploads import lying_zip
@@ -192,3 +193,46 @@ def test_a_file_replaced_by_a_link_after_opening_is_not_downloaded(web, explaine
     (folder / "heatmap_edema.nrrd").symlink_to(tmp_path / "secret")
     assert web.download("heatmap_edema.nrrd") is None
     assert web.state.error.startswith("out/heatmap_edema.nrrd lies outside out (through a link")
+
+
+def small_nifti(path, shape=(6, 8, 10)) -> None:
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones(shape, np.uint8)), str(path))
+
+
+def test_a_volume_cut_short_or_declaring_too_much_is_refused_before_slicer_reads_it(web, explained, tmp_path):
+    cut, huge = tmp_path / "cut.nii", tmp_path / "huge.nii"
+    small_nifti(cut)
+    cut.write_bytes(cut.read_bytes()[:-200])
+    small_nifti(huge)
+    header = bytearray(huge.read_bytes())
+    header[40:56] = np.array([3, 600, 600, 400, 1, 1, 1, 1], "<i2").tobytes()  # dim[0..7]: 600 x 600 x 400
+    huge.write_bytes(bytes(header))
+    web.open_sample(DEMO)
+    title = web.state.case_title
+    with pytest.raises(SegGradCAMError, match=r"cut.nii is cut short: its header promises"):
+        web.load_case([cut], "cut")
+    with pytest.raises(SegGradCAMError, match=r"huge.nii declares 600 x 600 x 400 voxels \(144,000,000\), more than"):
+        web.load_case([huge], "huge")
+    folder = with_explain(explained, tmp_path, inputs=[str(cut), str(cut)])
+    with pytest.raises(SegGradCAMError, match=r"cut.nii is cut short"):
+        web.open_output_folder(folder)
+    assert web.state.case_title == title
+
+
+def test_the_viewers_limits_are_the_ones_given(tmp_path):
+    from trame.app import get_server
+
+    from SegGradCAMLib.web.app import SegGradCAMWeb
+
+    viewer = SegGradCAMWeb(server=get_server("limits"), workdir=tmp_path / "web", max_disk_mb=7, max_voxels=100)
+    try:
+        assert (viewer.uploads.max_voxels, viewer.uploads.max_disk) == (100, 7 * 2**20)
+        small_nifti(tmp_path / "big.nii")
+        with pytest.raises(
+            SegGradCAMError, match=r"big.nii declares 10 x 8 x 6 voxels \(480\), more than the limit of 100"
+        ):
+            viewer.load_case([tmp_path / "big.nii"], "big")
+    finally:
+        viewer.close()

@@ -35,6 +35,7 @@ from ..models.registry import declared_facts, list_models
 from ..mrml.runs import SegGradCAMSceneLogic
 from ..reports import EXPLAIN_FILE, ExplainReport
 from ..selection import METHOD_CHOICES
+from ..volumes.files import check_files, check_no_itk_sibling
 from .access import PageAccess
 from .case import Shown, output_files, sample_files, sample_names, served_file
 from .controls import CONTROLS, Choice, heatmap_index, shown_failures
@@ -81,7 +82,9 @@ class SegGradCAMWeb(TrameApp):
         super().__init__(server)
         PageAccess(host, allowed_origins).bind(self.server)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="seggradcam-web-"))
-        self.uploads = UploadArea(self.workdir / "uploads", max_upload_mb, max_disk_mb, max_voxels)
+        self.uploads = UploadArea(
+            self.workdir / "uploads", max_upload_mb=max_upload_mb, max_disk_mb=max_disk_mb, max_voxels=max_voxels
+        )
         self.trust = trust
         self.models = model_choices(model_dirs)
         self.app = SlicerApp()
@@ -109,10 +112,13 @@ class SegGradCAMWeb(TrameApp):
     def load_case(self, paths: Sequence[Path], title: str, own: Path | None = None) -> list:
         """Load volume files as the case's channels (the first is the background), in place of the
         case shown (its nodes and the server's files of it removed). ``own``: the server's folder
-        of these files, removed with them (also when they are refused)."""
+        of these files, removed with them (also when they are refused). Each file is first checked
+        as the volume reader checks it (declared size against --max-voxels, bytes promised)."""
         nodes: list = []
         try:
             self._check_no_run()
+            check_files([str(path) for path in paths], self.uploads.max_voxels)
+            check_no_itk_sibling([str(path) for path in paths])  # Slicer's reader is ITK's
             for path in paths:
                 loaded = self.app.io_manager.load_volumes(str(path))
                 if not loaded:
