@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -236,3 +237,11 @@ def test_the_viewers_limits_are_the_ones_given(tmp_path):
             viewer.load_case([tmp_path / "big.nii"], "big")
     finally:
         viewer.close()
+
+
+def test_an_output_declaring_too_much_is_refused_before_slicer_reads_it(web, explained, tmp_path):
+    folder = with_explain(explained, tmp_path)
+    heatmap = folder / "heatmap_edema.nrrd"
+    heatmap.write_bytes(re.sub(rb"\nsizes: [^\n]*", b"\nsizes: 600 600 400", heatmap.read_bytes(), count=1))
+    with pytest.raises(SegGradCAMError, match=r"heatmap_edema.nrrd declares 600 x 600 x 400 voxels"):
+        web.open_output_folder(folder)

@@ -37,7 +37,7 @@ from ..reports import EXPLAIN_FILE, ExplainReport
 from ..selection import METHOD_CHOICES
 from ..volumes.files import check_files, check_no_itk_sibling
 from .access import PageAccess
-from .case import Shown, output_files, sample_files, sample_names, served_file
+from .case import Shown, output_files, output_volumes, sample_files, sample_names, served_file
 from .controls import CONTROLS, Choice, heatmap_index, shown_failures
 from .page import build_page, initial_state, quad_layout
 from .uploads import MAX_DISK_MB, WEB_MAX_VOXELS, UploadArea, UploadedFile
@@ -159,6 +159,7 @@ class SegGradCAMWeb(TrameApp):
         served_file(folder, EXPLAIN_FILE)
         report = ExplainReport.read(folder)
         output_files(report, folder)  # inside the folder and present, before anything is loaded
+        check_files([str(folder / name) for name in output_volumes(report)], self.uploads.max_voxels)
         inputs = [Path(p) for p in report.inputs]
         if inputs and all(p.is_file() for p in inputs):
             self.load_case(inputs, folder.name)

@@ -59,12 +59,17 @@ class Shown:
 def output_files(report: ExplainReport, folder: Path) -> list[str]:
     """The files of ``folder`` offered for download: those its explain.json names (segmentation,
     heatmaps), explain.json, and overview.png when there; each checked by :func:`served_file`."""
-    names = [report.segmentation, *(info.file for _, _, info in report.heatmaps()), EXPLAIN_FILE]
+    names = [*output_volumes(report), EXPLAIN_FILE]
     if os.path.lexists(folder / OVERVIEW):
         names.append(OVERVIEW)
     for name in names:
         served_file(folder, name)
     return names
+
+
+def output_volumes(report: ExplainReport) -> list[str]:
+    """The volume files an explain.json names: the segmentation, then the heatmaps."""
+    return [report.segmentation, *(info.file for _, _, info in report.heatmaps())]
 
 
 def served_file(folder: Path, name: str) -> Path:
