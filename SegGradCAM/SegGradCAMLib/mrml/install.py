@@ -11,10 +11,8 @@ PyTorch is checked in the installed metadata, never imported into Slicer's proce
 import it in the worker process, so upgrading a package Slicer has loaded is only a warning.
 Slicer's own numpy, scipy, SimpleITK and requests, and the installed PyTorch, are never
 requested, and pip gets a constraints file pinning their versions, so that a dependency needing
-another version makes pip pick an older compatible release (or fail, with a message).
-
-Slicer's modules are imported only when needed; tests inject the confirmation, the pip
-functions and the extensions' logics."""
+another version makes pip pick an older compatible release (or fail, with a message). Slicer's
+modules are imported when needed; tests inject the confirmation, pip and the extensions' logics."""
 
 from __future__ import annotations
 
