@@ -61,7 +61,7 @@ def _widgetClasses():
 
         def __init__(self, parent=None):
             super().__init__(parent)
-            self.scene, self.node, self.nodeTypes, self.attributes = None, None, [], {}
+            self.scene, self.node, self.nodeTypes, self.attributes, self.tags = None, None, [], {}, []
 
         def _candidates(self):
             if self.scene is None:
@@ -78,9 +78,18 @@ def _widgetClasses():
         def setMRMLScene(self, scene):
             self.scene = scene
             self.nodeTypes = self.nodeTypes or list(self.property("nodeTypes") or [])
-            scene.AddObserver(scene.NodeAddedEvent, lambda caller, event: self._selectFirstIfNeeded())
-            scene.AddObserver(scene.NodeRemovedEvent, lambda caller, event: self._dropRemoved())
+            self.tags = [
+                scene.AddObserver(scene.NodeAddedEvent, lambda caller, event: self._selectFirstIfNeeded()),
+                scene.AddObserver(scene.NodeRemovedEvent, lambda caller, event: self._dropRemoved()),
+            ]
             self._selectFirstIfNeeded()
+
+        def release(self):
+            """Stop observing the scene (the harness's close: no cycle left for the garbage collector)."""
+            if self.scene is not None:
+                for tag in self.tags:
+                    self.scene.RemoveObserver(tag)
+            self.scene, self.node = None, None
 
         def _selectFirstIfNeeded(self):
             if self.node is None and not self.property("noneEnabled") and self._candidates():
@@ -408,12 +417,18 @@ def install(scene) -> None:
 
 
 def close() -> None:
-    """The module closed: its widget cleaned up, and every MOCK removed from ``slicer``."""
+    """The module closed: its widget cleaned up, the MOCK widgets' scene observers removed, every
+    MOCK removed from ``slicer``, and the garbage collected now (not inside a later test's VTK
+    callback, where freeing a scene and its Qt widgets can crash the process)."""
+    import gc
+
     import slicer
 
     widget = getattr(getattr(slicer, "modules", None), "SegGradCAMWidget", None)
     if widget is not None:
         widget.cleanup()
+        for child in widget.harness.container.findChildren(_WIDGET_CLASSES[1]):
+            child.release()
     if "library" in _SAVED:  # a reload's fresh library forgotten: other tests keep their classes
         library = _SAVED.pop("library")
         for name in [k for k in sys.modules if k.split(".")[0] == "SegGradCAMLib"]:
@@ -427,6 +442,7 @@ def close() -> None:
         else:
             setattr(owner, attribute, value)
     _SAVED.clear()
+    gc.collect()
 
 
 def module_widget(scene, **logic_options):
