@@ -161,11 +161,7 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
         ``confirmed()``: called once the user accepted, before anything is installed."""
         self.checkSlicerVersion()
         source = self.modelSource(parameterNode)
-        key = self.requirementsKey(parameterNode, source)
-        if confirmed is None:
-            self.installLogic().ensureRequirements(key)
-        else:
-            self.installLogic().ensureRequirements(key, confirmed=confirmed)
+        self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source), confirmed=confirmed)
 
     def startRun(self, parameterNode):
         """Install what is missing (after asking), then start the worker on the inputs (main thread)."""
