@@ -189,9 +189,9 @@ class SegGradCAMPanel(VTKObservationMixin):
         self.ui.evaluationClassComboBox.addItems([name for name in info.get("labels", []) if name != "background"])
         if not info:
             layers, classes = node.layers, node.classes
-        self._shownChoices = (node.modelName, str(node.modelPath), layers, classes)
-        with slicer.util.NodeModify(node):
+        with slicer.util.NodeModify(node):  # its one ModifiedEvent comes after the choices are marked shown
             node.layers, node.classes = layers, classes
+            self._shownChoices = self._choicesOf(node)
 
     @staticmethod
     def _fillCheckable(comboBox, names, checkedText) -> str:
@@ -214,9 +214,9 @@ class SegGradCAMPanel(VTKObservationMixin):
             return
         layers = ",".join(self._checkedNames(self.ui.layersCheckableComboBox))
         classes = ",".join(self._checkedNames(self.ui.classesCheckableComboBox))
-        self._shownChoices = (node.modelName, str(node.modelPath), layers, classes)
-        with slicer.util.NodeModify(node):
+        with slicer.util.NodeModify(node):  # its one ModifiedEvent comes after the choices are marked shown
             node.layers, node.classes = layers, classes
+            self._shownChoices = self._choicesOf(node)
 
     @staticmethod
     def _checkedNames(comboBox) -> list:
