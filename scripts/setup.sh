@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-APT_PACKAGES="mricron-data insighttoolkit5-examples chromium"
+# dicom3tools: the DICOM validator dciodvfy; orthanc + orthanc-dicomweb: the PACS the DICOMweb tests start.
+APT_PACKAGES="mricron-data insighttoolkit5-examples chromium dicom3tools orthanc orthanc-dicomweb"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -390,6 +390,10 @@ def copy_model(model_dir: Path, out: Path) -> Path:
     summary = fold / "validation" / "summary.json"
     if summary.is_file():
         shutil.copy2(summary, target / "fold_0" / "validation_summary.json")
+    from SegGradCAMLib.demo import data
+
+    card = {"terminology": data.TERMINOLOGY}  # the labels' DICOM codes; evaluate --write-card adds to it
+    (target / "seggradcam_card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return target
 
 

@@ -42,6 +42,14 @@ from ..errors import SegGradCAMError
 from ..preprocessing import normalize_intensity
 
 LABELS = ("background", "edema", "enhancing_rim", "necrotic_core")
+# The classes' DICOM codes (see SegGradCAMLib.models.terminology): category Morphologically
+# Abnormal Structure (SCT 49755003, CID 7150), types of CID 7168 "Brain Lesion Segmentation Type
+# With Necrosis": Edema (SCT 79654002), Enhancing Lesion (NCIt C113842), Necrosis (SCT 6574001).
+TERMINOLOGY = {
+    "edema": ["SCT:49755003", "SCT:79654002"],
+    "enhancing_rim": ["SCT:49755003", "NCIt:C113842"],
+    "necrotic_core": ["SCT:49755003", "SCT:6574001"],
+}
 CHANNELS = ("t1c", "flair")
 SPACING_MM = 2.0
 PLANE = 96

@@ -291,6 +291,7 @@ def _model_card(
         "name": MODEL_NAME,
         "intended_use": "demonstration and testing of explanation methods; not for clinical use",
         "labels": list(demo_data.LABELS),
+        "terminology": demo_data.TERMINOLOGY,
         "channels": [
             {"name": "t1c", "description": "real T1 with contrast-enhanced-T1-like lesion intensities"},
             {"name": "flair", "description": "FLAIR-like contrast synthesised from the real T1, bright edema"},

@@ -1,4 +1,5 @@
-"""``--method auto``: the heatmap method a model's card chose by evidence, else HiResCAM.
+"""A model's card: the heatmap method it chose by evidence for ``--method auto`` (else HiResCAM)
+and the DICOM codes of its labels (``terminology``, see :mod:`.terminology`).
 
 A card's ``default_method`` records the method with the lowest Deletion AUC on the model's
 default (finest) decoder stage in ``seggradcam evaluate``, with the figures and the command.
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
+from ..errors import SegGradCAMError
 from ..selection import AUTO_METHOD, CAM_METHODS
 from .declarations import SHIPPED_MODELS
 from .registry import REGISTRY
 from .spec import read_json_object
+from .terminology import SegmentCodes, check_terminology, segment_codes
 
 FALLBACK_METHOD = "hirescam"
 REGISTRY_CARDS = SHIPPED_MODELS / "cards"
@@ -72,3 +76,14 @@ def resolve_method(requested: str, model: str) -> MethodChoice:
     if isinstance(entry, dict) and entry.get("method") is None and entry.get("basis"):
         return MethodChoice(FALLBACK_METHOD, AUTO_METHOD, str(path), f"{entry['basis']}; HiResCAM by default")
     return MethodChoice(FALLBACK_METHOD, AUTO_METHOD, None, FALLBACK_BASIS)
+
+
+def model_terminology(model: str, labels: Sequence[str]) -> dict[str, SegmentCodes]:
+    """Each label's DICOM category and type from the card's ``terminology`` (checked against the
+    standard's codes and the model's labels); labels without codes get the generic Tissue."""
+    path = card_path(model)
+    declared = (read_card(path) or {}).get("terminology", {})
+    if not isinstance(declared, dict):
+        raise SegGradCAMError(f'{path}: "terminology" must be an object {{"label": [category, type]}}.')
+    check_terminology(declared, labels, str(path))
+    return {label: segment_codes(label, declared, str(path)) for label in labels}
