@@ -111,7 +111,7 @@ def test_left_handed_volume_is_written_as_the_same_physical_image(colin27, tmp_p
     assert error <= quantisation(source)
 
 
-def test_refuses_a_used_folder_and_a_sheared_grid(tmp_path):
+def test_refuses_a_used_folder_a_sheared_grid_and_nan(tmp_path):
     image = sitk.Image([4, 4, 3], sitk.sitkInt16)
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "notes.txt").write_text("mine")
@@ -121,6 +121,9 @@ def test_refuses_a_used_folder_and_a_sheared_grid(tmp_path):
     image.SetDirection([1, 0.3, 0, 0, 1, 0, 0, 0, 1])
     with pytest.raises(SegGradCAMError, match="not orthonormal"):
         write_mr_series(image, tmp_path / "sheared")
+    image = sitk.GetImageFromArray(np.full((3, 4, 4), np.nan, dtype=np.float32))
+    with pytest.raises(SegGradCAMError, match="NaN"):
+        write_mr_series(image, tmp_path / "nan")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["used"]
 
 

@@ -72,6 +72,8 @@ def _right_handed(image):
 def _stored_values(array: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
     """``(Z, Y, X)`` values -> (int16 array ``(Z, Y, X)``, rescale and window attributes), where
     value = stored * RescaleSlope + RescaleIntercept (no rescale where the values are stored as they are)."""
+    if not np.isfinite(array).all():
+        raise SegGradCAMError("The image holds NaN or infinite values; DICOM pixel data cannot store them.")
     low, high = float(array.min()), float(array.max())
     if np.array_equal(array, np.round(array)) and INT16.min <= low and high <= INT16.max:
         stored, rescale = array.astype(np.int16), {}
