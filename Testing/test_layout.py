@@ -31,7 +31,7 @@ LAYOUT_PAGE = ROOT / "docs" / "architecture.md"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("front ends", ("__main__", "cli", "mrml", "web")),
     ("entry", ("api", "cohort")),
-    ("runs", ("runs", "evaluation", "demo")),
+    ("runs", ("runs", "evaluation", "demo", "dicom")),
     ("pipelines", ("pipelines", "inference", "inference_nnunet")),
     ("engine", ("cam", "layers", "layer_grid", "model_grid", "preprocessing", "volumes", "models")),
     # The package __init__ ("") only maps names to modules lazily (importlib, no import
@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # and an import statement added to it would be reported as going up.
     (
         "declarations",
-        ("models.declarations", "options", "engine_options", "declared_options", "reports", "selection", "errors", ""),
+        ("models.declarations", "options", "engine_options", "dicom_options", "declared_options", "reports", "selection", "errors", ""),
     ),
 )
 DEFAULT_LAYER = "engine"

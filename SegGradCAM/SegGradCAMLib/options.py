@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .declared_options import CommandOptions, option
+from .dicom_options import DicomOptions
 from .engine_options import EngineOptions
 from .errors import SegGradCAMError
 from .models.declarations import DEFAULT_MODEL
@@ -223,16 +224,18 @@ class ExplainOptions(CommandOptions):
         "nnU-Net models: test-time mirroring (as nnU-Net predicts by default); off by default",
         action="store_true",
     )
+    dicom: DicomOptions = field(default_factory=DicomOptions)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
         self.normalise_fields()
         if self.out is None:
             raise SegGradCAMError("Give the output folder (--out).")
-        if self.cohort is not None and self.inputs:
-            raise SegGradCAMError("Give either input volumes or --cohort LIST, not both.")
-        if self.cohort is None and not self.inputs:
-            raise SegGradCAMError("Give the input volume(s), one per model channel, or --cohort LIST.")
+        sources = [bool(self.inputs), self.cohort is not None, self.dicom.dicomweb is not None]
+        if sum(sources) > 1:
+            raise SegGradCAMError("Give one of: input volumes, --cohort LIST, or --dicomweb URL --study UID.")
+        if not any(sources):
+            raise SegGradCAMError("Give the input volume(s), one per model channel, --cohort LIST or --dicomweb URL.")
         if self.method not in METHOD_CHOICES:
             raise SegGradCAMError(f"Unknown method {self.method!r}; choose one of {', '.join(METHOD_CHOICES)}.")
         if self.heatmap_dtype not in HEATMAP_DTYPES:

@@ -145,6 +145,7 @@ class ExplainReport(_ReportFile):
     timings: dict[str, float]
     checks: dict[str, float] | None = None
     nnunet: dict[str, Any] | None = None
+    dicom: dict[str, Any] | None = None
     segmentation: str = "segmentation.nrrd"
     tool: str = "seggradcam"
     schema: int = EXPLAIN_SCHEMA
@@ -157,7 +158,7 @@ class ExplainReport(_ReportFile):
         values["model"] = dataclasses.asdict(self.model)
         values["classes"] = [entry.to_json() for entry in self.classes]
         ordered = {"schema": self.schema, "tool": self.tool, **values}
-        return _without_none(ordered, ("checks", "nnunet"))
+        return _without_none(ordered, ("checks", "nnunet", "dicom"))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ExplainReport":

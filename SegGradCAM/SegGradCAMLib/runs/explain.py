@@ -20,6 +20,7 @@ from ..pipelines import ExplainSettings, InputVolumes, Pipeline, load_pipeline
 from ..reports import ExplainReport, ModelInfo
 from ..selection import class_indices, layer_selection, pick_device
 from ..volumes.files import read_volume, same_geometry, write_like
+from .dicom_io import fetched_inputs, source_series, store_objects, write_dicom_objects
 from .heatmap_files import HeatmapWriter
 from .outputs import REPORT_FILE, RunFolder
 from .resources import peak_memory_mb, set_threads
@@ -128,6 +129,7 @@ def build_report(
     writer: HeatmapWriter,
     threads: int,
     timings: dict[str, float],
+    dicom: dict | None,
 ) -> ExplainReport:
     """explain.json of the run."""
     spec, model = pipeline.model.spec, pipeline.model
@@ -141,7 +143,7 @@ def build_report(
         heatmap_dtype=options.heatmap_dtype,
         region=str(options.region) if options.region else "predicted mask of each class",
         classes=[writer.entries[c] for c in result.classes],
-        inputs=[v.path for v in inputs.volumes],
+        inputs=[v.path for v in inputs.volumes] if options.dicom.dicomweb is None else inputs_on_server(options),
         input_geometry=inputs.reference.geometry(),
         device=settings.device,
         amp=bool(options.amp),
@@ -151,7 +153,14 @@ def build_report(
         timings={k: round(v, 3) for k, v in timings.items()},
         checks=result.checks or None,
         nnunet=pipeline.report_note(settings),
+        dicom=dicom,
     )
+
+
+def inputs_on_server(options: ExplainOptions) -> list[str]:
+    """explain.json's inputs of a run on a DICOMweb server: ``URL/studies/UID[/series/UID]``."""
+    study = f"{options.dicom.dicomweb}/studies/{options.dicom.study}"
+    return [f"{study}/series/{uid}" for uid in options.dicom.series] if options.dicom.series else [study]
 
 
 def checked_settings(
@@ -181,7 +190,9 @@ def new_writer(
     refuses heatmap names known now (chosen layers) that are input files."""
     chosen = pipeline.model.chosen_layers(settings.layers)
     several = chosen == "auto" or len(chosen) > 1
-    files = len(settings.classes) * (1 if chosen == "auto" else len(chosen)) + 2 + options.overview
+    maps = len(settings.classes) * (1 if chosen == "auto" else len(chosen))
+    dicom = options.dicom.writes_objects  # one Parametric Map per heatmap and the SEG
+    files = maps * (1 + dicom) + dicom + 2 + options.overview
     labels = list(pipeline.model.spec.labels)
     writer = HeatmapWriter(
         folder,
@@ -214,8 +225,12 @@ def explain_files(
     choice = resolve_method(options.method, options.model)
     threads = set_threads(options.threads)
     protected = [*options.inputs, options.region, options.model, spec_weights(options.model)]
-    with RunFolder(Path(options.out), protected) as folder:
-        inputs = InputVolumes.read(options.inputs, options.max_voxels)
+    with (
+        RunFolder(Path(options.out), protected) as folder,
+        fetched_inputs(options.dicom, options.inputs, options.model, step) as paths,
+    ):
+        inputs = InputVolumes.read(paths, options.max_voxels)
+        series = source_series(inputs) if options.dicom.writes_objects else None
         timings["read_s"] = time.perf_counter() - start
         step("read", 1, 1)
 
@@ -237,11 +252,15 @@ def explain_files(
         start = time.perf_counter()
         title = f"{pipeline.model.spec.name} — {choice.method}"
         write_segmentation_and_overview(options, inputs, result, writer, title)
+        dicom = series and write_dicom_objects(folder, series, result, writer, pipeline.model.spec, options.model)
         timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
+        refused = dicom and store_objects(options.dicom, folder, dicom, step)
         timings["total_s"] = time.perf_counter() - began
-        report = build_report(options, pipeline, choice, inputs, settings, result, writer, threads, timings)
+        report = build_report(options, pipeline, choice, inputs, settings, result, writer, threads, timings, dicom)
         with folder.writing(REPORT_FILE):
             report.write(folder.staging)
         folder.commit()
     step("write", writer.files, writer.files)
+    if refused:
+        raise refused
     return report

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
 from ..errors import SegGradCAMError
@@ -27,12 +27,18 @@ from ..volumes.files import split_selector
 PARTIAL_PREFIX = ".seggradcam-partial-"
 REPORT_FILE = "explain.json"
 FIXED_FILES = ("segmentation.nrrd", "overview.png")  # with explain.json and the heatmap_*.nrrd files
+DICOM_FOLDER = "dicom"  # --dicom: segmentation.dcm and heatmap_*.dcm
 
 
 def is_run_output(name: str) -> bool:
-    """Whether ``name`` is a file name a run writes (never a path, never the user's other files)."""
-    heatmap = name.startswith("heatmap_") and name.endswith(".nrrd")
-    return name == Path(name).name and (heatmap or name in FIXED_FILES or name == REPORT_FILE)
+    """Whether ``name`` is a file a run writes (a name, or ``dicom/<name>.dcm``; never another
+    path, never the user's other files)."""
+    path = PurePosixPath(name)
+    stem, suffix = path.stem, path.suffix
+    if path.parent == PurePosixPath(DICOM_FOLDER):
+        return suffix == ".dcm" and (stem == "segmentation" or stem.startswith("heatmap_"))
+    heatmap = name.startswith("heatmap_") and suffix == ".nrrd"
+    return name == path.name and (heatmap or name in FIXED_FILES or name == REPORT_FILE)
 
 
 def earlier_outputs(out: Path) -> set[str]:
@@ -40,6 +46,7 @@ def earlier_outputs(out: Path) -> set[str]:
     try:
         report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
         maps = {layer["file"] for entry in report["classes"] for layer in entry["layers"].values()}
+        maps |= set(report.get("dicom", {}).get("files", []))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
     return {name for name in maps if isinstance(name, str) and is_run_output(name)} | set(FIXED_FILES)
@@ -68,6 +75,12 @@ def remove_abandoned_staging(out: Path) -> None:
         pid = folder.name[len(PARTIAL_PREFIX) :].split("-")[0]
         if pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when it is an empty folder (an earlier run's DICOM folder)."""
+    if is_folder(folder) and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _process_alive(pid: int) -> bool:
@@ -128,8 +141,9 @@ class RunFolder:
 
     @contextlib.contextmanager
     def writing(self, name: str) -> Iterator[Path]:
-        """The temporary path of output ``name``; a failed write as one line."""
+        """The temporary path of output ``name`` (its folder made); a failed write as one line."""
         try:
+            (self.staging / name).parent.mkdir(exist_ok=True)
             yield self.staging / name
         except (OSError, RuntimeError) as error:  # SimpleITK reports a failed write as a RuntimeError
             free = shutil.disk_usage(self.staging).free / 2**20
@@ -141,13 +155,18 @@ class RunFolder:
 
     def commit(self) -> None:
         """Replace the earlier run's outputs in ``out`` by this run's (``explain.json`` last)."""
-        names = sorted(os.listdir(self.staging), key=lambda name: name == REPORT_FILE)
+        names = sorted(
+            (p.relative_to(self.staging).as_posix() for p in self.staging.rglob("*") if p.is_file()),
+            key=lambda name: name == REPORT_FILE,
+        )
         self.refuse_inputs(names)
         for name in names:
-            if is_folder(self.out / name):
+            parent = (self.out / name).parent
+            if is_folder(self.out / name) or (parent.exists() and not is_folder(parent)):
+                blocked = self.out / name if is_folder(self.out / name) else parent
                 raise SegGradCAMError(
-                    f"{self.out / name} is a folder where this run writes an output: "
-                    "move it away or give another --out."
+                    f"{blocked} is in the way of this run's output {name} (a folder where a file goes, or a "
+                    "file or link where its folder goes): move it away or give another --out."
                 )
         stale = earlier_outputs(self.out) - set(names)
         try:
@@ -156,7 +175,9 @@ class RunFolder:
                 if not self.is_input(self.out / name) and not is_folder(self.out / name):
                     (self.out / name).unlink(missing_ok=True)
             for name in names:
+                (self.out / name).parent.mkdir(exist_ok=True)
                 os.replace(self.staging / name, self.out / name)
+            _remove_if_empty(self.out / DICOM_FOLDER)
         except OSError as error:
             raise SegGradCAMError(
                 f"cannot move the outputs into {self.out}: {error.strerror or error} ({error.filename}); "

@@ -90,7 +90,7 @@ def _read_series(path: Path, max_voxels: int):
     if len(series) > 1:
         raise SegGradCAMError(f"Folder {path} holds {len(series)} DICOM series; put one series per folder.")
     files = reader.GetGDCMSeriesFileNames(str(path), series[0])
-    left_out = sorted({p.name for p in path.iterdir() if _is_dicom(p)} - {Path(f).name for f in files})
+    left_out = sorted({p.name for p in path.iterdir() if is_dicom_file(p)} - {Path(f).name for f in files})
     if left_out:
         raise SegGradCAMError(
             f"Folder {path}: DICOM file {left_out[0]} ({len(left_out)} in all) is not read with its series of "
@@ -107,7 +107,7 @@ def _read_series(path: Path, max_voxels: int):
     return image
 
 
-def _is_dicom(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
     """A file with the DICOM preamble ("DICM" at byte 128), other than a DICOMDIR index."""
     if not path.is_file() or path.name.upper() == "DICOMDIR":
         return False

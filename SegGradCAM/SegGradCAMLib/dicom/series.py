@@ -1,0 +1,74 @@
+"""The DICOM series a run read: its instances in the order of the volume's slices, checked
+against the volume's geometry, so every object written references the right source image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import SegGradCAMError
+from ..volumes.files import Volume, is_dicom_file
+
+POSITION_TOLERANCE_MM = 1e-2
+ORIENTATION_TOLERANCE = 1e-4
+
+
+def is_dicom_series(path: str) -> bool:
+    """Whether an input is a folder of DICOM files (a series, as :func:`read_volume` reads it)."""
+    folder = Path(path)
+    return folder.is_dir() and any(is_dicom_file(p) for p in folder.iterdir())
+
+
+def source_instances(volume: Volume) -> list:
+    """The headers (pydicom datasets without pixel data) of the series ``volume`` was read from,
+    instance ``k`` at slice ``k`` of ``volume.array`` ``(Z, Y, X)``; each instance's position and
+    orientation must be the volume's."""
+    import pydicom
+
+    folder = Path(volume.path)
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.iterdir()) if is_dicom_file(p)]
+    depth, rows, columns = volume.array.shape
+    if len(datasets) != depth or any(int(getattr(d, "NumberOfFrames", 1) or 1) != 1 for d in datasets):
+        raise SegGradCAMError(
+            f"{folder}: DICOM output needs a series of single-frame images, one per slice "
+            f"({len(datasets)} files for {depth} slices)."
+        )
+    direction, origin = volume.direction, np.asarray(volume.origin)
+    slices = [_slice_index(d, origin, direction, volume.spacing[2], folder) for d in datasets]
+    if sorted(slices) != list(range(depth)):
+        raise SegGradCAMError(f"{folder}: the instances' positions do not give one instance per slice.")
+    ordered = [d for _, d in sorted(zip(slices, datasets), key=lambda pair: pair[0])]
+    for d in ordered:
+        orientation = np.asarray(d.ImageOrientationPatient, dtype=float)
+        if (int(d.Rows), int(d.Columns)) != (rows, columns) or not np.allclose(
+            orientation, direction[:, :2].T.flatten(), atol=ORIENTATION_TOLERANCE
+        ):
+            raise SegGradCAMError(f"{folder}: instance {d.SOPInstanceUID} is not on the series' grid.")
+    return ordered
+
+
+def _slice_index(dataset, origin: np.ndarray, direction: np.ndarray, step: float, folder: Path) -> int:
+    """The slice ``k`` whose position ``origin + k * step * normal`` is the instance's (LPS, mm)."""
+    try:
+        position = np.asarray(dataset.ImagePositionPatient, dtype=float)
+    except AttributeError:
+        raise SegGradCAMError(f"{folder}: instance {dataset.SOPInstanceUID} has no Image Position (Patient).") from None
+    k = int(round(float((position - origin) @ direction[:, 2]) / step))
+    if np.abs(origin + k * step * direction[:, 2] - position).max() > POSITION_TOLERANCE_MM:
+        raise SegGradCAMError(f"{folder}: instance {dataset.SOPInstanceUID} lies off the series' slice grid.")
+    return k
+
+
+def same_study(series: Sequence[list]) -> None:
+    """Every channel's series is of one study and one frame of reference (the objects written
+    reference the first and describe all)."""
+    first = series[0][0]
+    for instances in series[1:]:
+        other = instances[0]
+        if (other.StudyInstanceUID, other.FrameOfReferenceUID) != (first.StudyInstanceUID, first.FrameOfReferenceUID):
+            raise SegGradCAMError(
+                f"DICOM output: series {other.SeriesInstanceUID} is of another study or frame of reference "
+                f"than {first.SeriesInstanceUID}; give the channels of one study."
+            )
