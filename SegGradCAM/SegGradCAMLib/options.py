@@ -233,7 +233,7 @@ class ExplainOptions(CommandOptions):
             raise SegGradCAMError("Give the output folder (--out).")
         sources = [bool(self.inputs), self.cohort is not None, self.dicom.dicomweb is not None]
         if sum(sources) > 1:
-            raise SegGradCAMError("Give one of: input volumes, --cohort LIST, or --dicomweb URL --study UID.")
+            raise SegGradCAMError("Give input volumes, --cohort LIST or --dicomweb URL (with --study), not both.")
         if not any(sources):
             raise SegGradCAMError("Give the input volume(s), one per model channel, --cohort LIST or --dicomweb URL.")
         if self.method not in METHOD_CHOICES:

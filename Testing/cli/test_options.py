@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from SegGradCAMLib.dicom_options import DicomOptions
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.options import EngineOptions, EvaluateOptions, ExplainOptions
 from SegGradCAMLib.reports import EVALUATION_SCHEMA, EXPLAIN_SCHEMA, EvaluationReport, ExplainReport
@@ -59,7 +60,7 @@ EXPLAIN_JSON_KEYS = [
 
 
 def test_every_explain_option_round_trips_through_the_command_line():
-    assert set(EXPLAIN_VALUES) | {"inputs", "cohort", "out", "faithfulness", "engine"} == {
+    assert set(EXPLAIN_VALUES) | {"inputs", "cohort", "out", "faithfulness", "engine", "dicom"} == {
         f.name for f in dataclasses.fields(ExplainOptions)
     }, "a new option needs a value in EXPLAIN_VALUES"
     options = ExplainOptions(inputs=("t1c.nrrd", "flair nrrd.nrrd"), out=Path("out dir"), **EXPLAIN_VALUES)
@@ -72,6 +73,46 @@ def test_every_explain_option_round_trips_through_the_command_line():
         cohort="cases.txt", out="o", faithfulness=True, engine=EngineOptions("ray", "auto", None, 2.0, 0.5, 0)
     )
     assert ExplainOptions.from_argv(cohort.to_argv()) == cohort
+
+
+def test_dicom_options_round_trip_and_refuse_what_does_not_fit(monkeypatch):
+    server = DicomOptions(
+        dicomweb="http://127.0.0.1:8042/dicom-web", study="1.2.3", series="1.2.3.4, 1.2.3.5", store=True
+    )
+    assert server.series == ("1.2.3.4", "1.2.3.5") and server.writes_objects
+    options = ExplainOptions(out="o", dicom=server)
+    argv = options.to_argv()
+    assert ExplainOptions.from_argv(argv) == options
+    assert argv == [
+        "--out",
+        "o",
+        "--dicomweb",
+        server.dicomweb,
+        "--study",
+        "1.2.3",
+        "--series",
+        "1.2.3.4,1.2.3.5",
+        "--store",
+    ]
+    files = ExplainOptions(inputs=["series/"], out="o", dicom=DicomOptions(write_dicom=True))
+    assert ExplainOptions.from_argv(files.to_argv()) == files and "--dicom" in files.to_argv()
+    monkeypatch.setenv("DICOMWEB_TOKEN", "from-the-environment")
+    assert server.token() == "from-the-environment"
+    assert DicomOptions(dicomweb=server.dicomweb, study="1.2", dicomweb_token="given").token() == "given"
+    refused = {
+        "needs --dicomweb URL": [{"study": "1.2"}, {"store": True}, {"series": "1.2"}],
+        "needs --study": [{"dicomweb": "http://pacs/dicom-web"}],
+        "not a DICOM UID": [{"dicomweb": "http://pacs/dicom-web", "study": "1.2.x"}],
+        "http:// or https://": [{"dicomweb": "pacs:8042", "study": "1.2"}],
+    }
+    for message, cases in refused.items():
+        for fields in cases:
+            with pytest.raises(SegGradCAMError, match=message):
+                DicomOptions(**fields)
+    with pytest.raises(SegGradCAMError, match="not both"):
+        ExplainOptions(inputs=["a.nrrd"], out="o", dicom=server)
+    with pytest.raises(SegGradCAMError, match="not both"):
+        ExplainOptions(cohort="cases.txt", out="o", dicom=server)
 
 
 def test_values_that_look_like_options_round_trip():
