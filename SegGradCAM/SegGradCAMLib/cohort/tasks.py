@@ -61,6 +61,8 @@ class ExplainTask:
             "mirror": o.mirror,
             "no_overview": not o.overview,
         }
+        if o.dicom.write_dicom:  # recorded only when given: cohorts of earlier releases resume
+            keep["dicom"] = True
         return {k: option_text(v) for k, v in keep.items()}  # as typed on the command line
 
     def run(self, case: CohortCase, folder: Path) -> None:
