@@ -260,3 +260,19 @@ def test_hdbet_on_a_colin27_series_writes_valid_objects_equal_to_its_nrrd_output
     pm = pydicom.dcmread(out / "dicom" / "heatmap_brain.dcm")
     heatmap = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "heatmap_brain.nrrd")))
     assert np.abs(frames_in_source_order(pm, source) - heatmap).max() <= 1e-6
+
+
+def test_cohorts_write_each_cases_objects_and_do_not_mix_with_a_run_without_them(demo_run, tmp_path):
+    sources, _, _ = demo_run
+    cases = tmp_path / "cases.txt"
+    cases.write_text(",".join(str(p) for p in sources) + "\n")
+    dicom = DicomOptions(write_dicom=True)
+    summary = explain(ExplainOptions(cohort=cases, model=DEMO, out=tmp_path / "with", dicom=dicom))
+    (case,) = [p for p in (tmp_path / "with").iterdir() if p.is_dir()]
+    assert summary.done == 1 and sorted(p.name for p in (case / "dicom").iterdir())[-1] == "segmentation.dcm"
+    assert dciodvfy_errors(case / "dicom" / "segmentation.dcm") == []
+    again = explain(ExplainOptions(cohort=cases, model=DEMO, out=tmp_path / "with", dicom=dicom))
+    assert again.skipped == 1
+    explain(ExplainOptions(cohort=cases, model=DEMO, out=tmp_path / "without"))
+    with pytest.raises(SegGradCAMError, match=r"other options \(dicom\)"):
+        explain(ExplainOptions(cohort=cases, model=DEMO, out=tmp_path / "without", dicom=dicom))
