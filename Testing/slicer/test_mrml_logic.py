@@ -430,6 +430,9 @@ def test_hdbet_on_colin27_loaded_by_the_mrml_storage_node(scene):
     assert dice >= 0.90
     heatmap = outputs.heatmapNodes[("brain", "end_conv_2_bn")]
     assert np.allclose(ijk_to_ras(heatmap), ijk_to_ras(volume))
+    segment, entry = outputs.segmentationNode.GetSegmentation().GetNthSegment(0), vtk.mutable("")
+    assert segment.GetName() == "brain" and segment.GetTag(segment.GetTerminologyEntryTagName(), entry)
+    assert str(entry).split("~")[1:3] == ["SCT^91723000^Anatomical Structure", "SCT^12738006^Brain"]  # its card
 
 
 def test_slice_views_show_the_heatmap_on_the_anatomy(scene, toy):

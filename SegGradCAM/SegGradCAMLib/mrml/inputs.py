@@ -114,7 +114,9 @@ class SceneInputs:
     scene: object
 
     def _checkedInputs(self, inputVolumeNodes: Sequence, model: str, classes) -> list:
-        """The input volumes, checked against what the model declares (when readable without torch)."""
+        """The input volumes, checked against what the model declares (when readable without torch),
+        its card's codes of its classes included."""
+        from ..models.cards import model_terminology
         from ..models.registry import declared_facts
 
         facts = declared_facts(model)
@@ -122,6 +124,7 @@ class SceneInputs:
         volumes = checkedInputVolumes(self.scene, inputVolumeNodes, spec)
         if facts is not None:
             class_indices(classes, facts.labels)  # an unknown class fails here, with the valid ones
+            model_terminology(model, facts.labels)  # so does a wrong code, before the run
         return volumes
 
     def regionMask(self, referenceVolumeNode, segmentationNode=None, segmentId: str = "", roiNode=None):

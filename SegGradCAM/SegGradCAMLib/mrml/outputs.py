@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import __version__
 from ..reports import ExplainReport
 
 OUTPUT_ATTRIBUTE = "SegGradCAM.Output"
@@ -111,16 +112,16 @@ class SceneOutputs:
         }
         model, method = report.model, report.method
         self.removeRunOutputs(runKey)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         provenance = {
             "SegGradCAM.Model": model.name,
             "SegGradCAM.ModelSHA256": model.sha256,
             "SegGradCAM.Method": method,
-            "SegGradCAM.Time": stamp,
+            "SegGradCAM.Version": __version__,
+            "SegGradCAM.Time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "SegGradCAM.Input": reference.GetID(),
         }
         baseName = f"{reference.GetName()} {model.name}"
-        folderItemID = self._runFolder(f"SegGradCAM: {baseName} {method}", runKey)
+        folderItemID = self._runFolder(f"SegGradCAM: {baseName} {method}", runKey, reference)
 
         place = (reference, folderItemID, runKey, provenance)
         colorNode = self._labelColorNode(f"{model.name} labels", model.labels, runKey)
@@ -137,12 +138,8 @@ class SceneOutputs:
             for (label, layer), (_, info) in heatmaps.items()
             if info.faithfulness is not None
         ]
-        table = (
-            self._faithfulnessTable(scores, f"{baseName} faithfulness", reference, folderItemID, runKey, provenance)
-            if scores
-            else None
-        )
-        chart = self._faithfulnessChart(table, reference, folderItemID, runKey, provenance) if scores else None
+        table = self._faithfulnessTable(scores, f"{baseName} faithfulness", *place) if scores else None
+        chart = self._faithfulnessChart(table, *place) if scores else None
         return RunOutputs(labelmapNode, segmentationNode, heatmapNodes, folderItemID, table, chart)
 
     def _addSegmentation(self, labels: np.ndarray, baseName: str, colorNode, place: tuple):
@@ -338,14 +335,17 @@ class SceneOutputs:
             if shNode.GetItemAttribute(ids.GetId(i), RUN_KEY_ATTRIBUTE) == runKey
         ]
 
-    def _runFolder(self, name: str, runKey: str) -> int:
+    def _runFolder(self, name: str, runKey: str, reference) -> int:
+        """The run key's folder, in the reference's DICOM study if any (where Slicer's DICOM export looks)."""
         import slicer
 
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
         existing = self._folderItems(shNode, runKey)
         if existing:
             return existing[0]
-        folder = shNode.CreateFolderItem(shNode.GetSceneItemID(), name)
+        item = shNode.GetItemByDataNode(reference)
+        study = shNode.GetItemAncestorAtLevel(item, "Study") if item else 0
+        folder = shNode.CreateFolderItem(study or shNode.GetSceneItemID(), name)
         shNode.SetItemAttribute(folder, RUN_KEY_ATTRIBUTE, runKey)
         return folder
 

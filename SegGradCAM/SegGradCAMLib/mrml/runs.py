@@ -35,24 +35,28 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import SegGradCAMError
+from ..models.cards import model_terminology
 from ..options import EvaluateOptions, ExplainOptions
 from ..reports import EvaluationReport, ExplainReport
 from .inputs import SceneInputs, writeVolumeArray
 from .outputs import RunOutputs, SceneOutputs
+from .terminology import tagSegments
 from .worker import WorkerProcess, temporaryFolder
 
 
 @dataclass
 class ExplainRun:
-    """One explain run in the worker process: its inputs written to ``folder`` (a fresh
-    temporary folder, removed when the run ends in any way), its outputs in ``folder/out``.
-    ``progress``: the worker's last progress event. ``log``: the end of the worker's log, kept
-    when the worker failed (its folder is gone by then)."""
+    """One explain run of ``model`` (a registered name or a model file/folder) in the worker
+    process: its inputs written to ``folder`` (a fresh temporary folder, removed when the run
+    ends in any way), its outputs in ``folder/out``. ``progress``: the worker's last progress
+    event. ``log``: the end of the worker's log, kept when the worker failed (its folder is gone
+    by then)."""
 
     worker: WorkerProcess
     folder: Path
     inputNodeIDs: list[str]
     runKey: str
+    model: str
     started: float = field(default_factory=time.perf_counter)
     progress: dict | None = None
     log: str = ""
@@ -198,7 +202,8 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
             raise
         reference = volumes[0]
         logging.info(f"SegGradCAM: {model} {what} on {reference.GetName()} in a worker process")
-        return ExplainRun(worker, folder, [node.GetID() for node in volumes], f"{reference.GetID()}|{model}|{what}")
+        inputIDs = [node.GetID() for node in volumes]
+        return ExplainRun(worker, folder, inputIDs, f"{reference.GetID()}|{model}|{what}", model)
 
     # -- step 2: the running worker ------------------------------------------------
 
@@ -269,13 +274,15 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
         return showEvaluation(self.scene, report, f"{reference.GetName()} {report.model['name']} {names}")
 
     def finishRun(self, run: ExplainRun) -> RunOutputs:
-        """Read the finished worker's outputs into nodes (main thread), as :meth:`addOutputs`.
-        Raises the worker's one-line message if it failed. The run's temporary folder is
-        removed in every case."""
+        """Read the finished worker's outputs into nodes (main thread), as :meth:`addOutputs`, each
+        segment with its class's codes from the model's card (:mod:`.terminology`). Raises the
+        worker's one-line message if it failed. The run's temporary folder is removed in every case."""
         try:
             self._checkFinished(run)
             report = ExplainReport.read(run.outFolder)
+            codes = model_terminology(run.model, report.model.labels)
             outputs = self.addOutputs(report, run.outFolder, self.scene.GetNodeByID(run.inputNodeIDs[0]), run.runKey)
+            tagSegments(outputs.segmentationNode, codes, report.model.name)
         finally:
             shutil.rmtree(run.folder, ignore_errors=True)
         logging.info(
