@@ -43,5 +43,9 @@ def print_summary(report: ExplainReport, out: Path) -> None:
                 f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
                 f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f}; {score['basis']})"
             )
+    if report.dicom:
+        store = report.dicom.get("store")
+        stored = f"; stored on {store['server']}" if store and store["stored"] else ""
+        print(f"DICOM: {out / 'dicom'} (a SEG and {len(report.dicom['files']) - 1} Parametric Maps{stored})")
     print(f"Wrote {out / 'explain.json'} ({report.timings['total_s']:.1f} s in all)")
     print(f"See it in the browser viewer: seggradcam web {out}   (3D Slicer: load the .nrrd files)")
