@@ -46,6 +46,7 @@ def print_summary(report: ExplainReport, out: Path) -> None:
     if report.dicom:
         store = report.dicom.get("store")
         stored = f"; stored on {store['server']}" if store and store["stored"] else ""
-        print(f"DICOM: {out / 'dicom'} (a SEG and {len(report.dicom['files']) - 1} Parametric Maps{stored})")
+        maps = len(report.dicom["files"]) - 1
+        print(f"DICOM: {out / 'dicom'} (a SEG and {maps} Parametric Map{'s' if maps != 1 else ''}{stored})")
     print(f"Wrote {out / 'explain.json'} ({report.timings['total_s']:.1f} s in all)")
     print(f"See it in the browser viewer: seggradcam web {out}   (3D Slicer: load the .nrrd files)")

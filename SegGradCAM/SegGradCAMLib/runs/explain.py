@@ -252,9 +252,12 @@ def explain_files(
         start = time.perf_counter()
         title = f"{pipeline.model.spec.name} — {choice.method}"
         write_segmentation_and_overview(options, inputs, result, writer, title)
-        dicom = series and write_dicom_objects(folder, series, result, writer, pipeline.model.spec, options.model)
         timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
+        start = time.perf_counter()
+        dicom = series and write_dicom_objects(folder, series, result, writer, pipeline.model.spec, options.model)
         refused = dicom and store_objects(options.dicom, folder, dicom, step)
+        if dicom:
+            timings["dicom_s"] = time.perf_counter() - start
         timings["total_s"] = time.perf_counter() - began
         report = build_report(options, pipeline, choice, inputs, settings, result, writer, threads, timings, dicom)
         with folder.writing(REPORT_FILE):
