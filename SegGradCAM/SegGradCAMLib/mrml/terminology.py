@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from ..dicom.objects import LONG_STRING
 from ..models.terminology import CodedConcept, SegmentCodes
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"  # Slicer's DICOM lists
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
 ALGORITHM_TYPE_TAG = "DICOM.SegmentAlgorithmType"
 ALGORITHM_NAME_TAG = "DICOM.SegmentAlgorithmName"
-LONG_STRING = 64  # Segment Algorithm Name is a DICOM LO: at most 64 characters
 
 
 def terminologyEntry(codes: SegmentCodes) -> str:
