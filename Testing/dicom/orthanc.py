@@ -49,6 +49,13 @@ class Orthanc:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return json.load(response)
 
+    def upload(self, paths) -> None:
+        """Store DICOM files through Orthanc's own REST API (``POST /instances``), which a DICOMweb filter passes."""
+        for path in paths:
+            request = urllib.request.Request(self.url + "/instances", data=Path(path).read_bytes(), method="POST")
+            with urllib.request.urlopen(request, timeout=30):
+                pass
+
     def instance_count(self) -> int:
         """How many instances the server holds."""
         return int(self.get("/statistics")["CountInstances"])

@@ -76,7 +76,7 @@ def _reason(error: Exception) -> str:
 
 @contextlib.contextmanager
 def _server_errors(url: str, doing: str) -> Iterator[None]:
-    """Turn requests' exceptions raised while ``doing`` (e.g. 'searching the series of study X') into one line."""
+    """Turn requests' exceptions raised in ``doing`` (e.g. 'the series search of study X') into one line."""
     import requests
 
     try:
@@ -179,6 +179,8 @@ def _instance_uids(client, url: str, study: str, series: _Series) -> set[str]:
     """The SOP Instance UIDs of ``series`` (QIDO-RS)."""
     with _server_errors(url, f"the instance search of series {series.uid}"):
         found = client.search_for_instances(study_instance_uid=study, series_instance_uid=series.uid)
+    if not found:
+        raise SegGradCAMError(f"Series {series.uid} on {url} lists no instances; check the series on the server.")
     return {str(_value(item, SOP_INSTANCE_UID)) for item in found}
 
 
@@ -194,12 +196,13 @@ def _retrieve(client, url: str, study: str, series: _Series, expected: set[str],
             for dataset in client.iter_series(study, series.uid):
                 uid = str(dataset.SOPInstanceUID)
                 if dataset.SeriesInstanceUID != series.uid or uid not in expected or uid in received:
-                    raise SegGradCAMError(f"The DICOMweb server at {url} sent instance {uid} in {doing}, not listed.")
+                    raise SegGradCAMError(f"The DICOMweb server at {url} sent instance {uid}, not listed, in {doing}.")
                 dataset.save_as(target / f"instance_{len(received):05d}.dcm", enforce_file_format=True)
                 received.add(uid)
                 tick()
         except (InvalidDicomError, ValueError, AttributeError) as error:
-            raise SegGradCAMError(f"The DICOMweb server at {url} sent no DICOM instance in {doing}: {error}") from None
+            reason = " ".join(str(error).split())
+            raise SegGradCAMError(f"The DICOMweb server at {url} sent no DICOM instance in {doing}: {reason}") from None
     if received != expected:
         raise SegGradCAMError(
             f"The DICOMweb server at {url} sent {len(received)} of the {len(expected)} instances of series "
