@@ -114,6 +114,9 @@ def test_two_series_need_their_channel_order(orthanc, tmp_path):
     assert "\n" not in message and "2 image series" in message and "--series UID[,UID]" in message
     assert f"{first} (MR, 'channel 0', 8 instances)" in message and second in message
     assert not (tmp_path / "one").exists()
+    # two image series for two channels: which is which only the user knows
+    with pytest.raises(SegGradCAMError, match=r"give --series UID\[,UID\] in channel order\.$"):
+        fetch_series(orthanc.dicomweb, study, None, 2, None, tmp_path / "one", Progress())
 
     folders = fetch_series(orthanc.dicomweb, study, [second, first], 2, None, tmp_path / "two", Progress())
     assert [folder.name for folder in folders] == ["series_0", "series_1"]
