@@ -7,12 +7,14 @@ import io
 import zipfile
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from dicom_series import write_dicom_series
 
 from SegGradCAMLib.errors import SegGradCAMError
-from SegGradCAMLib.web.uploads import UploadArea, UploadedFile
+from SegGradCAMLib.demo.dicom_series import write_mr_series
+from SegGradCAMLib.web.uploads import DicomUpload, UploadArea, UploadedFile
 
 
 def nrrd_bytes(tmp_path, array: np.ndarray, spacing=(1.0, 1.2, 2.0)) -> bytes:
@@ -119,13 +121,47 @@ def dicom_zip(tmp_path, extra: dict[str, bytes]) -> bytes:
     return zipped({**members, **extra})
 
 
-def test_only_the_volume_is_kept_and_unread_members_are_never_unpacked(tmp_path):
+def test_only_the_volume_and_its_series_are_kept_and_unread_members_are_never_unpacked(tmp_path):
     area = UploadArea(tmp_path / "uploads")
     content = dicom_zip(tmp_path, {"padding.bin": b"\0" * (64 * 2**20)})  # 64 MB of zeros beside the series
     assert len(content) < 2**20
-    [path] = area.store([UploadedFile("series.zip", content)])
-    assert files_under(tmp_path / "uploads") == ["upload0/volume-0.nrrd"]
+    uploaded = [UploadedFile("../My Series (1).ZIP", content)]
+    [path] = area.store(uploaded)
+    members = [f"upload0/dicom0/member-{i}" for i in range(6)]  # the series' 6 files; padding.bin never unpacked
+    assert files_under(tmp_path / "uploads") == [*members, "upload0/volume-0.nrrd"]
     assert sitk.ReadImage(str(path)).GetSize() == (20, 16, 6)
+    upload = DicomUpload((path.parent / "dicom0",), "My_Series_1-dicom.zip")
+    assert area.dicom_upload(uploaded, [path]) == (upload, "")
+    assert files_under(tmp_path / "uploads") == [*members, "upload0/volume-0.nrrd"]  # kept for the runs
+
+
+def mr_series(folder) -> list:
+    """An MR series (5 slices) of the project's writer, in a new study: its files."""
+    image = sitk.GetImageFromArray(np.random.default_rng(2).integers(0, 900, (5, 12, 14)).astype(np.float32))
+    return write_mr_series(image, folder)
+
+
+def mr_series_zip(folder) -> bytes:
+    return zipped({f"s/{p.name}": p.read_bytes() for p in mr_series(folder)})
+
+
+def test_a_case_not_all_dicom_keeps_no_series(tmp_path):
+    area = UploadArea(tmp_path / "uploads")
+    volume = nrrd_bytes(tmp_path, np.zeros((5, 12, 14), np.float32), spacing=(1.0, 1.0, 1.0))
+    uploaded = [UploadedFile("series.zip", mr_series_zip(tmp_path / "a")), UploadedFile("b.nrrd", volume)]
+    paths = area.store(uploaded)
+    assert area.dicom_upload(uploaded, paths) == (None, "")
+    assert files_under(tmp_path / "uploads") == ["upload0/volume-0.nrrd", "upload0/volume-1.nrrd"]
+
+
+def test_series_of_two_studies_get_no_dicom_download_and_say_why(tmp_path):
+    area = UploadArea(tmp_path / "uploads")
+    uploaded = [UploadedFile(f"{c}.zip", mr_series_zip(tmp_path / c)) for c in ("t1c", "flair")]  # a study each
+    paths = area.store(uploaded)
+    upload, note = area.dicom_upload(uploaded, paths)
+    assert upload is None and note.startswith("No DICOM download for this case: ") and "another study" in note
+    assert "\n" not in note and str(tmp_path) not in note
+    assert files_under(tmp_path / "uploads") == ["upload0/volume-0.nrrd", "upload0/volume-1.nrrd"]
 
 
 def test_the_servers_disk_quota_holds_across_uploads(tmp_path):
@@ -185,3 +221,18 @@ def test_a_header_naming_a_data_file_elsewhere_is_refused_unread(tmp_path, name,
         with pytest.raises(SegGradCAMError, match=r"^x\.\w+: .*data file") as raised:
             area.store([UploadedFile(name, header.format(data=data).encode())])
         assert "\n" not in str(raised.value) and files_under(tmp_path / "uploads") == []
+
+
+def test_a_series_off_its_grid_gets_no_dicom_download_and_the_note_names_the_upload(tmp_path):
+    files = mr_series(tmp_path / "series")
+    tilted = pydicom.dcmread(files[2])
+    tilted.ImageOrientationPatient = [1, 0.002, 0, 0, 1, 0]  # one slice off the series' grid
+    tilted.save_as(files[2])
+    area = UploadArea(tmp_path / "uploads")
+    uploaded = [UploadedFile("odd.zip", zipped({f"s/{p.name}": p.read_bytes() for p in files}))]
+    upload, note = area.dicom_upload(uploaded, area.store(uploaded))
+    assert upload is None
+    assert (
+        note
+        == f"No DICOM download for this case: odd.zip: instance {tilted.SOPInstanceUID} is not on the series' grid."
+    )

@@ -15,6 +15,16 @@ POSITION_TOLERANCE_MM = 1e-2
 ORIENTATION_TOLERANCE = 1e-4
 
 
+def check_dicom_support() -> None:
+    """highdicom (the ``dicom`` extra) is installed, else one line saying how to install it."""
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise SegGradCAMError(
+            "DICOM output needs highdicom: pip install 'seggradcam[dicom]' (highdicom, dicomweb-client)."
+        ) from None
+
+
 def is_dicom_series(path: str) -> bool:
     """Whether an input is a folder of DICOM files (a series, as :func:`read_volume` reads it)."""
     folder = Path(path)

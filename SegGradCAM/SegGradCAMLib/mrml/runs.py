@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..dicom_options import DicomOptions
 from ..errors import SegGradCAMError
 from ..models.cards import model_terminology
 from ..options import EvaluateOptions, ExplainOptions
@@ -111,13 +112,16 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
         trust: bool = False,
         threads: int = 0,
         faithfulness: bool = False,
+        dicomSeries: Sequence[str] = (),
     ) -> ExplainRun:
         """Check the inputs, write them as NRRD to a fresh temporary folder and start the
         worker (``python -m SegGradCAMLib explain ...``) on them. ``model``: a registered name
         or a model file/folder. What the model declares (labels, channels) is checked here when
         it can be read without torch; everything else the worker checks and reports.
         ``faithfulness``: score each heatmap (``explain --faithfulness``; its verdict lands in each
-        heatmap node's ``SegGradCAM.Faithfulness`` attribute)."""
+        heatmap node's ``SegGradCAM.Faithfulness`` attribute). ``dicomSeries``: the DICOM series
+        folders the input nodes were read from (one per node, in order): the worker reads these
+        instead and also writes the DICOM SEG and Parametric Maps (``explain --dicom``)."""
         volumes = self._checkedInputs(inputVolumeNodes, model, classes)
         region = self.regionMask(volumes[0], regionSegmentationNode, regionSegmentId, regionROINode)
 
@@ -127,9 +131,10 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
                 regionPath = folder / "region.nrrd"
                 writeVolumeArray(region.astype(np.uint8), volumes[0], regionPath)
             options = ExplainOptions(
-                inputs=tuple(paths),
+                inputs=tuple(dicomSeries or paths),
                 model=model,
                 out=folder / "out",
+                dicom=DicomOptions(write_dicom=bool(dicomSeries)),
                 layers=layers,
                 classes=classes,
                 method=method,

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 
 from .. import __version__
 from ..dicom.objects import Producer, Segment, write_parametric_map, write_segmentation
-from ..dicom.series import is_dicom_series, same_study, source_instances
+from ..dicom.series import check_dicom_support, is_dicom_series, same_study, source_instances
 from ..dicom_options import DicomOptions
 from ..errors import SegGradCAMError
 from ..inference import VolumeExplanation
@@ -29,16 +29,6 @@ from .heatmap_files import HeatmapWriter
 from .outputs import DICOM_FOLDER, RunFolder
 
 SEGMENTATION_FILE = f"{DICOM_FOLDER}/segmentation.dcm"
-
-
-def check_dicom_support() -> None:
-    """highdicom (the ``dicom`` extra) is installed, else one line saying how to install it."""
-    try:
-        import highdicom  # noqa: F401
-    except ImportError:
-        raise SegGradCAMError(
-            "DICOM output needs highdicom: pip install 'seggradcam[dicom]' (highdicom, dicomweb-client)."
-        ) from None
 
 
 def source_series(inputs: InputVolumes) -> list[list]:

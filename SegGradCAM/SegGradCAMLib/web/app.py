@@ -37,7 +37,7 @@ from ..reports import EXPLAIN_FILE, ExplainReport
 from ..selection import METHOD_CHOICES
 from ..volumes.files import check_files, check_no_itk_sibling
 from .access import PageAccess
-from .case import Shown, output_files, output_volumes, sample_files, sample_names, served_file
+from .case import Shown, dicom_download, output_files, output_volumes, sample_files, sample_names, served_file
 from .controls import CONTROLS, Choice, heatmap_index, shown_failures
 from .page import build_page, initial_state, quad_layout
 from .uploads import MAX_DISK_MB, WEB_MAX_VOXELS, UploadArea, UploadedFile
@@ -193,6 +193,7 @@ class SegGradCAMWeb(TrameApp):
             method=Choice("Method", METHOD_CHOICES)(method),
             trust=self.trust,
             faithfulness=CONTROLS["faithfulness"](faithfulness),
+            dicomSeries=[str(folder) for folder in self.shown.dicom.series] if self.shown.dicom else (),
         )
         self.state.update(running=True, progress=0, progress_text="starting the worker")
         create_task(self._follow(self.run))
@@ -253,7 +254,7 @@ class SegGradCAMWeb(TrameApp):
         outputs.segmentationNode.GetDisplayNode().SetVisibility2D(False)  # 2D: the label layer, outline or fill
         outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # 3D: the segments' surfaces
         items = [{"title": f"{label} / {layer}", "value": i} for i, (label, layer) in enumerate(outputs.heatmapNodes)]
-        files = output_files(report, folder)
+        files = [*output_files(report, folder), *dicom_download(self.shown.dicom, report, folder)]
         self.shown.files = tuple(files)
         self.state.update(heat_items=items, heat=0 if items else None, downloads=files)
         self._show_segmentation()
@@ -355,13 +356,14 @@ class SegGradCAMWeb(TrameApp):
 
     @shown_failures
     async def upload(self, files) -> None:
-        """Volumes from the browser: one file per channel, or a zipped DICOM series."""
+        """Volumes from the browser: one file per channel, or zipped DICOM series (then runs also write DICOM)."""
         self.state.error = self.state.message = ""
         self._check_no_run()  # before anything is stored
         received = [ClientFile(f) for f in files or [] if isinstance(f, dict)]  # the name is never a path
         uploaded = [UploadedFile(str(f.name or ""), bytes(f.content or b"")) for f in received]
         paths = self.uploads.store(uploaded)
         self.load_case(paths, ", ".join(f.name[:40] for f in uploaded), own=paths[0].parent)
+        self.shown.dicom, self.state.message = self.uploads.dicom_upload(uploaded, paths)
 
     @shown_failures
     def open_sample(self, name: str) -> None:

@@ -1,12 +1,14 @@
 """What the browser viewer shows, and the files behind it: the case's volume nodes and the
 outputs of one run on them, each with the folder of its files. A case opened replaces the one
-before it, nodes and files (the server's own files; never a folder the user named)."""
+before it, nodes and files (the server's own files; never a folder the user named). A case
+uploaded as DICOM series gets its runs' DICOM objects offered as one zip."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from ..demo import data as demo_data
 from ..errors import SegGradCAMError
 from ..mrml.outputs import removeWithDisplayAndStorage
 from ..reports import EXPLAIN_FILE, ExplainReport
+from .uploads import DicomUpload
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 KMEANS = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
@@ -26,7 +29,7 @@ class Shown:
     """The case's volume nodes (``own``: the server's folder of their files, or None), and the
     outputs shown on them: nodes, report, folder (``owned``: the server's, deleted with them),
     the names offered for download (kept here: the page's state is the client's) and the run
-    key that tags their nodes."""
+    key that tags their nodes. ``dicom``: the case's DICOM series, when it was uploaded as such."""
 
     volumes: list
     own: Path | None = None
@@ -36,6 +39,7 @@ class Shown:
     owned: bool = False
     files: tuple[str, ...] = ()
     run_key: str = ""
+    dicom: DicomUpload | None = None
 
     def replace_outputs(self, logic, outputs, report: ExplainReport, folder: Path, run_key: str, owned: bool) -> None:
         """Show ``outputs`` instead of the previous ones (their nodes and the server's folder removed)."""
@@ -65,6 +69,24 @@ def output_files(report: ExplainReport, folder: Path) -> list[str]:
     for name in names:
         served_file(folder, name)
     return names
+
+
+def dicom_download(upload: DicomUpload | None, report: ExplainReport, folder: Path) -> list[str]:
+    """The DICOM objects a run on the DICOM ``upload`` wrote (explain.json's ``dicom.files``, each
+    checked by :func:`served_file`) zipped into ``folder`` (whole or not at all): ``[its name]``;
+    ``[]`` for a case not uploaded as DICOM."""
+    if upload is None or not report.dicom:
+        return []
+    members = [(Path(name).name, served_file(folder, name)) for name in report.dicom["files"]]
+    target = folder / upload.download
+    try:
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, path in members:
+                archive.write(path, name)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return [upload.download]
 
 
 def output_volumes(report: ExplainReport) -> list[str]:

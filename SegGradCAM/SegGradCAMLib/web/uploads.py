@@ -7,13 +7,16 @@ would leave its folder (absolute, ``..``) is refused (zip-slip). Only the member
 the bytes all uploads hold on disk (the server's disk quota). A NRRD or MetaImage header naming a
 separate data file is refused unread (it could name any file of the server's). Volumes are read by
 :func:`SegGradCAMLib.volumes.files.read_volume` (NRRD, NIfTI, MHA; a zipped DICOM series) and
-stored again as NRRD for the scene; the uploaded and unpacked files are deleted then.
+stored again as NRRD for the scene; the uploaded files are deleted then. The unpacked DICOM
+series are kept when every channel was one that DICOM objects can reference
+(:meth:`UploadArea.dicom_upload`: runs on them write DICOM objects), else deleted too.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
+import re
 import shutil
 import zipfile
 import zlib
@@ -21,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from ..dicom.series import check_dicom_support, same_study, source_instances
 from ..errors import SegGradCAMError
 from ..volumes.declared import detached_data_name
-from ..volumes.files import read_volume
+from ..volumes.files import Volume, read_volume
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MAX_UPLOAD_MB = 512
@@ -39,6 +43,16 @@ class UploadedFile:
 
     name: str
     content: bytes
+
+
+@dataclass(frozen=True)
+class DicomUpload:
+    """A case uploaded as zipped DICOM series, one per channel: the series' folders (channel
+    order), on which runs also write the DICOM SEG and Parametric Maps, and the name of their
+    download (:func:`download_name`)."""
+
+    series: tuple[Path, ...]
+    download: str
 
 
 class UploadArea:
@@ -84,6 +98,34 @@ class UploadArea:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
+    def dicom_upload(self, files: Sequence[UploadedFile], paths: Sequence[Path]) -> tuple[DicomUpload | None, str]:
+        """The DICOM series that the volumes ``paths`` (:meth:`store` of ``files``) were read from,
+        when every channel was a zipped DICOM series that DICOM objects can reference (as
+        ``explain --dicom`` checks: single-frame instances on the volume's grid, one study), and
+        why a DICOM upload gets none (else ""). The unpacked series are kept only then."""
+        folders = [series_folder(path.parent, index) for index, path in enumerate(paths)]
+        upload, note = None, ""
+        if paths and all(folder.is_dir() for folder in folders):
+            try:
+                check_dicom_support()
+                same_study([self._instances(*channel) for channel in zip(folders, paths, files)])
+                upload = DicomUpload(tuple(folders), download_name(files[0].name))
+            except SegGradCAMError as error:
+                note = f"No DICOM download for this case: {error}"
+        if upload is None:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+        return upload, note
+
+    def _instances(self, folder: Path, path: Path, upload: UploadedFile) -> list:
+        """The source instances of the series in ``folder``, read as the volume stored at
+        ``path`` (a failure names the upload, not the server's folder)."""
+        volume = read_volume(str(path), self.max_voxels)
+        try:
+            return source_instances(Volume(str(folder), volume.array, volume.image))
+        except SegGradCAMError as error:
+            raise SegGradCAMError(str(error).replace(str(folder), display_name(upload.name))) from None
+
     def _check_quota(self, adding: int, held: int | None = None) -> None:
         """Refuse ``adding`` bytes more beyond the disk quota (``held``: the bytes held, when known)."""
         held = self.held() if held is None else held
@@ -97,7 +139,7 @@ class UploadArea:
     def _store_one(self, upload: UploadedFile, folder: Path, index: int) -> Path:
         name = upload.name.lower()
         if name.endswith(".zip"):
-            source = self._unpack(upload, folder / f"dicom{index}")
+            source = self._unpack(upload, series_folder(folder, index))
         else:
             ending = next((e for e in VOLUME_ENDINGS if name.endswith(e)), None)
             if ending is None:
@@ -121,9 +163,7 @@ class UploadArea:
         path = folder / f"volume-{index}.nrrd"
         self._check_quota(volume.image.GetNumberOfPixels() * volume.image.GetSizeOfPixelComponent())
         sitk.WriteImage(volume.image, str(path))  # a 3D scalar volume with its geometry (read_volume checked)
-        if source.is_dir():
-            shutil.rmtree(source)
-        else:
+        if not source.is_dir():  # an unpacked DICOM series stays for dicom_upload()
             source.unlink()
         return path
 
@@ -182,3 +222,14 @@ def display_name(name: str) -> str:
     """An untrusted client file name, shortened for messages (never used as a path)."""
     base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
     return base[:80] or "upload"
+
+
+def series_folder(folder: Path, index: int) -> Path:
+    """Where :meth:`UploadArea.store` unpacks channel ``index`` of an upload in ``folder`` when it is a zip."""
+    return folder / f"dicom{index}"
+
+
+def download_name(name: str) -> str:
+    """The DICOM download's name for an upload named ``name`` (untrusted): ``<stem>-dicom.zip``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", re.sub(r"(?i)\.zip$", "", display_name(name))).strip("._")
+    return f"{stem or 'case'}-dicom.zip"
