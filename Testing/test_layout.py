@@ -39,7 +39,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # and an import statement added to it would be reported as going up.
     (
         "declarations",
-        ("models.declarations", "options", "engine_options", "dicom_options", "declared_options", "reports", "selection", "errors", ""),
+        (
+            "models.declarations",
+            "options",
+            "engine_options",
+            "dicom_options",
+            "declared_options",
+            "reports",
+            "selection",
+            "errors",
+            "",
+        ),
     ),
 )
 DEFAULT_LAYER = "engine"
