@@ -85,3 +85,22 @@ def small_case(tmp_path_factory) -> list[str]:
         sitk.WriteImage(image[:, :, centre - 5 : centre + 5], str(path))
         cut.append(str(path))
     return cut
+
+
+@pytest.fixture(scope="session")
+def orthanc():
+    """A running Orthanc with DICOMweb (Testing/orthanc.py), shared by the session (each test
+    stores a study of its own)."""
+    from orthanc import running_orthanc
+
+    with running_orthanc() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def refusing_orthanc():
+    """A running Orthanc that refuses every STOW-RS request (403 Forbidden)."""
+    from orthanc import running_orthanc
+
+    with running_orthanc(refuse_stow=True) as server:
+        yield server

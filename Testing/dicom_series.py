@@ -1,7 +1,16 @@
-"""A real DICOM MR series on disk, for the tests that read DICOM folders."""
+"""Real DICOM MR series on disk, for the tests that read DICOM folders: a small one written by
+ITK's GDCM, and the demo case as two MR series of one study (the demo model's channels)."""
+
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
+
+from SegGradCAMLib.demo import data as demo_data
+from SegGradCAMLib.demo.dicom_series import write_mr_series
+
+DEMO = "demo-lesions-unet2d"
 
 
 def write_dicom_series(array: np.ndarray, folder, spacing=(1.5, 1.5, 2.0), origin=(-30.0, -40.0, 10.0)) -> None:
@@ -30,3 +39,26 @@ def write_dicom_series(array: np.ndarray, folder, spacing=(1.5, 1.5, 2.0), origi
             piece.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(piece)
+
+
+def demo_series(folder: Path, transform=None) -> list[Path]:
+    """The first held-out demo case (t1c, flair) as two MR series of one study; ``transform``
+    (SimpleITK image -> image) changes the grid first."""
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    paths = demo_data.write_case(case, folder / "nrrd")
+    study, frame = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    folders = []
+    for number, channel in enumerate(demo_data.CHANNELS, start=1):
+        image = sitk.ReadImage(str(paths[channel]))
+        image = transform(image) if transform else image
+        target = folder / channel
+        write_mr_series(
+            image,
+            target,
+            study_uid=study,
+            frame_of_reference_uid=frame,
+            series_number=number,
+            series_description=channel,
+        )
+        folders.append(target)
+    return folders

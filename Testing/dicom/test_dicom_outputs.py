@@ -17,36 +17,13 @@ from pydicom.uid import UID
 
 from SegGradCAMLib.api import explain
 from SegGradCAMLib.demo import data as demo_data
+from dicom_series import DEMO, demo_series
+
 from SegGradCAMLib.demo.dicom_series import write_mr_series
 from SegGradCAMLib.dicom_options import DicomOptions
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models.cards import model_terminology
 from SegGradCAMLib.options import ExplainOptions
-
-DEMO = "demo-lesions-unet2d"
-
-
-def demo_series(folder: Path, transform=None) -> list[Path]:
-    """The first held-out demo case (t1c, flair) as two MR series of one study; ``transform``
-    (SimpleITK image -> image) changes the grid first."""
-    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
-    paths = demo_data.write_case(case, folder / "nrrd")
-    study, frame = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
-    folders = []
-    for number, channel in enumerate(demo_data.CHANNELS, start=1):
-        image = sitk.ReadImage(str(paths[channel]))
-        image = transform(image) if transform else image
-        target = folder / channel
-        write_mr_series(
-            image,
-            target,
-            study_uid=study,
-            frame_of_reference_uid=frame,
-            series_number=number,
-            series_description=channel,
-        )
-        folders.append(target)
-    return folders
 
 
 def run_dicom(inputs: list[Path], out: Path):
@@ -276,3 +253,13 @@ def test_cohorts_write_each_cases_objects_and_do_not_mix_with_a_run_without_them
     explain(ExplainOptions(cohort=cases, model=DEMO, out=tmp_path / "without"))
     with pytest.raises(SegGradCAMError, match=r"other options \(dicom\)"):
         explain(ExplainOptions(cohort=cases, model=DEMO, out=tmp_path / "without", dicom=dicom))
+
+
+def test_a_file_named_dicom_in_out_is_refused_and_kept(demo_run, tmp_path):
+    sources, _, _ = demo_run
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dicom").write_text("the user's file")
+    with pytest.raises(SegGradCAMError, match="is a file or link where this run writes its dicom/ folder"):
+        run_dicom(sources, out)
+    assert (out / "dicom").read_text() == "the user's file" and sorted(p.name for p in out.iterdir()) == ["dicom"]

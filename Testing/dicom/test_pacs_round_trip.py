@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from dicomweb_client.api import DICOMwebClient
 from orthanc import free_port
 from pydicom.uid import generate_uid
-from test_dicom_outputs import DEMO, demo_series
+from dicom_series import DEMO, demo_series
 
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.demo.dicom_series import MR_IMAGE_STORAGE

@@ -162,11 +162,15 @@ class RunFolder:
         self.refuse_inputs(names)
         for name in names:
             parent = (self.out / name).parent
-            if is_folder(self.out / name) or (parent.exists() and not is_folder(parent)):
-                blocked = self.out / name if is_folder(self.out / name) else parent
+            if is_folder(self.out / name):
                 raise SegGradCAMError(
-                    f"{blocked} is in the way of this run's output {name} (a folder where a file goes, or a "
-                    "file or link where its folder goes): move it away or give another --out."
+                    f"{self.out / name} is a folder where this run writes an output: "
+                    "move it away or give another --out."
+                )
+            if parent.exists() and not is_folder(parent):
+                raise SegGradCAMError(
+                    f"{parent} is a file or link where this run writes its {parent.name}/ folder: "
+                    "move it away or give another --out."
                 )
         stale = earlier_outputs(self.out) - set(names)
         try:
