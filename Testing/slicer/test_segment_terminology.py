@@ -20,7 +20,9 @@ from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL
 from SegGradCAMLib.models.cards import SIDECAR_CARD, card_path
+from SegGradCAMLib.models.terminology import segment_codes
 from SegGradCAMLib.mrml.runs import SegGradCAMSceneLogic
+from SegGradCAMLib.mrml.terminology import terminologyEntry
 
 SHAPE, CENTRE = (18, 24, 22), (7.0, 13.0, 10.0)  # (K, J, I)
 # Slicer's entry: context ~ category ~ type ~ modifier ~ region context ~ region ~ region modifier
@@ -131,6 +133,15 @@ def test_the_demo_models_classes_carry_their_card_codes(scene):
         assert tags[label]["TerminologyEntry"] == entry(category, kind)
         assert parsed(tags[label]["TerminologyEntry"]) == (category, kind, CONTEXT)
         assert tags[label]["DICOM.SegmentAlgorithmName"] == DEFAULT_MULTICLASS_MODEL
+
+
+def test_a_code_meaning_holding_slicers_separators_still_gives_a_parsable_entry():
+    """The standard writes superscripts with ``^`` (SCT 422855001 "ATSM Cu^64^"), Slicer's entry
+    separates fields with ``~`` and a code's parts with ``^``: the codes stay exact, the meaning
+    loses the separators."""
+    codes = segment_codes("uptake", {"uptake": ["SCT:49755003", "SCT:422855001"]})
+    assert codes.type.meaning == "ATSM Cu^64^"
+    assert parsed(terminologyEntry(codes)) == (ABNORMAL, ("SCT", "422855001", "ATSM Cu 64"), CONTEXT)
 
 
 def test_a_card_with_a_wrong_code_is_refused_before_the_worker_starts(scene, tmp_path):

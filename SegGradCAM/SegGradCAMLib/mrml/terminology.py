@@ -10,11 +10,14 @@ Property Category and Type Code Sequences; ``DICOM.SegmentAlgorithmType`` and
 writes MANUAL). An entry is Slicer's serialised string (``SerializeTerminologyEntry``): seven
 ``~``-separated fields, terminology context ~ category ~ type ~ type modifier ~ region context ~
 region ~ region modifier, each code ``scheme^value^meaning``. Since Slicer 5.8 the parser takes
-the codes from the string itself, so codes outside the context's list are kept.
+the codes from the string itself, so codes outside the context's list are kept. The entry has no
+escapes: a meaning's ``^`` (the standard's superscripts: SCT 422855001 "ATSM Cu^64^") and ``~``
+become spaces there ("ATSM Cu 64"), the scheme and value stay exact.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 from ..dicom.objects import LONG_STRING
@@ -38,8 +41,10 @@ def terminologyEntry(codes: SegmentCodes) -> str:
 
 
 def _slicerCode(concept: CodedConcept) -> tuple[str, str, str]:
-    """A code in the order Slicer's serialiser takes it: value, scheme, meaning."""
-    return concept.value, concept.scheme, concept.meaning
+    """A code in the order Slicer's serialiser takes it: value, scheme, meaning (its separators
+    ``^`` and ``~`` made spaces)."""
+    meaning = " ".join(re.sub(r"[\^~]", " ", concept.meaning).split())
+    return concept.value, concept.scheme, meaning
 
 
 def tagSegments(segmentationNode, terminology: Mapping[str, SegmentCodes], model: str) -> None:
