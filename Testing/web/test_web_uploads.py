@@ -113,28 +113,6 @@ def test_without_the_web_extra_one_line_names_it():
     assert len(lines) == 1 and 'pip install -e ".[web]"' in lines[0], done.stderr
 
 
-def dicom_zip(tmp_path, extra: dict[str, bytes]) -> bytes:
-    """A zipped real DICOM series (6 slices) with the ``extra`` members beside it."""
-    array = np.random.default_rng(1).integers(0, 1000, (6, 16, 20)).astype(np.int16)
-    write_dicom_series(array, tmp_path / "series")
-    members = {f"dicom/{p.name}": p.read_bytes() for p in sorted((tmp_path / "series").iterdir())}
-    return zipped({**members, **extra})
-
-
-def test_only_the_volume_and_its_series_are_kept_and_unread_members_are_never_unpacked(tmp_path):
-    area = UploadArea(tmp_path / "uploads")
-    content = dicom_zip(tmp_path, {"padding.bin": b"\0" * (64 * 2**20)})  # 64 MB of zeros beside the series
-    assert len(content) < 2**20
-    uploaded = [UploadedFile("../My Series (1).ZIP", content)]
-    [path] = area.store(uploaded)
-    members = [f"upload0/dicom0/member-{i}" for i in range(6)]  # the series' 6 files; padding.bin never unpacked
-    assert files_under(tmp_path / "uploads") == [*members, "upload0/volume-0.nrrd"]
-    assert sitk.ReadImage(str(path)).GetSize() == (20, 16, 6)
-    upload = DicomUpload((path.parent / "dicom0",), "My_Series_1-dicom.zip")
-    assert area.dicom_upload(uploaded, [path]) == (upload, "")
-    assert files_under(tmp_path / "uploads") == [*members, "upload0/volume-0.nrrd"]  # kept for the runs
-
-
 def mr_series(folder) -> list:
     """An MR series (5 slices) of the project's writer, in a new study: its files."""
     image = sitk.GetImageFromArray(np.random.default_rng(2).integers(0, 900, (5, 12, 14)).astype(np.float32))
@@ -143,6 +121,21 @@ def mr_series(folder) -> list:
 
 def mr_series_zip(folder) -> bytes:
     return zipped({f"s/{p.name}": p.read_bytes() for p in mr_series(folder)})
+
+
+def test_only_the_volume_and_its_series_are_kept_and_unread_members_are_never_unpacked(tmp_path):
+    area = UploadArea(tmp_path / "uploads")
+    series = {f"dicom/{p.name}": p.read_bytes() for p in mr_series(tmp_path / "series")}
+    content = zipped({**series, "padding.bin": b"\0" * (64 * 2**20)})  # 64 MB of zeros beside the series
+    assert len(content) < 2**20
+    uploaded = [UploadedFile("../My Series (1).ZIP", content)]
+    [path] = area.store(uploaded)
+    members = [f"upload0/dicom0/member-{i}" for i in range(5)]  # the series' 5 files; padding.bin never unpacked
+    assert files_under(tmp_path / "uploads") == [*members, "upload0/volume-0.nrrd"]
+    assert sitk.ReadImage(str(path)).GetSize() == (14, 12, 5)
+    upload = DicomUpload((path.parent / "dicom0",), "My_Series_1-dicom.zip")
+    assert area.dicom_upload(uploaded, [path]) == (upload, "")
+    assert files_under(tmp_path / "uploads") == [*members, "upload0/volume-0.nrrd"]  # kept for the runs
 
 
 def test_a_case_not_all_dicom_keeps_no_series(tmp_path):
@@ -236,3 +229,33 @@ def test_a_series_off_its_grid_gets_no_dicom_download_and_the_note_names_the_upl
         note
         == f"No DICOM download for this case: odd.zip: instance {tilted.SOPInstanceUID} is not on the series' grid."
     )
+
+
+def test_a_zipped_file_set_with_its_dicomdir_index_is_a_dicom_upload(tmp_path):
+    """A series copied from a CD or a PACS export comes with the file set's DICOMDIR index (DICM at
+    byte 128 too): it is no slice of the series and is never unpacked."""
+    from pydicom.fileset import FileSet
+
+    file_set = FileSet()
+    for path in mr_series(tmp_path / "series"):
+        file_set.add(pydicom.dcmread(path))
+    file_set.write(tmp_path / "cd")
+    files = [p for p in (tmp_path / "cd").rglob("*") if p.is_file()]
+    members = {p.relative_to(tmp_path / "cd").as_posix(): p.read_bytes() for p in files}
+    assert "DICOMDIR" in members and len(members) == 6
+    area = UploadArea(tmp_path / "uploads")
+    uploaded = [UploadedFile("cd.zip", zipped(members))]
+    [path] = area.store(uploaded)
+    upload, note = area.dicom_upload(uploaded, [path])
+    assert (upload, note) == (DicomUpload((path.parent / "dicom0",), "cd-dicom.zip"), "")
+    assert len(list((path.parent / "dicom0").iterdir())) == 5  # the slices only
+
+
+def test_a_damaged_member_is_named_as_the_zip_names_it(tmp_path):
+    files = mr_series(tmp_path / "series")
+    members = {f"s/{p.name}": p.read_bytes() for p in files}
+    members["s/broken.dcm"] = files[0].read_bytes()[:400]  # a slice cut short
+    with pytest.raises(SegGradCAMError) as raised:
+        UploadArea(tmp_path / "uploads").store([UploadedFile("case.zip", zipped(members))])
+    assert str(raised.value).startswith("Folder case.zip: DICOM file broken.dcm (1 in all) is not read with its series")
+    assert "member-" not in str(raised.value) and files_under(tmp_path / "uploads") == []

@@ -107,9 +107,14 @@ def _read_series(path: Path, max_voxels: int):
     return image
 
 
+def is_dicomdir(name: str) -> bool:
+    """The file name of a file set's DICOMDIR index (PS3.10; DICM at byte 128, but no image)."""
+    return name.upper() == "DICOMDIR"
+
+
 def is_dicom_file(path: Path) -> bool:
     """A file with the DICOM preamble ("DICM" at byte 128), other than a DICOMDIR index."""
-    if not path.is_file() or path.name.upper() == "DICOMDIR":
+    if not path.is_file() or is_dicomdir(path.name):
         return False
     with open(path, "rb") as file:
         return file.read(132)[128:] == b"DICM"

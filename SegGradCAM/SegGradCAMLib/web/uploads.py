@@ -1,10 +1,11 @@
 """Files sent from the browser, stored only under the server's own temporary folder.
 
 No name or path from the client is used as a file path: each upload is stored as
-``upload-N<known extension>`` and each zip member as ``member-N``; a zip member whose name
-would leave its folder (absolute, ``..``) is refused (zip-slip). Only the members that are read
-(DICOM files: ``DICM`` at byte 128) are unpacked. Capped: the upload, what a zip unpacks to, and
-the bytes all uploads hold on disk (the server's disk quota). A NRRD or MetaImage header naming a
+``upload-N<known extension>`` and each zip member as ``member-N`` (messages name it as the zip
+does); a zip member whose name would leave its folder (absolute, ``..``) is refused (zip-slip).
+Only the members that are read (DICOM files: ``DICM`` at byte 128; not a file set's DICOMDIR
+index) are unpacked. Capped: the upload, what a zip unpacks to, and the bytes all uploads hold on
+disk (the server's disk quota). A NRRD or MetaImage header naming a
 separate data file is refused unread (it could name any file of the server's). Volumes are read by
 :func:`SegGradCAMLib.volumes.files.read_volume` (NRRD, NIfTI, MHA; a zipped DICOM series) and
 stored again as NRRD for the scene; the uploaded files are deleted then. The unpacked DICOM
@@ -27,7 +28,7 @@ from typing import Sequence
 from ..dicom.series import check_dicom_support, same_study, source_instances
 from ..errors import SegGradCAMError
 from ..volumes.declared import detached_data_name
-from ..volumes.files import Volume, read_volume
+from ..volumes.files import Volume, is_dicomdir, read_volume
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MAX_UPLOAD_MB = 512
@@ -119,12 +120,13 @@ class UploadArea:
 
     def _instances(self, folder: Path, path: Path, upload: UploadedFile) -> list:
         """The source instances of the series in ``folder``, read as the volume stored at
-        ``path`` (a failure names the upload, not the server's folder)."""
+        ``path`` (a failure names the upload, not the server's folder or files)."""
         volume = read_volume(str(path), self.max_voxels)
         try:
             return source_instances(Volume(str(folder), volume.array, volume.image))
         except SegGradCAMError as error:
-            raise SegGradCAMError(str(error).replace(str(folder), display_name(upload.name))) from None
+            server_name, shown = re.escape(str(folder)) + r"(/member-\d+)?", display_name(upload.name)
+            raise SegGradCAMError(re.sub(server_name, lambda _: shown, str(error))) from None
 
     def _check_quota(self, adding: int, held: int | None = None) -> None:
         """Refuse ``adding`` bytes more beyond the disk quota (``held``: the bytes held, when known)."""
@@ -138,8 +140,9 @@ class UploadArea:
 
     def _store_one(self, upload: UploadedFile, folder: Path, index: int) -> Path:
         name = upload.name.lower()
+        members: dict[str, str] = {}  # an unpacked file's name -> its member's name in the zip
         if name.endswith(".zip"):
-            source = self._unpack(upload, series_folder(folder, index))
+            source, members = self._unpack(upload, series_folder(folder, index))
         else:
             ending = next((e for e in VOLUME_ENDINGS if name.endswith(e)), None)
             if ending is None:
@@ -156,8 +159,9 @@ class UploadArea:
                 )
         try:
             volume = read_volume(str(source), self.max_voxels)  # the declared size checked before reading
-        except SegGradCAMError as error:  # named as the user knows it, not by the server's path
-            raise SegGradCAMError(str(error).replace(str(source), display_name(upload.name))) from None
+        except SegGradCAMError as error:  # named as the user knows it, not by the server's names
+            text = str(error).replace(str(source), display_name(upload.name))
+            raise SegGradCAMError(re.sub(r"member-\d+", lambda m: members.get(m[0], m[0]), text)) from None
         import SimpleITK as sitk
 
         path = folder / f"volume-{index}.nrrd"
@@ -167,9 +171,10 @@ class UploadArea:
             source.unlink()
         return path
 
-    def _unpack(self, upload: UploadedFile, folder: Path) -> Path:
-        """The DICOM members of a zip as ``member-N`` files (the others are never unpacked);
-        zip-slip, oversize and damaged archives refused."""
+    def _unpack(self, upload: UploadedFile, folder: Path) -> tuple[Path, dict[str, str]]:
+        """The DICOM members of a zip as ``member-N`` files in ``folder`` (the others are never
+        unpacked), and each one's member name for messages; zip-slip, oversize and damaged
+        archives refused."""
         try:
             archive = zipfile.ZipFile(io.BytesIO(upload.content))
         except zipfile.BadZipFile:
@@ -177,7 +182,7 @@ class UploadArea:
         with archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
             for member in members:
-                parts = PurePosixPath(member.filename.replace("\\", "/")).parts
+                parts = member_path(member).parts
                 if member.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
                     raise SegGradCAMError(
                         f"{display_name(upload.name)}: refused, member {member.filename!r} points outside the archive."
@@ -190,23 +195,27 @@ class UploadArea:
                 )
             folder.mkdir()
             try:
-                self._unpack_dicom(archive, members, folder, display_name(upload.name))
+                names = self._unpack_dicom(archive, members, folder, display_name(upload.name))
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
                 raise SegGradCAMError(
                     f"{display_name(upload.name)}: damaged zip file ({error}); zip the series again."
                 ) from None
-        return folder
+        return folder, names
 
-    def _unpack_dicom(self, archive: zipfile.ZipFile, members: list, folder: Path, shown: str) -> None:
+    def _unpack_dicom(self, archive: zipfile.ZipFile, members: list, folder: Path, shown: str) -> dict[str, str]:
         """Unpack the DICOM ``members`` into ``folder``, counting the bytes that come out (the
-        declared sizes may lie) against the unpacked limit and the disk quota."""
+        declared sizes may lie) against the unpacked limit and the disk quota; ``member-N`` ->
+        the member's name (shortened) of each file written."""
         at, magic = DICOM_MAGIC
-        held, written = self.held(), 0
+        held, written, names = self.held(), 0, {}
         for index, member in enumerate(members):
+            if is_dicomdir(member_path(member).name):
+                continue
             with archive.open(member) as source:
                 head = source.read(at + len(magic))
                 if head[at:] != magic:
                     continue
+                names[f"member-{index}"] = display_name(member.filename)
                 with open(folder / f"member-{index}", "wb") as target:
                     chunk = head
                     while chunk:
@@ -216,12 +225,18 @@ class UploadArea:
                         self._check_quota(written, held)
                         target.write(chunk)
                         chunk = source.read(2**20)
+        return names
 
 
 def display_name(name: str) -> str:
     """An untrusted client file name, shortened for messages (never used as a path)."""
     base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
     return base[:80] or "upload"
+
+
+def member_path(member: zipfile.ZipInfo) -> PurePosixPath:
+    """A zip member's (untrusted) name as a path, ``\\`` read as ``/`` (never used on disk)."""
+    return PurePosixPath(member.filename.replace("\\", "/"))
 
 
 def series_folder(folder: Path, index: int) -> Path:
