@@ -13,6 +13,19 @@ from ..volumes.files import Volume, is_dicom_file
 
 POSITION_TOLERANCE_MM = 1e-2
 ORIENTATION_TOLERANCE = 1e-4
+# The UIDs the objects reference (type 1), and the patient's and study's type 2 attributes they copy,
+# which an anonymised series often lacks: copied empty then (no value is invented).
+REFERENCED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID", "SOPClassUID")
+COPIED_OR_EMPTY = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+)
 
 
 def check_dicom_support() -> None:
@@ -38,13 +51,16 @@ def source_instances(volume: Volume) -> list:
     import pydicom
 
     folder = Path(volume.path)
-    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.iterdir()) if is_dicom_file(p)]
+    files = [p for p in sorted(folder.iterdir()) if is_dicom_file(p)]
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     depth, rows, columns = volume.array.shape
     if len(datasets) != depth or any(int(getattr(d, "NumberOfFrames", 1) or 1) != 1 for d in datasets):
         raise SegGradCAMError(
             f"{folder}: DICOM output needs a series of single-frame images, one per slice "
             f"({len(datasets)} files for {depth} slices)."
         )
+    for path, dataset in zip(files, datasets):
+        _check_references(dataset, path)
     direction, origin = volume.direction, np.asarray(volume.origin)
     slices = [_slice_index(d, origin, direction, volume.spacing[2], folder) for d in datasets]
     if sorted(slices) != list(range(depth)):
@@ -57,6 +73,23 @@ def source_instances(volume: Volume) -> list:
         ):
             raise SegGradCAMError(f"{folder}: instance {d.SOPInstanceUID} is not on the series' grid.")
     return ordered
+
+
+def _check_references(dataset, path: Path) -> None:
+    """The instance has the UIDs the objects reference (else one line naming the file); the
+    patient's and study's attributes it lacks are set empty on its header."""
+    from pydicom.datadict import dictionary_description, tag_for_keyword
+
+    for keyword in REFERENCED_UIDS:
+        if not dataset.get(keyword):
+            tag = f"{tag_for_keyword(keyword):08X}"
+            raise SegGradCAMError(
+                f"{path}: no {dictionary_description(keyword)} ({tag[:4]},{tag[4:]}), which the DICOM objects "
+                "reference; give a series with it, or leave out --dicom."
+            )
+    for keyword in COPIED_OR_EMPTY:
+        if keyword not in dataset:
+            setattr(dataset, keyword, None)
 
 
 def _slice_index(dataset, origin: np.ndarray, direction: np.ndarray, step: float, folder: Path) -> int:

@@ -11,12 +11,13 @@ checked before the network runs: an input that is not a DICOM series ends the ru
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .. import __version__
-from ..dicom.objects import Producer, Segment, write_parametric_map, write_segmentation
+from ..dicom.objects import LONG_STRING, Producer, Segment, write_parametric_map, write_segmentation
 from ..dicom.series import check_dicom_support, is_dicom_series, same_study, source_instances
 from ..dicom_options import DicomOptions
 from ..errors import SegGradCAMError
@@ -31,19 +32,33 @@ from .outputs import DICOM_FOLDER, RunFolder
 SEGMENTATION_FILE = f"{DICOM_FOLDER}/segmentation.dcm"
 
 
-def source_series(inputs: InputVolumes) -> list[list]:
+def source_series(inputs: InputVolumes, folder: RunFolder) -> list[list]:
     """Each channel's source instances (headers; instance ``k`` = slice ``k``), all of one study
-    and frame of reference; an input that is not a DICOM series is a one-line error."""
+    and frame of reference; an input that is not a DICOM series, or is the folder the objects go to
+    in ``folder`` (they would join it), is a one-line error."""
     check_dicom_support()
+    objects = folder.out / DICOM_FOLDER
     for volume in inputs.volumes:
         if not is_dicom_series(volume.path):
             raise SegGradCAMError(
                 f"--dicom: DICOM output needs a DICOM input series, and {volume.path} is not a folder of "
                 "DICOM files (no patient is ever invented); give the series' folder or leave out --dicom."
             )
+        if objects.is_dir() and os.path.samefile(volume.path, objects):
+            raise SegGradCAMError(
+                f"--dicom: {objects} is an input series' folder, where the DICOM objects would join the series; "
+                "give another --out."
+            )
     series = [source_instances(volume) for volume in inputs.volumes]
     same_study(series)
     return series
+
+
+def _map_title(method: str, label: str, layer: str) -> str:
+    """A Parametric Map's series description (at most ``LONG_STRING`` characters): a long label is
+    cut so that the method and the layer stay."""
+    room = LONG_STRING - len(f"SegGradCAM {method}  {layer}")
+    return f"SegGradCAM {method} {label[: max(room, 0)]} {layer}"
 
 
 def _code_text(concept) -> str:
@@ -76,7 +91,7 @@ def write_dicom_objects(
     for number, (entry, layer, info) in enumerate(heatmaps, start=1):
         name = f"{DICOM_FOLDER}/{Path(info.file).stem}.dcm"
         values = sitk.GetArrayFromImage(sitk.ReadImage(str(folder.staging / info.file)))
-        title = f"SegGradCAM {writer.method} {entry.name} {layer}"
+        title = _map_title(writer.method, entry.name, layer)
         with folder.writing(name) as path:
             objects[name] = write_parametric_map(path, sources, values, info.max_raw, title, producer, number)
         writer.file_written()

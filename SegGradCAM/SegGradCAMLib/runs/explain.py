@@ -13,7 +13,7 @@ import torch
 
 from ..errors import SegGradCAMError
 from ..inference import ProgressCallback, VolumeExplanation
-from ..models.cards import MethodChoice, resolve_method
+from ..models.cards import MethodChoice, model_terminology, resolve_method
 from ..models.json_spec import spec_weights
 from ..options import ExplainOptions
 from ..pipelines import ExplainSettings, InputVolumes, Pipeline, load_pipeline
@@ -172,6 +172,8 @@ def checked_settings(
     pipeline.check_inputs(inputs.paths)
     if options.faithfulness:
         pipeline.check_scorable()
+    if options.dicom.writes_objects:
+        model_terminology(options.model, spec.labels)  # a card's wrong code: refused before the network
     classes = class_indices(options.classes, spec.labels)
     region = read_region(options, inputs.reference, len(classes))
     layers = layer_selection(options.layers)
@@ -230,7 +232,7 @@ def explain_files(
         fetched_inputs(options.dicom, options.inputs, options.model, step) as paths,
     ):
         inputs = InputVolumes.read(paths, options.max_voxels)
-        series = source_series(inputs) if options.dicom.writes_objects else None
+        series = source_series(inputs, folder) if options.dicom.writes_objects else None
         timings["read_s"] = time.perf_counter() - start
         step("read", 1, 1)
 

@@ -124,7 +124,14 @@ def _check_even_slices(path: Path, reader, count: int, direction: np.ndarray) ->
     """Refuse slices whose positions (0020,0032) along the slice normal are not evenly spaced: a
     missing slice (ITK only warns, and spaces the volume by the mean gap)."""
     key = "0020|0032"
-    if count < 3 or direction.shape[0] < 3 or not all(reader.HasMetaDataKey(i, key) for i in range(count)):
+    placed = [reader.HasMetaDataKey(i, key) for i in range(count)]
+    if any(placed) and not all(placed):  # ITK then orders and spaces the slices by guesswork
+        name = Path(reader.GetFileNames()[placed.index(False)]).name
+        raise SegGradCAMError(
+            f"Folder {path}: DICOM file {name} has no Image Position (Patient) (0020,0032), so the slices' order "
+            "and spacing are unknown; copy the series again, or remove that file."
+        )
+    if count < 3 or direction.shape[0] < 3 or not all(placed):
         return
     try:
         points = np.array([[float(v) for v in reader.GetMetaData(i, key).split("\\")] for i in range(count)])
