@@ -242,3 +242,43 @@ def test_a_retrieval_cut_short_leaves_nothing(tmp_path):
         fetch_series(server.url, study, [series], 1, None, tmp_path / "fetched", Progress())
     assert str(error.value).startswith(f"The DICOMweb server at {server.url} sent 1 of the 2 instances of series")
     assert not (tmp_path / "fetched" / "series_0").exists()
+
+
+def test_a_named_series_that_holds_no_images_is_refused(orthanc, tmp_path):
+    """``--series`` naming the study's Parametric Map (a result): refused in one line, nothing fetched."""
+    study, (source,) = store_study(orthanc, tmp_path, 1)
+    result = parametric_map(source, tmp_path)
+    store_files(orthanc.dicomweb, [result], None, Progress())
+    uid = str(pydicom.dcmread(result, stop_before_pixels=True).SeriesInstanceUID)
+    with pytest.raises(SegGradCAMError, match=f"^Series {uid} of study {study} holds no images to explain") as error:
+        fetch_series(orthanc.dicomweb, study, [uid], 1, None, tmp_path / "fetched", Progress())
+    assert series_uid(source) in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "fetched").exists()
+
+
+@pytest.mark.parametrize(
+    "kind, body",
+    [
+        ("text/html", b"<html><body>Please log in</body></html>"),
+        ("application/dicom+json", b"[1, 2]"),
+        ("application/dicom+json", b'{"error": "no such thing"}'),
+        ("application/dicom+json", b'[{"00080060": {"vr": "CS", "Value": ["MR"]}}]'),
+    ],
+)
+def test_a_search_answered_without_dicom_json_is_one_line(tmp_path, kind, body):
+    """A proxy's login page or a server's own JSON where QIDO-RS answers DICOM JSON datasets."""
+    study = generate_uid()
+    answers = {f"/dicom-web/studies/{study}/series": (200, kind, body)}
+    with RecordingServer(answers) as server, pytest.raises(SegGradCAMError) as error:
+        fetch_series(server.url, study, None, 1, None, tmp_path, Progress())
+    message = str(error.value)
+    assert message.startswith(f"The DICOMweb server at {server.url} sent no DICOM JSON to the series search of")
+    assert "\n" not in message
+
+
+def test_a_series_count_that_is_no_number_is_left_unknown(tmp_path):
+    study, series = generate_uid(), generate_uid()
+    listing = [{"0020000E": {"vr": "UI", "Value": [series]}, "00201209": {"vr": "IS", "Value": ["many"]}}]
+    answers = {f"/dicom-web/studies/{study}/series": (200, "application/dicom+json", json.dumps(listing).encode())}
+    with RecordingServer(answers) as server, pytest.raises(SegGradCAMError, match="answered HTTP 404 Not Found"):
+        fetch_series(server.url, study, [series], 1, None, tmp_path, Progress())

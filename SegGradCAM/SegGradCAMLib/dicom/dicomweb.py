@@ -58,6 +58,22 @@ def _value(item: dict[str, Any], tag: str) -> Any:
     return values[0]
 
 
+def _datasets(found: Any, tag: str, url: str, doing: str) -> list[dict[str, Any]]:
+    """A QIDO-RS answer: DICOM JSON datasets, each with attribute ``tag``; anything else one line."""
+    if not isinstance(found, list) or not all(
+        isinstance(item, dict) and isinstance(item.get(tag), dict) and item[tag].get("Value") for item in found
+    ):
+        raise _no_dicom_json(url, doing)
+    return found
+
+
+def _no_dicom_json(url: str, doing: str) -> SegGradCAMError:
+    """The one line for an answer that is not DICOM JSON (a proxy's login page, another service)."""
+    return SegGradCAMError(
+        f"The DICOMweb server at {url} sent no DICOM JSON to {doing}; check that the URL is its DICOMweb root."
+    )
+
+
 def _server_message(response) -> str:
     """The server's own words in an error answer, on one line ('' where it sent none)."""
     text = response.text.strip()
@@ -88,6 +104,8 @@ def _server_errors(url: str, doing: str) -> Iterator[None]:
         raise SegGradCAMError(
             f"The DICOMweb server at {url} answered {status} to {doing}" + (f": {message}" if message else "")
         ) from None
+    except requests.JSONDecodeError:
+        raise _no_dicom_json(url, doing) from None
     except (requests.ConnectionError, requests.Timeout) as error:
         raise SegGradCAMError(
             f"Cannot reach the DICOMweb server at {url}: {_reason(error)} ({doing}); check the URL and the server."
@@ -120,11 +138,13 @@ def _study_series(client, url: str, study: str) -> list[_Series]:
     """The series of ``study`` on the server (QIDO-RS); refused where the server holds no such study."""
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", study) or len(study) > 64:
         raise SegGradCAMError(f"{study!r} is not a valid Study Instance UID (digits and dots, at most 64).")
-    with _server_errors(url, f"the series search of study {study}"):
+    doing = f"the series search of study {study}"
+    with _server_errors(url, doing):
         found = client.search_for_series(
             study_instance_uid=study,
             fields=["Modality", "SeriesDescription", "NumberOfSeriesRelatedInstances"],
         )
+    found = _datasets(found, SERIES_UID, url, doing)
     if not found:
         raise SegGradCAMError(f"No study {study} on {url}.")
     series = []
@@ -135,7 +155,7 @@ def _study_series(client, url: str, study: str) -> list[_Series]:
                 uid=str(_value(item, SERIES_UID)),
                 modality=str(_value(item, MODALITY) or ""),
                 description=str(_value(item, SERIES_DESCRIPTION) or ""),
-                instances=None if count is None else int(count),
+                instances=int(count) if str(count).isdigit() else None,
             )
         )
     return series
@@ -146,8 +166,14 @@ def _is_image(client, url: str, study: str, series: _Series) -> bool:
     SOP class (whose modality is the source's), asked of its first instance."""
     if series.modality in NON_IMAGE_MODALITIES:
         return False
-    with _server_errors(url, f"the instance search of series {series.uid}"):
-        first = client.search_for_instances(study_instance_uid=study, series_instance_uid=series.uid, limit=1)
+    doing = f"the instance search of series {series.uid}"
+    with _server_errors(url, doing):
+        first = _datasets(
+            client.search_for_instances(study_instance_uid=study, series_instance_uid=series.uid, limit=1),
+            SOP_INSTANCE_UID,
+            url,
+            doing,
+        )
     return bool(first) and _value(first[0], SOP_CLASS_UID) not in NON_IMAGE_SOP_CLASSES
 
 
@@ -163,6 +189,13 @@ def _chosen_series(client, url: str, study: str, wanted: Sequence[str] | None, c
                 raise SegGradCAMError(f"Series {uid} is not in study {study}; its series: {listing}.")
         if len(wanted) != channels:
             raise SegGradCAMError(f"{len(wanted)} series given for a model of {channels} channels; give {channels}.")
+        for uid in wanted:
+            if not _is_image(client, url, study, by_uid[uid]):
+                images = "; ".join(str(item) for item in series if _is_image(client, url, study, item)) or "none"
+                raise SegGradCAMError(
+                    f"Series {uid} of study {study} holds no images to explain ({by_uid[uid]}: a result, "
+                    f"structure or report); its image series: {images}."
+                )
         return [by_uid[uid] for uid in wanted]
     images = [item for item in series if _is_image(client, url, study, item)]
     if len(images) == channels == 1:
@@ -177,8 +210,14 @@ def _chosen_series(client, url: str, study: str, wanted: Sequence[str] | None, c
 
 def _instance_uids(client, url: str, study: str, series: _Series) -> set[str]:
     """The SOP Instance UIDs of ``series`` (QIDO-RS)."""
-    with _server_errors(url, f"the instance search of series {series.uid}"):
-        found = client.search_for_instances(study_instance_uid=study, series_instance_uid=series.uid)
+    doing = f"the instance search of series {series.uid}"
+    with _server_errors(url, doing):
+        found = _datasets(
+            client.search_for_instances(study_instance_uid=study, series_instance_uid=series.uid),
+            SOP_INSTANCE_UID,
+            url,
+            doing,
+        )
     if not found:
         raise SegGradCAMError(f"Series {series.uid} on {url} lists no instances; check the series on the server.")
     return {str(_value(item, SOP_INSTANCE_UID)) for item in found}
