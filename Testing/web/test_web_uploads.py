@@ -143,8 +143,13 @@ def test_a_case_not_all_dicom_keeps_no_series(tmp_path):
     volume = nrrd_bytes(tmp_path, np.zeros((5, 12, 14), np.float32), spacing=(1.0, 1.0, 1.0))
     uploaded = [UploadedFile("series.zip", mr_series_zip(tmp_path / "a")), UploadedFile("b.nrrd", volume)]
     paths = area.store(uploaded)
-    assert area.dicom_upload(uploaded, paths) == (None, "")
+    assert area.dicom_upload(uploaded, paths) == (
+        None,
+        "No DICOM download for this case: b.nrrd is no zipped DICOM series; DICOM objects need every channel as one.",
+    )
     assert files_under(tmp_path / "uploads") == ["upload0/volume-0.nrrd", "upload0/volume-1.nrrd"]
+    nrrd_only = [UploadedFile("a.nrrd", volume), UploadedFile("b.nrrd", volume)]
+    assert area.dicom_upload(nrrd_only, area.store(nrrd_only)) == (None, "")  # no DICOM meant: nothing said
 
 
 def test_series_of_two_studies_get_no_dicom_download_and_say_why(tmp_path):
@@ -259,3 +264,19 @@ def test_a_damaged_member_is_named_as_the_zip_names_it(tmp_path):
         UploadArea(tmp_path / "uploads").store([UploadedFile("case.zip", zipped(members))])
     assert str(raised.value).startswith("Folder case.zip: DICOM file broken.dcm (1 in all) is not read with its series")
     assert "member-" not in str(raised.value) and files_under(tmp_path / "uploads") == []
+
+
+def test_a_series_the_objects_cannot_reference_gets_no_dicom_download_and_says_why(tmp_path):
+    """An anonymised series without a Frame of Reference UID: explain --dicom would fail on it, so
+    the case is run without DICOM objects and the note names the upload, not a server file."""
+    files = mr_series(tmp_path / "series")
+    for path in files:
+        dataset = pydicom.dcmread(path)
+        del dataset.FrameOfReferenceUID
+        dataset.save_as(path)
+    area = UploadArea(tmp_path / "uploads")
+    uploaded = [UploadedFile("anon.zip", zipped({f"s/{p.name}": p.read_bytes() for p in files}))]
+    upload, note = area.dicom_upload(uploaded, area.store(uploaded))
+    assert upload is None and note.startswith("No DICOM download for this case: anon.zip: ")
+    assert "Frame of Reference UID" in note and "member-" not in note and str(tmp_path) not in note, note
+    assert files_under(tmp_path / "uploads") == ["upload0/volume-0.nrrd"]

@@ -103,10 +103,16 @@ class UploadArea:
         """The DICOM series that the volumes ``paths`` (:meth:`store` of ``files``) were read from,
         when every channel was a zipped DICOM series that DICOM objects can reference (as
         ``explain --dicom`` checks: single-frame instances on the volume's grid, one study), and
-        why a DICOM upload gets none (else ""). The unpacked series are kept only then."""
+        why a DICOM upload (a channel or more) gets none (else ""). The unpacked series are kept only then."""
         folders = [series_folder(path.parent, index) for index, path in enumerate(paths)]
         upload, note = None, ""
-        if paths and all(folder.is_dir() for folder in folders):
+        others = [file.name for file, folder in zip(files, folders) if not folder.is_dir()]
+        if others and len(others) < len(folders):
+            note = (
+                f"No DICOM download for this case: {display_name(others[0])} is no zipped DICOM series; "
+                "DICOM objects need every channel as one."
+            )
+        if paths and not others:
             try:
                 check_dicom_support()
                 same_study([self._instances(*channel) for channel in zip(folders, paths, files)])
