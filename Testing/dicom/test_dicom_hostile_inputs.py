@@ -153,3 +153,26 @@ def test_a_series_read_without_dicom_output_refuses_a_slice_without_its_position
     dataset.save_as(path)
     with pytest.raises(SegGradCAMError, match=rf"DICOM file {path.name} has no Image Position \(Patient\)"):
         read_volume(str(series))
+
+
+@pytest.mark.parametrize("character_set", [None, "ISO_IR 100"])
+def test_labels_beyond_the_sources_character_set_are_written_as_they_are(tmp_path, character_set):
+    """A source series in the default repertoire (ASCII) or Latin-1, a label in German and Japanese,
+    a patient named in Latin-1: every object keeps each character (UTF-8) and is valid."""
+    series = mr_series(tmp_path / "series")
+    for path in series.iterdir():
+        dataset = pydicom.dcmread(path)
+        del dataset.SpecificCharacterSet
+        if character_set:
+            dataset.SpecificCharacterSet = character_set
+            dataset.PatientName = "Müller^Jörg"
+        dataset.save_as(path)
+    label = "Ödem 脳腫瘍"
+    model = threshold_model_file(tmp_path / "model", labels=["background", label])
+    report = run(series, model, tmp_path / "out")
+    seg, pm = (pydicom.dcmread(tmp_path / "out" / name) for name in report.dicom["files"])
+    assert seg.SegmentSequence[0].SegmentLabel == label and label in pm.SeriesDescription
+    assert str(seg.PatientName) == str(pydicom.dcmread(next(series.iterdir())).PatientName)
+    for name in report.dicom["files"]:
+        check = subprocess.run(["dciodvfy", str(tmp_path / "out" / name)], capture_output=True, text=True, timeout=60)
+        assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")], name

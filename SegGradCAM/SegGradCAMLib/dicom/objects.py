@@ -60,6 +60,8 @@ class Producer:
             "software_versions": self.version,
             "device_serial_number": "none",
             "series_description": description[:LONG_STRING],
+            # UTF-8 whatever the source's: labels in any script, the source's texts re-encoded
+            "specific_character_set": "ISO_IR 192",
         }
 
 
