@@ -176,3 +176,43 @@ def test_labels_beyond_the_sources_character_set_are_written_as_they_are(tmp_pat
     for name in report.dicom["files"]:
         check = subprocess.run(["dciodvfy", str(tmp_path / "out" / name)], capture_output=True, text=True, timeout=60)
         assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")], name
+
+
+def edit_instances(series: Path, change, only: int | None = None) -> None:
+    """``change(dataset, k)`` on instance ``k`` of ``series`` (file order), or on instance ``only``."""
+    for k, path in enumerate(sorted(series.iterdir())):
+        if only is None or k == only:
+            dataset = pydicom.dcmread(path)
+            change(dataset, k)
+            dataset.save_as(path)
+
+
+@pytest.mark.parametrize(
+    "change, only, problem",
+    [
+        (lambda d, k: delattr(d, "ImageOrientationPatient"), None, r"no Image Orientation \(Patient\) \(0020,0037\)"),
+        (lambda d, k: delattr(d, "ImageOrientationPatient"), 2, r"no Image Orientation \(Patient\) \(0020,0037\)"),
+        (lambda d, k: delattr(d, "PixelSpacing"), None, r"no Pixel Spacing \(0028,0030\)"),
+        (lambda d, k: delattr(d, "ImagePositionPatient"), None, r"no Image Position \(Patient\) \(0020,0032\)"),
+        (lambda d, k: setattr(d, "PixelSpacing", [1.0, 1.0]), 2, "is not on the series' grid"),
+    ],
+)
+def test_a_source_series_without_its_plane_geometry_is_one_line(tmp_path, change, only, problem):
+    series = mr_series(tmp_path / "series")
+    edit_instances(series, change, only)
+    with pytest.raises(SegGradCAMError, match=problem) as error:
+        run(series, threshold_model_file(tmp_path / "model"), tmp_path / "out")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_orientations_that_differ_in_the_last_digits_are_one_orientation(tmp_path):
+    """Slices whose Image Orientation (Patient) differs by rounding (1e-5): the objects take the
+    first slice's, as the volume does."""
+    series = mr_series(tmp_path / "series")
+    edit_instances(series, lambda d, k: setattr(d, "ImageOrientationPatient", [1, 1e-5 * k, 0, 0, 1, 0]))
+    report = run(series, threshold_model_file(tmp_path / "model"), tmp_path / "out")
+    for name in report.dicom["files"]:
+        shared = pydicom.dcmread(tmp_path / "out" / name).SharedFunctionalGroupsSequence[0]
+        orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+        assert np.allclose(orientation, [1, 0, 0, 0, 1, 0], atol=1e-4)
