@@ -129,6 +129,27 @@ def test_a_dicom_object_linking_outside_the_run_folder_is_not_zipped(dicom_run, 
     assert dicom_download(None, report, folder) == []
 
 
+def test_a_second_run_offers_its_own_dicom_zip_only(dicom_run, page, tmp_path):
+    """The same DICOM upload run again (Grad-CAM after the card's HiResCAM): the zip offered holds
+    exactly the second run's objects, new ones, never the first run's beside them."""
+    first, _, _, _ = dicom_run
+    with zipfile.ZipFile(first) as archive:
+        before = pydicom.dcmread(io.BytesIO(archive.read("segmentation.dcm"))).SOPInstanceUID
+    page.choose("#method", "gradcam")
+    page.click("#run")
+    page.wait_for("document.querySelector('#legend').innerText.includes('gradcam on')", timeout=120)
+    downloads = page.js(DOWNLOADS)
+    report = page.download(f".download:nth-of-type({downloads.index('explain.json') + 1})", tmp_path, "explain.json")
+    fetched = page.download(f".download:nth-of-type({downloads.index('t1c-dicom.zip') + 1})", tmp_path, "t1c-dicom.zip")
+    files = json.loads(report.read_text())["dicom"]["files"]
+    with zipfile.ZipFile(fetched) as archive:
+        assert sorted(archive.namelist()) == sorted(Path(name).name for name in files)
+        objects = [pydicom.dcmread(io.BytesIO(archive.read(name))) for name in archive.namelist()]
+    assert before not in {d.SOPInstanceUID for d in objects}
+    maps = [d for d in objects if d.SOPClassUID == PARAMETRIC_MAP_STORAGE]
+    assert maps and all("gradcam" in d.SeriesDescription for d in maps), [d.SeriesDescription for d in maps]
+
+
 def test_a_nrrd_upload_offers_no_dicom(page, small_case):
     downloads = upload_and_run(page, [Path(p) for p in small_case])
     assert "segmentation.nrrd" in downloads
