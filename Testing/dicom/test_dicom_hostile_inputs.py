@@ -216,3 +216,24 @@ def test_orientations_that_differ_in_the_last_digits_are_one_orientation(tmp_pat
         shared = pydicom.dcmread(tmp_path / "out" / name).SharedFunctionalGroupsSequence[0]
         orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
         assert np.allclose(orientation, [1, 0, 0, 0, 1, 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("obstacle", ["dicom", "dicom/segmentation.dcm"])
+def test_store_sends_nothing_when_the_outputs_cannot_be_put_in_place(orthanc, tmp_path, obstacle):
+    """A file where ``OUT/dicom`` goes, or a folder where the SEG goes: the run is refused in one
+    line before anything reaches the server (each rerun would store new objects again)."""
+    series = mr_series(tmp_path / "series")
+    orthanc.upload(sorted(series.iterdir()))
+    study = str(pydicom.dcmread(next(series.iterdir())).StudyInstanceUID)
+    out = tmp_path / "out"
+    (out / "dicom").mkdir(parents=True) if "/" in obstacle else out.mkdir()
+    (out / obstacle).mkdir() if "/" in obstacle else (out / obstacle).write_text("the user's file")
+    before = orthanc.instance_count()
+    dicom = DicomOptions(dicomweb=orthanc.dicomweb, study=study, store=True)
+    options = ExplainOptions(
+        model=str(threshold_model_file(tmp_path / "model")), trust_model=True, out=out, dicom=dicom
+    )
+    with pytest.raises(SegGradCAMError, match=f"{out / obstacle} is a") as error:
+        explain(options)
+    assert "\n" not in str(error.value)
+    assert orthanc.instance_count() == before

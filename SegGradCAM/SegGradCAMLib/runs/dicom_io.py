@@ -140,6 +140,7 @@ def store_objects(
         return None
     from ..dicom.dicomweb import store_files
 
+    folder.check_places()  # an output that cannot take its place ends the run before anything is stored
     try:
         store_files(options.dicomweb, [folder.staging / name for name in entry["files"]], options.token(), progress)
     except SegGradCAMError as error:

@@ -153,8 +153,10 @@ class RunFolder:
                 "free some space or give another --out."
             ) from None
 
-    def commit(self) -> None:
-        """Replace the earlier run's outputs in ``out`` by this run's (``explain.json`` last)."""
+    def check_places(self) -> list[str]:
+        """The names of the outputs written so far (``explain.json`` last), once each can take its
+        place in ``out`` (no input there, no folder where a file goes, no file where a folder goes):
+        before :meth:`commit`, and before the outputs leave the machine."""
         names = sorted(
             (p.relative_to(self.staging).as_posix() for p in self.staging.rglob("*") if p.is_file()),
             key=lambda name: name == REPORT_FILE,
@@ -172,6 +174,11 @@ class RunFolder:
                     f"{parent} is a file or link where this run writes its {parent.name}/ folder: "
                     "move it away or give another --out."
                 )
+        return names
+
+    def commit(self) -> None:
+        """Replace the earlier run's outputs in ``out`` by this run's (``explain.json`` last)."""
+        names = self.check_places()
         stale = earlier_outputs(self.out) - set(names)
         try:
             (self.out / REPORT_FILE).unlink(missing_ok=True)
