@@ -8,6 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 from .declared_options import CommandOptions, option
 from .errors import SegGradCAMError
@@ -21,6 +22,13 @@ def _uids(value: Any) -> tuple[str, ...] | None:
         return None
     items = value.split(",") if isinstance(value, str) else value
     return tuple(str(v).strip() for v in items)
+
+
+def shown_url(url: str) -> str:
+    """A server's URL as messages and explain.json show it: without the user name and password
+    it may hold for HTTP basic authentication (``http://user:password@host/...`` -> ``http://host/...``)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else url
 
 
 def check_uid(uid: str, flag: str) -> None:
@@ -79,7 +87,9 @@ class DicomOptions(CommandOptions):
                 raise SegGradCAMError(f"{', '.join(given) or '--store/--dicomweb-token'} needs --dicomweb URL.")
             return
         if not re.match(r"https?://", self.dicomweb):
-            raise SegGradCAMError(f"--dicomweb {self.dicomweb!r}: give the server's http:// or https:// URL.")
+            raise SegGradCAMError(
+                f"--dicomweb {shown_url(self.dicomweb)!r}: give the server's http:// or https:// URL."
+            )
         if not self.study:
             raise SegGradCAMError("--dicomweb needs --study UID (the Study Instance UID to explain).")
         check_uid(self.study, "--study")

@@ -237,3 +237,24 @@ def test_store_sends_nothing_when_the_outputs_cannot_be_put_in_place(orthanc, tm
         explain(options)
     assert "\n" not in str(error.value)
     assert orthanc.instance_count() == before
+
+
+def test_a_password_in_the_server_url_is_never_written_nor_shown(orthanc, tmp_path):
+    """``http://user:password@host/dicom-web`` (HTTP basic authentication): explain.json and every
+    message name the server without the password."""
+    series = mr_series(tmp_path / "series")
+    orthanc.upload(sorted(series.iterdir()))
+    study = str(pydicom.dcmread(next(series.iterdir())).StudyInstanceUID)
+    url = orthanc.dicomweb.replace("http://", "http://reader:secret-pw@")
+    model = str(threshold_model_file(tmp_path / "model"))
+    dicom = DicomOptions(dicomweb=url, study=study, store=True)
+    explain(ExplainOptions(model=model, trust_model=True, out=tmp_path / "out", dicom=dicom))
+    written = (tmp_path / "out" / "explain.json").read_text()
+    assert "secret-pw" not in written and orthanc.dicomweb in written
+    unknown = DicomOptions(dicomweb=url, study=pydicom.uid.generate_uid())
+    with pytest.raises(SegGradCAMError, match="No study") as error:
+        explain(ExplainOptions(model=model, trust_model=True, out=tmp_path / "other", dicom=unknown))
+    assert "secret-pw" not in str(error.value) and orthanc.dicomweb in str(error.value)
+    with pytest.raises(SegGradCAMError) as error:
+        DicomOptions(dicomweb=url.replace("http", "htp"), study=study)
+    assert "secret-pw" not in str(error.value)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..dicom_options import shown_url
 from ..errors import SegGradCAMError
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -122,14 +123,16 @@ def _client(url: str, token: str | None):
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SegGradCAMError(f"Not a DICOMweb URL: {url!r}; give http(s)://HOST[:PORT]/PATH (e.g. .../dicom-web).")
+        raise SegGradCAMError(
+            f"Not a DICOMweb URL: {shown_url(url)!r}; give http(s)://HOST[:PORT]/PATH (e.g. .../dicom-web)."
+        )
     if token and (re.search(r"\s", token) or not token.isprintable()):
         raise SegGradCAMError("The DICOMweb token holds a space or control character; give the token alone.")
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         client = DICOMwebClient(url.rstrip("/"), headers=headers)
     except ValueError as error:
-        raise SegGradCAMError(f"Not a DICOMweb URL: {url!r} ({error}).") from None
+        raise SegGradCAMError(f"Not a DICOMweb URL: {shown_url(url)!r} ({error}).") from None
     client.set_http_retry_params(max_attempts=RETRY_ATTEMPTS, wait_exponential_multiplier=RETRY_WAIT_MS)
     return client
 
@@ -262,7 +265,7 @@ def fetch_series(
     folder per channel ``i``, in channel order; one file per instance); the folders. ``series``: the
     Series Instance UIDs in channel order (None: the study's one image series). ``progress("fetch", done,
     total)`` counts instances. On failure nothing fetched is left in ``folder``."""
-    client = _client(url, token)
+    client, url = _client(url, token), shown_url(url)  # from here on, url is for messages
     chosen = _chosen_series(client, url, study, series, channels)
     expected = [_instance_uids(client, url, study, item) for item in chosen]
     total, done = sum(map(len, expected)), 0
@@ -295,7 +298,7 @@ def store_files(url: str, files: Sequence[Path], token: str | None, progress: Pr
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    client = _client(url, token)
+    client, url = _client(url, token), shown_url(url)  # from here on, url is for messages
     progress("store", 0, len(files))
     for done, path in enumerate(files):
         names = ", ".join(Path(file).name for file in files[:done])

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 from .. import __version__
 from ..dicom.objects import LONG_STRING, Producer, Segment, write_parametric_map, write_segmentation
 from ..dicom.series import check_dicom_support, is_dicom_series, same_study, source_instances
-from ..dicom_options import DicomOptions
+from ..dicom_options import DicomOptions, shown_url
 from ..errors import SegGradCAMError
 from ..inference import VolumeExplanation
 from ..models.cards import model_terminology
@@ -144,7 +144,7 @@ def store_objects(
     try:
         store_files(options.dicomweb, [folder.staging / name for name in entry["files"]], options.token(), progress)
     except SegGradCAMError as error:
-        entry["store"] = {"server": options.dicomweb, "stored": False, "error": str(error)}
+        entry["store"] = {"server": shown_url(options.dicomweb), "stored": False, "error": str(error)}
         return SegGradCAMError(f"{error} The outputs are in {folder.out}.")
-    entry["store"] = {"server": options.dicomweb, "stored": True}
+    entry["store"] = {"server": shown_url(options.dicomweb), "stored": True}
     return None

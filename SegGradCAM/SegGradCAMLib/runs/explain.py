@@ -15,6 +15,7 @@ from ..errors import SegGradCAMError
 from ..inference import ProgressCallback, VolumeExplanation
 from ..models.cards import MethodChoice, model_terminology, resolve_method
 from ..models.json_spec import spec_weights
+from ..dicom_options import shown_url
 from ..options import ExplainOptions
 from ..pipelines import ExplainSettings, InputVolumes, Pipeline, load_pipeline
 from ..reports import ExplainReport, ModelInfo
@@ -159,7 +160,7 @@ def build_report(
 
 def inputs_on_server(options: ExplainOptions) -> list[str]:
     """explain.json's inputs of a run on a DICOMweb server: ``URL/studies/UID[/series/UID]``."""
-    study = f"{options.dicom.dicomweb}/studies/{options.dicom.study}"
+    study = f"{shown_url(options.dicom.dicomweb or '')}/studies/{options.dicom.study}"
     return [f"{study}/series/{uid}" for uid in options.dicom.series] if options.dicom.series else [study]
 
 
