@@ -1,7 +1,9 @@
 """``explain --dicom`` on what a hospital or a hostile input gives: a model card's wrong codes, a
-source series without the attributes the objects copy, an input series in the folder the objects
-go to. Each is one line before the network runs, and nothing is written. A small threshold model
-(TorchScript, ``--trust-model``) on a small real MR series keeps each run under a second."""
+source series without the attributes or the geometry the objects copy, an input series in the
+folder the objects go to (each one line before the network runs, nothing written); labels beyond
+the source's character set; ``--store`` with an obstacle in ``--out`` (nothing sent) and a password
+in the server's URL (never written or shown). A small threshold model (TorchScript,
+``--trust-model``) on a small real MR series keeps each run under a second."""
 
 from __future__ import annotations
 
