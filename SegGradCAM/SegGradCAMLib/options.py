@@ -235,7 +235,9 @@ class ExplainOptions(CommandOptions):
         if sum(sources) > 1:
             raise SegGradCAMError("Give input volumes, --cohort LIST or --dicomweb URL (with --study), not both.")
         if not any(sources):
-            raise SegGradCAMError("Give the input volume(s), one per model channel, --cohort LIST or --dicomweb URL.")
+            raise SegGradCAMError(
+                "Give the input volume(s), one per model channel, or --cohort LIST, or --dicomweb URL --study UID."
+            )
         if self.method not in METHOD_CHOICES:
             raise SegGradCAMError(f"Unknown method {self.method!r}; choose one of {', '.join(METHOD_CHOICES)}.")
         if self.heatmap_dtype not in HEATMAP_DTYPES:
