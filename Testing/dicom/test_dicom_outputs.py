@@ -126,6 +126,7 @@ def test_parametric_maps_hold_the_nrrd_heatmaps_and_map_back_to_raw_units(demo_r
     source = sorted(instances(sources[0]), key=lambda d: float(d.ImagePositionPatient[2]))
     for entry, _, info in report.heatmaps():
         pm = pydicom.dcmread(out / "dicom" / f"{Path(info.file).stem}.dcm")
+        assert hd.pm.ParametricMap.from_dataset(pm).number_of_frames == len(source)  # highdicom reads it back
         heatmap = sitk.GetArrayFromImage(sitk.ReadImage(str(out / info.file)))
         frames = frames_in_source_order(pm, source)
         assert frames.shape == heatmap.shape
