@@ -149,11 +149,11 @@ def test_objects_reference_the_source_series_with_new_unique_uids(demo_run):
     for d in written:
         assert (d.StudyInstanceUID, d.FrameOfReferenceUID) == (first.StudyInstanceUID, first.FrameOfReferenceUID)
         assert (d.PatientName, d.PatientID) == (first.PatientName, first.PatientID)
-        referenced = d.ReferencedSeriesSequence[0]
-        assert referenced.SeriesInstanceUID == first.SeriesInstanceUID
-        assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} <= {
-            s.SOPInstanceUID for s in source
-        }
+        referenced = {r.SeriesInstanceUID: r for r in d.ReferencedSeriesSequence}  # every channel's series
+        for channel in map(instances, sources):
+            listed = referenced[channel[0].SeriesInstanceUID].ReferencedInstanceSequence
+            assert {i.ReferencedSOPInstanceUID for i in listed} <= {s.SOPInstanceUID for s in channel}
+        assert set(referenced) == {instances(p)[0].SeriesInstanceUID for p in sources}
     assert report.dicom["source_series"] == [instances(p)[0].SeriesInstanceUID for p in sources]
 
 

@@ -72,6 +72,13 @@ def _copy_body_part(source, dataset) -> None:
         dataset.BodyPartExamined = source.BodyPartExamined
 
 
+def _sources(series: Sequence[Sequence]) -> dict:
+    """highdicom's source images: the first channel's instances give each frame its plane; the other
+    channels' instances (one study, one frame of reference) are referenced as further sources."""
+    further = [instance for instances in series[1:] for instance in instances]
+    return {"source_images": series[0], "further_source_images": further or None}
+
+
 def _coded(concept: CodedConcept):
     import highdicom as hd
 
@@ -79,11 +86,11 @@ def _coded(concept: CodedConcept):
 
 
 def write_segmentation(
-    path: Path, sources: Sequence, labels: np.ndarray, segments: Sequence[Segment], producer: Producer
+    path: Path, series: Sequence[Sequence], labels: np.ndarray, segments: Sequence[Segment], producer: Producer
 ) -> dict[str, str]:
-    """A BINARY SEG of ``labels`` ``(Z, Y, X)`` (class index per voxel, slice ``k`` on
-    ``sources[k]``): segment ``n`` (1-based) is ``segments[n - 1]``'s class; returns its series
-    and instance UIDs."""
+    """A BINARY SEG of ``labels`` ``(Z, Y, X)`` (class index per voxel, slice ``k`` on the first
+    channel's instance ``series[0][k]``; the other channels' series referenced too): segment ``n``
+    (1-based) is ``segments[n - 1]``'s class; returns its series and instance UIDs."""
     import highdicom as hd
 
     numbers = np.zeros(labels.shape, np.uint8 if len(segments) < 256 else np.uint16)
@@ -101,22 +108,29 @@ def write_segmentation(
         for number, segment in enumerate(segments, start=1)
     ]
     seg = hd.seg.Segmentation(
-        source_images=sources,
+        **_sources(series),
         pixel_array=numbers,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         omit_empty_frames=bool(numbers.any()),  # a SEG holds at least one frame
         **producer.common(100, f"SegGradCAM segmentation ({producer.model})"),
     )
-    _copy_body_part(sources[0], seg)
+    _copy_body_part(series[0][0], seg)
     seg.save_as(path)
     return {"series": str(seg.SeriesInstanceUID), "instance": str(seg.SOPInstanceUID)}
 
 
 def write_parametric_map(
-    path: Path, sources: Sequence, values: np.ndarray, max_raw: float, title: str, producer: Producer, number: int
+    path: Path,
+    series: Sequence[Sequence],
+    values: np.ndarray,
+    max_raw: float,
+    title: str,
+    producer: Producer,
+    number: int,
 ) -> dict[str, str]:
-    """A Parametric Map of a heatmap as its NRRD file stores it, ``values`` ``(Z, Y, X)`` float32
+    """A Parametric Map (frames as :func:`write_segmentation`'s) of a heatmap as its NRRD file
+    stores it, ``values`` ``(Z, Y, X)`` float32
     (0..1) or uint8 (0..255): the Real World Value Mapping's slope turns the stored values back
     into raw Seg-Grad-CAM units (``max_raw`` per 1.0, or per 255 for uint8); returns its series
     and instance UIDs."""
@@ -135,13 +149,13 @@ def write_parametric_map(
         intercept=0.0,
     )
     pm = hd.pm.ParametricMap(
-        source_images=sources,
+        **_sources(series),
         pixel_array=values.astype(np.uint16) if integer else values.astype(np.float32),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=stored_max / 2, window_width=stored_max)],
         **producer.common(100 + number, title),
     )
-    _copy_body_part(sources[0], pm)
+    _copy_body_part(series[0][0], pm)
     pm.save_as(path)
     return {"series": str(pm.SeriesInstanceUID), "instance": str(pm.SOPInstanceUID)}

@@ -80,10 +80,9 @@ def write_dicom_objects(
     producer = Producer(spec.name, spec.sha256, __version__)
     codes = model_terminology(model, spec.labels)
     segments = [Segment(c, spec.labels[c], codes[spec.labels[c]]) for c in result.classes]
-    sources = series[0]
     objects = {}
     with folder.writing(SEGMENTATION_FILE) as path:
-        objects[SEGMENTATION_FILE] = write_segmentation(path, sources, result.labels, segments, producer)
+        objects[SEGMENTATION_FILE] = write_segmentation(path, series, result.labels, segments, producer)
     writer.file_written()
     heatmaps = [
         (writer.entries[c], layer, info) for c in result.classes for layer, info in writer.entries[c].layers.items()
@@ -93,9 +92,9 @@ def write_dicom_objects(
         values = sitk.GetArrayFromImage(sitk.ReadImage(str(folder.staging / info.file)))
         title = _map_title(writer.method, entry.name, layer)
         with folder.writing(name) as path:
-            objects[name] = write_parametric_map(path, sources, values, info.max_raw, title, producer, number)
+            objects[name] = write_parametric_map(path, series, values, info.max_raw, title, producer, number)
         writer.file_written()
-    first = sources[0]
+    first = series[0][0]
     return {
         "files": list(objects),
         "objects": objects,
