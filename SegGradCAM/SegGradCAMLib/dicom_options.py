@@ -31,9 +31,14 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc else url
 
 
+def is_uid(text: str) -> bool:
+    """Whether ``text`` is a DICOM UID: dotted digits, at most 64 characters."""
+    return len(text) <= 64 and UID_PATTERN.fullmatch(text) is not None
+
+
 def check_uid(uid: str, flag: str) -> None:
-    """A DICOM UID (dotted digits, at most 64 characters), else a one-line error naming ``flag``."""
-    if len(uid) > 64 or not UID_PATTERN.fullmatch(uid):
+    """A DICOM UID (:func:`is_uid`), else a one-line error naming ``flag``."""
+    if not is_uid(uid):
         raise SegGradCAMError(f"{flag} {uid!r} is not a DICOM UID (digits and dots, e.g. 1.2.826.0.1.3680043.8.498.1).")
 
 

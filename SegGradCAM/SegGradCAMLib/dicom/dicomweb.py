@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..dicom_options import shown_url
+from ..dicom_options import is_uid, shown_url
 from ..errors import SegGradCAMError
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -139,7 +139,7 @@ def _client(url: str, token: str | None):
 
 def _study_series(client, url: str, study: str) -> list[_Series]:
     """The series of ``study`` on the server (QIDO-RS); refused where the server holds no such study."""
-    if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", study) or len(study) > 64:
+    if not is_uid(study):
         raise SegGradCAMError(f"{study!r} is not a valid Study Instance UID (digits and dots, at most 64).")
     doing = f"the series search of study {study}"
     with _server_errors(url, doing):

@@ -14,7 +14,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from .. import __version__
 from ..dicom.objects import LONG_STRING, Producer, Segment, write_parametric_map, write_segmentation
@@ -22,9 +22,9 @@ from ..dicom.series import check_dicom_support, is_dicom_series, same_study, sou
 from ..dicom_options import DicomOptions, shown_url
 from ..errors import SegGradCAMError
 from ..inference import VolumeExplanation
-from ..models.cards import model_terminology
 from ..models.registry import declared_facts
 from ..models.spec import ModelSpec
+from ..models.terminology import SegmentCodes
 from ..pipelines import InputVolumes
 from .heatmap_files import HeatmapWriter
 from .outputs import DICOM_FOLDER, RunFolder
@@ -71,14 +71,14 @@ def write_dicom_objects(
     result: VolumeExplanation,
     writer: HeatmapWriter,
     spec: ModelSpec,
-    model: str,
+    codes: Mapping[str, SegmentCodes],
 ) -> dict:
-    """The SEG and the Parametric Maps into ``folder`` (the heatmaps read back from their NRRD
-    files there); returns explain.json's ``dicom`` entry."""
+    """The SEG (each class coded by ``codes``, :func:`~..models.cards.model_terminology`) and the
+    Parametric Maps into ``folder`` (the heatmaps read back from their NRRD files there); returns
+    explain.json's ``dicom`` entry."""
     import SimpleITK as sitk
 
     producer = Producer(spec.name, spec.sha256, __version__)
-    codes = model_terminology(model, spec.labels)
     segments = [Segment(c, spec.labels[c], codes[spec.labels[c]]) for c in result.classes]
     objects = {}
     with folder.writing(SEGMENTATION_FILE) as path:

@@ -11,11 +11,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..dicom_options import shown_url
 from ..errors import SegGradCAMError
 from ..inference import ProgressCallback, VolumeExplanation
 from ..models.cards import MethodChoice, model_terminology, resolve_method
 from ..models.json_spec import spec_weights
-from ..dicom_options import shown_url
 from ..options import ExplainOptions
 from ..pipelines import ExplainSettings, InputVolumes, Pipeline, load_pipeline
 from ..reports import ExplainReport, ModelInfo
@@ -173,8 +173,6 @@ def checked_settings(
     pipeline.check_inputs(inputs.paths)
     if options.faithfulness:
         pipeline.check_scorable()
-    if options.dicom.writes_objects:
-        model_terminology(options.model, spec.labels)  # a card's wrong code: refused before the network
     classes = class_indices(options.classes, spec.labels)
     region = read_region(options, inputs.reference, len(classes))
     layers = layer_selection(options.layers)
@@ -242,6 +240,7 @@ def explain_files(
         timings["load_model_s"] = time.perf_counter() - start
         step("startup", 1, 1)
         settings = checked_settings(options, pipeline, inputs, choice.method, device)
+        codes = model_terminology(options.model, pipeline.model.spec.labels) if series else None  # before the network
         writer = new_writer(options, pipeline, inputs, settings, folder, step)
         start = time.perf_counter()
         result = run_pipeline(pipeline, inputs, settings, progress, writer)
@@ -257,7 +256,7 @@ def explain_files(
         write_segmentation_and_overview(options, inputs, result, writer, title)
         timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
         start = time.perf_counter()
-        dicom = series and write_dicom_objects(folder, series, result, writer, pipeline.model.spec, options.model)
+        dicom = series and codes and write_dicom_objects(folder, series, result, writer, pipeline.model.spec, codes)
         refused = dicom and store_objects(options.dicom, folder, dicom, step)
         if dicom:
             timings["dicom_s"] = time.perf_counter() - start
