@@ -123,7 +123,7 @@ def _slice_index(dataset, origin: np.ndarray, direction: np.ndarray, step: float
 
 def same_study(series: Sequence[list]) -> None:
     """Every channel's series is of one study and one frame of reference (the objects written
-    reference the first and describe all)."""
+    reference them all; their frames lie on the first's slices)."""
     first = series[0][0]
     for instances in series[1:]:
         other = instances[0]

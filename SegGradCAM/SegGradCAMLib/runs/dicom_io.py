@@ -4,7 +4,7 @@
 
 ``dicom/segmentation.dcm`` (SEG, one segment per explained class with the codes of the model's
 card) and ``dicom/heatmap_<class>[_<layer>].dcm`` (one Parametric Map per heatmap, the values
-of its NRRD file), all referencing the first channel's source series. The source series are
+of its NRRD file), all referencing every channel's source series. The source series are
 checked before the network runs: an input that is not a DICOM series ends the run in one line
 (no patient is ever invented)."""
 
