@@ -33,7 +33,23 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry", ("api", "cohort")),
     ("runs", ("runs", "evaluation", "demo", "dicom")),
     ("pipelines", ("pipelines", "inference", "inference_nnunet")),
-    ("engine", ("cam", "layers", "layer_grid", "model_grid", "preprocessing", "volumes", "models")),
+    (
+        "engine",
+        (
+            "cam",
+            "layers",
+            "layer_grid",
+            "model_grid",
+            "preprocessing",
+            "volumes",
+            "models",
+            "targets",
+            "findings",
+            "uncertainty",
+            "reliance",
+            "class_maps",
+        ),
+    ),
     # The package __init__ ("") only maps names to modules lazily (importlib, no import
     # statement), so it imports nothing and sits at the bottom: importing it is always allowed,
     # and an import statement added to it would be reported as going up.
@@ -44,6 +60,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "options",
             "engine_options",
             "dicom_options",
+            "finding_options",
             "declared_options",
             "reports",
             "selection",

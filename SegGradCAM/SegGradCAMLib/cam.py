@@ -21,6 +21,7 @@ from .selection import CAM_METHODS
 
 __all__ = [
     "CAM_METHODS",
+    "INPUT_GRADIENT",
     "CAM_WEIGHTS",
     "CAMMaps",
     "cam_weights",
@@ -30,6 +31,11 @@ __all__ = [
     "seg_grad_cam",
     "upsample_maps",
 ]
+
+
+INPUT_GRADIENT = "input x gradient:{}"
+"""Key of channel i's ``|input x gradient|`` map (``seg_grad_cam(input_gradients=True)``); no layer
+name has this form (module names have no spaces)."""
 
 
 class CAMMaps(dict):
@@ -259,20 +265,26 @@ def _backward_maps(
     relu: bool,
     class_batch: int | None,
     on_backward: Callable[[int, int], None] | None,
-) -> list[torch.Tensor]:
+    inputs: torch.Tensor | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """One map ``(len(scores), B, *s)`` per activation ``(B, K, *s)``, from the gradients of each
-    target score (``scores`` ``(len(classes),)``), ``class_batch`` classes per backward pass."""
+    target score (``scores`` ``(len(classes),)``), ``class_batch`` classes per backward pass; with
+    ``inputs`` ``(B, Cin, *S)`` (requiring gradients) also ``|inputs x gradient|`` ``(len(scores), B, Cin, *S)``."""
     n_classes = len(scores)
     maps: list[list[torch.Tensor]] = [[] for _ in acts]
-    chunk = class_batch or _class_chunk(acts, n_classes)
+    saliency: list[torch.Tensor] = []
+    wrt = acts if inputs is None else [*acts, inputs]
+    chunk = class_batch or _class_chunk(wrt, n_classes)
     for start in range(0, n_classes, chunk):
-        grads = _class_gradients(scores[start : start + chunk], acts, last=start + chunk >= n_classes)
+        grads = _class_gradients(scores[start : start + chunk], wrt, last=start + chunk >= n_classes)
         for per_class, act, grad in zip(maps, acts, grads):
             act = act.detach().float()  # bfloat16 under autocast: the CAM arithmetic in float32
             per_class += [_combine(weights, act, g.float(), relu) for g in grad]
+        if inputs is not None:
+            saliency.append((inputs.detach().float() * grads[-1].float()).abs())
         if on_backward is not None:
             on_backward(min(start + chunk, n_classes), n_classes)
-    return [torch.stack(per_class) for per_class in maps]
+    return [torch.stack(per_class) for per_class in maps], torch.cat(saliency) if saliency else None
 
 
 def _upsampled(maps: dict[str, torch.Tensor], size: Sequence[int], trace: GridTrace) -> dict[str, torch.Tensor]:
@@ -291,6 +303,7 @@ def seg_grad_cam(
     upsample: bool = False,
     class_batch: int | None = None,
     on_backward: Callable[[int, int], None] | None = None,
+    input_gradients: bool = False,
 ) -> CAMMaps:
     """Seg-Grad-CAM maps for several layers and classes from one forward pass.
 
@@ -314,6 +327,9 @@ def seg_grad_cam(
             ``is_grads_batched``); default: one class per pass on the CPU (batching is
             slower there), on other devices as many as fit in a quarter of the free memory.
         on_backward: called with ``(classes done, classes)`` after each backward pass.
+        input_gradients: also return each input channel's ``|input x gradient|`` of each target,
+            ``(len(classes), B, *S)``, under the key ``INPUT_GRADIENT.format(channel)`` (the whole
+            network then records gradients, not only the part after the first layer).
 
     Returns:
         layer name -> tensor ``(len(classes), B, *s)``, detached, raw (not normalised),
@@ -326,16 +342,23 @@ def seg_grad_cam(
     modules = resolve_layers(network, layers)
     activations: dict[str, torch.Tensor] = {}
     logits = None
+    if input_gradients:
+        inputs = inputs.detach().requires_grad_(True)
     try:
         with _frozen_parameters(network), torch.enable_grad():
             logits, trace = _forward(network, inputs, modules, activations)
             classes = _check_classes(classes, logits.shape[1])
             regions = _target_regions(logits.detach(), classes, regions)
             scores = (logits[:, classes].float() * regions).flatten(2).sum(dim=(0, 2))  # (len(classes),)
-            maps = _backward_maps(scores, [activations[n] for n in modules], weights, relu, class_batch, on_backward)
+            acts = [activations[n] for n in modules]
+            maps, saliency = _backward_maps(
+                scores, acts, weights, relu, class_batch, on_backward, inputs if input_gradients else None
+            )
         result = dict(zip(modules, maps))
         if upsample:
             result = _upsampled(result, inputs.shape[2:], trace)
+        if saliency is not None:
+            result.update({INPUT_GRADIENT.format(i): saliency[:, :, i] for i in range(saliency.shape[2])})
         return CAMMaps(result, logits.detach())
     finally:
         activations.clear()

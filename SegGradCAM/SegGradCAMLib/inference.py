@@ -22,11 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from .cam import CAMMaps, label_map, predicted_regions, seg_grad_cam
+from .class_maps import ClassHeatmap, heatmaps_on_input_grid
 from .errors import CancelledError, SegGradCAMError
+from .findings import FindingSet
 from .layers import resolve_layers
 from .models.spec import LoadedModel
 from .model_grid import Direction, check_min_size, check_volume, prepare_input
 from .preprocessing import pad_end, padded_shape
+from .targets import TargetRequest, Targets, add_gradient_shares, first_pass_targets
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``preprocess``, ``windows`` (3D), ``slices``
@@ -60,21 +63,8 @@ class VolumeExplanation:
     timings: dict[str, float] = field(default_factory=dict)
     checks: dict[str, float] = field(default_factory=dict)  # e.g. agreement with nnU-Net's own prediction
     masks: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class ClassHeatmap:
-    """One class map on the input grid: ``array`` ``(Z, Y, X)`` float32 (0..1 when
-    normalised), ``position`` its index in the explained classes, ``raw_max`` its
-    maximum before normalisation, ``mask`` ``(Z, Y, X)`` bool the class's own mask where
-    classes overlap (region-based models; else None: ``labels == class_index``)."""
-
-    layer: str
-    position: int
-    class_index: int
-    array: np.ndarray
-    raw_max: float
-    mask: np.ndarray | None = None
+    findings: FindingSet | None = None
+    reliance: list[dict] | None = None  # per target (classes, then findings): channel reliance
 
 
 def _monai_padding(shape: Sequence[int], roi: Sequence[int]) -> list[int]:
@@ -101,9 +91,11 @@ def _monai_windows(shape: Sequence[int], roi: Sequence[int]) -> int:
 class _Runner:
     """Runs the network with CAMs over a prepared (oriented, resampled, normalised) volume."""
 
-    def __init__(self, model, layers, classes, method, device, progress, cancel, amp=False):
+    def __init__(self, model, layers, classes, method, device, progress, cancel, amp=False, batch_size=16):
         self.model, self.layers, self.classes, self.method = model, layers, classes, method
         self.device, self.progress, self.cancel, self.amp = device, progress, cancel, amp
+        self.batch_size = batch_size
+        self.input_gradients = False  # also |input x gradient| per channel (channel reliance)
         self.stage = "windows" if model.spec.spatial_dims == 3 else "slices"
         self.cam_passes = 1  # forward passes with CAMs in this run, each with len(classes) backward steps
         self.cam_passes_done = 0
@@ -131,6 +123,7 @@ class _Runner:
                 relu=True,
                 upsample=True,
                 on_backward=self._backward_step,
+                input_gradients=self.input_gradients,
             )
         self.cam_passes_done += 1
         return result
@@ -221,24 +214,54 @@ class _Runner:
 
         stitched = self._stitch(image, roi, explain, with_coord=True)
         self._step(total, total)
-        return stitched[_LOGITS][0], {name: stitched[name][0] for name in self.layers}
+        return stitched[_LOGITS][0], {name: m[0] for name, m in stitched.items() if name != _LOGITS}
 
-    def run_2d(self, image: torch.Tensor, regions: torch.Tensor | None, batch_size: int):
-        """Slice-wise along axis 0 of ``(Cin, Z, Y, X)``: same outputs as :meth:`run_3d`."""
+    def _slices(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], list[int]]:
+        """The slices along axis 0 of ``(Cin, Z, Y, X)`` padded for the model ``(Z, Cin, Y', X')``, the
+        plane ``(Y, X)`` to crop back to and the first slice of each batch."""
         spec = self.model.spec
         slices = image.permute(1, 0, 2, 3)  # (Z, Cin, Y, X)
-        plane = slices.shape[2:]
-        target = padded_shape(plane, spec.divisible_by, spec.min_size)
-        slices = pad_end(slices, target)
-        reg = None if regions is None else pad_end(regions.permute(1, 0, 2, 3), target)
+        plane = (int(slices.shape[2]), int(slices.shape[3]))
+        slices = pad_end(slices, padded_shape(plane, spec.divisible_by, spec.min_size))
+        return slices, plane, list(range(0, slices.shape[0], self.batch_size))
+
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``(C, Z, Y, X)`` of ``image`` ``(Cin, Z, Y, X)`` without gradients (progress stage
+        ``segment``): the segmentation that findings, probabilities and reliance start from."""
+        spec = self.model.spec
+        with torch.no_grad():
+            if spec.spatial_dims == 2:
+                slices, plane, starts = self._slices(image)
+                parts = []
+                for i, start in enumerate(starts):
+                    self._step(i, len(starts), "segment")
+                    window = slices[start : start + self.batch_size].to(self.device)
+                    parts.append(self._segment(window, lambda: None).cpu())
+                self._step(len(starts), len(starts), "segment")
+                return torch.cat(parts)[..., : plane[0], : plane[1]].permute(1, 0, 2, 3)
+            if spec.roi_size is not None:
+                roi = tuple(int(r) for r in spec.roi_size)
+                total, steps = _monai_windows(tuple(image.shape[1:]), roi), itertools.count()
+                step = lambda: self._step(next(steps), total, "segment")  # noqa: E731
+                logits = self._stitch(image, roi, lambda w: self._segment(w, step))
+                return logits[0]
+            shape = image.shape[1:]
+            padded = pad_end(image, padded_shape(shape, spec.divisible_by, spec.min_size))
+            logits = self._segment(padded[None].to(self.device), lambda: self._step(0, 1, "segment"))
+            self._step(1, 1, "segment")
+            return logits[0].cpu()[(slice(None),) + tuple(slice(0, n) for n in shape)]
+
+    def run_2d(self, image: torch.Tensor, regions: torch.Tensor | None):
+        """Slice-wise along axis 0 of ``(Cin, Z, Y, X)``: same outputs as :meth:`run_3d`."""
+        slices, plane, starts = self._slices(image)
+        reg = None if regions is None else pad_end(regions.permute(1, 0, 2, 3), tuple(slices.shape[2:]))
         logit_parts: list[torch.Tensor] = []
         map_parts: dict[str, list[torch.Tensor]] = {}
-        starts = list(range(0, slices.shape[0], batch_size))
         self.cam_passes = len(starts)
         for i, start in enumerate(starts):
             self._step(i, len(starts))
-            batch = slices[start : start + batch_size]
-            logits, maps = self._cams(batch, None if reg is None else reg[start : start + batch_size])
+            batch = slices[start : start + self.batch_size]
+            logits, maps = self._cams(batch, None if reg is None else reg[start : start + self.batch_size])
             logit_parts.append(logits[..., : plane[0], : plane[1]])
             for k, v in maps.items():
                 map_parts.setdefault(k, []).append(v[..., : plane[0], : plane[1]])
@@ -279,6 +302,7 @@ def explain_volume(
     cancel: Callable[[], bool] | None = None,
     amp: bool = False,
     on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None = None,
+    request: TargetRequest | None = None,
 ) -> VolumeExplanation:
     """Segment and explain a volume ``image`` ``(Cin, Z, Y, X)`` (channels co-registered on one grid).
 
@@ -291,6 +315,7 @@ def explain_volume(
     raises :class:`CancelledError`; ``amp``: the network in bfloat16 autocast (the CAM arithmetic
     stays float32). ``on_heatmap(ClassHeatmap, labels (Z, Y, X))`` gets each class map as soon as it
     is on the input grid, and those maps are then not kept in the result (stream them to disk).
+    ``request``: findings, probabilities and channel reliance (:mod:`SegGradCAMLib.targets`).
     """
     spec = model.spec
     timings: dict[str, float] = {}
@@ -307,52 +332,33 @@ def explain_volume(
     if progress is not None:
         progress("preprocess", 1, 1)
 
-    runner = _Runner(model, layer_names, classes, method, device, progress, cancel, amp)
+    runner = _Runner(model, layer_names, classes, method, device, progress, cancel, amp, batch_size)
     start = time.perf_counter()
-    if spec.spatial_dims == 3:
-        logits, maps = runner.run_3d(x, region_t)
-    else:
-        logits, maps = runner.run_2d(x, region_t, batch_size)
+    labels, targets = None, Targets(classes, region_t, target_findings=[None] * len(classes))
+    if request is not None and request.needs_segmentation:
+        labels, targets = first_pass_targets(runner.segment, spec, image, x, grid, spacing, direction, classes, request)
+    runner.classes, runner.input_gradients = targets.classes, targets.reliance is not None
+    logits, maps = (runner.run_3d if spec.spatial_dims == 3 else runner.run_2d)(x, targets.regions)
     timings["network_and_cam_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
+    if labels is None:
+        labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
     del logits
-    heatmaps, raw_max = heatmaps_on_input_grid(maps, grid.to_input, labels, classes, normalize, on_heatmap)
+    if targets.reliance is not None:
+        add_gradient_shares(targets, maps, grid, labels, spacing, request.channel_names if request else ())
+    heatmaps, raw_max = heatmaps_on_input_grid(
+        maps, grid.to_input, labels, targets.classes, normalize, on_heatmap, findings=targets.target_findings
+    )
     timings["postprocess_s"] = time.perf_counter() - start
-    return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings)
-
-
-def heatmaps_on_input_grid(
-    maps: dict[str, torch.Tensor],
-    to_input: Callable[[torch.Tensor], np.ndarray],
-    labels: np.ndarray,
-    classes: Sequence[int],
-    normalize: bool,
-    on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None,
-    masks: np.ndarray | None = None,
-):
-    """Class maps ``(n, *model grid)`` per layer brought to the input grid one class at a time by
-    ``to_input`` (``(1, *model grid)`` -> ``(1, Z, Y, X)``), ReLU'd, divided by their global maximum
-    when ``normalize``; handed to ``on_heatmap`` (then not kept) or returned, with the class's
-    own mask from ``masks`` ``(n, Z, Y, X)`` when given. ``maps`` is emptied as it goes. Returns
-    (layer -> ``(n, Z, Y, X)`` float32, layer -> raw maxima)."""
-    heatmaps: dict[str, np.ndarray] = {}
-    raw_max: dict[str, list[float]] = {name: [] for name in maps}
-    for name in list(maps):
-        on_model_grid = maps.pop(name)  # (n, *model grid), released class by class below
-        kept = []
-        for i in range(len(classes)):
-            heat = np.maximum(to_input(on_model_grid[i : i + 1]), 0)[0]
-            peak = float(heat.max())
-            raw_max[name].append(peak)
-            if normalize:
-                heat = heat / np.float32(max(peak, 1e-12))
-            heat = heat.astype(np.float32, copy=False)
-            if on_heatmap is not None:
-                on_heatmap(ClassHeatmap(name, i, classes[i], heat, peak, None if masks is None else masks[i]), labels)
-            else:
-                kept.append(heat)
-        if kept:
-            heatmaps[name] = np.stack(kept)
-    return heatmaps, raw_max
+    return VolumeExplanation(
+        labels,
+        heatmaps,
+        raw_max,
+        classes,
+        layer_names,
+        method,
+        timings,
+        findings=targets.findings,
+        reliance=targets.reliance,
+    )

@@ -26,7 +26,8 @@ import torch
 
 from .cam import predicted_regions, seg_grad_cam
 from .errors import CancelledError
-from .inference import ClassHeatmap, ProgressCallback, VolumeExplanation, heatmaps_on_input_grid
+from .class_maps import ClassHeatmap, heatmaps_on_input_grid
+from .inference import ProgressCallback, VolumeExplanation
 from .layers import resolve_layers
 from .models.spec import LoadedModel
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from .declared_options import CommandOptions, option
 from .dicom_options import DicomOptions
+from .finding_options import FindingOptions
 from .engine_options import EngineOptions
 from .errors import SegGradCAMError
 from .models.declarations import DEFAULT_MODEL
@@ -224,6 +225,7 @@ class ExplainOptions(CommandOptions):
         "nnU-Net models: test-time mirroring (as nnU-Net predicts by default); off by default",
         action="store_true",
     )
+    findings: FindingOptions = field(default_factory=FindingOptions)
     dicom: DicomOptions = field(default_factory=DicomOptions)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
@@ -248,6 +250,8 @@ class ExplainOptions(CommandOptions):
             raise SegGradCAMError(f"--step-size must be in (0, 1]; got {self.step_size}.")
         if self.faithfulness and self.region is not None:
             raise SegGradCAMError("--faithfulness scores the predicted masks; leave out --region.")
+        if self.findings.wanted and self.region is not None:
+            raise SegGradCAMError("--findings/--point explain the predicted findings; leave out --region.")
 
     def for_case(self, inputs: Sequence[str], out: Path, device: str) -> "ExplainOptions":
         """These options for one case of a cohort: its inputs, output folder and device."""

@@ -25,7 +25,9 @@ import torch
 
 from .cam import label_map
 from .errors import SegGradCAMError
-from .inference import ClassHeatmap, ProgressCallback, VolumeExplanation
+from .class_maps import ClassHeatmap
+from .inference import ProgressCallback, VolumeExplanation
+from .targets import TargetRequest
 from .model_grid import Direction, check_volume, prepare_input
 from .models.spec import LoadedModel
 from .options import MAX_VOXELS
@@ -66,7 +68,8 @@ class InputVolumes:
 class ExplainSettings:
     """What to explain and how (resolved from the options): layers (``"auto"`` or names), class
     indices, CAM method, target regions ``(len(classes), Z, Y, X)`` bool or None, device, autocast,
-    and the nnU-Net sliding-window step and mirroring."""
+    the nnU-Net sliding-window step and mirroring, and what the segmentation pass gives
+    (:class:`~SegGradCAMLib.targets.TargetRequest`)."""
 
     layers: str | Sequence[str]
     classes: list[int]
@@ -76,6 +79,7 @@ class ExplainSettings:
     amp: bool = False
     step_size: float = 0.5
     mirror: bool = False
+    request: TargetRequest | None = None  # findings, probabilities, channel reliance
 
 
 @dataclass
@@ -207,6 +211,7 @@ class VolumePipeline:
             progress=progress,
             amp=settings.amp,
             on_heatmap=on_heatmap,
+            request=settings.request,
         )
 
     def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]:

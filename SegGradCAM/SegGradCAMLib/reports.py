@@ -62,20 +62,24 @@ class HeatmapEntry:
 
 @dataclass
 class ClassEntry:
-    """One explained class: index, name, voxels of its mask, heatmap per layer."""
+    """One explained class: index, name, voxels of its mask, heatmap per layer, and its channel
+    reliance (multi-channel models with findings; see :mod:`SegGradCAMLib.reliance`)."""
 
     index: int
     name: str
     voxels: int
     layers: dict[str, HeatmapEntry] = field(default_factory=dict)
+    reliance: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        values = {
             "index": self.index,
             "name": self.name,
             "voxels": self.voxels,
             "layers": {layer: entry.to_json() for layer, entry in self.layers.items()},
+            "reliance": self.reliance,
         }
+        return _without_none(values, ("reliance",))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ClassEntry":
@@ -146,6 +150,8 @@ class ExplainReport(_ReportFile):
     checks: dict[str, float] | None = None
     nnunet: dict[str, Any] | None = None
     dicom: dict[str, Any] | None = None
+    findings: dict[str, Any] | None = None
+    uncertainty: list[str] | None = None
     segmentation: str = "segmentation.nrrd"
     tool: str = "seggradcam"
     schema: int = EXPLAIN_SCHEMA
@@ -158,7 +164,7 @@ class ExplainReport(_ReportFile):
         values["model"] = dataclasses.asdict(self.model)
         values["classes"] = [entry.to_json() for entry in self.classes]
         ordered = {"schema": self.schema, "tool": self.tool, **values}
-        return _without_none(ordered, ("checks", "nnunet", "dicom"))
+        return _without_none(ordered, ("checks", "nnunet", "dicom", "findings", "uncertainty"))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ExplainReport":

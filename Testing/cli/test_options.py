@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from SegGradCAMLib.dicom_options import DicomOptions
+from SegGradCAMLib.finding_options import FindingOptions
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.options import EngineOptions, EvaluateOptions, ExplainOptions
 from SegGradCAMLib.reports import EVALUATION_SCHEMA, EXPLAIN_SCHEMA, EvaluationReport, ExplainReport
@@ -60,7 +61,7 @@ EXPLAIN_JSON_KEYS = [
 
 
 def test_every_explain_option_round_trips_through_the_command_line():
-    assert set(EXPLAIN_VALUES) | {"inputs", "cohort", "out", "faithfulness", "engine", "dicom"} == {
+    assert set(EXPLAIN_VALUES) | {"inputs", "cohort", "out", "faithfulness", "engine", "dicom", "findings"} == {
         f.name for f in dataclasses.fields(ExplainOptions)
     }, "a new option needs a value in EXPLAIN_VALUES"
     options = ExplainOptions(inputs=("t1c.nrrd", "flair nrrd.nrrd"), out=Path("out dir"), **EXPLAIN_VALUES)
@@ -73,6 +74,37 @@ def test_every_explain_option_round_trips_through_the_command_line():
         cohort="cases.txt", out="o", faithfulness=True, engine=EngineOptions("ray", "auto", None, 2.0, 0.5, 0)
     )
     assert ExplainOptions.from_argv(cohort.to_argv()) == cohort
+
+
+def test_finding_options_round_trip_and_refuse_what_does_not_fit():
+    findings = FindingOptions(
+        findings=True,
+        min_finding_mm3=2.5,
+        max_findings=3,
+        point="12.5, -30, 8",
+        point_radius_mm=4,
+        no_probabilities=True,
+    )
+    assert findings.point == (12.5, -30.0, 8.0) and findings.wanted and not findings.writes_probabilities
+    options = ExplainOptions(inputs=["t1c.nrrd"], out="o", findings=findings)
+    argv = options.to_argv()
+    assert ExplainOptions.from_argv(argv) == options
+    assert "--point" in argv and "--no-probabilities" in argv and "--max-findings" in argv
+    assert FindingOptions(point=(1, 2, 3)).writes_probabilities  # --point implies findings, with probabilities
+    assert FindingOptions(probabilities=True).writes_probabilities and not FindingOptions().writes_probabilities
+    refused = {
+        "--point takes R,A,S": [{"point": "1,2"}, {"point": "1,2,x"}, {"point": "1,nan,3"}],
+        "--max-findings": [{"max_findings": 0}],
+        "--min-finding-mm3": [{"min_finding_mm3": -1}],
+        "--point-radius-mm": [{"point_radius_mm": float("inf")}],
+        "not both": [{"probabilities": True, "no_probabilities": True}],
+    }
+    for message, cases in refused.items():
+        for fields in cases:
+            with pytest.raises(SegGradCAMError, match=message):
+                FindingOptions(**fields)
+    with pytest.raises(SegGradCAMError, match="leave out --region"):
+        ExplainOptions(inputs=["t1c.nrrd"], out="o", region="r.nrrd", findings=FindingOptions(findings=True))
 
 
 def test_dicom_options_round_trip_and_refuse_what_does_not_fit(monkeypatch):

@@ -4,6 +4,7 @@ and ``explain.json`` (an :class:`~SegGradCAMLib.reports.ExplainReport`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,9 @@ from ..pipelines import ExplainSettings, InputVolumes, Pipeline, load_pipeline
 from ..reports import ExplainReport, ModelInfo
 from ..selection import class_indices, layer_selection, pick_device
 from ..volumes.files import read_volume, same_geometry, write_like
+from ..targets import TargetRequest
 from .dicom_io import fetched_inputs, source_series, store_objects, write_dicom_objects
+from .findings_files import channel_names, finding_request, findings_report, write_findings
 from .heatmap_files import HeatmapWriter
 from .outputs import REPORT_FILE, RunFolder
 from .resources import peak_memory_mb, set_threads
@@ -179,6 +182,21 @@ def checked_settings(
     return ExplainSettings(layers, classes, method, region, device, options.amp, options.step_size, options.mirror)
 
 
+def with_targets(options: ExplainOptions, settings: ExplainSettings, inputs: InputVolumes, writer: HeatmapWriter):
+    """``settings`` with the findings, probability maps (to ``writer``) and channel reliance asked for."""
+    findings = options.findings
+    if not (findings.wanted or findings.writes_probabilities):
+        return settings
+    request = TargetRequest(
+        finding_request(findings, inputs.reference),
+        findings.writes_probabilities,
+        findings.wanted and len(inputs.volumes) > 1,
+        channel_names(inputs.paths),
+        writer.write_map,
+    )
+    return dataclasses.replace(settings, request=request)
+
+
 def new_writer(
     options: ExplainOptions,
     pipeline: Pipeline,
@@ -193,7 +211,8 @@ def new_writer(
     several = chosen == "auto" or len(chosen) > 1
     maps = len(settings.classes) * (1 if chosen == "auto" else len(chosen))
     dicom = options.dicom.writes_objects  # one Parametric Map per heatmap and the SEG
-    files = maps * (1 + dicom) + dicom + 2 + options.overview
+    files = maps * (1 + dicom) + dicom + 2 + options.overview + 2 * options.findings.wanted
+    files += (len(pipeline.model.spec.labels) + 1) * options.findings.writes_probabilities
     labels = list(pipeline.model.spec.labels)
     writer = HeatmapWriter(
         folder,
@@ -242,6 +261,7 @@ def explain_files(
         settings = checked_settings(options, pipeline, inputs, choice.method, device)
         codes = model_terminology(options.model, pipeline.model.spec.labels) if series else None  # before the network
         writer = new_writer(options, pipeline, inputs, settings, folder, step)
+        settings = with_targets(options, settings, inputs, writer)
         start = time.perf_counter()
         result = run_pipeline(pipeline, inputs, settings, progress, writer)
         timings["explain_s"] = time.perf_counter() - start
@@ -254,6 +274,12 @@ def explain_files(
         start = time.perf_counter()
         title = f"{pipeline.model.spec.name} — {choice.method}"
         write_segmentation_and_overview(options, inputs, result, writer, title)
+        found = None
+        if result.findings is not None:
+            found = findings_report(
+                result.findings, result, writer, inputs.reference, options.findings, channel_names(inputs.paths)
+            )
+            write_findings(folder, found, writer)
         timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
         start = time.perf_counter()
         dicom = series and codes and write_dicom_objects(folder, series, result, writer, pipeline.model.spec, codes)
@@ -262,6 +288,7 @@ def explain_files(
             timings["dicom_s"] = time.perf_counter() - start
         timings["total_s"] = time.perf_counter() - began
         report = build_report(options, pipeline, choice, inputs, settings, result, writer, threads, timings, dicom)
+        report.findings, report.uncertainty = found, writer.maps or None
         with folder.writing(REPORT_FILE):
             report.write(folder.staging)
         folder.commit()

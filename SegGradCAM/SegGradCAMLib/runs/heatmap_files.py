@@ -8,8 +8,10 @@ from typing import Callable
 import numpy as np
 
 from ..evaluation.energy import heatmap_energy_fractions
-from ..inference import ClassHeatmap
+from ..class_maps import ClassHeatmap
+from ..findings import NEIGHBOURHOOD_MM
 from ..reports import ClassEntry, HeatmapEntry
+from ..uncertainty import UncertaintyMap
 from ..volumes.files import Volume, safe_filename, write_like
 from .outputs import RunFolder
 
@@ -41,45 +43,62 @@ class HeatmapWriter:
     progress: Callable[[str, int, int], None]
     written: int = 0
     entries: dict[int, ClassEntry] = field(default_factory=dict)
+    finding_layers: dict[int, dict[str, HeatmapEntry]] = field(default_factory=dict)  # finding id -> layer -> map
+    maps: list[str] = field(default_factory=list)  # probability, entropy and disagreement files written
     overview_rows: list[tuple[str, str, int, np.ndarray]] = field(default_factory=list)  # (class, layer, index, map)
 
     def file_written(self) -> None:
         self.written += 1
         self.progress("write", self.written, self.files)
 
-    def filename(self, name: str, layer: str) -> str:
-        return f"heatmap_{safe_filename(name)}" + (f"_{safe_filename(layer)}" if self.several_layers else "") + ".nrrd"
+    def filename(self, name: str, layer: str, finding: int | None = None) -> str:
+        stem = safe_filename(name) + ("" if finding is None else f"_f{finding}")
+        return f"heatmap_{stem}" + (f"_{safe_filename(layer)}" if self.several_layers else "") + ".nrrd"
 
     def __call__(self, heatmap: ClassHeatmap, labels: np.ndarray) -> None:
-        """Write one class map as soon as it is on the input grid (only one is held at a time)."""
+        """Write one class (or finding) map as soon as it is on the input grid (only one is held at a time)."""
         c, layer, heat = heatmap.class_index, heatmap.layer, heatmap.array
         name = self.labels[c]
-        filename = self.filename(name, layer)
+        filename = self.filename(name, layer, heatmap.finding)
         own = labels == c if heatmap.mask is None else heatmap.mask
-        mask = own if self.regions is None else self.regions[heatmap.position]
-        if c not in self.entries:  # once per class, not per layer
-            self.entries[c] = ClassEntry(c, name, int(own.sum()))
-        entry = self.entries[c]
         spacing_zyx = tuple(self.reference.spacing)[::-1]
-        entry.layers[layer] = HeatmapEntry(
-            filename,
-            heatmap.raw_max,
-            float(heat.max()),
-            float(heat.mean()),
-            **heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=SHELL_MM),
-        )
+        if heatmap.finding is not None:  # a finding: energy inside, within 7 mm and elsewhere
+            fractions = heatmap_energy_fractions(heat, own, spacing_zyx, shell_mm=NEIGHBOURHOOD_MM)
+            entries = self.finding_layers.setdefault(heatmap.finding, {})
+            self.files += 1  # how many findings there are is known only now
+        else:
+            mask = own if self.regions is None else self.regions[heatmap.position]
+            fractions = heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=SHELL_MM)
+            if c not in self.entries:  # once per class, not per layer
+                self.entries[c] = ClassEntry(c, name, int(own.sum()))
+            entries = self.entries[c].layers
+        entries[layer] = HeatmapEntry(filename, heatmap.raw_max, float(heat.max()), float(heat.mean()), **fractions)
         metadata = {
             "SegGradCAM.RawMax": f"{heatmap.raw_max:.9g}",
             "SegGradCAM.Method": self.method,
             "SegGradCAM.Layer": layer,
             "SegGradCAM.Class": name,
         }
+        if heatmap.finding is not None:
+            metadata["SegGradCAM.Finding"] = str(heatmap.finding)
         if self.dtype == "uint8":
             metadata["SegGradCAM.ValueScale"] = f"{1 / 255:.9g}"  # stored value x scale = normalised value
         with self.folder.writing(filename) as path:
             write_like(encode_heatmap(heat, self.dtype), self.reference, path, metadata)
-        if self.keep_for_overview and len(self.overview_rows) < OVERVIEW_ROWS:
+        if self.keep_for_overview and heatmap.finding is None and len(self.overview_rows) < OVERVIEW_ROWS:
             self.overview_rows.append((name, layer, c, heat))
+        self.file_written()
+
+    def write_map(self, volume: UncertaintyMap) -> None:
+        """Write a probability, entropy or disagreement map ``(Z, Y, X)`` float32 (0..1)."""
+        suffix = "" if volume.class_index is None else f"_{safe_filename(self.labels[volume.class_index])}"
+        filename = f"{volume.kind}{suffix}.nrrd"
+        metadata = {"SegGradCAM.Map": volume.kind}
+        if volume.class_index is not None:
+            metadata["SegGradCAM.Class"] = self.labels[volume.class_index]
+        with self.folder.writing(filename) as path:
+            write_like(volume.array, self.reference, path, metadata)
+        self.maps.append(filename)
         self.file_written()
 
     def overview_titles(self) -> list[tuple[str, int, np.ndarray]]:

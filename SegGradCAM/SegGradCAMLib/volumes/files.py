@@ -45,6 +45,18 @@ class Volume:
     def direction(self) -> np.ndarray:
         return np.asarray(self.image.GetDirection(), dtype=float).reshape(3, 3)
 
+    def index_to_ras(self, index_zyx: np.ndarray) -> np.ndarray:
+        """Voxel indices ``(..., 3)`` in array order ``(z, y, x)`` -> RAS (mm), as Slicer shows them."""
+        ijk = np.asarray(index_zyx, dtype=np.float64)[..., ::-1]
+        lps = np.asarray(self.origin) + (ijk * np.asarray(self.spacing)) @ self.direction.T
+        return lps * np.array([-1.0, -1.0, 1.0])
+
+    def ras_to_index(self, ras: np.ndarray) -> np.ndarray:
+        """RAS (mm) ``(..., 3)`` -> continuous voxel indices in array order ``(z, y, x)``."""
+        lps = np.asarray(ras, dtype=np.float64) * np.array([-1.0, -1.0, 1.0])
+        ijk = np.linalg.solve(self.direction, (lps - np.asarray(self.origin)).T).T / np.asarray(self.spacing)
+        return ijk[..., ::-1]
+
     def geometry(self) -> dict:
         return {
             "size": list(self.image.GetSize()),
