@@ -6,9 +6,11 @@ import slicer
 import vtk
 from slicer import (
     vtkMRMLColorTableNode,
+    vtkMRMLMarkupsFiducialNode,
     vtkMRMLMarkupsROINode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -59,6 +61,8 @@ for the defaults.</li>
 <li>The segmentation appears as an outline, the heatmap of the chosen class over the volume in all slice views.
 Use Display to switch class/layer, change opacity, threshold and colour map.</li>
 <li>Optional: Target region - pick a segment or an ROI box to ask "why did it segment <i>this</i>?".</li>
+<li>Optional: check <i>Findings</i> for one heatmap per finding (each lesion on its own) in the Findings
+table (click a row to go there), or press <b>Why here?</b> and click a point to explain the finding there.</li>
 </ol>
 Heatmaps are divided once by their global maximum (0..1); the raw maximum is kept as node attribute
 <i>SegGradCAM.RawMax</i>. Outputs carry the input's geometry and parent transform.<br><br>
@@ -86,6 +90,8 @@ class SegGradCAMParameterNode:
     layers and classes are synced in code: their widgets' items depend on the model; regionSegmentation
     and regionSegmentID too: parameterNodeWrapper has no connector for qMRMLSegmentSelectorWidget
     or the segmentation.
+    findings - explain each finding (connected component) on its own; findingsTable - the findings
+    table shown (a run with findings sets it); whyHerePoint - the point list "Why here?" adds to.
     displayedHeatmap, heatmapOpacity, heatmapThreshold, heatmapColorMap, showHeatmap - display.
     """
 
@@ -99,11 +105,14 @@ class SegGradCAMParameterNode:
     layers: str = ""
     method: Annotated[str, Choice(list(METHOD_CHOICES))] = AUTO_METHOD
     faithfulness: bool = False
+    findings: bool = False
     classes: str = ""
     regionSegmentation: vtkMRMLSegmentationNode
     regionSegmentID: str = ""
     regionROI: vtkMRMLMarkupsROINode
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+    findingsTable: vtkMRMLTableNode
+    whyHerePoint: vtkMRMLMarkupsFiducialNode
     displayedHeatmap: vtkMRMLScalarVolumeNode
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     heatmapThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2

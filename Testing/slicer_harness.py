@@ -15,22 +15,26 @@ What is a MOCK here, and the real source each follows (Slicer 5.10, CTK):
   qMRMLNodeComboBox.cxx), ``ctkPathLineEdit`` (``currentPathChanged`` on a new path; its history
   is a QComboBox), ``ctkCheckableComboBox`` (``checkedIndexesChanged`` when a check state
   changes), ``ctkSliderWidget`` (``valueChanged(double)``, clamped to its range),
-  ``qMRMLSegmentSelectorWidget``, ``ctkCollapsibleButton`` and ``qMRMLWidget`` (passes the scene
-  to its qMRML children, as the .ui's ``mrmlSceneChanged`` connections do); Qt's own widgets
-  (QComboBox, QCheckBox, QPushButton, ...) are real;
+  ``qMRMLSegmentSelectorWidget``, ``ctkCollapsibleButton``, ``qMRMLWidget`` (passes the scene
+  to its qMRML children, as the .ui's ``mrmlSceneChanged`` connections do) and ``qMRMLTableView``
+  (a QTableView of a table node's cells behind a sort proxy, ``selectionChanged()`` when its
+  selection changes, as qMRMLTableView.cxx and qMRMLTableModel.cxx); Qt's own widgets
+  (QComboBox, QCheckBox, QPushButton, QTableView, ...) are real;
 - :class:`PythonQtShim`: PythonQt's spelling (``widget.visible = x``, ``connect("sig(int)", f)``);
 - :class:`ModulePanel`: the qSlicerScriptedLoadableModuleWidget that holds the module's widget:
   ``enter``/``exit`` with ``isEntered``, and ``reload()`` used by the real
   ``slicer.util.reloadScriptedModule`` (which execs the module file afresh, calls the old
   widget's ``cleanup()`` and empties the layout);
-- ``slicer.app`` (version 5.10, a temporary folder as its temporary path and home, cursors) and
-  ``slicer.util.errorDisplay`` (records the message instead of a dialog).
+- ``slicer.app`` (version 5.10, a temporary folder as its temporary path and home, cursors, the
+  application logic's selection and interaction nodes) and ``slicer.util.errorDisplay`` (records
+  the message instead of a dialog).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -43,8 +47,9 @@ UI_FILE = ROOT / "SegGradCAM" / "Resources" / "UI" / "SegGradCAM.ui"
 
 def _widgetClasses():
     """The MOCK C++ widgets, as PySide6 classes named as in the .ui file."""
-    from PySide6.QtCore import Qt, Signal
-    from PySide6.QtWidgets import QComboBox, QWidget
+    from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
+    from PySide6.QtGui import QStandardItem, QStandardItemModel
+    from PySide6.QtWidgets import QComboBox, QTableView, QWidget
 
     class qMRMLWidget(QWidget):
         def setMRMLScene(self, scene):
@@ -196,6 +201,49 @@ def _widgetClasses():
     class ctkCollapsibleButton(QWidget):
         pass
 
+    class qMRMLTableModel(QStandardItemModel):
+        """The table node's cells as text, its column names as headers (a table node's default)."""
+
+        def fill(self, tableNode):
+            self.clear()
+            table = tableNode.GetTable() if tableNode is not None else None
+            columns = table.GetNumberOfColumns() if table is not None else 0
+            self.setHorizontalHeaderLabels([table.GetColumnName(c) for c in range(columns)])
+            for row in range(table.GetNumberOfRows() if columns else 0):
+                self.appendRow([QStandardItem(table.GetValue(row, c).ToString()) for c in range(columns)])
+
+        def mrmlTableRowIndex(self, index):
+            return index.row()
+
+    class qMRMLTableView(QTableView):
+        mrmlSelectionChanged = Signal()  # C++: selectionChanged(), beside QTableView's virtual slot
+        SIGNALS = {"selectionChanged": "mrmlSelectionChanged"}
+
+        def __init__(self, parent=None):
+            super().__init__(parent)
+            self.node, self.cells, self.proxy = None, qMRMLTableModel(self), QSortFilterProxyModel(self)
+            self.proxy.setSourceModel(self.cells)
+            self.setModel(self.proxy)
+            self.setSortingEnabled(True)
+
+        def setMRMLTableNode(self, tableNode):
+            self.node = tableNode
+            self.cells.fill(tableNode)
+            self.mrmlSelectionChanged.emit()
+
+        def mrmlTableNode(self):
+            return self.node
+
+        def tableModel(self):
+            return self.cells
+
+        def sortFilterProxyModel(self):
+            return self.proxy
+
+        def selectionChanged(self, selected, deselected):
+            super().selectionChanged(selected, deselected)
+            self.mrmlSelectionChanged.emit()
+
     return [
         qMRMLWidget,
         qMRMLNodeComboBox,
@@ -204,6 +252,7 @@ def _widgetClasses():
         ctkCheckableComboBox,
         ctkSliderWidget,
         ctkCollapsibleButton,
+        qMRMLTableView,
     ]
 
 
@@ -253,7 +302,8 @@ class PythonQtShim:
         getattr(widget, self.SETTERS[name])(value)
 
     def connect(self, signature: str, slot) -> None:
-        getattr(self.widget, signature.split("(")[0]).connect(slot)
+        name = signature.split("(")[0]
+        getattr(self.widget, getattr(self.widget, "SIGNALS", {}).get(name, name)).connect(slot)
 
 
 def loadUI(path):
@@ -356,6 +406,7 @@ _ERRORS: list = []
 _SHOWN: list = []  # charts and layouts the module asked Slicer to show
 _WIDGET_CLASSES: list = []
 _SAVED: dict = {}
+_TEMPORARY: list = []  # the MOCK application's temporary folders, removed by close()
 
 
 def scene_with_slice_views():
@@ -395,7 +446,9 @@ def install(scene) -> None:
         _SAVED.setdefault(f"util.{name}", getattr(slicer.util, name))
     _ERRORS.clear()
     temporary = Path(tempfile.mkdtemp(prefix="SegGradCAM-slicer-app-"))
+    _TEMPORARY.append(temporary)
     selection = scene.AddNewNodeByClass("vtkMRMLSelectionNode")
+    interaction = scene.AddNewNodeByClass("vtkMRMLInteractionNode")
     slicer.app = types.SimpleNamespace(
         majorVersion=5,
         minorVersion=10,
@@ -407,7 +460,9 @@ def install(scene) -> None:
         testingEnabled=lambda: False,
         layoutManager=lambda: types.SimpleNamespace(setLayout=_SHOWN.append),
         applicationLogic=lambda: types.SimpleNamespace(
-            GetSelectionNode=lambda: selection, PropagateTableSelection=lambda: None
+            GetSelectionNode=lambda: selection,
+            GetInteractionNode=lambda: interaction,
+            PropagateTableSelection=lambda: None,
         ),
     )
     slicer.mrmlScene = scene
@@ -418,7 +473,8 @@ def install(scene) -> None:
 
 def close() -> None:
     """The module closed: its widget cleaned up, the MOCK widgets' scene observers removed, every
-    MOCK removed from ``slicer``, and the garbage collected now (not inside a later test's VTK
+    MOCK removed from ``slicer``, the MOCK application's temporary folder removed, and the garbage
+    collected now (not inside a later test's VTK
     callback, where freeing a scene and its Qt widgets can crash the process)."""
     import gc
 
@@ -442,6 +498,8 @@ def close() -> None:
         else:
             setattr(owner, attribute, value)
     _SAVED.clear()
+    while _TEMPORARY:
+        shutil.rmtree(_TEMPORARY.pop(), ignore_errors=True)
     gc.collect()
 
 

@@ -278,7 +278,10 @@ def test_flow_with_progress_on_the_demo_model(scene):
     volumes = demo_volumes(scene, case.image)
     logic = SegGradCAMSceneLogic(scene, python=sys.executable)
     run = logic.startRun(volumes, DEFAULT_MULTICLASS_MODEL, method="hirescam")
-    assert {p.name for p in run.folder.iterdir()} >= {"input0.nrrd", "input1.nrrd"}
+    assert {str(p.relative_to(run.folder)) for p in run.folder.glob("input*/*")} == {
+        "input0/t1c.nrrd",
+        "input1/flair.nrrd",
+    }
     while not run.finished:
         logic.pollRun(run)
         time.sleep(0.05)

@@ -16,7 +16,7 @@ from SegGradCAMLib.selection import METHOD_CHOICES
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "SegGradCAM"
 MODULE_FILE = MODULE_DIR / "SegGradCAM.py"
-PANEL_FILE = MODULE_DIR / "SegGradCAMLib" / "mrml" / "widget.py"  # the widget's behaviour
+PANEL_FILES = [MODULE_DIR / "SegGradCAMLib" / "mrml" / name for name in ("widget.py", "findings_panel.py")]  # behaviour
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SegGradCAM.ui"
 MANUALLY_SYNCED_FIELDS = {
     "layers",
@@ -107,7 +107,7 @@ def parameter_fields() -> set[str]:
 
 def module_text() -> str:
     """The module file and its panel's code (which the module's widget creates)."""
-    return MODULE_FILE.read_text() + PANEL_FILE.read_text()
+    return MODULE_FILE.read_text() + "".join(path.read_text() for path in PANEL_FILES)
 
 
 def widget_names_used_by_module() -> set[str]:
@@ -134,6 +134,7 @@ def test_every_widget_the_module_uses_exists(loaded_ui):
     _, objects = loaded_ui
     used = widget_names_used_by_module()
     assert {"applyButton", "progressBar", "modelFolderButton", "heatmapSelector", "inputVolume4Selector"} <= used
+    assert {"findingsTableView", "whyHereButton", "findingsTableSelector"} <= used
     assert used - set(objects) == set()
 
 

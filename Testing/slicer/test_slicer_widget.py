@@ -1,12 +1,15 @@
 """The module's widget as a clinician meets it: the real .ui, the real panel code and a real
 ``slicer-core`` scene, driven through ``Testing/slicer_harness.py`` (its MOCKs: the Qt GUI of the
 Slicer application, the C++ widgets and the parameter node wrapper, each following Slicer's
-source; see there). Runs go through the real worker process with the 2D demo model."""
+source; see there). Runs go through the real worker process with the 2D demo model; the Findings
+section too (the Findings checkbox, a row of the findings table clicked, "Why here?" with a point
+placed in a slice view)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -17,8 +20,13 @@ import SimpleITK as sitk
 import slicer
 import slicer_app_mock
 import slicer_harness
+import vtk
+from PySide6.QtCore import Qt
 
+from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.models.declarations import SHIPPED_MODELS, shipped_spec_path
+from SegGradCAMLib.mrml.findings import FINDING_ATTRIBUTE
+from SegGradCAMLib.mrml.slice_views import SliceViews
 
 DEMO = "demo-lesions-unet2d"
 DEMO_CLASSES = ["background", "edema", "enhancing_rim", "necrotic_core"]
@@ -470,3 +478,98 @@ def test_help_links_the_documentation_and_contributors_match_the_extension(opene
     assert os.path.exists(slicer_harness.ROOT / "docs" / "slicer.md")
     cmake = (slicer_harness.ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert parent.contributors == [re.search(r'EXTENSION_CONTRIBUTORS "([^"]+)"', cmake).group(1)]
+
+
+# -- findings: a row clicked, Why here? ----------------------------------------------------
+
+
+def slice_centres(views) -> list[list[float]]:
+    """Where each slice view's centre is (RAS, mm)."""
+    centres = []
+    for logic in views.logics.values():
+        matrix = logic.GetSliceNode().GetSliceToRAS()
+        centres.append([matrix.GetElement(i, 3) for i in range(3)])
+    return centres
+
+
+def foregrounds(mrmlScene) -> list[str]:
+    return [mrmlScene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode").GetForegroundVolumeID() for i in range(3)]
+
+
+def test_findings_run_then_a_clicked_row_centres_the_views_on_its_finding(opened, scene, small_case):
+    widget = opened(python=sys.executable)
+    ui, node = widget.ui, widget.logic.getParameterNode()
+    views = SliceViews(scene, size=(32, 32))
+    choose_demo_with_inputs(widget, scene, small_case)
+    ui.findingsCheckBox.checked = True
+    assert node.findings
+    ui.applyButton.click()
+    assert "--findings" in widget.panel._run.worker.arguments and "--point" not in widget.panel._run.worker.arguments
+    run_to_end(widget)
+    assert widget.errors == [], widget.errors
+    table = node.findingsTable
+    rows = table.GetNumberOfRows()
+    assert (
+        rows >= 2 and ui.findingsTableView.mrmlTableNode() is table and ui.findingsTableSelector.currentNode() is table
+    )
+    assert f", {rows} finding(s) in " in ui.statusLabel.text
+    view = ui.findingsTableView
+    assert view.model().rowCount() == rows
+    ui.findingsTableView.selectRow(1)  # the user clicks the second finding
+    target = widget.logic.sceneLogic().findingAt(table, 1)
+    assert ui.statusLabel.text == f"Finding {target.id} ({target.className})"
+    assert node.displayedHeatmap is target.heatmapNode and target.heatmapNode.GetAttribute(FINDING_ATTRIBUTE)
+    assert foregrounds(scene) == [target.heatmapNode.GetID()] * 3
+    assert slice_centres(views) == [pytest.approx(target.centroid, abs=1e-4)] * 3
+    volumes = [table.GetTable().GetValueByName(row, "volume (mL)").ToDouble() for row in range(rows)]
+    column = [view.model().headerData(c, Qt.Horizontal) for c in range(view.model().columnCount())]
+    view.sortByColumn(column.index("volume (mL)"), Qt.AscendingOrder)  # the user sorts by volume
+    view.selectRow(0)  # the smallest finding, whatever its row in the table node
+    smallest = widget.logic.sceneLogic().findingAt(table, int(np.argmin(volumes)))
+    assert node.displayedHeatmap is smallest.heatmapNode and smallest.id != target.id
+    assert slice_centres(views) == [pytest.approx(smallest.centroid, abs=1e-4)] * 3
+
+
+def necrotic_core_centre(small_case_volume) -> tuple[float, float, float]:
+    """RAS (mm) of the centre of the demo case's necrotic core, on the small case's grid."""
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    centre = int(np.argwhere(case.labels > 0)[:, 0].mean())
+    core = case.labels[centre - 5 : centre + 5] == demo_data.LABELS.index("necrotic_core")
+    k, j, i = np.argwhere(core).mean(axis=0)
+    matrix = vtk.vtkMatrix4x4()
+    small_case_volume.GetIJKToRASMatrix(matrix)
+    ras = matrix.MultiplyPoint((i, j, k, 1.0))
+    return (ras[0], ras[1], ras[2])
+
+
+def test_why_here_explains_the_finding_at_the_point_placed_in_a_view(opened, scene, small_case):
+    widget = opened(python=sys.executable)
+    ui, node = widget.ui, widget.logic.getParameterNode()
+    views = SliceViews(scene, size=(32, 32))
+    choose_demo_with_inputs(widget, scene, small_case)
+    ui.whyHereButton.click()
+    assert widget.errors == [] and widget.panel._run is None  # nothing runs before the point
+    points = node.whyHerePoint
+    assert points is not None and points.GetName() == "Why here?" and ui.whyHerePointSelector.currentNode() is points
+    application = slicer.app.applicationLogic()
+    assert application.GetSelectionNode().GetActivePlaceNodeID() == points.GetID()
+    assert application.GetInteractionNode().GetCurrentInteractionMode() == application.GetInteractionNode().Place
+    assert ui.statusLabel.text == "Why here? Click the point in a slice view."
+    centre = necrotic_core_centre(ui.inputVolumeSelector.currentNode())
+    points.AddControlPointWorld(vtk.vtkVector3d(*centre))  # the user clicks in a slice view
+    arguments = widget.panel._run.worker.arguments
+    assert ui.applyButton.text == "Cancel" and "--findings" not in arguments
+    assert [float(v) for v in arguments[arguments.index("--point") + 1].split(",")] == pytest.approx(centre)
+    run_to_end(widget)
+    assert widget.errors == [], widget.errors
+    table = node.findingsTable
+    chosen = widget.logic.sceneLogic().findingAt(table, 0)
+    assert table.GetNumberOfRows() == 1 and chosen.className == "necrotic_core"
+    assert re.search(
+        rf"why here: finding {chosen.id} \(necrotic_core\), \d+\.\d mm from the point", ui.statusLabel.text
+    )
+    assert node.displayedHeatmap is chosen.heatmapNode and foregrounds(scene) == [chosen.heatmapNode.GetID()] * 3
+    assert slice_centres(views) == [pytest.approx(chosen.centroid, abs=1e-4)] * 3
+    assert points.GetNumberOfControlPoints() == 1  # the user's point is kept
+    points.AddControlPointWorld(vtk.vtkVector3d(*centre))  # a point placed later, not after Why here?
+    assert widget.panel._run is None

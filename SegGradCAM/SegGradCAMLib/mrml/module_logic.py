@@ -163,8 +163,9 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
         source = self.modelSource(parameterNode)
         self.installLogic().ensureRequirements(self.requirementsKey(parameterNode, source), confirmed=confirmed)
 
-    def startRun(self, parameterNode):
-        """Install what is missing (after asking), then start the worker on the inputs (main thread)."""
+    def startRun(self, parameterNode, point=None):
+        """Install what is missing (after asking), then start the worker on the inputs (main thread).
+        ``point``: world RAS (mm) of a "Why here?" point: explain only the finding there."""
         self.installRequirements(parameterNode)
         source = self.modelSource(parameterNode)
         channels = self.modelInfo(parameterNode.modelName, parameterNode.modelPath).get("in_channels", 1)
@@ -182,6 +183,8 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
             trust=parameterNode.trustModel,
             threads=self.workerThreads(),
             faithfulness=parameterNode.faithfulness,
+            findings=parameterNode.findings,
+            point=point,
         )
 
     def startEvaluation(self, parameterNode, className: str):
@@ -202,12 +205,44 @@ class SegGradCAMModuleLogic(ScriptedLoadableModuleLogic):
         )
 
     def finishRun(self, run, parameterNode):
-        """Read the worker's outputs into nodes and show the first heatmap (main thread)."""
+        """Read the worker's outputs into nodes and show the first heatmap (main thread); a run with
+        findings shows its findings table, a "Why here?" run also its finding."""
         outputs = self.sceneLogic().finishRun(run)
         if not parameterNode.heatmapColorMap:
             parameterNode.heatmapColorMap = self.sceneLogic().heatmapColorNode()
         parameterNode.displayedHeatmap = next(iter(outputs.heatmapNodes.values()), None)
+        if outputs.findings is not None:
+            parameterNode.findingsTable = outputs.findings.tableNode
+            if outputs.findings.point is not None:
+                self.showFinding(parameterNode, 0)
         return outputs
+
+    def showFinding(self, parameterNode, row: int):
+        """The finding in ``row`` of the node's findings table: the slice views centred on it and its
+        heatmap shown; returns it (a :class:`~.findings.FindingTarget`; None for no row)."""
+        target = self.sceneLogic().findingAt(parameterNode.findingsTable, row)
+        if target is not None:
+            self.sceneLogic().jumpToFinding(target)
+            if target.heatmapNode is not None:
+                parameterNode.displayedHeatmap = target.heatmapNode
+        return target
+
+    def whyHerePoint(self, parameterNode):
+        """The node's "Why here?" point (world RAS, mm); None when it has none placed."""
+        return self.sceneLogic().pointOf(parameterNode.whyHerePoint)
+
+    def startPlacingWhyHerePoint(self, parameterNode):
+        """Let the user click the "Why here?" point in a view (a point list "Why here?" made when the
+        node has none); returns the point list."""
+        if parameterNode.whyHerePoint is None:
+            parameterNode.whyHerePoint = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLMarkupsFiducialNode", _("Why here?")
+            )
+        application = slicer.app.applicationLogic()
+        self.sceneLogic().startPlacingPoint(
+            parameterNode.whyHerePoint, application.GetSelectionNode(), application.GetInteractionNode()
+        )
+        return parameterNode.whyHerePoint
 
     def showHeatmap(self, parameterNode) -> None:
         """The node's heatmap over its input in every slice view; "None" hides the overlay."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -84,8 +84,8 @@ def removeWithDisplayAndStorage(scene, node) -> None:
 @dataclass
 class RunOutputs:
     """Nodes one run added: labelmap, segmentation, heatmaps (``(class, layer) -> node``), folder
-    item, and the faithfulness table (one row per heatmap) with its bar chart (None when the run
-    did not score them)."""
+    item, the faithfulness table (one row per heatmap) with its bar chart (None when the run did
+    not score them), and its findings' nodes (a :class:`~.findings.FindingOutputs`; None without)."""
 
     labelmapNode: object
     segmentationNode: object
@@ -93,6 +93,7 @@ class RunOutputs:
     folderItemID: int
     faithfulnessTableNode: object = None
     faithfulnessChartNode: object = None
+    findings: Any = None
 
 
 class SceneOutputs:
@@ -104,7 +105,6 @@ class SceneOutputs:
         """An explain run's outputs (``report`` = its explain.json, files in ``outFolder``) as
         nodes: label map, segmentation and one heatmap per class and layer, with the geometry of
         ``reference``; replaces only ``runKey``'s previous outputs."""
-
         labels = readVolumeArray(Path(outFolder) / report.segmentation)
         heatmaps = {
             (entry.name, layer): (readVolumeArray(Path(outFolder) / info.file), info)

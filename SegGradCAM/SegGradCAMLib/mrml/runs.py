@@ -36,9 +36,12 @@ import numpy as np
 
 from ..dicom_options import DicomOptions
 from ..errors import SegGradCAMError
+from ..finding_options import FindingOptions
 from ..models.cards import model_terminology
 from ..options import EvaluateOptions, ExplainOptions
 from ..reports import EvaluationReport, ExplainReport
+from ..volumes.files import safe_filename
+from .findings import SceneFindings
 from .inputs import SceneInputs, writeVolumeArray
 from .outputs import RunOutputs, SceneOutputs
 from .terminology import tagSegments
@@ -85,9 +88,10 @@ def caseFailure(outFolder: Path) -> str | None:
     return rows[0]["message"] if rows else None
 
 
-class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
+class SegGradCAMSceneLogic(SceneInputs, SceneOutputs, SceneFindings):
     """SegGradCAM's logic on the given MRML scene: the run's inputs (:class:`~.inputs.SceneInputs`),
-    its worker (here) and its outputs (:class:`~.outputs.SceneOutputs`)."""
+    its worker (here), its outputs (:class:`~.outputs.SceneOutputs`) and its findings
+    (:class:`~.findings.SceneFindings`)."""
 
     def __init__(self, scene, python: str | None = None, launcher: Sequence[str] = ()) -> None:
         """``python``: the worker's interpreter (default: ``PythonSlicer`` in 3D Slicer, else this
@@ -113,6 +117,8 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
         threads: int = 0,
         faithfulness: bool = False,
         dicomSeries: Sequence[str] = (),
+        findings: bool = False,
+        point: tuple[float, float, float] | None = None,
     ) -> ExplainRun:
         """Check the inputs, write them as NRRD to a fresh temporary folder and start the
         worker (``python -m SegGradCAMLib explain ...``) on them. ``model``: a registered name
@@ -121,7 +127,11 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
         ``faithfulness``: score each heatmap (``explain --faithfulness``; its verdict lands in each
         heatmap node's ``SegGradCAM.Faithfulness`` attribute). ``dicomSeries``: the DICOM series
         folders the input nodes were read from (one per node, in order): the worker reads these
-        instead and also writes the DICOM SEG and Parametric Maps (``explain --dicom``)."""
+        instead and also writes the DICOM SEG and Parametric Maps (``explain --dicom``).
+        ``findings``: explain each finding (connected component) on its own, with probability and
+        entropy maps (``explain --findings``; :mod:`.findings` adds their nodes). ``point``: a world
+        RAS point (mm): explain only the finding there (``explain --point``, "Why here?"); its
+        outputs have a run key of their own, so they replace only the previous "Why here?" run's."""
         volumes = self._checkedInputs(inputVolumeNodes, model, classes)
         region = self.regionMask(volumes[0], regionSegmentationNode, regionSegmentId, regionROINode)
 
@@ -143,10 +153,11 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
                 trust_model=trust,
                 threads=threads,
                 faithfulness=faithfulness,
+                findings=FindingOptions(findings=findings, point=point),
             )
             return ["explain", *options.to_argv()]
 
-        return self._startWorker(volumes, model, arguments, f"{method}")
+        return self._startWorker(volumes, model, arguments, method if point is None else f"{method} why here")
 
     def startEvaluation(
         self,
@@ -190,16 +201,19 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
     def _startWorker(
         self, volumes: list, model: str, arguments: Callable[[Path, list[str]], list[str]], what: str
     ) -> ExplainRun:
-        """Write the volumes to a fresh temporary folder and start the worker on the command
-        ``arguments(folder, input paths)`` (built by the options' ``to_argv``)."""
+        """Write the volumes to a fresh temporary folder (each in a folder of its own, its file
+        named as its node, which the worker's reports use as the channel's name) and start the
+        worker on the command ``arguments(folder, input paths)`` (built by the options' ``to_argv``)."""
         import slicer
 
         folder = temporaryFolder()
         try:
             paths = []
-            for index, node in enumerate(volumes):
-                paths.append(str(folder / f"input{index}.nrrd"))
-                writeVolumeArray(slicer.util.arrayFromVolume(node), node, Path(paths[-1]))
+            for index, node in enumerate(volumes):  # named as the node: the worker's name of the channel
+                path = folder / f"input{index}" / f"{safe_filename(node.GetName()) or 'input'}.nrrd"
+                path.parent.mkdir()
+                writeVolumeArray(slicer.util.arrayFromVolume(node), node, path)
+                paths.append(str(path))
             worker = WorkerProcess(arguments(folder, paths), folder, python=self.python, launcher=self.launcher)
             worker.start()
         except BaseException:
@@ -280,14 +294,22 @@ class SegGradCAMSceneLogic(SceneInputs, SceneOutputs):
 
     def finishRun(self, run: ExplainRun) -> RunOutputs:
         """Read the finished worker's outputs into nodes (main thread), as :meth:`addOutputs`, each
-        segment with its class's codes from the model's card (:mod:`.terminology`). Raises the
-        worker's one-line message if it failed. The run's temporary folder is removed in every case."""
+        segment with its class's codes from the model's card (:mod:`.terminology`), and its findings
+        as :meth:`addFindings` when it has any. Raises the worker's one-line message if it failed;
+        the outputs are whole or absent. The run's temporary folder is removed in every case."""
         try:
             self._checkFinished(run)
             report = ExplainReport.read(run.outFolder)
             codes = model_terminology(run.model, report.model.labels)
-            outputs = self.addOutputs(report, run.outFolder, self.scene.GetNodeByID(run.inputNodeIDs[0]), run.runKey)
-            tagSegments(outputs.segmentationNode, codes, report.model.name)
+            reference = self.scene.GetNodeByID(run.inputNodeIDs[0])
+            outputs = self.addOutputs(report, run.outFolder, reference, run.runKey)
+            try:
+                tagSegments(outputs.segmentationNode, codes, report.model.name)
+                if report.findings is not None or report.uncertainty:
+                    outputs.findings = self.addFindings(report, run.outFolder, outputs, reference)
+            except BaseException:
+                self.removeRunOutputs(run.runKey)
+                raise
         finally:
             shutil.rmtree(run.folder, ignore_errors=True)
         logging.info(

@@ -20,6 +20,7 @@ from slicer.util import VTKObservationMixin
 
 from ..errors import SegGradCAMError
 from ..selection import split_list
+from .findings_panel import FindingsPanel
 from .outputs import OUTPUT_ATTRIBUTE
 
 MODEL_FROM_PATH = "From file or folder"
@@ -31,6 +32,7 @@ SELECTORS_LOCKED_WHILE_RUNNING = (
     "inputVolume3Selector",
     "inputVolume4Selector",
     "evaluateButton",
+    "whyHereButton",
 )
 
 
@@ -39,11 +41,12 @@ def _mrmlNode(parameterNode):
     return getattr(parameterNode, "parameterNode", None)
 
 
-class SegGradCAMPanel(VTKObservationMixin):
+class SegGradCAMPanel(FindingsPanel, VTKObservationMixin):
     """Collects parameters, starts runs, shows results. No computation here.
 
     ``ui``: the panel's widgets by name; ``logic``: the module's logic (``SegGradCAMLogic``), which
-    gives the parameter node, model facts and the scene logic.
+    gives the parameter node, model facts and the scene logic. The Findings section's slots are
+    :class:`~.findings_panel.FindingsPanel`'s.
     """
 
     def __init__(self, ui, logic) -> None:
@@ -79,6 +82,7 @@ class SegGradCAMPanel(VTKObservationMixin):
         self.ui.classesCheckableComboBox.connect("checkedIndexesChanged()", self.onCheckedNamesChanged)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
         self.ui.showLogButton.visible = False
+        self.setupFindings()
         self.initializeParameterNode()
 
     def offerKnownModelFolders(self) -> None:
@@ -146,6 +150,7 @@ class SegGradCAMPanel(VTKObservationMixin):
         if self._choicesOf(node) != self._shownChoices:
             self.updateModelChoices()
         self.showRegionSegment()
+        self.showFindingsTable()
         running, busy = self._run is not None, self._run is not None or self._installing
         self.ui.applyButton.enabled = not self._installing and (running or bool(node.inputVolume))
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
@@ -363,8 +368,10 @@ class SegGradCAMPanel(VTKObservationMixin):
             )
             return
         outputs = self.logic.finishRun(run, self._parameterNode)
-        self.ui.statusLabel.text = _("{count} heatmap(s) in {seconds:.1f} s").format(
-            count=len(outputs.heatmapNodes), seconds=run.worker.finalEvent["seconds"]
+        self.ui.statusLabel.text = _("{count} heatmap(s){findings} in {seconds:.1f} s").format(
+            count=len(outputs.heatmapNodes),
+            findings=self.findingsStatus(outputs),
+            seconds=run.worker.finalEvent["seconds"],
         )
         if outputs.faithfulnessChartNode is not None:
             slicer.modules.plots.logic().ShowChartInLayout(outputs.faithfulnessChartNode)
