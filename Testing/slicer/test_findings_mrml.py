@@ -7,6 +7,7 @@ the nodes removed on failure and when a run's outputs are replaced."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 
@@ -18,7 +19,7 @@ from slicer_harness import scene_with_slice_views
 
 from SegGradCAMLib.errors import SegGradCAMError
 from SegGradCAMLib.models import DEFAULT_MULTICLASS_MODEL as DEMO
-from SegGradCAMLib.mrml.findings import CENTROID_COLUMNS, FINDING_ATTRIBUTE, MAP_ATTRIBUTE
+from SegGradCAMLib.mrml.findings import CENTROID_COLUMNS, FINDING_ATTRIBUTE, MAP_ATTRIBUTE, findingsTableColumns
 from SegGradCAMLib.mrml.outputs import OUTPUT_ATTRIBUTE
 from SegGradCAMLib.mrml.runs import SegGradCAMSceneLogic
 from SegGradCAMLib.mrml.slice_views import SliceViews
@@ -206,3 +207,18 @@ def test_a_failure_while_adding_findings_removes_the_whole_run_and_cancel_adds_n
     with pytest.raises(Exception, match="heatmap_edema_f1"):
         case.logic.finishRun(run)
     assert node_names(case.scene) == before and not run.folder.exists()
+
+
+def test_table_columns_follow_what_the_findings_hold():
+    """A one-channel nnU-Net run with several folds and no probabilities: a fold-disagreement column,
+    NaN where findings.json has null, no reliance columns."""
+    findings = [
+        {"id": 1, "class": "brain", "volume_ml": 1.5, "centroid_ras": [1.0, 2.0, 3.0], "probability_mean": None},
+        {"id": 2, "class": "brain", "volume_ml": 0.5, "centroid_ras": [4.0, 5.0, 6.0], "probability_mean": None},
+    ]
+    findings[0]["fold_disagreement_mean"] = 0.25
+    columns = {name: values for name, _, values in findingsTableColumns(findings)}
+    assert columns["fold disagreement"][0] == 0.25 and math.isnan(columns["fold disagreement"][1])
+    assert all(math.isnan(v) for v in columns["mean probability"]) and "mean entropy" not in columns
+    assert [columns[name] for name in CENTROID_COLUMNS] == [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]
+    assert not [name for name in columns if "(occlusion)" in name or "(input gradient)" in name]
