@@ -17,7 +17,7 @@ import torch
 
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.pipelines import cases_from_volume
-from SegGradCAMLib.evaluation.faithfulness import explanation_faithfulness
+from SegGradCAMLib.evaluation.faithfulness import Target, explanation_faithfulness
 from SegGradCAMLib.models import load_model
 from SegGradCAMLib.models.declarations import DEFAULT_MULTICLASS_MODEL
 
@@ -33,6 +33,7 @@ def main() -> None:
     model = load_model(DEFAULT_MULTICLASS_MODEL)
     layer = model.chosen_layers("auto")
     classes = list(range(1, len(model.spec.labels)))
+    targets = [Target(c) for c in classes]
     rows = []
     for index, (case, _) in enumerate(itertools.islice(demo_data.iter_cases(demo_data.EVAL_SEED), args.cases)):
         found = cases_from_volume(model, case.image, (demo_data.SPACING_MM,) * 3, None, f"case {index}", classes)
@@ -40,16 +41,16 @@ def main() -> None:
             scores = {}
             for step in STEPS:
                 start = time.perf_counter()
-                scores[step] = explanation_faithfulness(model, found, classes, layer, method, step=step)
+                scores[step] = explanation_faithfulness(model, found, targets, layer, method, step=step)
                 seconds = time.perf_counter() - start
                 print(f"case {index} {method} step {step:g}: {seconds:.1f} s")
-            for (c, _), coarse in scores[STEPS[0]].items():
-                fine = scores[STEPS[1]][(c, layer[0])]
+            for (target, _), coarse in scores[STEPS[0]].items():
+                fine = scores[STEPS[1]][(target, layer[0])]
                 rows.append(
                     {
                         "case": index,
                         "method": method,
-                        "class": model.spec.labels[c],
+                        "class": model.spec.labels[target.class_index],
                         "deletion": [coarse["deletion_auc"], fine["deletion_auc"]],
                         "insertion": [coarse["insertion_auc"], fine["insertion_auc"]],
                         "verdict": [coarse["verdict"], fine["verdict"]],

@@ -84,11 +84,13 @@ class ExplainSettings:
 
 @dataclass
 class EvalCase:
-    """One unit of evaluation on the model grid: ``image`` ``(Cin, *S)`` normalised, ``spacing`` in mm."""
+    """One unit of evaluation on the model grid: ``image`` ``(Cin, *S)`` normalised, ``spacing`` in mm,
+    and the findings' ``regions`` ``(K, *S)`` bool on it (scoring finding maps), else None."""
 
     name: str
     image: torch.Tensor
     spacing: tuple[float, ...]
+    regions: torch.Tensor | None = None
 
 
 def _predicted_labels(model: LoadedModel, images: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
@@ -109,23 +111,32 @@ def cases_from_volume(
     classes: Sequence[int],
     batch_size: int = 32,
     device: str = "cpu",
+    regions: np.ndarray | None = None,
 ) -> list[EvalCase]:
-    """Cases of one volume ``(Cin, Z, Y, X)`` (spacing in mm, array order).
+    """Cases of one volume ``(Cin, Z, Y, X)`` (spacing in mm, array order), each with its part of the
+    findings' ``regions`` ``(K, Z, Y, X)`` bool (on the volume's grid) when given.
 
     3D models: the whole volume on the model grid, padded. 2D models: the slices in
-    which the network predicts at least one of ``classes``.
+    which the network predicts at least one of ``classes`` or that show a finding.
     """
     spec = model.spec
     check_volume(image, spec)
     x, grid = prepare_input(spec, image, spacing, direction)
+    found = None if regions is None else grid.to_model(regions.astype(np.uint8), labels=True).bool()
     if spec.spatial_dims == 3:
-        x = pad_end(x, padded_shape(x.shape[1:], spec.divisible_by, spec.roi_size or spec.min_size))
-        return [EvalCase(name, x, grid.spacing)]
+        shape = padded_shape(x.shape[1:], spec.divisible_by, spec.roi_size or spec.min_size)
+        return [EvalCase(name, pad_end(x, shape), grid.spacing, None if found is None else pad_end(found, shape))]
     slices = x.permute(1, 0, 2, 3)  # (Z, Cin, Y, X)
     slices = pad_end(slices, padded_shape(slices.shape[2:], spec.divisible_by, spec.min_size))
     labels = _predicted_labels(model, slices, device, batch_size)
     present = torch.stack([(labels == c).flatten(1).any(1) for c in classes]).any(0)
-    return [EvalCase(f"{name}[{z}]", slices[z], grid.spacing[1:]) for z in torch.nonzero(present).flatten().tolist()]
+    if found is not None:
+        found = pad_end(found.permute(1, 0, 2, 3), slices.shape[2:])  # (Z, K, Y, X)
+        present |= found.flatten(1).any(1)
+    return [
+        EvalCase(f"{name}[{z}]", slices[z], grid.spacing[1:], None if found is None else found[z])
+        for z in torch.nonzero(present).flatten().tolist()
+    ]
 
 
 def nnunet_case(model: LoadedModel, paths: Sequence[str], name: str) -> EvalCase:
@@ -156,7 +167,9 @@ class Pipeline(Protocol):
         on_heatmap: HeatmapCallback | None,
     ) -> VolumeExplanation: ...
 
-    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]: ...
+    def faithfulness_cases(
+        self, inputs: InputVolumes, classes: Sequence[int], device: str, regions: np.ndarray | None = None
+    ) -> list[EvalCase]: ...
 
     def report_note(self, settings: ExplainSettings) -> dict | None: ...
 
@@ -214,10 +227,20 @@ class VolumePipeline:
             request=settings.request,
         )
 
-    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]:
-        """The volume on the model's grid (3D) or its slices showing a class (2D)."""
+    def faithfulness_cases(
+        self, inputs: InputVolumes, classes: Sequence[int], device: str, regions: np.ndarray | None = None
+    ) -> list[EvalCase]:
+        """The volume on the model's grid (3D) or its slices showing a class or a finding (2D), with
+        the findings' ``regions`` ``(K, Z, Y, X)`` bool (input grid) on each."""
         return cases_from_volume(
-            self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, "volume", classes, device=device
+            self.model,
+            inputs.image,
+            inputs.spacing_zyx,
+            inputs.reference.direction,
+            "volume",
+            classes,
+            device=device,
+            regions=regions,
         )
 
     def evaluation_cases(
@@ -318,10 +341,17 @@ class NnunetPipeline:
             on_heatmap=on_heatmap,
         )
 
-    def faithfulness_cases(self, inputs: InputVolumes, classes: Sequence[int], device: str) -> list[EvalCase]:
+    def faithfulness_cases(
+        self, inputs: InputVolumes, classes: Sequence[int], device: str, regions: np.ndarray | None = None
+    ) -> list[EvalCase]:
         """The volume as nnU-Net preprocesses it (its files checked when read), scored with the first
-        fold's weights (as evaluate does)."""
+        fold's weights (as evaluate does); finding maps (``regions``) are not scored on its grid yet."""
         self.check_scorable()
+        if regions is not None:
+            raise SegGradCAMError(
+                f"{self.model.spec.name}: scoring finding maps (--findings with --faithfulness) is not available "
+                "for nnU-Net models yet; leave out --faithfulness or --findings."
+            )
         self.model.network.load_state_dict(self.model.nnunet_parts().parameters[0])
         return [nnunet_case(self.model, inputs.paths, "volume")]
 

@@ -37,12 +37,7 @@ def print_summary(report: ExplainReport, out: Path) -> None:
             f"within 3 mm {info.energy_inside + info.energy_shell:.1%} -> {out / info.file}"
         )
         if info.faithfulness is not None:
-            score = info.faithfulness
-            print(
-                f"    faithfulness: {score['verdict']} (Deletion AUC {score['deletion_auc']:.3f}, random "
-                f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
-                f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f}; {score['basis']})"
-            )
+            print(f"    faithfulness: {faithfulness_text(info.faithfulness)}")
         if entry.reliance is not None and layer == report.layers[0]:
             print(f"    relies on: {reliance_text(entry.reliance)}")
     if report.findings is not None:
@@ -56,6 +51,15 @@ def print_summary(report: ExplainReport, out: Path) -> None:
         print(f"DICOM: {out / 'dicom'} (a SEG and {maps} Parametric Map{'s' if maps != 1 else ''}{stored})")
     print(f"Wrote {out / 'explain.json'} ({report.timings['total_s']:.1f} s in all)")
     print(f"See it in the browser viewer: seggradcam web {out}   (3D Slicer: load the .nrrd files)")
+
+
+def faithfulness_text(score: dict) -> str:
+    """One line: the verdict, then the Deletion AUC against the random orderings' and the mask's."""
+    return (
+        f"{score['verdict']} (Deletion AUC {score['deletion_auc']:.3f}, random "
+        f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
+        f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f}; {score['basis']})"
+    )
 
 
 def reliance_text(reliance: dict[str, dict[str, float]]) -> str:
@@ -83,5 +87,7 @@ def print_findings(findings: dict, out: Path) -> None:
             f"{layer['energy_inside']:.0%}, within 7 mm {layer['energy_inside'] + layer['energy_shell']:.0%} "
             f"-> {out / layer['file']}"
         )
+        if "faithfulness" in layer:
+            print(f"    faithfulness: {faithfulness_text(layer['faithfulness'])}")
         if "reliance" in finding:
             print(f"    relies on: {reliance_text(finding['reliance'])}")

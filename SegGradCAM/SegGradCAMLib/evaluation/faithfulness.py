@@ -1,8 +1,9 @@
 """A faithfulness score and verdict for each heatmap of one explain run (``explain --faithfulness``).
 
-For each explained class and layer, on this volume only: Deletion and Insertion AUC of the
-map (the segmentation-aware scores of :mod:`.deletion_insertion`: mean class probability over
-the originally predicted mask, blurred copy as what removed voxels become), the same curves
+For each explained target (a class, or a finding: one connected component of a class) and layer,
+on this volume only: Deletion and Insertion AUC of the map (the segmentation-aware scores of
+:mod:`.deletion_insertion`: mean class probability over the target's mask, the class's originally
+predicted mask or the finding's, blurred copy as what removed voxels become), the same curves
 for :data:`RANDOM_ORDERINGS` random orderings (fixed seeds) and for the mask baseline (mask
 voxels first, in random order), and a verdict:
 
@@ -11,7 +12,7 @@ voxels first, in random order), and a verdict:
 - better than the mask: both AUCs better than the mask baseline's.
 
 Cases are those of :func:`~SegGradCAMLib.pipelines.cases_from_volume` (2D models: the
-``max_slices`` slices with the largest predicted area of the class; 3D models: the volume) or,
+``max_slices`` slices with the largest area of the target's mask; 3D models: the volume) or,
 for nnU-Net folders, :func:`~SegGradCAMLib.pipelines.nnunet_case` (the volume as nnU-Net
 preprocesses it); AUCs averaged over them. The verdict says what it rests on, so nobody reads
 it as a validation of the model.
@@ -34,6 +35,22 @@ from .sanity import random_heatmap
 RANDOM_ORDERINGS = 5
 DEFAULT_STEP = 0.05
 DEFAULT_MAX_SLICES = 5
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a heatmap explains on each case: class ``class_index`` over its predicted mask, or, with
+    ``finding`` (the position of a finding's mask in each case's ``regions``), over that finding only."""
+
+    class_index: int
+    finding: int | None = None
+
+    def mask(self, case: EvalCase, labels: torch.Tensor) -> torch.Tensor:
+        """The target's mask ``(*S)`` bool on ``case``, whose predicted labels are ``labels`` ``(*S)``."""
+        if self.finding is None:
+            return labels == self.class_index
+        assert case.regions is not None, "a finding's target needs the cases' regions"
+        return case.regions[self.finding]
 
 
 @dataclass
@@ -146,7 +163,7 @@ def summarise(
     return summary
 
 
-def _class_curves(
+def _target_curves(
     model: LoadedModel,
     cases: Sequence[tuple[EvalCase, torch.Tensor]],
     c: int,
@@ -157,23 +174,24 @@ def _class_curves(
     seed: int,
     scored: Callable[[int], None],
 ):
-    """Deletion/Insertion curves of class ``c`` over its ``cases`` (case, labels ``(*S)``), pooled:
-    the maps' per layer, the random orderings' and the mask's."""
+    """Deletion/Insertion curves of class ``c`` over its ``cases`` (case, target mask ``(*S)``), pooled:
+    the maps' per layer (the class logit summed over the mask explained), the random orderings' and
+    the mask's."""
     from .deletion_insertion import DEFAULT_SIGMA_MM
 
     network = model.network
     per_map = {layer: _Curves([], []) for layer in layers}
     randoms = [_Curves([], []) for _ in range(RANDOM_ORDERINGS)]
     mask_curves = _Curves([], [])
-    for case, labels in cases:
+    for case, target_mask in cases:
         x = case.image[None].to(device)
-        cams = seg_grad_cam(network, x, list(layers), [c], method, upsample=True)
+        cams = seg_grad_cam(network, x, list(layers), [c], method, target_mask[None, None].to(device), upsample=True)
         replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
         maps, random, mask = score_class(
             network,
             case.image.float(),
             replacement,
-            labels == c,
+            target_mask,
             c,
             {layer: cams[layer][0, 0].float().cpu() for layer in layers},
             model.spec.output_activation,
@@ -194,7 +212,7 @@ def _class_curves(
 def explanation_faithfulness(
     model: LoadedModel,
     found: Sequence[EvalCase],
-    classes: Sequence[int],
+    targets: Sequence[Target],
     layers: Sequence[str],
     method: str,
     device: str = "cpu",
@@ -202,20 +220,20 @@ def explanation_faithfulness(
     max_slices: int = DEFAULT_MAX_SLICES,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[tuple[int, str], dict]:
-    """Scores and verdicts of ``method`` on ``layers`` for each class of one volume, given as its
-    cases on the model grid (:func:`~SegGradCAMLib.pipelines.cases_from_volume`,
-    :func:`~SegGradCAMLib.pipelines.nnunet_case`):
-    ``(class index, layer) -> faithfulness`` (classes not predicted anywhere are left out).
-    ``progress(done, total)`` counts network calls; each entry records its own."""
+) -> dict[tuple[Target, str], dict]:
+    """Scores and verdicts of ``method`` on ``layers`` for each target (class or finding) of one
+    volume, given as its cases on the model grid (:func:`~SegGradCAMLib.pipelines.cases_from_volume`,
+    :func:`~SegGradCAMLib.pipelines.nnunet_case`): ``(target, layer) -> faithfulness`` (targets
+    whose mask is empty on every case are left out). ``progress(done, total)`` counts network
+    calls; each entry records its own."""
     from .deletion_insertion import DEFAULT_SIGMA_MM
 
     network = model.network.to(device).eval()
     with torch.no_grad():  # each case's labels once, for every class
         labelled = [(case, label_map(network(case.image[None].to(device)))[0].cpu()) for case in found]
-    by_class = {c: _cases_with_class(labelled, c, max_slices) for c in classes}
+    by_target = {target: _cases_of(labelled, target, max_slices) for target in targets}
     per_case = calls_per_case(len(layers), step)
-    calls = {"done": 0, "total": sum(len(cases) for cases in by_class.values()) * per_case}
+    calls = {"done": 0, "total": sum(len(cases) for cases in by_target.values()) * per_case}
 
     def scored(n: int) -> None:
         calls["done"] += n
@@ -223,20 +241,22 @@ def explanation_faithfulness(
             progress(calls["done"], calls["total"])
 
     results = {}
-    for c, cases in by_class.items():
-        per_map, randoms, mask_curves = _class_curves(model, cases, c, layers, method, device, step, seed, scored)
+    for target, cases in by_target.items():
+        c = target.class_index
+        per_map, randoms, mask_curves = _target_curves(model, cases, c, layers, method, device, step, seed, scored)
         if cases:
             for layer, entry in summarise(
                 per_map, randoms, mask_curves, step, len(cases), f"blur {DEFAULT_SIGMA_MM:g} mm"
             ).items():
-                results[(c, layer)] = {**entry, "network_calls": len(cases) * per_case}
+                results[(target, layer)] = {**entry, "network_calls": len(cases) * per_case}
     return results
 
 
-def _cases_with_class(labelled: list, c: int, max_slices: int) -> list:
-    """Of the (case, predicted labels ``(*S)``) pairs, those where class ``c`` is predicted: the
-    ``max_slices`` with the largest predicted area of the class (small masks give noisy curves),
+def _cases_of(labelled: list, target: Target, max_slices: int) -> list:
+    """Of the (case, predicted labels ``(*S)``) pairs, the (case, target mask ``(*S)``) pairs where
+    the mask is not empty: the ``max_slices`` with the largest mask (small masks give noisy curves),
     in their order."""
-    kept = [(case, labels) for case, labels in labelled if (labels == c).any()]
-    largest = sorted(sorted(range(len(kept)), key=lambda i: -int((kept[i][1] == c).sum()))[:max_slices])
+    masks = [(case, target.mask(case, labels)) for case, labels in labelled]
+    kept = [(case, mask) for case, mask in masks if mask.any()]
+    largest = sorted(sorted(range(len(kept)), key=lambda i: -int(kept[i][1].sum()))[:max_slices])
     return [kept[i] for i in largest]

@@ -81,21 +81,30 @@ def score_faithfulness(
     device: str,
     step: ProgressCallback,
 ) -> None:
-    """Each heatmap's Deletion/Insertion score against random orderings and the mask, into its entry."""
-    from ..evaluation.faithfulness import explanation_faithfulness
+    """Each heatmap's Deletion/Insertion score against random orderings and its target's mask (the
+    class's, or the finding's), into its entry."""
+    from ..evaluation.faithfulness import Target, explanation_faithfulness
 
-    cases = pipeline.faithfulness_cases(inputs, result.classes, device)
+    found = result.findings
+    findings = [] if found is None else found.findings
+    regions = None if found is None else found.regions(result.labels.shape)  # (K, Z, Y, X) bool
+    cases = pipeline.faithfulness_cases(inputs, result.classes, device, regions)
+    del regions  # the cases hold them on the model's grid
+    targets = [Target(c) for c in result.classes] + [Target(f.class_index, k) for k, f in enumerate(findings)]
     scores = explanation_faithfulness(
         pipeline.model,
         cases,
-        result.classes,
+        targets,
         result.layers,
         result.method,
         device,
         progress=lambda done, total: step("faithfulness", done, total),
     )
-    for (c, layer), entry in scores.items():
-        writer.entries[c].layers[layer].faithfulness = entry
+    for (target, layer), entry in scores.items():
+        if target.finding is None:
+            writer.entries[target.class_index].layers[layer].faithfulness = entry
+        else:
+            writer.finding_layers[findings[target.finding].id][layer].faithfulness = entry
 
 
 def write_segmentation_and_overview(
