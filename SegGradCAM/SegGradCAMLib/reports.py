@@ -223,8 +223,9 @@ class EvaluationReport(_ReportFile):
 class CohortSummary:
     """What a cohort run did (``cohort.json``'s ``last_run``; ``metrics.json``'s ``cohort``): its
     engine, the cases of its list, those done now, skipped (complete before) and failed, the worker
-    processes, how often a model loaded, its seconds, and the finished cases run again because
-    their input files changed (counted in ``done``)."""
+    processes, how often a model loaded, its seconds, the finished cases run again because
+    their input files changed (counted in ``done``), and the findings each case done now explained
+    (``explain --findings``: case id -> count; absent otherwise)."""
 
     engine: str
     cases: int
@@ -235,9 +236,10 @@ class CohortSummary:
     model_loads: int
     seconds: float
     recomputed: int = 0
+    findings: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _without_none(dataclasses.asdict(self), ("findings",))
 
 
 def _check_schema(data: dict[str, Any], version: int, name: str) -> None:

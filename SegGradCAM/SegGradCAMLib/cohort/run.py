@@ -50,6 +50,7 @@ class CohortReport:
     failed: dict[str, str] = field(default_factory=dict)
     recomputed: list[str] = field(default_factory=list)  # finished before, run again: their inputs changed
     notes: list[str] = field(default_factory=list)  # what the run did besides its cases, one line each
+    findings: dict[str, int] = field(default_factory=dict)  # case id -> findings explained (explain --findings)
     processes: set = field(default_factory=set)
     model_loads: int = 0
     seconds: float = 0.0
@@ -65,6 +66,7 @@ class CohortReport:
             self.model_loads,
             round(self.seconds, 3),
             len(self.recomputed),
+            dict(self.findings) or None,
         )
 
 
@@ -74,15 +76,16 @@ def partial_folder(folder: Path) -> Path:
 
 def run_case(task, case: CohortCase, out: Path) -> dict:
     """One case (in whichever process runs it): its outputs into ``task.folder(out, case)``, or
-    its one-line message. Returns a small record of what happened."""
+    its one-line message. Returns a small record of what happened (and what the task's run adds:
+    the findings an explain case explained)."""
     final = task.folder(out, case.id)
     staging = partial_folder(final)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     loads, start = model_loads(), time.perf_counter()
-    status, message = "done", ""
+    status, message, added = "done", "", {}
     try:
-        task.run(case, staging)
+        added = task.run(case, staging)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
     except SegGradCAMError as error:
@@ -99,6 +102,7 @@ def run_case(task, case: CohortCase, out: Path) -> dict:
         "seconds": round(time.perf_counter() - start, 3),
         "process": f"{socket.gethostname()}:{os.getpid()}",
         "model_loads": model_loads() - loads,
+        **added,
     }
 
 
@@ -231,6 +235,8 @@ def run_cohort(
     def record(result: dict) -> None:
         if result["status"] == "done":
             report.done.append(result["case"])
+            if "findings" in result:
+                report.findings[result["case"]] = result["findings"]
         else:
             report.failed[result["case"]] = result["message"]
         if "process" in result:

@@ -8,6 +8,7 @@ loaded once per process.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,15 +64,30 @@ class ExplainTask:
         }
         if o.dicom.write_dicom:  # recorded only when given: cohorts of earlier releases resume
             keep["dicom"] = True
+        keep.update(self._finding_options())
         return {k: option_text(v) for k, v in keep.items()}  # as typed on the command line
 
-    def run(self, case: CohortCase, folder: Path) -> None:
+    def _finding_options(self) -> dict:
+        """The findings and probability options in effect, recorded only when given (as ``dicom``)."""
+        f = self.options.findings
+        keep: dict = {}
+        if f.wanted:
+            keep.update(findings=True, min_finding_mm3=f.min_finding_mm3, max_findings=f.max_findings)
+            if f.point is not None:
+                keep.update(point=f.point, point_radius_mm=f.point_radius_mm)
+        if f.writes_probabilities:
+            keep["probabilities"] = True
+        return keep
+
+    def run(self, case: CohortCase, folder: Path) -> dict:
+        """One case's outputs into ``folder``; what its record adds: the findings it explained."""
         from ..runs.explain import explain_files
 
         options = self.options.for_case(case.inputs, folder, self.device)
-        explain_files(
+        report = explain_files(
             options, None, lambda o, device: cached_pipeline(o.model, o.trust_model, device, o.folds, o.checkpoint)
         )
+        return {} if report.findings is None else {"findings": len(report.findings["findings"])}
 
 
 @dataclass
@@ -99,7 +115,7 @@ class EvaluateTask:
             **{k: str(v) for k, v in config_dict(self.config).items() if k not in ("device", "max_memory_gb")},
         }
 
-    def run(self, case: CohortCase, folder: Path) -> None:
+    def run(self, case: CohortCase, folder: Path) -> dict:
         from ..evaluation.scoring import evaluate_volume, save_result
 
         pipeline = cached_pipeline(self.model, self.trust_model, self.config.device)
@@ -107,6 +123,7 @@ class EvaluateTask:
             pipeline, case.inputs, case.id, case.index, self.config, self.max_slices, self.max_voxels
         )
         save_result(result, folder, with_gallery=case.index < self.config.gallery)
+        return {}
 
 
 def finish_cohort(command: str, report: CohortReport, options: EngineOptions, cases: int, out: Path) -> CohortSummary:
@@ -114,6 +131,12 @@ def finish_cohort(command: str, report: CohortReport, options: EngineOptions, ca
     other cases' outputs stay)."""
     for note in report.notes:
         print(f"{command}: {note}")
+    if report.findings:
+        shown = ", ".join(f"{case} {n}" for case, n in itertools.islice(report.findings.items(), 5))
+        print(
+            f"{command}: {sum(report.findings.values())} findings in the {len(report.findings)} case(s) done now "
+            f"({shown}{', ...' if len(report.findings) > 5 else ''}); each case's in {out}/<case>/findings.json"
+        )
     where = f"Ray ({options.ray_address or 'local instance'})" if options.engine == "ray" else "this process"
     print(
         f"{command}: {cases} cases -> {out}: {len(report.done)} done in {report.seconds:.1f} s, "
