@@ -38,6 +38,10 @@ INPUT_GRADIENT = "input x gradient:{}"
 name has this form (module names have no spaces)."""
 
 
+TargetsOf = Callable[[torch.Tensor], tuple[Sequence[int], torch.Tensor]]
+"""Targets found from a pass's logits ``(B, C, *S)``: their classes and regions ``(B, n, *S)`` bool."""
+
+
 class CAMMaps(dict):
     """Maps by layer name, ``(len(classes), B, *s)`` each, with the ``logits`` ``(B, C, *S)``
     of the forward pass that produced them. Everything detached."""
@@ -298,7 +302,7 @@ def seg_grad_cam(
     layers,
     classes: Sequence[int],
     method: str = "gradcam",
-    regions: torch.Tensor | None = None,
+    regions: torch.Tensor | TargetsOf | None = None,
     relu: bool = True,
     upsample: bool = False,
     class_batch: int | None = None,
@@ -317,7 +321,9 @@ def seg_grad_cam(
         method: one of :data:`CAM_WEIGHTS`: ``"gradcam"``, ``"gradcam++"``, ``"hirescam"``
             or ``"layercam"``.
         regions: optional boolean masks ``(B, len(classes), *S)``; default is each
-            class's predicted mask (``argmax == c``).
+            class's predicted mask (``argmax == c``). Or a function of the pass's logits
+            ``(B, C, *S)`` (detached) giving the targets' classes and regions ``(B, n, *S)``
+            (targets known only once the network has segmented, as findings).
         relu: apply a ReLU to the maps.
         upsample: resize maps to the input's spatial size (linear interpolation, each
             layer voxel at the centre of its receptive field, traced through the network's
@@ -347,6 +353,8 @@ def seg_grad_cam(
     try:
         with _frozen_parameters(network), torch.enable_grad():
             logits, trace = _forward(network, inputs, modules, activations)
+            if callable(regions):
+                classes, regions = regions(logits.detach())
             classes = _check_classes(classes, logits.shape[1])
             regions = _target_regions(logits.detach(), classes, regions)
             scores = (logits[:, classes].float() * regions).flatten(2).sum(dim=(0, 2))  # (len(classes),)

@@ -29,7 +29,7 @@ from .layers import resolve_layers
 from .models.spec import LoadedModel
 from .model_grid import Direction, check_min_size, check_volume, prepare_input
 from .preprocessing import pad_end, padded_shape
-from .targets import TargetRequest, Targets, add_gradient_shares, first_pass_targets
+from .targets import TargetRequest, Targets, add_gradient_shares, add_occlusion, targets_from_logits
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``preprocess``, ``windows`` (3D), ``slices``
@@ -110,7 +110,7 @@ class _Runner:
     def _backward_step(self, done: int, total: int) -> None:
         self._step(self.cam_passes_done * total + done, self.cam_passes * total, "backward")
 
-    def _explain(self, x: torch.Tensor, regions: torch.Tensor | None) -> CAMMaps:
+    def _explain(self, x: torch.Tensor, regions: torch.Tensor | Callable | None) -> CAMMaps:
         """CAMs of a batch ``(B, Cin, *S)`` on the runner's device: maps ``(n, B, *S)``, logits ``(B, C, *S)``."""
         with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.amp):
             result = seg_grad_cam(
@@ -119,7 +119,7 @@ class _Runner:
                 self.layers,
                 self.classes,
                 self.method,
-                None if regions is None else regions.to(self.device),
+                regions.to(self.device) if isinstance(regions, torch.Tensor) else regions,
                 relu=True,
                 upsample=True,
                 on_backward=self._backward_step,
@@ -128,25 +128,38 @@ class _Runner:
         self.cam_passes_done += 1
         return result
 
-    def _cams(self, x: torch.Tensor, regions: torch.Tensor | None):
+    def _cams(self, x: torch.Tensor, regions: torch.Tensor | Callable | None):
         """As :meth:`_explain`, as float32 on the CPU: logits ``(B, C, *S)``, maps layer -> ``(n, B, *S)``."""
         result = self._explain(x, regions)
         return result.logits.float().cpu(), {k: v.float().cpu() for k, v in result.items()}
 
-    def run_3d(self, image: torch.Tensor, regions: torch.Tensor | None):
-        """image ``(Cin, Z, Y, X)`` -> logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``."""
+    def run_3d(self, image: torch.Tensor, regions: torch.Tensor | Callable | None):
+        """image ``(Cin, Z, Y, X)`` -> logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``.
+
+        ``regions`` ``(n, Z, Y, X)`` bool, or (whole-volume models) a function of the pass's logits
+        ``(C, Z, Y, X)`` giving the targets' classes and regions (see :func:`seg_grad_cam`)."""
         spec = self.model.spec
         if spec.roi_size is not None:
+            assert not callable(regions)
             return self._sliding_window(image, regions)
         shape = image.shape[1:]
         target = padded_shape(shape, spec.divisible_by, spec.min_size)
-        image = pad_end(image, target)
-        if regions is not None:
-            regions = pad_end(regions, target)
-        self._step(0, 1)
-        logits, maps = self._cams(image[None], None if regions is None else regions[None])
-        self._step(1, 1)
         crop = (slice(None),) + tuple(slice(0, n) for n in shape)
+        image = pad_end(image, target)
+        targets = regions
+        if callable(regions):
+            found = regions
+
+            def targets(logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+                classes, masks = found(logits[0].float().cpu()[crop])
+                self.classes = classes
+                return classes, pad_end(masks, target)[None].to(logits.device)
+
+        elif regions is not None:
+            targets = pad_end(regions, target)[None]
+        self._step(0, 1)
+        logits, maps = self._cams(image[None], targets)
+        self._step(1, 1)
         return logits[0][crop], {k: v[:, 0][crop] for k, v in maps.items()}
 
     def _stitch(self, image: torch.Tensor, roi: tuple[int, ...], predictor: Callable, with_coord: bool = False):
@@ -334,19 +347,39 @@ def explain_volume(
 
     runner = _Runner(model, layer_names, classes, method, device, progress, cancel, amp, batch_size)
     start = time.perf_counter()
-    labels, targets = None, Targets(classes, region_t, target_findings=[None] * len(classes))
-    if request is not None and request.needs_segmentation:
-        labels, targets = first_pass_targets(runner.segment, spec, image, x, grid, spacing, direction, classes, request)
-    runner.classes, runner.input_gradients = targets.classes, targets.reliance is not None
-    logits, maps = (runner.run_3d if spec.spatial_dims == 3 else runner.run_2d)(x, targets.regions)
+    found: dict = {}  # labels and targets, once the segmentation is known
+    request = request or TargetRequest()
+    wanted = request.needs_segmentation
+    cam_targets: torch.Tensor | Callable | None = region_t
+    if wanted and (spec.spatial_dims == 2 or spec.roi_size is not None):
+        found["labels"], found["targets"] = targets_from_logits(
+            runner.segment(x), spec, grid, spacing, classes, request
+        )
+        runner.classes, cam_targets = found["targets"].classes, found["targets"].regions
+    elif wanted:  # whole volume: found between the CAM pass's forward and backward passes
+
+        def cam_targets(logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+            found["labels"], found["targets"] = targets_from_logits(logits, spec, grid, spacing, classes, request)
+            return found["targets"].classes, found["targets"].regions
+
+    runner.input_gradients = wanted and request.reliance
+    if spec.spatial_dims == 3:
+        logits, maps = runner.run_3d(x, cam_targets)
+    else:
+        assert not callable(cam_targets)  # slice-wise: found by the segmentation pass above
+        logits, maps = runner.run_2d(x, cam_targets)
+    targets = found.get("targets") or Targets(classes, region_t, target_findings=[None] * len(classes))
+    if wanted and request.reliance:
+        add_occlusion(targets, runner.segment, spec, image, spacing, direction, request.channel_names)
     timings["network_and_cam_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    labels = found.get("labels")
     if labels is None:
         labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
     del logits
     if targets.reliance is not None:
-        add_gradient_shares(targets, maps, grid, labels, spacing, request.channel_names if request else ())
+        add_gradient_shares(targets, maps, grid.to_input, labels, spacing, request.channel_names)
     heatmaps, raw_max = heatmaps_on_input_grid(
         maps, grid.to_input, labels, targets.classes, normalize, on_heatmap, findings=targets.target_findings
     )

@@ -34,10 +34,10 @@ def occluded(image: np.ndarray, channels: Sequence[int]) -> np.ndarray:
     return out
 
 
-def target_scores(logits: torch.Tensor, classes: Sequence[int], regions: torch.Tensor) -> np.ndarray:
-    """Each target's score: the logit of ``classes[t]`` ``(C, *S)`` summed over ``regions[t]``
+def target_scores(probabilities: torch.Tensor, classes: Sequence[int], regions: torch.Tensor) -> np.ndarray:
+    """Each target's score: the probability of ``classes[t]`` ``(C, *S)`` summed over ``regions[t]``
     ``(n, *S)`` bool -> ``(n,)`` float64."""
-    return np.array([float(logits[c].double()[region].sum()) for c, region in zip(classes, regions)], dtype=np.float64)
+    return np.array([float(probabilities[c].double()[r].sum()) for c, r in zip(classes, regions)], dtype=np.float64)
 
 
 def occlusion_reliance(

@@ -1,10 +1,13 @@
-"""What each backward pass of a volume explains, found by a segmentation pass before the CAM pass.
+"""What each backward pass of a volume explains, found from the network's segmentation.
 
 Without findings, probabilities or reliance, each class's target is its predicted mask, taken
-from the CAM pass's own logits. With them, a segmentation pass without gradients comes first:
-its labels give the findings (:mod:`.findings`), its logits the probabilities (:mod:`.uncertainty`)
-and the unoccluded scores (:mod:`.reliance`); the CAM pass then explains the classes and the
-findings together, one backward pass per target.
+from the CAM pass's own logits. With them, the segmentation's logits give the labels, the
+findings (:mod:`.findings`), the probabilities (:mod:`.uncertainty`) and the unoccluded scores
+(:mod:`.reliance`), and the CAM pass explains the classes and the findings together, one backward
+pass per target. Whole-volume models find them inside the CAM pass, between its forward and its
+backward passes; slice-wise and sliding-window models need the whole segmentation before any
+slice or window is explained, so a pass without gradients comes first (sliding windows made it
+already).
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ class Targets:
     """``classes``: the class of each target (the explained classes, then the findings');
     ``regions``: ``(len(classes), *model grid)`` bool or None (each class's predicted mask);
     ``findings`` and the finding of each target (``target_findings``, None for a class);
-    ``reliance``: per target ``{"occlusion": {...}}`` (multi-channel models), to which the CAM
-    pass adds ``"input_gradient"``."""
+    ``reliance``: per target ``{"occlusion": {...}, "input_gradient": {...}}`` (multi-channel models)."""
 
     classes: list[int]
     regions: torch.Tensor | None = None
     findings: FindingSet | None = None
     reliance: list[dict] | None = None
     target_findings: list[Finding | None] = field(default_factory=list)
+    base_scores: np.ndarray | None = None  # each target's probability sum before occlusion
 
 
 @dataclass(frozen=True)
@@ -54,41 +57,17 @@ class TargetRequest:
         return self.findings is not None or self.probabilities or self.reliance
 
 
-def _occlusion(
-    segment: Callable[[torch.Tensor], torch.Tensor],
+def targets_from_logits(
+    logits: torch.Tensor,
     spec: ModelSpec,
-    image: np.ndarray,
-    spacing: Sequence[float],
-    direction,
-    targets: Targets,
-    base: np.ndarray,
-    names: Sequence[str],
-) -> list[dict]:
-    """Per target, ``{"occlusion": fraction of its score lost per channel and for all}``: one
-    forward pass per occluded input ``(Cin, Z, Y, X)``."""
-    scores = {}
-    for key, channels in [*((name, [c]) for c, name in enumerate(names)), ("all", list(range(len(names))))]:
-        x, _ = prepare_input(spec, occluded(image, channels), spacing, direction)
-        scores[key] = target_scores(
-            probabilities_of(segment(x), spec.output_activation), targets.classes, targets.regions
-        )
-    return [{"occlusion": lost} for lost in occlusion_reliance(names, base, scores)]
-
-
-def first_pass_targets(
-    segment: Callable[[torch.Tensor], torch.Tensor],
-    spec: ModelSpec,
-    image: np.ndarray,
-    x: torch.Tensor,
     grid: ModelGrid,
     spacing: Sequence[float],
-    direction,
     classes: list[int],
     request: TargetRequest,
 ) -> tuple[np.ndarray, Targets]:
-    """The segmentation pass of ``x`` ``(Cin, *model grid)`` (``segment``: no gradients) and what it
-    gives: the labels ``(Z, Y, X)`` on the input grid and the targets of the CAM pass."""
-    logits = segment(x)
+    """What a segmentation's logits ``(C, *model grid)`` give: the labels ``(Z, Y, X)`` on the input
+    grid and the CAM pass's targets (findings added after the classes); the probability maps go to
+    ``request.on_map``, and with reliance each target's unoccluded score is kept."""
     labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
     regions = predicted_regions(logits[None], classes)[0]
     targets = Targets(list(classes), regions, target_findings=[None] * len(classes))
@@ -104,29 +83,53 @@ def first_pass_targets(
         uncertainty = Uncertainty(len(spec.labels), spec.output_activation, findings, request.on_map)
         stream_probabilities(logits, grid.to_input, spec.output_activation, uncertainty)
     if request.reliance:
-        base = target_scores(probabilities_of(logits, spec.output_activation), targets.classes, targets.regions)
-        del logits
-        targets.reliance = _occlusion(segment, spec, image, spacing, direction, targets, base, request.channel_names)
+        probabilities = probabilities_of(logits, spec.output_activation)
+        targets.base_scores = target_scores(probabilities, targets.classes, targets.regions)
     return labels, targets
+
+
+def add_occlusion(
+    targets: Targets,
+    segment: Callable[[torch.Tensor], torch.Tensor],
+    spec: ModelSpec,
+    image: np.ndarray,
+    spacing: Sequence[float],
+    direction,
+    names: Sequence[str],
+) -> None:
+    """Each target's ``reliance["occlusion"]``: the fraction of its score lost per occluded channel
+    and for all; one segmentation (``segment``: no gradients) per occluded input ``(Cin, Z, Y, X)``."""
+    assert targets.base_scores is not None and targets.regions is not None
+    scores = {}
+    for key, channels in [*((name, [c]) for c, name in enumerate(names)), ("all", list(range(len(names))))]:
+        x, _ = prepare_input(spec, occluded(image, channels), spacing, direction)
+        probabilities = probabilities_of(segment(x), spec.output_activation)
+        scores[key] = target_scores(probabilities, targets.classes, targets.regions)
+    lost = occlusion_reliance(names, targets.base_scores, scores)
+    targets.reliance = [{"occlusion": entry} for entry in lost]
 
 
 def add_gradient_shares(
     targets: Targets,
     maps: dict[str, torch.Tensor],
-    grid: ModelGrid,
+    to_input: Callable[[torch.Tensor], np.ndarray],
     labels: np.ndarray,
     spacing: Sequence[float],
     names: Sequence[str],
+    masks: np.ndarray | None = None,
 ) -> None:
     """Take the ``|input x gradient|`` maps out of ``maps`` and add each target's channel shares in
-    its neighbourhood to ``targets.reliance``."""
+    its neighbourhood to ``targets.reliance``. ``to_input``: ``(1, *model grid)`` -> ``(1, Z, Y, X)``;
+    ``masks`` ``(len(classes), Z, Y, X)``: each class's own mask where classes overlap (else None)."""
     saliency = [maps.pop(INPUT_GRADIENT.format(c)) for c in range(len(names))]
     assert targets.reliance is not None and targets.regions is not None
 
     def region_of(t: int) -> np.ndarray:
         finding = targets.target_findings[t]
-        return labels == targets.classes[t] if finding is None else finding.full_mask(labels.shape)
+        if finding is not None:
+            return finding.full_mask(labels.shape)
+        return labels == targets.classes[t] if masks is None else masks[t]
 
-    shares = gradient_shares(names, saliency, grid.to_input, region_of, spacing)
+    shares = gradient_shares(names, saliency, to_input, region_of, spacing)
     for entry, share in zip(targets.reliance, shares):
         entry["input_gradient"] = share

@@ -281,14 +281,14 @@ def explain_files(
             timings["faithfulness_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        title = f"{pipeline.model.spec.name} — {choice.method}"
-        write_segmentation_and_overview(options, inputs, result, writer, title)
-        found = None
+        found = None  # findings.json, and each class's reliance for the overview
         if result.findings is not None:
             found = findings_report(
                 result.findings, result, writer, inputs.reference, options.findings, channel_names(inputs.paths)
             )
             write_findings(folder, found, writer)
+        title = f"{pipeline.model.spec.name} — {choice.method}"
+        write_segmentation_and_overview(options, inputs, result, writer, title)
         timings["write_s"] = time.perf_counter() - start + result.timings.get("postprocess_s", 0.0)
         start = time.perf_counter()
         dicom = series and codes and write_dicom_objects(folder, series, result, writer, pipeline.model.spec, codes)

@@ -102,9 +102,15 @@ class HeatmapWriter:
         self.file_written()
 
     def overview_titles(self) -> list[tuple[str, int, np.ndarray]]:
-        """Overview rows: ``class / layer`` (and the faithfulness verdict when scored), class index, map."""
+        """Overview rows: ``class / layer`` (and the faithfulness verdict when scored, the channel
+        reliance when measured), class index, map."""
         rows = []
         for name, layer, c, heat in self.overview_rows:
-            score = self.entries[c].layers[layer].faithfulness
-            rows.append((f"{name} / {layer}" + ("" if score is None else f"\n{score['verdict']}"), c, heat))
+            entry = self.entries[c]
+            score = entry.layers[layer].faithfulness
+            title = f"{name} / {layer}" + ("" if score is None else f"\n{score['verdict']}")
+            if entry.reliance is not None:
+                lost = entry.reliance["occlusion"]
+                title += "\nprobability " + ", ".join(f"without {k} {-v:+.0%}" for k, v in lost.items() if k != "all")
+            rows.append((title, c, heat))
         return rows
