@@ -355,6 +355,7 @@ def explain_volume(
         found["labels"], found["targets"] = targets_from_logits(
             runner.segment(x), spec, grid, spacing, classes, request
         )
+        timings["segmentation_pass_s"] = time.perf_counter() - start
         runner.classes, cam_targets = found["targets"].classes, found["targets"].regions
     elif wanted:  # whole volume: found between the CAM pass's forward and backward passes
 
@@ -370,7 +371,9 @@ def explain_volume(
         logits, maps = runner.run_2d(x, cam_targets)
     targets = found.get("targets") or Targets(classes, region_t, target_findings=[None] * len(classes))
     if wanted and request.reliance:
+        occlusion_start = time.perf_counter()
         add_occlusion(targets, runner.segment, spec, image, spacing, direction, request.channel_names)
+        timings["occlusion_s"] = time.perf_counter() - occlusion_start
     timings["network_and_cam_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
