@@ -1,5 +1,6 @@
 """The DICOM objects of a run (highdicom): a Segmentation (SEG, BINARY, one segment per explained
-class with its coded terminology) and one Parametric Map per heatmap, each referencing the source
+class and per finding with its coded terminology) and one Parametric Map per heatmap, probability,
+entropy or disagreement map, each referencing the source
 series (its instances, Frame of Reference and study; the patient copied from it), with new UIDs
 and the model (name, weights sha256) as the algorithm."""
 
@@ -19,11 +20,12 @@ LONG_STRING = 64  # the DICOM LO value representation's length
 
 @dataclass(frozen=True)
 class Segment:
-    """One explained class: its label value in the segmentation and its codes."""
+    """One segment (an explained class, or a finding): its label, its codes and, for a finding, a
+    description saying which component it is."""
 
-    index: int
     label: str
     codes: SegmentCodes
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,34 +87,39 @@ def _coded(concept: CodedConcept):
     return hd.sr.CodedConcept(concept.value, concept.scheme, concept.meaning)
 
 
-def write_segmentation(
-    path: Path, series: Sequence[Sequence], labels: np.ndarray, segments: Sequence[Segment], producer: Producer
-) -> dict[str, str]:
-    """A BINARY SEG of ``labels`` ``(Z, Y, X)`` (class index per voxel, slice ``k`` on the first
-    channel's instance ``series[0][k]``; the other channels' series referenced too): segment ``n``
-    (1-based) is ``segments[n - 1]``'s class; returns its series and instance UIDs."""
+def _description(number: int, segment: Segment, producer: Producer):
+    """Segment ``number``'s item of the Segment Sequence."""
     import highdicom as hd
 
-    numbers = np.zeros(labels.shape, np.uint8 if len(segments) < 256 else np.uint16)
-    for number, segment in enumerate(segments, start=1):
-        numbers[labels == segment.index] = number
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=segment.label[:LONG_STRING],
-            segmented_property_category=_coded(segment.codes.category),
-            segmented_property_type=_coded(segment.codes.type),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=producer.identification(),
-        )
-        for number, segment in enumerate(segments, start=1)
-    ]
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=segment.label[:LONG_STRING],
+        segmented_property_category=_coded(segment.codes.category),
+        segmented_property_type=_coded(segment.codes.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=producer.identification(),
+    )
+    if segment.description is not None:
+        description.SegmentDescription = segment.description
+    return description
+
+
+def write_segmentation(
+    path: Path, series: Sequence[Sequence], masks: np.ndarray, segments: Sequence[Segment], producer: Producer
+) -> dict[str, str]:
+    """A BINARY SEG of ``masks`` ``(Z, Y, X, S)`` bool (slice ``k`` on the first channel's instance
+    ``series[0][k]``; the other channels' series referenced too): segment ``n`` (1-based) is
+    ``segments[n - 1]``, its voxels ``masks[..., n - 1]`` (segments may overlap: a finding lies
+    within its class); returns its series and instance UIDs."""
+    import highdicom as hd
+
+    descriptions = [_description(number, segment, producer) for number, segment in enumerate(segments, start=1)]
     seg = hd.seg.Segmentation(
         **_sources(series),
-        pixel_array=numbers,
+        pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        omit_empty_frames=bool(numbers.any()),  # a SEG holds at least one frame
+        omit_empty_frames=bool(masks.any()),  # a SEG holds at least one frame
         **producer.common(100, f"SegGradCAM segmentation ({producer.model})"),
     )
     _copy_body_part(series[0][0], seg)
@@ -128,24 +135,28 @@ def write_parametric_map(
     title: str,
     producer: Producer,
     number: int,
+    quantity: tuple[str, str] | None = None,
 ) -> dict[str, str]:
-    """A Parametric Map (frames as :func:`write_segmentation`'s) of a heatmap as its NRRD file
-    stores it, ``values`` ``(Z, Y, X)`` float32
-    (0..1) or uint8 (0..255): the Real World Value Mapping's slope turns the stored values back
-    into raw Seg-Grad-CAM units (``max_raw`` per 1.0, or per 255 for uint8); returns its series
-    and instance UIDs."""
+    """A Parametric Map (frames as :func:`write_segmentation`'s) of a map as its NRRD file stores
+    it, ``values`` ``(Z, Y, X)`` float32 (0..1) or uint8 (0..255): the Real World Value Mapping's
+    slope turns the stored values back into the map's own units (``max_raw`` per 1.0, or per 255
+    for uint8): raw Seg-Grad-CAM units, or with ``quantity`` (LUT label of at most 16 characters,
+    explanation) a quantity such as a probability (``max_raw`` 1.0); returns its series and
+    instance UIDs."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     integer = values.dtype == np.uint8
     stored_max = 255 if integer else 1.0
+    slope = float(max_raw) / stored_max
+    label, explanation = quantity or ("SegGradCAM", f"raw Seg-Grad-CAM = stored x {slope:.6g}")
     low, high = (0, 255) if integer else (float(values.min()), float(values.max()))
     mapping = hd.pm.RealWorldValueMapping(
-        lut_label="SegGradCAM",
-        lut_explanation=f"raw Seg-Grad-CAM = stored x {max_raw / stored_max:.6g}"[:LONG_STRING],
+        lut_label=label,
+        lut_explanation=explanation[:LONG_STRING],
         unit=codes.UCUM.NoUnits,
         value_range=(low, high),
-        slope=float(max_raw) / stored_max,
+        slope=slope,
         intercept=0.0,
     )
     pm = hd.pm.ParametricMap(

@@ -3,8 +3,10 @@
 (``--dicom``) and stored on the server (``--store``).
 
 ``dicom/segmentation.dcm`` (SEG, one segment per explained class with the codes of the model's
-card) and ``dicom/heatmap_<class>[_<layer>].dcm`` (one Parametric Map per heatmap, the values
-of its NRRD file), all referencing every channel's source series. The source series are
+card, then one per finding with its class's codes), ``dicom/heatmap_<class>[_f<id>][_<layer>].dcm``
+(one Parametric Map per heatmap, the values of its NRRD file) and ``dicom/probability_<class>.dcm``,
+``dicom/entropy.dcm``, ``dicom/<kind>_disagreement.dcm`` (values 0..1), all referencing every
+channel's source series. The source series are
 checked before the network runs: an input that is not a DICOM series ends the run in one line
 (no patient is ever invented)."""
 
@@ -16,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
+
 from .. import __version__
 from ..dicom.objects import LONG_STRING, Producer, Segment, write_parametric_map, write_segmentation
 from ..dicom.series import check_dicom_support, is_dicom_series, same_study, source_instances
@@ -26,10 +30,16 @@ from ..models.registry import declared_facts
 from ..models.spec import ModelSpec
 from ..models.terminology import SegmentCodes
 from ..pipelines import InputVolumes
-from .heatmap_files import HeatmapWriter
+from .heatmap_files import CLASS_KEY, MAP_KEY, HeatmapWriter
 from .outputs import DICOM_FOLDER, RunFolder
 
 SEGMENTATION_FILE = f"{DICOM_FOLDER}/segmentation.dcm"
+QUANTITIES = {  # a map's kind -> its Real World Value Mapping's LUT label (at most 16 characters) and explanation
+    "probability": ("probability", "probability of {name} (the network's output), 0..1"),
+    "entropy": ("entropy", "normalised entropy of the class probabilities, 0..1"),
+    "fold_disagreement": ("disagreement", "fraction of folds whose label differs from the ensemble's"),
+    "mirror_disagreement": ("disagreement", "fraction of mirrorings whose label differs from the ensemble's"),
+}
 
 
 def source_series(inputs: InputVolumes, folder: RunFolder) -> list[list]:
@@ -65,6 +75,71 @@ def _code_text(concept) -> str:
     return f"{concept.scheme}:{concept.value} ({concept.meaning})"
 
 
+def _finding_label(name: str, finding: int) -> str:
+    """A finding's segment label, ``<class> f<id>`` (the class cut so that it fits a LO value)."""
+    suffix = f" f{finding}"
+    return name[: LONG_STRING - len(suffix)] + suffix
+
+
+def _segments(
+    result: VolumeExplanation, labels: Sequence[str], codes: Mapping[str, SegmentCodes]
+) -> tuple[np.ndarray, list[Segment]]:
+    """The SEG's segments, each explained class then each finding (its own component, with its
+    class's codes), and their masks ``(Z, Y, X, S)`` bool."""
+    findings = [] if result.findings is None else result.findings.findings
+    segments = [Segment(labels[c], codes[labels[c]]) for c in result.classes]
+    segments += [
+        Segment(
+            _finding_label(labels[f.class_index], f.id),
+            codes[labels[f.class_index]],
+            f"finding {f.id} of {labels[f.class_index]} (connected component)",
+        )
+        for f in findings
+    ]
+    masks = np.zeros((*result.labels.shape, len(segments)), dtype=bool)
+    for number, c in enumerate(result.classes):
+        masks[..., number] = result.labels == c
+    for number, f in enumerate(findings, start=len(result.classes)):
+        masks[(*f.box, number)] = f.mask
+    return masks, segments
+
+
+MapFile = tuple[str, str, float, tuple[str, str] | None]  # file, title, max_raw, quantity (None: Seg-Grad-CAM)
+
+
+def _heatmaps(result: VolumeExplanation, writer: HeatmapWriter) -> list[MapFile]:
+    """Each heatmap file (classes, then findings) with its Parametric Map's title and raw maximum."""
+    named = [(writer.entries[c].name, writer.entries[c].layers) for c in result.classes]
+    if result.findings is not None:
+        named += [
+            (_finding_label(writer.labels[f.class_index], f.id), writer.finding_layers.get(f.id, {}))
+            for f in result.findings.findings
+        ]
+    return [
+        (info.file, _map_title(writer.method, name, layer), info.max_raw, None)
+        for name, layers in named
+        for layer, info in layers.items()
+    ]
+
+
+def _quantity_maps(folder: RunFolder, writer: HeatmapWriter) -> list[MapFile]:
+    """Each probability, entropy or disagreement file (values 0..1) with its Parametric Map's title
+    and quantity (LUT label, explanation), from the kind and class its NRRD file records."""
+    import SimpleITK as sitk
+
+    maps: list[MapFile] = []
+    reader = sitk.ImageFileReader()
+    for file in writer.maps:
+        reader.SetFileName(str(folder.staging / file))
+        reader.ReadImageInformation()
+        kind = reader.GetMetaData(MAP_KEY)
+        name = reader.GetMetaData(CLASS_KEY) if reader.HasMetaDataKey(CLASS_KEY) else ""
+        label, explanation = QUANTITIES[kind]
+        title = f"SegGradCAM {kind.replace('_', ' ')} {name}".strip()
+        maps.append((file, title, 1.0, (label, explanation.format(name=name))))
+    return maps
+
+
 def write_dicom_objects(
     folder: RunFolder,
     series: Sequence[list],
@@ -73,26 +148,24 @@ def write_dicom_objects(
     spec: ModelSpec,
     codes: Mapping[str, SegmentCodes],
 ) -> dict:
-    """The SEG (each class coded by ``codes``, :func:`~..models.cards.model_terminology`) and the
-    Parametric Maps into ``folder`` (the heatmaps read back from their NRRD files there); returns
-    explain.json's ``dicom`` entry."""
+    """The SEG (each class coded by ``codes``, :func:`~..models.cards.model_terminology`, then
+    each finding) and the Parametric Maps into ``folder`` (the heatmaps, probability, entropy and
+    disagreement maps read back from their NRRD files there); returns explain.json's ``dicom`` entry."""
     import SimpleITK as sitk
 
     producer = Producer(spec.name, spec.sha256, __version__)
-    segments = [Segment(c, spec.labels[c], codes[spec.labels[c]]) for c in result.classes]
+    masks, segments = _segments(result, spec.labels, codes)
     objects = {}
     with folder.writing(SEGMENTATION_FILE) as path:
-        objects[SEGMENTATION_FILE] = write_segmentation(path, series, result.labels, segments, producer)
+        objects[SEGMENTATION_FILE] = write_segmentation(path, series, masks, segments, producer)
+    del masks
     writer.file_written()
-    heatmaps = [
-        (writer.entries[c], layer, info) for c in result.classes for layer, info in writer.entries[c].layers.items()
-    ]
-    for number, (entry, layer, info) in enumerate(heatmaps, start=1):
-        name = f"{DICOM_FOLDER}/{Path(info.file).stem}.dcm"
-        values = sitk.GetArrayFromImage(sitk.ReadImage(str(folder.staging / info.file)))
-        title = _map_title(writer.method, entry.name, layer)
+    maps = _heatmaps(result, writer) + _quantity_maps(folder, writer)
+    for number, (file, title, max_raw, quantity) in enumerate(maps, start=1):
+        name = f"{DICOM_FOLDER}/{Path(file).stem}.dcm"
+        values = sitk.GetArrayFromImage(sitk.ReadImage(str(folder.staging / file)))
         with folder.writing(name) as path:
-            objects[name] = write_parametric_map(path, series, values, info.max_raw, title, producer, number)
+            objects[name] = write_parametric_map(path, series, values, max_raw, title, producer, number, quantity)
         writer.file_written()
     first = series[0][0]
     return {
@@ -101,11 +174,21 @@ def write_dicom_objects(
         "study": str(first.StudyInstanceUID),
         "source_series": [str(instances[0].SeriesInstanceUID) for instances in series],
         "frame_of_reference": str(first.FrameOfReferenceUID),
-        "segments": [
-            {"number": n, "label": s.label, "category": _code_text(s.codes.category), "type": _code_text(s.codes.type)}
-            for n, s in enumerate(segments, start=1)
-        ],
+        "segments": [_segment_json(n, s) for n, s in enumerate(segments, start=1)],
     }
+
+
+def _segment_json(number: int, segment: Segment) -> dict:
+    """A segment's entry in explain.json's ``dicom.segments``."""
+    entry = {
+        "number": number,
+        "label": segment.label,
+        "category": _code_text(segment.codes.category),
+        "type": _code_text(segment.codes.type),
+    }
+    if segment.description is not None:
+        entry["description"] = segment.description
+    return entry
 
 
 @contextlib.contextmanager

@@ -219,9 +219,9 @@ def new_writer(
     chosen = pipeline.model.chosen_layers(settings.layers)
     several = chosen == "auto" or len(chosen) > 1
     maps = len(settings.classes) * (1 if chosen == "auto" else len(chosen))
-    dicom = options.dicom.writes_objects  # one Parametric Map per heatmap and the SEG
+    dicom = options.dicom.writes_objects  # the SEG, and a Parametric Map per heatmap and probability map
     files = maps * (1 + dicom) + dicom + 2 + options.overview + 2 * options.findings.wanted
-    files += (len(pipeline.model.spec.labels) + 1) * options.findings.writes_probabilities
+    files += (len(pipeline.model.spec.labels) + 1) * options.findings.writes_probabilities * (1 + dicom)
     labels = list(pipeline.model.spec.labels)
     writer = HeatmapWriter(
         folder,
@@ -234,6 +234,7 @@ def new_writer(
         options.overview,
         files,
         progress,
+        files_per_map=1 + dicom,
     )
     if chosen != "auto":
         folder.refuse_inputs(writer.filename(labels[c], layer) for c in settings.classes for layer in chosen)

@@ -17,6 +17,7 @@ from .outputs import RunFolder
 
 OVERVIEW_ROWS = 6  # heatmaps drawn in overview.png (the first ones; every map is written to a file)
 SHELL_MM = 3.0  # the shell around a class mask whose heatmap energy is reported
+MAP_KEY, CLASS_KEY = "SegGradCAM.Map", "SegGradCAM.Class"  # a map file's kind and class (its NRRD fields)
 
 
 def encode_heatmap(heat: np.ndarray, dtype: str) -> np.ndarray:
@@ -29,7 +30,8 @@ class HeatmapWriter:
     """Writes each class map into the run's ``folder`` with the ``reference`` volume's geometry and
     records it in ``entries`` (class index -> :class:`ClassEntry`); keeps the first maps for the overview.
     ``regions`` ``(len(classes), Z, Y, X)``: the user's target regions, else each class's mask.
-    ``file_written()`` reports each file as a ``write`` step of ``files`` to ``progress``."""
+    ``file_written()`` reports each file as a ``write`` step of ``files`` to ``progress``;
+    ``files_per_map``: the files each map gives (2 with ``--dicom``: its Parametric Map too)."""
 
     folder: RunFolder
     reference: Volume
@@ -41,6 +43,7 @@ class HeatmapWriter:
     keep_for_overview: bool
     files: int
     progress: Callable[[str, int, int], None]
+    files_per_map: int = 1
     written: int = 0
     entries: dict[int, ClassEntry] = field(default_factory=dict)
     finding_layers: dict[int, dict[str, HeatmapEntry]] = field(default_factory=dict)  # finding id -> layer -> map
@@ -65,7 +68,7 @@ class HeatmapWriter:
         if heatmap.finding is not None:  # a finding: energy inside, within 7 mm and elsewhere
             fractions = heatmap_energy_fractions(heat, own, spacing_zyx, shell_mm=NEIGHBOURHOOD_MM)
             entries = self.finding_layers.setdefault(heatmap.finding, {})
-            self.files += 1  # how many findings there are is known only now
+            self.files += self.files_per_map  # how many findings there are is known only now
         else:
             mask = own if self.regions is None else self.regions[heatmap.position]
             fractions = heatmap_energy_fractions(heat, mask, spacing_zyx, shell_mm=SHELL_MM)
@@ -77,7 +80,7 @@ class HeatmapWriter:
             "SegGradCAM.RawMax": f"{heatmap.raw_max:.9g}",
             "SegGradCAM.Method": self.method,
             "SegGradCAM.Layer": layer,
-            "SegGradCAM.Class": name,
+            CLASS_KEY: name,
         }
         if heatmap.finding is not None:
             metadata["SegGradCAM.Finding"] = str(heatmap.finding)
@@ -93,9 +96,9 @@ class HeatmapWriter:
         """Write a probability, entropy or disagreement map ``(Z, Y, X)`` float32 (0..1)."""
         suffix = "" if volume.class_index is None else f"_{safe_filename(self.labels[volume.class_index])}"
         filename = f"{volume.kind}{suffix}.nrrd"
-        metadata = {"SegGradCAM.Map": volume.kind}
+        metadata = {MAP_KEY: volume.kind}
         if volume.class_index is not None:
-            metadata["SegGradCAM.Class"] = self.labels[volume.class_index]
+            metadata[CLASS_KEY] = self.labels[volume.class_index]
         with self.folder.writing(filename) as path:
             write_like(volume.array, self.reference, path, metadata)
         self.maps.append(filename)
