@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -35,6 +36,7 @@ FLAGS = [
 ]
 REPO = Path(__file__).resolve().parents[1]
 
+VIEWS_SHOWN = "[...document.querySelectorAll('img.image-display-area')].filter(i => i.naturalWidth > 0).length >= 4"
 # Warm (Inferno red/orange/yellow) pixels per slice view, read from the images in the page
 WARM_PIXELS = """(() => [...document.querySelectorAll('img.image-display-area')].map(img => {
   if (!img.naturalWidth) return -1;
@@ -192,6 +194,18 @@ class Browser:
         for dx in (-3, 0):  # two moves: the views react to motion
             self.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": box[0] + dx, "y": box[1]}, page=True)
 
+    def click_at(self, selector: str, index: int = 0, x: float = 0.5, y: float = 0.5) -> None:
+        """A left click (move, press, release) at the fractions ``x``, ``y`` of the width and height
+        of the ``index``-th element matching ``selector`` (0.5, 0.5: its centre)."""
+        box = self.js(
+            f"(() => {{ const r = document.querySelectorAll({json.dumps(selector)})[{index}].getBoundingClientRect();"
+            f" return [r.x + r.width * {x}, r.y + r.height * {y}]; }})()"
+        )
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            button = "none" if kind == "mouseMoved" else "left"
+            event = {"type": kind, "x": box[0], "y": box[1], "button": button, "clickCount": 1}
+            self.send("Input.dispatchMouseEvent", event, page=True)
+
     def set_files(self, selector: str, paths: list[str]) -> None:
         """Give a file input files, as a user choosing them would."""
         root = self.send("DOM.getDocument", page=True)["root"]["nodeId"]
@@ -242,3 +256,18 @@ class Browser:
             self.process.wait()
         self.process.stderr.close()
         self.profile.cleanup()
+
+
+@contextlib.contextmanager
+def viewer_page(*arguments: str):
+    """``seggradcam web ARGUMENTS`` and a Chromium page on it once its views show: ``(server,
+    browser)``; both stopped after (the server by Ctrl-C, which must end it well)."""
+    server = ViewerServer(*arguments)
+    browser = Browser()
+    try:
+        browser.open(server.url)
+        browser.wait_for(VIEWS_SHOWN, timeout=60)
+        yield server, browser
+    finally:
+        browser.close()
+        assert server.stop() == 0, server.errors()[-2000:]

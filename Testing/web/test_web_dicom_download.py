@@ -12,8 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import SimpleITK as sitk
-from browser import Browser, ViewerServer
-from test_web_viewer import VIEWS_SHOWN
+from browser import Browser, viewer_page
 
 from SegGradCAMLib.demo.dicom_series import write_mr_series
 from SegGradCAMLib.errors import SegGradCAMError
@@ -28,15 +27,8 @@ DOWNLOADS = "[...document.querySelectorAll('.download')].map(b => b.textContent.
 
 @pytest.fixture(scope="module")
 def page():
-    viewer = ViewerServer()
-    browser = Browser()
-    try:
-        browser.open(viewer.url)
-        browser.wait_for(VIEWS_SHOWN, timeout=60)
+    with viewer_page() as (_, browser):
         yield browser
-    finally:
-        browser.close()
-        assert viewer.stop() == 0, viewer.errors()[-2000:]
 
 
 def zipped_series(small_case: list[str], folder: Path) -> tuple[list[Path], list[str], str]:

@@ -1,6 +1,7 @@
 """The browser viewer's server in this process (no browser): every state value it reads is
-checked, a failure is shown on the page, a volume cannot change under a run, outputs are
-confined to their folder, and an opened volume replaces the previous one's nodes and files."""
+checked, a failure is shown on the page, a volume cannot change under a run, outputs (findings'
+files included) are confined to their folder, and an opened volume replaces the previous one's
+nodes and files."""
 
 from __future__ import annotations
 
@@ -36,15 +37,25 @@ def web(tmp_path_factory):
     viewer.close()
 
 
+def explain_demo(root, *arguments: str):
+    """``root/out``: what ``seggradcam explain ARGUMENTS`` wrote for the demo model on the demo case."""
+    case = demo_data.write_case(demo_data.make_case(demo_data.EVAL_SEED, "colin27"), root / "case")
+    inputs = [str(case[c]) for c in demo_data.CHANNELS]
+    options = ["--model", "demo-lesions-unet2d", "--quiet", "--no-overview", *arguments]
+    assert main(["explain", *inputs, *options, "--out", str(root / "out")]) == 0
+    return root / "out"
+
+
 @pytest.fixture(scope="module")
 def explained(tmp_path_factory):
     """A folder ``seggradcam explain`` wrote (the demo model on the demo case, edema only)."""
-    root = tmp_path_factory.mktemp("explained")
-    case = demo_data.write_case(demo_data.make_case(demo_data.EVAL_SEED, "colin27"), root / "case")
-    inputs = [str(case[c]) for c in demo_data.CHANNELS]
-    arguments = ["--model", "demo-lesions-unet2d", "--classes", "edema", "--quiet", "--no-overview"]
-    assert main(["explain", *inputs, *arguments, "--out", str(root / "out")]) == 0
-    return root / "out"
+    return explain_demo(tmp_path_factory.mktemp("explained"), "--classes", "edema")
+
+
+@pytest.fixture(scope="module")
+def found(tmp_path_factory):
+    """A folder ``seggradcam explain --findings`` wrote (the demo case's necrotic core: one finding)."""
+    return explain_demo(tmp_path_factory.mktemp("found"), "--classes", "necrotic_core", "--findings")
 
 
 def changed(web, **values) -> None:
@@ -172,9 +183,15 @@ def test_a_failure_while_following_a_run_ends_it_and_is_shown(web, monkeypatch):
     assert web.state.error.startswith("Failed: RuntimeError: the worker's pipe broke")
 
 
-@pytest.mark.parametrize("name", ["overview.png", "explain.json", "segmentation.nrrd", "heatmap_edema.nrrd"])
-def test_a_served_file_linking_outside_its_folder_is_refused(web, explained, tmp_path, name):
-    folder = with_explain(explained, tmp_path)
+@pytest.mark.parametrize(
+    ("outputs", "name"),
+    [
+        *(("explained", name) for name in ("overview.png", "explain.json", "segmentation.nrrd", "heatmap_edema.nrrd")),
+        *(("found", name) for name in ("heatmap_necrotic_core_f1.nrrd", "entropy.nrrd", "findings.json")),
+    ],
+)
+def test_a_served_file_linking_outside_its_folder_is_refused(web, request, tmp_path, outputs, name):
+    folder = with_explain(request.getfixturevalue(outputs), tmp_path)
     (tmp_path / "secret").mkdir()
     secret = tmp_path / "secret" / name
     shutil.copy(folder / name, secret) if (folder / name).exists() else secret.write_bytes(b"secret")
@@ -245,3 +262,25 @@ def test_an_output_declaring_too_much_is_refused_before_slicer_reads_it(web, exp
     heatmap.write_bytes(re.sub(rb"\nsizes: [^\n]*", b"\nsizes: 600 600 400", heatmap.read_bytes(), count=1))
     with pytest.raises(SegGradCAMError, match=r"heatmap_edema.nrrd declares 600 x 600 x 400 voxels"):
         web.open_output_folder(folder)
+
+
+def test_an_opened_folders_findings_are_listed_and_a_bad_choice_is_refused(web, found):
+    from SegGradCAMLib.mrml.findings import FINDING_ATTRIBUTE
+
+    findings = json.loads((found / "findings.json").read_text())["findings"]
+    web.open_output_folder(found)
+    assert [(row["id"], row["label"]) for row in web.state.finding_rows] == [(f["id"], f["class"]) for f in findings]
+    assert {"probability necrotic_core", "entropy"} <= {item["value"] for item in web.state.overlay_items}
+    web.findings.select(99)
+    assert web.state.error == "Finding must be one of the listed findings; got 99."
+    web.state.error = ""
+    web.findings.select(1)
+    assert web.state.error == "" and web.state.overlay == "finding"
+    assert web._heatmap_node().GetAttribute(FINDING_ATTRIBUTE) == "1"
+    views = web.scene.GetNodesByClass("vtkMRMLSliceNode")
+    for view in (views.GetItemAsObject(i) for i in range(views.GetNumberOfItems())):  # centred on the finding
+        origin = [view.GetSliceToRAS().GetElement(axis, 3) for axis in range(3)]
+        assert np.allclose(origin, findings[0]["centroid_ras"], atol=1e-3), view.GetName()
+    changed(web, overlay="../../etc/passwd")
+    assert web.state.error.startswith("Overlay must be one of the listed overlays; got '../../etc/passwd'")
+    assert web.state.overlay == "finding"

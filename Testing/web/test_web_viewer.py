@@ -11,10 +11,8 @@ import subprocess
 import time
 
 import pytest
-from browser import Browser, ViewerServer
+from browser import VIEWS_SHOWN, Browser, ViewerServer
 
-
-VIEWS_SHOWN = "[...document.querySelectorAll('img.image-display-area')].filter(i => i.naturalWidth > 0).length >= 4"
 RUN_ENDED = (
     "document.querySelector('#progress-text').innerText.startsWith('done') || "
     "!!document.querySelector('#error').offsetParent"

@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import slicer
-import vtk
 from trame.app import TrameApp
 from trame.app.file_upload import ClientFile
 from trame.decorators import change
@@ -39,8 +37,10 @@ from ..volumes.files import check_files, check_no_itk_sibling
 from .access import PageAccess
 from .case import Shown, dicom_download, output_files, output_volumes, sample_files, sample_names, served_file
 from .controls import CONTROLS, Choice, heatmap_index, shown_failures
+from .findings import FindingsPanel
 from .page import build_page, initial_state, quad_layout
 from .uploads import MAX_DISK_MB, WEB_MAX_VOXELS, UploadArea, UploadedFile
+from .views import value_at
 
 DOWNLOAD_TYPES = {".nrrd": "application/octet-stream", ".png": "image/png", ".json": "application/json"}
 
@@ -101,6 +101,7 @@ class SegGradCAMWeb(TrameApp):
         self._runs = 0
         self.good = initial_state(list(self.models), sample_names())  # the last good value of each control
         self.state.update(self.good)
+        self.findings = FindingsPanel(self)
         build_page(self)
         self.ctrl.on_client_connected.add(self._fit_views_soon)
         crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
@@ -129,6 +130,7 @@ class SegGradCAMWeb(TrameApp):
             raise
         self.shown.remove(self.logic)
         self.shown = Shown(nodes, own)
+        self.findings.clear()
         self.logic.showLabels(None)
         background = nodes[0]
         display = background.GetDisplayNode()
@@ -175,9 +177,11 @@ class SegGradCAMWeb(TrameApp):
     # -- runs ---------------------------------------------------------------------------------
 
     @shown_failures
-    def start_run(self, model: str, classes: str, layers: str, method: str, faithfulness: bool) -> None:
+    def start_run(
+        self, model: str, classes: str, layers: str, method: str, faithfulness: bool, findings=False, point=None
+    ) -> None:
         """Run with the choices the page showed when Run was clicked (checked against the server's
-        lists, never trusted: the page never sends a path)."""
+        lists, never trusted: the page never sends a path); ``point``: a clicked RAS point (``--point``)."""
         if self.run is not None:
             return
         self.state.error = self.state.message = ""
@@ -193,6 +197,8 @@ class SegGradCAMWeb(TrameApp):
             method=Choice("Method", METHOD_CHOICES)(method),
             trust=self.trust,
             faithfulness=CONTROLS["faithfulness"](faithfulness),
+            findings=CONTROLS["findings"](findings),
+            point=point,
             dicomSeries=[str(folder) for folder in self.shown.dicom.series] if self.shown.dicom else (),
         )
         self.state.update(running=True, progress=0, progress_text="starting the worker")
@@ -254,12 +260,14 @@ class SegGradCAMWeb(TrameApp):
         outputs.segmentationNode.GetDisplayNode().SetVisibility2D(False)  # 2D: the label layer, outline or fill
         outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # 3D: the segments' surfaces
         items = [{"title": f"{label} / {layer}", "value": i} for i, (label, layer) in enumerate(outputs.heatmapNodes)]
+        self.findings.offer(outputs, report, folder)
         files = [*output_files(report, folder), *dicom_download(self.shown.dicom, report, folder)]
         self.shown.files = tuple(files)
         self.state.update(heat_items=items, heat=0 if items else None, downloads=files)
         self._show_segmentation()
         self._show_heatmap()
         self.app.display_manager.reset_views()  # the 3D view onto the new surfaces
+        self.findings.show_point()
 
     def control(self, name: str, check=None):
         """The page's value of the control ``name``, checked (by ``check``, else its check in
@@ -274,9 +282,9 @@ class SegGradCAMWeb(TrameApp):
     def _heatmap_node(self):
         nodes = list(self.shown.outputs.heatmapNodes.values()) if self.shown.outputs else []
         index = self.control("heat", heatmap_index(len(nodes)))
-        return None if index is None else nodes[index]
+        return self.findings.overlay(None if index is None else nodes[index])
 
-    @change("heat", "show_heatmap", "opacity", "threshold")
+    @change("heat", "overlay", "show_heatmap", "opacity", "threshold")
     @shown_failures
     def _show_heatmap(self, **_) -> None:
         node = self._heatmap_node()
@@ -290,12 +298,7 @@ class SegGradCAMWeb(TrameApp):
             visible=self.control("show_heatmap"),
         )
         if node is not None:
-            label, layer = node.GetAttribute("SegGradCAM.Class"), node.GetAttribute("SegGradCAM.Layer")
-            score = node.GetAttribute("SegGradCAM.Faithfulness")
-            self.state.legend = (
-                f"{label} — {self.shown.report.method} on {layer}; 1.0 = raw maximum "
-                f"{float(node.GetAttribute('SegGradCAM.RawMax')):.4g}" + (f". Faithfulness: {score}" if score else "")
-            )
+            self.state.legend = self.findings.legend(node, self.shown.report.method)
         self._render()
 
     @change("show_segmentation", "segmentation_style")
@@ -385,14 +388,3 @@ class SegGradCAMWeb(TrameApp):
         """Stop a running worker and delete uploads and outputs (patient data)."""
         self.cancel_run()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def value_at(node, ras: Sequence[float]) -> float | None:
-    """The voxel value of a volume node at a RAS point, or None outside it."""
-    matrix = vtk.vtkMatrix4x4()
-    node.GetRASToIJKMatrix(matrix)
-    ijk = [int(round(v)) for v in matrix.MultiplyPoint([*ras, 1.0])[:3]]
-    array = slicer.util.arrayFromVolume(node)  # (K, J, I)
-    if not all(0 <= ijk[axis] < array.shape[2 - axis] for axis in range(3)):
-        return None
-    return float(np.asarray(array[ijk[2], ijk[1], ijk[0]]))

@@ -16,6 +16,7 @@ from ..demo import data as demo_data
 from ..errors import SegGradCAMError
 from ..mrml.outputs import removeWithDisplayAndStorage
 from ..reports import EXPLAIN_FILE, ExplainReport
+from ..runs.findings_files import FINDINGS_FILE, FINDINGS_TABLE
 from .uploads import DicomUpload
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
@@ -61,9 +62,11 @@ class Shown:
 
 
 def output_files(report: ExplainReport, folder: Path) -> list[str]:
-    """The files of ``folder`` offered for download: those its explain.json names (segmentation,
-    heatmaps), explain.json, and overview.png when there; each checked by :func:`served_file`."""
-    names = [*output_volumes(report), EXPLAIN_FILE]
+    """The files of ``folder`` offered for download: those its explain.json names (the volumes of
+    :func:`output_volumes`), explain.json, findings.json and .csv when it has findings, and
+    overview.png when there; each checked by :func:`served_file`."""
+    tables = [FINDINGS_FILE, FINDINGS_TABLE] if report.findings is not None else []
+    names = [*output_volumes(report), EXPLAIN_FILE, *tables]
     if os.path.lexists(folder / OVERVIEW):
         names.append(OVERVIEW)
     for name in names:
@@ -90,8 +93,16 @@ def dicom_download(upload: DicomUpload | None, report: ExplainReport, folder: Pa
 
 
 def output_volumes(report: ExplainReport) -> list[str]:
-    """The volume files an explain.json names: the segmentation, then the heatmaps."""
-    return [report.segmentation, *(info.file for _, _, info in report.heatmaps())]
+    """The volume files an explain.json names: the segmentation, the heatmaps, the findings'
+    heatmaps, then the probability, entropy and fold-disagreement maps."""
+    findings = (report.findings or {}).get("findings", [])
+    finding_maps = [info["file"] for finding in findings for info in finding["layers"].values()]
+    return [
+        report.segmentation,
+        *(info.file for _, _, info in report.heatmaps()),
+        *finding_maps,
+        *(report.uncertainty or []),
+    ]
 
 
 def served_file(folder: Path, name: str) -> Path:

@@ -88,6 +88,8 @@ CONTROLS: dict[str, Callable[[Any], Any]] = {
     "show_segmentation": Flag("Show segmentation"),
     "segmentation_style": Choice("Segmentation style", ("outline", "fill")),
     "faithfulness": Flag("Score faithfulness"),
+    "findings": Flag("Findings"),
+    "why_here": Flag("Why here?"),
 }
 
 

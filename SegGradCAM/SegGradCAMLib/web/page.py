@@ -3,16 +3,33 @@ the state and the methods of :class:`~SegGradCAMLib.web.app.SegGradCAMWeb`."""
 
 from __future__ import annotations
 
+from trame_client.widgets import html
 from trame_client.widgets.html import Div, Span
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
 from trame_vuetify.widgets import vuetify3 as v3
 
 from ..models.declarations import DEFAULT_MULTICLASS_MODEL
+from ..mrml.findings import FINDING_COLUMNS as TABLE_COLUMNS, RELIANCE_MEASURES
 from ..mrml.outputs import inferno_colors
 from ..selection import AUTO_METHOD, METHOD_CHOICES
+from .findings import HEATMAP
 
+CELL = "padding: 2px 4px; height: auto;"  # the findings list's cells
+ABOUT = {key: text for _, key, text in TABLE_COLUMNS}
+LIST_COLUMNS = (  # the findings list's columns: title, tooltip (as the Slicer module's findings table says)
+    ("#", "The finding's id (1: the largest)."),
+    ("class", "Its class."),
+    ("mL", ABOUT["volume_ml"]),
+    ("mean p", ABOUT["probability_mean"]),
+    ("reliance (occlusion)", f"Per input channel: {RELIANCE_MEASURES['occlusion']}"),
+)
 NOTE_SHARED = "All tabs share this server's scene and controls; one run at a time."
+
+
+def checkbox(name: str, label: str, element_id: str):
+    """A compact checkbox bound to the state's ``name``."""
+    return v3.VCheckbox(v_model=(name,), label=label, density="compact", hide_details=True, id=element_id)
 
 
 def quad_layout() -> Layout:
@@ -43,6 +60,9 @@ def initial_state(models: list[str], samples: list[str]) -> dict:
         samples=samples,
         sample=None,
         faithfulness=False,
+        findings=False,
+        why_here=False,
+        overlay=HEATMAP,  # the findings' state besides: FindingsPanel.clear()
         running=False,
         progress=0,
         progress_text="",
@@ -141,17 +161,20 @@ def build_page(web) -> None:
                     hide_details=True,
                     classes="mt-2",
                 )
-                v3.VCheckbox(
-                    v_model=("faithfulness",),
-                    label="Score faithfulness (slower)",
+                checkbox("faithfulness", "Score faithfulness (slower)", "faithfulness")
+                checkbox("findings", "Findings (each lesion on its own, probabilities)", "findings")
+                v3.VSwitch(
+                    v_model=("why_here",),
+                    label="Why here? (then click a slice view)",
                     density="compact",
                     hide_details=True,
-                    id="faithfulness",
+                    color="primary",
+                    id="why-here",
                 )
                 with Div(classes="d-flex mt-2"):
                     v3.VBtn(
                         "Run",
-                        click=(web.start_run, "[model, classes, layers, method, faithfulness]"),
+                        click=(web.start_run, "[model, classes, layers, method, faithfulness, findings]"),
                         disabled=("running",),
                         id="run",
                         color="primary",
@@ -173,13 +196,16 @@ def build_page(web) -> None:
                     hide_details=True,
                     id="heat",
                 )
-                v3.VCheckbox(
-                    v_model=("show_heatmap",),
-                    label="Show heatmap",
+                v3.VSelect(
+                    label="Overlay",
+                    items=("overlay_items",),
+                    v_model=("overlay",),
                     density="compact",
                     hide_details=True,
-                    id="show-heatmap",
+                    id="overlay",
+                    classes="mt-2",
                 )
+                checkbox("show_heatmap", "Show heatmap", "show-heatmap")
                 v3.VSlider(
                     v_model=("opacity",), min=0, max=1, step=0.05, label="Opacity", density="compact", hide_details=True
                 )
@@ -198,13 +224,7 @@ def build_page(web) -> None:
                     v3.VSpacer()
                     Span("1")
                 Div("{{ legend }}", classes="text-caption", id="legend")
-                v3.VCheckbox(
-                    v_model=("show_segmentation",),
-                    label="Show segmentation",
-                    density="compact",
-                    hide_details=True,
-                    id="show-segmentation",
-                )
+                checkbox("show_segmentation", "Show segmentation", "show-segmentation")
                 with v3.VRadioGroup(v_model=("segmentation_style",), inline=True, density="compact", hide_details=True):
                     v3.VRadio(label="outline", value="outline")
                     v3.VRadio(label="fill", value="fill")
@@ -240,6 +260,31 @@ def build_page(web) -> None:
                     ),
                 )
         with ui.content, Div(style="position: relative; height: calc(100vh - 64px);"):  # beside the drawer
-            with Div(style="position: absolute; inset: 0 0 22px 0;"):
+            with Div(style=("`position: absolute; inset: 0 ${finding_rows.length ? 360 : 0}px 22px 0;`",)):
                 web.layout.initialize_layout_grid(ui)
+            findings_list(web)
             Div("{{ probe }}", id="probe", style="position: absolute; bottom: 0; height: 22px; font: 12px monospace;")
+
+
+def findings_list(web) -> None:
+    """The findings of the run shown, beside the views: a click on a row shows that finding."""
+    with Div(
+        v_show=("finding_rows.length",),
+        id="findings-list",
+        style="position: absolute; top: 0; right: 0; bottom: 22px; width: 360px; overflow-y: auto; font-size: 12px;",
+        classes="pa-1",
+    ):
+        with v3.VTable(density="compact"):
+            with html.Thead(), html.Tr():
+                for title, about in LIST_COLUMNS:
+                    html.Th(title, title=about, style=CELL)
+            with html.Tbody():
+                with html.Tr(
+                    v_for="row in finding_rows",
+                    key="row.id",
+                    classes=("row.id === finding ? 'finding-row bg-primary' : 'finding-row'",),
+                    style="cursor: pointer",
+                    click=(web.findings.select, "[row.id]"),
+                ):
+                    for field in ("id", "label", "volume", "probability", "reliance"):
+                        html.Td(f"{{{{ row.{field} }}}}", style=CELL)
