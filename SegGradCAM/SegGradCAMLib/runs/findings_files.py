@@ -15,10 +15,8 @@ from ..findings import Finding, FindingRequest, FindingSet
 from ..inference import VolumeExplanation
 from ..volumes.files import Volume
 from .heatmap_files import HeatmapWriter
-from .outputs import RunFolder
+from .outputs import FINDINGS_FILE, FINDINGS_TABLE, RunFolder
 
-FINDINGS_FILE = "findings.json"
-FINDINGS_TABLE = "findings.csv"
 _STATS = ("probability_mean", "probability_min", "entropy_mean")
 
 

@@ -26,8 +26,15 @@ from ..volumes.files import split_selector
 
 PARTIAL_PREFIX = ".seggradcam-partial-"
 REPORT_FILE = "explain.json"
-FIXED_FILES = ("segmentation.nrrd", "overview.png")  # with explain.json and the heatmap_*.nrrd files
-DICOM_FOLDER = "dicom"  # --dicom: segmentation.dcm and heatmap_*.dcm
+FIXED_FILES = ("segmentation.nrrd", "overview.png")  # with explain.json and the maps (_is_map)
+FINDINGS_FILE, FINDINGS_TABLE = "findings.json", "findings.csv"  # --findings/--point
+DICOM_FOLDER = "dicom"  # --dicom: segmentation.dcm and one <map>.dcm per map
+
+
+def _is_map(stem: str) -> bool:
+    """Whether ``stem`` names a map a run writes: a class's or a finding's heatmap, a probability,
+    the entropy or a disagreement map (the kinds of :class:`~..uncertainty.UncertaintyMap`)."""
+    return stem.startswith(("heatmap_", "probability_")) or stem == "entropy" or stem.endswith("_disagreement")
 
 
 def is_run_output(name: str) -> bool:
@@ -36,20 +43,24 @@ def is_run_output(name: str) -> bool:
     path = PurePosixPath(name)
     stem, suffix = path.stem, path.suffix
     if path.parent == PurePosixPath(DICOM_FOLDER):
-        return suffix == ".dcm" and (stem == "segmentation" or stem.startswith("heatmap_"))
-    heatmap = name.startswith("heatmap_") and suffix == ".nrrd"
-    return name == path.name and (heatmap or name in FIXED_FILES or name == REPORT_FILE)
+        return suffix == ".dcm" and (stem == "segmentation" or _is_map(stem))
+    named = name in (*FIXED_FILES, FINDINGS_FILE, FINDINGS_TABLE, REPORT_FILE)
+    return name == path.name and (named or (suffix == ".nrrd" and _is_map(stem)))
 
 
 def earlier_outputs(out: Path) -> set[str]:
-    """The files of the earlier run in ``out``, as its ``explain.json`` names them (none without one)."""
+    """The files of the earlier run in ``out``, as its ``explain.json`` names them (none without one):
+    its class and finding maps, probability and entropy maps, findings tables and DICOM objects."""
     try:
         report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
-        maps = {layer["file"] for entry in report["classes"] for layer in entry["layers"].values()}
-        maps |= set(report.get("dicom", {}).get("files", []))
+        findings = report.get("findings")
+        entries = report["classes"] + ([] if findings is None else findings["findings"])
+        names = {layer["file"] for entry in entries for layer in entry["layers"].values()}
+        names |= set(report.get("uncertainty") or []) | set((report.get("dicom") or {}).get("files", []))
+        names |= set() if findings is None else {FINDINGS_FILE, FINDINGS_TABLE}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
-    return {name for name in maps if isinstance(name, str) and is_run_output(name)} | set(FIXED_FILES)
+    return {name for name in names if isinstance(name, str) and is_run_output(name)} | set(FIXED_FILES)
 
 
 def is_folder(path: Path) -> bool:

@@ -1,0 +1,63 @@
+"""``explain --findings`` on what users try next: a run again into the same ``--out`` with fewer
+findings, without findings or without probabilities (no earlier finding, probability or DICOM
+map may stay behind as if current). A threshold model (TorchScript, ``--trust-model``) keeps
+each run under a second; the command line is the real one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from toy_models import blob, threshold_model_file
+
+from SegGradCAMLib.cli import main
+from SegGradCAMLib.demo.dicom_series import write_mr_series
+
+
+def two_blobs(path: Path, spacing=(1.0, 1.0, 1.0), direction=None) -> Path:
+    """A volume (24, 24, 60) with two bright blobs, 485 and 93 voxels: the threshold model's two findings."""
+    shape = (24, 24, 60)
+    image = sitk.GetImageFromArray(np.maximum(blob(shape, (12, 12, 15), 5), blob(shape, (12, 12, 45), 3)))
+    image.SetSpacing(spacing)
+    image.SetOrigin((10.0, -20.0, 5.0))
+    if direction is not None:
+        image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def explain(*args: str) -> None:
+    assert main(["explain", *map(str, args), "--trust-model", "--quiet"]) == 0
+
+
+def files(out: Path) -> set[str]:
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+
+
+def test_a_rerun_with_fewer_findings_or_none_leaves_no_earlier_finding_or_probability_map(tmp_path):
+    model, image, out = threshold_model_file(tmp_path / "model"), two_blobs(tmp_path / "a.nrrd"), tmp_path / "o"
+    explain(image, "--model", model, "--findings", "--out", out)
+    assert {"heatmap_blob_f1.nrrd", "heatmap_blob_f2.nrrd", "entropy.nrrd", "findings.csv"} <= files(out)
+    (out / "notes.txt").write_text("the user's own file")
+    plain = {"explain.json", "segmentation.nrrd", "overview.png", "heatmap_blob.nrrd", "notes.txt"}
+
+    explain(image, "--model", model, "--findings", "--max-findings", "1", "--no-probabilities", "--out", out)
+    assert files(out) == plain | {"heatmap_blob_f1.nrrd", "findings.json", "findings.csv"}
+    explain(image, "--model", model, "--out", out)
+    assert files(out) == plain
+
+
+def test_a_rerun_without_findings_leaves_no_earlier_dicom_finding_or_probability_map(tmp_path):
+    model, out = threshold_model_file(tmp_path / "model"), tmp_path / "o"
+    image = sitk.GetImageFromArray(blob((8, 16, 16), (4, 8, 8), 3) * 100)
+    image.SetSpacing((1.5, 1.5, 2.0))
+    series = tmp_path / "series"
+    write_mr_series(image, series)
+    explain(series, "--model", model, "--dicom", "--findings", "--out", out)
+    assert {"dicom/heatmap_blob_f1.dcm", "dicom/probability_blob.dcm", "dicom/entropy.dcm"} <= files(out)
+    explain(series, "--model", model, "--dicom", "--out", out)
+    assert {name for name in files(out) if name.startswith("dicom/")} == {
+        "dicom/segmentation.dcm",
+        "dicom/heatmap_blob.dcm",
+    }
