@@ -60,6 +60,14 @@ class Finding:
         """The first and last voxel index ``(z, y, x)`` of the bounding box (inclusive)."""
         return np.array([s.start for s in self.box]), np.array([s.stop - 1 for s in self.box])
 
+    def boundary_zyx(self) -> np.ndarray:
+        """The voxel indices ``(n, 3)`` ``(z, y, x)`` of the finding's voxels with a face neighbour
+        outside it: where any coordinate in mm (a linear function of the index) is least and largest."""
+        from scipy import ndimage
+
+        edge = self.mask & ~ndimage.binary_erosion(self.mask)
+        return np.argwhere(edge) + np.array([s.start for s in self.box])
+
     def distance_mm(self, point_zyx: Sequence[float], spacing_zyx: Sequence[float]) -> float:
         """The distance (mm) from ``point_zyx`` to the nearest voxel centre of the finding; 0 inside
         (the point's nearest voxel belongs to the finding)."""

@@ -1,10 +1,13 @@
 """``explain --findings`` on what users try next: a run again into the same ``--out`` with fewer
 findings, without findings or without probabilities (no earlier finding, probability or DICOM
-map may stay behind as if current). A threshold model (TorchScript, ``--trust-model``) keeps
-each run under a second; the command line is the real one."""
+map may stay behind as if current), and an oblique input (each finding's RAS box holds every
+voxel of the finding). A threshold model (TorchScript, ``--trust-model``) keeps each run under a
+second; the command line is the real one."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +64,23 @@ def test_a_rerun_without_findings_leaves_no_earlier_dicom_finding_or_probability
         "dicom/segmentation.dcm",
         "dicom/heatmap_blob.dcm",
     }
+
+
+def test_the_ras_box_of_a_finding_in_an_oblique_volume_holds_each_of_its_voxels(tmp_path):
+    turn = math.radians(30)
+    cos, sin = math.cos(turn), math.sin(turn)
+    image = two_blobs(tmp_path / "oblique.nrrd", (1.2, 0.9, 2.0), (cos, -sin, 0, sin, cos, 0, 0, 0, 1))
+    out = tmp_path / "o"
+    explain(image, "--model", threshold_model_file(tmp_path / "model"), "--findings", "--out", out)
+    reference = sitk.ReadImage(str(out / "segmentation.nrrd"))
+    labels = sitk.GetArrayFromImage(reference)
+    findings = json.loads((out / "findings.json").read_text())["findings"]
+    assert len(findings) == 2
+    for finding in findings:
+        (i0, j0, k0), (i1, j1, k1) = finding["bbox_ijk"]
+        voxels = np.argwhere(labels[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] == 1)[:, ::-1] + (i0, j0, k0)
+        lps = np.array([reference.TransformIndexToPhysicalPoint([int(v) for v in ijk]) for ijk in voxels])
+        ras = lps * (-1, -1, 1)
+        low, high = np.array(finding["bbox_ras"])
+        assert len(voxels) == finding["voxels"]
+        assert np.allclose(low, ras.min(axis=0), atol=1e-3) and np.allclose(high, ras.max(axis=0), atol=1e-3)

@@ -42,7 +42,7 @@ def _rounded(values: np.ndarray) -> list[float]:
 def _finding_json(finding: Finding, writer: HeatmapWriter, reference: Volume, reliance: dict | None) -> dict:
     """One finding's entry of findings.json."""
     first, last = finding.bounds_zyx()
-    ras = reference.index_to_ras(np.array([first, last], dtype=np.float64))
+    ras = reference.index_to_ras(finding.boundary_zyx())  # an oblique grid's box needs every edge voxel
     voxel_ml = float(np.prod(reference.spacing)) / 1000.0
     entry: dict[str, Any] = {
         "id": finding.id,
