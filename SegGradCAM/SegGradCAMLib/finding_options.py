@@ -1,5 +1,6 @@
 """Findings, "why here?" and probabilities in ``explain`` (:class:`FindingOptions`, the ``findings``
-field of its options). Torch-free, like the options that hold it."""
+field of its options), and the finding size limits ``evaluate --findings`` shares. Torch-free, like
+the options that hold them."""
 
 from __future__ import annotations
 
@@ -25,6 +26,24 @@ def _point(value: Any) -> tuple[float, float, float] | None:
     return point  # type: ignore[return-value]
 
 
+def min_finding_option() -> Any:
+    """``--min-finding-mm3``, shared by ``explain`` and ``evaluate``."""
+    return option("--min-finding-mm3", 10.0, "findings: smallest component explained, in mm³ (default 10)", type=float)
+
+
+def max_findings_option() -> Any:
+    """``--max-findings``, shared by ``explain`` and ``evaluate``."""
+    return option("--max-findings", 20, "findings: explain at most this many, the largest (default 20)", type=int)
+
+
+def check_finding_limits(min_finding_mm3: float, max_findings: int) -> None:
+    """``--min-finding-mm3`` >= 0 and ``--max-findings`` >= 1."""
+    if not (min_finding_mm3 >= 0 and math.isfinite(min_finding_mm3)):
+        raise SegGradCAMError(f"--min-finding-mm3 must be >= 0; got {min_finding_mm3}.")
+    if max_findings < 1:
+        raise SegGradCAMError(f"--max-findings must be >= 1; got {max_findings}.")
+
+
 @dataclass(frozen=True)
 class FindingOptions(CommandOptions):
     """``--findings`` (each connected component of each class explained on its own), its size limits,
@@ -39,12 +58,8 @@ class FindingOptions(CommandOptions):
         "heatmap_<class>_f<id>.nrrd, findings.json/.csv with size, position, probability and channel reliance",
         action="store_true",
     )
-    min_finding_mm3: float = option(
-        "--min-finding-mm3", 10.0, "findings: smallest component explained, in mm³ (default 10)", type=float
-    )
-    max_findings: int = option(
-        "--max-findings", 20, "findings: explain at most this many, the largest (default 20)", type=int
-    )
+    min_finding_mm3: float = min_finding_option()
+    max_findings: int = max_findings_option()
     point: tuple[float, float, float] | None = option(
         "--point",
         None,
@@ -65,13 +80,17 @@ class FindingOptions(CommandOptions):
     no_probabilities: bool = option(
         "--no-probabilities", False, "with --findings/--point: leave out the probability maps", action="store_true"
     )
+    no_reliance: bool = option(
+        "--no-reliance",
+        False,
+        "with --findings/--point on a multi-channel model: leave out the channel reliance (its occlusion "
+        "passes and the input gradients, which make each backward pass run through the whole network)",
+        action="store_true",
+    )
 
     def __post_init__(self) -> None:
         self.normalise_fields()
-        if not (self.min_finding_mm3 >= 0 and math.isfinite(self.min_finding_mm3)):
-            raise SegGradCAMError(f"--min-finding-mm3 must be >= 0; got {self.min_finding_mm3}.")
-        if self.max_findings < 1:
-            raise SegGradCAMError(f"--max-findings must be >= 1; got {self.max_findings}.")
+        check_finding_limits(self.min_finding_mm3, self.max_findings)
         if not (self.point_radius_mm >= 0 and math.isfinite(self.point_radius_mm)):
             raise SegGradCAMError(f"--point-radius-mm must be >= 0; got {self.point_radius_mm}.")
         if self.probabilities and self.no_probabilities:
@@ -81,6 +100,11 @@ class FindingOptions(CommandOptions):
     def wanted(self) -> bool:
         """Whether findings are explained (``--findings`` or ``--point``)."""
         return self.findings or self.point is not None
+
+    @property
+    def measures_reliance(self) -> bool:
+        """Whether the channel reliance is measured (multi-channel models only)."""
+        return self.wanted and not self.no_reliance
 
     @property
     def writes_probabilities(self) -> bool:

@@ -199,7 +199,7 @@ def with_targets(options: ExplainOptions, settings: ExplainSettings, inputs: Inp
     request = TargetRequest(
         finding_request(findings, inputs.reference),
         findings.writes_probabilities,
-        findings.wanted and len(inputs.volumes) > 1,
+        findings.measures_reliance and len(inputs.volumes) > 1,
         channel_names(inputs.paths),
         writer.write_map,
     )
