@@ -84,12 +84,14 @@ def test_finding_options_round_trip_and_refuse_what_does_not_fit():
         point="12.5, -30, 8",
         point_radius_mm=4,
         no_probabilities=True,
+        no_reliance=True,
     )
     assert findings.point == (12.5, -30.0, 8.0) and findings.wanted and not findings.writes_probabilities
     options = ExplainOptions(inputs=["t1c.nrrd"], out="o", findings=findings)
     argv = options.to_argv()
     assert ExplainOptions.from_argv(argv) == options
-    assert "--point" in argv and "--no-probabilities" in argv and "--max-findings" in argv
+    assert "--point" in argv and "--no-probabilities" in argv and "--max-findings" in argv and "--no-reliance" in argv
+    assert not findings.measures_reliance and FindingOptions(findings=True).measures_reliance
     assert FindingOptions(point=(1, 2, 3)).writes_probabilities  # --point implies findings, with probabilities
     assert FindingOptions(probabilities=True).writes_probabilities and not FindingOptions().writes_probabilities
     refused = {
