@@ -88,6 +88,40 @@ def small_case(tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def two_lesion_slices(tmp_path_factory) -> list[str]:
+    """The two consecutive slices of the first held-out demo case with two lesions where its edema
+    (label 1) is two components of at least 200 voxels each, one file per channel."""
+    import itertools
+
+    import numpy as np
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from SegGradCAMLib.demo import data as demo_data
+
+    for case, _ in itertools.islice(demo_data.iter_cases(demo_data.EVAL_SEED), 12):
+        if ndimage.label(case.labels > 0, np.ones((3, 3, 3), bool))[1] == 2:
+            break
+    else:
+        pytest.fail("no held-out demo case with two lesions among the first 12")
+
+    def second_largest(z: int) -> int:
+        components, _ = ndimage.label(case.labels[z : z + 2] == 1, np.ones((3, 3, 3), bool))
+        return sorted([0, 0, *np.bincount(components.ravel())[1:]])[-2]
+
+    z = max(range(case.labels.shape[0] - 1), key=second_largest)
+    assert second_largest(z) >= 200
+    folder = tmp_path_factory.mktemp("two_lesions")
+    paths = demo_data.write_case(case, folder)
+    cut = []
+    for channel in demo_data.CHANNELS:
+        path = folder / f"{channel}_cut.nrrd"
+        sitk.WriteImage(sitk.ReadImage(str(paths[channel]))[:, :, z : z + 2], str(path))
+        cut.append(str(path))
+    return cut
+
+
+@pytest.fixture(scope="session")
 def orthanc():
     """A running Orthanc with DICOMweb (Testing/orthanc.py), shared by the session (each test
     stores a study of its own)."""

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from .declared_options import CommandOptions, option
 from .dicom_options import DicomOptions
-from .finding_options import FindingOptions
+from .finding_options import FindingOptions, check_finding_limits, max_findings_option, min_finding_option
 from .engine_options import EngineOptions
 from .errors import SegGradCAMError
 from .models.declarations import DEFAULT_MODEL
@@ -335,6 +335,15 @@ class EvaluateOptions(CommandOptions):
         action="store_true",
     )
     force: bool = option("--force", False, "with --write-card: replace an existing card's choice", action="store_true")
+    findings: bool = option(
+        "--findings",
+        False,
+        "volumes: also score each finding (26-connected component of a class, as explain --findings) against "
+        "its own component; its rows carry its id, summarised as '<class> findings'",
+        action="store_true",
+    )
+    min_finding_mm3: float = min_finding_option()
+    max_findings: int = max_findings_option()
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
@@ -361,6 +370,7 @@ class EvaluateOptions(CommandOptions):
             raise SegGradCAMError(f"--batch-size must be >= 1; got {self.batch_size}.")
         if self.max_memory_gb is not None and not 0 < self.max_memory_gb < float("inf"):
             raise SegGradCAMError(f"--max-memory-gb must be a number of GB > 0; got {self.max_memory_gb}.")
+        check_finding_limits(self.min_finding_mm3, self.max_findings)
 
     @property
     def road_fractions(self) -> tuple[float, ...]:

@@ -14,7 +14,7 @@ sees it, for Deletion/Insertion), as MONAI's ``Inferer`` subclasses share ``__ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -26,6 +26,7 @@ import torch
 from .cam import label_map
 from .errors import SegGradCAMError
 from .class_maps import ClassHeatmap
+from .findings import FindingRequest, FindingSet
 from .inference import ProgressCallback, VolumeExplanation
 from .targets import TargetRequest
 from .model_grid import Direction, check_volume, prepare_input
@@ -33,6 +34,7 @@ from .models.spec import LoadedModel
 from .options import MAX_VOXELS
 from .preprocessing import pad_end, padded_shape
 from .volumes.files import Volume, check_files, check_no_itk_sibling, read_channels
+from .volume_findings import volume_findings
 
 HeatmapCallback = Callable[[ClassHeatmap, np.ndarray], None]
 
@@ -63,6 +65,11 @@ class InputVolumes:
     def spacing_zyx(self) -> tuple[float, ...]:
         return tuple(self.reference.spacing)[::-1]
 
+    @property
+    def image_and_grid(self) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+        """``image``, ``spacing_zyx`` and the reference's direction, as :func:`cases_from_volume` takes them."""
+        return self.image, self.spacing_zyx, self.reference.direction
+
 
 @dataclass(frozen=True)
 class ExplainSettings:
@@ -85,12 +92,13 @@ class ExplainSettings:
 @dataclass
 class EvalCase:
     """One unit of evaluation on the model grid: ``image`` ``(Cin, *S)`` normalised, ``spacing`` in mm,
-    and the findings' ``regions`` ``(K, *S)`` bool on it (scoring finding maps), else None."""
+    and the findings' ``regions`` ``(K, *S)`` bool on it (scoring finding maps; ``findings``: which), else None."""
 
     name: str
     image: torch.Tensor
     spacing: tuple[float, ...]
     regions: torch.Tensor | None = None
+    findings: FindingSet | None = None
 
 
 def _predicted_labels(model: LoadedModel, images: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
@@ -157,7 +165,7 @@ class Pipeline(Protocol):
 
     def check_inputs(self, paths: Sequence[str]) -> None: ...
 
-    def check_scorable(self) -> None: ...
+    def check_scorable(self, findings: bool = False) -> None: ...
 
     def explain(
         self,
@@ -183,6 +191,7 @@ class Pipeline(Protocol):
         batch_size: int,
         device: str,
         max_voxels: int = MAX_VOXELS,
+        findings: FindingRequest | None = None,
     ) -> list[EvalCase]: ...
 
 
@@ -195,8 +204,8 @@ class VolumePipeline:
     def check_inputs(self, paths: Sequence[str]) -> None:
         """Any volume file, ``FILE@N`` or DICOM folder: checked when read."""
 
-    def check_scorable(self) -> None:
-        """Every such model's heatmaps can be scored."""
+    def check_scorable(self, findings: bool = False) -> None:
+        """Every such model's heatmaps and finding maps can be scored."""
 
     def report_note(self, settings: ExplainSettings) -> dict | None:
         """Nothing to add to explain.json."""
@@ -232,16 +241,7 @@ class VolumePipeline:
     ) -> list[EvalCase]:
         """The volume on the model's grid (3D) or its slices showing a class or a finding (2D), with
         the findings' ``regions`` ``(K, Z, Y, X)`` bool (input grid) on each."""
-        return cases_from_volume(
-            self.model,
-            inputs.image,
-            inputs.spacing_zyx,
-            inputs.reference.direction,
-            "volume",
-            classes,
-            device=device,
-            regions=regions,
-        )
+        return cases_from_volume(self.model, *inputs.image_and_grid, "volume", classes, device=device, regions=regions)
 
     def evaluation_cases(
         self,
@@ -253,17 +253,19 @@ class VolumePipeline:
         batch_size: int,
         device: str,
         max_voxels: int = MAX_VOXELS,
+        findings: FindingRequest | None = None,
     ) -> list[EvalCase]:
         """The cases of one volume named ``name`` (2D: ``name[z]``, at most ``max_slices`` drawn with ``seed``);
-        a file declaring more than ``max_voxels`` values is refused."""
+        a file declaring more than ``max_voxels`` values is refused. With ``findings``, each case carries the
+        volume's findings and their regions (2D: drawn among the slices showing a class or a finding)."""
         inputs = InputVolumes.read(paths, max_voxels)
-        cases = cases_from_volume(
-            self.model, inputs.image, inputs.spacing_zyx, inputs.reference.direction, name, classes, batch_size, device
-        )
+        found = volume_findings(self.model, *inputs.image_and_grid, classes, findings, batch_size, device)
+        regions = found.regions(inputs.image.shape[1:]) if found and found.findings else None
+        cases = cases_from_volume(self.model, *inputs.image_and_grid, name, classes, batch_size, device, regions)
         if len(cases) > max_slices:
             keep = np.sort(np.random.default_rng(seed).choice(len(cases), max_slices, replace=False))
             cases = [cases[i] for i in keep]
-        return cases
+        return [replace(case, findings=found) for case in cases]
 
 
 @dataclass
@@ -292,9 +294,14 @@ class NnunetPipeline:
                 "convert others first, e.g. in 3D Slicer or with SimpleITK."
             )
 
-    def check_scorable(self) -> None:
-        """A 3D configuration of exclusive classes (not 2D, not overlapping sigmoid regions)."""
+    def check_scorable(self, findings: bool = False) -> None:
+        """A 3D configuration of exclusive classes (not 2D, not overlapping sigmoid regions); not finding maps yet."""
         name = self.model.spec.name
+        if findings:
+            raise SegGradCAMError(
+                f"{name}: scoring finding maps (evaluate --findings, explain --findings --faithfulness) is not "
+                "available for nnU-Net models yet; leave out --findings."
+            )
         if self.model.spec.spatial_dims != 3:
             raise SegGradCAMError(
                 f"{name} is a 2D nnU-Net configuration; scoring heatmaps (--faithfulness, evaluate) needs a 3D one."
@@ -346,12 +353,7 @@ class NnunetPipeline:
     ) -> list[EvalCase]:
         """The volume as nnU-Net preprocesses it (its files checked when read), scored with the first
         fold's weights (as evaluate does); finding maps (``regions``) are not scored on its grid yet."""
-        self.check_scorable()
-        if regions is not None:
-            raise SegGradCAMError(
-                f"{self.model.spec.name}: scoring finding maps (--findings with --faithfulness) is not available "
-                "for nnU-Net models yet; leave out --faithfulness or --findings."
-            )
+        self.check_scorable(regions is not None)
         self.model.network.load_state_dict(self.model.nnunet_parts().parameters[0])
         return [nnunet_case(self.model, inputs.paths, "volume")]
 
@@ -365,10 +367,11 @@ class NnunetPipeline:
         batch_size: int,
         device: str,
         max_voxels: int = MAX_VOXELS,
+        findings: FindingRequest | None = None,
     ) -> list[EvalCase]:
         """One case: the whole volume as nnU-Net preprocesses it (see :func:`nnunet_case`), its files
         checked as :meth:`check_inputs` and :func:`~.volumes.files.check_files` do."""
-        self.check_scorable()
+        self.check_scorable(findings is not None)
         self.check_inputs(paths)
         check_files(paths, max_voxels)
         return [nnunet_case(self.model, paths, name)]

@@ -195,6 +195,9 @@ def test_evaluate_options_round_trip():
         trust_model=True,
         write_card=True,
         force=True,
+        findings=True,
+        min_finding_mm3=5.0,
+        max_findings=3,
         engine=EngineOptions("ray", workers=2),
     )
     assert options.baselines == () and options.road_fractions == (0.2, 0.4)
@@ -229,6 +232,7 @@ def test_explain_options_refuse_bad_values_when_built(values, message):
     [
         (["--data", "demo", "--out", "e", "--metrics", "bogus"], "Unknown metric bogus"),
         (["--data", "demo", "--out", "e", "--step", "0"], "--step a fraction"),
+        (["--data", "cases", "--out", "e", "--findings", "--max-findings", "0"], "--max-findings must be >= 1"),
         (["--data", "demo", "--out", "e", "--max-voxels", "-5"], "--max-voxels must be >= 1"),
         (["--data", "demo", "--out", "e", "--road-percentages", "0,200"], "strictly between 0 and 100"),
         (["--data", "demo", "--out", "e", "--methods", "none", "--baselines", "none"], "Nothing to evaluate"),

@@ -39,9 +39,11 @@ CURVE_TITLES = {"deletion": "Deletion", "insertion": "Insertion", "road_morf": "
 
 
 def write_tables(out: Path, report: EvaluationReport) -> None:
-    """``metrics.json`` (everything) and ``metrics.csv`` (one row per case x class x method x layer)."""
+    """``metrics.json`` (everything) and ``metrics.csv`` (one row per case x class x method x layer;
+    with findings, also per finding, its id in the ``finding`` column)."""
     report.write(out)
-    columns = ["case", "class", "method", "layer", "mask_voxels", *METRIC_COLUMNS]
+    finding = ["finding"] if any("finding" in row for row in report.rows) else []
+    columns = ["case", "class", *finding, "method", "layer", "mask_voxels", *METRIC_COLUMNS]
     with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -251,13 +253,14 @@ img {{ max-width: 100%; margin: 0.5em 0; }}
 <p>Scores: mean softmax probability of the class over its original predicted mask (fixed through each curve).
 Deletion replaces the highest-ranked voxels first by the baseline; Insertion restores them into it; ROAD removes
 them (MoRF) or the least relevant (LeRF) and imputes them by noisy linear imputation. Mean over cases with 95%
-percentile-bootstrap intervals.</p>
+percentile-bootstrap intervals. A finding (<i>class</i> findings, <i>all findings</i>; with --findings) is scored
+as its class is with its own component as the mask and target, and summarised apart from the classes.</p>
 <h2>Summary</h2>
 <table id="summary"><tr><th>class</th><th>explanation</th>{header}</tr>{body_rows}</table>
 <h2>Paired differences against the baselines</h2>
-<p>Mean difference, explanation minus baseline on the same case and class, all classes pooled, with 95% bootstrap
-intervals: negative is better for Deletion and MoRF, positive for Insertion and LeRF; "better"/"worse" when the
-interval excludes 0, "n.s." when it does not.</p>
+<p>Mean difference, explanation minus baseline on the same case and class, all classes pooled (not the findings),
+with 95% bootstrap intervals: negative is better for Deletion and MoRF, positive for Insertion and LeRF;
+"better"/"worse" when the interval excludes 0, "n.s." when it does not.</p>
 <table id="comparisons"><tr><th>explanation</th><th>versus</th>{compared_header}</tr>
 {comparisons}</table>
 <h2>Curves</h2>

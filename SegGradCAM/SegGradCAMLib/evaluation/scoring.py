@@ -1,7 +1,8 @@
 """Scoring heatmaps on the model's grid, one case at a time (a slice for 2D models, a volume for
-3D models): per case, class and explanation (a CAM method on a layer, or a baseline: ``random``,
-``mask``, ``gradient``) one row of metrics (Deletion/Insertion, ROAD, energy, randomisation) and
-the curves; results saved per cohort case and merged."""
+3D models): per case, class (and, with findings, each finding it shows: :mod:`.finding_targets`)
+and explanation (a CAM method on a layer, or a baseline: ``random``, ``mask``, ``gradient``) one
+row of metrics (Deletion/Insertion, ROAD, energy, randomisation) and the curves; results saved per
+cohort case and merged."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from ..cam import label_map, seg_grad_cam
 from ..errors import CancelledError
+from ..findings import FindingRequest
 from ..layers import decoder_layers, resolve_layers
 from ..models.spec import LoadedModel
 from ..options import BASELINE_EXPLANATIONS, MAX_VOXELS, METRICS
@@ -22,17 +24,20 @@ from ..pipelines import EvalCase, Pipeline
 from ..selection import DEFAULT_FRACTIONS
 from .deletion_insertion import DEFAULT_SIGMA_MM, ClassScorer, deletion_insertion, make_baseline
 from .energy import heatmap_energy_fractions
+from .faithfulness import Target
+from .finding_targets import shown_findings, shown_regions
 from .memory import MemoryBudget
 from .road import road
 from .sanity import baseline_heatmap, cascading_randomisation
-from .statistics import NO_LAYER
+from .statistics import NO_LAYER, group_name
 
 
 @dataclass
 class EvalConfig:
     """What to measure and how. ``step``: fraction of voxels per Deletion/Insertion step;
     ``batch_size`` and ``max_memory_gb``: perturbed inputs per network call at most, and the
-    memory such a call may take (see :mod:`.memory`)."""
+    memory such a call may take (see :mod:`.memory`); ``findings``: also score each finding of a
+    volume (None: classes only)."""
 
     metrics: Sequence[str] = METRICS
     methods: Sequence[str] = ("gradcam",)
@@ -51,11 +56,13 @@ class EvalConfig:
     device: str = "cpu"
     bootstrap: int = 2000
     gallery: int = 6
+    findings: FindingRequest | None = None
 
 
 @dataclass
 class EvalResult:
-    """Rows of metrics, curves per key ``(class name, explanation, layer, curve)`` and randomisation steps."""
+    """Rows of metrics, curves per key ``(group, explanation, layer, curve)`` (group: the class name, or
+    ``<class> findings``) and randomisation steps."""
 
     rows: list[dict] = field(default_factory=list)
     curves: dict[tuple[str, str, str, str], list[np.ndarray]] = field(default_factory=dict)
@@ -71,13 +78,20 @@ def case_seed(seed: int, *keys: int) -> int:
 
 
 def _explanations(
-    model: LoadedModel, case: EvalCase, classes: list[int], layers: list[str], config: EvalConfig
+    model: LoadedModel,
+    case: EvalCase,
+    classes: list[int],
+    layers: list[str],
+    config: EvalConfig,
+    regions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[tuple[str, str], torch.Tensor]]:
-    """Logits ``(C, *S)`` and CAMs ``(method, layer) -> (len(classes), *S)`` of one case."""
+    """Logits ``(C, *S)`` and CAMs ``(method, layer) -> (len(classes), *S)`` of one case, each class's
+    target its ``regions`` ``(len(classes), *S)`` bool (default: its predicted mask)."""
     x = case.image[None].to(config.device)
+    targets = None if regions is None else regions[None].to(config.device)
     maps, logits = {}, None
     for method in config.methods:
-        result = seg_grad_cam(model.network, x, layers, classes, method, upsample=True)
+        result = seg_grad_cam(model.network, x, layers, classes, method, targets, upsample=True)
         logits = result.logits[0].float().cpu()
         for layer, m in result.items():
             maps[(method, layer)] = m[:, 0].float().cpu()
@@ -89,8 +103,9 @@ def _explanations(
 
 @dataclass
 class _ClassTarget:
-    """One class of one case: its scorer, the input ``(Cin, *S)``, the perturbation
-    baseline, the scores of both (``ends``, shared by all heatmaps) and a seed."""
+    """One class of one case, or one finding (``finding``: its id): its scorer, the input
+    ``(Cin, *S)``, the perturbation baseline, the scores of both (``ends``, shared by all heatmaps)
+    and a seed."""
 
     name: str
     scorer: ClassScorer
@@ -98,6 +113,12 @@ class _ClassTarget:
     replacement: torch.Tensor
     ends: tuple[np.ndarray, np.ndarray] | None
     seed: int
+    finding: int | None = None
+
+    @property
+    def columns(self) -> dict:
+        """The ``class`` (and ``finding``) of its rows."""
+        return {"class": self.name} if self.finding is None else {"class": self.name, "finding": self.finding}
 
 
 def _row(
@@ -112,11 +133,11 @@ def _row(
     config: EvalConfig,
     result: EvalResult,
 ) -> dict:
-    """The metrics of one explanation ``heat`` ``(*S)`` of one class of one case (curves and
-    randomisation steps go into ``result``)."""
+    """The metrics of one explanation ``heat`` ``(*S)`` of one class or finding of one case (curves,
+    under its group, and randomisation steps go into ``result``)."""
     network, image = target.scorer.network, target.image
-    row = {"case": case.name, "class": target.name, "method": method, "layer": layer, "mask_voxels": int(mask.sum())}
-    row.update(_score_explanation(target, heat, (target.name, method, layer), config, result))
+    row = {"case": case.name, **target.columns, "method": method, "layer": layer, "mask_voxels": int(mask.sum())}
+    row.update(_score_explanation(target, heat, (group_name(row), method, layer), config, result))
     energy = heatmap_energy_fractions(heat.numpy(), mask.numpy(), case.spacing, config.shell_mm)
     row.update({k: v for k, v in energy.items() if k != "shell_mm"})
     if "randomization" in config.metrics and method in config.methods:
@@ -124,7 +145,7 @@ def _row(
             network, image.to(config.device), layer, class_index, mask.to(config.device), stages, method, target.seed
         )
         result.randomization += [
-            {"case": case.name, "class": target.name, "method": method, "layer": layer, **s} for s in steps
+            {"case": case.name, **target.columns, "method": method, "layer": layer, **s} for s in steps
         ]
         row["randomization_spearman"] = steps[-1]["spearman"]
         row["randomization_ssim"] = steps[-1]["ssim"]
@@ -141,34 +162,43 @@ def evaluate_case(
     config: EvalConfig,
     result: EvalResult,
 ) -> None:
-    """Append the rows, curves and randomisation steps of one case to ``result``; ``keys`` (the
-    case's position) seed its random orderings."""
+    """Append the rows, curves and randomisation steps of one case to ``result``: its classes', then
+    those of the findings it shows (each with its id, seeded apart); ``keys`` (the case's position)
+    seed its random orderings."""
     network, spec = model.network, model.spec
     logits, cams = _explanations(model, case, classes, layers, config)
     labels = label_map(logits, 0)
+    targets = [(Target(c), None, {key: m[ci] for key, m in cams.items()}) for ci, c in enumerate(classes)]
+    shown = shown_findings(case)
+    if shown:
+        finding_classes = [f.target.class_index for f in shown]
+        _, maps = _explanations(model, case, finding_classes, layers, config, shown_regions(case, shown))
+        targets += [(f.target, f.id, {key: m[n] for key, m in maps.items()}) for n, f in enumerate(shown)]
     image = case.image.float()
     replacement = make_baseline(image, case.spacing, config.baseline, config.sigma_mm)
     curves = bool({"deletion", "insertion"} & set(config.metrics))
-    budget = MemoryBudget(config.batch_size, config.max_memory_gb)  # shared by the case's classes
+    budget = MemoryBudget(config.batch_size, config.max_memory_gb)  # shared by the case's targets
     gallery = {"case": case.name, "image": image[0].numpy(), "classes": {}}
-    for ci, c in enumerate(classes):
-        mask = labels == c
+    for target, finding, explanations in targets:
+        c = target.class_index
+        mask = target.mask(case, labels)
         if not mask.any():
             continue
         scorer = ClassScorer(network, c, mask, spec.output_activation, config.device, budget=budget)
         ends = scorer(torch.stack([image, replacement])) if curves else None
-        target = _ClassTarget(spec.labels[c], scorer, image, replacement, ends, case_seed(config.seed, *keys, c))
-        explanations = {key: m[ci] for key, m in cams.items()}
+        seed = case_seed(config.seed, *keys, c, *([] if finding is None else [finding]))
+        scored = _ClassTarget(spec.labels[c], scorer, image, replacement, ends, seed, finding)
         for kind in config.baselines:
             explanations[(kind, NO_LAYER)] = baseline_heatmap(
-                kind, network, image.to(config.device), c, mask.to(config.device), target.seed
+                kind, network, image.to(config.device), c, mask.to(config.device), seed
             ).cpu()
-        gallery["classes"][target.name] = {
-            "mask": mask.numpy(),
-            "maps": {k: v.numpy() for k, v in explanations.items()},
-        }
+        if finding is None:
+            gallery["classes"][scored.name] = {
+                "mask": mask.numpy(),
+                "maps": {k: v.numpy() for k, v in explanations.items()},
+            }
         for (method, layer), heat in explanations.items():
-            result.rows.append(_row(case, target, mask, c, method, layer, heat, stages, config, result))
+            result.rows.append(_row(case, scored, mask, c, method, layer, heat, stages, config, result))
     if len(result.gallery) < config.gallery and gallery["classes"]:
         result.gallery.append(gallery)
 
@@ -249,13 +279,15 @@ def evaluate_volume(
     max_voxels: int = MAX_VOXELS,
 ) -> EvalResult:
     """One volume of a cohort, the ``index``-th, given as its channel files: its cases (see the
-    pipeline's ``evaluation_cases``; a file declaring more than ``max_voxels`` values is refused),
-    named after ``name`` and seeded by ``index`` (so the result does not depend on which process
-    or machine runs it, nor on the other volumes)."""
+    pipeline's ``evaluation_cases``, with the volume's findings when ``config.findings`` asks; a
+    file declaring more than ``max_voxels`` values is refused), named after ``name`` and seeded by
+    ``index`` (so the result does not depend on which process or machine runs it, nor on the other
+    volumes)."""
     model = pipeline.model
     classes = list(config.classes) if config.classes is not None else list(range(1, len(model.spec.labels)))
+    seed = case_seed(config.seed, index)
     cases = pipeline.evaluation_cases(
-        paths, name, classes, max_slices, case_seed(config.seed, index), config.batch_size, config.device, max_voxels
+        paths, name, classes, max_slices, seed, config.batch_size, config.device, max_voxels, config.findings
     )
     if not cases:
         return EvalResult()
@@ -332,5 +364,10 @@ def load_result(folder: Path) -> EvalResult:
 
 
 def config_dict(config: EvalConfig) -> dict:
-    """``config`` as JSON-ready values."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    """``config`` as JSON-ready values; ``findings`` (its size limits) only when asked, so that the
+    fingerprints of earlier cohorts, which had no such field, still match."""
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    del values["findings"]
+    if config.findings is not None:
+        values["findings"] = {"min_finding_mm3": config.findings.min_mm3, "max_findings": config.findings.max_findings}
+    return values

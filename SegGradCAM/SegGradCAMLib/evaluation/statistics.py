@@ -30,6 +30,13 @@ METRIC_COLUMNS = (
     "randomization_ssim",
 )
 POOLED = "all classes"
+POOLED_FINDINGS = "all findings"
+
+
+def group_name(row: dict) -> str:
+    """The group a row (or randomisation step) is summarised in: its class, or ``<class> findings``
+    for a finding's row (``evaluate --findings``), so findings never mix into their class."""
+    return row["class"] if row.get("finding") is None else f"{row['class']} findings"
 
 
 def explanation_name(method: str, layer: str) -> str:
@@ -72,18 +79,20 @@ def bootstrap_ci(
 
 
 def _groups(rows: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
-    """Rows by (class, method, layer), plus the pooled ``all classes`` group."""
+    """Rows by (group, method, layer), plus the pooled ``all classes`` and ``all findings`` groups."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["class"], row["method"], row["layer"]), []).append(row)
-        groups.setdefault((POOLED, row["method"], row["layer"]), []).append(row)
+        pooled = POOLED if row.get("finding") is None else POOLED_FINDINGS
+        groups.setdefault((group_name(row), row["method"], row["layer"]), []).append(row)
+        groups.setdefault((pooled, row["method"], row["layer"]), []).append(row)
     return groups
 
 
 def bootstrap_summary(rows: Sequence[dict], resamples: int = 2000, seed: int = 0) -> list[dict]:
-    """Mean and case-level bootstrap CI of every metric column per (class, method, layer).
+    """Mean and case-level bootstrap CI of every metric column per (group, method, layer).
 
-    Classes in order of appearance, ``all classes`` (pooled) last; CAM methods before baselines.
+    Classes in order of appearance, then ``all classes`` (pooled); then the finding groups and ``all
+    findings`` likewise; CAM methods before baselines.
     """
     summary = []
     for (name, method, layer), members in _groups(rows).items():
@@ -94,9 +103,10 @@ def bootstrap_summary(rows: Sequence[dict], resamples: int = 2000, seed: int = 0
                     [r.get(column, np.nan) for r in members], resamples, seed=seed, cases=[r["case"] for r in members]
                 )
         summary.append(entry)
-    classes = list(dict.fromkeys(e["class"] for e in summary if e["class"] != POOLED))
-    classes.append(POOLED)
-    return sorted(summary, key=lambda e: (classes.index(e["class"]), e["layer"] == NO_LAYER))
+    findings = {group_name(row) for row in rows if row.get("finding") is not None}
+    names = list(dict.fromkeys(e["class"] for e in summary if e["class"] not in (POOLED, POOLED_FINDINGS)))
+    order = [n for n in names if n not in findings] + [POOLED] + [n for n in names if n in findings] + [POOLED_FINDINGS]
+    return sorted(summary, key=lambda e: (order.index(e["class"]), e["layer"] == NO_LAYER))
 
 
 def compare(
@@ -106,9 +116,10 @@ def compare(
     seed: int = 0,
 ) -> list[dict]:
     """Paired differences, CAM explanation minus baseline on the same case and class, pooled
-    over classes, with case-level bootstrap CIs: one dict per (method, layer, baseline) with
-    a :func:`bootstrap_ci` result per column.
+    over classes (the findings' rows left out), with case-level bootstrap CIs: one dict per
+    (method, layer, baseline) with a :func:`bootstrap_ci` result per column.
     """
+    rows = [r for r in rows if r.get("finding") is None]
     by_key = {(r["case"], r["class"], r["method"], r["layer"]): r for r in rows}
     baselines = list(dict.fromkeys(r["method"] for r in rows if r["layer"] == NO_LAYER))
     explained = list(dict.fromkeys((r["method"], r["layer"]) for r in rows if r["layer"] != NO_LAYER))
@@ -156,10 +167,10 @@ def mean_curves(result) -> list[dict]:
 
 
 def randomization_summary(steps: Sequence[dict]) -> list[dict]:
-    """Mean Spearman/SSIM per (class, method, layer, cascade step), steps in cascade order."""
+    """Mean Spearman/SSIM per (group, method, layer, cascade step), steps in cascade order."""
     groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for s in steps:
-        groups.setdefault((s["class"], s["method"], s["layer"], s["step"]), []).append(s)
+        groups.setdefault((group_name(s), s["method"], s["layer"], s["step"]), []).append(s)
     return [
         {
             "class": k[0],

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import SegGradCAMError
 from ..evaluation.cases import DEMO_DATA, demo_cases
 from ..evaluation.scoring import EvalConfig, EvalResult, evaluate
+from ..findings import FindingRequest
 from ..inference import ProgressCallback
 from ..models.cards import card_path, read_card, resolve_method
 from ..models.registry import REGISTRY
@@ -57,6 +58,7 @@ def eval_config(options: EvaluateOptions, labels, device: str) -> EvalConfig:
         batch_size=options.batch_size,
         max_memory_gb=options.max_memory_gb,
         device=device,
+        findings=FindingRequest(options.min_finding_mm3, options.max_findings) if options.findings else None,
     )
 
 
@@ -75,13 +77,18 @@ class EvaluationRun:
         step = progress or (lambda stage, done, total: None)
         if options.write_card:
             check_card_writable(options)
+        if options.findings and options.data == DEMO_DATA:
+            raise SegGradCAMError(
+                f"--findings scores the components of whole volumes; --data {DEMO_DATA} holds single slices. "
+                "Give volumes (e.g. cases written by python -m SegGradCAMLib.demo.data) or leave out --findings."
+            )
         check_out_folder(Path(options.out))
         step("read", 0, 1)
         set_threads(options.threads)
         start = time.perf_counter()
         device = pick_device(options.device)
         pipeline = load_pipeline(options.model, trust=options.trust_model, device=device)
-        pipeline.check_scorable()
+        pipeline.check_scorable(options.findings)
         step("startup", 1, 1)
         run = cls(options, pipeline, eval_config(options, pipeline.model.spec.labels, device))
         run.timings["load_s"] = time.perf_counter() - start
