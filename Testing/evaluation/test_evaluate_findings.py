@@ -12,14 +12,18 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
+from toy_models import blob, threshold_model
 
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.cohort.tasks import EvaluateTask
-from SegGradCAMLib.evaluation.scoring import EvalConfig
+from SegGradCAMLib.evaluation.scoring import EvalConfig, evaluate
 from SegGradCAMLib.findings import FindingRequest
 from SegGradCAMLib.models import SHIPPED_MODELS
 from SegGradCAMLib.models.nnunet import find_nnunet_folders
+from SegGradCAMLib.pipelines import VolumePipeline
 
 COMMON = ["--model", "demo-lesions-unet2d", "--classes", "edema", "--threads", "1"]
 SCORING = ["--metrics", "deletion,insertion", "--baselines", "mask", "--step", "0.1"]
@@ -89,6 +93,27 @@ def test_the_summary_groups_the_findings_apart_from_the_classes(runs):
     assert "| edema findings | gradcam @ " in (out / "summary.md").read_text()
     with open(out / "metrics.csv", encoding="utf-8") as f:
         assert {row["finding"] for row in csv.DictReader(f)} == {"", "1", "2"}
+
+
+def test_a_3d_volume_is_one_case_carrying_its_findings_padded(tmp_path):
+    """A whole-volume model: one padded case, each finding's region on it, scored as its own target."""
+    image = np.maximum(blob((10, 12, 20), (5, 6, 4), 3), blob((10, 12, 20), (5, 6, 14), 4))
+    path = tmp_path / "two_blobs.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(path))
+    model = threshold_model(divisible_by=8)
+    (case,) = VolumePipeline(model).evaluation_cases(
+        [str(path)], "v", [1], 5, 0, 8, "cpu", findings=FindingRequest(0.0)
+    )
+    assert tuple(case.image.shape) == (1, 16, 16, 24) and case.regions is not None and case.findings is not None
+    assert tuple(case.regions.shape) == (2, 16, 16, 24) and not case.regions[:, 10:].any()  # padding is no finding
+    sizes = [f.voxels for f in case.findings.findings]
+    assert sizes[0] > sizes[1] and case.regions.flatten(1).sum(1).tolist() == sizes  # 1 = the larger blob
+    config = EvalConfig(metrics=("deletion", "insertion"), baselines=("mask",), step=0.25, findings=FindingRequest(0.0))
+    rows = evaluate(model, [case], config).rows
+    voxels = {(r["method"], r.get("finding")): r["mask_voxels"] for r in rows}
+    assert voxels == {
+        (m, f): v for m in ("gradcam", "mask") for f, v in [(None, sum(sizes)), (1, sizes[0]), (2, sizes[1])]
+    }
 
 
 def fingerprint(findings: FindingRequest | None) -> dict:
