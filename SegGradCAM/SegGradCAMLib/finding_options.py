@@ -13,8 +13,8 @@ from .errors import SegGradCAMError
 
 
 def _point(value: Any) -> tuple[float, float, float] | None:
-    """``R,A,S`` (mm) -> three floats; a bad one is a one-line error."""
-    if value in (None, ""):
+    """``R,A,S`` (mm) -> three floats; a bad one (an empty one too) is a one-line error."""
+    if value is None:
         return None
     items = value.split(",") if isinstance(value, str) else value
     try:

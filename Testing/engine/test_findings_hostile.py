@@ -84,3 +84,12 @@ def test_the_ras_box_of_a_finding_in_an_oblique_volume_holds_each_of_its_voxels(
         low, high = np.array(finding["bbox_ras"])
         assert len(voxels) == finding["voxels"]
         assert np.allclose(low, ras.min(axis=0), atol=1e-3) and np.allclose(high, ras.max(axis=0), atol=1e-3)
+
+
+def test_an_empty_point_is_refused_not_taken_for_no_point(tmp_path, capsys):
+    image, out = two_blobs(tmp_path / "a.nrrd"), tmp_path / "o"
+    model = threshold_model_file(tmp_path / "model")
+    assert main(["explain", str(image), "--model", str(model), "--trust-model", "--point=", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--point takes R,A,S" in err[0], err
+    assert not out.exists()
