@@ -300,7 +300,8 @@ def load_nnunet_model(
     facts = nnunet_facts(folder)  # names a missing plans.json / dataset.json first
     folds = list(folds) if folds else default_folds(folder, checkpoint)
     network, fields = load_nnunet_network(folder, folds[0], checkpoint, trust)
-    parameters = [network.state_dict()]
+    # a copy: the network's own tensors change when another fold is loaded into it
+    parameters = [{name: value.clone() for name, value in network.state_dict().items()}]
     parameters += [
         read_nnunet_checkpoint(checkpoint_path(folder, fold, checkpoint))["network_weights"] for fold in folds[1:]
     ]
