@@ -40,6 +40,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "layers",
             "layer_grid",
             "model_grid",
+            "nnunet_grid",
+            "nnunet_targets",
             "preprocessing",
             "volumes",
             "models",

@@ -494,7 +494,8 @@ def part_many(args) -> dict:
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
     from SegGradCAMLib import seg_grad_cam
-    from SegGradCAMLib.inference_nnunet import explain_nnunet, nnunet_predictor, preprocess
+    from SegGradCAMLib.inference_nnunet import explain_nnunet, nnunet_predictor
+    from SegGradCAMLib.nnunet_grid import preprocess
     from SegGradCAMLib.models import load_model
 
     shape = tuple(int(s) for s in args.shape.split("x"))

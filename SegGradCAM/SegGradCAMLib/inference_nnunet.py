@@ -3,11 +3,16 @@
 nnU-Net does what it already does: its image reader (from plans.json), its preprocessing
 (transpose, crop to non-zero, each channel's normalisation, resampling), its sliding-window
 steps and Gaussian importance map, its prediction of the segmentation, and its export back to
-the original image geometry. The window loop with gradients is ours (nnU-Net predicts under
-``torch.inference_mode()``): each window is explained with the final segmentation (nnU-Net's
-own stitched prediction) cut to it as target, and maps are stitched with nnU-Net's Gaussian
-weights, averaged over folds (and mirrorings, when on) as nnU-Net averages logits, then
+the original image geometry (:mod:`.nnunet_grid`). The window loop with gradients is ours (nnU-Net
+predicts under ``torch.inference_mode()``): each window is explained with the final segmentation
+(nnU-Net's own stitched prediction) cut to it as target, and maps are stitched with nnU-Net's
+Gaussian weights, averaged over folds (and mirrorings, when on) as nnU-Net averages logits, then
 brought back with nnU-Net's resampling, un-cropping and transpose.
+
+With a :class:`~.targets.TargetRequest`, nnU-Net's prediction also gives the findings (explained in
+the same window loop as the classes), its exported probabilities, the channels' occlusion
+(:mod:`.nnunet_targets`), and the loop gives each fold's (and mirroring's) own label for their
+disagreement.
 
 Region-based models (overlapping regions, sigmoid outputs, as BraTS nnU-Nets): class ``c`` is
 output channel ``c - 1`` and its target the voxels where nnU-Net's sigmoid exceeds 0.5; the
@@ -19,17 +24,21 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .cam import predicted_regions, seg_grad_cam
-from .errors import CancelledError
+from .cam import seg_grad_cam
 from .class_maps import ClassHeatmap, heatmaps_on_input_grid
+from .errors import CancelledError
 from .inference import ProgressCallback, VolumeExplanation
 from .layers import resolve_layers
 from .models.spec import LoadedModel
+from .nnunet_grid import carried_region, preprocessed, read_inputs, to_input_grid
+from .nnunet_targets import Disagreement, FirstPass, add_disagreement, first_pass
+from .targets import TargetRequest, add_gradient_shares
 
 
 def nnunet_predictor(model: LoadedModel, device: str, tile_step_size: float, mirror: bool):
@@ -58,80 +67,20 @@ def nnunet_predictor(model: LoadedModel, device: str, tile_step_size: float, mir
     return predictor
 
 
-def preprocess(model: LoadedModel, files: Sequence[str], region: np.ndarray | None = None):
-    """The input files read by the plans' image reader and preprocessed by nnU-Net:
-    ``(C, z, y, x)`` float32, properties, and ``region`` ``(Z, Y, X)`` (input grid) carried along
-    as nnU-Net carries a segmentation (``(z, y, x)`` bool, or None)."""
-    parts = model.nnunet_parts()
-    reader = parts.plans_manager.image_reader_writer_class()
-    data, properties = reader.read_images(list(files))
-    preprocessor = parts.configuration_manager.preprocessor_class(verbose=False)
-    seg = None if region is None else region[None].astype(np.int8)
-    data, seg, properties = preprocessor.run_case_npy(
-        data, seg, properties, parts.plans_manager, parts.configuration_manager, parts.dataset_json
-    )
-    # nnU-Net returns a segmentation even without one (its non-zero mask, -1 outside): use it only for a region
-    return data, properties, None if region is None else seg[0] > 0
+@dataclass(frozen=True)
+class _Loop:
+    """What the window loop computes: the ``layers``' maps of the targets' output ``channels`` with
+    the CAM ``method`` on ``device``, mirrored when ``mirror``, with each input channel's
+    ``|input x gradient|`` when ``input_gradients``; ``step`` reports progress, ``cancel`` stops."""
 
-
-READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")
-
-
-def reader_name(model: LoadedModel) -> str:
-    """The class name of the plans' image reader (``SimpleITKIO``, ``NibabelIO``, ...)."""
-    return model.nnunet_parts().plans_manager.image_reader_writer_class.__name__
-
-
-def to_file_order(model: LoadedModel, properties: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """Maps ``(k, Z, Y, X)`` as the plans' reader presented the input -> the input file's own voxel
-    order (as SimpleITK's arrays). ``NibabelIOWithReorient`` reads in RAS order: undone here as its
-    ``write_seg`` undoes it (nibabel's orientation transform from RAS to the file's)."""
-    if reader_name(model) != "NibabelIOWithReorient":
-        return lambda arrays: arrays  # SimpleITKIO and NibabelIO keep the file's voxel order
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
-    back = ornt_transform(axcodes2ornt("RAS"), io_orientation(properties["nibabel_stuff"]["original_affine"]))
-    return lambda arrays: np.stack([apply_orientation(a.transpose(2, 1, 0), back).transpose(2, 1, 0) for a in arrays])
-
-
-def to_input_grid(model: LoadedModel, properties: dict) -> Callable[[torch.Tensor], np.ndarray]:
-    """Maps ``(k, z, y, x)`` in nnU-Net's preprocessed space -> ``(k, Z, Y, X)`` on the input file's
-    grid: nnU-Net's probability resampling, un-cropping (zeros outside) and transpose, then the
-    reader's reorientation undone (:func:`to_file_order`)."""
-    from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
-
-    parts = model.nnunet_parts()
-    plans, configuration = parts.plans_manager, parts.configuration_manager
-    spacing = [properties["spacing"][i] for i in plans.transpose_forward]
-    shape = properties["shape_after_cropping_and_before_resampling"]
-    current = (
-        configuration.spacing if len(configuration.spacing) == len(shape) else [spacing[0], *configuration.spacing]
-    )
-
-    def convert(maps: torch.Tensor) -> np.ndarray:
-        resampled = np.asarray(
-            configuration.resampling_fn_probabilities(maps.float(), shape, current, spacing), dtype=np.float32
-        )
-        full = np.zeros((len(resampled), *properties["shape_before_cropping"]), dtype=np.float32)
-        full[(slice(None), *bounding_box_to_slice(properties["bbox_used_for_cropping"]))] = resampled
-        return file_order(full.transpose([0] + [i + 1 for i in plans.transpose_backward]))
-
-    file_order = to_file_order(model, properties)
-    return convert
-
-
-def _targets(
-    model: LoadedModel, reference: torch.Tensor, classes: list[int], channels: list[int], region: np.ndarray | None
-) -> torch.Tensor:
-    """Target regions ``(len(classes), z, y, x)`` bool in nnU-Net's preprocessed space: each class's
-    mask in nnU-Net's own stitched logits ``reference`` ``(C, z, y, x)`` (sigmoid > 0.5 for
-    region-based models), or the user's ``region``."""
-    label_manager = model.nnunet_parts().label_manager
-    if region is not None:
-        return torch.from_numpy(np.repeat(region[None], len(classes), axis=0))
-    if label_manager.has_regions:
-        return label_manager.apply_inference_nonlin(reference)[channels] > 0.5
-    return predicted_regions(reference[None], classes)[0]
+    layers: list[str]
+    channels: list[int]
+    method: str
+    device: str
+    mirror: bool
+    input_gradients: bool
+    step: ProgressCallback
+    cancel: Callable[[], bool] | None
 
 
 def _flips(model: LoadedModel, mirror: bool) -> list[tuple[int, ...]]:
@@ -144,22 +93,41 @@ def _flips(model: LoadedModel, mirror: bool) -> list[tuple[int, ...]]:
     return flips
 
 
+def _window(model: LoadedModel, loop: _Loop, image: torch.Tensor, target: torch.Tensor, axes: tuple[int, ...]):
+    """One window ``(1, Cin, *patch)`` with its targets ``(1, n, *patch)`` explained through the
+    mirroring ``axes``, flipped back, on the CPU: maps name -> ``(n, *patch)``, logits ``(C, *patch)``."""
+    image, target = image.to(loop.device), target.to(loop.device)
+    if axes:
+        image, target = torch.flip(image, axes), torch.flip(target, axes)
+    result = seg_grad_cam(
+        model.network,
+        image,
+        loop.layers,
+        loop.channels,
+        loop.method,
+        regions=target > 0.5,
+        upsample=True,
+        input_gradients=loop.input_gradients,
+    )
+
+    def back(values: torch.Tensor) -> torch.Tensor:
+        return (torch.flip(values, axes) if axes else values).float().cpu()
+
+    return {name: back(m)[:, 0] for name, m in result.items()}, back(result.logits)[0]
+
+
 def _stitch_windows(
     model: LoadedModel,
     predictor,
     padded: torch.Tensor,
     targets: torch.Tensor,
-    layer_names: list[str],
-    channels: list[int],
     heads: int,
-    method: str,
-    device: str,
-    mirror: bool,
-    step: ProgressCallback,
-    cancel: Callable[[], bool] | None,
+    loop: _Loop,
+    votes: Disagreement | None,
 ):
-    """CAMs and logits of every fold, window and mirroring of ``padded`` ``(Cin, *S)``, stitched with
-    nnU-Net's Gaussian: maps layer -> ``(n, *S)``, logits ``(C, *S)``, weights ``(*S)`` (not yet divided)."""
+    """CAMs and logits of every fold, mirroring and window of ``padded`` ``(Cin, *S)``, stitched with
+    nnU-Net's Gaussian and averaged: maps name -> ``(n, *S)``, logits ``(C, *S)``. ``votes`` gets
+    each mirroring's and each fold's averaged logits."""
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
     parts = model.nnunet_parts()
@@ -168,34 +136,38 @@ def _stitch_windows(
     gaussian = compute_gaussian(
         patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32, device=torch.device("cpu")
     )
-    flips = _flips(model, mirror)
-    maps = {name: torch.zeros((len(channels), *padded.shape[1:])) for name in layer_names}
-    logits = torch.zeros((heads, *padded.shape[1:]))
     weights = torch.zeros(padded.shape[1:])
-    total = len(parts.parameters) * len(slicers)
-    for fold, parameters in enumerate(parts.parameters):
+    for window in slicers:
+        weights[window[1:]] += gaussian
+    flips, folds = _flips(model, loop.mirror), len(parts.parameters)
+    maps: dict[str, torch.Tensor] = {}
+    logits = torch.zeros((heads, *padded.shape[1:]))
+    fold_logits = logits if votes is None else torch.zeros_like(logits)  # a fold's sum, when its label counts
+    pass_logits = torch.zeros_like(logits) if votes is not None and len(flips) > 1 else fold_logits
+    steps, total = itertools.count(), folds * len(flips) * len(slicers)
+    for parameters in parts.parameters:
         model.network.load_state_dict(parameters)
-        for i, window in enumerate(slicers):
-            if cancel is not None and cancel():
-                raise CancelledError("Cancelled by the user.")
-            step("windows", fold * len(slicers) + i, total)
-            spatial = (slice(None), *window[1:])
-            window_image, window_target = padded[window][None].to(device), targets[spatial][None].to(device)
-            for axes in flips:
-                image, target = window_image, window_target
-                if axes:
-                    image, target = torch.flip(image, axes), torch.flip(target, axes)
-                result = seg_grad_cam(
-                    model.network, image, layer_names, channels, method, regions=target > 0.5, upsample=True
-                )
-                for name, m in result.items():
-                    m = torch.flip(m, axes) if axes else m  # (n, 1, *patch)
-                    maps[name][spatial] += m[:, 0].float().cpu() * gaussian / len(flips)
-                window_logits = torch.flip(result.logits, axes) if axes else result.logits
-                logits[spatial] += window_logits[0].float().cpu() * gaussian / len(flips)
-            weights[window[1:]] += gaussian
-    step("windows", total, total)
-    return maps, logits, weights
+        for axes in flips:
+            for window in slicers:
+                if loop.cancel is not None and loop.cancel():
+                    raise CancelledError("Cancelled by the user.")
+                loop.step("windows", next(steps), total)
+                spatial = (slice(None), *window[1:])
+                window_maps, window_logits = _window(model, loop, padded[window][None], targets[spatial][None], axes)
+                for name, m in window_maps.items():
+                    summed = maps.setdefault(name, torch.zeros((len(loop.channels), *padded.shape[1:])))
+                    summed[spatial] += m * gaussian / len(flips)
+                pass_logits[spatial] += window_logits * gaussian / len(flips)
+            if votes is not None and pass_logits is not fold_logits:  # a mirroring's own label
+                votes.add_mirroring(pass_logits * len(flips) / weights)
+                fold_logits += pass_logits
+                pass_logits.zero_()
+        if votes is not None:
+            votes.add_fold(fold_logits / weights)
+            logits += fold_logits
+            fold_logits.zero_()
+    loop.step("windows", total, total)
+    return {name: m / (weights * folds) for name, m in maps.items()}, logits / (weights * folds)
 
 
 def _agreement(model: LoadedModel, ours: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -210,76 +182,31 @@ def _agreement(model: LoadedModel, ours: torch.Tensor, reference: torch.Tensor) 
     }
 
 
-def _exported_labels(model: LoadedModel, reference: torch.Tensor, properties: dict, channels: list[int]):
-    """nnU-Net's own segmentation of its logits ``reference``, exported to the input file's grid:
-    labels ``(Z, Y, X)`` int16 (class indices) and, for region-based models, each class's own mask
-    ``(n, Z, Y, X)`` bool (else None)."""
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-
-    parts = model.nnunet_parts()
-    label_manager = parts.label_manager
-    exported = convert_predicted_logits_to_segmentation_with_correct_shape(
-        reference,
-        parts.plans_manager,
-        parts.configuration_manager,
-        label_manager,
-        properties,
-        return_probabilities=label_manager.has_regions,
-        num_threads_torch=torch.get_num_threads(),
-    )
-    masks = None
-    if label_manager.has_regions:  # painted value regions_class_order[i] -> class i + 1; each class's own mask
-        painted, probabilities = exported
-        order = list(label_manager.regions_class_order)
-        renumber = np.zeros(max(order) + 1, dtype=np.int16)
-        renumber[order] = np.arange(1, len(order) + 1)
-        labels, masks = renumber[painted], probabilities[channels] > 0.5
-    else:
-        labels = exported.astype(np.int16)
-    file_order = to_file_order(model, properties)
-    return file_order(labels[None])[0], None if masks is None else file_order(masks)
-
-
 def _stitched_maps(
-    model: LoadedModel,
-    predictor,
-    x: torch.Tensor,
-    reference: torch.Tensor,
-    targets: torch.Tensor,
-    layer_names: list[str],
-    channels: list[int],
-    method: str,
-    device: str,
-    mirror: bool,
-    step: ProgressCallback,
-    cancel: Callable[[], bool] | None,
+    model: LoadedModel, predictor, x: torch.Tensor, reference: torch.Tensor, first: FirstPass, loop: _Loop
 ):
-    """The CAMs of the preprocessed volume ``x`` ``(Cin, *S)`` with ``targets`` ``(n, *S)``, padded to
-    the patch as nnU-Net pads, stitched and cropped back: maps layer -> ``(n, *S)``, and how our
-    stitched logits agree with nnU-Net's ``reference`` ``(C, *S)``."""
+    """The CAMs of the preprocessed volume ``x`` ``(Cin, *S)`` with the targets of ``first`` ``(n, *S)``,
+    padded to the patch as nnU-Net pads, stitched and cropped back: maps name -> ``(n, *S)``, how our
+    stitched logits agree with nnU-Net's ``reference`` ``(C, *S)``, and, with probabilities, the folds'
+    and mirrorings' disagreement maps ``(1, *S)`` (see :class:`~.nnunet_targets.Disagreement`)."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
-    patch = tuple(model.nnunet_parts().configuration_manager.patch_size)
+    parts = model.nnunet_parts()
+    label_manager, folds, flips = parts.label_manager, len(parts.parameters), len(_flips(model, loop.mirror))
+    assert first.targets.regions is not None
+    patch = tuple(parts.configuration_manager.patch_size)
     padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
-    padded_targets, _ = pad_nd_image(targets.float(), patch, "constant", {"value": 0}, True, None)
-    maps, logits, weights = _stitch_windows(
-        model,
-        predictor,
-        padded,
-        padded_targets,
-        layer_names,
-        channels,
-        reference.shape[0],
-        method,
-        device,
-        mirror,
-        step,
-        cancel,
-    )
+    padded_targets, _ = pad_nd_image(first.targets.regions.float(), patch, "constant", {"value": 0}, True, None)
     crop = (slice(None), *revert[1:])
-    return {name: (m / weights)[crop] for name, m in maps.items()}, _agreement(
-        model, (logits / weights)[crop], reference
-    )
+    votes = None
+    if first.uncertainty is not None and (folds > 1 or flips > 1):
+        ensemble = label_manager.convert_logits_to_segmentation(reference).to(torch.int16)
+        votes = Disagreement(
+            lambda logits: label_manager.convert_logits_to_segmentation(logits[crop]), ensemble, folds, flips
+        )
+    maps, logits = _stitch_windows(model, predictor, padded, padded_targets, reference.shape[0], loop, votes)
+    maps = {name: m[crop] for name, m in maps.items()}
+    return maps, _agreement(model, logits[crop], reference), {} if votes is None else votes.maps()
 
 
 def explain_nnunet(
@@ -296,40 +223,49 @@ def explain_nnunet(
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
     on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None = None,
+    request: TargetRequest | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> VolumeExplanation:
     """Segment and explain the image ``files`` (one per channel, as nnU-Net reads them).
 
     Labels are nnU-Net's own prediction (all folds, mirroring when ``mirror``); maps per layer
     ``(len(classes), Z, Y, X)`` on the grid the reader gives the input. ``region`` ``(Z, Y, X)``:
-    explain the class score inside it instead of the predicted masks. Other arguments as
+    explain the class score inside it instead of the predicted masks. ``request``: findings,
+    probabilities (and the folds' and mirrorings' disagreement) and channel reliance; ``spacing``:
+    the input grid's (mm, ``(Z, Y, X)``), needed for findings and reliance. Other arguments as
     :func:`SegGradCAMLib.inference.explain_volume`.
     """
-    step = progress or (lambda stage, done, total: None)
-    timings: dict[str, float] = {}
+    step, request = progress or (lambda stage, done, total: None), request or TargetRequest()
     start = time.perf_counter()
     step("preprocess", 0, 1)
-    data, properties, region_pre = preprocess(model, files, region)
+    raw, properties = read_inputs(model, files)
+    x = torch.from_numpy(preprocessed(model, raw, properties))
     step("preprocess", 1, 1)
-    timings["preprocess_s"] = time.perf_counter() - start
+    timings = {"preprocess_s": time.perf_counter() - start}
 
     start = time.perf_counter()
     classes = list(range(1, len(model.spec.labels))) if classes is None else [int(c) for c in classes]
-    # the network output channel of each class
-    channels = [c - 1 for c in classes] if model.nnunet_parts().label_manager.has_regions else classes
-    layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
     predictor = nnunet_predictor(model, device, tile_step_size, mirror)
-    x = torch.from_numpy(data)
     reference = predictor.predict_logits_from_preprocessed_data(x).float()  # nnU-Net's own stitched logits
-    targets = _targets(model, reference, classes, channels, region_pre)
-    maps, checks = _stitched_maps(
-        model, predictor, x, reference, targets, layer_names, channels, method, device, mirror, step, cancel
-    )
+    region_pre = carried_region(model, properties, x.shape[1:], region)
+    first = first_pass(model, predictor, raw, properties, reference, classes, region_pre, request, spacing)
+    targets = first.targets
+    layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
+    loop = _Loop(layer_names, first.channels, method, device, mirror, targets.reliance is not None, step, cancel)
+    maps, checks, disagreement = _stitched_maps(model, predictor, x, reference, first, loop)
     timings["network_and_cam_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    labels, masks = _exported_labels(model, reference, properties, channels)
+    to_input = to_input_grid(model, properties)
+    if disagreement:
+        add_disagreement(first, disagreement, to_input)
+    if targets.reliance is not None:
+        assert spacing is not None  # checked by first_pass
+        add_gradient_shares(targets, maps, to_input, first.labels, spacing, request.channel_names, first.masks)
     heatmaps, raw_max = heatmaps_on_input_grid(
-        maps, to_input_grid(model, properties), labels, classes, normalize, on_heatmap, masks
+        maps, to_input, first.labels, targets.classes, normalize, on_heatmap, first.masks, targets.target_findings
     )
     timings["postprocess_s"] = time.perf_counter() - start
-    return VolumeExplanation(labels, heatmaps, raw_max, classes, layer_names, method, timings, checks, masks)
+    result = VolumeExplanation(first.labels, heatmaps, raw_max, classes, layer_names, method, timings, checks)
+    result.masks, result.findings, result.reliance = first.masks, targets.findings, targets.reliance
+    return result

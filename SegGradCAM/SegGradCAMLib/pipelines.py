@@ -151,7 +151,7 @@ def nnunet_case(model: LoadedModel, paths: Sequence[str], name: str) -> EvalCase
     """One volume of an nnU-Net model as nnU-Net reads and preprocesses it (its grid, its
     normalisation), padded at the end to a multiple of the network's total stride along each axis:
     ``(Cin, z, y, x)``. Scored in one pass over the whole volume (not in sliding windows)."""
-    from .inference_nnunet import preprocess
+    from .nnunet_grid import preprocess
 
     manager = model.nnunet_parts().configuration_manager
     data, _, _ = preprocess(model, paths)
@@ -277,7 +277,7 @@ class NnunetPipeline:
     def check_inputs(self, paths: Sequence[str]) -> None:
         """nnU-Net reads its inputs itself (plans.json's image reader): plain files only, NIfTI for
         nibabel's readers."""
-        from .inference_nnunet import READERS, reader_name
+        from .nnunet_grid import READERS, reader_name
 
         reader = reader_name(self.model)
         name = self.model.spec.name
@@ -346,6 +346,8 @@ class NnunetPipeline:
             device=settings.device,
             progress=progress,
             on_heatmap=on_heatmap,
+            request=settings.request,
+            spacing=inputs.spacing_zyx,
         )
 
     def faithfulness_cases(

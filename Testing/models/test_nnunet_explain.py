@@ -173,7 +173,8 @@ def test_a_volume_of_one_patch_gives_the_single_windows_maps(nnunet_folder, tmp_
     window's map brought back by nnU-Net's export (within 1e-4 of its maximum)."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
-    from SegGradCAMLib.inference_nnunet import explain_nnunet, preprocess, to_input_grid
+    from SegGradCAMLib.inference_nnunet import explain_nnunet
+    from SegGradCAMLib.nnunet_grid import preprocess, to_input_grid
     from SegGradCAMLib.models import load_model
 
     case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
@@ -204,7 +205,8 @@ def test_a_volume_of_one_patch_gives_the_single_windows_maps(nnunet_folder, tmp_
 def test_no_seams_where_windows_meet(nnunet_folder, tmp_path):
     """A volume of >= 2 windows per axis: the map's mean gradient within 2 voxels of a window border
     is at most 1.5 x its mean elsewhere in the target region."""
-    from SegGradCAMLib.inference_nnunet import explain_nnunet, nnunet_predictor, preprocess
+    from SegGradCAMLib.inference_nnunet import explain_nnunet, nnunet_predictor
+    from SegGradCAMLib.nnunet_grid import preprocess
     from SegGradCAMLib.models import load_model
 
     case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))

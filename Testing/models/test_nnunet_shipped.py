@@ -66,7 +66,7 @@ def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, 
     from SegGradCAMLib.cli import main
     from SegGradCAMLib.pipelines import nnunet_case
     from SegGradCAMLib.evaluation.faithfulness import calls_per_case
-    from SegGradCAMLib.inference_nnunet import preprocess
+    from SegGradCAMLib.nnunet_grid import preprocess
 
     _, paths = held_out
     case = nnunet_case(model, paths, "held-out")

@@ -56,8 +56,9 @@ def _finding_json(finding: Finding, writer: HeatmapWriter, reference: Volume, re
         "bbox_ijk": [[int(v) for v in first[::-1]], [int(v) for v in last[::-1]]],
         **{key: finding.stats.get(key) for key in _STATS},
     }
-    if "fold_disagreement_mean" in finding.stats:
-        entry["fold_disagreement_mean"] = finding.stats["fold_disagreement_mean"]
+    for key in ("fold_disagreement_mean", "mirror_disagreement_mean"):  # nnU-Net, several folds / --mirror
+        if key in finding.stats:
+            entry[key] = finding.stats[key]
     entry["layers"] = {layer: e.to_json() for layer, e in writer.finding_layers.get(finding.id, {}).items()}
     if reliance is not None:
         entry["reliance"] = reliance
