@@ -32,15 +32,26 @@ def head_like(shape=(40, 48, 40)) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def colin27_run(tmp_path_factory):
-    """One real run: HD-BET fold 0 on Colin27 (1 mm, 181x217x181), default layer."""
+    """One real run: HD-BET fold 0 on Colin27 (1 mm, 181x217x181), default layer, with its findings."""
     out = tmp_path_factory.mktemp("colin27")
-    assert main(["explain", str(COLIN27), "--model", "hdbet", "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["explain", str(COLIN27), "--model", "hdbet", "--out", str(out), "--device", "cpu", "--findings"]) == 0
     return out
 
 
 def test_colin27_files_and_report(colin27_run):
     names = sorted(p.name for p in colin27_run.iterdir())
-    assert names == ["explain.json", "heatmap_brain.nrrd", "overview.png", "segmentation.nrrd"]
+    assert names == [
+        "entropy.nrrd",
+        "explain.json",
+        "findings.csv",
+        "findings.json",
+        "heatmap_brain.nrrd",
+        "heatmap_brain_f1.nrrd",
+        "overview.png",
+        "probability_background.nrrd",
+        "probability_brain.nrrd",
+        "segmentation.nrrd",
+    ]
     report = json.loads((colin27_run / "explain.json").read_text())
     assert report["model"]["name"] == "hdbet" and len(report["model"]["sha256"]) == 64
     assert report["model"]["subnormal_weights_zeroed"] > 7_000_000  # HD-BET fold 0 holds 7.39 million
@@ -52,6 +63,31 @@ def test_colin27_files_and_report(colin27_run):
     assert report["input_geometry"]["size"] == [181, 217, 181]
     assert report["timings"]["explain_s"] > 0
     assert (colin27_run / "overview.png").stat().st_size > 20_000
+
+
+def test_colin27_has_one_finding_the_brain_and_no_channel_reliance(colin27_run):
+    report = json.loads((colin27_run / "explain.json").read_text())
+    (brain,) = report["classes"]
+    (finding,) = report["findings"]["findings"]
+    assert finding["class"] == "brain" and finding["voxels"] == brain["voxels"] and report["findings"]["left_out"] == 0
+    assert "reliance" not in finding and "reliance" not in brain  # one input channel
+    assert finding["layers"]["end_conv_2_bn"]["energy_inside"] > 0.9 and 0.5 < finding["probability_mean"] <= 1
+    finding_map = sitk.GetArrayFromImage(sitk.ReadImage(str(colin27_run / "heatmap_brain_f1.nrrd")))
+    class_map = sitk.GetArrayFromImage(sitk.ReadImage(str(colin27_run / "heatmap_brain.nrrd")))
+    assert np.abs(finding_map - class_map).max() < 1e-5  # one component: the same target as the class
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(colin27_run / "segmentation.nrrd")))
+    brain_p = sitk.GetArrayFromImage(sitk.ReadImage(str(colin27_run / "probability_brain.nrrd")))
+    background_p = sitk.GetArrayFromImage(sitk.ReadImage(str(colin27_run / "probability_background.nrrd")))
+    assert np.abs(brain_p + background_p - 1).max() < 1e-4
+    differ = (brain_p > background_p) != (labels == 1)
+    print(f"argmax of the probabilities equals segmentation.nrrd on {1 - differ.mean():.4%} of voxels")
+    assert differ.mean() < 0.005
+    # Labels come back from HD-BET's 1.5 mm grid by nearest neighbour, probabilities linearly: they
+    # may differ only at a boundary, within one model voxel (2 input voxels) of the other label.
+    from scipy import ndimage
+
+    seam = ndimage.binary_dilation(labels == 1, iterations=2) & ndimage.binary_dilation(labels == 0, iterations=2)
+    assert not (differ & ~seam).any()
 
 
 def test_colin27_brain_mask_dice(colin27_run):

@@ -242,3 +242,31 @@ def test_a_point_in_ras_explains_the_finding_there(two_lesion_run, tmp_path):
     assert [f["id"] for f in chosen] == [second["id"]] and report.findings["point"]["ras"] == list(point)
     assert report.findings["point"]["distance_mm"] == 0
     assert (tmp_path / "out" / f"heatmap_{second['class']}_f{second['id']}.nrrd").exists()
+
+
+@pytest.mark.parametrize("dims", [3, 2], ids=["whole volume: found inside the CAM pass", "slices: a first pass"])
+def test_findings_probabilities_and_reliance_leave_the_class_maps_and_labels_unchanged(dims):
+    from conftest import small_monai_network
+
+    from SegGradCAMLib.models.spec import LoadedModel, ModelSpec
+
+    network = small_monai_network("UNet", dims)
+    spec = ModelSpec(name="unet", labels=["a", "b", "c"], spatial_dims=dims, normalization="none", divisible_by=8)
+    model = LoadedModel(network, spec, ["model.1.submodule.2"])
+    volume = np.random.default_rng(1).standard_normal((1, 8, 32, 32)).astype(np.float32)
+    plain = explain_volume(model, volume, (1, 1, 1), batch_size=3)
+    maps = {}
+    request = TargetRequest(FindingRequest(min_mm3=0), True, True, ("x",), on_map=lambda m: None)
+    found = explain_volume(
+        model,
+        volume,
+        (1, 1, 1),
+        batch_size=3,
+        request=request,
+        on_heatmap=lambda h, labels: maps.__setitem__((h.class_index, h.finding), h.array),
+    )
+    assert np.array_equal(found.labels, plain.labels) and found.findings.found > 1
+    layer = "model.1.submodule.2"
+    for position, c in enumerate(plain.classes):
+        assert np.allclose(maps[(c, None)], plain.heatmaps[layer][position], atol=1e-5)
+    assert len(found.reliance) == len(plain.classes) + len(found.findings.findings)
