@@ -50,6 +50,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "uncertainty",
             "reliance",
             "class_maps",
+            "sliding_windows",
         ),
     ),
     # The package __init__ ("") only maps names to modules lazily (importlib, no import

@@ -250,7 +250,7 @@ def _forward(
 
 
 def _target_regions(logits: torch.Tensor, classes: list[int], regions: torch.Tensor | None) -> torch.Tensor:
-    """The region masks as float ``(B, len(classes), *S)``: ``regions`` checked, else each class's
+    """The region masks as bool ``(B, len(classes), *S)``: ``regions`` checked, else each class's
     predicted mask. ``logits`` ``(B, C, *S)`` detached."""
     if regions is None:
         regions = predicted_regions(logits, classes)
@@ -259,7 +259,13 @@ def _target_regions(logits: torch.Tensor, classes: list[int], regions: torch.Ten
         raise SegGradCAMError(
             f"Region masks have shape {tuple(regions.shape)}; expected {expected} (B, classes, *spatial)."
         )
-    return regions.to(device=logits.device, dtype=torch.float32)
+    return regions.to(device=logits.device, dtype=torch.bool)
+
+
+def _target_scores(logits: torch.Tensor, classes: list[int], regions: torch.Tensor) -> torch.Tensor:
+    """Each target's score, its class logit summed over its region and the batch: ``(len(classes),)``.
+    One target at a time, so no ``(B, len(classes), *S)`` float copy is made (findings add many targets)."""
+    return torch.stack([torch.where(regions[:, t], logits[:, c].float(), 0.0).sum() for t, c in enumerate(classes)])
 
 
 def _backward_maps(
@@ -357,7 +363,7 @@ def seg_grad_cam(
                 classes, regions = regions(logits.detach())
             classes = _check_classes(classes, logits.shape[1])
             regions = _target_regions(logits.detach(), classes, regions)
-            scores = (logits[:, classes].float() * regions).flatten(2).sum(dim=(0, 2))  # (len(classes),)
+            scores = _target_scores(logits, classes, regions)
             acts = [activations[n] for n in modules]
             maps, saliency = _backward_maps(
                 scores, acts, weights, relu, class_batch, on_backward, inputs if input_gradients else None

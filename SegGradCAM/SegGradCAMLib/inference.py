@@ -29,15 +29,14 @@ from .layers import resolve_layers
 from .models.spec import LoadedModel
 from .model_grid import Direction, check_min_size, check_volume, prepare_input
 from .preprocessing import pad_end, padded_shape
+from .sliding_windows import OVERLAP, SIGMA_SCALE, monai_padding, monai_windows
 from .targets import TargetRequest, Targets, add_gradient_shares, add_occlusion, targets_from_logits
 
 ProgressCallback = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages ``preprocess``, ``windows`` (3D), ``slices``
-(2D batches) and ``backward`` (one step per class backward pass, counted over the run)."""
+"""``progress(stage, done, total)``; stages ``preprocess``, ``segment`` (the segmentation pass
+before the CAM pass, when one is needed), ``windows`` (3D), ``slices`` (2D batches), ``backward``
+(one step per target's backward pass, counted over the run) and ``occlusion`` (channel reliance)."""
 
-# Sliding-window settings (MONAI's sliding_window_inference).
-_OVERLAP = 0.5
-_SIGMA_SCALE = 0.125
 # Key of the logits among the per-layer maps a window returns: no layer is named ""
 # (resolve_layers refuses the root module), so it cannot clash with a layer name.
 _LOGITS = ""
@@ -67,27 +66,6 @@ class VolumeExplanation:
     reliance: list[dict] | None = None  # per target (classes, then findings): channel reliance
 
 
-def _monai_padding(shape: Sequence[int], roi: Sequence[int]) -> list[int]:
-    """``F.pad`` widths (last axis first) that ``sliding_window_inference`` gives a
-    volume of spatial ``shape`` smaller than ``roi``: the missing voxels split in two,
-    the odd one at the end (as MONAI computes ``pad_size``)."""
-    pads: list[int] = []
-    for n, r in zip(reversed(tuple(shape)), reversed(tuple(roi))):
-        missing = max(int(r) - int(n), 0)
-        pads += [missing // 2, missing - missing // 2]
-    return pads
-
-
-def _monai_windows(shape: Sequence[int], roi: Sequence[int]) -> int:
-    """How many windows MONAI's ``sliding_window_inference`` takes over a volume of spatial ``shape``."""
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval  # private MONAI helper: its own scan, to count windows
-
-    scanned = tuple(max(n, r) for n, r in zip(shape, roi))  # MONAI's image_size, after its padding
-    interval = _get_scan_interval(scanned, roi, len(roi), (_OVERLAP,) * len(roi))
-    return len(dense_patch_slices(scanned, roi, interval))
-
-
 class _Runner:
     """Runs the network with CAMs over a prepared (oriented, resampled, normalised) volume."""
 
@@ -100,10 +78,13 @@ class _Runner:
         self.cam_passes = 1  # forward passes with CAMs in this run, each with len(classes) backward steps
         self.cam_passes_done = 0
 
-    def _step(self, done: int, total: int, stage: str | None = None) -> None:
-        """Report a step of ``stage`` (default: windows or slices) and stop if cancelled."""
+    def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel():
             raise CancelledError("Cancelled by the user.")
+
+    def _step(self, done: int, total: int, stage: str | None = None) -> None:
+        """Report a step of ``stage`` (default: windows or slices) and stop if cancelled."""
+        self._check_cancel()
         if self.progress is not None:
             self.progress(stage or self.stage, done, total)
 
@@ -171,9 +152,9 @@ class _Runner:
             roi,
             1,
             predictor,
-            overlap=_OVERLAP,
+            overlap=OVERLAP,
             mode="gaussian",
-            sigma_scale=_SIGMA_SCALE,
+            sigma_scale=SIGMA_SCALE,
             sw_device=self.device,
             device="cpu",
             with_coord=with_coord,
@@ -200,7 +181,7 @@ class _Runner:
         """
         roi = tuple(int(r) for r in self.model.spec.roi_size)
         shape = tuple(image.shape[1:])
-        n_windows = _monai_windows(shape, roi)
+        n_windows = monai_windows(shape, roi)
         total = n_windows if regions is not None else 2 * n_windows
         self.cam_passes = n_windows
         steps = itertools.count()
@@ -213,7 +194,7 @@ class _Runner:
                 logits = self._stitch(image, roi, lambda window: self._segment(window, step))
                 regions = predicted_regions(logits, self.classes)[0]
         # MONAI's window coordinates are in its padded volume: pad the regions the same way.
-        regions = F.pad(regions.bool(), _monai_padding(shape, roi))
+        regions = F.pad(regions.bool(), monai_padding(shape, roi))
 
         def explain(window: torch.Tensor, coords: list[list[slice]]) -> dict[str, torch.Tensor]:
             """Window ``(1, Cin, *roi)`` at ``coords`` ``[[batch, channels, *spatial]]`` -> layer ->
@@ -238,30 +219,35 @@ class _Runner:
         slices = pad_end(slices, padded_shape(plane, spec.divisible_by, spec.min_size))
         return slices, plane, list(range(0, slices.shape[0], self.batch_size))
 
-    def segment(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits ``(C, Z, Y, X)`` of ``image`` ``(Cin, Z, Y, X)`` without gradients (progress stage
-        ``segment``): the segmentation that findings, probabilities and reliance start from."""
+    def segment(self, image: torch.Tensor, stage: str | None = "segment") -> torch.Tensor:
+        """Logits ``(C, Z, Y, X)`` of ``image`` ``(Cin, Z, Y, X)`` without gradients, its steps reported
+        as ``stage`` (None: not reported, only the cancel checked): the segmentation that findings,
+        probabilities and reliance start from."""
         spec = self.model.spec
+
+        def step(done: int, total: int) -> None:
+            self._check_cancel() if stage is None else self._step(done, total, stage)
+
         with torch.no_grad():
             if spec.spatial_dims == 2:
                 slices, plane, starts = self._slices(image)
                 parts = []
                 for i, start in enumerate(starts):
-                    self._step(i, len(starts), "segment")
+                    step(i, len(starts))
                     window = slices[start : start + self.batch_size].to(self.device)
                     parts.append(self._segment(window, lambda: None).cpu())
-                self._step(len(starts), len(starts), "segment")
+                step(len(starts), len(starts))
                 return torch.cat(parts)[..., : plane[0], : plane[1]].permute(1, 0, 2, 3)
             if spec.roi_size is not None:
                 roi = tuple(int(r) for r in spec.roi_size)
-                total, steps = _monai_windows(tuple(image.shape[1:]), roi), itertools.count()
-                step = lambda: self._step(next(steps), total, "segment")  # noqa: E731
-                logits = self._stitch(image, roi, lambda w: self._segment(w, step))
+                total, steps = monai_windows(tuple(image.shape[1:]), roi), itertools.count()
+                logits = self._stitch(image, roi, lambda w: self._segment(w, lambda: step(next(steps), total)))
+                step(total, total)
                 return logits[0]
             shape = image.shape[1:]
             padded = pad_end(image, padded_shape(shape, spec.divisible_by, spec.min_size))
-            logits = self._segment(padded[None].to(self.device), lambda: self._step(0, 1, "segment"))
-            self._step(1, 1, "segment")
+            logits = self._segment(padded[None].to(self.device), lambda: step(0, 1))
+            step(1, 1)
             return logits[0].cpu()[(slice(None),) + tuple(slice(0, n) for n in shape)]
 
     def run_2d(self, image: torch.Tensor, regions: torch.Tensor | None):
@@ -353,14 +339,16 @@ def explain_volume(
     cam_targets: torch.Tensor | Callable | None = region_t
     if wanted and (spec.spatial_dims == 2 or spec.roi_size is not None):
         found["labels"], found["targets"] = targets_from_logits(
-            runner.segment(x), spec, grid, spacing, classes, request
+            runner.segment(x), spec, grid, spacing, classes, request, region_t
         )
         timings["segmentation_pass_s"] = time.perf_counter() - start
         runner.classes, cam_targets = found["targets"].classes, found["targets"].regions
     elif wanted:  # whole volume: found between the CAM pass's forward and backward passes
 
         def cam_targets(logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
-            found["labels"], found["targets"] = targets_from_logits(logits, spec, grid, spacing, classes, request)
+            found["labels"], found["targets"] = targets_from_logits(
+                logits, spec, grid, spacing, classes, request, region_t
+            )
             return found["targets"].classes, found["targets"].regions
 
     runner.input_gradients = wanted and request.reliance
@@ -372,7 +360,7 @@ def explain_volume(
     targets = found.get("targets") or Targets(classes, region_t, target_findings=[None] * len(classes))
     if wanted and request.reliance:
         occlusion_start = time.perf_counter()
-        add_occlusion(targets, runner.segment, spec, image, spacing, direction, request.channel_names)
+        add_occlusion(targets, lambda x: runner.segment(x, None), spec, image, spacing, direction, request, progress)
         timings["occlusion_s"] = time.perf_counter() - occlusion_start
     timings["network_and_cam_s"] = time.perf_counter() - start
 

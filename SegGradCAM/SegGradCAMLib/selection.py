@@ -80,7 +80,7 @@ def class_indices(text: str | Sequence[int | str], labels: Sequence[str]) -> lis
             raise SegGradCAMError(f"Unknown class {part!r}; valid classes: {', '.join(labels)}.")
     if not chosen:
         raise SegGradCAMError(f"No class given; valid classes: {', '.join(labels)}.")
-    return chosen
+    return list(dict.fromkeys(chosen))  # a class named twice (by name and index) is explained once
 
 
 def check_device_name(name: str) -> None:

@@ -64,12 +64,15 @@ def targets_from_logits(
     spacing: Sequence[float],
     classes: list[int],
     request: TargetRequest,
+    regions: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, Targets]:
     """What a segmentation's logits ``(C, *model grid)`` give: the labels ``(Z, Y, X)`` on the input
-    grid and the CAM pass's targets (findings added after the classes); the probability maps go to
-    ``request.on_map``, and with reliance each target's unoccluded score is kept."""
+    grid and the CAM pass's targets (findings added after the classes; the classes' regions are
+    ``regions`` ``(len(classes), *model grid)`` when given, else their predicted masks); the
+    probability maps go to ``request.on_map``, and with reliance each target's unoccluded score is kept."""
     labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
-    regions = predicted_regions(logits[None], classes)[0]
+    if regions is None:
+        regions = predicted_regions(logits[None], classes)[0]
     targets = Targets(list(classes), regions, target_findings=[None] * len(classes))
     if request.findings is not None:
         found = find_findings(labels, classes, spacing, request.findings, spec.labels)
@@ -95,16 +98,24 @@ def add_occlusion(
     image: np.ndarray,
     spacing: Sequence[float],
     direction,
-    names: Sequence[str],
+    request: TargetRequest,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> None:
     """Each target's ``reliance["occlusion"]``: the fraction of its score lost per occluded channel
-    and for all; one segmentation (``segment``: no gradients) per occluded input ``(Cin, Z, Y, X)``."""
+    and for all; one segmentation (``segment``: no gradients) per occluded input ``(Cin, Z, Y, X)``,
+    each a step of the progress stage ``occlusion``."""
     assert targets.base_scores is not None and targets.regions is not None
+    names = request.channel_names
+    occlusions = [*((name, [c]) for c, name in enumerate(names)), ("all", list(range(len(names))))]
     scores = {}
-    for key, channels in [*((name, [c]) for c, name in enumerate(names)), ("all", list(range(len(names))))]:
+    for done, (key, channels) in enumerate(occlusions):
+        if progress is not None:
+            progress("occlusion", done, len(occlusions))
         x, _ = prepare_input(spec, occluded(image, channels), spacing, direction)
         probabilities = probabilities_of(segment(x), spec.output_activation)
         scores[key] = target_scores(probabilities, targets.classes, targets.regions)
+    if progress is not None:
+        progress("occlusion", len(occlusions), len(occlusions))
     lost = occlusion_reliance(names, targets.base_scores, scores)
     targets.reliance = [{"occlusion": entry} for entry in lost]
 

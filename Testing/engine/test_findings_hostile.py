@@ -98,11 +98,6 @@ def test_an_empty_point_is_refused_not_taken_for_no_point(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="targets_from_logits takes each class's predicted mask as its target: with --region (and "
-    "--probabilities) the class maps must keep the user's region (inference.py/targets.py)",
-)
 def test_probabilities_with_a_region_still_explain_the_region(tmp_path):
     image, out = two_blobs(tmp_path / "a.nrrd"), tmp_path / "o"
     reference = sitk.ReadImage(str(image))
@@ -135,11 +130,6 @@ def progress_of(tmp_path: Path, **spec) -> dict[str, list[tuple[int, int]]]:
     return events
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the channel occlusion reports its segmentations as the 'segment' stage again, from 0: "
-    "the stage goes back and its time left counts from the first segmentation (targets.add_occlusion)",
-)
 @pytest.mark.parametrize("spec", [{}, {"roi_size": [16, 16, 16]}], ids=["whole volume", "sliding windows"])
 def test_each_progress_stage_only_goes_forward_and_ends_at_its_total(tmp_path, spec):
     events = progress_of(tmp_path, **spec)
@@ -150,11 +140,6 @@ def test_each_progress_stage_only_goes_forward_and_ends_at_its_total(tmp_path, s
         assert steps[-1][0] == steps[-1][1], (stage, steps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Runner.segment's sliding windows report each window before it runs and never the last "
-    "one done: the 'segment' stage stops one short of its total (inference.py)",
-)
 def test_the_segmentation_pass_of_sliding_windows_ends_at_its_total(tmp_path):
     from SegGradCAMLib.api import explain as explain_api
     from SegGradCAMLib.finding_options import FindingOptions
@@ -173,11 +158,6 @@ def test_the_segmentation_pass_of_sliding_windows_ends_at_its_total(tmp_path):
     assert steps and steps[-1][0] == steps[-1][1], steps
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="selection.class_indices keeps a class given twice: each of its components is found twice "
-    "(the fix: keep each class once, list(dict.fromkeys(chosen)))",
-)
 def test_a_class_given_twice_has_its_findings_once(tmp_path):
     out = tmp_path / "o"
     model = threshold_model_file(tmp_path / "model")
