@@ -26,7 +26,11 @@ import tempfile
 from pathlib import Path
 
 SEGGRADCAM = str(Path(sys.executable).with_name("seggradcam"))
-NNUNET = Path(__file__).resolve().parents[1] / "SegGradCAM/Resources/Models/demo-lesions-nnunet"
+NNUNET = (
+    Path(__file__).resolve().parents[1]
+    / "SegGradCAM/Resources/Models/demo-lesions-nnunet/Dataset901_DemoLesions"
+    / "nnUNetTrainer_5epochs__nnUNetPlans__3d_fullres"
+)
 KEYS = ("explain_s", "total_s", "segmentation_pass_s", "occlusion_s", "peak_mb")
 CONFIGS = {
     "plain": [],
