@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from SegGradCAMLib import seg_grad_cam
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.pipelines import cases_from_volume
-from SegGradCAMLib.evaluation.deletion_insertion import make_baseline
-from SegGradCAMLib.evaluation.faithfulness import RANDOM_ORDERINGS, calls_per_case, score_class, summarise, verdict
-from SegGradCAMLib.models import load_model
+from SegGradCAMLib.evaluation.deletion_insertion import ClassScorer, deletion_insertion, make_baseline, rank_voxels
+from SegGradCAMLib.evaluation.sanity import random_heatmap
+from SegGradCAMLib.evaluation.faithfulness import (
+    RANDOM_ORDERINGS,
+    CaseTarget,
+    calls_per_case,
+    score_case,
+    summarise,
+    verdict,
+)
+from SegGradCAMLib.models import SHIPPED_MODELS, load_model
 from SegGradCAMLib.models.declarations import DEFAULT_MULTICLASS_MODEL
+from SegGradCAMLib.models.nnunet import find_nnunet_folders
+from SegGradCAMLib.pipelines import nnunet_case
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +82,18 @@ def test_a_reversed_ranking_is_not_better_than_random(held_out):
     reversed_ranking = heat.max() - heat  # least relevant first; the ReLU's zeros tie, broken at random
     replacement = make_baseline(case.image, case.spacing)
     calls = []
-    by_map, randoms, mask_curves = score_class(
+    ((by_map, randoms, mask_curves),) = score_case(
         model.network,
         case.image,
         replacement,
-        mask,
-        1,
-        {"hirescam": heat, "reversed": reversed_ranking},
+        [CaseTarget(1, mask, {"hirescam": heat, "reversed": reversed_ranking})],
         "softmax",
         "cpu",
         0.05,
         seed=0,
         scored=calls.append,
     )
-    assert sum(calls) == calls_per_case(2, 0.05) == 2 + (2 + RANDOM_ORDERINGS + 1) * 2 * 19  # progress counts them
+    assert sum(calls) == calls_per_case(2, 0.05) == 2 + RANDOM_ORDERINGS * 19 + (2 + 1) * 2 * 19  # progress counts
     summary = summarise(by_map, randoms, mask_curves, 0.05, 1, "blur")
     assert summary["hirescam"]["verdict"].startswith("better than random")
     assert summary["reversed"]["verdict"] == "not better than random", summary["reversed"]
@@ -96,3 +106,90 @@ def test_the_verdict_rule():
     assert verdict(0.3, 0.7, random, mask) == "better than random; not better than the mask"
     assert verdict(0.47, 0.9, random, mask) == "mixed: better than random on Insertion, not on Deletion"
     assert verdict(0.5, 0.5, random, mask) == "not better than random"
+
+
+def straightforward_aucs(network, image, replacement, target: CaseTarget, step: float, seed: int) -> dict:
+    """Every curve of one target computed on its own (:func:`deletion_insertion`, a scorer of this
+    target alone, ends re-scored): name -> (Deletion AUC, Insertion AUC). Random ordering ``k``'s
+    Insertion restores the voxels in the reverse of its Deletion order."""
+    scorer = ClassScorer(network, target.class_index, target.mask, batch_size=64)
+    maps = len(target.maps)
+
+    def aucs(heat, tie_seed, kinds=("deletion", "insertion")):
+        curves = deletion_insertion(scorer, image, replacement, heat, step, tie_seed)
+        return [curves[kind].summary()["auc"] for kind in kinds]
+
+    result = {name: aucs(heat, seed + i) for i, (name, heat) in enumerate(target.maps.items())}
+    result["mask"] = aucs(target.mask.float(), seed + maps + RANDOM_ORDERINGS)
+    for k in range(RANDOM_ORDERINGS):
+        ranks = rank_voxels(random_heatmap(target.mask.shape, seed + k), seed + maps + k)
+        result[f"random {k}"] = [*aucs(-ranks.float(), 0, ["deletion"]), *aucs(ranks.float(), 0, ["insertion"])]
+    return result
+
+
+def assert_shared_equals_straightforward(network, image, replacement, targets, step):
+    """:func:`score_case` (every target from the same calls, random Insertion from the reversed
+    Deletion calls, batched) against :func:`straightforward_aucs`, within 1e-5; the calls counted."""
+    calls = []
+    shared = score_case(network, image, replacement, targets, "softmax", "cpu", step, seed=3, scored=calls.append)
+    assert sum(calls) == calls_per_case(len(targets[0].maps), step, len(targets))
+    for target, (maps, randoms, mask) in zip(targets, shared):
+        found = {name: [c.deletion[0], c.insertion[0]] for name, c in maps.items()}
+        found["mask"] = [mask.deletion[0], mask.insertion[0]]
+        found.update({f"random {k}": [c.deletion[0], c.insertion[0]] for k, c in enumerate(randoms)})
+        expected = straightforward_aucs(network, image, replacement, target, step, seed=3)
+        assert found.keys() == expected.keys()
+        for name in expected:
+            assert np.allclose(found[name], expected[name], atol=1e-5, rtol=0), (target.class_index, name)
+    straightforward = len(targets) * (2 + (len(targets[0].maps) + RANDOM_ORDERINGS + 1) * 2 * (round(1 / step) - 1))
+    print(f"{len(targets)} targets: {sum(calls)} network calls shared, {straightforward} one curve at a time")
+
+
+def test_shared_calls_give_the_straightforward_aucs_on_a_demo_slice(held_out):
+    """Three classes of one demo slice, two layers each."""
+    model = load_model(DEFAULT_MULTICLASS_MODEL)
+    cases = cases_from_volume(model, held_out.image, (2.0, 2.0, 2.0), None, "held-out", [1, 2, 3])
+    labels = [model.network(case.image[None]).argmax(1)[0] for case in cases]
+    position = max(range(len(cases)), key=lambda i: min(int((labels[i] == c).sum()) for c in (1, 2, 3)))
+    case, label = cases[position], labels[position]
+    assert all((label == c).any() for c in (1, 2, 3))
+    layers = ["model.1.submodule.1.submodule.2", "model.1.submodule.2"]
+    targets = []
+    for c in (1, 2, 3):
+        cams = seg_grad_cam(
+            model.network, case.image[None], layers, [c], "hirescam", (label == c)[None, None], upsample=True
+        )
+        targets.append(CaseTarget(c, label == c, {layer: cams[layer][0, 0].detach() for layer in layers}))
+    with torch.no_grad():
+        assert_shared_equals_straightforward(
+            model.network, case.image, make_baseline(case.image, case.spacing), targets, 0.05
+        )
+
+
+def test_shared_calls_give_the_straightforward_aucs_on_a_3d_volume(held_out, tmp_path):
+    """The shipped nnU-Net's network on a 32 x 48 x 48 block of a held-out volume as nnU-Net preprocesses
+    it (the lesion inside), its predicted classes as targets, 25 % steps."""
+    model = load_model(str(find_nnunet_folders(SHIPPED_MODELS / "demo-lesions-nnunet")[0]))
+    paths = demo_data.write_case(held_out, tmp_path / "case")
+    image = nnunet_case(model, [str(paths[c]) for c in demo_data.CHANNELS], "held-out").image
+    network = model.network.eval()
+    with torch.no_grad():
+        whole = network(image[None]).argmax(1)[0]
+    centre = [int(np.mean(axis)) for axis in np.nonzero((whole > 0).numpy())]
+    block = tuple(
+        slice(max(0, min(c - n // 2, s - n)), max(0, min(c - n // 2, s - n)) + n)
+        for c, n, s in zip(centre, (32, 48, 48), whole.shape)
+    )
+    image = image[(slice(None), *block)].contiguous()
+    with torch.no_grad():
+        label = network(image[None]).argmax(1)[0]
+    classes = [c for c in (1, 2, 3) if int((label == c).sum()) >= 20]
+    assert len(classes) >= 2, "the block holds at least two classes"
+    targets = []
+    for c in classes:
+        cams = seg_grad_cam(
+            network, image[None], ["decoder.stages.3"], [c], "gradcam", (label == c)[None, None], upsample=True
+        )
+        targets.append(CaseTarget(c, label == c, {"decoder.stages.3": cams["decoder.stages.3"][0, 0].detach()}))
+    with torch.no_grad():
+        assert_shared_equals_straightforward(network, image, make_baseline(image, (2.0, 2.0, 2.0)), targets, 0.25)

@@ -137,18 +137,49 @@ class ClassScorer:
         return self._score(logits.float())
 
     def _score(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c, mask = self.class_index, self.mask
-        if self.activation == "sigmoid":
-            prob = torch.sigmoid(logits[:, c])
-            predicted = prob > 0.5
-        else:
-            prob = torch.softmax(logits, dim=1)[:, c]
-            predicted = argmax_is(logits, c)
-        dims = tuple(range(1, prob.ndim))
-        mean_prob = (prob * mask).sum(dims) / mask.sum()
-        overlap = (predicted & mask).sum(dims).float()
-        dice = 2 * overlap / (predicted.sum(dims) + mask.sum()).float()
-        return mean_prob, dice
+        return class_scores(logits, self.class_index, self.mask, self.activation)
+
+
+class TargetsScorer(ClassScorer):
+    """A :class:`ClassScorer` of several targets, each a (class index, mask ``(*S)`` bool), from the
+    same network calls: ``__call__`` gives (probability, Dice), each ``(B, T)``."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        targets: Sequence[tuple[int, torch.Tensor]],
+        activation: str = "softmax",
+        device: str = "cpu",
+        batch_size: int = 16,
+        budget: MemoryBudget | None = None,
+    ) -> None:
+        super().__init__(network, targets[0][0], targets[0][1], activation, device, batch_size, budget)
+        for c, mask in targets[1:]:
+            if not mask.any():
+                raise SegGradCAMError(f"Class {c} has an empty mask: nothing to score.")
+        self.targets = [(int(c), mask.to(device=device, dtype=torch.bool)) for c, mask in targets]
+
+    def _score(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = [class_scores(logits, c, mask, self.activation) for c, mask in self.targets]
+        return torch.stack([p for p, _ in scores], 1), torch.stack([d for _, d in scores], 1)
+
+
+def class_scores(
+    logits: torch.Tensor, c: int, mask: torch.Tensor, activation: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(B, C, *S)`` -> (mean probability of class ``c`` over ``mask`` ``(*S)`` bool, ``Dice(predicted
+    == c, mask)``), each ``(B,)``; ``activation``: ``softmax`` (argmax) or ``sigmoid`` (threshold 0.5)."""
+    if activation == "sigmoid":
+        prob = torch.sigmoid(logits[:, c])
+        predicted = prob > 0.5
+    else:
+        prob = torch.softmax(logits, dim=1)[:, c]
+        predicted = argmax_is(logits, c)
+    dims = tuple(range(1, prob.ndim))
+    mean_prob = (prob * mask).sum(dims) / mask.sum()
+    overlap = (predicted & mask).sum(dims).float()
+    dice = 2 * overlap / (predicted.sum(dims) + mask.sum()).float()
+    return mean_prob, dice
 
 
 @dataclass

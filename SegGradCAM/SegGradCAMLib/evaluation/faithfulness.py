@@ -29,7 +29,7 @@ import torch
 from ..cam import label_map, seg_grad_cam
 from ..models.spec import LoadedModel
 from ..pipelines import EvalCase
-from .deletion_insertion import ClassScorer, auc, make_baseline, rank_voxels, step_fractions
+from .deletion_insertion import TargetsScorer, auc, make_baseline, rank_voxels, step_fractions
 from .sanity import random_heatmap
 
 RANDOM_ORDERINGS = 5
@@ -81,50 +81,110 @@ def verdict(deletion: float, insertion: float, random: dict, mask: dict) -> str:
     return f"mixed: better than random on {better}, not on {worse}"
 
 
-def score_class(
+@dataclass
+class CaseTarget:
+    """One target on one case: its class, its mask ``(*S)`` bool and its maps (name -> ``(*S)``)."""
+
+    class_index: int
+    mask: torch.Tensor
+    maps: dict[str, torch.Tensor]
+
+
+def score_case(
     network,
     image: torch.Tensor,
     replacement: torch.Tensor,
-    mask: torch.Tensor,
-    class_index: int,
-    maps: dict[str, torch.Tensor],
+    targets: Sequence[CaseTarget],
     activation: str,
     device: str,
     step: float,
     seed: int,
     batch_size: int = 64,
     scored: Callable[[int], None] = lambda n: None,
-) -> tuple[dict[str, _Curves], list[_Curves], _Curves]:
-    """One case and class: Deletion/Insertion AUCs of each map ``(*S)``, of the random orderings
-    and of the mask baseline (mask voxels first, ties at random). ``image``, ``replacement``:
-    ``(Cin, *S)``; ``mask``: ``(*S)`` bool. The perturbed inputs of all rankings go through the
-    network together, ``batch_size`` at a time; ``scored(n)`` after each call of ``n`` inputs
-    (:func:`calls_per_case` in all)."""
-    scorer = ClassScorer(network, class_index, mask, activation, device, batch_size)
-    ends, _ = scorer(torch.stack([image, replacement]))  # probability of the image and of the replacement
+) -> list[tuple[dict[str, _Curves], list[_Curves], _Curves]]:
+    """One case, every target on it: per target the Deletion/Insertion AUCs of each of its maps, of
+    the random orderings and of the mask baseline (mask voxels first, ties at random). ``image``,
+    ``replacement``: ``(Cin, *S)``.
+
+    Every network call scores every target. The two ends and the random orderings (which do not
+    depend on the target) are scored once for all targets, and a random ordering's Insertion curve
+    is the Deletion curve of the reversed ordering read backwards (restoring the top-ranked ``k``
+    voxels of the reversed ordering gives the input that deleting the top ``N - k`` gives), so the
+    random orderings cost Deletion calls only. Perturbed inputs go through the network as many at
+    a time as the scorer's memory budget holds, at most ``batch_size``; ``scored(n)`` after each
+    call of ``n`` inputs (:func:`calls_per_case` in all)."""
+    scorer = TargetsScorer(network, [(t.class_index, t.mask) for t in targets], activation, device, batch_size)
+    ends = scorer(torch.stack([image, replacement]))[0]  # (2, T): the image and the replacement
     scored(2)
-    heats = [*maps.values(), *(random_heatmap(mask.shape, seed + k) for k in range(RANDOM_ORDERINGS)), mask.float()]
-    ranks = [rank_voxels(heat, seed + k) for k, heat in enumerate(heats)]
+    maps = len(targets[0].maps)  # every target of a case has the same maps: their tie-break seeds too
+    shape = image.shape[1:]
+    orderings = [rank_voxels(random_heatmap(shape, seed + k), seed + maps + k) for k in range(RANDOM_ORDERINGS)]
     fractions = step_fractions(step)
-    counts = np.round(fractions[1:-1] * mask.numel()).astype(np.int64)
-    aucs = []
-    for start, end, first, last in ((image, replacement, ends[0], ends[1]), (replacement, image, ends[1], ends[0])):
-        pairs = [(r, k) for r in ranks for k in counts]
-        scores = []
-        for chunk in range(0, len(pairs), batch_size):
-            replaced = torch.stack([r < k for r, k in pairs[chunk : chunk + batch_size]])[:, None]  # (B, 1, *S)
-            scores.append(scorer(torch.where(replaced, end[None], start[None]))[0])
-            scored(len(replaced))
-        inner = np.concatenate(scores).reshape(len(ranks), len(counts))
-        aucs.append([auc([first, *row, last], fractions) for row in inner])
-    curves = [_Curves([d], [i]) for d, i in zip(*aucs)]
-    return dict(zip(maps, curves)), curves[len(maps) : -1], curves[-1]
+    counts = np.round(fractions[1:-1] * image[0].numel()).astype(np.int64)
+    chunk = min(batch_size, scorer.inputs_per_call(image))
+    removed = _perturbed_scores(scorer, image, replacement, orderings, counts, chunk, scored)  # (R, steps, T)
+    results = []
+    for t, target in enumerate(targets):
+        first, last = ends[0, t], ends[1, t]
+        randoms = [
+            _Curves([auc([first, *row[:, t], last], fractions)], [auc([last, *row[::-1, t], first], fractions)])
+            for row in removed
+        ]
+        heats = [*target.maps.values(), target.mask.float()]
+        ranks = [rank_voxels(heat, seed + (i if i < maps else maps + RANDOM_ORDERINGS)) for i, heat in enumerate(heats)]
+        deleted = _perturbed_scores(scorer, image, replacement, ranks, counts, chunk, scored)[..., t]
+        inserted = _perturbed_scores(scorer, replacement, image, ranks, counts, chunk, scored)[..., t]
+        curves = [
+            _Curves([auc([first, *d, last], fractions)], [auc([last, *i, first], fractions)])
+            for d, i in zip(deleted, inserted)
+        ]
+        results.append((dict(zip(target.maps, curves)), randoms, curves[-1]))
+    return results
 
 
-def calls_per_case(maps: int, step: float) -> int:
-    """Network calls for one case and class: the two ends, then every inner step of Deletion
-    and Insertion for ``maps`` maps, the random orderings and the mask."""
-    return 2 + (maps + RANDOM_ORDERINGS + 1) * 2 * (len(step_fractions(step)) - 2)
+def _perturbed_scores(
+    scorer: TargetsScorer,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    ranks: Sequence[torch.Tensor],
+    counts: np.ndarray,
+    chunk: int,
+    scored: Callable[[int], None],
+) -> np.ndarray:
+    """Scores ``(len(ranks), len(counts), T)`` of ``start`` ``(Cin, *S)`` with, for each ranking
+    ``(*S)`` and count ``k``, its ``k`` top-ranked voxels replaced by ``end``'s; ``chunk`` inputs
+    built at a time."""
+    pairs = [(r, k) for r in ranks for k in counts]
+    scores = []
+    for first in range(0, len(pairs), chunk):
+        replaced = torch.stack([r < k for r, k in pairs[first : first + chunk]])[:, None]  # (B, 1, *S)
+        scores.append(scorer(torch.where(replaced, end[None], start[None]))[0])
+        scored(len(replaced))
+    return np.concatenate(scores).reshape(len(ranks), len(counts), -1)
+
+
+class _Pooled:
+    """One target's curves over its cases: per map, per random ordering and the mask's."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.maps = {name: _Curves([], []) for name in names}
+        self.randoms = [_Curves([], []) for _ in range(RANDOM_ORDERINGS)]
+        self.mask = _Curves([], [])
+
+    def extend(self, maps: dict[str, _Curves], randoms: list[_Curves], mask: _Curves) -> None:
+        for name, curves in maps.items():
+            self.maps[name].extend(curves)
+        for pooled, one in zip(self.randoms, randoms):
+            pooled.extend(one)
+        self.mask.extend(mask)
+
+
+def calls_per_case(maps: int, step: float, targets: int = 1) -> int:
+    """Network calls for one case with ``targets`` targets of ``maps`` maps each: the two ends and
+    the random orderings' Deletion steps, shared by the targets, then every inner step of Deletion
+    and Insertion for each target's maps and mask."""
+    steps = len(step_fractions(step)) - 2
+    return 2 + RANDOM_ORDERINGS * steps + targets * (maps + 1) * 2 * steps
 
 
 def summarise(
@@ -163,52 +223,6 @@ def summarise(
     return summary
 
 
-def _target_curves(
-    model: LoadedModel,
-    cases: Sequence[tuple[EvalCase, torch.Tensor]],
-    c: int,
-    layers: Sequence[str],
-    method: str,
-    device: str,
-    step: float,
-    seed: int,
-    scored: Callable[[int], None],
-):
-    """Deletion/Insertion curves of class ``c`` over its ``cases`` (case, target mask ``(*S)``), pooled:
-    the maps' per layer (the class logit summed over the mask explained), the random orderings' and
-    the mask's."""
-    from .deletion_insertion import DEFAULT_SIGMA_MM
-
-    network = model.network
-    per_map = {layer: _Curves([], []) for layer in layers}
-    randoms = [_Curves([], []) for _ in range(RANDOM_ORDERINGS)]
-    mask_curves = _Curves([], [])
-    for case, target_mask in cases:
-        x = case.image[None].to(device)
-        cams = seg_grad_cam(network, x, list(layers), [c], method, target_mask[None, None].to(device), upsample=True)
-        replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
-        maps, random, mask = score_class(
-            network,
-            case.image.float(),
-            replacement,
-            target_mask,
-            c,
-            {layer: cams[layer][0, 0].float().cpu() for layer in layers},
-            model.spec.output_activation,
-            device,
-            step,
-            seed,
-            batch_size=64 if model.spec.spatial_dims == 2 else 1,
-            scored=scored,
-        )
-        for layer in layers:
-            per_map[layer].extend(maps[layer])
-        for pooled, one in zip(randoms, random):
-            pooled.extend(one)
-        mask_curves.extend(mask)
-    return per_map, randoms, mask_curves
-
-
 def explanation_faithfulness(
     model: LoadedModel,
     found: Sequence[EvalCase],
@@ -224,39 +238,60 @@ def explanation_faithfulness(
     """Scores and verdicts of ``method`` on ``layers`` for each target (class or finding) of one
     volume, given as its cases on the model grid (:func:`~SegGradCAMLib.pipelines.cases_from_volume`,
     :func:`~SegGradCAMLib.pipelines.nnunet_case`): ``(target, layer) -> faithfulness`` (targets
-    whose mask is empty on every case are left out). ``progress(done, total)`` counts network
-    calls; each entry records its own."""
+    whose mask is empty on every case are left out). Each case is scored once for all the targets
+    it holds (:func:`score_case`). ``progress(done, total)`` counts network calls; each entry
+    records those of its cases (shared with the other targets on them)."""
     from .deletion_insertion import DEFAULT_SIGMA_MM
 
     network = model.network.to(device).eval()
     with torch.no_grad():  # each case's labels once, for every class
         labelled = [(case, label_map(network(case.image[None].to(device)))[0].cpu()) for case in found]
-    by_target = {target: _cases_of(labelled, target, max_slices) for target in targets}
-    per_case = calls_per_case(len(layers), step)
-    calls = {"done": 0, "total": sum(len(cases) for cases in by_target.values()) * per_case}
+    on_case: dict[int, list[tuple[Target, torch.Tensor]]] = {}  # case position -> (target, its mask)
+    for target in targets:
+        for position, mask in _cases_of(labelled, target, max_slices):
+            on_case.setdefault(position, []).append((target, mask))
+    case_calls = {position: calls_per_case(len(layers), step, len(held)) for position, held in on_case.items()}
+    calls = {"done": 0, "total": sum(case_calls.values())}
 
     def scored(n: int) -> None:
         calls["done"] += n
         if progress is not None:
             progress(calls["done"], calls["total"])
 
+    pooled: dict[Target, _Pooled] = {}
+    for position, held in sorted(on_case.items()):
+        case = labelled[position][0]
+        x = case.image[None].to(device)
+        scored_targets = [
+            CaseTarget(target.class_index, mask, _maps(network, x, layers, target.class_index, method, mask, device))
+            for target, mask in held
+        ]
+        replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
+        activation = model.spec.output_activation
+        scores = score_case(network, case.image.float(), replacement, scored_targets, activation, device, step, seed)
+        for (target, _), one in zip(held, scores):
+            pooled.setdefault(target, _Pooled(layers)).extend(*one)
     results = {}
-    for target, cases in by_target.items():
-        c = target.class_index
-        per_map, randoms, mask_curves = _target_curves(model, cases, c, layers, method, device, step, seed, scored)
-        if cases:
-            for layer, entry in summarise(
-                per_map, randoms, mask_curves, step, len(cases), f"blur {DEFAULT_SIGMA_MM:g} mm"
-            ).items():
-                results[(target, layer)] = {**entry, "network_calls": len(cases) * per_case}
+    for target, curves in pooled.items():
+        positions = [p for p, held in on_case.items() if any(t == target for t, _ in held)]
+        perturbation = f"blur {DEFAULT_SIGMA_MM:g} mm"
+        summary = summarise(curves.maps, curves.randoms, curves.mask, step, len(positions), perturbation)
+        for layer, entry in summary.items():
+            results[(target, layer)] = {**entry, "network_calls": sum(case_calls[p] for p in positions)}
     return results
 
 
-def _cases_of(labelled: list, target: Target, max_slices: int) -> list:
-    """Of the (case, predicted labels ``(*S)``) pairs, the (case, target mask ``(*S)``) pairs where
-    the mask is not empty: the ``max_slices`` with the largest mask (small masks give noisy curves),
-    in their order."""
-    masks = [(case, target.mask(case, labels)) for case, labels in labelled]
-    kept = [(case, mask) for case, mask in masks if mask.any()]
+def _maps(network, x: torch.Tensor, layers: Sequence[str], c: int, method: str, mask: torch.Tensor, device: str):
+    """Each layer's map ``(*S)`` of class ``c`` on ``x`` ``(1, Cin, *S)``, the class logit summed over ``mask``
+    ``(*S)`` bool explained."""
+    cams = seg_grad_cam(network, x, list(layers), [c], method, mask[None, None].to(device), upsample=True)
+    return {layer: cams[layer][0, 0].float().cpu() for layer in layers}
+
+
+def _cases_of(labelled: list, target: Target, max_slices: int) -> list[tuple[int, torch.Tensor]]:
+    """Of the (case, predicted labels ``(*S)``) pairs, (position, target mask ``(*S)``) where the mask is
+    not empty: the ``max_slices`` with the largest mask (small masks give noisy curves), in their order."""
+    masks = [(position, target.mask(case, labels)) for position, (case, labels) in enumerate(labelled)]
+    kept = [(position, mask) for position, mask in masks if mask.any()]
     largest = sorted(sorted(range(len(kept)), key=lambda i: -int(kept[i][1].sum()))[:max_slices])
     return [kept[i] for i in largest]
