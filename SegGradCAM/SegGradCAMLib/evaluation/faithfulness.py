@@ -268,7 +268,9 @@ def explanation_faithfulness(
         ]
         replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
         activation = model.spec.output_activation
-        scores = score_case(network, case.image.float(), replacement, scored_targets, activation, device, step, seed)
+        scores = score_case(
+            network, case.image.float(), replacement, scored_targets, activation, device, step, seed, scored=scored
+        )
         for (target, _), one in zip(held, scores):
             pooled.setdefault(target, _Pooled(layers)).extend(*one)
     results = {}
