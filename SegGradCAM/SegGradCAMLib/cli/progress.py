@@ -77,15 +77,15 @@ class JsonLines:
 class StageLines:
     """One line per finished stage: ``windows: 8/8 in 12.3 s``."""
 
-    def __init__(self, label: str, stream: TextIO | None = None) -> None:
-        self.label, self.stream = label, stream  # None: standard error as it is when a line is written
+    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+        self.label, self.stream = label, stream
 
     def __call__(self, event: dict) -> None:
         if event["done"] == event["total"]:
             print(
                 f"{self.label}: {event['stage']} {event['done']}/{event['total']} in {event['elapsed_s']:.1f} s"
                 + _counts_text(event),
-                file=self.stream or sys.stderr,
+                file=self.stream,
                 flush=True,
             )
 
