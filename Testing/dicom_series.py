@@ -14,16 +14,26 @@ DEMO = "demo-lesions-unet2d"
 
 
 def write_dicom_series(array: np.ndarray, folder, spacing=(1.5, 1.5, 2.0), origin=(-30.0, -40.0, 10.0)) -> None:
-    """A real DICOM MR series written slice by slice by ITK's GDCM (one file per slice)."""
+    """A real DICOM MR series written slice by slice by ITK's GDCM (one file per slice). GDCM's writer
+    sets the process's locale to "C" and leaves it so (text then reads as ASCII): it is put back."""
+    import locale
     import time
 
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_slices(array, folder, spacing, origin, time.time())
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(array: np.ndarray, folder, spacing, origin, now: float) -> None:
     folder.mkdir()
     volume = sitk.GetImageFromArray(array.astype(np.int16))
     volume.SetSpacing(spacing)
     volume.SetOrigin(origin)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.2.1125." + str(int(time.time()))
+    uid = "1.2.826.0.1.3680043.2.1125." + str(int(now))
     for k in range(volume.GetDepth()):
         piece = volume[:, :, k]
         for tag, value in (

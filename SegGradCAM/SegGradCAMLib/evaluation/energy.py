@@ -15,7 +15,7 @@ def heatmap_energy_fractions(
     """
     from scipy import ndimage
 
-    total = float(heatmap.sum())
+    total = float(heatmap.sum(dtype=np.float64))  # float64: the parts add up to at most the total
     if total <= 0:
         return {"energy_inside": 0.0, "energy_shell": 0.0, "energy_beyond": 0.0, "shell_mm": shell_mm}
     mask = mask.astype(bool)
@@ -24,8 +24,8 @@ def heatmap_energy_fractions(
         shell = (distance > 0) & (distance <= shell_mm)
     else:
         shell = np.zeros_like(mask)
-    inside = float(heatmap[mask].sum()) / total
-    near = float(heatmap[shell].sum()) / total
+    inside = float(heatmap[mask].sum(dtype=np.float64)) / total
+    near = float(heatmap[shell].sum(dtype=np.float64)) / total
     return {
         "energy_inside": inside,
         "energy_shell": near,
