@@ -62,7 +62,8 @@ def test_equal_to_nnunets_own_predictor(model, held_out, mirror, tmp_path):
 
 def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, tmp_path):
     """``explain --faithfulness`` on an nnU-Net folder: the volume as nnU-Net preprocesses it (its
-    2 mm grid, its z-score, padded to the network's stride 16), one class to keep it short."""
+    2 mm grid, its z-score, padded to the network's stride 16), scored on the lesion's block of the
+    case, one class, to keep it short."""
     from SegGradCAMLib.cli import main
     from SegGradCAMLib.pipelines import nnunet_case
     from SegGradCAMLib.evaluation.faithfulness import calls_per_case
@@ -74,12 +75,19 @@ def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, 
     assert all(n % 16 == 0 and n - 16 < m <= n for n, m in zip(case.image.shape[1:], data.shape[1:]))
     assert np.array_equal(case.image[:, : data.shape[1], : data.shape[2], : data.shape[3]].numpy(), data)
     assert case.spacing == (2.0, 2.0, 2.0)
+    lesion, _ = held_out
+    centre = [int(np.mean(axis)) for axis in np.nonzero(lesion.labels > 0)]
+    block = tuple(
+        slice(max(0, min(c - n // 2, s - n)), max(0, min(c - n // 2, s - n)) + n)
+        for c, n, s in zip(centre, (40, 52, 52), lesion.labels.shape)
+    )  # the lesion's block: a whole-volume call a third of the full case's, so the 173 calls stay short
+    cropped = write_oblique(tmp_path, zip(demo_data.CHANNELS, (channel[block] for channel in lesion.image)))
     out = tmp_path / "out"
     assert (
         main(
             [
                 "explain",
-                *paths,
+                *cropped,
                 "--model",
                 str(FOLDER),
                 "--classes",
