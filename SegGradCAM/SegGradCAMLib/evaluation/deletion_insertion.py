@@ -160,20 +160,22 @@ class TargetsScorer(ClassScorer):
         self.targets = [(int(c), mask.to(device=device, dtype=torch.bool)) for c, mask in targets]
 
     def _score(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = [class_scores(logits, c, mask, self.activation) for c, mask in self.targets]
+        softmax = None if self.activation == "sigmoid" else torch.softmax(logits, dim=1)  # once for all targets
+        scores = [class_scores(logits, c, mask, self.activation, softmax) for c, mask in self.targets]
         return torch.stack([p for p, _ in scores], 1), torch.stack([d for _, d in scores], 1)
 
 
 def class_scores(
-    logits: torch.Tensor, c: int, mask: torch.Tensor, activation: str
+    logits: torch.Tensor, c: int, mask: torch.Tensor, activation: str, softmax: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(B, C, *S)`` -> (mean probability of class ``c`` over ``mask`` ``(*S)`` bool, ``Dice(predicted
-    == c, mask)``), each ``(B,)``; ``activation``: ``softmax`` (argmax) or ``sigmoid`` (threshold 0.5)."""
+    == c, mask)``), each ``(B,)``; ``activation``: ``softmax`` (argmax) or ``sigmoid`` (threshold 0.5);
+    ``softmax``: ``softmax(logits, 1)`` where already computed."""
     if activation == "sigmoid":
         prob = torch.sigmoid(logits[:, c])
         predicted = prob > 0.5
     else:
-        prob = torch.softmax(logits, dim=1)[:, c]
+        prob = (torch.softmax(logits, dim=1) if softmax is None else softmax)[:, c]
         predicted = argmax_is(logits, c)
     dims = tuple(range(1, prob.ndim))
     mean_prob = (prob * mask).sum(dims) / mask.sum()
