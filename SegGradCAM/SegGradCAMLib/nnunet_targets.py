@@ -29,7 +29,7 @@ from .errors import SegGradCAMError
 from .findings import FindingSet, find_findings
 from .models.spec import LoadedModel
 from .nnunet_grid import exported, preprocessed, to_preprocessed
-from .reliance import occluded, occlusion_reliance, target_scores
+from .reliance import occluded, occluded_channels, occlusion_reliance, target_scores
 from .targets import TargetRequest, Targets
 from .uncertainty import Uncertainty
 
@@ -90,7 +90,7 @@ def _occlusion(
         return target_scores(nonlinearity(logits), first.channels, regions)
 
     lost = {}
-    for key, channels in [*((name, [c]) for c, name in enumerate(names)), ("all", list(range(len(names))))]:
+    for key, channels in occluded_channels(names):
         x = torch.from_numpy(preprocessed(model, occluded(raw, channels), dict(properties)))
         lost[key] = scores(predictor.predict_logits_from_preprocessed_data(x).float())
     return [{"occlusion": entry} for entry in occlusion_reliance(names, scores(reference), lost)]

@@ -24,6 +24,11 @@ import torch
 from .findings import NEIGHBOURHOOD_MM
 
 
+def occluded_channels(names: Sequence[str]) -> list[tuple[str, list[int]]]:
+    """(key, channels replaced) of each occluded input: each channel alone (keyed by its name), then all."""
+    return [*((name, [c]) for c, name in enumerate(names)), ("all", list(range(len(names))))]
+
+
 def occluded(image: np.ndarray, channels: Sequence[int]) -> np.ndarray:
     """``image`` ``(Cin, Z, Y, X)`` with each of ``channels`` replaced by its mean over the voxels
     where any channel is non-zero (there only; the background stays)."""

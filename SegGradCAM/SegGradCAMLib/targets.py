@@ -22,7 +22,7 @@ from .cam import INPUT_GRADIENT, label_map, predicted_regions
 from .findings import Finding, FindingRequest, FindingSet, find_findings
 from .model_grid import ModelGrid, prepare_input
 from .models.spec import ModelSpec
-from .reliance import gradient_shares, occluded, occlusion_reliance, target_scores
+from .reliance import gradient_shares, occluded, occluded_channels, occlusion_reliance, target_scores
 from .uncertainty import MapCallback, Uncertainty, probabilities_of, stream_probabilities
 
 
@@ -106,7 +106,7 @@ def add_occlusion(
     each a step of the progress stage ``occlusion``."""
     assert targets.base_scores is not None and targets.regions is not None
     names = request.channel_names
-    occlusions = [*((name, [c]) for c, name in enumerate(names)), ("all", list(range(len(names))))]
+    occlusions = occluded_channels(names)
     scores = {}
     for done, (key, channels) in enumerate(occlusions):
         if progress is not None:
