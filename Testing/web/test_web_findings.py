@@ -98,6 +98,7 @@ def test_the_overlays_offer_the_probability_and_entropy_maps(page):
 def test_why_here_runs_at_the_clicked_point(page):
     page.click(".finding-row")  # the views centred on the finding
     page.click("#why-here")
+    page.wait_for("document.querySelector('#message').innerText.startsWith('Why here? Click a point')", timeout=15)
     page.click_at("img.image-display-area", 0, 0.15, 0.15)  # the axial view's corner: far from the finding
     message = page.wait_for(
         "document.querySelector('#error').offsetParent && document.querySelector('#error').innerText", timeout=120

@@ -17,6 +17,7 @@ from .controls import CONTROLS, Choice, shown, shown_failures
 from .views import SliceClicks
 
 HEATMAP, FINDING = "heatmap", "finding"  # overlays: the class heatmap chosen above, the finding chosen
+WHY_HERE_HINT = "Why here? Click a point on a slice view: the finding there is explained."
 MAP_MEANINGS = {  # a map's kind -> what its 0..1 means
     "probability": "the network's output (softmax, or sigmoid for region models), not a calibrated likelihood",
     "entropy": "the predictive entropy over the classes divided by its maximum (0: one class certain, "
@@ -52,6 +53,7 @@ class FindingsPanel:
         self.overlays: dict[str, str] = {}
         self.clear()
         SliceClicks(web.app.view_manager.get_views(), self._clicked)
+        self.state.change("why_here")(self._why_here_switched)
 
     def clear(self) -> None:
         """No findings or overlays (the outputs are gone, their nodes with them)."""
@@ -130,6 +132,13 @@ class FindingsPanel:
         return f"{label} — {method} on {layer}; 1.0 = raw maximum {raw:.4g}" + (
             f". Faithfulness: {score}" if score else ""
         )
+
+    def _why_here_switched(self, why_here, **_) -> None:
+        """The "Why here?" switch moved: on, the page says what to do next; off, that hint goes."""
+        if why_here is True:
+            self.state.message = WHY_HERE_HINT
+        elif self.state.message == WHY_HERE_HINT:
+            self.state.message = ""
 
     def _clicked(self, ras: list[float]) -> None:
         """A click on a slice view: with "Why here?" on, a ``--point`` run there with the page's choices."""
