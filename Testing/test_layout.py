@@ -50,6 +50,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "uncertainty",
             "reliance",
             "class_maps",
+            "memory_plan",
             "sliding_windows",
         ),
     ),

@@ -64,6 +64,7 @@ class VolumeExplanation:
     masks: np.ndarray | None = None
     findings: FindingSet | None = None
     reliance: list[dict] | None = None  # per target (classes, then findings): channel reliance
+    class_groups: dict | None = None  # the targets explained in groups: memory_plan.ClassGroups.report()
 
 
 class _Runner:

@@ -24,21 +24,24 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .cam import seg_grad_cam
-from .class_maps import ClassHeatmap, heatmaps_on_input_grid
+from .cam import INPUT_GRADIENT, seg_grad_cam
+from .class_maps import ClassHeatmap, GroupHeatmaps
 from .errors import CancelledError
 from .inference import ProgressCallback, VolumeExplanation
 from .layers import resolve_layers
+from .memory_plan import ClassGroups, plan_class_groups
 from .models.spec import LoadedModel
 from .nnunet_grid import carried_region, preprocessed, read_inputs, to_input_grid
 from .nnunet_targets import Disagreement, FirstPass, add_disagreement, first_pass
-from .targets import TargetRequest, add_gradient_shares
+from .targets import TargetRequest
+
+AGREEMENT_PLANES = 8  # planes of the logits compared at a time with nnU-Net's own
 
 
 def nnunet_predictor(model: LoadedModel, device: str, tile_step_size: float, mirror: bool):
@@ -94,8 +97,9 @@ def _flips(model: LoadedModel, mirror: bool) -> list[tuple[int, ...]]:
 
 
 def _window(model: LoadedModel, loop: _Loop, image: torch.Tensor, target: torch.Tensor, axes: tuple[int, ...]):
-    """One window ``(1, Cin, *patch)`` with its targets ``(1, n, *patch)`` explained through the
-    mirroring ``axes``, flipped back, on the CPU: maps name -> ``(n, *patch)``, logits ``(C, *patch)``."""
+    """One window ``(1, Cin, *patch)`` with its targets ``(1, n, *patch)`` (nonzero inside) explained
+    through the mirroring ``axes``, flipped back, on the CPU: maps name -> ``(n, *patch)``, logits
+    ``(C, *patch)``."""
     image, target = image.to(loop.device), target.to(loop.device)
     if axes:
         image, target = torch.flip(image, axes), torch.flip(target, axes)
@@ -105,7 +109,7 @@ def _window(model: LoadedModel, loop: _Loop, image: torch.Tensor, target: torch.
         loop.layers,
         loop.channels,
         loop.method,
-        regions=target > 0.5,
+        regions=target > 0,
         upsample=True,
         input_gradients=loop.input_gradients,
     )
@@ -116,79 +120,137 @@ def _window(model: LoadedModel, loop: _Loop, image: torch.Tensor, target: torch.
     return {name: back(m)[:, 0] for name, m in result.items()}, back(result.logits)[0]
 
 
-def _stitch_windows(
-    model: LoadedModel,
-    predictor,
-    padded: torch.Tensor,
-    targets: torch.Tensor,
-    heads: int,
-    loop: _Loop,
-    votes: Disagreement | None,
-):
-    """CAMs and logits of every fold, mirroring and window of ``padded`` ``(Cin, *S)``, stitched with
-    nnU-Net's Gaussian and averaged: maps name -> ``(n, *S)``, logits ``(C, *S)``. ``votes`` gets
-    each mirroring's and each fold's averaged logits."""
+@dataclass(frozen=True)
+class _Windows:
+    """nnU-Net's windows over a padded volume ``(*S)``: its ``slicers``, its Gaussian ``(*patch)``
+    and the Gaussians summed over the windows, ``weights`` ``(*S)``."""
+
+    slicers: list
+    gaussian: torch.Tensor
+    weights: torch.Tensor
+
+
+def _windows(model: LoadedModel, predictor, shape: Sequence[int]) -> _Windows:
+    """nnU-Net's sliding-window slicers and Gaussian importance map for a padded volume of ``shape``."""
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-    parts = model.nnunet_parts()
-    patch = tuple(parts.configuration_manager.patch_size)
-    slicers = predictor._internal_get_sliding_window_slicers(padded.shape[1:])
+    patch = tuple(model.nnunet_parts().configuration_manager.patch_size)
+    slicers = predictor._internal_get_sliding_window_slicers(tuple(shape))
     gaussian = compute_gaussian(
         patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float32, device=torch.device("cpu")
     )
-    weights = torch.zeros(padded.shape[1:])
+    weights = torch.zeros(tuple(shape))
     for window in slicers:
         weights[window[1:]] += gaussian
-    flips, folds = _flips(model, loop.mirror), len(parts.parameters)
-    maps: dict[str, torch.Tensor] = {}
-    logits = torch.zeros((heads, *padded.shape[1:]))
-    fold_logits = logits if votes is None else torch.zeros_like(logits)  # a fold's sum, when its label counts
-    pass_logits = torch.zeros_like(logits) if votes is not None and len(flips) > 1 else fold_logits
-    steps, total = itertools.count(), folds * len(flips) * len(slicers)
-    for parameters in parts.parameters:
+    return _Windows(slicers, gaussian, weights)
+
+
+class _LogitSums:
+    """The stitched logits ``(C, *S)`` of a pass over the windows, Gaussian-weighted sums; when
+    ``votes`` counts the folds' and mirrorings' labels, also each mirroring's and fold's own sum."""
+
+    def __init__(self, heads: int, shape: Sequence[int], votes: Disagreement | None, flips: int) -> None:
+        self.votes, self.flips = votes, flips
+        self.total = torch.zeros((heads, *shape))
+        self.fold = self.total if votes is None else torch.zeros_like(self.total)  # a fold's sum
+        self.mirroring = torch.zeros_like(self.total) if votes is not None and flips > 1 else self.fold
+
+    def add(self, spatial: tuple, logits: torch.Tensor, gaussian: torch.Tensor) -> None:
+        """One window's logits ``(C, *patch)`` at ``spatial``."""
+        self.mirroring[spatial] += logits * gaussian / self.flips
+
+    def end_mirroring(self, weights: torch.Tensor) -> None:
+        if self.votes is not None and self.mirroring is not self.fold:  # a mirroring's own label
+            self.votes.add_mirroring(self.mirroring * self.flips / weights)
+            self.fold += self.mirroring
+            self.mirroring.zero_()
+
+    def end_fold(self, weights: torch.Tensor) -> None:
+        if self.votes is not None:
+            self.votes.add_fold(self.fold / weights)
+            self.total += self.fold
+            self.fold.zero_()
+
+
+def _stitch_windows(
+    model: LoadedModel,
+    windows: _Windows,
+    padded: torch.Tensor,
+    targets: torch.Tensor,
+    loop: _Loop,
+    sums: _LogitSums | None,
+    tick: Callable[[], None],
+) -> dict[str, torch.Tensor]:
+    """CAMs of one group of targets ``targets`` ``(n, *S)`` uint8 (output channels ``loop.channels``)
+    for every fold, mirroring and window of ``padded`` ``(Cin, *S)``, stitched with nnU-Net's Gaussian
+    and averaged: maps name -> ``(n, *S)``; the windows' logits added to ``sums`` when given. ``tick``
+    after each window."""
+    gaussian, weights = windows.gaussian, windows.weights
+    flips, folds = _flips(model, loop.mirror), len(model.nnunet_parts().parameters)
+    maps = {name: torch.zeros((len(loop.channels), *padded.shape[1:])) for name in _map_names(loop, padded)}
+    for parameters in model.nnunet_parts().parameters:
         model.network.load_state_dict(parameters)
         for axes in flips:
-            for window in slicers:
+            for window in windows.slicers:
                 if loop.cancel is not None and loop.cancel():
                     raise CancelledError("Cancelled by the user.")
-                loop.step("windows", next(steps), total)
+                tick()
                 spatial = (slice(None), *window[1:])
                 window_maps, window_logits = _window(model, loop, padded[window][None], targets[spatial][None], axes)
                 for name, m in window_maps.items():
-                    summed = maps.setdefault(name, torch.zeros((len(loop.channels), *padded.shape[1:])))
-                    summed[spatial] += m * gaussian / len(flips)
-                pass_logits[spatial] += window_logits * gaussian / len(flips)
-            if votes is not None and pass_logits is not fold_logits:  # a mirroring's own label
-                votes.add_mirroring(pass_logits * len(flips) / weights)
-                fold_logits += pass_logits
-                pass_logits.zero_()
-        if votes is not None:
-            votes.add_fold(fold_logits / weights)
-            logits += fold_logits
-            fold_logits.zero_()
-    loop.step("windows", total, total)
-    return {name: m / (weights * folds) for name, m in maps.items()}, logits / (weights * folds)
+                    maps[name][spatial] += m * gaussian / len(flips)
+                if sums is not None:
+                    sums.add(spatial, window_logits, gaussian)
+            if sums is not None:
+                sums.end_mirroring(weights)
+        if sums is not None:
+            sums.end_fold(weights)
+    for m in maps.values():
+        m /= weights * folds
+    return maps
+
+
+def _map_names(loop: _Loop, padded: torch.Tensor) -> list[str]:
+    """The maps one window gives: each layer's, then each input channel's ``|input x gradient|``."""
+    channels = range(padded.shape[0]) if loop.input_gradients else range(0)
+    return [*loop.layers, *(INPUT_GRADIENT.format(c) for c in channels)]
 
 
 def _agreement(model: LoadedModel, ours: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """How our stitched logits ``(C, *S)`` agree with nnU-Net's own: logits, probabilities, labels."""
+    """How our stitched logits ``(C, *S)`` agree with nnU-Net's own (float16, as nnU-Net keeps them):
+    logits, probabilities, labels; computed a few planes at a time (no extra volume is made)."""
     label_manager = model.nnunet_parts().label_manager
-    probabilities = [label_manager.apply_inference_nonlin(logits) for logits in (ours, reference)]
-    segmentations = [label_manager.convert_probabilities_to_segmentation(p) for p in probabilities]
+    logits = probabilities = equal = 0.0
+    for z in range(0, ours.shape[1], AGREEMENT_PLANES):
+        pair = [ours[:, z : z + AGREEMENT_PLANES], reference[:, z : z + AGREEMENT_PLANES].float()]
+        logits = max(logits, float((pair[0] - pair[1]).abs().max()))
+        p = [label_manager.apply_inference_nonlin(values) for values in pair]
+        probabilities = max(probabilities, float((p[0] - p[1]).abs().max()))
+        labels = [label_manager.convert_probabilities_to_segmentation(values) for values in p]
+        equal += float((labels[0] == labels[1]).sum())
     return {
-        "stitched_logits_max_difference_to_nnunet": float((ours - reference).abs().max()),
-        "probabilities_max_difference_to_nnunet": float((probabilities[0] - probabilities[1]).abs().max()),
-        "labels_equal_to_nnunet": float((segmentations[0] == segmentations[1]).float().mean()),
+        "stitched_logits_max_difference_to_nnunet": logits,
+        "probabilities_max_difference_to_nnunet": probabilities,
+        "labels_equal_to_nnunet": equal / ours[0].numel(),
     }
 
 
-def _stitched_maps(
-    model: LoadedModel, predictor, x: torch.Tensor, reference: torch.Tensor, first: FirstPass, loop: _Loop
+def _explain_groups(
+    model: LoadedModel,
+    predictor,
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    first: FirstPass,
+    loop: _Loop,
+    groups: ClassGroups,
+    on_group: Callable[[range, dict[str, torch.Tensor]], None],
 ):
-    """The CAMs of the preprocessed volume ``x`` ``(Cin, *S)`` with the targets of ``first`` ``(n, *S)``,
-    padded to the patch as nnU-Net pads, stitched and cropped back: maps name -> ``(n, *S)``, how our
-    stitched logits agree with nnU-Net's ``reference`` ``(C, *S)``, and, with probabilities, the folds'
-    and mirrorings' disagreement maps ``(1, *S)`` (see :class:`~.nnunet_targets.Disagreement`)."""
+    """The CAMs of the preprocessed volume ``x`` ``(Cin, *S)`` with the targets of ``first``
+    ``(n, *S)``, one group of ``groups`` at a time: each group's maps ``(len(group), *S)`` by name,
+    padded to the patch as nnU-Net pads, stitched and cropped back, handed to ``on_group`` before
+    the next group's are made. Returns how our stitched logits (of the first group's pass) agree
+    with nnU-Net's ``reference`` ``(C, *S)`` and, with probabilities, the folds' and mirrorings'
+    disagreement maps ``(1, *S)`` (see :class:`~.nnunet_targets.Disagreement`)."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
     parts = model.nnunet_parts()
@@ -196,17 +258,32 @@ def _stitched_maps(
     assert first.targets.regions is not None
     patch = tuple(parts.configuration_manager.patch_size)
     padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
-    padded_targets, _ = pad_nd_image(first.targets.regions.float(), patch, "constant", {"value": 0}, True, None)
     crop = (slice(None), *revert[1:])
+    windows = _windows(model, predictor, padded.shape[1:])
     votes = None
     if first.uncertainty is not None and (folds > 1 or flips > 1):
-        ensemble = label_manager.convert_logits_to_segmentation(reference).to(torch.int16)
+        ensemble = label_manager.convert_logits_to_segmentation(reference.float()).to(torch.int16)
         votes = Disagreement(
             lambda logits: label_manager.convert_logits_to_segmentation(logits[crop]), ensemble, folds, flips
         )
-    maps, logits = _stitch_windows(model, predictor, padded, padded_targets, reference.shape[0], loop, votes)
-    maps = {name: m[crop] for name, m in maps.items()}
-    return maps, _agreement(model, logits[crop], reference), {} if votes is None else votes.maps()
+    steps, total = itertools.count(), len(groups.ranges()) * folds * flips * len(windows.slicers)
+    checks: dict[str, float] = {}
+    for number, group in enumerate(groups.ranges()):
+        regions = first.targets.regions[group.start : group.stop].to(torch.uint8)
+        targets, _ = pad_nd_image(regions, patch, "constant", {"value": 0}, True, None)
+        sums = _LogitSums(reference.shape[0], padded.shape[1:], votes, flips) if number == 0 else None  # once
+        group_loop = replace(loop, channels=[first.channels[t] for t in group])
+        maps = _stitch_windows(
+            model, windows, padded, targets, group_loop, sums, lambda: loop.step("windows", next(steps), total)
+        )
+        del regions, targets
+        if sums is not None:
+            checks = _agreement(model, (sums.total / (windows.weights * folds))[crop], reference)
+            del sums
+        on_group(group, {name: m[crop] for name, m in maps.items()})
+        del maps
+    loop.step("windows", total, total)
+    return checks, {} if votes is None else votes.maps()
 
 
 def explain_nnunet(
@@ -225,6 +302,7 @@ def explain_nnunet(
     on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None = None,
     request: TargetRequest | None = None,
     spacing: Sequence[float] | None = None,
+    max_group_bytes: int | None = None,
 ) -> VolumeExplanation:
     """Segment and explain the image ``files`` (one per channel, as nnU-Net reads them).
 
@@ -232,8 +310,10 @@ def explain_nnunet(
     ``(len(classes), Z, Y, X)`` on the grid the reader gives the input. ``region`` ``(Z, Y, X)``:
     explain the class score inside it instead of the predicted masks. ``request``: findings,
     probabilities (and the folds' and mirrorings' disagreement) and channel reliance; ``spacing``:
-    the input grid's (mm, ``(Z, Y, X)``), needed for findings and reliance. Other arguments as
-    :func:`SegGradCAMLib.inference.explain_volume`.
+    the input grid's (mm, ``(Z, Y, X)``), needed for findings and reliance. The targets are explained
+    in groups whose maps take at most ``max_group_bytes`` (default: what the logits take;
+    :func:`~.memory_plan.plan_class_groups`), each group's maps handed to ``on_heatmap`` before the
+    next group's are made. Other arguments as :func:`SegGradCAMLib.inference.explain_volume`.
     """
     step, request = progress or (lambda stage, done, total: None), request or TargetRequest()
     start = time.perf_counter()
@@ -246,26 +326,40 @@ def explain_nnunet(
     start = time.perf_counter()
     classes = list(range(1, len(model.spec.labels))) if classes is None else [int(c) for c in classes]
     predictor = nnunet_predictor(model, device, tile_step_size, mirror)
-    reference = predictor.predict_logits_from_preprocessed_data(x).float()  # nnU-Net's own stitched logits
+    reference = predictor.predict_logits_from_preprocessed_data(x)  # nnU-Net's own stitched logits, float16
     region_pre = carried_region(model, properties, x.shape[1:], region)
-    first = first_pass(model, predictor, raw, properties, reference, classes, region_pre, request, spacing)
+    first = first_pass(model, predictor, raw, properties, reference.float(), classes, region_pre, request, spacing)
     targets = first.targets
     layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
     loop = _Loop(layer_names, first.channels, method, device, mirror, targets.reliance is not None, step, cancel)
-    maps, checks, disagreement = _stitched_maps(model, predictor, x, reference, first, loop)
-    timings["network_and_cam_s"] = time.perf_counter() - start
+    groups = _class_groups(model, x, reference, loop, max_group_bytes)
+    to_input = to_input_grid(model, properties)
+    heatmaps = GroupHeatmaps(
+        targets, first.labels, first.masks, to_input, normalize, on_heatmap, request.channel_names, spacing
+    )
+    checks, disagreement = _explain_groups(model, predictor, x, reference, first, loop, groups, heatmaps.add)
+    timings["network_and_cam_s"] = time.perf_counter() - start - heatmaps.seconds
 
     start = time.perf_counter()
-    to_input = to_input_grid(model, properties)
     if disagreement:
         add_disagreement(first, disagreement, to_input)
-    if targets.reliance is not None:
-        assert spacing is not None  # checked by first_pass
-        add_gradient_shares(targets, maps, to_input, first.labels, spacing, request.channel_names, first.masks)
-    heatmaps, raw_max = heatmaps_on_input_grid(
-        maps, to_input, first.labels, targets.classes, normalize, on_heatmap, first.masks, targets.target_findings
+    timings["postprocess_s"] = time.perf_counter() - start + heatmaps.seconds
+    result = VolumeExplanation(
+        first.labels, heatmaps.kept(), heatmaps.raw_max, classes, layer_names, method, timings, checks
     )
-    timings["postprocess_s"] = time.perf_counter() - start
-    result = VolumeExplanation(first.labels, heatmaps, raw_max, classes, layer_names, method, timings, checks)
     result.masks, result.findings, result.reliance = first.masks, targets.findings, targets.reliance
+    result.class_groups = groups.report()
     return result
+
+
+def _class_groups(
+    model: LoadedModel, x: torch.Tensor, reference: torch.Tensor, loop: _Loop, max_bytes: int | None
+) -> ClassGroups:
+    """How many targets to explain at once: each one's maps (every layer's and input channel's) and
+    its region on the padded grid, against the float32 logits the first group stitches."""
+    patch = model.nnunet_parts().configuration_manager.patch_size
+    voxels = int(np.prod([max(s, p) for s, p in zip(x.shape[1:], patch)]))
+    maps = len(loop.layers) + (x.shape[0] if loop.input_gradients else 0)
+    return plan_class_groups(
+        len(loop.channels), voxels * (4 * maps + 1), voxels * 4 * reference.shape[0], "cpu", max_bytes
+    )

@@ -148,6 +148,7 @@ class ExplainReport(_ReportFile):
     peak_memory_mb: dict[str, float]
     timings: dict[str, float]
     checks: dict[str, float] | None = None
+    class_groups: dict[str, Any] | None = None
     nnunet: dict[str, Any] | None = None
     dicom: dict[str, Any] | None = None
     findings: dict[str, Any] | None = None
@@ -164,7 +165,7 @@ class ExplainReport(_ReportFile):
         values["model"] = dataclasses.asdict(self.model)
         values["classes"] = [entry.to_json() for entry in self.classes]
         ordered = {"schema": self.schema, "tool": self.tool, **values}
-        return _without_none(ordered, ("checks", "nnunet", "dicom", "findings", "uncertainty"))
+        return _without_none(ordered, ("checks", "class_groups", "nnunet", "dicom", "findings", "uncertainty"))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ExplainReport":

@@ -128,19 +128,22 @@ def add_gradient_shares(
     spacing: Sequence[float],
     names: Sequence[str],
     masks: np.ndarray | None = None,
+    first: int = 0,
 ) -> None:
     """Take the ``|input x gradient|`` maps out of ``maps`` and add each target's channel shares in
     its neighbourhood to ``targets.reliance``. ``to_input``: ``(1, *model grid)`` -> ``(1, Z, Y, X)``;
-    ``masks`` ``(len(classes), Z, Y, X)``: each class's own mask where classes overlap (else None)."""
+    ``masks`` ``(len(classes), Z, Y, X)``: each class's own mask where classes overlap (else None);
+    the maps may be one group of the targets, from the target at position ``first`` on."""
     saliency = [maps.pop(INPUT_GRADIENT.format(c)) for c in range(len(names))]
     assert targets.reliance is not None and targets.regions is not None
 
-    def region_of(t: int) -> np.ndarray:
+    def region_of(k: int) -> np.ndarray:
+        t = first + k
         finding = targets.target_findings[t]
         if finding is not None:
             return finding.full_mask(labels.shape)
         return labels == targets.classes[t] if masks is None else masks[t]
 
     shares = gradient_shares(names, saliency, to_input, region_of, spacing)
-    for entry, share in zip(targets.reliance, shares):
+    for entry, share in zip(targets.reliance[first:], shares):
         entry["input_gradient"] = share

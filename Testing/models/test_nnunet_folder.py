@@ -76,8 +76,8 @@ def trained_like_nnunet(folder: Path, plans=PLANS, extra_logging=None, dataset=D
         architecture["network_class_name"],
         architecture["arch_kwargs"],
         architecture["_kw_requires_import"],
-        2,
-        4,
+        len(dataset["channel_names"]),
+        len(dataset["labels"]),
         deep_supervision=True,
     )
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True)

@@ -20,9 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..errors import SegGradCAMError
-from ..runs.resources import free_memory_bytes
+from ..memory_plan import GB, free_memory_bytes
 
-GB = 10**9
 DEFAULT_CALL_BYTES = 1 * GB  # larger calls are no faster: a call of this size keeps the CPU busy
 MARGIN = 1.25  # the allocator and oneDNN/cuDNN workspaces beyond the tensors counted (HD-BET: 1.09)
 

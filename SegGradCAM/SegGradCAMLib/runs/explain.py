@@ -165,6 +165,7 @@ def build_report(
         peak_memory_mb=peak_memory_mb(settings.device),
         timings={k: round(v, 3) for k, v in timings.items()},
         checks=result.checks or None,
+        class_groups=result.class_groups,
         nnunet=pipeline.report_note(settings),
         dicom=dicom,
     )

@@ -1,0 +1,93 @@
+"""What memory a run may take: the device's free memory, and the groups of targets (classes and
+findings) whose maps are made at once.
+
+An explanation holds each target's map on the network's grid while its windows are stitched. With
+many targets (100 classes, a finding per lesion) or several layers those maps outgrow what the
+network's own prediction holds, so the targets are explained in groups: one group's maps are made,
+brought to the input grid and handed on (written) before the next group's are made. A group holds
+at most as many bytes of maps as the logits the prediction holds anyway (an nnU-Net of ``C``
+classes holds ``C`` logit volumes, so one layer's maps of every class fit in one group), and never
+more than half the free memory; each further group runs the network's windows again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SegGradCAMError
+
+GB = 10**9
+
+
+@dataclass(frozen=True)
+class ClassGroups:
+    """``targets`` explained ``size`` at a time, each one's maps taking ``bytes_per_target``, and
+    ``why`` that size."""
+
+    targets: int
+    size: int
+    bytes_per_target: int
+    why: str
+
+    def ranges(self) -> list[range]:
+        """The targets' positions, one range per group."""
+        return [range(s, min(s + self.size, self.targets)) for s in range(0, self.targets, self.size)]
+
+    def report(self) -> dict:
+        """As explain.json records it."""
+        groups = len(self.ranges())
+        return {
+            "targets": self.targets,
+            "size": self.size,
+            "groups": groups,
+            "bytes_per_target": self.bytes_per_target,
+            "why": self.why,
+        }
+
+
+def free_memory_bytes(device: str) -> int | None:
+    """Memory a run may still take on ``device``, in bytes: CUDA's free memory and what torch
+    holds unused; else the system's available memory (Linux's MemAvailable, lowered to what this
+    cgroup's limit leaves); None where unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        cuda = torch.device(device)
+        return torch.cuda.mem_get_info(cuda)[0] + torch.cuda.memory_reserved(cuda) - torch.cuda.memory_allocated(cuda)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text(encoding="ascii").strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text(encoding="ascii")))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def plan_class_groups(
+    targets: int, bytes_per_target: int, held_bytes: int, device: str, max_bytes: int | None = None
+) -> ClassGroups:
+    """How many of ``targets`` to explain at once when each one's maps take ``bytes_per_target``:
+    as many as ``max_bytes`` holds (default ``held_bytes``, what the pass holds anyway), never more
+    than half the free memory of ``device``; at least one, refused in one line when one target's
+    maps do not fit in the free memory."""
+    limit, what = (held_bytes, "what the logits take") if max_bytes is None else (max_bytes, "the limit given")
+    free = free_memory_bytes(device)
+    if free is not None and bytes_per_target > free:
+        raise SegGradCAMError(
+            f"The maps of one class take about {bytes_per_target / GB:.2f} GB, more than the free memory "
+            f"({free / GB:.2f} GB); explain fewer layers, free memory or use a machine with more."
+        )
+    if free is not None and free // 2 < limit:
+        limit, what = free // 2, "half the free memory"
+    size = max(1, min(targets, limit // max(bytes_per_target, 1)))
+    why = (
+        f"the maps of one target take {bytes_per_target / GB:.3f} GB; a group takes at most {what} "
+        f"({limit / GB:.2f} GB)"
+    )
+    return ClassGroups(targets, size, bytes_per_target, why)

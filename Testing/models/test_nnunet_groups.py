@@ -1,0 +1,128 @@
+"""Explaining an nnU-Net's targets in groups (:mod:`SegGradCAMLib.memory_plan`): the maps made one
+group at a time equal the maps made all at once, the channels' reliance too, and no more than one
+group's maps is alive at a time. A folder as nnU-Net writes it (the shipped plans, random weights) with 3
+and 40 classes, on a block of a held-out demo case two windows wide."""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from test_nnunet_explain import DATASET, PLANS
+from test_nnunet_folder import trained_like_nnunet
+
+from SegGradCAMLib import inference_nnunet
+from SegGradCAMLib.demo import data as demo_data
+from SegGradCAMLib.errors import SegGradCAMError
+from SegGradCAMLib.memory_plan import plan_class_groups
+from SegGradCAMLib.models import load_model
+from SegGradCAMLib.targets import TargetRequest
+
+LAYERS = ["decoder.stages.2", "decoder.stages.3"]
+
+
+def folder_with(tmp_path_factory, classes: int):
+    labels = {"background": 0, **{f"class_{c}": c for c in range(1, classes + 1)}}
+    folder = tmp_path_factory.mktemp(f"c{classes}") / "Dataset902_Many" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    trained_like_nnunet(folder, plans=PLANS, dataset={**DATASET, "labels": labels})
+    return load_model(str(folder))
+
+
+def block(folder, width: int) -> list[str]:
+    """The held-out case's 32 x 48 x ``width`` block around its lesion (2 mm) in ``folder``: one
+    48 x 64 x 64 window, two along x from ``width`` 80."""
+    case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
+    centre = [int(np.mean(axis)) for axis in np.nonzero(case.labels > 0)]
+    box = tuple(
+        slice(min(max(0, c - n // 2), s - n), min(max(0, c - n // 2), s - n) + n)
+        for c, n, s in zip(centre, (32, 48, width), case.labels.shape)
+    )
+    paths = []
+    for name, array in zip(demo_data.CHANNELS, case.image):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array[box]))
+        image.SetSpacing((demo_data.SPACING_MM,) * 3)
+        paths.append(str(folder / f"{name}.nrrd"))
+        sitk.WriteImage(image, paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("classes", "size", "layers", "reliance", "width"),
+    [(3, 1, LAYERS, True, 80), (40, 8, LAYERS[1:], False, 64)],  # 40 classes: one window, to keep it short
+)
+def test_maps_made_in_groups_equal_the_maps_made_at_once(tmp_path_factory, classes, size, layers, reliance, width):
+    model = folder_with(tmp_path_factory, classes)
+    inputs = block(tmp_path_factory.mktemp("block"), width)
+    request = TargetRequest(reliance=reliance, channel_names=demo_data.CHANNELS)
+    spacing = (demo_data.SPACING_MM,) * 3
+
+    def explained(max_group_bytes: int):
+        return inference_nnunet.explain_nnunet(
+            model,
+            inputs,
+            layers=layers,
+            normalize=False,
+            request=request,
+            spacing=spacing,
+            max_group_bytes=max_group_bytes,
+        )
+
+    held = explained(10**12)  # all targets at once
+    grouped = explained(size * held.class_groups["bytes_per_target"])
+    assert held.class_groups["groups"] == 1 and held.class_groups["size"] == classes
+    why, groups = grouped.class_groups["why"], -(-classes // size)
+    assert grouped.class_groups == {**held.class_groups, "size": size, "groups": groups, "why": why}
+    assert "the limit given" in grouped.class_groups["why"]
+    assert sum(m.max() > 0 for m in held.heatmaps[layers[0]]) >= 3  # real maps, not all empty
+    for layer in layers:
+        assert held.heatmaps[layer].shape == (classes, 32, 48, width)
+        scale = np.abs(held.heatmaps[layer]).max()
+        assert np.abs(grouped.heatmaps[layer] - held.heatmaps[layer]).max() <= 1e-6 * scale
+        assert grouped.raw_max[layer] == pytest.approx(held.raw_max[layer], rel=1e-6, abs=1e-12)
+    assert grouped.checks == held.checks  # the agreement with nnU-Net: from the first group's pass
+    for ours, theirs in zip(grouped.reliance or [], held.reliance or []):
+        assert ours["occlusion"] == theirs["occlusion"]
+        assert ours["input_gradient"] == pytest.approx(theirs["input_gradient"], abs=1e-6)
+    assert np.array_equal(grouped.labels, held.labels) and (grouped.reliance is None) == (not reliance)
+
+
+def test_no_more_than_one_groups_maps_is_alive_at_a_time(tmp_path_factory, monkeypatch):
+    """Each group's maps (counted as the arrays the window loop returned) are gone before the next
+    group's are made; the maps handed on are whole (every target once, in order)."""
+    model = folder_with(tmp_path_factory, 5)
+    inputs = block(tmp_path_factory.mktemp("block"), 80)
+    stitch, alive, most = inference_nnunet._stitch_windows, [], []
+
+    def counted(*args, **kwargs):
+        most.append(sum(ref() is not None for ref in alive))  # arrays of earlier groups still alive
+        maps = stitch(*args, **kwargs)
+        alive.extend(weakref.ref(m) for m in maps.values())
+        return maps
+
+    handed = []
+    per_target = inference_nnunet.explain_nnunet(model, inputs, layers=LAYERS).class_groups["bytes_per_target"]
+    monkeypatch.setattr(inference_nnunet, "_stitch_windows", counted)
+    inference_nnunet.explain_nnunet(
+        model,
+        inputs,
+        layers=LAYERS,
+        on_heatmap=lambda heat, labels: handed.append((heat.layer, heat.position)),
+        max_group_bytes=2 * per_target,
+    )
+    assert most == [0, 0, 0]  # three groups (2 + 2 + 1 targets), none overlapping another
+    assert sum(ref() is not None for ref in alive) == 0
+    assert sorted(handed) == sorted((layer, t) for layer in LAYERS for t in range(5))
+
+
+def test_a_group_never_takes_more_than_half_the_free_memory_and_one_target_must_fit(monkeypatch):
+    from SegGradCAMLib import memory_plan
+
+    monkeypatch.setattr(memory_plan, "free_memory_bytes", lambda device: 10_000)
+    plan = plan_class_groups(100, 1_000, 10**9, "cpu")
+    assert (plan.size, len(plan.ranges()), "half the free memory" in plan.why) == (5, 20, True)
+    assert plan_class_groups(100, 1_000, 3_500, "cpu").size == 3  # the logits' bytes bound it first
+    assert [len(r) for r in plan_class_groups(7, 1_000, 3_000, "cpu").ranges()] == [3, 3, 1]
+    with pytest.raises(SegGradCAMError, match=r"maps of one class take .* more than the free memory"):
+        plan_class_groups(2, 20_000, 10**9, "cpu")
