@@ -146,12 +146,13 @@ def _windows(model: LoadedModel, predictor, shape: Sequence[int]) -> _Windows:
 
 
 class _LogitSums:
-    """The stitched logits ``(C, *S)`` of a pass over the windows, Gaussian-weighted sums; when
-    ``votes`` counts the folds' and mirrorings' labels, also each mirroring's and fold's own sum."""
+    """The stitched logits ``(C, *S)`` of a pass over the windows, Gaussian-weighted sums in float16
+    as nnU-Net stitches its own; when ``votes`` counts the folds' and mirrorings' labels, also each
+    mirroring's and fold's own sum."""
 
     def __init__(self, heads: int, shape: Sequence[int], votes: Disagreement | None, flips: int) -> None:
         self.votes, self.flips = votes, flips
-        self.total = torch.zeros((heads, *shape))
+        self.total = torch.zeros((heads, *shape), dtype=torch.half)
         self.fold = self.total if votes is None else torch.zeros_like(self.total)  # a fold's sum
         self.mirroring = torch.zeros_like(self.total) if votes is not None and flips > 1 else self.fold
 
@@ -216,13 +217,15 @@ def _map_names(loop: _Loop, padded: torch.Tensor) -> list[str]:
     return [*loop.layers, *(INPUT_GRADIENT.format(c) for c in channels)]
 
 
-def _agreement(model: LoadedModel, ours: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """How our stitched logits ``(C, *S)`` agree with nnU-Net's own (float16, as nnU-Net keeps them):
+def _agreement(model: LoadedModel, sums: torch.Tensor, norm: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """How our stitched logits (Gaussian-weighted ``sums`` ``(C, *S)`` over their weights ``norm``
+    ``(*S)``) agree with nnU-Net's own ``reference`` ``(C, *S)`` (float16, as nnU-Net keeps them):
     logits, probabilities, labels; computed a few planes at a time (no extra volume is made)."""
     label_manager = model.nnunet_parts().label_manager
     logits = probabilities = equal = 0.0
-    for z in range(0, ours.shape[1], AGREEMENT_PLANES):
-        pair = [ours[:, z : z + AGREEMENT_PLANES], reference[:, z : z + AGREEMENT_PLANES].float()]
+    for z in range(0, sums.shape[1], AGREEMENT_PLANES):
+        planes = slice(z, z + AGREEMENT_PLANES)
+        pair = [sums[:, planes].float() / norm[planes], reference[:, planes].float()]
         logits = max(logits, float((pair[0] - pair[1]).abs().max()))
         p = [label_manager.apply_inference_nonlin(values) for values in pair]
         probabilities = max(probabilities, float((p[0] - p[1]).abs().max()))
@@ -231,7 +234,7 @@ def _agreement(model: LoadedModel, ours: torch.Tensor, reference: torch.Tensor) 
     return {
         "stitched_logits_max_difference_to_nnunet": logits,
         "probabilities_max_difference_to_nnunet": probabilities,
-        "labels_equal_to_nnunet": equal / ours[0].numel(),
+        "labels_equal_to_nnunet": equal / sums[0].numel(),
     }
 
 
@@ -278,7 +281,7 @@ def _explain_groups(
         )
         del regions, targets
         if sums is not None:
-            checks = _agreement(model, (sums.total / (windows.weights * folds))[crop], reference)
+            checks = _agreement(model, sums.total[crop], (windows.weights * folds)[crop[1:]], reference)
             del sums
         on_group(group, {name: m[crop] for name, m in maps.items()})
         del maps
