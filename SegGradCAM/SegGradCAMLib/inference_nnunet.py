@@ -146,13 +146,14 @@ def _windows(model: LoadedModel, predictor, shape: Sequence[int]) -> _Windows:
 
 
 class _LogitSums:
-    """The stitched logits ``(C, *S)`` of a pass over the windows, Gaussian-weighted sums in float16
-    as nnU-Net stitches its own; when ``votes`` counts the folds' and mirrorings' labels, also each
-    mirroring's and fold's own sum."""
+    """The stitched logits ``(C, *S)`` of a pass over the windows, Gaussian-weighted sums (float32:
+    in float16 the Gaussian's smallest weights at a window's corner vanish and the sum there with
+    them, while its weight does not); when ``votes`` counts the folds' and mirrorings' labels, also
+    each mirroring's and fold's own sum."""
 
     def __init__(self, heads: int, shape: Sequence[int], votes: Disagreement | None, flips: int) -> None:
         self.votes, self.flips = votes, flips
-        self.total = torch.zeros((heads, *shape), dtype=torch.half)
+        self.total = torch.zeros((heads, *shape))
         self.fold = self.total if votes is None else torch.zeros_like(self.total)  # a fold's sum
         self.mirroring = torch.zeros_like(self.total) if votes is not None and flips > 1 else self.fold
 
