@@ -47,6 +47,17 @@ def oblique_case(tmp_path_factory) -> tuple[list[str], str]:
     return paths[:2], paths[2]
 
 
+def write_block(folder: Path, image: np.ndarray, box: tuple[slice, ...]) -> list[str]:
+    """The ``box`` of each channel of a demo case's ``image`` ``(Cin, Z, Y, X)`` written as NRRD (2 mm)."""
+    paths = []
+    for name, array in zip(demo_data.CHANNELS, image):
+        channel = sitk.GetImageFromArray(np.ascontiguousarray(array[box]))
+        channel.SetSpacing((demo_data.SPACING_MM,) * 3)
+        paths.append(str(folder / f"{name}.nrrd"))
+        sitk.WriteImage(channel, paths[-1])
+    return paths
+
+
 def write_oblique(folder: Path, arrays) -> list[str]:
     """``(name, (Z, Y, X) array)`` pairs written as NRRD, rotated and anisotropic (2.0 x 2.2 x 2.5 mm)."""
     rotation, _ = np.linalg.qr(np.array([[0.95, -0.2, 0.1], [0.2, 0.97, 0.05], [-0.1, 0.0, 0.99]]))
@@ -182,12 +193,7 @@ def test_a_volume_of_one_patch_gives_the_single_windows_maps(nnunet_folder, tmp_
     patch = tuple(model.nnunet.configuration_manager.patch_size)
     centre = [n // 2 for n in case.labels.shape]
     box = tuple(slice(c - (p - 8) // 2, c + (p - 8) // 2) for c, p in zip(centre, patch))  # inside one patch
-    inputs = []
-    for name, array in zip(demo_data.CHANNELS, case.image):
-        image = sitk.GetImageFromArray(np.ascontiguousarray(array[box]))
-        image.SetSpacing((demo_data.SPACING_MM,) * 3)
-        inputs.append(str(tmp_path / f"{name}.nrrd"))
-        sitk.WriteImage(image, inputs[-1])
+    inputs = write_block(tmp_path, case.image, box)
     region = np.zeros(case.labels[box].shape, dtype=bool)
     region[4:-4, 4:-4, 4:-4] = True
     layer = "decoder.stages.3"

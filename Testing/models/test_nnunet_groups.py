@@ -9,8 +9,7 @@ import weakref
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-from test_nnunet_explain import DATASET, PLANS
+from test_nnunet_explain import DATASET, PLANS, write_block
 from test_nnunet_folder import trained_like_nnunet
 
 from SegGradCAMLib import inference_nnunet
@@ -39,13 +38,7 @@ def block(folder, width: int) -> list[str]:
         slice(min(max(0, c - n // 2), s - n), min(max(0, c - n // 2), s - n) + n)
         for c, n, s in zip(centre, (32, 48, width), case.labels.shape)
     )
-    paths = []
-    for name, array in zip(demo_data.CHANNELS, case.image):
-        image = sitk.GetImageFromArray(np.ascontiguousarray(array[box]))
-        image.SetSpacing((demo_data.SPACING_MM,) * 3)
-        paths.append(str(folder / f"{name}.nrrd"))
-        sitk.WriteImage(image, paths[-1])
-    return paths
+    return write_block(folder, case.image, box)
 
 
 @pytest.mark.parametrize(
