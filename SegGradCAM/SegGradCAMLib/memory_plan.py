@@ -69,6 +69,11 @@ def free_memory_bytes(device: str) -> int | None:
     return free
 
 
+def _size(size: int) -> str:
+    """Bytes as MB below a GB, else GB."""
+    return f"{size / 10**6:.0f} MB" if size < GB else f"{size / GB:.2f} GB"
+
+
 def plan_class_groups(
     targets: int, bytes_per_target: int, held_bytes: int, device: str, max_bytes: int | None = None
 ) -> ClassGroups:
@@ -86,8 +91,5 @@ def plan_class_groups(
     if free is not None and free // 2 < limit:
         limit, what = free // 2, "half the free memory"
     size = max(1, min(targets, limit // max(bytes_per_target, 1)))
-    why = (
-        f"the maps of one target take {bytes_per_target / GB:.3f} GB; a group takes at most {what} "
-        f"({limit / GB:.2f} GB)"
-    )
+    why = f"the maps of one target take {_size(bytes_per_target)}; a group takes at most {what} ({_size(limit)})"
     return ClassGroups(targets, size, bytes_per_target, why)
