@@ -86,12 +86,8 @@ class GroupHeatmaps:
 
     def __init__(self, targets: Targets, labels, masks, to_input, normalize, on_heatmap, channel_names, spacing):
         self.targets, self.labels, self.masks, self.to_input = targets, labels, masks, to_input
-        self.normalize, self.on_heatmap, self.channel_names, self.spacing = (
-            normalize,
-            on_heatmap,
-            channel_names,
-            spacing,
-        )
+        self.normalize, self.on_heatmap = normalize, on_heatmap
+        self.channel_names, self.spacing = channel_names, spacing
         self.raw_max: dict[str, list[float]] = {}
         self.heatmaps: dict[str, list[np.ndarray]] = {}
         self.seconds = 0.0

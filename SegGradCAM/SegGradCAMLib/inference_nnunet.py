@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cam import INPUT_GRADIENT, seg_grad_cam
+from .cam import seg_grad_cam
 from .class_maps import ClassHeatmap, GroupHeatmaps
 from .errors import CancelledError
 from .inference import ProgressCallback, VolumeExplanation
@@ -189,7 +189,7 @@ def _stitch_windows(
     after each window."""
     gaussian, weights = windows.gaussian, windows.weights
     flips, folds = _flips(model, loop.mirror), len(model.nnunet_parts().parameters)
-    maps = {name: torch.zeros((len(loop.channels), *padded.shape[1:])) for name in _map_names(loop, padded)}
+    maps: dict[str, torch.Tensor] = {}  # by the names the windows give (layers, input gradients)
     for parameters in model.nnunet_parts().parameters:
         model.network.load_state_dict(parameters)
         for axes in flips:
@@ -200,6 +200,8 @@ def _stitch_windows(
                 spatial = (slice(None), *window[1:])
                 window_maps, window_logits = _window(model, loop, padded[window][None], targets[spatial][None], axes)
                 for name, m in window_maps.items():
+                    if name not in maps:
+                        maps[name] = torch.zeros((len(loop.channels), *padded.shape[1:]))
                     maps[name][spatial] += m * gaussian / len(flips)
                 if sums is not None:
                     sums.add(spatial, window_logits, gaussian)
@@ -210,12 +212,6 @@ def _stitch_windows(
     for m in maps.values():
         m /= weights * folds
     return maps
-
-
-def _map_names(loop: _Loop, padded: torch.Tensor) -> list[str]:
-    """The maps one window gives: each layer's, then each input channel's ``|input x gradient|``."""
-    channels = range(padded.shape[0]) if loop.input_gradients else range(0)
-    return [*loop.layers, *(INPUT_GRADIENT.format(c) for c in channels)]
 
 
 def _agreement(model: LoadedModel, sums: torch.Tensor, norm: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
@@ -246,15 +242,16 @@ def _explain_groups(
     reference: torch.Tensor,
     first: FirstPass,
     loop: _Loop,
-    groups: ClassGroups,
+    max_group_bytes: int | None,
     on_group: Callable[[range, dict[str, torch.Tensor]], None],
 ):
     """The CAMs of the preprocessed volume ``x`` ``(Cin, *S)`` with the targets of ``first``
-    ``(n, *S)``, one group of ``groups`` at a time: each group's maps ``(len(group), *S)`` by name,
-    padded to the patch as nnU-Net pads, stitched and cropped back, handed to ``on_group`` before
-    the next group's are made. Returns how our stitched logits (of the first group's pass) agree
-    with nnU-Net's ``reference`` ``(C, *S)`` and, with probabilities, the folds' and mirrorings'
-    disagreement maps ``(1, *S)`` (see :class:`~.nnunet_targets.Disagreement`)."""
+    ``(n, *S)``, one group at a time (groups planned by :func:`_class_groups`): each group's maps
+    ``(len(group), *S)`` by name, padded to the patch as nnU-Net pads, stitched and cropped back,
+    handed to ``on_group`` before the next group's are made. Returns the groups, how our stitched
+    logits (of the first group's pass) agree with nnU-Net's ``reference`` ``(C, *S)`` and, with
+    probabilities, the folds' and mirrorings' disagreement maps ``(1, *S)`` (see
+    :class:`~.nnunet_targets.Disagreement`)."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
 
     parts = model.nnunet_parts()
@@ -264,6 +261,7 @@ def _explain_groups(
     padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
     crop = (slice(None), *revert[1:])
     windows = _windows(model, predictor, padded.shape[1:])
+    groups = _class_groups(padded, reference.shape[0], loop, max_group_bytes)
     votes = None
     if first.uncertainty is not None and (folds > 1 or flips > 1):
         ensemble = label_manager.convert_logits_to_segmentation(reference.float()).to(torch.int16)
@@ -287,7 +285,7 @@ def _explain_groups(
         on_group(group, {name: m[crop] for name, m in maps.items()})
         del maps
     loop.step("windows", total, total)
-    return checks, {} if votes is None else votes.maps()
+    return groups, checks, {} if votes is None else votes.maps()
 
 
 def explain_nnunet(
@@ -336,12 +334,13 @@ def explain_nnunet(
     targets = first.targets
     layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
     loop = _Loop(layer_names, first.channels, method, device, mirror, targets.reliance is not None, step, cancel)
-    groups = _class_groups(model, x, reference, loop, max_group_bytes)
     to_input = to_input_grid(model, properties)
     heatmaps = GroupHeatmaps(
         targets, first.labels, first.masks, to_input, normalize, on_heatmap, request.channel_names, spacing
     )
-    checks, disagreement = _explain_groups(model, predictor, x, reference, first, loop, groups, heatmaps.add)
+    groups, checks, disagreement = _explain_groups(
+        model, predictor, x, reference, first, loop, max_group_bytes, heatmaps.add
+    )
     timings["network_and_cam_s"] = time.perf_counter() - start - heatmaps.seconds
 
     start = time.perf_counter()
@@ -356,14 +355,10 @@ def explain_nnunet(
     return result
 
 
-def _class_groups(
-    model: LoadedModel, x: torch.Tensor, reference: torch.Tensor, loop: _Loop, max_bytes: int | None
-) -> ClassGroups:
-    """How many targets to explain at once: each one's maps (every layer's and input channel's) and
-    its region on the padded grid, against the float32 logits the first group stitches."""
-    patch = model.nnunet_parts().configuration_manager.patch_size
-    voxels = int(np.prod([max(s, p) for s, p in zip(x.shape[1:], patch)]))
-    maps = len(loop.layers) + (x.shape[0] if loop.input_gradients else 0)
-    return plan_class_groups(
-        len(loop.channels), voxels * (4 * maps + 1), voxels * 4 * reference.shape[0], "cpu", max_bytes
-    )
+def _class_groups(padded: torch.Tensor, heads: int, loop: _Loop, max_bytes: int | None) -> ClassGroups:
+    """How many targets to explain at once on the ``padded`` volume ``(Cin, *S)``: each one's maps
+    (every layer's and input channel's, float32) and its uint8 region, against the float32 logits
+    ``(heads, *S)`` the first group stitches."""
+    voxels = padded[0].numel()
+    maps = len(loop.layers) + (padded.shape[0] if loop.input_gradients else 0)
+    return plan_class_groups(len(loop.channels), voxels * (4 * maps + 1), voxels * 4 * heads, "cpu", max_bytes)

@@ -47,6 +47,13 @@ def oblique_case(tmp_path_factory) -> tuple[list[str], str]:
     return paths[:2], paths[2]
 
 
+def lesion_box(labels: np.ndarray, size: tuple[int, ...]) -> tuple[slice, ...]:
+    """The block of ``size`` centred on the lesion of a case's ``labels`` ``(Z, Y, X)``, moved inside the case."""
+    centre = [int(np.mean(axis)) for axis in np.nonzero(labels > 0)]
+    starts = [max(0, min(c - n // 2, s - n)) for c, n, s in zip(centre, size, labels.shape)]
+    return tuple(slice(start, start + n) for start, n in zip(starts, size))
+
+
 def write_block(folder: Path, image: np.ndarray, box: tuple[slice, ...]) -> list[str]:
     """The ``box`` of each channel of a demo case's ``image`` ``(Cin, Z, Y, X)`` written as NRRD (2 mm)."""
     paths = []

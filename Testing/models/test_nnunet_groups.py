@@ -9,7 +9,7 @@ import weakref
 
 import numpy as np
 import pytest
-from test_nnunet_explain import DATASET, PLANS, write_block
+from test_nnunet_explain import DATASET, PLANS, lesion_box, write_block
 from test_nnunet_folder import trained_like_nnunet
 
 from SegGradCAMLib import inference_nnunet
@@ -33,11 +33,7 @@ def block(folder, width: int) -> list[str]:
     """The held-out case's 32 x 48 x ``width`` block around its lesion (2 mm) in ``folder``: one
     48 x 64 x 64 window, two along x from ``width`` 80."""
     case, _ = next(demo_data.iter_cases(demo_data.EVAL_SEED))
-    centre = [int(np.mean(axis)) for axis in np.nonzero(case.labels > 0)]
-    box = tuple(
-        slice(min(max(0, c - n // 2), s - n), min(max(0, c - n // 2), s - n) + n)
-        for c, n, s in zip(centre, (32, 48, width), case.labels.shape)
-    )
+    box = lesion_box(case.labels, (32, 48, width))
     return write_block(folder, case.image, box)
 
 

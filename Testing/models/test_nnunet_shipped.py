@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_nnunet_explain import write_oblique
+from test_nnunet_explain import lesion_box, write_oblique
 
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.inference_nnunet import explain_nnunet, nnunet_predictor
@@ -76,11 +76,9 @@ def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, 
     assert np.array_equal(case.image[:, : data.shape[1], : data.shape[2], : data.shape[3]].numpy(), data)
     assert case.spacing == (2.0, 2.0, 2.0)
     lesion, _ = held_out
-    centre = [int(np.mean(axis)) for axis in np.nonzero(lesion.labels > 0)]
-    block = tuple(
-        slice(max(0, min(c - n // 2, s - n)), max(0, min(c - n // 2, s - n)) + n)
-        for c, n, s in zip(centre, (40, 52, 52), lesion.labels.shape)
-    )  # the lesion's block: a whole-volume call a third of the full case's, so the 173 calls stay short
+    block = lesion_box(
+        lesion.labels, (40, 52, 52)
+    )  # a whole-volume call a third of the full case's: 173 calls stay short
     cropped = write_oblique(tmp_path, zip(demo_data.CHANNELS, (channel[block] for channel in lesion.image)))
     out = tmp_path / "out"
     assert (
