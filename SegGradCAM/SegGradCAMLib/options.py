@@ -42,6 +42,8 @@ HEATMAP_DTYPES = ("float32", "uint8")
 METRICS = ("deletion", "insertion", "road", "randomization")
 BASELINE_EXPLANATIONS = ("random", "mask", "gradient")
 PERTURBATION_BASELINES = ("blur", "mean")
+# 3D targets are perturbed within this margin of their mask (docs/evaluation.md, "The 3D protocol").
+DEFAULT_NEIGHBOURHOOD_MM = 10.0
 MAX_VOXELS = 2**30  # --max-voxels default: 1024³ values, 4 GiB as float32
 
 
@@ -314,6 +316,13 @@ class EvaluateOptions(CommandOptions):
     sigma_mm: float = option(
         "--sigma-mm", 20.0, "blur sigma in mm for --baseline blur (larger than the structures to remove)", type=float
     )
+    neighbourhood_mm: float = option(
+        "--neighbourhood-mm",
+        DEFAULT_NEIGHBOURHOOD_MM,
+        "3D models: Deletion/Insertion perturb only the voxels within this many mm of the target's mask, "
+        "in steps of that neighbourhood (0: the whole volume; 2D models: always the whole slice)",
+        type=float,
+    )
     road_percentages: str = option("--road-percentages", DEFAULT_PERCENTAGES_TEXT, "ROAD removal percentages")
     seed: int = option("--seed", 0, "", type=int)
     batch_size: int = option("--batch-size", 32, "perturbed inputs per network call, at most", type=int)
@@ -352,6 +361,10 @@ class EvaluateOptions(CommandOptions):
             raise SegGradCAMError("Give the data (--data) and the output folder (--out).")
         if self.max_slices < 1 or not 0 < self.step <= 1:
             raise SegGradCAMError("--max-slices must be >= 1 and --step a fraction in (0, 1].")
+        if not self.neighbourhood_mm >= 0:
+            raise SegGradCAMError(
+                f"--neighbourhood-mm must be >= 0 (0: the whole volume); got {self.neighbourhood_mm}."
+            )
         for values, valid, what in (
             (self.metrics, METRICS, "metric"),
             (self.methods, (AUTO_METHOD, *CAM_METHODS), "method"),

@@ -13,8 +13,16 @@ from SegGradCAMLib import seg_grad_cam
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.demo import data as demo_data
 from SegGradCAMLib.pipelines import cases_from_volume
-from SegGradCAMLib.evaluation.deletion_insertion import ClassScorer, deletion_insertion, make_baseline, rank_voxels
+from SegGradCAMLib.evaluation.deletion_insertion import (
+    ClassScorer,
+    deletion_insertion,
+    make_baseline,
+    neighbourhood,
+    rank_voxels,
+    replaced_within,
+)
 from SegGradCAMLib.evaluation.sanity import random_heatmap
+from SegGradCAMLib.options import DEFAULT_NEIGHBOURHOOD_MM
 from SegGradCAMLib.evaluation.faithfulness import (
     RANDOM_ORDERINGS,
     CaseTarget,
@@ -131,19 +139,20 @@ def test_the_verdict_rule():
 
 def straightforward_aucs(network, image, replacement, target: CaseTarget, step: float, seed: int) -> dict:
     """Every curve of one target computed on its own (:func:`deletion_insertion`, a scorer of this
-    target alone, ends re-scored): name -> (Deletion AUC, Insertion AUC). Random ordering ``k``'s
-    Insertion restores the voxels in the reverse of its Deletion order."""
+    target alone, ends re-scored, perturbed within its region): name -> (Deletion AUC, Insertion AUC).
+    Random ordering ``k``'s Insertion restores the voxels in the reverse of its Deletion order."""
     scorer = ClassScorer(network, target.class_index, target.mask, batch_size=64)
-    maps = len(target.maps)
+    maps, region = len(target.maps), target.region
+    end = replaced_within(image, replacement, region)
 
     def aucs(heat, tie_seed, kinds=("deletion", "insertion")):
-        curves = deletion_insertion(scorer, image, replacement, heat, step, tie_seed)
+        curves = deletion_insertion(scorer, image, end, heat, step, tie_seed, region=region)
         return [curves[kind].summary()["auc"] for kind in kinds]
 
     result = {name: aucs(heat, seed + i) for i, (name, heat) in enumerate(target.maps.items())}
     result["mask"] = aucs(target.mask.float(), seed + maps + RANDOM_ORDERINGS)
     for k in range(RANDOM_ORDERINGS):
-        ranks = rank_voxels(random_heatmap(target.mask.shape, seed + k), seed + maps + k)
+        ranks = rank_voxels(random_heatmap(target.mask.shape, seed + k), seed + maps + k, region)
         result[f"random {k}"] = [*aucs(-ranks.float(), 0, ["deletion"]), *aucs(ranks.float(), 0, ["insertion"])]
     return result
 
@@ -153,7 +162,7 @@ def assert_shared_equals_straightforward(network, image, replacement, targets, s
     Deletion calls, batched) against :func:`straightforward_aucs`, within 1e-5; the calls counted."""
     calls = []
     shared = score_case(network, image, replacement, targets, "softmax", "cpu", step, seed=3, scored=calls.append)
-    assert sum(calls) == calls_per_case(len(targets[0].maps), step, len(targets))
+    assert sum(calls) == calls_per_case(len(targets[0].maps), step, len(targets), targets[0].region is not None)
     for target, (maps, randoms, mask) in zip(targets, shared):
         found = {name: [c.deletion[0], c.insertion[0]] for name, c in maps.items()}
         found["mask"] = [mask.deletion[0], mask.insertion[0]]
@@ -189,7 +198,8 @@ def test_shared_calls_give_the_straightforward_aucs_on_a_demo_slice(held_out):
 
 def test_shared_calls_give_the_straightforward_aucs_on_a_3d_volume(held_out, tmp_path):
     """The shipped nnU-Net's network on a 32 x 48 x 48 block of a held-out volume as nnU-Net preprocesses
-    it (the lesion inside), its predicted classes as targets, 25 % steps."""
+    it (the lesion inside), its predicted classes as targets, each perturbed within 10 mm of its mask
+    (the 3D protocol), 25 % steps."""
     model = load_model(str(find_nnunet_folders(SHIPPED_MODELS / "demo-lesions-nnunet")[0]))
     paths = demo_data.write_case(held_out, tmp_path / "case")
     image = nnunet_case(model, [str(paths[c]) for c in demo_data.CHANNELS], "held-out").image
@@ -211,6 +221,9 @@ def test_shared_calls_give_the_straightforward_aucs_on_a_3d_volume(held_out, tmp
         cams = seg_grad_cam(
             network, image[None], ["decoder.stages.3"], [c], "gradcam", (label == c)[None, None], upsample=True
         )
-        targets.append(CaseTarget(c, label == c, {"decoder.stages.3": cams["decoder.stages.3"][0, 0].detach()}))
+        maps = {"decoder.stages.3": cams["decoder.stages.3"][0, 0].detach()}
+        region = neighbourhood(label == c, (2.0, 2.0, 2.0), DEFAULT_NEIGHBOURHOOD_MM)
+        assert region is not None and (label == c).sum() < region.sum() < region.numel()
+        targets.append(CaseTarget(c, label == c, maps, region))
     with torch.no_grad():
         assert_shared_equals_straightforward(network, image, make_baseline(image, (2.0, 2.0, 2.0)), targets, 0.25)

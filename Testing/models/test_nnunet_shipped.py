@@ -106,6 +106,7 @@ def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, 
         f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
         f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f})"
     )
-    assert score["network_calls"] == calls_per_case(1, 0.05) and score["cases"] == 1
+    assert score["network_calls"] == calls_per_case(1, 0.05, 1, regions=True) and score["cases"] == 1
+    assert score["perturbation"] == "blur 20 mm within 10 mm of the target"  # the 3D protocol
     assert score["deletion_auc"] < score["random"]["deletion_mean"] - 2 * score["random"]["deletion_sd"]
     assert score["verdict"].startswith("better than random")

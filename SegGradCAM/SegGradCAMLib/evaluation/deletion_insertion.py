@@ -38,13 +38,49 @@ def auc(scores: Sequence[float], fractions: Sequence[float]) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
 
-def rank_voxels(heatmap: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def neighbourhood(mask: torch.Tensor, spacing: Sequence[float], margin_mm: float) -> torch.Tensor | None:
+    """Where Deletion/Insertion perturb a target of mask ``(*S)`` bool: for a 3D mask, the voxels
+    within ``margin_mm`` of it (``spacing`` in mm, array order), ``(*S)`` bool; None (the whole
+    input) for a 2D mask or a margin of 0. An odd count loses its farthest voxel: half the region
+    is then a whole number of voxels, so the half-way step of an ordering and of its reverse
+    perturb complementary halves (:func:`perturbed_counts`)."""
+    from scipy import ndimage
+
+    if mask.ndim < 3 or margin_mm <= 0:
+        return None
+    distance = ndimage.distance_transform_edt(~mask.cpu().numpy(), sampling=[float(s) for s in spacing])
+    region = distance <= margin_mm
+    if region.sum() % 2:
+        region.flat[np.argmax(np.where(region, distance, -1.0))] = False
+    return torch.from_numpy(region)
+
+
+def replaced_within(image: torch.Tensor, replacement: torch.Tensor, region: torch.Tensor | None) -> torch.Tensor:
+    """``image`` ``(Cin, *S)`` with the voxels of ``region`` ``(*S)`` bool taken from ``replacement``
+    (all of them with no region): the fully perturbed end of a curve."""
+    return replacement if region is None else torch.where(region.to(image.device)[None], replacement, image)
+
+
+def perturbed_counts(fractions: np.ndarray, voxels: int) -> np.ndarray:
+    """Voxels perturbed at each inner step ``(T - 2,)`` int64, the fractions ``(T,)`` of
+    :func:`step_fractions` of ``voxels``; the count at ``1 - f`` is ``voxels`` less the count at
+    ``f`` (halves rounded to even alone would break this for an odd number of voxels), so an
+    ordering's Insertion is the reversed ordering's Deletion read backwards."""
+    counts = np.round(fractions * voxels).astype(np.int64)
+    counts = np.where(fractions > 0.5, voxels - counts[::-1], counts)
+    return counts[1:-1]
+
+
+def rank_voxels(heatmap: torch.Tensor, seed: int = 0, region: torch.Tensor | None = None) -> torch.Tensor:
     """Rank of every voxel by decreasing heatmap value, ``(*S)`` -> ``(*S)`` int64.
 
     Rank 0 is the most relevant voxel. Ties (e.g. the flat zeros a ReLU leaves)
-    are broken by a random permutation drawn from ``seed``.
+    are broken by a random permutation drawn from ``seed``. With ``region`` ``(*S)``
+    bool, its voxels come first and the others after them all.
     """
     flat = heatmap.detach().reshape(-1).float().cpu()
+    if region is not None:
+        flat = torch.where(region.reshape(-1).cpu(), flat, torch.tensor(-torch.inf))
     generator = torch.Generator().manual_seed(int(seed))
     shuffle = torch.randperm(flat.numel(), generator=generator)
     order = shuffle[torch.argsort(-flat[shuffle], stable=True)]
@@ -216,17 +252,20 @@ def perturbation_curve(
     fractions: np.ndarray,
     ends: tuple[np.ndarray, np.ndarray],
     seed: int = 0,
+    region: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores as the top-ranked voxels of ``start`` are replaced by those of ``end``.
 
     ``start``, ``end``: ``(Cin, *S)``; ``heatmap``: ``(*S)``; ``ends``: the known
     (probability, Dice) of ``start`` and of ``end``, each ``(2,)``, so only the inner
-    steps run the network. Perturbed inputs are built as many at a time as one network
-    call takes (by the scorer's memory budget, never by the number of steps). Returns
-    (probability, Dice), ``(T,)`` each.
+    steps run the network; ``region`` ``(*S)`` bool: only its voxels are replaced, the
+    fractions are of it (None: of the whole input). Perturbed inputs are built as many at
+    a time as one network call takes (by the scorer's memory budget, never by the number of
+    steps). Returns (probability, Dice), ``(T,)`` each.
     """
-    ranks = rank_voxels(heatmap, seed)
-    counts = torch.from_numpy(np.round(fractions[1:-1] * ranks.numel()).astype(np.int64))
+    ranks = rank_voxels(heatmap, seed, region)
+    voxels = ranks.numel() if region is None else int(region.sum())
+    counts = torch.from_numpy(perturbed_counts(fractions, voxels))
     probs, dices = [ends[0][:1]], [ends[1][:1]]
     size = scorer.inputs_per_call(start)
     for first in range(0, counts.numel(), size):
@@ -246,18 +285,21 @@ def deletion_insertion(
     step: float = 0.01,
     seed: int = 0,
     ends: tuple[np.ndarray, np.ndarray] | None = None,
+    region: torch.Tensor | None = None,
 ) -> dict[str, PerturbationCurve]:
     """Deletion (image -> baseline) and Insertion (baseline -> image) curves for one heatmap.
 
     ``image``, ``baseline``: ``(Cin, *S)``; ``heatmap``: ``(*S)``. ``ends``: the
     (probability, Dice) of ``image`` and ``baseline``, each ``(2,)``, as
     ``scorer(torch.stack([image, baseline]))`` returns them; computed when not given
-    (pass them to share two network calls between heatmaps).
+    (pass them to share two network calls between heatmaps). ``region`` ``(*S)`` bool:
+    where voxels are removed or restored (:func:`neighbourhood`; None: everywhere), with
+    ``baseline`` equal to ``image`` outside it (:func:`replaced_within`).
     """
     fractions = step_fractions(step)
     prob, dice = ends if ends is not None else scorer(torch.stack([image, baseline]))
-    deletion = perturbation_curve(scorer, image, baseline, heatmap, fractions, (prob, dice), seed)
-    insertion = perturbation_curve(scorer, baseline, image, heatmap, fractions, (prob[::-1], dice[::-1]), seed)
+    deletion = perturbation_curve(scorer, image, baseline, heatmap, fractions, (prob, dice), seed, region)
+    insertion = perturbation_curve(scorer, baseline, image, heatmap, fractions, (prob[::-1], dice[::-1]), seed, region)
     return {
         "deletion": PerturbationCurve("deletion", fractions, *deletion, reference=float(prob[0])),
         "insertion": PerturbationCurve("insertion", fractions, *insertion, reference=float(prob[0])),

@@ -29,7 +29,18 @@ import torch
 from ..cam import label_map, seg_grad_cam
 from ..models.spec import LoadedModel
 from ..pipelines import EvalCase
-from .deletion_insertion import TargetsScorer, auc, make_baseline, rank_voxels, step_fractions
+from ..options import DEFAULT_NEIGHBOURHOOD_MM
+from .deletion_insertion import (
+    DEFAULT_SIGMA_MM,
+    TargetsScorer,
+    auc,
+    make_baseline,
+    neighbourhood,
+    perturbed_counts,
+    rank_voxels,
+    replaced_within,
+    step_fractions,
+)
 from .sanity import random_heatmap
 
 RANDOM_ORDERINGS = 5
@@ -83,11 +94,13 @@ def verdict(deletion: float, insertion: float, random: dict, mask: dict) -> str:
 
 @dataclass
 class CaseTarget:
-    """One target on one case: its class, its mask ``(*S)`` bool and its maps (name -> ``(*S)``)."""
+    """One target on one case: its class, its mask ``(*S)`` bool, its maps (name -> ``(*S)``) and
+    where it is perturbed (``(*S)`` bool, :func:`~.deletion_insertion.neighbourhood`; None: everywhere)."""
 
     class_index: int
     mask: torch.Tensor
     maps: dict[str, torch.Tensor]
+    region: torch.Tensor | None = None
 
 
 def score_case(
@@ -106,34 +119,54 @@ def score_case(
     the random orderings and of the mask baseline (mask voxels first, ties at random). ``image``,
     ``replacement``: ``(Cin, *S)``.
 
-    Every network call scores every target. The two ends and the random orderings (which do not
-    depend on the target) are scored once for all targets, and a random ordering's Insertion curve
-    is the Deletion curve of the reversed ordering read backwards (restoring the top-ranked ``k``
+    Every network call scores every target. Targets perturbed everywhere (2D cases) share the two
+    ends and the random orderings (which do not depend on the target); targets perturbed within
+    their own region (3D cases) have their own, within it. A random ordering's Insertion curve is
+    the Deletion curve of the reversed ordering read backwards (restoring the top-ranked ``k``
     voxels of the reversed ordering gives the input that deleting the top ``N - k`` gives), so the
     random orderings cost Deletion calls only. Perturbed inputs go through the network as many at
     a time as the scorer's memory budget holds, at most ``batch_size``; ``scored(n)`` after each
     call of ``n`` inputs (:func:`calls_per_case` in all)."""
     scorer = TargetsScorer(network, [(t.class_index, t.mask) for t in targets], activation, device, batch_size)
-    ends = scorer(torch.stack([image, replacement]))[0]  # (2, T): the image and the replacement
-    scored(2)
+    everywhere = targets[0].region is None
+    assert all((t.region is None) == everywhere for t in targets), "a case's targets all have regions, or none"
+    ends = scorer(torch.stack([image, replacement]) if everywhere else image[None])[0]  # (2 or 1, T)
+    scored(len(ends))
     maps = len(targets[0].maps)  # every target of a case has the same maps: their tie-break seeds too
-    shape = image.shape[1:]
-    orderings = [rank_voxels(random_heatmap(shape, seed + k), seed + maps + k) for k in range(RANDOM_ORDERINGS)]
     fractions = step_fractions(step)
-    counts = np.round(fractions[1:-1] * image[0].numel()).astype(np.int64)
     chunk = min(batch_size, scorer.inputs_per_call(image))
-    removed = _perturbed_scores(scorer, image, replacement, orderings, counts, chunk, scored)  # (R, steps, T)
+
+    def random_deletions(end: torch.Tensor, region: torch.Tensor | None, counts: np.ndarray) -> np.ndarray:
+        """Scores ``(R, steps, T)`` of the random orderings' Deletion steps towards ``end``."""
+        orderings = [
+            rank_voxels(random_heatmap(image.shape[1:], seed + k), seed + maps + k, region)
+            for k in range(RANDOM_ORDERINGS)
+        ]
+        return _perturbed_scores(scorer, image, end, orderings, counts, chunk, scored)
+
+    if everywhere:
+        shared = random_deletions(replacement, None, perturbed_counts(fractions, image[0].numel()))
     results = []
     for t, target in enumerate(targets):
-        first, last = ends[0, t], ends[1, t]
+        region = target.region
+        counts = perturbed_counts(fractions, image[0].numel() if region is None else int(region.sum()))
+        if everywhere:
+            end, last, removed = replacement, ends[1, t], shared[..., t]
+        else:
+            end = replaced_within(image, replacement, region)
+            last = scorer(end[None])[0][0, t]
+            scored(1)
+            removed = random_deletions(end, region, counts)[..., t]
+        first = ends[0, t]
         randoms = [
-            _Curves([auc([first, *row[:, t], last], fractions)], [auc([last, *row[::-1, t], first], fractions)])
+            _Curves([auc([first, *row, last], fractions)], [auc([last, *row[::-1], first], fractions)])
             for row in removed
         ]
         heats = [*target.maps.values(), target.mask.float()]
-        ranks = [rank_voxels(heat, seed + (i if i < maps else maps + RANDOM_ORDERINGS)) for i, heat in enumerate(heats)]
-        deleted = _perturbed_scores(scorer, image, replacement, ranks, counts, chunk, scored)[..., t]
-        inserted = _perturbed_scores(scorer, replacement, image, ranks, counts, chunk, scored)[..., t]
+        seeds = [seed + (i if i < maps else maps + RANDOM_ORDERINGS) for i in range(len(heats))]
+        ranks = [rank_voxels(heat, tie_seed, region) for heat, tie_seed in zip(heats, seeds)]
+        deleted = _perturbed_scores(scorer, image, end, ranks, counts, chunk, scored)[..., t]
+        inserted = _perturbed_scores(scorer, end, image, ranks, counts, chunk, scored)[..., t]
         curves = [
             _Curves([auc([first, *d, last], fractions)], [auc([last, *i, first], fractions)])
             for d, i in zip(deleted, inserted)
@@ -179,11 +212,14 @@ class _Pooled:
         self.mask.extend(mask)
 
 
-def calls_per_case(maps: int, step: float, targets: int = 1) -> int:
+def calls_per_case(maps: int, step: float, targets: int = 1, regions: bool = False) -> int:
     """Network calls for one case with ``targets`` targets of ``maps`` maps each: the two ends and
-    the random orderings' Deletion steps, shared by the targets, then every inner step of Deletion
-    and Insertion for each target's maps and mask."""
+    the random orderings' Deletion steps, shared by the targets (with ``regions``: the image, then
+    each target's own end and random orderings), then every inner step of Deletion and Insertion
+    for each target's maps and mask."""
     steps = len(step_fractions(step)) - 2
+    if regions:
+        return 1 + targets * (1 + RANDOM_ORDERINGS * steps + (maps + 1) * 2 * steps)
     return 2 + RANDOM_ORDERINGS * steps + targets * (maps + 1) * 2 * steps
 
 
@@ -202,8 +238,10 @@ def summarise(
     mask_deletion, mask_insertion = mask.means()
     mask_entry = {"deletion_auc": mask_deletion, "insertion_auc": mask_insertion}
     steps = len(step_fractions(step)) - 1
+    within = perturbation.partition(" within ")[2]
     basis = (
-        f"Deletion and Insertion, {steps} steps, {len(randoms)} random orderings, "
+        f"Deletion and Insertion, {steps} steps{f' of the voxels within {within}' if within else ''}, "
+        f"{len(randoms)} random orderings, "
         f"{cases} {'case' if cases == 1 else 'cases'} of this volume only"
     )
     summary = {}
@@ -234,23 +272,25 @@ def explanation_faithfulness(
     max_slices: int = DEFAULT_MAX_SLICES,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    neighbourhood_mm: float = DEFAULT_NEIGHBOURHOOD_MM,
 ) -> dict[tuple[Target, str], dict]:
     """Scores and verdicts of ``method`` on ``layers`` for each target (class or finding) of one
     volume, given as its cases on the model grid (:func:`~SegGradCAMLib.pipelines.cases_from_volume`,
     :func:`~SegGradCAMLib.pipelines.nnunet_case`): ``(target, layer) -> faithfulness`` (targets
     whose mask is empty on every case are left out). Each case is scored once for all the targets
-    it holds (:func:`score_case`). ``progress(done, total)`` counts network calls; each entry
-    records those of its cases (shared with the other targets on them)."""
-    from .deletion_insertion import DEFAULT_SIGMA_MM
-
+    it holds (:func:`score_case`); a 3D target is perturbed within ``neighbourhood_mm`` of its mask
+    (:func:`~.deletion_insertion.neighbourhood`). ``progress(done, total)`` counts network calls;
+    each entry records those of its cases (shared with the other targets on them)."""
     network = model.network.to(device).eval()
     with torch.no_grad():  # each case's labels once, for every class
         labelled = [(case, label_map(network(case.image[None].to(device)))[0].cpu()) for case in found]
-    on_case: dict[int, list[tuple[Target, torch.Tensor]]] = {}  # case position -> (target, its mask)
+    on_case: dict[int, list[tuple[Target, torch.Tensor, torch.Tensor | None]]] = {}  # (target, mask, region)
     for target in targets:
         for position, mask in _cases_of(labelled, target, max_slices):
-            on_case.setdefault(position, []).append((target, mask))
-    case_calls = {position: calls_per_case(len(layers), step, len(held)) for position, held in on_case.items()}
+            region = neighbourhood(mask, labelled[position][0].spacing, neighbourhood_mm)
+            on_case.setdefault(position, []).append((target, mask, region))
+    regional = {p: held[0][2] is not None for p, held in on_case.items()}
+    case_calls = {p: calls_per_case(len(layers), step, len(held), regional[p]) for p, held in on_case.items()}
     calls = {"done": 0, "total": sum(case_calls.values())}
 
     def scored(n: int) -> None:
@@ -263,20 +303,26 @@ def explanation_faithfulness(
         case = labelled[position][0]
         x = case.image[None].to(device)
         scored_targets = [
-            CaseTarget(target.class_index, mask, _maps(network, x, layers, target.class_index, method, mask, device))
-            for target, mask in held
+            CaseTarget(
+                target.class_index,
+                mask,
+                _maps(network, x, layers, target.class_index, method, mask, device),
+                region,
+            )
+            for target, mask, region in held
         ]
         replacement = make_baseline(case.image.float(), case.spacing, "blur", DEFAULT_SIGMA_MM)
         activation = model.spec.output_activation
         scores = score_case(
             network, case.image.float(), replacement, scored_targets, activation, device, step, seed, scored=scored
         )
-        for (target, _), one in zip(held, scores):
+        for (target, _, _), one in zip(held, scores):
             pooled.setdefault(target, _Pooled(layers)).extend(*one)
     results = {}
     for target, curves in pooled.items():
-        positions = [p for p, held in on_case.items() if any(t == target for t, _ in held)]
-        perturbation = f"blur {DEFAULT_SIGMA_MM:g} mm"
+        positions = [p for p, held in on_case.items() if any(t == target for t, _, _ in held)]
+        within = f" within {neighbourhood_mm:g} mm of the target" if any(regional[p] for p in positions) else ""
+        perturbation = f"blur {DEFAULT_SIGMA_MM:g} mm{within}"
         summary = summarise(curves.maps, curves.randoms, curves.mask, step, len(positions), perturbation)
         for layer, entry in summary.items():
             results[(target, layer)] = {**entry, "network_calls": sum(case_calls[p] for p in positions)}

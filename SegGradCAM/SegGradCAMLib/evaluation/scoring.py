@@ -19,10 +19,17 @@ from ..errors import CancelledError
 from ..findings import FindingRequest
 from ..layers import decoder_layers, resolve_layers
 from ..models.spec import LoadedModel
-from ..options import BASELINE_EXPLANATIONS, MAX_VOXELS, METRICS
+from ..options import BASELINE_EXPLANATIONS, DEFAULT_NEIGHBOURHOOD_MM, MAX_VOXELS, METRICS
 from ..pipelines import EvalCase, Pipeline
 from ..selection import DEFAULT_FRACTIONS
-from .deletion_insertion import DEFAULT_SIGMA_MM, ClassScorer, deletion_insertion, make_baseline
+from .deletion_insertion import (
+    DEFAULT_SIGMA_MM,
+    ClassScorer,
+    deletion_insertion,
+    make_baseline,
+    neighbourhood,
+    replaced_within,
+)
 from .energy import heatmap_energy_fractions
 from .faithfulness import Target
 from .finding_targets import shown_findings, shown_regions
@@ -47,6 +54,7 @@ class EvalConfig:
     step: float = 0.01
     baseline: str = "blur"
     sigma_mm: float = DEFAULT_SIGMA_MM
+    neighbourhood_mm: float = DEFAULT_NEIGHBOURHOOD_MM
     road_percentages: Sequence[float] = DEFAULT_FRACTIONS
     road_noise: float = 0.01
     shell_mm: float = 3.0
@@ -104,8 +112,9 @@ def _explanations(
 @dataclass
 class _ClassTarget:
     """One class of one case, or one finding (``finding``: its id): its scorer, the input
-    ``(Cin, *S)``, the perturbation baseline, the scores of both (``ends``, shared by all heatmaps)
-    and a seed."""
+    ``(Cin, *S)``, the perturbation baseline (replaced within ``region`` ``(*S)`` bool only: 3D
+    targets' neighbourhood, None: everywhere), the scores of both (``ends``, shared by all
+    heatmaps) and a seed."""
 
     name: str
     scorer: ClassScorer
@@ -114,6 +123,7 @@ class _ClassTarget:
     ends: tuple[np.ndarray, np.ndarray] | None
     seed: int
     finding: int | None = None
+    region: torch.Tensor | None = None
 
     @property
     def columns(self) -> dict:
@@ -185,9 +195,11 @@ def evaluate_case(
         if not mask.any():
             continue
         scorer = ClassScorer(network, c, mask, spec.output_activation, config.device, budget=budget)
-        ends = scorer(torch.stack([image, replacement])) if curves else None
+        region = neighbourhood(mask, case.spacing, config.neighbourhood_mm)
+        end = replaced_within(image, replacement, region)
+        ends = scorer(torch.stack([image, end])) if curves else None
         seed = case_seed(config.seed, *keys, c, *([] if finding is None else [finding]))
-        scored = _ClassTarget(spec.labels[c], scorer, image, replacement, ends, seed, finding)
+        scored = _ClassTarget(spec.labels[c], scorer, image, end, ends, seed, finding, region)
         for kind in config.baselines:
             explanations[(kind, NO_LAYER)] = baseline_heatmap(
                 kind, network, image.to(config.device), c, mask.to(config.device), seed
@@ -220,6 +232,7 @@ def _score_explanation(
             config.step,
             target.seed,
             target.ends,
+            target.region,
         ).items():
             summary = curve.summary()
             row[f"{kind}_auc"] = summary["auc"]

@@ -53,6 +53,7 @@ def eval_config(options: EvaluateOptions, labels, device: str) -> EvalConfig:
         step=options.step,
         baseline=options.baseline,
         sigma_mm=options.sigma_mm,
+        neighbourhood_mm=options.neighbourhood_mm,
         road_percentages=options.road_fractions,
         seed=options.seed,
         batch_size=options.batch_size,
@@ -174,6 +175,7 @@ def write_card(options: EvaluateOptions, report: EvaluationReport, stage) -> Pat
         "step",
         "baseline",
         "sigma_mm",
+        "neighbourhood_mm",
         "road_percentages",
         "seed",
     )
