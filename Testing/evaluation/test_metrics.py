@@ -14,7 +14,10 @@ from SegGradCAMLib.evaluation.deletion_insertion import (
     auc,
     deletion_insertion,
     make_baseline,
+    neighbourhood,
+    perturbed_counts,
     rank_voxels,
+    replaced_within,
     step_fractions,
 )
 from SegGradCAMLib.evaluation.road import imputation_system, neighbour_weights, noisy_linear_imputation, road
@@ -64,6 +67,50 @@ def test_constant_curve_auc_is_the_constant():
     assert auc(fractions, fractions) == pytest.approx(0.5)
     with pytest.raises(SegGradCAMError):
         step_fractions(0)
+
+
+class RecordingScorer(ClassScorer):
+    """A :class:`ClassScorer` keeping every input it scores."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, inputs: torch.Tensor):
+        self.seen.append(inputs.clone())
+        return super().__call__(inputs)
+
+
+def test_a_3d_target_is_perturbed_within_its_neighbourhood_in_steps_of_it():
+    """The 3D protocol on a 343-voxel class (a necrotic core's size) in a 32^3 volume at 2 mm: the
+    neighbourhood is the voxels within 10 mm of the class (an even count); every input scored equals
+    the image outside it; Deletion step k replaces the k top-ranked of its voxels (a 5 % step fewer
+    voxels than the class holds, where 5 % of the volume is more than 4 times the class)."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 32, 32, 32, generator=generator)
+    mask = torch.zeros(32, 32, 32, dtype=torch.bool)
+    mask[12:19, 12:19, 12:19] = True
+    region = neighbourhood(mask, (2.0, 2.0, 2.0), 10.0)
+    assert region is not None and region.sum() % 2 == 0
+    distance = ndimage.distance_transform_edt(~mask.numpy(), sampling=2.0)
+    within = torch.from_numpy(distance <= 10.0)
+    assert not (region & ~within).any() and int(within.sum()) - int(region.sum()) in (0, 1)
+    assert neighbourhood(mask[16], (2.0, 2.0), 10.0) is None and neighbourhood(mask, (2.0,) * 3, 0.0) is None
+    network = nn.Conv3d(1, 2, 1).eval()
+    scorer = RecordingScorer(network, 1, mask, batch_size=64)
+    end = replaced_within(image, torch.full_like(image, -5.0), region)
+    heat = torch.rand(32, 32, 32, generator=generator)
+    with torch.no_grad():
+        deletion_insertion(scorer, image, end, heat, 0.05, region=region)
+    inputs = torch.cat(scorer.seen)[:, 0]  # the two ends, 19 Deletion steps, 19 Insertion steps
+    assert inputs.shape[0] == 2 + 2 * 19
+    assert torch.equal(inputs[:, ~region], image[0][~region].expand(inputs.shape[0], -1))
+    replaced = (inputs == -5.0).flatten(1).sum(1)
+    counts = perturbed_counts(step_fractions(0.05), int(region.sum()))
+    assert replaced.tolist() == [0, int(region.sum()), *counts, *(int(region.sum()) - counts)]
+    ranks = rank_voxels(heat, 0, region)
+    first_step = inputs[2] == -5.0
+    assert torch.equal(first_step, ranks < counts[0]) and first_step.sum() < mask.sum() < 0.05 * mask.numel() / 4
 
 
 def test_ties_are_broken_at_random_but_reproducibly():

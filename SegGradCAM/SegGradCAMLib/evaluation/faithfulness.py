@@ -44,7 +44,8 @@ from .deletion_insertion import (
 from .sanity import random_heatmap
 
 RANDOM_ORDERINGS = 5
-DEFAULT_STEP = 0.05
+DEFAULT_STEP = 0.05  # of a 2D slice
+DEFAULT_STEP_3D = 0.1  # of a 3D target's neighbourhood (docs/evaluation.md, bench/RESULTS.md R15)
 DEFAULT_MAX_SLICES = 5
 
 
@@ -268,7 +269,7 @@ def explanation_faithfulness(
     layers: Sequence[str],
     method: str,
     device: str = "cpu",
-    step: float = DEFAULT_STEP,
+    step: float | None = None,
     max_slices: int = DEFAULT_MAX_SLICES,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -279,7 +280,9 @@ def explanation_faithfulness(
     :func:`~SegGradCAMLib.pipelines.nnunet_case`): ``(target, layer) -> faithfulness`` (targets
     whose mask is empty on every case are left out). Each case is scored once for all the targets
     it holds (:func:`score_case`); a 3D target is perturbed within ``neighbourhood_mm`` of its mask
-    (:func:`~.deletion_insertion.neighbourhood`). ``progress(done, total)`` counts network calls;
+    (:func:`~.deletion_insertion.neighbourhood`). ``step``: the fraction perturbed per step (None:
+    :data:`DEFAULT_STEP` of a slice, :data:`DEFAULT_STEP_3D` of a neighbourhood). ``progress(done,
+    total)`` counts network calls;
     each entry records those of its cases (shared with the other targets on them)."""
     network = model.network.to(device).eval()
     with torch.no_grad():  # each case's labels once, for every class
@@ -290,6 +293,8 @@ def explanation_faithfulness(
             region = neighbourhood(mask, labelled[position][0].spacing, neighbourhood_mm)
             on_case.setdefault(position, []).append((target, mask, region))
     regional = {p: held[0][2] is not None for p, held in on_case.items()}
+    if step is None:
+        step = DEFAULT_STEP_3D if any(regional.values()) else DEFAULT_STEP
     case_calls = {p: calls_per_case(len(layers), step, len(held), regional[p]) for p, held in on_case.items()}
     calls = {"done": 0, "total": sum(case_calls.values())}
 
