@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("front ends", ("__main__", "cli", "mrml", "web")),
     ("entry", ("api", "cohort")),
     ("runs", ("runs", "evaluation", "demo", "dicom")),
-    ("pipelines", ("pipelines", "inference", "inference_nnunet", "volume_findings")),
+    ("pipelines", ("pipelines", "inference", "inference_nnunet", "volume_findings", "volume_runner")),
     (
         "engine",
         (

@@ -12,34 +12,28 @@ slice or per window).
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .cam import CAMMaps, label_map, predicted_regions, seg_grad_cam
-from .class_maps import ClassHeatmap, heatmaps_on_input_grid
-from .errors import CancelledError, SegGradCAMError
+from .cam import label_map, predicted_regions
+from .class_maps import ClassHeatmap, GroupHeatmaps
+from .errors import SegGradCAMError
 from .findings import FindingSet
 from .layers import resolve_layers
+from .memory_plan import ClassGroups, plan_class_groups
 from .models.spec import LoadedModel
 from .model_grid import Direction, check_min_size, check_volume, prepare_input
-from .preprocessing import pad_end, padded_shape
-from .sliding_windows import OVERLAP, SIGMA_SCALE, monai_padding, monai_windows
-from .targets import TargetRequest, Targets, add_gradient_shares, add_occlusion, targets_from_logits
+from .targets import TargetRequest, Targets, add_occlusion, targets_from_logits
+from .volume_runner import VolumeRunner
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``preprocess``, ``segment`` (the segmentation pass
 before the CAM pass, when one is needed), ``windows`` (3D), ``slices`` (2D batches), ``backward``
 (one step per target's backward pass, counted over the run) and ``occlusion`` (channel reliance)."""
-
-# Key of the logits among the per-layer maps a window returns: no layer is named ""
-# (resolve_layers refuses the root module), so it cannot clash with a layer name.
-_LOGITS = ""
 
 
 @dataclass
@@ -65,209 +59,6 @@ class VolumeExplanation:
     findings: FindingSet | None = None
     reliance: list[dict] | None = None  # per target (classes, then findings): channel reliance
     class_groups: dict | None = None  # the targets explained in groups: memory_plan.ClassGroups.report()
-
-
-class _Runner:
-    """Runs the network with CAMs over a prepared (oriented, resampled, normalised) volume."""
-
-    def __init__(self, model, layers, classes, method, device, progress, cancel, amp=False, batch_size=16):
-        self.model, self.layers, self.classes, self.method = model, layers, classes, method
-        self.device, self.progress, self.cancel, self.amp = device, progress, cancel, amp
-        self.batch_size = batch_size
-        self.input_gradients = False  # also |input x gradient| per channel (channel reliance)
-        self.stage = "windows" if model.spec.spatial_dims == 3 else "slices"
-        self.cam_passes = 1  # forward passes with CAMs in this run, each with len(classes) backward steps
-        self.cam_passes_done = 0
-
-    def _check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel():
-            raise CancelledError("Cancelled by the user.")
-
-    def _step(self, done: int, total: int, stage: str | None = None) -> None:
-        """Report a step of ``stage`` (default: windows or slices) and stop if cancelled."""
-        self._check_cancel()
-        if self.progress is not None:
-            self.progress(stage or self.stage, done, total)
-
-    def _backward_step(self, done: int, total: int) -> None:
-        self._step(self.cam_passes_done * total + done, self.cam_passes * total, "backward")
-
-    def _explain(self, x: torch.Tensor, regions: torch.Tensor | Callable | None) -> CAMMaps:
-        """CAMs of a batch ``(B, Cin, *S)`` on the runner's device: maps ``(n, B, *S)``, logits ``(B, C, *S)``."""
-        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.amp):
-            result = seg_grad_cam(
-                self.model.network,
-                x.to(self.device),
-                self.layers,
-                self.classes,
-                self.method,
-                regions.to(self.device) if isinstance(regions, torch.Tensor) else regions,
-                relu=True,
-                upsample=True,
-                on_backward=self._backward_step,
-                input_gradients=self.input_gradients,
-            )
-        self.cam_passes_done += 1
-        return result
-
-    def _cams(self, x: torch.Tensor, regions: torch.Tensor | Callable | None):
-        """As :meth:`_explain`, as float32 on the CPU: logits ``(B, C, *S)``, maps layer -> ``(n, B, *S)``."""
-        result = self._explain(x, regions)
-        return result.logits.float().cpu(), {k: v.float().cpu() for k, v in result.items()}
-
-    def run_3d(self, image: torch.Tensor, regions: torch.Tensor | Callable | None):
-        """image ``(Cin, Z, Y, X)`` -> logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``.
-
-        ``regions`` ``(n, Z, Y, X)`` bool, or (whole-volume models) a function of the pass's logits
-        ``(C, Z, Y, X)`` giving the targets' classes and regions (see :func:`seg_grad_cam`)."""
-        spec = self.model.spec
-        if spec.roi_size is not None:
-            assert not callable(regions)
-            return self._sliding_window(image, regions)
-        shape = image.shape[1:]
-        target = padded_shape(shape, spec.divisible_by, spec.min_size)
-        crop = (slice(None),) + tuple(slice(0, n) for n in shape)
-        image = pad_end(image, target)
-        targets = regions
-        if callable(regions):
-            found = regions
-
-            def targets(logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
-                classes, masks = found(logits[0].float().cpu()[crop])
-                self.classes = classes
-                return classes, pad_end(masks, target)[None].to(logits.device)
-
-        elif regions is not None:
-            targets = pad_end(regions, target)[None]
-        self._step(0, 1)
-        logits, maps = self._cams(image[None], targets)
-        self._step(1, 1)
-        return logits[0][crop], {k: v[:, 0][crop] for k, v in maps.items()}
-
-    def _stitch(self, image: torch.Tensor, roi: tuple[int, ...], predictor: Callable, with_coord: bool = False):
-        """MONAI's ``sliding_window_inference`` of ``predictor`` over ``image`` ``(Cin, *S)``, stitched on the CPU."""
-        from monai.inferers import sliding_window_inference
-
-        return sliding_window_inference(
-            image[None].cpu(),
-            roi,
-            1,
-            predictor,
-            overlap=OVERLAP,
-            mode="gaussian",
-            sigma_scale=SIGMA_SCALE,
-            sw_device=self.device,
-            device="cpu",
-            with_coord=with_coord,
-        )
-
-    def _segment(self, window: torch.Tensor, step: Callable[[], None]) -> torch.Tensor:
-        """Logits ``(1, C, *roi)`` of a window ``(1, Cin, *roi)`` (the segmentation pass, no gradients)."""
-        step()
-        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.model.network(window)
-        if not isinstance(logits, torch.Tensor):
-            raise SegGradCAMError(
-                f"The network returned {type(logits).__name__}; Seg-Grad-CAM needs one logits tensor."
-            )
-        return logits.float()
-
-    def _sliding_window(self, image: torch.Tensor, regions: torch.Tensor | None):
-        """MONAI sliding windows over image ``(Cin, Z, Y, X)``: logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``.
-
-        Without ``regions`` (``(n, Z, Y, X)`` boolean), a first pass without gradients
-        stitches the segmentation and takes each class's mask as its region. The second
-        pass explains every window with the regions cut to it; MONAI stitches maps and
-        logits with the same Gaussian weights, on the CPU (only windows go to the device).
-        """
-        roi = tuple(int(r) for r in self.model.spec.roi_size)
-        shape = tuple(image.shape[1:])
-        n_windows = monai_windows(shape, roi)
-        total = n_windows if regions is not None else 2 * n_windows
-        self.cam_passes = n_windows
-        steps = itertools.count()
-
-        def step() -> None:
-            self._step(next(steps), total)
-
-        if regions is None:
-            with torch.no_grad():
-                logits = self._stitch(image, roi, lambda window: self._segment(window, step))
-                regions = predicted_regions(logits, self.classes)[0]
-        # MONAI's window coordinates are in its padded volume: pad the regions the same way.
-        regions = F.pad(regions.bool(), monai_padding(shape, roi))
-
-        def explain(window: torch.Tensor, coords: list[list[slice]]) -> dict[str, torch.Tensor]:
-            """Window ``(1, Cin, *roi)`` at ``coords`` ``[[batch, channels, *spatial]]`` -> layer ->
-            ``(1, n, *roi)`` and ``_LOGITS`` -> ``(1, C, *roi)``."""
-            step()
-            (where,) = coords  # sw_batch_size 1: one window
-            result = self._explain(window, regions[(slice(None), *where[2:])][None])
-            out = {name: m.transpose(0, 1).float() for name, m in result.items()}
-            out[_LOGITS] = result.logits.float()
-            return out
-
-        stitched = self._stitch(image, roi, explain, with_coord=True)
-        self._step(total, total)
-        return stitched[_LOGITS][0], {name: m[0] for name, m in stitched.items() if name != _LOGITS}
-
-    def _slices(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], list[int]]:
-        """The slices along axis 0 of ``(Cin, Z, Y, X)`` padded for the model ``(Z, Cin, Y', X')``, the
-        plane ``(Y, X)`` to crop back to and the first slice of each batch."""
-        spec = self.model.spec
-        slices = image.permute(1, 0, 2, 3)  # (Z, Cin, Y, X)
-        plane = (int(slices.shape[2]), int(slices.shape[3]))
-        slices = pad_end(slices, padded_shape(plane, spec.divisible_by, spec.min_size))
-        return slices, plane, list(range(0, slices.shape[0], self.batch_size))
-
-    def segment(self, image: torch.Tensor, stage: str | None = "segment") -> torch.Tensor:
-        """Logits ``(C, Z, Y, X)`` of ``image`` ``(Cin, Z, Y, X)`` without gradients, its steps reported
-        as ``stage`` (None: not reported, only the cancel checked): the segmentation that findings,
-        probabilities and reliance start from."""
-        spec = self.model.spec
-
-        def step(done: int, total: int) -> None:
-            self._check_cancel() if stage is None else self._step(done, total, stage)
-
-        with torch.no_grad():
-            if spec.spatial_dims == 2:
-                slices, plane, starts = self._slices(image)
-                parts = []
-                for i, start in enumerate(starts):
-                    step(i, len(starts))
-                    window = slices[start : start + self.batch_size].to(self.device)
-                    parts.append(self._segment(window, lambda: None).cpu())
-                step(len(starts), len(starts))
-                return torch.cat(parts)[..., : plane[0], : plane[1]].permute(1, 0, 2, 3)
-            if spec.roi_size is not None:
-                roi = tuple(int(r) for r in spec.roi_size)
-                total, steps = monai_windows(tuple(image.shape[1:]), roi), itertools.count()
-                logits = self._stitch(image, roi, lambda w: self._segment(w, lambda: step(next(steps), total)))
-                step(total, total)
-                return logits[0]
-            shape = image.shape[1:]
-            padded = pad_end(image, padded_shape(shape, spec.divisible_by, spec.min_size))
-            logits = self._segment(padded[None].to(self.device), lambda: step(0, 1))
-            step(1, 1)
-            return logits[0].cpu()[(slice(None),) + tuple(slice(0, n) for n in shape)]
-
-    def run_2d(self, image: torch.Tensor, regions: torch.Tensor | None):
-        """Slice-wise along axis 0 of ``(Cin, Z, Y, X)``: same outputs as :meth:`run_3d`."""
-        slices, plane, starts = self._slices(image)
-        reg = None if regions is None else pad_end(regions.permute(1, 0, 2, 3), tuple(slices.shape[2:]))
-        logit_parts: list[torch.Tensor] = []
-        map_parts: dict[str, list[torch.Tensor]] = {}
-        self.cam_passes = len(starts)
-        for i, start in enumerate(starts):
-            self._step(i, len(starts))
-            batch = slices[start : start + self.batch_size]
-            logits, maps = self._cams(batch, None if reg is None else reg[start : start + self.batch_size])
-            logit_parts.append(logits[..., : plane[0], : plane[1]])
-            for k, v in maps.items():
-                map_parts.setdefault(k, []).append(v[..., : plane[0], : plane[1]])
-        self._step(len(starts), len(starts))
-        logits = torch.cat(logit_parts).permute(1, 0, 2, 3)
-        return logits, {k: torch.cat(v, dim=1) for k, v in map_parts.items()}
 
 
 def _checked_request(
@@ -303,6 +94,7 @@ def explain_volume(
     amp: bool = False,
     on_heatmap: Callable[[ClassHeatmap, np.ndarray], None] | None = None,
     request: TargetRequest | None = None,
+    max_group_bytes: int | None = None,
 ) -> VolumeExplanation:
     """Segment and explain a volume ``image`` ``(Cin, Z, Y, X)`` (channels co-registered on one grid).
 
@@ -316,6 +108,10 @@ def explain_volume(
     stays float32). ``on_heatmap(ClassHeatmap, labels (Z, Y, X))`` gets each class map as soon as it
     is on the input grid, and those maps are then not kept in the result (stream them to disk).
     ``request``: findings, probabilities and channel reliance (:mod:`SegGradCAMLib.targets`).
+    Targets known before the CAM pass are explained in groups whose maps take at most
+    ``max_group_bytes`` (default: what the logits take; :func:`~.memory_plan.plan_class_groups`),
+    each group's slices or windows run again and its maps handed on before the next group's are made;
+    targets found inside a whole-volume pass (findings) are explained in one group.
     """
     spec = model.spec
     timings: dict[str, float] = {}
@@ -332,7 +128,7 @@ def explain_volume(
     if progress is not None:
         progress("preprocess", 1, 1)
 
-    runner = _Runner(model, layer_names, classes, method, device, progress, cancel, amp, batch_size)
+    runner = VolumeRunner(model, layer_names, classes, method, device, progress, cancel, amp, batch_size)
     start = time.perf_counter()
     found: dict = {}  # labels and targets, once the segmentation is known
     request = request or TargetRequest()
@@ -353,37 +149,60 @@ def explain_volume(
             return found["targets"].classes, found["targets"].regions
 
     runner.input_gradients = wanted and request.reliance
-    if spec.spatial_dims == 3:
-        logits, maps = runner.run_3d(x, cam_targets)
-    else:
-        assert not callable(cam_targets)  # slice-wise: found by the segmentation pass above
-        logits, maps = runner.run_2d(x, cam_targets)
-    targets = found.get("targets") or Targets(classes, region_t, target_findings=[None] * len(classes))
-    if wanted and request.reliance:
-        occlusion_start = time.perf_counter()
-        add_occlusion(targets, lambda x: runner.segment(x, None), spec, image, spacing, direction, request, progress)
-        timings["occlusion_s"] = time.perf_counter() - occlusion_start
-    timings["network_and_cam_s"] = time.perf_counter() - start
+    groups = None if callable(cam_targets) else _volume_groups(x, runner, len(spec.labels), max_group_bytes)
+    if groups is not None and groups.size < groups.targets and cam_targets is None and spec.roi_size is not None:
+        cam_targets = predicted_regions(runner.segment(x)[None], classes)[0]  # every group's windows need them
+    every = runner.classes
+    ranges = [range(len(every))] if groups is None else groups.ranges()
+    heatmaps: GroupHeatmaps | None = None
+    for number, group in enumerate(ranges):
+        runner.begin_group(number, [len(r) for r in ranges])
+        logits, maps = _group_pass(runner, x, cam_targets, every, group)
+        if heatmaps is None:  # the first group's pass gives the labels (and the targets found in it)
+            targets = found.get("targets") or Targets(classes, region_t, target_findings=[None] * len(classes))
+            if wanted and request.reliance:
+                occlusion_start = time.perf_counter()
+                add_occlusion(
+                    targets, lambda x: runner.segment(x, None), spec, image, spacing, direction, request, progress
+                )
+                timings["occlusion_s"] = time.perf_counter() - occlusion_start
+            labels = found.get("labels")
+            if labels is None:
+                labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
+            heatmaps = GroupHeatmaps(
+                targets, labels, None, grid.to_input, normalize, on_heatmap, request.channel_names, spacing
+            )
+        del logits
+        heatmaps.add(group, maps)
+    assert heatmaps is not None
+    timings["network_and_cam_s"] = time.perf_counter() - start - heatmaps.seconds
+    timings["postprocess_s"] = heatmaps.seconds
+    result = VolumeExplanation(
+        heatmaps.labels, heatmaps.kept(), heatmaps.raw_max, classes, layer_names, method, timings
+    )
+    result.findings, result.reliance = heatmaps.targets.findings, heatmaps.targets.reliance
+    result.class_groups = None if groups is None else groups.report()
+    return result
 
-    start = time.perf_counter()
-    labels = found.get("labels")
-    if labels is None:
-        labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
-    del logits
-    if targets.reliance is not None:
-        add_gradient_shares(targets, maps, grid.to_input, labels, spacing, request.channel_names)
-    heatmaps, raw_max = heatmaps_on_input_grid(
-        maps, grid.to_input, labels, targets.classes, normalize, on_heatmap, findings=targets.target_findings
-    )
-    timings["postprocess_s"] = time.perf_counter() - start
-    return VolumeExplanation(
-        labels,
-        heatmaps,
-        raw_max,
-        classes,
-        layer_names,
-        method,
-        timings,
-        findings=targets.findings,
-        reliance=targets.reliance,
-    )
+
+def _group_pass(runner: VolumeRunner, x: torch.Tensor, targets, every: list[int], group: range):
+    """The CAM pass of the targets at positions ``group`` of ``every`` (class indices) on ``x``
+    ``(Cin, *model grid)``, their regions cut from ``targets`` (``(n, *model grid)`` bool; None: the
+    predicted masks; a function of the logits: targets found in a whole-volume pass, one group):
+    logits ``(C, *S)`` and maps layer -> ``(len(group), *S)``."""
+    if not callable(targets):
+        runner.classes = every[group.start : group.stop]
+        targets = None if targets is None else targets[group.start : group.stop]
+    if runner.model.spec.spatial_dims == 3:
+        return runner.run_3d(x, targets)
+    assert not callable(targets)  # slice-wise: found by the segmentation pass before
+    return runner.run_2d(x, targets)
+
+
+def _volume_groups(x: torch.Tensor, runner: VolumeRunner, heads: int, max_bytes: int | None) -> ClassGroups:
+    """How many of the runner's targets to explain at once on ``x`` ``(Cin, *model grid)``: each
+    one's maps (every layer's and, for reliance, input channel's, float32 on the model grid) against
+    the float32 logits ``(heads, *model grid)`` every pass holds."""
+    voxels = x[0].numel()
+    maps = len(runner.layers) + (x.shape[0] if runner.input_gradients else 0)
+    return plan_class_groups(len(runner.classes), voxels * 4 * maps, voxels * 4 * heads, "cpu", max_bytes)

@@ -18,6 +18,8 @@ from pathlib import Path
 from .errors import SegGradCAMError
 
 GB = 10**9
+# Maps that take less are made at once: running the windows or slices again costs more than that memory.
+MIN_GROUP_BYTES = 256 * 10**6
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,15 @@ def plan_class_groups(
     targets: int, bytes_per_target: int, held_bytes: int, device: str, max_bytes: int | None = None
 ) -> ClassGroups:
     """How many of ``targets`` to explain at once when each one's maps take ``bytes_per_target``:
-    as many as ``max_bytes`` holds (default ``held_bytes``, what the pass holds anyway), never more
-    than half the free memory of ``device``; at least one, refused in one line when one target's
-    maps do not fit in the free memory."""
-    limit, what = (held_bytes, "what the logits take") if max_bytes is None else (max_bytes, "the limit given")
+    as many as ``max_bytes`` holds (default ``held_bytes``, what the pass holds anyway, or
+    :data:`MIN_GROUP_BYTES` where that is more), never more than half the free memory of ``device``;
+    at least one, refused in one line when one target's maps do not fit in the free memory."""
+    if max_bytes is not None:
+        limit, what = max_bytes, "the limit given"
+    elif held_bytes < MIN_GROUP_BYTES:
+        limit, what = MIN_GROUP_BYTES, "what is made at once without a second pass"
+    else:
+        limit, what = held_bytes, "what the logits take"
     free = free_memory_bytes(device)
     if free is not None and bytes_per_target > free:
         raise SegGradCAMError(

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .findings import FindingRequest, FindingSet
-from .inference import _Runner  # explain's own segmentation pass: the findings are explain's
+from .volume_runner import VolumeRunner  # explain's own segmentation pass: the findings are explain's
 from .model_grid import Direction, check_volume, prepare_input
 from .models.spec import LoadedModel
 from .targets import TargetRequest, targets_from_logits
@@ -33,7 +33,7 @@ def volume_findings(
         return None
     check_volume(image, model.spec)
     x, grid = prepare_input(model.spec, image, spacing, direction)
-    runner = _Runner(model, [], list(classes), "gradcam", device, None, None, batch_size=batch_size)
+    runner = VolumeRunner(model, [], list(classes), "gradcam", device, None, None, batch_size=batch_size)
     _, targets = targets_from_logits(
         runner.segment(x), model.spec, grid, spacing, list(classes), TargetRequest(findings=request)
     )

@@ -108,10 +108,12 @@ def test_no_more_than_one_groups_maps_is_alive_at_a_time(tmp_path_factory, monke
 def test_a_group_never_takes_more_than_half_the_free_memory_and_one_target_must_fit(monkeypatch):
     from SegGradCAMLib import memory_plan
 
-    monkeypatch.setattr(memory_plan, "free_memory_bytes", lambda device: 10_000)
-    plan = plan_class_groups(100, 1_000, 10**9, "cpu")
-    assert (plan.size, len(plan.ranges()), "half the free memory" in plan.why) == (5, 20, True)
-    assert plan_class_groups(100, 1_000, 3_500, "cpu").size == 3  # the logits' bytes bound it first
-    assert [len(r) for r in plan_class_groups(7, 1_000, 3_000, "cpu").ranges()] == [3, 3, 1]
+    monkeypatch.setattr(memory_plan, "free_memory_bytes", lambda device: 10**10)
+    plan = plan_class_groups(100, 2 * 10**8, 10**12, "cpu")
+    assert (plan.size, len(plan.ranges()), "half the free memory" in plan.why) == (25, 4, True)
+    assert plan_class_groups(100, 10**8, 35 * 10**7, "cpu").size == 3  # the logits' bytes bound it first
+    assert [len(r) for r in plan_class_groups(7, 10**8, 3 * 10**8, "cpu").ranges()] == [3, 3, 1]
+    small = plan_class_groups(3, 10**6, 10**6, "cpu")  # small maps at once, though more than the logits
+    assert small.size == 3 and "without a second pass" in small.why
     with pytest.raises(SegGradCAMError, match=r"maps of one class take .* more than the free memory"):
-        plan_class_groups(2, 20_000, 10**9, "cpu")
+        plan_class_groups(2, 2 * 10**10, 10**12, "cpu")
