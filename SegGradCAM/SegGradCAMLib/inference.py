@@ -150,13 +150,16 @@ def explain_volume(
 
     runner.input_gradients = wanted and request.reliance
     groups = None if callable(cam_targets) else _volume_groups(x, runner, len(spec.labels), max_group_bytes)
+    segmented = None  # sliding windows in groups: one segmentation pass gives every group's regions
     if groups is not None and groups.size < groups.targets and cam_targets is None and spec.roi_size is not None:
-        cam_targets = predicted_regions(runner.segment(x)[None], classes)[0]  # every group's windows need them
+        segmented = runner.segment(x)
+        cam_targets = predicted_regions(segmented[None], classes)[0]
     every = runner.classes
     ranges = [range(len(every))] if groups is None else groups.ranges()
     heatmaps: GroupHeatmaps | None = None
     for number, group in enumerate(ranges):
         runner.begin_group(number, [len(r) for r in ranges])
+        runner.stitch_logits = number == 0 and segmented is None and "labels" not in found
         logits, maps = _group_pass(runner, x, cam_targets, every, group)
         if heatmaps is None:  # the first group's pass gives the labels (and the targets found in it)
             targets = found.get("targets") or Targets(classes, region_t, target_findings=[None] * len(classes))
@@ -168,7 +171,10 @@ def explain_volume(
                 timings["occlusion_s"] = time.perf_counter() - occlusion_start
             labels = found.get("labels")
             if labels is None:
-                labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
+                scores = logits if logits is not None else segmented
+                assert scores is not None
+                labels = grid.to_input(label_map(scores, 0)[None].to(torch.int16), labels=True)[0]
+            segmented = None
             heatmaps = GroupHeatmaps(
                 targets, labels, None, grid.to_input, normalize, on_heatmap, request.channel_names, spacing
             )

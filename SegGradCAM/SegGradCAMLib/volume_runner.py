@@ -28,6 +28,7 @@ class VolumeRunner:
         self.device, self.progress, self.cancel, self.amp = device, progress, cancel, amp
         self.batch_size = batch_size
         self.input_gradients = False  # also |input x gradient| per channel (channel reliance)
+        self.stitch_logits = True  # sliding windows: stitch the logits too (False: the labels are known)
         self.stage = "windows" if model.spec.spatial_dims == 3 else "slices"
         self.cam_passes = 1  # forward passes with CAMs per group of targets, each with len(classes) backward steps
         self.cam_passes_done = 0
@@ -137,7 +138,8 @@ class VolumeRunner:
         return logits.float()
 
     def _sliding_window(self, image: torch.Tensor, regions: torch.Tensor | None):
-        """MONAI sliding windows over image ``(Cin, Z, Y, X)``: logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``.
+        """MONAI sliding windows over image ``(Cin, Z, Y, X)``: logits ``(C, Z, Y, X)`` (None unless
+        :attr:`stitch_logits`), maps layer -> ``(n, Z, Y, X)``.
 
         Without ``regions`` (``(n, Z, Y, X)`` boolean), a first pass without gradients
         stitches the segmentation and takes each class's mask as its region. The second
@@ -168,12 +170,14 @@ class VolumeRunner:
             (where,) = coords  # sw_batch_size 1: one window
             result = self._explain(window, regions[(slice(None), *where[2:])][None])
             out = {name: m.transpose(0, 1).float() for name, m in result.items()}
-            out[_LOGITS] = result.logits.float()
+            if self.stitch_logits:
+                out[_LOGITS] = result.logits.float()
             return out
 
         stitched = self._stitch(image, roi, explain, with_coord=True)
         self._step(total, total)
-        return stitched[_LOGITS][0], {name: m[0] for name, m in stitched.items() if name != _LOGITS}
+        logits = stitched.pop(_LOGITS)[0] if self.stitch_logits else None
+        return logits, {name: m[0] for name, m in stitched.items()}
 
     def _slices(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], list[int]]:
         """The slices along axis 0 of ``(Cin, Z, Y, X)`` padded for the model ``(Z, Cin, Y', X')``, the
