@@ -150,16 +150,17 @@ def explain_volume(
 
     runner.input_gradients = wanted and request.reliance
     groups = None if callable(cam_targets) else _volume_groups(x, runner, len(spec.labels), max_group_bytes)
-    segmented = None  # sliding windows in groups: one segmentation pass gives every group's regions
-    if groups is not None and groups.size < groups.targets and cam_targets is None and spec.roi_size is not None:
+    if cam_targets is None and spec.roi_size is not None:  # sliding windows: every window's regions, the labels
         segmented = runner.segment(x)
         cam_targets = predicted_regions(segmented[None], classes)[0]
+        found["labels"] = grid.to_input(label_map(segmented, 0)[None].to(torch.int16), labels=True)[0]
+        del segmented
     every = runner.classes
     ranges = [range(len(every))] if groups is None else groups.ranges()
     heatmaps: GroupHeatmaps | None = None
     for number, group in enumerate(ranges):
         runner.begin_group(number, [len(r) for r in ranges])
-        runner.stitch_logits = number == 0 and segmented is None and "labels" not in found
+        runner.stitch_logits = number == 0 and "labels" not in found
         logits, maps = _group_pass(runner, x, cam_targets, every, group)
         if heatmaps is None:  # the first group's pass gives the labels (and the targets found in it)
             targets = found.get("targets") or Targets(classes, region_t, target_findings=[None] * len(classes))
@@ -171,10 +172,8 @@ def explain_volume(
                 timings["occlusion_s"] = time.perf_counter() - occlusion_start
             labels = found.get("labels")
             if labels is None:
-                scores = logits if logits is not None else segmented
-                assert scores is not None
-                labels = grid.to_input(label_map(scores, 0)[None].to(torch.int16), labels=True)[0]
-            segmented = None
+                assert logits is not None
+                labels = grid.to_input(label_map(logits, 0)[None].to(torch.int16), labels=True)[0]
             heatmaps = GroupHeatmaps(
                 targets, labels, None, grid.to_input, normalize, on_heatmap, request.channel_names, spacing
             )

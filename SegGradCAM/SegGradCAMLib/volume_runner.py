@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .cam import CAMMaps, predicted_regions, seg_grad_cam
+from .cam import CAMMaps, seg_grad_cam
 from .errors import CancelledError, SegGradCAMError
 from .preprocessing import pad_end, padded_shape
 from .sliding_windows import OVERLAP, SIGMA_SCALE, monai_padding, monai_windows
@@ -83,11 +83,12 @@ class VolumeRunner:
     def run_3d(self, image: torch.Tensor, regions: torch.Tensor | Callable | None):
         """image ``(Cin, Z, Y, X)`` -> logits ``(C, Z, Y, X)``, maps layer -> ``(n, Z, Y, X)``.
 
-        ``regions`` ``(n, Z, Y, X)`` bool, or (whole-volume models) a function of the pass's logits
-        ``(C, Z, Y, X)`` giving the targets' classes and regions (see :func:`seg_grad_cam`)."""
+        ``regions`` ``(n, Z, Y, X)`` bool (sliding windows: always given), or (whole-volume models)
+        None (the predicted masks) or a function of the pass's logits ``(C, Z, Y, X)`` giving the
+        targets' classes and regions (see :func:`seg_grad_cam`)."""
         spec = self.model.spec
         if spec.roi_size is not None:
-            assert not callable(regions)
+            assert isinstance(regions, torch.Tensor), "sliding windows take the regions of a segmentation pass"
             return self._sliding_window(image, regions)
         shape = image.shape[1:]
         target = padded_shape(shape, spec.divisible_by, spec.min_size)
@@ -137,29 +138,23 @@ class VolumeRunner:
             )
         return logits.float()
 
-    def _sliding_window(self, image: torch.Tensor, regions: torch.Tensor | None):
+    def _sliding_window(self, image: torch.Tensor, regions: torch.Tensor):
         """MONAI sliding windows over image ``(Cin, Z, Y, X)``: logits ``(C, Z, Y, X)`` (None unless
         :attr:`stitch_logits`), maps layer -> ``(n, Z, Y, X)``.
 
-        Without ``regions`` (``(n, Z, Y, X)`` boolean), a first pass without gradients
-        stitches the segmentation and takes each class's mask as its region. The second
-        pass explains every window with the regions cut to it; MONAI stitches maps and
-        logits with the same Gaussian weights, on the CPU (only windows go to the device).
+        Every window is explained with the ``regions`` (``(n, Z, Y, X)`` boolean: the stitched
+        segmentation's masks, see :meth:`segment`, or the user's) cut to it; MONAI stitches maps
+        and logits with the same Gaussian weights, on the CPU (only windows go to the device).
         """
         roi = tuple(int(r) for r in self.model.spec.roi_size)
         shape = tuple(image.shape[1:])
-        n_windows = monai_windows(shape, roi)
-        total = n_windows if regions is not None else 2 * n_windows
-        self.cam_passes = n_windows
+        total = monai_windows(shape, roi)
+        self.cam_passes = total
         steps = itertools.count()
 
         def step() -> None:
             self._step(next(steps), total)
 
-        if regions is None:
-            with torch.no_grad():
-                logits = self._stitch(image, roi, lambda window: self._segment(window, step))
-                regions = predicted_regions(logits, self.classes)[0]
         # MONAI's window coordinates are in its padded volume: pad the regions the same way.
         regions = F.pad(regions.bool(), monai_padding(shape, roi))
 

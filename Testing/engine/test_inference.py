@@ -203,7 +203,7 @@ def test_sliding_window_cams_use_the_stitched_segmentation_as_target(shape, star
         classes=classes,
         regions=regions,
         normalize=False,
-        progress=lambda stage, done, total: progress.append((done, total)) if stage == "windows" else None,
+        progress=lambda stage, done, total: progress.append((stage, done, total)),
     )
 
     labels, maps = _hand_sliding_window(network, volume[0:1], roi, starts, pad, layers, classes, regions)
@@ -217,10 +217,16 @@ def test_sliding_window_cams_use_the_stitched_segmentation_as_target(shape, star
             assert expected[c].max() > 0
             assert np.abs(heat[c] - expected[c]).max() <= 1e-4 * expected[c].max()
 
-    n_windows = len(monai_windows) * (1 if user_region else 2)  # + a no-grad pass for the segmentation
-    assert progress[0] == (0, n_windows) and progress[-1] == (n_windows, n_windows)
-    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
-    assert {t for _, t in progress} == {n_windows}
+    n_windows = len(monai_windows)
+    for stage in ("segment", "windows"):  # without a region, a no-grad pass gives the segmentation first
+        steps = [(done, total) for name, done, total in progress if name == stage]
+        if stage == "segment" and user_region:
+            assert steps == []
+            continue
+        assert steps[0] == (0, n_windows) and steps[-1] == (n_windows, n_windows), stage
+        assert [d for d, _ in steps] == sorted(d for d, _ in steps) and {t for _, t in steps} == {n_windows}
+    stages = [name for name, _, _ in progress if name in ("segment", "windows")]
+    assert stages == sorted(stages, key=("segment", "windows").index)
 
 
 def test_sliding_window_can_be_cancelled_between_windows():
@@ -235,10 +241,10 @@ def test_sliding_window_can_be_cancelled_between_windows():
             volume,
             (1, 1, 1),
             classes=[1],
-            progress=lambda stage, d, t: steps.append(d) if stage == "windows" else None,
-            cancel=lambda: len(steps) >= 10,
-        )  # during the second pass (8 windows each)
-    assert steps == list(range(10))
+            progress=lambda stage, d, t: steps.append((stage, d)) if stage in ("segment", "windows") else None,
+            cancel=lambda: len(steps) >= 12,
+        )  # during the CAM pass, after the segmentation pass (8 windows each)
+    assert steps == [("segment", d) for d in range(9)] + [("windows", d) for d in range(3)]
 
 
 def test_user_region_changes_the_explanation():
