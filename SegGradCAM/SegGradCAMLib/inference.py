@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .cam import label_map, predicted_regions
+from .cam import label_map
 from .class_maps import ClassHeatmap, GroupHeatmaps
 from .errors import SegGradCAMError
 from .findings import FindingSet
@@ -28,7 +28,7 @@ from .memory_plan import ClassGroups, plan_class_groups
 from .models.spec import LoadedModel
 from .model_grid import Direction, check_min_size, check_volume, prepare_input
 from .targets import TargetRequest, Targets, add_occlusion, targets_from_logits
-from .volume_runner import VolumeRunner
+from .volume_runner import PredictedRegions, VolumeRunner
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``preprocess``, ``segment`` (the segmentation pass
@@ -133,7 +133,7 @@ def explain_volume(
     found: dict = {}  # labels and targets, once the segmentation is known
     request = request or TargetRequest()
     wanted = request.needs_segmentation
-    cam_targets: torch.Tensor | Callable | None = region_t
+    cam_targets: torch.Tensor | PredictedRegions | Callable | None = region_t
     if wanted and (spec.spatial_dims == 2 or spec.roi_size is not None):
         found["labels"], found["targets"] = targets_from_logits(
             runner.segment(x), spec, grid, spacing, classes, request, region_t
@@ -151,10 +151,8 @@ def explain_volume(
     runner.input_gradients = wanted and request.reliance
     groups = None if callable(cam_targets) else _volume_groups(x, runner, len(spec.labels), max_group_bytes)
     if cam_targets is None and spec.roi_size is not None:  # sliding windows: every window's regions, the labels
-        segmented = runner.segment(x)
-        cam_targets = predicted_regions(segmented[None], classes)[0]
-        found["labels"] = grid.to_input(label_map(segmented, 0)[None].to(torch.int16), labels=True)[0]
-        del segmented
+        predicted = PredictedRegions.of(runner.segment(x), classes)
+        found["labels"], cam_targets = grid.to_input(predicted.labels[None], labels=True)[0], predicted
     every = runner.classes
     ranges = [range(len(every))] if groups is None else groups.ranges()
     heatmaps: GroupHeatmaps | None = None
@@ -192,8 +190,9 @@ def explain_volume(
 
 def _group_pass(runner: VolumeRunner, x: torch.Tensor, targets, every: list[int], group: range):
     """The CAM pass of the targets at positions ``group`` of ``every`` (class indices) on ``x``
-    ``(Cin, *model grid)``, their regions cut from ``targets`` (``(n, *model grid)`` bool; None: the
-    predicted masks; a function of the logits: targets found in a whole-volume pass, one group):
+    ``(Cin, *model grid)``, their regions cut from ``targets`` (``(n, *model grid)`` bool or
+    :class:`~.volume_runner.PredictedRegions`; None: the predicted masks of the pass; a function of
+    the logits: targets found in a whole-volume pass, one group):
     logits ``(C, *S)`` and maps layer -> ``(len(group), *S)``."""
     if not callable(targets):
         runner.classes = every[group.start : group.stop]

@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .cam import CAMMaps, seg_grad_cam
+from .cam import CAMMaps, label_map, seg_grad_cam
 from .errors import CancelledError, SegGradCAMError
 from .preprocessing import pad_end, padded_shape
 from .sliding_windows import OVERLAP, SIGMA_SCALE, monai_padding, monai_windows
@@ -18,6 +19,35 @@ from .sliding_windows import OVERLAP, SIGMA_SCALE, monai_padding, monai_windows
 # Key of the logits among the per-layer maps a window returns: no layer is named ""
 # (resolve_layers refuses the root module), so it cannot clash with a layer name.
 _LOGITS = ""
+
+
+@dataclass
+class PredictedRegions:
+    """The targets' regions as the predicted masks ``labels == c`` of ``classes``, cut window by
+    window from the label map ``labels`` ``(Z, Y, X)`` (no ``(n, Z, Y, X)`` volume of masks)."""
+
+    labels: torch.Tensor
+    classes: list[int]
+
+    @classmethod
+    def of(cls, logits: torch.Tensor, classes: Sequence[int], planes: int = 8) -> "PredictedRegions":
+        """From stitched logits ``(C, Z, Y, X)``, ``planes`` planes at a time (no copy of them)."""
+        depth = logits.shape[1]
+        labels = torch.cat([label_map(logits[:, z : z + planes], 0) for z in range(0, depth, planes)])
+        return cls(labels.to(torch.int16), list(classes))
+
+    def __getitem__(self, group: slice) -> "PredictedRegions":
+        """The regions of a group of the targets."""
+        return PredictedRegions(self.labels, self.classes[group])
+
+    def padded(self, pads: list[int]) -> "PredictedRegions":
+        """Padded as ``F.pad`` pads (the padding in no class)."""
+        return PredictedRegions(F.pad(self.labels, pads, value=-1), self.classes) if any(pads) else self
+
+    def cut(self, where: tuple[slice, ...]) -> torch.Tensor:
+        """The masks ``(n, *window)`` bool in the window ``where``."""
+        part = self.labels[where]
+        return torch.stack([part == c for c in self.classes])
 
 
 class VolumeRunner:
@@ -88,7 +118,7 @@ class VolumeRunner:
         targets' classes and regions (see :func:`seg_grad_cam`)."""
         spec = self.model.spec
         if spec.roi_size is not None:
-            assert isinstance(regions, torch.Tensor), "sliding windows take the regions of a segmentation pass"
+            assert isinstance(regions, (torch.Tensor, PredictedRegions)), "sliding windows take given regions"
             return self._sliding_window(image, regions)
         shape = image.shape[1:]
         target = padded_shape(shape, spec.divisible_by, spec.min_size)
@@ -138,12 +168,12 @@ class VolumeRunner:
             )
         return logits.float()
 
-    def _sliding_window(self, image: torch.Tensor, regions: torch.Tensor):
+    def _sliding_window(self, image: torch.Tensor, regions: torch.Tensor | PredictedRegions):
         """MONAI sliding windows over image ``(Cin, Z, Y, X)``: logits ``(C, Z, Y, X)`` (None unless
         :attr:`stitch_logits`), maps layer -> ``(n, Z, Y, X)``.
 
-        Every window is explained with the ``regions`` (``(n, Z, Y, X)`` boolean: the stitched
-        segmentation's masks, see :meth:`segment`, or the user's) cut to it; MONAI stitches maps
+        Every window is explained with the ``regions`` (the stitched segmentation's masks, see
+        :meth:`segment`, or ``(n, Z, Y, X)`` boolean: the user's or the findings') cut to it; MONAI stitches maps
         and logits with the same Gaussian weights, on the CPU (only windows go to the device).
         """
         roi = tuple(int(r) for r in self.model.spec.roi_size)
@@ -156,14 +186,21 @@ class VolumeRunner:
             self._step(next(steps), total)
 
         # MONAI's window coordinates are in its padded volume: pad the regions the same way.
-        regions = F.pad(regions.bool(), monai_padding(shape, roi))
+        pads = monai_padding(shape, roi)
+        if isinstance(regions, PredictedRegions):
+            cut = regions.padded(pads).cut
+        else:
+            padded = F.pad(regions.bool(), pads) if any(pads) else regions
+
+            def cut(where: tuple[slice, ...]) -> torch.Tensor:
+                return padded[(slice(None), *where)]
 
         def explain(window: torch.Tensor, coords: list[list[slice]]) -> dict[str, torch.Tensor]:
             """Window ``(1, Cin, *roi)`` at ``coords`` ``[[batch, channels, *spatial]]`` -> layer ->
             ``(1, n, *roi)`` and ``_LOGITS`` -> ``(1, C, *roi)``."""
             step()
             (where,) = coords  # sw_batch_size 1: one window
-            result = self._explain(window, regions[(slice(None), *where[2:])][None])
+            result = self._explain(window, cut(tuple(where[2:]))[None])
             out = {name: m.transpose(0, 1).float() for name, m in result.items()}
             if self.stitch_logits:
                 out[_LOGITS] = result.logits.float()
