@@ -40,8 +40,9 @@ def network_and_volume():
     return network, volume, tuple(reversed(image.GetSpacing()))
 
 
-def one_run(mode: str) -> dict:
-    """One measurement in this (fresh) process: host peak resident memory (MiB) and seconds."""
+def one_run(mode: str, max_group_mb: str = "") -> dict:
+    """One measurement in this (fresh) process: host peak resident memory (MiB) and seconds;
+    ``max_group_mb``: the groups' limit (empty: the default plan)."""
     import resource
 
     import torch
@@ -68,22 +69,27 @@ def one_run(mode: str) -> dict:
         spec = ModelSpec(name="many", labels=labels, normalization="none", divisible_by=16, roi_size=ROI)
         model = LoadedModel(network, spec, [])
         classes = [1] if mode == "one_class" else None
-        result = explain_volume(model, volume, spacing, classes=classes, on_heatmap=lambda heat, labels: None)
+        limit = int(float(max_group_mb) * 10**6) if max_group_mb else None
+        result = explain_volume(
+            model, volume, spacing, classes=classes, on_heatmap=lambda heat, labels: None, max_group_bytes=limit
+        )
         report["class_groups"] = result.class_groups
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "seconds": round(time.perf_counter() - start, 1), "peak_mb": round(peak), **report}
+    seconds = round(time.perf_counter() - start, 1)
+    return {"mode": mode, "max_group_mb": max_group_mb or None, "seconds": seconds, "peak_mb": round(peak), **report}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--modes", default="predict,one_class,all_classes")
-    parser.add_argument("--one", nargs=1, help=argparse.SUPPRESS)
+    parser.add_argument("--max-group-mb", default="", help="the groups' limit (default: the plan's)")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one_run(*args.one)))
         return
-    runs = [in_fresh_process(__file__, mode) for mode in args.modes.split(",")]
+    runs = [in_fresh_process(__file__, mode, args.max_group_mb) for mode in args.modes.split(",")]
     write_report(args.out, runs)
 
 
