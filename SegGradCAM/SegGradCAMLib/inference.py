@@ -2,10 +2,12 @@
 
 The volume is brought to the model's orientation and spacing and normalised;
 the network runs slice by slice (2D) in batches, over the whole padded volume
-(3D), or in MONAI's sliding windows (3D models with a ``roi_size``). In a sliding
-window the target region of class c is the final stitched segmentation's mask of
-c cut to that window; each window's logits and CAMs are stitched with the same
-importance weights. Maps come back to the input grid linearly, labels by nearest
+(3D), or in MONAI's sliding windows (3D models with a ``roi_size``;
+:mod:`.volume_runner`). In a sliding window the target region of class c is the
+stitched segmentation's mask of c cut to that window; each window's CAMs are
+stitched with MONAI's importance weights. The targets are explained in groups
+sized by memory (:mod:`.memory_plan`), each group's maps handed on before the next
+group's are made. Maps come back to the input grid linearly, labels by nearest
 neighbour, and are normalised once, globally, per class and layer (never per
 slice or per window).
 """
