@@ -56,6 +56,7 @@ EXPLAIN_JSON_KEYS = [
     "threads",
     "peak_memory_mb",
     "timings",
+    "class_groups",
     "segmentation",
 ]
 
