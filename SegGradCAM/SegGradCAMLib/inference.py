@@ -26,7 +26,7 @@ from .class_maps import ClassHeatmap, GroupHeatmaps
 from .errors import SegGradCAMError
 from .findings import FindingSet
 from .layers import resolve_layers
-from .memory_plan import ClassGroups, plan_class_groups
+from .memory_plan import plan_map_groups
 from .models.spec import LoadedModel
 from .model_grid import Direction, check_min_size, check_volume, prepare_input
 from .targets import TargetRequest, Targets, add_occlusion, targets_from_logits
@@ -111,7 +111,7 @@ def explain_volume(
     is on the input grid, and those maps are then not kept in the result (stream them to disk).
     ``request``: findings, probabilities and channel reliance (:mod:`SegGradCAMLib.targets`).
     Targets known before the CAM pass are explained in groups whose maps take at most
-    ``max_group_bytes`` (default: what the logits take; :func:`~.memory_plan.plan_class_groups`),
+    ``max_group_bytes`` (default: what the logits take; :func:`~.memory_plan.plan_map_groups`),
     each group's slices or windows run again and its maps handed on before the next group's are made;
     targets found inside a whole-volume pass (findings) are explained in one group.
     """
@@ -151,7 +151,13 @@ def explain_volume(
             return found["targets"].classes, found["targets"].regions
 
     runner.input_gradients = wanted and request.reliance
-    groups = None if callable(cam_targets) else _volume_groups(x, runner, len(spec.labels), max_group_bytes)
+    if callable(cam_targets):
+        groups = None
+    else:
+        gradients = x.shape[0] if runner.input_gradients else 0
+        groups = plan_map_groups(
+            len(runner.classes), x.shape[1:], len(layer_names), gradients, len(spec.labels), max_group_bytes
+        )
     if cam_targets is None and spec.roi_size is not None:  # sliding windows: every window's regions, the labels
         predicted = PredictedRegions.of(runner.segment(x), classes)
         found["labels"], cam_targets = grid.to_input(predicted.labels[None], labels=True)[0], predicted
@@ -159,8 +165,7 @@ def explain_volume(
     ranges = [range(len(every))] if groups is None else groups.ranges()
     heatmaps: GroupHeatmaps | None = None
     for number, group in enumerate(ranges):
-        runner.begin_group(number, [len(r) for r in ranges])
-        runner.stitch_logits = number == 0 and "labels" not in found
+        runner.begin_group(number, [len(r) for r in ranges], stitch_logits=number == 0 and "labels" not in found)
         logits, maps = _group_pass(runner, x, cam_targets, every, group)
         if heatmaps is None:  # the first group's pass gives the labels (and the targets found in it)
             targets = found.get("targets") or Targets(classes, region_t, target_findings=[None] * len(classes))
@@ -203,12 +208,3 @@ def _group_pass(runner: VolumeRunner, x: torch.Tensor, targets, every: list[int]
         return runner.run_3d(x, targets)
     assert not callable(targets)  # slice-wise: found by the segmentation pass before
     return runner.run_2d(x, targets)
-
-
-def _volume_groups(x: torch.Tensor, runner: VolumeRunner, heads: int, max_bytes: int | None) -> ClassGroups:
-    """How many of the runner's targets to explain at once on ``x`` ``(Cin, *model grid)``: each
-    one's maps (every layer's and, for reliance, input channel's, float32 on the model grid) against
-    the float32 logits ``(heads, *model grid)`` every pass holds."""
-    voxels = x[0].numel()
-    maps = len(runner.layers) + (x.shape[0] if runner.input_gradients else 0)
-    return plan_class_groups(len(runner.classes), voxels * 4 * maps, voxels * 4 * heads, "cpu", max_bytes)

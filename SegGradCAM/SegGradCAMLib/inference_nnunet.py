@@ -35,7 +35,7 @@ from .class_maps import ClassHeatmap, GroupHeatmaps
 from .errors import CancelledError
 from .inference import ProgressCallback, VolumeExplanation
 from .layers import resolve_layers
-from .memory_plan import ClassGroups, plan_class_groups
+from .memory_plan import plan_map_groups
 from .models.spec import LoadedModel
 from .nnunet_grid import carried_region, preprocessed, read_inputs, to_input_grid
 from .nnunet_targets import Disagreement, FirstPass, add_disagreement, first_pass
@@ -246,7 +246,7 @@ def _explain_groups(
     on_group: Callable[[range, dict[str, torch.Tensor]], None],
 ):
     """The CAMs of the preprocessed volume ``x`` ``(Cin, *S)`` with the targets of ``first``
-    ``(n, *S)``, one group at a time (groups planned by :func:`_class_groups`): each group's maps
+    ``(n, *S)``, one group at a time (groups planned by :func:`~.memory_plan.plan_map_groups`): each group's maps
     ``(len(group), *S)`` by name, padded to the patch as nnU-Net pads, stitched and cropped back,
     handed to ``on_group`` before the next group's are made. Returns the groups, how our stitched
     logits (of the first group's pass) agree with nnU-Net's ``reference`` ``(C, *S)`` and, with
@@ -261,7 +261,10 @@ def _explain_groups(
     padded, revert = pad_nd_image(x, patch, "constant", {"value": 0}, True, None)
     crop = (slice(None), *revert[1:])
     windows = _windows(model, predictor, padded.shape[1:])
-    groups = _class_groups(padded, reference.shape[0], loop, max_group_bytes)
+    gradients = padded.shape[0] if loop.input_gradients else 0
+    groups = plan_map_groups(  # each target's maps and its uint8 region, against the first group's logits
+        len(loop.channels), padded.shape[1:], len(loop.layers), gradients, reference.shape[0], max_group_bytes, 1
+    )
     votes = None
     if first.uncertainty is not None and (folds > 1 or flips > 1):
         ensemble = label_manager.convert_logits_to_segmentation(reference.float()).to(torch.int16)
@@ -314,7 +317,7 @@ def explain_nnunet(
     probabilities (and the folds' and mirrorings' disagreement) and channel reliance; ``spacing``:
     the input grid's (mm, ``(Z, Y, X)``), needed for findings and reliance. The targets are explained
     in groups whose maps take at most ``max_group_bytes`` (default: what the logits take;
-    :func:`~.memory_plan.plan_class_groups`), each group's maps handed to ``on_heatmap`` before the
+    :func:`~.memory_plan.plan_map_groups`), each group's maps handed to ``on_heatmap`` before the
     next group's are made. Other arguments as :func:`SegGradCAMLib.inference.explain_volume`.
     """
     step, request = progress or (lambda stage, done, total: None), request or TargetRequest()
@@ -353,12 +356,3 @@ def explain_nnunet(
     result.masks, result.findings, result.reliance = first.masks, targets.findings, targets.reliance
     result.class_groups = groups.report()
     return result
-
-
-def _class_groups(padded: torch.Tensor, heads: int, loop: _Loop, max_bytes: int | None) -> ClassGroups:
-    """How many targets to explain at once on the ``padded`` volume ``(Cin, *S)``: each one's maps
-    (every layer's and input channel's, float32) and its uint8 region, against the float32 logits
-    ``(heads, *S)`` the first group stitches."""
-    voxels = padded[0].numel()
-    maps = len(loop.layers) + (padded.shape[0] if loop.input_gradients else 0)
-    return plan_class_groups(len(loop.channels), voxels * (4 * maps + 1), voxels * 4 * heads, "cpu", max_bytes)

@@ -12,8 +12,10 @@ more than half the free memory; each further group runs the network's windows ag
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .errors import SegGradCAMError
 
@@ -100,3 +102,21 @@ def plan_class_groups(
     size = max(1, min(targets, limit // max(bytes_per_target, 1)))
     why = f"the maps of one target take {_size(bytes_per_target)}; a group takes at most {what} ({_size(limit)})"
     return ClassGroups(targets, size, bytes_per_target, why)
+
+
+def plan_map_groups(
+    targets: int,
+    volume: Sequence[int],
+    layers: int,
+    input_gradients: int,
+    heads: int,
+    max_bytes: int | None,
+    region_bytes: int = 0,
+) -> ClassGroups:
+    """:func:`plan_class_groups` of ``targets`` on the CPU, each one's maps float32 volumes of
+    spatial shape ``volume`` (one per layer, one per input channel's ``|input x gradient|``:
+    ``input_gradients`` of them) and its region ``region_bytes`` a voxel, against the float32
+    logits ``(heads, *volume)`` a pass holds."""
+    voxels = math.prod(volume)
+    per_target = voxels * (4 * (layers + input_gradients) + region_bytes)
+    return plan_class_groups(targets, per_target, voxels * 4 * heads, "cpu", max_bytes)

@@ -30,11 +30,9 @@ class PredictedRegions:
     classes: list[int]
 
     @classmethod
-    def of(cls, logits: torch.Tensor, classes: Sequence[int], planes: int = 8) -> "PredictedRegions":
-        """From stitched logits ``(C, Z, Y, X)``, ``planes`` planes at a time (no copy of them)."""
-        depth = logits.shape[1]
-        labels = torch.cat([label_map(logits[:, z : z + planes], 0) for z in range(0, depth, planes)])
-        return cls(labels.to(torch.int16), list(classes))
+    def of(cls, logits: torch.Tensor, classes: Sequence[int]) -> "PredictedRegions":
+        """From stitched logits ``(C, Z, Y, X)``."""
+        return cls(label_map(logits, 0).to(torch.int16), list(classes))
 
     def __getitem__(self, group: slice) -> "PredictedRegions":
         """The regions of a group of the targets."""
@@ -58,7 +56,7 @@ class VolumeRunner:
         self.device, self.progress, self.cancel, self.amp = device, progress, cancel, amp
         self.batch_size = batch_size
         self.input_gradients = False  # also |input x gradient| per channel (channel reliance)
-        self.stitch_logits = True  # sliding windows: stitch the logits too (False: the labels are known)
+        self.stitch_logits = True  # sliding windows: stitch the logits too (see begin_group)
         self.stage = "windows" if model.spec.spatial_dims == 3 else "slices"
         self.cam_passes = 1  # forward passes with CAMs per group of targets, each with len(classes) backward steps
         self.cam_passes_done = 0
@@ -68,10 +66,11 @@ class VolumeRunner:
         if self.cancel is not None and self.cancel():
             raise CancelledError("Cancelled by the user.")
 
-    def begin_group(self, number: int, sizes: Sequence[int]) -> None:
+    def begin_group(self, number: int, sizes: Sequence[int], stitch_logits: bool) -> None:
         """The passes of group ``number`` of the groups of ``sizes`` targets follow (progress counts on
-        over the groups)."""
+        over the groups), sliding windows stitching the logits too when ``stitch_logits``."""
         self.group, self.group_sizes, self.cam_passes_done = number, list(sizes), 0
+        self.stitch_logits = stitch_logits
 
     def _step(self, done: int, total: int, stage: str | None = None) -> None:
         """Report a step of ``stage`` (default: windows or slices, counted over the groups) and stop if

@@ -225,9 +225,16 @@ def calls_per_case(maps: int, step: float, targets: int = 1, regions: bool = Fal
 
 
 def summarise(
-    maps: dict[str, _Curves], randoms: list[_Curves], mask: _Curves, step: float, cases: int, perturbation: str
+    maps: dict[str, _Curves],
+    randoms: list[_Curves],
+    mask: _Curves,
+    step: float,
+    cases: int,
+    perturbation: str,
+    within: str = "",
 ) -> dict[str, dict]:
-    """explain.json's ``faithfulness`` for each map (AUCs averaged over the cases)."""
+    """explain.json's ``faithfulness`` for each map (AUCs averaged over the cases); ``within``: where
+    the voxels were perturbed (e.g. ``10 mm of the target``; empty: everywhere)."""
     random_means = np.array([r.means() for r in randoms])  # (orderings, 2)
     random = {
         "deletion_mean": float(random_means[:, 0].mean()),
@@ -239,7 +246,8 @@ def summarise(
     mask_deletion, mask_insertion = mask.means()
     mask_entry = {"deletion_auc": mask_deletion, "insertion_auc": mask_insertion}
     steps = len(step_fractions(step)) - 1
-    within = perturbation.partition(" within ")[2]
+    if within:
+        perturbation = f"{perturbation} within {within}"
     basis = (
         f"Deletion and Insertion, {steps} steps{f' of the voxels within {within}' if within else ''}, "
         f"{len(randoms)} random orderings, "
@@ -326,9 +334,9 @@ def explanation_faithfulness(
     results = {}
     for target, curves in pooled.items():
         positions = [p for p, held in on_case.items() if any(t == target for t, _, _ in held)]
-        within = f" within {neighbourhood_mm:g} mm of the target" if any(regional[p] for p in positions) else ""
-        perturbation = f"blur {DEFAULT_SIGMA_MM:g} mm{within}"
-        summary = summarise(curves.maps, curves.randoms, curves.mask, step, len(positions), perturbation)
+        within = f"{neighbourhood_mm:g} mm of the target" if any(regional[p] for p in positions) else ""
+        perturbation = f"blur {DEFAULT_SIGMA_MM:g} mm"
+        summary = summarise(curves.maps, curves.randoms, curves.mask, step, len(positions), perturbation, within)
         for layer, entry in summary.items():
             results[(target, layer)] = {**entry, "network_calls": sum(case_calls[p] for p in positions)}
     return results

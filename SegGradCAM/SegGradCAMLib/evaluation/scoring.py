@@ -195,7 +195,7 @@ def evaluate_case(
         if not mask.any():
             continue
         scorer = ClassScorer(network, c, mask, spec.output_activation, config.device, budget=budget)
-        region = neighbourhood(mask, case.spacing, config.neighbourhood_mm)
+        region = neighbourhood(mask, case.spacing, config.neighbourhood_mm) if curves else None
         end = replaced_within(image, replacement, region)
         ends = scorer(torch.stack([image, end])) if curves else None
         seed = case_seed(config.seed, *keys, c, *([] if finding is None else [finding]))
