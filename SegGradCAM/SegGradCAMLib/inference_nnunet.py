@@ -146,31 +146,35 @@ def _windows(model: LoadedModel, predictor, shape: Sequence[int]) -> _Windows:
 
 
 class _LogitSums:
-    """The stitched logits ``(C, *S)`` of a pass over the windows, Gaussian-weighted sums (float32:
-    in float16 the Gaussian's smallest weights at a window's corner vanish and the sum there with
-    them, while its weight does not); when ``votes`` counts the folds' and mirrorings' labels, also
-    each mirroring's and fold's own sum."""
+    """The stitched logits ``(C, *S)`` of a pass over the windows, float16 as nnU-Net keeps them:
+    each window adds its logits times its Gaussian's share of the voxel's summed weight (so the sum
+    is the stitched logits themselves, and a window corner's small Gaussian weights are not lost in
+    half precision: where one window covers a voxel its share is 1); when ``votes`` counts the folds'
+    and mirrorings' labels, also each mirroring's and fold's own stitched logits."""
 
-    def __init__(self, heads: int, shape: Sequence[int], votes: Disagreement | None, flips: int) -> None:
-        self.votes, self.flips = votes, flips
-        self.total = torch.zeros((heads, *shape))
-        self.fold = self.total if votes is None else torch.zeros_like(self.total)  # a fold's sum
+    def __init__(self, heads: int, shape: Sequence[int], votes: Disagreement | None, flips: int, folds: int) -> None:
+        self.votes, self.flips, self.folds = votes, flips, folds
+        self.total = torch.zeros((heads, *shape), dtype=torch.float16)
+        self.fold = self.total if votes is None else torch.zeros_like(self.total)  # a fold's own
         self.mirroring = torch.zeros_like(self.total) if votes is not None and flips > 1 else self.fold
+        # a window's weight in the buffer it goes to: a mirroring's own, a fold's mean, or the mean of all
+        self.scale = 1.0 if self.mirroring is not self.fold else 1.0 / (flips * (1 if votes else folds))
 
-    def add(self, spatial: tuple, logits: torch.Tensor, gaussian: torch.Tensor) -> None:
-        """One window's logits ``(C, *patch)`` at ``spatial``."""
-        self.mirroring[spatial] += logits * gaussian / self.flips
+    def add(self, spatial: tuple, logits: torch.Tensor, share: torch.Tensor) -> None:
+        """One window's logits ``(C, *patch)`` float32 at ``spatial`` (scaled in place), its Gaussian's
+        share ``(*patch)`` of each voxel's summed weight."""
+        self.mirroring[spatial] += logits.mul_(share * self.scale)
 
-    def end_mirroring(self, weights: torch.Tensor) -> None:
+    def end_mirroring(self) -> None:
         if self.votes is not None and self.mirroring is not self.fold:  # a mirroring's own label
-            self.votes.add_mirroring(self.mirroring * self.flips / weights)
-            self.fold += self.mirroring
+            self.votes.add_mirroring(self.mirroring)
+            self.fold += self.mirroring / self.flips
             self.mirroring.zero_()
 
-    def end_fold(self, weights: torch.Tensor) -> None:
+    def end_fold(self) -> None:
         if self.votes is not None:
-            self.votes.add_fold(self.fold / weights)
-            self.total += self.fold
+            self.votes.add_fold(self.fold)
+            self.total += self.fold / self.folds
             self.fold.zero_()
 
 
@@ -202,27 +206,27 @@ def _stitch_windows(
                 for name, m in window_maps.items():
                     if name not in maps:
                         maps[name] = torch.zeros((len(loop.channels), *padded.shape[1:]))
-                    maps[name][spatial] += m * gaussian / len(flips)
+                    maps[name][spatial].addcmul_(m, gaussian, value=1 / len(flips))
                 if sums is not None:
-                    sums.add(spatial, window_logits, gaussian)
+                    sums.add(spatial, window_logits, gaussian / weights[window[1:]])
             if sums is not None:
-                sums.end_mirroring(weights)
+                sums.end_mirroring()
         if sums is not None:
-            sums.end_fold(weights)
+            sums.end_fold()
     for m in maps.values():
         m /= weights * folds
     return maps
 
 
-def _agreement(model: LoadedModel, sums: torch.Tensor, norm: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """How our stitched logits (Gaussian-weighted ``sums`` ``(C, *S)`` over their weights ``norm``
-    ``(*S)``) agree with nnU-Net's own ``reference`` ``(C, *S)`` (float16, as nnU-Net keeps them):
-    logits, probabilities, labels; computed a few planes at a time (no extra volume is made)."""
+def _agreement(model: LoadedModel, stitched: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """How our ``stitched`` logits ``(C, *S)`` agree with nnU-Net's own ``reference`` ``(C, *S)`` (both
+    float16, as nnU-Net keeps them): logits, probabilities, labels; computed a few planes at a time
+    (no extra volume is made)."""
     label_manager = model.nnunet_parts().label_manager
     logits = probabilities = equal = 0.0
-    for z in range(0, sums.shape[1], AGREEMENT_PLANES):
+    for z in range(0, stitched.shape[1], AGREEMENT_PLANES):
         planes = slice(z, z + AGREEMENT_PLANES)
-        pair = [sums[:, planes].float() / norm[planes], reference[:, planes].float()]
+        pair = [stitched[:, planes].float(), reference[:, planes].float()]
         logits = max(logits, float((pair[0] - pair[1]).abs().max()))
         p = [label_manager.apply_inference_nonlin(values) for values in pair]
         probabilities = max(probabilities, float((p[0] - p[1]).abs().max()))
@@ -231,7 +235,7 @@ def _agreement(model: LoadedModel, sums: torch.Tensor, norm: torch.Tensor, refer
     return {
         "stitched_logits_max_difference_to_nnunet": logits,
         "probabilities_max_difference_to_nnunet": probabilities,
-        "labels_equal_to_nnunet": equal / sums[0].numel(),
+        "labels_equal_to_nnunet": equal / stitched[0].numel(),
     }
 
 
@@ -276,14 +280,14 @@ def _explain_groups(
     for number, group in enumerate(groups.ranges()):
         regions = first.targets.regions[group.start : group.stop].to(torch.uint8)
         targets, _ = pad_nd_image(regions, patch, "constant", {"value": 0}, True, None)
-        sums = _LogitSums(reference.shape[0], padded.shape[1:], votes, flips) if number == 0 else None  # once
+        sums = _LogitSums(reference.shape[0], padded.shape[1:], votes, flips, folds) if number == 0 else None
         group_loop = replace(loop, channels=[first.channels[t] for t in group])
         maps = _stitch_windows(
             model, windows, padded, targets, group_loop, sums, lambda: loop.step("windows", next(steps), total)
         )
         del regions, targets
         if sums is not None:
-            checks = _agreement(model, sums.total[crop], (windows.weights * folds)[crop[1:]], reference)
+            checks = _agreement(model, sums.total[crop], reference)
             del sums
         on_group(group, {name: m[crop] for name, m in maps.items()})
         del maps
