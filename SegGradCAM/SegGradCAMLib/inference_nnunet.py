@@ -97,7 +97,7 @@ def _flips(model: LoadedModel, mirror: bool) -> list[tuple[int, ...]]:
 
 
 def _window(model: LoadedModel, loop: _Loop, image: torch.Tensor, target: torch.Tensor, axes: tuple[int, ...]):
-    """One window ``(1, Cin, *patch)`` with its targets ``(1, n, *patch)`` (nonzero inside) explained
+    """One window ``(1, Cin, *patch)`` with its targets ``(1, n, *patch)`` bool explained
     through the mirroring ``axes``, flipped back, on the CPU: maps name -> ``(n, *patch)``, logits
     ``(C, *patch)``."""
     image, target = image.to(loop.device), target.to(loop.device)
@@ -109,7 +109,7 @@ def _window(model: LoadedModel, loop: _Loop, image: torch.Tensor, target: torch.
         loop.layers,
         loop.channels,
         loop.method,
-        regions=target > 0,
+        regions=target,
         upsample=True,
         input_gradients=loop.input_gradients,
     )
@@ -187,7 +187,7 @@ def _stitch_windows(
     sums: _LogitSums | None,
     tick: Callable[[], None],
 ) -> dict[str, torch.Tensor]:
-    """CAMs of one group of targets ``targets`` ``(n, *S)`` uint8 (output channels ``loop.channels``)
+    """CAMs of one group of targets ``targets`` ``(n, *S)`` bool (output channels ``loop.channels``)
     for every fold, mirroring and window of ``padded`` ``(Cin, *S)``, stitched with nnU-Net's Gaussian
     and averaged: maps name -> ``(n, *S)``; the windows' logits added to ``sums`` when given. ``tick``
     after each window."""
@@ -266,8 +266,8 @@ def _explain_groups(
     crop = (slice(None), *revert[1:])
     windows = _windows(model, predictor, padded.shape[1:])
     gradients = padded.shape[0] if loop.input_gradients else 0
-    groups = plan_map_groups(  # each target's maps and its uint8 region, against the first group's logits
-        len(loop.channels), padded.shape[1:], len(loop.layers), gradients, reference.shape[0], max_group_bytes, 1
+    groups = plan_map_groups(  # each target's maps and its bool region, against the stitched float16 logits
+        len(loop.channels), padded.shape[1:], len(loop.layers), gradients, reference.shape[0], max_group_bytes, 1, 2
     )
     votes = None
     if first.uncertainty is not None and (folds > 1 or flips > 1):
@@ -278,8 +278,8 @@ def _explain_groups(
     steps, total = itertools.count(), len(groups.ranges()) * folds * flips * len(windows.slicers)
     checks: dict[str, float] = {}
     for number, group in enumerate(groups.ranges()):
-        regions = first.targets.regions[group.start : group.stop].to(torch.uint8)
-        targets, _ = pad_nd_image(regions, patch, "constant", {"value": 0}, True, None)
+        regions = first.targets.regions[group.start : group.stop]
+        targets, _ = pad_nd_image(regions, patch, "constant", {"value": 0}, True, None)  # a view if not padded
         sums = _LogitSums(reference.shape[0], padded.shape[1:], votes, flips, folds) if number == 0 else None
         group_loop = replace(loop, channels=[first.channels[t] for t in group])
         maps = _stitch_windows(

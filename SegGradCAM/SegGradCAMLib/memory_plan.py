@@ -112,11 +112,12 @@ def plan_map_groups(
     heads: int,
     max_bytes: int | None,
     region_bytes: int = 0,
+    logit_bytes: int = 4,
 ) -> ClassGroups:
     """:func:`plan_class_groups` of ``targets`` on the CPU, each one's maps float32 volumes of
     spatial shape ``volume`` (one per layer, one per input channel's ``|input x gradient|``:
-    ``input_gradients`` of them) and its region ``region_bytes`` a voxel, against the float32
-    logits ``(heads, *volume)`` a pass holds."""
+    ``input_gradients`` of them) and its region ``region_bytes`` a voxel, against the logits
+    ``(heads, *volume)`` a pass holds, ``logit_bytes`` a value (float32: 4, nnU-Net's float16: 2)."""
     voxels = math.prod(volume)
     per_target = voxels * (4 * (layers + input_gradients) + region_bytes)
-    return plan_class_groups(targets, per_target, voxels * 4 * heads, "cpu", max_bytes)
+    return plan_class_groups(targets, per_target, voxels * logit_bytes * heads, "cpu", max_bytes)
