@@ -5,9 +5,10 @@ An explanation holds each target's map on the network's grid while its windows a
 many targets (100 classes, a finding per lesion) or several layers those maps outgrow what the
 network's own prediction holds, so the targets are explained in groups: one group's maps are made,
 brought to the input grid and handed on (written) before the next group's are made. A group holds
-at most as many bytes of maps as the logits the prediction holds anyway (an nnU-Net of ``C``
-classes holds ``C`` logit volumes, so one layer's maps of every class fit in one group), and never
-more than half the free memory; each further group runs the network's windows again.
+at most as many bytes of maps as the logits the pass holds anyway (``C`` classes: ``C`` logit volumes,
+so one layer's maps of every class fit in one group against float32 logits, of half of them against
+nnU-Net's float16 ones), and never more than half the free memory; each further group runs the
+network's windows again.
 """
 
 from __future__ import annotations
