@@ -397,6 +397,27 @@ def test_evaluate_on_a_list_reports_reading_then_cases(cohort, tmp_path):
     assert ("read", 1, 1) in steps and steps.index(("read", 1, 1)) < steps.index(("cases", 0, 1))
 
 
+def test_an_evaluate_cohort_of_a_2d_model_from_before_the_3d_neighbourhood_is_resumed(cohort, tmp_path):
+    """``--neighbourhood-mm`` changes what 3D models measure only: a 2D model's cohort folder recorded
+    before the option existed resumes (its finished case is kept), a 3D model's options name it."""
+    from SegGradCAMLib.cohort.tasks import EvaluateTask
+    from SegGradCAMLib.evaluation.scoring import EvalConfig
+
+    one = tmp_path / "one.txt"
+    one.write_text(cohort["list"].read_text().splitlines()[0].replace("case_0/", f"{cohort['root']}/case_0/") + "\n")
+    argv = ["evaluate", "--data", str(one), *MODEL, *EVALUATE, "--out", str(tmp_path / "e"), "--quiet"]
+    assert run_cli(*argv).returncode == 0
+    state = tmp_path / "e" / "cohort.json"
+    recorded = json.loads(state.read_text())
+    recorded["options"].pop("neighbourhood_mm", None)  # as the release before recorded them
+    state.write_text(json.dumps(recorded))
+    again = run_cli(*argv)
+    assert again.returncode == 0, again.stderr
+    assert (last_run(tmp_path / "e")["skipped"], last_run(tmp_path / "e")["done"]) == (1, 0)
+    volume = EvaluateTask("m", False, EvalConfig(), 5, 10**9, volumes=True).fingerprint()
+    assert volume["neighbourhood_mm"] == "10.0"
+
+
 def test_the_library_entry_runs_a_cohort_and_says_what_it_did(cohort, tmp_path):
     from SegGradCAMLib import ExplainOptions, explain
     from SegGradCAMLib.reports import CohortSummary

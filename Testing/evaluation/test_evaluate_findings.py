@@ -118,7 +118,7 @@ def test_a_3d_volume_is_one_case_carrying_its_findings_padded(tmp_path):
 
 def fingerprint(findings: FindingRequest | None) -> dict:
     """What an evaluate cohort records of its options, with these finding limits."""
-    return EvaluateTask("m", False, EvalConfig(findings=findings), 5, 10).fingerprint()
+    return EvaluateTask("m", False, EvalConfig(findings=findings), 5, 10, volumes=True).fingerprint()
 
 
 def test_an_evaluate_cohort_records_findings_only_when_asked():

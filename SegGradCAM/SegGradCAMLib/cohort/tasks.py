@@ -100,6 +100,7 @@ class EvaluateTask:
     config: object  # EvalConfig
     max_slices: int
     max_voxels: int  # refused, not a different result: not in the fingerprint
+    volumes: bool  # a 3D model: 2D models perturb whole slices, their neighbourhood_mm changes nothing
     command = "evaluate"
     done_file = "evaluation.json"
 
@@ -109,10 +110,11 @@ class EvaluateTask:
     def fingerprint(self) -> dict:
         from ..evaluation.scoring import config_dict
 
+        ignored = {"device", "max_memory_gb", *(() if self.volumes else ("neighbourhood_mm",))}
         return {
             "model": self.model,
             "max_slices": self.max_slices,
-            **{k: str(v) for k, v in config_dict(self.config).items() if k not in ("device", "max_memory_gb")},
+            **{k: str(v) for k, v in config_dict(self.config).items() if k not in ignored},
         }
 
     def run(self, case: CohortCase, folder: Path) -> dict:
@@ -186,7 +188,8 @@ def evaluate_cohort(run, progress=None):
     if progress is not None:
         progress("read", 1, 1)
     config = dataclasses.replace(run.config, device=cohort_device(options.engine, options.device))
-    task = EvaluateTask(options.model, options.trust_model, config, options.max_slices, options.max_voxels)
+    volumes = run.pipeline.model.spec.spatial_dims == 3
+    task = EvaluateTask(options.model, options.trust_model, config, options.max_slices, options.max_voxels, volumes)
     ran = run_cohort(task, cases, Path(options.out), options.engine, progress)
     run.timings["evaluate_s"] = ran.seconds
     parts = [load_result(task.folder(Path(options.out), c.id)) for c in cases if c.id not in ran.failed]
