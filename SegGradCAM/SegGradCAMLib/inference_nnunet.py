@@ -158,7 +158,7 @@ class _LogitSums:
         self.fold = self.total if votes is None else torch.zeros_like(self.total)  # a fold's own
         self.mirroring = torch.zeros_like(self.total) if votes is not None and flips > 1 else self.fold
         # a window's weight in the buffer it goes to: a mirroring's own, a fold's mean, or the mean of all
-        self.scale = 1.0 if self.mirroring is not self.fold else 1.0 / (flips * (1 if votes else folds))
+        self.scale = 1.0 if self.mirroring is not self.fold else 1.0 / (flips * (1 if votes is not None else folds))
 
     def add(self, spatial: tuple, logits: torch.Tensor, share: torch.Tensor) -> None:
         """One window's logits ``(C, *patch)`` float32 at ``spatial`` (scaled in place), its Gaussian's
