@@ -1,4 +1,4 @@
-"""GPU checks: the engine on CUDA against the CPU, and 100 classes of nnU-Net's network on a 256^3 volume.
+"""GPU checks: the engine on CUDA against the CPU, and 100 (or 117) classes of nnU-Net's network on a 256^3 volume.
 
 One script for one short run on a lent GPU machine (NVIDIA H100/H200; it falls back to the CPU when
 CUDA is missing, which is how it is tested here). Each part runs in a fresh process; results are
@@ -17,15 +17,17 @@ Parts:
   against device: label agreement, map differences, timings, peak GPU memory.
 - ``many``: a random-weight nnU-Net as nnU-Net's planner configured it for the demo data (plans.json
   of the shipped model, 3d_fullres, 2 channels, 8-64 features, patch 48x64x64) built for 100
-  foreground labels, written as a trained-model folder (``fold_0/checkpoint_final.pth`` with
-  ``network_weights``, read back by the project's safe loader); all 100 classes explained by
+  foreground labels (``--many-classes 117``: issue 25's row, TotalSegmentator's ``total`` task),
+  written as a trained-model folder (``fold_0/checkpoint_final.pth`` with
+  ``network_weights``, read back by the project's safe loader); every class explained by
   ``explain_nnunet`` on a synthetic two-channel volume at the plans' spacing: wall time, time per
   window and class, peak GPU memory, host peak resident memory, and nnU-Net's plain prediction of
   the same volume (its predictor, ``perform_everything_on_device`` off as in our path, and on, its
   GPU default) for the ratio. A calibration run on 96x128x128 (27 windows) comes first; the whole
   256^3 volume (490 windows) runs when its estimate fits ``--big-limit-s`` and the time left,
   else the largest fitting slab Z x 256 x 256, extrapolated to 256^3 (window loop by windows, the
-  rest by voxels).
+  rest by voxels). The summary's last line sets it against issue 25's targets (117 classes: host
+  <= 16 GB, GPU <= 24 GB; 100 classes: <= 3x nnU-Net's prediction with export).
 
 SimpleITK (nnU-Net's image reader for these plans) is not installed on the GPU machine and its
 wheel does not fit the transfer limit: when it is missing, an empty ``SimpleITK`` module stands in
@@ -81,7 +83,7 @@ FULL = (256, 256, 256)
 CALIBRATION = (96, 128, 128)
 SMALL_CALIBRATION = (48, 64, 64)  # one window (--small, CPU test)
 SMALL_BIG = (48, 64, 96)  # two windows
-MANY_LABELS = 101  # background + 100
+MANY_CLASSES = 100  # --many-classes: 117 for TotalSegmentator's `total` task (issue 25's memory row)
 NNUNET_DEMO_LAYERS = ["decoder.stages.2", "decoder.stages.3"]
 STUBBED_SIMPLEITK: list[str] = []  # attributes looked up on the stand-in (must stay empty)
 
@@ -486,7 +488,7 @@ def synthetic_volume(shape, seed: int = 0):
 
 
 def part_many(args) -> dict:
-    """All 100 classes of the many-label network on a synthetic volume of ``args.shape``."""
+    """All ``args.many_classes`` classes of the many-label network on a synthetic volume of ``args.shape``."""
     stub_simpleitk_if_missing()
     install_array_reader()
     import numpy as np
@@ -504,14 +506,14 @@ def part_many(args) -> dict:
     report = {
         "device": device,
         "shape": list(shape),
-        "labels": MANY_LABELS,
-        "classes": MANY_LABELS - 1,
+        "labels": args.many_classes + 1,
+        "classes": args.many_classes,
         "windows_expected": windows_of(shape),
         "torch_threads": torch.get_num_threads(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        folder = make_many_label_folder(Path(tmp), MANY_LABELS)
+        folder = make_many_label_folder(Path(tmp), args.many_classes + 1)
         files = write_channels(Path(tmp) / "input", synthetic_volume(shape))
         model = load_model(str(folder), device=device)
         layer = model.chosen_layers("auto")[0]
@@ -522,7 +524,7 @@ def part_many(args) -> dict:
         patch = tuple(model.nnunet.configuration_manager.patch_size)
         x = torch.randn(1, 2, *patch, device=device)
         if device == "cuda":  # on the CPU (the --small test) nothing to warm up
-            seg_grad_cam(model.network, x, layer, list(range(1, MANY_LABELS)), upsample=True)
+            seg_grad_cam(model.network, x, layer, list(range(1, args.many_classes + 1)), upsample=True)
             with torch.no_grad():
                 model.network(x)
             torch.cuda.synchronize()
@@ -548,7 +550,7 @@ def part_many(args) -> dict:
 
         kept = {"maps": 0, "max_raw": []}
 
-        def on_heatmap(heatmap, labels) -> None:  # maps are not kept (100 x the volume): count and note maxima
+        def on_heatmap(heatmap, labels) -> None:  # maps are not kept (every class x the volume): count and note maxima
             kept["maps"] += 1
             kept["max_raw"].append(heatmap.raw_max)
 
@@ -625,6 +627,7 @@ def run_part(name: str, args, timeout: float, extra: list[str] | None = None) ->
     """``name`` in a fresh interpreter; its last stdout line is the JSON result. A part that fails or
     runs past ``timeout`` gives its error (and stderr tail) instead."""
     command = [sys.executable, str(Path(__file__).resolve()), "--part", name, *(extra or [])]
+    command += ["--many-classes", str(args.many_classes)]
     if args.small:
         command.append("--small")
     start = time.perf_counter()
@@ -682,6 +685,9 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated parts to skip (env, demo2d, nnunet_demo, many)")
     parser.add_argument(
         "--make-data", action="store_true", help=f"write {DATA.relative_to(ROOT)} (needs the demo data sources)"
+    )
+    parser.add_argument(
+        "--many-classes", type=int, default=MANY_CLASSES, help="classes of the many-label network (117: issue 25's row)"
     )
     parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="x".join(map(str, CALIBRATION)), help=argparse.SUPPRESS)
@@ -823,6 +829,12 @@ def summary(report: dict) -> list[str]:
         )
         if "extrapolated_to_256" in m:
             lines.append(f"{key} extrapolated to 256^3: {m['extrapolated_to_256']}")
+        if key == "many_big":  # issue 25: 117 classes on 256^3 in 16 GB host, 24 GB GPU; 100 classes <= 3x
+            lines.append(
+                f"issue 25 targets, {m['classes']} classes: host peak {e['host_peak_rss_mb']} MiB (<= 16384), "
+                f"GPU peak {e.get('gpu_peak_allocated_mb')} MiB (<= 24576), explain/plain "
+                f"{m['ratio_explain_to_plain_total']} (<= 3)"
+            )
     return lines
 
 

@@ -146,17 +146,18 @@ def _class_chunk(acts: Sequence[torch.Tensor], n_classes: int) -> int:
     return max(1, min(n_classes, int(free // 4 // max(per_class, 1))))
 
 
-def _class_gradients(scores: torch.Tensor, acts: Sequence[torch.Tensor], last: bool) -> list[torch.Tensor]:
-    """Gradients of each of ``scores`` ``(k,)`` with respect to each activation: one
+def _class_gradients(scores: Sequence[torch.Tensor], acts: Sequence[torch.Tensor], last: bool) -> list[torch.Tensor]:
+    """Gradients of each of the ``k`` scores (0-d) with respect to each activation: one
     ``(k, *act.shape)`` tensor per activation, in one backward pass (zeros where unused)."""
     grads: Sequence[torch.Tensor | None]
     if len(scores) == 1:
         grads = torch.autograd.grad(scores[0], acts, retain_graph=not last, allow_unused=True)
         grads = [None if g is None else g[None] for g in grads]
     else:
-        eye = torch.eye(len(scores), device=scores.device, dtype=scores.dtype)
+        stacked = torch.stack(list(scores))
+        eye = torch.eye(len(scores), device=stacked.device, dtype=stacked.dtype)
         grads = torch.autograd.grad(
-            scores, acts, grad_outputs=eye, retain_graph=not last, allow_unused=True, is_grads_batched=True
+            stacked, acts, grad_outputs=eye, retain_graph=not last, allow_unused=True, is_grads_batched=True
         )
     return [
         torch.zeros((len(scores), *a.shape), device=a.device, dtype=a.dtype) if g is None else g
@@ -266,14 +267,17 @@ def _target_regions(logits: torch.Tensor, classes: list[int], regions: torch.Ten
     return regions.to(device=logits.device, dtype=torch.bool)
 
 
-def _target_scores(logits: torch.Tensor, classes: list[int], regions: torch.Tensor) -> torch.Tensor:
-    """Each target's score, its class logit summed over its region and the batch: ``(len(classes),)``.
-    One target at a time, so no ``(B, len(classes), *S)`` float copy is made (findings add many targets)."""
-    return torch.stack([torch.where(regions[:, t], logits[:, c].float(), 0.0).sum() for t, c in enumerate(classes)])
+def _target_scores(logits: torch.Tensor, classes: list[int], regions: torch.Tensor) -> list[torch.Tensor]:
+    """Each target's score, its class logit summed over its region and the batch: one 0-d tensor per
+    target. One target at a time, so no ``(B, len(classes), *S)`` float copy is made (findings add many
+    targets), and not stacked: a backward pass from one score then runs through its own sum only (from
+    a stacked vector it ran through every target's, each class's pass costing as many volume-sized
+    operations as there are targets: 4.5 s a class for 117 classes on one 48x64x64 nnU-Net window)."""
+    return [torch.where(regions[:, t], logits[:, c].float(), 0.0).sum() for t, c in enumerate(classes)]
 
 
 def _backward_maps(
-    scores: torch.Tensor,
+    scores: Sequence[torch.Tensor],
     acts: list[torch.Tensor],
     weights: Callable,
     relu: bool,
@@ -282,7 +286,7 @@ def _backward_maps(
     inputs: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """One map ``(len(scores), B, *s)`` per activation ``(B, K, *s)``, from the gradients of each
-    target score (``scores`` ``(len(classes),)``), ``class_batch`` classes per backward pass; with
+    target score (``scores``: one 0-d tensor per class), ``class_batch`` classes per backward pass; with
     ``inputs`` ``(B, Cin, *S)`` (requiring gradients) also ``|inputs x gradient|`` ``(len(scores), B, Cin, *S)``."""
     n_classes = len(scores)
     maps: list[list[torch.Tensor]] = [[] for _ in acts]
