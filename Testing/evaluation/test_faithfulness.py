@@ -159,7 +159,8 @@ def straightforward_aucs(network, image, replacement, target: CaseTarget, step: 
 
 def assert_shared_equals_straightforward(network, image, replacement, targets, step):
     """:func:`score_case` (every target from the same calls, random Insertion from the reversed
-    Deletion calls, batched) against :func:`straightforward_aucs`, within 1e-5; the calls counted."""
+    Deletion calls, batched, through the scoring network: a channels-last copy for a 3D network)
+    against :func:`straightforward_aucs` (the network itself), within 1e-5; the calls counted."""
     calls = []
     shared = score_case(network, image, replacement, targets, "softmax", "cpu", step, seed=3, scored=calls.append)
     assert sum(calls) == calls_per_case(len(targets[0].maps), step, len(targets), targets[0].region is not None)

@@ -42,6 +42,7 @@ from .deletion_insertion import (
     step_fractions,
 )
 from .sanity import random_heatmap
+from .scoring_network import scoring_network
 
 RANDOM_ORDERINGS = 5
 DEFAULT_STEP = 0.05  # of a 2D slice
@@ -126,9 +127,11 @@ def score_case(
     the Deletion curve of the reversed ordering read backwards (restoring the top-ranked ``k``
     voxels of the reversed ordering gives the input that deleting the top ``N - k`` gives), so the
     random orderings cost Deletion calls only. Perturbed inputs go through the network as many at
-    a time as the scorer's memory budget holds, at most ``batch_size``; ``scored(n)`` after each
-    call of ``n`` inputs (:func:`calls_per_case` in all)."""
-    scorer = TargetsScorer(network, [(t.class_index, t.mask) for t in targets], activation, device, batch_size)
+    a time as the scorer's memory budget holds, at most ``batch_size``, through
+    :func:`~.scoring_network.scoring_network`; ``scored(n)`` after each call of ``n`` inputs
+    (:func:`calls_per_case` in all)."""
+    masks = [(t.class_index, t.mask) for t in targets]
+    scorer = TargetsScorer(scoring_network(network, device), masks, activation, device, batch_size)
     everywhere = targets[0].region is None
     assert all((t.region is None) == everywhere for t in targets), "a case's targets all have regions, or none"
     ends = scorer(torch.stack([image, replacement]) if everywhere else image[None])[0]  # (2 or 1, T)

@@ -36,6 +36,7 @@ from .finding_targets import shown_findings, shown_regions
 from .memory import MemoryBudget
 from .road import road
 from .sanity import baseline_heatmap, cascading_randomisation
+from .scoring_network import scoring_network
 from .statistics import NO_LAYER, group_name
 
 
@@ -132,6 +133,7 @@ class _ClassTarget:
 
 
 def _row(
+    network: torch.nn.Module,
     case: EvalCase,
     target: _ClassTarget,
     mask: torch.Tensor,
@@ -144,8 +146,8 @@ def _row(
     result: EvalResult,
 ) -> dict:
     """The metrics of one explanation ``heat`` ``(*S)`` of one class or finding of one case (curves,
-    under its group, and randomisation steps go into ``result``)."""
-    network, image = target.scorer.network, target.image
+    under its group, and randomisation steps of ``network`` go into ``result``)."""
+    image = target.image
     row = {"case": case.name, **target.columns, "method": method, "layer": layer, "mask_voxels": int(mask.sum())}
     row.update(_score_explanation(target, heat, (group_name(row), method, layer), config, result))
     energy = heatmap_energy_fractions(heat.numpy(), mask.numpy(), case.spacing, config.shell_mm)
@@ -188,13 +190,14 @@ def evaluate_case(
     replacement = make_baseline(image, case.spacing, config.baseline, config.sigma_mm)
     curves = bool({"deletion", "insertion"} & set(config.metrics))
     budget = MemoryBudget(config.batch_size, config.max_memory_gb)  # shared by the case's targets
+    scoring = scoring_network(network, config.device)
     gallery = {"case": case.name, "image": image[0].numpy(), "classes": {}}
     for target, finding, explanations in targets:
         c = target.class_index
         mask = target.mask(case, labels)
         if not mask.any():
             continue
-        scorer = ClassScorer(network, c, mask, spec.output_activation, config.device, budget=budget)
+        scorer = ClassScorer(scoring, c, mask, spec.output_activation, config.device, budget=budget)
         region = neighbourhood(mask, case.spacing, config.neighbourhood_mm) if curves else None
         end = replaced_within(image, replacement, region)
         ends = scorer(torch.stack([image, end])) if curves else None
@@ -210,7 +213,7 @@ def evaluate_case(
                 "maps": {k: v.numpy() for k, v in explanations.items()},
             }
         for (method, layer), heat in explanations.items():
-            result.rows.append(_row(case, scored, mask, c, method, layer, heat, stages, config, result))
+            result.rows.append(_row(network, case, scored, mask, c, method, layer, heat, stages, config, result))
     if len(result.gallery) < config.gallery and gallery["classes"]:
         result.gallery.append(gallery)
 
