@@ -9,7 +9,9 @@ perturbations, each against 5 random orderings with fixed seeds:
   ``explain --faithfulness``);
 - ``road3d``: ROAD's noisy linear imputation in 3D (26 neighbours), voxel by voxel;
 - ``supervoxel-blur``: whole 12 mm cubes removed (the map averaged per cube ranks them; the
-  random orderings rank cubes too), replaced by the blur.
+  random orderings rank cubes too), replaced by the blur;
+- ``blur-10mm``: the blur, within 10 mm of the brain mask only, the fractions of that neighbourhood
+  (the 3D protocol of ``explain --faithfulness`` and ``evaluate``).
 
 A perturbation is informative on a head when a map's Deletion AUC differs from the random
 orderings' mean by more than 2 SD. Steps of 20 % (ROAD: 10, 30, 50, 70, 90 %), one network call
@@ -19,6 +21,8 @@ imputation of millions of unknowns per step): it ran on Colin27 only.
     .venv/bin/python bench/hdbet_perturbations.py --heads Colin27 --out bench/results/hdbet_perturbations.json
     .venv/bin/python bench/hdbet_perturbations.py --heads KmeansTest,MNI152 --perturbations blur,supervoxel-blur \
         --out bench/results/hdbet_perturbations.json
+    .venv/bin/python bench/hdbet_perturbations.py --perturbations blur-10mm \
+        --out bench/results/hdbet_perturbations_10mm.json
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ HEADS = {
 RANDOM_ORDERINGS = 5
 DELETION_FRACTIONS = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
 CUBE_MM = 12.0
-PERTURBATIONS = ("blur", "supervoxel-blur", "road3d")
+PERTURBATIONS = ("blur", "supervoxel-blur", "road3d", "blur-10mm")
 
 
 def read_head(name: str, folder: Path):
@@ -78,12 +82,16 @@ def cube_ranking(heat: torch.Tensor, side: int, seed: int | None) -> torch.Tenso
     return result.reshape(shape)
 
 
-def deletion_auc(scorer, image: torch.Tensor, replacement: torch.Tensor, ranks: torch.Tensor, ends) -> float:
+def deletion_auc(
+    scorer, image: torch.Tensor, replacement: torch.Tensor, ranks: torch.Tensor, ends, voxels=None
+) -> float:
+    """Deletion AUC of ``ranks`` ``(*S)``, in fractions of ``voxels`` (None: all; else the region that
+    ``ranks`` puts first)."""
     from SegGradCAMLib.evaluation.deletion_insertion import auc
 
     scores = [ends[0]]
     for fraction in DELETION_FRACTIONS[1:-1]:
-        removed = ranks < int(round(fraction * ranks.numel()))
+        removed = ranks < int(round(fraction * (ranks.numel() if voxels is None else voxels)))
         scores.append(float(scorer(torch.where(removed, replacement, image)[None])[0][0]))
     return auc([*scores, ends[1]], DELETION_FRACTIONS)
 
@@ -91,10 +99,18 @@ def deletion_auc(scorer, image: torch.Tensor, replacement: torch.Tensor, ranks: 
 def study_head(name: str, folder: Path, perturbations: list[str]) -> dict:
     from SegGradCAMLib.cam import label_map, seg_grad_cam
     from SegGradCAMLib.pipelines import cases_from_volume
-    from SegGradCAMLib.evaluation.deletion_insertion import ClassScorer, make_baseline, rank_voxels
+    from SegGradCAMLib.evaluation.deletion_insertion import (
+        ClassScorer,
+        make_baseline,
+        neighbourhood,
+        rank_voxels,
+        replaced_within,
+    )
     from SegGradCAMLib.evaluation.road import road
     from SegGradCAMLib.evaluation.sanity import random_heatmap
+    from SegGradCAMLib.evaluation.scoring_network import scoring_network
     from SegGradCAMLib.models import load_model
+    from SegGradCAMLib.options import DEFAULT_NEIGHBOURHOOD_MM
 
     start = time.perf_counter()
     volume = read_head(name, folder)
@@ -109,7 +125,7 @@ def study_head(name: str, folder: Path, perturbations: list[str]) -> dict:
     }
     with torch.no_grad():
         mask = label_map(network(image[None]))[0] == 1
-    scorer = ClassScorer(network, 1, mask, model.spec.output_activation, "cpu", 1)
+    scorer = ClassScorer(scoring_network(network, "cpu"), 1, mask, model.spec.output_activation, "cpu", 1)
     blurred = make_baseline(image, case.spacing, "blur", 20.0)
     ends = [float(scorer(x[None])[0][0]) for x in (image, blurred)]
     side = max(1, int(round(CUBE_MM / float(np.mean(case.spacing)))))
@@ -134,6 +150,15 @@ def study_head(name: str, folder: Path, perturbations: list[str]) -> dict:
 
             def score(heat, seed):
                 return deletion_auc(scorer, image, blurred, rank_voxels(heat, seed), ends)
+        elif perturbation == "blur-10mm":
+            region = neighbourhood(mask, case.spacing, DEFAULT_NEIGHBOURHOOD_MM)
+            end = replaced_within(image, blurred, region)
+            region_ends = [ends[0], float(scorer(end[None])[0][0])]
+            result["neighbourhood_voxels"] = int(region.sum())
+            result["probability_neighbourhood_blurred"] = region_ends[1]
+
+            def score(heat, seed, end=end, region=region, region_ends=region_ends):
+                return deletion_auc(scorer, image, end, rank_voxels(heat, seed, region), region_ends, int(region.sum()))
         else:
 
             def score(heat, seed):
