@@ -74,3 +74,16 @@ def test_the_free_memory_bounds_the_budget_and_an_input_it_cannot_hold_is_refuse
     monkeypatch.setattr(memory, "free_memory_bytes", lambda device: None)
     with pytest.raises(SegGradCAMError, match=r"more than --max-memory-gb .*; raise --max-memory-gb"):
         ClassScorer(network, 1, mask, budget=MemoryBudget(max_gb=cost / 3 / GB))(image[None])
+
+
+def test_the_default_call_holds_less_on_the_cpu_than_on_a_gpu(monkeypatch):
+    """On the CPU a call of about 100 MB is the fastest per input (bench/RESULTS.md R20.4): the
+    default budget holds 128 MB there and 1 GB on a GPU; an input costing more goes alone."""
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: None)
+    budget = MemoryBudget(batch_size=64)
+    budget.costs[(2, 32, 48, 48)] = 20 * 2**20
+    budget.costs[(2, 80, 96, 96)] = 194 * 2**20
+    assert budget.inputs_per_call((2, 32, 48, 48), "cpu") == 6
+    assert budget.inputs_per_call((2, 32, 48, 48), "cuda") == 47
+    assert budget.inputs_per_call((2, 80, 96, 96), "cpu") == 1
+    assert budget.inputs_per_call((2, 80, 96, 96), "cuda") == 4

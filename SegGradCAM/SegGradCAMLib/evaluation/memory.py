@@ -5,8 +5,10 @@ once while the network and the scoring run on that input alone (counted op by op
 device), plus the perturbed input and its mask, with a margin for the allocator and the
 libraries' workspaces (HD-BET on a 176×128×176 head: 2,332 MiB of tensors, 2,532 MiB more
 resident memory). A call then takes as many inputs as the budget holds: ``--max-memory-gb``
-(default: 1 GB, or one input's cost where that is more), never more than the free memory, and at
-most ``--batch-size``; never as many as there are steps.
+(default: 1 GB on a GPU, 128 MB on the CPU, or one input's cost where that is more), never more than
+the free memory, and at most ``--batch-size``; never as many as there are steps. On the CPU a call of
+about 100 MB is the fastest per input (the shipped nnU-Net, one input costing 4.5, 20, 54 and 203 MB:
+8, 4, 2 and 1 inputs a call; bench/RESULTS.md R20.4).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from torch.utils._pytree import tree_leaves
 from ..errors import SegGradCAMError
 from ..memory_plan import GB, free_memory_bytes
 
-DEFAULT_CALL_BYTES = 1 * GB  # larger calls are no faster: a call of this size keeps the CPU busy
+DEFAULT_CALL_BYTES = 1 * GB  # larger calls are no faster: a call of this size keeps a GPU busy
+CPU_CALL_BYTES = 128 * 10**6  # larger calls are slower per input on the CPU (module docstring)
 MARGIN = 1.25  # the allocator and oneDNN/cuDNN workspaces beyond the tensors counted (HD-BET: 1.09)
 
 Scores = TypeVar("Scores")
@@ -61,9 +64,9 @@ class _TensorPeak(TorchDispatchMode):
 @dataclass
 class MemoryBudget:
     """How many inputs one network call of the scoring takes: at most ``batch_size``, and as
-    many as ``max_gb`` (None: :data:`DEFAULT_CALL_BYTES`, or one input's cost where more) and the
-    free memory of the device hold. ``costs``: one input's bytes per input shape ``(Cin, *S)``;
-    ``most_held``: the most inputs one call took so far."""
+    many as ``max_gb`` (None: :data:`DEFAULT_CALL_BYTES`, :data:`CPU_CALL_BYTES` on the CPU, or one
+    input's cost where more) and the free memory of the device hold. ``costs``: one input's bytes
+    per input shape ``(Cin, *S)``; ``most_held``: the most inputs one call took so far."""
 
     batch_size: int = 32
     max_gb: float | None = None
@@ -102,6 +105,7 @@ class MemoryBudget:
         if self.max_gb is not None:
             limit, what = int(self.max_gb * GB), f"--max-memory-gb {self.max_gb:g}"
         else:
-            limit, what = max(DEFAULT_CALL_BYTES, cost), "the default budget"
+            default = CPU_CALL_BYTES if torch.device(device).type == "cpu" else DEFAULT_CALL_BYTES
+            limit, what = max(default, cost), "the default budget"
         free = free_memory_bytes(device)
         return (free, "the free memory") if free is not None and free < limit else (limit, what)
