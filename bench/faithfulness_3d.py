@@ -49,13 +49,21 @@ def case_inputs(name: str, folder: Path) -> tuple[str, list[str]]:
     return str(NNUNET), [str(paths[c]) for c in demo_data.CHANNELS]
 
 
-def measure(name: str, settings: list[tuple[str, float, float]], repeats: int, folder: Path) -> dict:
-    """Every setting on one case, alternating, ``repeats`` times."""
+def scored_case(name: str, folder: Path):
+    """(model name, pipeline, the case as ``explain --faithfulness`` scores it) of a case, every class
+    asked."""
     model_name, paths = case_inputs(name, folder)
     pipeline = load_pipeline(model_name)
+    classes = list(range(1, len(pipeline.model.spec.labels)))
+    (case,) = pipeline.evaluation_cases(paths, name, classes, 1, 0, 32, "cpu")
+    return model_name, pipeline, case
+
+
+def measure(name: str, settings: list[tuple[str, float, float]], repeats: int, folder: Path) -> dict:
+    """Every setting on one case, alternating, ``repeats`` times."""
+    model_name, pipeline, case = scored_case(name, folder)
     model = pipeline.model
     classes = list(range(1, len(model.spec.labels)))
-    (case,) = pipeline.evaluation_cases(paths, name, classes, 1, 0, 32, "cpu")
     layers = list(model.chosen_layers("auto"))
     method = resolve_method(AUTO_METHOD, model_name).method
     with torch.no_grad():

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
-from faithfulness_3d import case_inputs
+from faithfulness_3d import scored_case
 from fresh_process import write_report
 from SegGradCAMLib.evaluation.deletion_insertion import ClassScorer
 from SegGradCAMLib.evaluation.memory import MemoryBudget
 from SegGradCAMLib.evaluation.scoring_network import scoring_network
-from SegGradCAMLib.pipelines import load_pipeline
 
 BLOCKS = ((16, 32, 32), (32, 48, 48), (48, 64, 64), (80, 96, 96))
 
@@ -32,9 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model_name, paths = case_inputs("nnunet", Path(tmp))
-        pipeline = load_pipeline(model_name)
-        (case,) = pipeline.evaluation_cases(paths, "case 0", [1, 2, 3], 1, 0, 32, "cpu")
+        _, pipeline, case = scored_case("nnunet", Path(tmp))
     network = scoring_network(pipeline.model.network.eval(), "cpu")
     runs = []
     for block in BLOCKS:

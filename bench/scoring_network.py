@@ -18,19 +18,15 @@ from pathlib import Path
 
 import torch
 
-from faithfulness_3d import case_inputs
+from faithfulness_3d import scored_case
 from fresh_process import write_report
 from SegGradCAMLib.evaluation.scoring_network import scoring_network
-from SegGradCAMLib.pipelines import load_pipeline
 
 
 def measure(name: str, repeats: int, folder: Path) -> dict:
     """Both networks on one case, alternating ``repeats`` times."""
-    model_name, paths = case_inputs(name, folder)
-    pipeline = load_pipeline(model_name)
+    _, pipeline, case = scored_case(name, folder)
     network = pipeline.model.network.eval()
-    classes = list(range(1, len(pipeline.model.spec.labels)))
-    (case,) = pipeline.evaluation_cases(paths, name, classes, 1, 0, 32, "cpu")
     x = case.image[None].float()
     scoring = scoring_network(network, "cpu")
     seconds: dict[str, list[float]] = {"network": [], "scoring copy": []}

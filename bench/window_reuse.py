@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
-from faithfulness_3d import case_inputs
+from faithfulness_3d import scored_case
 from fresh_process import write_report
 from SegGradCAMLib.evaluation.deletion_insertion import neighbourhood
 from SegGradCAMLib.options import DEFAULT_NEIGHBOURHOOD_MM
-from SegGradCAMLib.pipelines import load_pipeline
 
 PATCH = (48, 64, 64)  # the shipped plans' patch
 
@@ -29,10 +28,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model_name, paths = case_inputs("nnunet", Path(tmp))
-        pipeline = load_pipeline(model_name)
-        labels_names = pipeline.model.spec.labels
-        (case,) = pipeline.evaluation_cases(paths, "case 0", list(range(1, len(labels_names))), 1, 0, 32, "cpu")
+        _, pipeline, case = scored_case("nnunet", Path(tmp))
+    labels_names = pipeline.model.spec.labels
     with torch.no_grad():
         labels = pipeline.model.network(case.image[None]).argmax(1)[0]
     shape = tuple(labels.shape)
