@@ -1,7 +1,7 @@
 """Benchmark: the 3D faithfulness protocol against the whole-volume one, on the shipped nnU-Net's
 held-out case 0 and on HD-BET's Colin27 (each target perturbed within 10 mm of its mask, in steps of
 that neighbourhood, against the whole volume in steps of the volume): AUCs, verdicts, network calls,
-seconds, and how many voxels one step removes against the size of each class.
+seconds, and how many voxels the first step removes against the size of each class.
 
     .venv/bin/python bench/faithfulness_3d.py --cases nnunet --out bench/results/faithfulness_3d.json
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from SegGradCAMLib.evaluation.deletion_insertion import neighbourhood, step_fractions
+from SegGradCAMLib.evaluation.deletion_insertion import neighbourhood
 from SegGradCAMLib.evaluation.faithfulness import Target, explanation_faithfulness
 from SegGradCAMLib.pipelines import load_pipeline
 from SegGradCAMLib.selection import AUTO_METHOD
@@ -76,6 +76,7 @@ def measure(name: str, settings: list[tuple[str, float, float]], repeats: int, f
             assert region is not None
             sizes[model.spec.labels[c]] = {"mask_voxels": int(mask.sum()), "neighbourhood_voxels": int(region.sum())}
     runs: dict[str, dict] = {}
+    volume = case.image[0].numel()
     for _ in range(repeats):
         for label, margin, step in settings:
             start = time.perf_counter()
@@ -94,6 +95,8 @@ def measure(name: str, settings: list[tuple[str, float, float]], repeats: int, f
                     "mask": [s["mask"]["deletion_auc"], s["mask"]["insertion_auc"]],
                     "verdict": s["verdict"],
                     "network_calls": s["network_calls"],
+                    "steps": s["steps"],
+                    "first_step": s["first_step"],
                 }
                 for (t, _), s in scores.items()
             }
@@ -104,14 +107,13 @@ def measure(name: str, settings: list[tuple[str, float, float]], repeats: int, f
                     f"  {target}: {entry['verdict']} (Deletion {entry['deletion_auc']:.3f}, Insertion "
                     f"{entry['insertion_auc']:.3f})"
                 )
-    for label, margin, step in settings:
+    for label, margin, _ in settings:
         run = runs[label]
         run["median_s"] = statistics.median(run["seconds"])
-        run["voxels_per_step"] = {
-            target: round(step * (size["neighbourhood_voxels"] if margin else case.image[0].numel()))
+        run["first_step_voxels"] = {
+            target: round(run["targets"][target]["first_step"] * (size["neighbourhood_voxels"] if margin else volume))
             for target, size in sizes.items()
         }
-        run["inner_steps"] = len(step_fractions(step)) - 2
     return {
         "model": model_name,
         "method": method,

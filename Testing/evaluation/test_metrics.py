@@ -69,6 +69,23 @@ def test_constant_curve_auc_is_the_constant():
         step_fractions(0)
 
 
+@pytest.mark.parametrize("step", [0.01, 0.05, 0.1, 0.2, 0.25, 0.5])
+@pytest.mark.parametrize("smallest", [1e-5, 0.003, 0.03, 0.07, 0.3])
+def test_a_target_smaller_than_a_step_gets_finer_steps_at_both_ends(step, smallest):
+    """Symmetric (``1 - f`` is a step where ``f`` is) and increasing; even steps for a target no
+    smaller than a step; else the first step halved until no larger than the target and its half, and
+    as many steps as the even ones while three fractions (one for 50 % steps) stay in ``step .. 1 - step``."""
+    even, fractions = step_fractions(step), step_fractions(step, smallest)
+    assert fractions[0] == 0 and fractions[-1] == 1 and np.all(np.diff(fractions) > 0)
+    assert np.allclose(fractions[::-1], 1 - fractions, atol=1e-12)
+    if smallest >= even[1]:
+        assert np.array_equal(fractions, even)
+        return
+    assert smallest / 2 < fractions[1] <= smallest and even[1] in fractions and 1 - even[1] in fractions
+    halvings = int(np.log2(even[1] / fractions[1]).round())
+    assert len(fractions) == max(len(even), 2 * halvings + 2 + min(3, len(even) - 2))  # 0.5: one between
+
+
 class RecordingScorer(ClassScorer):
     """A :class:`ClassScorer` keeping every input it scores."""
 
@@ -111,6 +128,26 @@ def test_a_3d_target_is_perturbed_within_its_neighbourhood_in_steps_of_it():
     ranks = rank_voxels(heat, 0, region)
     first_step = inputs[2] == -5.0
     assert torch.equal(first_step, ranks < counts[0]) and first_step.sum() < mask.sum() < 0.05 * mask.numel() / 4
+
+
+def test_a_small_3d_target_is_not_removed_in_one_step():
+    """A 27-voxel target (2 % of its 10 mm neighbourhood at 2 mm) at 10 % steps: its mask ranked first, the
+    first Deletion step replaces fewer voxels than it holds, the first Insertion step restores fewer,
+    and the curves still take 9 inner steps each."""
+    image = torch.rand(1, 24, 24, 24, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(24, 24, 24, dtype=torch.bool)
+    mask[10:13, 10:13, 10:13] = True
+    region = neighbourhood(mask, (2.0, 2.0, 2.0), 10.0)
+    assert region is not None and 0.1 * int(region.sum()) > int(mask.sum())
+    scorer = RecordingScorer(nn.Conv3d(1, 2, 1).eval(), 1, mask, batch_size=64)
+    end = replaced_within(image, torch.full_like(image, -5.0), region)
+    with torch.no_grad():
+        curves = deletion_insertion(scorer, image, end, mask.float(), 0.1, region=region)
+    inputs = torch.cat(scorer.seen)[:, 0]  # the two ends, 9 Deletion steps, 9 Insertion steps
+    assert inputs.shape[0] == 2 + 2 * 9 and len(curves["deletion"].fractions) == 11
+    first_deleted, first_restored = inputs[2] == -5.0, inputs[2 + 9] != -5.0
+    assert 0 < int(first_deleted.sum()) < int(mask.sum()) and (first_deleted <= mask).all()
+    assert 0 < int((first_restored & region).sum()) < int(mask.sum())
 
 
 def test_ties_are_broken_at_random_but_reproducibly():

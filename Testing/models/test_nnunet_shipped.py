@@ -66,6 +66,7 @@ def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, 
     case, one class, to keep it short."""
     from SegGradCAMLib.cli import main
     from SegGradCAMLib.pipelines import nnunet_case
+    from SegGradCAMLib.evaluation.deletion_insertion import step_fractions
     from SegGradCAMLib.evaluation.faithfulness import DEFAULT_STEP_3D, calls_per_case
     from SegGradCAMLib.nnunet_grid import preprocess
 
@@ -106,7 +107,8 @@ def test_faithfulness_scores_an_nnunet_map_on_nnunets_own_grid(model, held_out, 
         f"{score['random']['deletion_mean']:.3f} ± {score['random']['deletion_sd']:.3f}, mask "
         f"{score['mask']['deletion_auc']:.3f}; Insertion {score['insertion_auc']:.3f})"
     )
-    assert score["network_calls"] == calls_per_case(1, DEFAULT_STEP_3D, 1, regions=True) and score["cases"] == 1
+    assert score["network_calls"] == calls_per_case(1, [step_fractions(DEFAULT_STEP_3D)], regions=True)
+    assert score["cases"] == 1 and score["first_step"] == pytest.approx(DEFAULT_STEP_3D)  # the edema: even steps
     assert score["perturbation"] == "blur 20 mm within 10 mm of the target"  # the 3D protocol
     assert score["deletion_auc"] < score["random"]["deletion_mean"] - 2 * score["random"]["deletion_sd"]
     assert score["verdict"].startswith("better than random")

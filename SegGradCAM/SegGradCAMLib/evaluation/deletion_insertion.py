@@ -25,11 +25,34 @@ from .memory import MemoryBudget
 DEFAULT_SIGMA_MM = 20.0
 
 
-def step_fractions(step: float) -> np.ndarray:
-    """Fractions ``0, step, ..., 1`` of voxels perturbed at each step ``(T,)``."""
+def step_fractions(step: float, smallest: float | None = None) -> np.ndarray:
+    """Fractions of the voxels perturbed at each step ``(T,)``: ``0, step, ..., 1``. With ``smallest``
+    (a target's share of the voxels perturbed) below ``step``, the first and the last step are halved
+    until one is no larger than the target, so a small target is not removed in one step, and the
+    steps between spread evenly over ``step .. 1 - step``: as many steps in all while at least three
+    fractions stay there, two more for each halving after that. ``step`` 0.1 and a target of 3 %
+    give 0, 0.025, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.975, 1. Always symmetric (``1 - f`` is a
+    step where ``f`` is), as :func:`perturbed_counts` needs."""
     if not 0 < step <= 1:
         raise SegGradCAMError(f"The step must be a fraction in (0, 1]; got {step}.")
-    return np.linspace(0.0, 1.0, int(round(1.0 / step)) + 1)
+    steps = int(round(1.0 / step))
+    uniform = np.linspace(0.0, 1.0, steps + 1)
+    if smallest is None or smallest >= uniform[1] or steps < 2:
+        return uniform
+    if smallest <= 0:
+        raise SegGradCAMError(f"A target's share of the voxels must be positive; got {smallest}.")
+    halvings = int(np.ceil(np.log2(uniform[1] / smallest)))
+    first = uniform[1] / 2.0 ** np.arange(halvings, 0, -1)  # step / 2^h, ..., step / 2
+    middle = np.linspace(uniform[1], 1.0 - uniform[1], max(steps - 1 - 2 * halvings, min(3, steps - 1)))
+    return np.concatenate([[0.0], first, middle, 1.0 - first[::-1], [1.0]])
+
+
+def target_fractions(step: float, mask: torch.Tensor, region: torch.Tensor | None) -> np.ndarray:
+    """:func:`step_fractions` of a target of mask ``(*S)`` bool perturbed within ``region`` ``(*S)``
+    bool (:func:`neighbourhood`); even steps where it is perturbed everywhere (None)."""
+    if region is None:
+        return step_fractions(step)
+    return step_fractions(step, int(mask.sum()) / int(region.sum()))
 
 
 def auc(scores: Sequence[float], fractions: Sequence[float]) -> float:
@@ -294,9 +317,10 @@ def deletion_insertion(
     ``scorer(torch.stack([image, baseline]))`` returns them; computed when not given
     (pass them to share two network calls between heatmaps). ``region`` ``(*S)`` bool:
     where voxels are removed or restored (:func:`neighbourhood`; None: everywhere), with
-    ``baseline`` equal to ``image`` outside it (:func:`replaced_within`).
+    ``baseline`` equal to ``image`` outside it (:func:`replaced_within`), in the steps of
+    :func:`target_fractions` for the scorer's mask.
     """
-    fractions = step_fractions(step)
+    fractions = target_fractions(step, scorer.mask, region)
     prob, dice = ends if ends is not None else scorer(torch.stack([image, baseline]))
     deletion = perturbation_curve(scorer, image, baseline, heatmap, fractions, (prob, dice), seed, region)
     insertion = perturbation_curve(scorer, baseline, image, heatmap, fractions, (prob[::-1], dice[::-1]), seed, region)

@@ -40,6 +40,7 @@ from .deletion_insertion import (
     rank_voxels,
     replaced_within,
     step_fractions,
+    target_fractions,
 )
 from .sanity import random_heatmap
 from .scoring_network import scoring_network
@@ -123,7 +124,8 @@ def score_case(
 
     Every network call scores every target. Targets perturbed everywhere (2D cases) share the two
     ends and the random orderings (which do not depend on the target); targets perturbed within
-    their own region (3D cases) have their own, within it. A random ordering's Insertion curve is
+    their own region (3D cases) have their own, within it, in its steps (:func:`target_fractions`:
+    finer at both ends for a target smaller than a step). A random ordering's Insertion curve is
     the Deletion curve of the reversed ordering read backwards (restoring the top-ranked ``k``
     voxels of the reversed ordering gives the input that deleting the top ``N - k`` gives), so the
     random orderings cost Deletion calls only. Perturbed inputs go through the network as many at
@@ -137,7 +139,6 @@ def score_case(
     ends = scorer(torch.stack([image, replacement]) if everywhere else image[None])[0]  # (2 or 1, T)
     scored(len(ends))
     maps = len(targets[0].maps)  # every target of a case has the same maps: their tie-break seeds too
-    fractions = step_fractions(step)
     chunk = min(batch_size, scorer.inputs_per_call(image))
 
     def random_deletions(end: torch.Tensor, region: torch.Tensor | None, counts: np.ndarray) -> np.ndarray:
@@ -149,10 +150,11 @@ def score_case(
         return _perturbed_scores(scorer, image, end, orderings, counts, chunk, scored)
 
     if everywhere:
-        shared = random_deletions(replacement, None, perturbed_counts(fractions, image[0].numel()))
+        shared = random_deletions(replacement, None, perturbed_counts(step_fractions(step), image[0].numel()))
     results = []
     for t, target in enumerate(targets):
         region = target.region
+        fractions = target_fractions(step, target.mask, region)
         counts = perturbed_counts(fractions, image[0].numel() if region is None else int(region.sum()))
         if everywhere:
             end, last, removed = replacement, ends[1, t], shared[..., t]
@@ -216,28 +218,29 @@ class _Pooled:
         self.mask.extend(mask)
 
 
-def calls_per_case(maps: int, step: float, targets: int = 1, regions: bool = False) -> int:
-    """Network calls for one case with ``targets`` targets of ``maps`` maps each: the two ends and
-    the random orderings' Deletion steps, shared by the targets (with ``regions``: the image, then
-    each target's own end and random orderings), then every inner step of Deletion and Insertion
-    for each target's maps and mask."""
-    steps = len(step_fractions(step)) - 2
+def calls_per_case(maps: int, fractions: Sequence[np.ndarray], regions: bool = False) -> int:
+    """Network calls for one case with a target of ``maps`` maps for each of ``fractions`` (its steps,
+    :func:`~.deletion_insertion.target_fractions`): the two ends and the random orderings' Deletion
+    steps, shared by the targets (with ``regions``: the image, then each target's own end and random
+    orderings), then every inner step of Deletion and Insertion for each target's maps and mask."""
+    inner = [len(f) - 2 for f in fractions]
     if regions:
-        return 1 + targets * (1 + RANDOM_ORDERINGS * steps + (maps + 1) * 2 * steps)
-    return 2 + RANDOM_ORDERINGS * steps + targets * (maps + 1) * 2 * steps
+        return 1 + sum(1 + RANDOM_ORDERINGS * steps + (maps + 1) * 2 * steps for steps in inner)
+    return 2 + RANDOM_ORDERINGS * inner[0] + sum((maps + 1) * 2 * steps for steps in inner)
 
 
 def summarise(
     maps: dict[str, _Curves],
     randoms: list[_Curves],
     mask: _Curves,
-    step: float,
+    fractions: np.ndarray,
     cases: int,
     perturbation: str,
     within: str = "",
 ) -> dict[str, dict]:
-    """explain.json's ``faithfulness`` for each map (AUCs averaged over the cases); ``within``: where
-    the voxels were perturbed (e.g. ``10 mm of the target``; empty: everywhere)."""
+    """explain.json's ``faithfulness`` for each map (AUCs averaged over the cases); ``fractions``: the
+    steps ``(T,)`` (:func:`~.deletion_insertion.target_fractions`); ``within``: where the voxels were
+    perturbed (e.g. ``10 mm of the target``; empty: everywhere)."""
     random_means = np.array([r.means() for r in randoms])  # (orderings, 2)
     random = {
         "deletion_mean": float(random_means[:, 0].mean()),
@@ -248,11 +251,13 @@ def summarise(
     }
     mask_deletion, mask_insertion = mask.means()
     mask_entry = {"deletion_auc": mask_deletion, "insertion_auc": mask_insertion}
-    steps = len(step_fractions(step)) - 1
+    steps = len(fractions) - 1
     if within:
         perturbation = f"{perturbation} within {within}"
+    even = np.allclose(np.diff(fractions), fractions[1])
+    finer = "" if even else f" (finer at both ends, the first {fractions[1]:.2%}: the target is smaller than a step)"
     basis = (
-        f"Deletion and Insertion, {steps} steps{f' of the voxels within {within}' if within else ''}, "
+        f"Deletion and Insertion, {steps} steps{f' of the voxels within {within}' if within else ''}{finer}, "
         f"{len(randoms)} random orderings, "
         f"{cases} {'case' if cases == 1 else 'cases'} of this volume only"
     )
@@ -265,6 +270,7 @@ def summarise(
             "random": random,
             "mask": mask_entry,
             "steps": steps,
+            "first_step": float(fractions[1]),
             "cases": cases,
             "perturbation": perturbation,
             "verdict": verdict(deletion, insertion, random, mask_entry),
@@ -306,7 +312,11 @@ def explanation_faithfulness(
     regional = {p: held[0][2] is not None for p, held in on_case.items()}
     if step is None:
         step = DEFAULT_STEP_3D if any(regional.values()) else DEFAULT_STEP
-    case_calls = {p: calls_per_case(len(layers), step, len(held), regional[p]) for p, held in on_case.items()}
+    steps_of = {(p, i): target_fractions(step, m, r) for p, held in on_case.items() for i, (_, m, r) in enumerate(held)}
+    case_calls = {
+        p: calls_per_case(len(layers), [steps_of[p, i] for i in range(len(held))], regional[p])
+        for p, held in on_case.items()
+    }
     calls = {"done": 0, "total": sum(case_calls.values())}
 
     def scored(n: int) -> None:
@@ -339,7 +349,10 @@ def explanation_faithfulness(
         positions = [p for p, held in on_case.items() if any(t == target for t, _, _ in held)]
         within = f"{neighbourhood_mm:g} mm of the target" if any(regional[p] for p in positions) else ""
         perturbation = f"blur {DEFAULT_SIGMA_MM:g} mm"
-        summary = summarise(curves.maps, curves.randoms, curves.mask, step, len(positions), perturbation, within)
+        fractions = max(
+            (steps_of[p, i] for p, held in on_case.items() for i, (t, _, _) in enumerate(held) if t == target), key=len
+        )  # one case in 3D; 2D cases are stepped evenly
+        summary = summarise(curves.maps, curves.randoms, curves.mask, fractions, len(positions), perturbation, within)
         for layer, entry in summary.items():
             results[(target, layer)] = {**entry, "network_calls": sum(case_calls[p] for p in positions)}
     return results

@@ -232,7 +232,8 @@ def write_html(out: Path, report: EvaluationReport, figures: Sequence[Path], gal
     config = report.config
     settings = (
         f"model <b>{esc(report.model['name'])}</b>, data <code>{esc(str(report.data))}</code>, "
-        f"{report.cases} cases, {len(report.rows)} rows; step {config['step']:.0%} of voxels, "
+        f"{report.cases} cases, {len(report.rows)} rows; step {config['step']:.0%} of voxels (of a 3D target: of those "
+        f"within {config.get('neighbourhood_mm', 0):g} mm of it, finer at both ends where it is smaller than a step), "
         f"perturbation baseline {esc(config['baseline'])} (sigma {config['sigma_mm']} mm), ROAD at "
         f"{', '.join(f'{p:.0%}' for p in config['road_percentages'])} with noise {config['road_noise']}, "
         f"seed {config['seed']}, {config['bootstrap']} bootstrap resamples; "

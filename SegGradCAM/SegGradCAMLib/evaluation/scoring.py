@@ -29,6 +29,7 @@ from .deletion_insertion import (
     make_baseline,
     neighbourhood,
     replaced_within,
+    step_fractions,
 )
 from .energy import heatmap_energy_fractions
 from .faithfulness import Target
@@ -241,8 +242,9 @@ def _score_explanation(
             row[f"{kind}_auc"] = summary["auc"]
             row[f"{kind}_auc_normalised"] = summary["auc_normalised"]
             row[f"{kind}_dice_auc"] = summary["dice_auc"]
-            result.curves.setdefault((*key, kind), []).append(curve.probability)
-            result.fractions[kind] = curve.fractions
+            even = step_fractions(config.step)  # the mean curve's steps; a small target's are finer at the ends
+            result.curves.setdefault((*key, kind), []).append(np.interp(even, curve.fractions, curve.probability))
+            result.fractions[kind] = even
     if "road" in config.metrics:
         for order, curve in road(
             target.scorer, target.image, heat, config.road_percentages, config.road_noise, target.seed
