@@ -40,7 +40,8 @@ report's ``env`` says whether the stand-in was used.
 import and the GPU machine lacks: monai, nnunetv2, dynamic_network_architectures, acvl_utils (built
 from its sdist: no wheel on the index), batchgenerators, blosc2 with msgpack, ndindex and numexpr,
 nibabel, threadpoolctl, httpx, idna (``pip download --no-deps --only-binary=:all: --python-version
-3.12 --implementation cp --platform manylinux_2_28_x86_64 ... -d .whl NAME==VERSION``);
+3.12 --implementation cp --platform manylinux_2_28_x86_64 ... -d .whl NAME==VERSION``: ``bash
+bench/gpu_wheels.sh`` fetches them all and prints the size that travels);
 ``.gpu_data/`` (ignored, carried) the demo case. On the GPU machine::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -50,6 +51,15 @@ Here, to make the data file (needs the demo data's sources) and to test the flow
 
     .venv/bin/python bench/gpu_checks.py --make-data
     .venv/bin/python bench/gpu_checks.py --small
+
+and with only the GPU machine's packages importable (``bench/device_packages.py``), which is how a
+missing import shows before the device's minutes are spent::
+
+    .venv/bin/python bench/device_packages.py /tmp/device_site
+    PYTHONPATH=/tmp/device_site/startup .venv/bin/python bench/gpu_checks.py --small --skip many
+
+HD-BET's ``--faithfulness`` on the GPU (issue 25's 60 s row) is ``bench/gpu_hdbet_faithfulness.py``
+(two calls: its fold file does not fit one).
 """
 
 from __future__ import annotations

