@@ -17,8 +17,9 @@ from toy_models import blob, threshold_model
 
 from SegGradCAMLib.cli import main
 from SegGradCAMLib.errors import CancelledError
+from SegGradCAMLib.evaluation.deletion_insertion import step_fractions
 from SegGradCAMLib.evaluation.scoring import EvalConfig, evaluate
-from SegGradCAMLib.evaluation.statistics import NO_LAYER, bootstrap_ci, compare
+from SegGradCAMLib.evaluation.statistics import NO_LAYER, bootstrap_ci, compare, mean_curves
 from SegGradCAMLib.pipelines import VolumePipeline, cases_from_volume
 from SegGradCAMLib.evaluation.report import verdict
 
@@ -106,6 +107,23 @@ def test_three_dimensional_model_gives_one_padded_case_per_volume():
     assert set(result.curves) == {("blob", m, layer, k) for m, layer in explained for k in ("deletion", "insertion")}
     with pytest.raises(CancelledError):
         evaluate(model, [case], config, cancel=lambda: True)
+
+
+def test_mean_curves_of_3d_targets_on_different_steps_are_drawn_on_the_even_steps():
+    """A 19-voxel blob (0.3 % of its 10 mm neighbourhood: 14 steps, finer at both ends) and an
+    895-voxel one (7 %: 10 steps, the first and the last halved): each case's AUCs from its own steps, the
+    class's mean curve on the even steps of ``--step``."""
+    model = threshold_model(divisible_by=8)
+    cases = [
+        cases_from_volume(model, blob((24, 24, 24), (12, 12, 12), radius)[None], (1.0,) * 3, None, name, [1])[0]
+        for name, radius in (("small", 1.5), ("large", 6.0))
+    ]
+    config = EvalConfig(metrics=("deletion", "insertion"), methods=("gradcam",), baselines=(), step=0.1, bootstrap=10)
+    result = evaluate(model, cases, config)
+    even = step_fractions(0.1)
+    (deletion,) = [c for c in mean_curves(result) if c["curve"] == "deletion"]
+    assert deletion["n"] == 2 and np.allclose(deletion["fractions"], even) and len(deletion["mean"]) == len(even)
+    assert all(0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1 for row in result.rows)
 
 
 def test_two_dimensional_cases_are_slices_with_a_prediction(dataset):
