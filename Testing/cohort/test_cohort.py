@@ -416,6 +416,9 @@ def test_an_evaluate_cohort_of_a_2d_model_from_before_the_3d_neighbourhood_is_re
     assert (last_run(tmp_path / "e")["skipped"], last_run(tmp_path / "e")["done"]) == (1, 0)
     volume = EvaluateTask("m", False, EvalConfig(), 5, 10**9, volumes=True).fingerprint()
     assert volume["neighbourhood_mm"] == "10.0"
+    # a 3D cohort recorded before the finer ends of a small target's steps is not resumed; a 2D one is
+    slices = EvaluateTask("m", False, EvalConfig(), 5, 10**9, volumes=False).fingerprint()
+    assert "steps_3d" in volume and "steps_3d" not in slices
 
 
 def test_the_library_entry_runs_a_cohort_and_says_what_it_did(cohort, tmp_path):

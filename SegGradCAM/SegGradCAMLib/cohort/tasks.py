@@ -111,10 +111,14 @@ class EvaluateTask:
         from ..evaluation.scoring import config_dict
 
         ignored = {"device", "max_memory_gb", *(() if self.volumes else ("neighbourhood_mm",))}
+        # 3D targets smaller than a step are stepped more finely at both ends since this was recorded: a
+        # 3D cohort recorded before it is not resumed (its cases' AUCs would be pooled with other steps)
+        steps = {"steps_3d": "finer at both ends for a target smaller than a step"} if self.volumes else {}
         return {
             "model": self.model,
             "max_slices": self.max_slices,
             **{k: str(v) for k, v in config_dict(self.config).items() if k not in ignored},
+            **steps,
         }
 
     def run(self, case: CohortCase, folder: Path) -> dict:
