@@ -20,7 +20,7 @@ import site
 from pathlib import Path
 
 KINDS = Path("/work/.library/device/KINDS.md")
-CARRIED = (
+CARRIED = (  # what bench/gpu_wheels.sh fetches
     "monai nnunetv2 dynamic_network_architectures batchgenerators blosc2 msgpack ndindex nibabel threadpoolctl httpx "
     "idna acvl_utils"
 ).split()

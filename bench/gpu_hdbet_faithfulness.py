@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_checks import gpu_peak, reset_gpu_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGED = ROOT / ".gpu_hdbet"
@@ -94,14 +95,6 @@ def join_fold() -> None:
     target.write_bytes(fold)
 
 
-def device_peak(device: str) -> dict:
-    """Peak GPU memory since the last reset (nothing on the CPU)."""
-    if not device.startswith("cuda"):
-        return {}
-    torch.cuda.synchronize()
-    return {"gpu_peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-
-
 def measure(device: str) -> dict:
     """The faithfulness run on Colin27 on ``device``, with its figures."""
     join_fold()
@@ -120,9 +113,7 @@ def measure(device: str) -> dict:
     with torch.no_grad():  # CUDA context, cuDNN's choices
         start = time.perf_counter()
         model.network.to(device)(case.image[None].to(device))
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+        reset_gpu_peak(device)
         warm_up = time.perf_counter() - start
     progress: list[int] = []
     start = time.perf_counter()
@@ -148,7 +139,7 @@ def measure(device: str) -> dict:
         "mask": score["mask"],
         "verdict": score["verdict"],
         "basis": score["basis"],
-        **device_peak(device),
+        **gpu_peak(device),
     }
 
 

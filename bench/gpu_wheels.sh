@@ -5,10 +5,11 @@
 # against the 64 MiB one call carries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES="monai nnunetv2 dynamic_network_architectures batchgenerators blosc2 msgpack ndindex nibabel threadpoolctl httpx idna"
+# the list is bench/device_packages.py's CARRIED
+PACKAGES=$(.venv/bin/python -c "import sys; sys.path.insert(0, 'bench'); from device_packages import CARRIED; print(*CARRIED)")
 rm -rf .whl && mkdir -p .whl
 version() { .venv/bin/python -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
-for name in $PACKAGES; do
+for name in ${PACKAGES//acvl_utils/}; do
     .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .whl "$name==$(version "$name")"
