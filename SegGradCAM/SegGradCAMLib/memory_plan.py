@@ -8,7 +8,8 @@ brought to the input grid and handed on (written) before the next group's are ma
 at most as many bytes of maps as the logits the pass holds anyway (``C`` classes: ``C`` logit volumes,
 so one layer's maps of every class fit in one group against float32 logits, of half of them against
 nnU-Net's float16 ones), and never more than half the free memory; each further group runs the
-network's windows again.
+network's windows again. The first group's pass also stitches the logits, so it takes the
+remainder: the smallest group.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ class ClassGroups:
     why: str
 
     def ranges(self) -> list[range]:
-        """The targets' positions, one range per group."""
-        return [range(s, min(s + self.size, self.targets)) for s in range(0, self.targets, self.size)]
+        """The targets' positions, one range per group, in order; the first group is the smallest (the
+        remainder): its pass also stitches the logits (the agreement check, the labels)."""
+        first = self.targets % self.size or self.size
+        bounds = [0, *range(first, self.targets + 1, self.size)]
+        return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
     def report(self) -> dict:
         """As explain.json records it."""

@@ -82,15 +82,17 @@ def test_maps_made_in_groups_equal_the_maps_made_at_once(path, classes, size, la
 @pytest.mark.parametrize("path", list(PATHS))
 def test_one_group_of_maps_is_alive_at_a_time(monkeypatch, path):
     """The maps a group's pass returns are handed on and released before the next group's pass
-    starts (weak references to the returned arrays, not bytes of the machine), and each target's map
-    is handed on once per layer."""
+    starts (weak references to the returned arrays, not bytes of the machine), the first group (the
+    one whose pass may stitch the logits too) is the smallest, and each target's map is handed on
+    once per layer."""
     model, volume = model_of(path, 5), volume_of(path)
     per_target = explain_volume(model, volume, (1.0, 1.0, 1.0), layers=LAYERS).class_groups["bytes_per_target"]
     run = "run_2d" if PATHS[path][0] == 2 else "run_3d"
-    original, alive, most = getattr(volume_runner.VolumeRunner, run), [], []
+    original, alive, most, passes = getattr(volume_runner.VolumeRunner, run), [], [], []
 
     def counted(self, *args, **kwargs):
         most.append(sum(ref() is not None for ref in alive))  # arrays of earlier groups still alive
+        passes.append((len(self.classes), self.stitch_logits))
         logits, maps = original(self, *args, **kwargs)
         alive.extend(weakref.ref(m) for m in maps.values())
         return logits, maps
@@ -106,4 +108,5 @@ def test_one_group_of_maps_is_alive_at_a_time(monkeypatch, path):
         on_heatmap=lambda heat, labels: handed.append((heat.layer, heat.position)),
     )
     assert result.class_groups["groups"] == 3 and len(most) == 3 and most == [0, 0, 0]
+    assert [size for size, _ in passes] == [1, 2, 2] and not any(stitch for _, stitch in passes[1:])
     assert sorted(handed) == sorted((layer, t) for layer in LAYERS for t in range(5))

@@ -79,13 +79,16 @@ def test_maps_made_in_groups_equal_the_maps_made_at_once(tmp_path_factory, class
 
 def test_no_more_than_one_groups_maps_is_alive_at_a_time(tmp_path_factory, monkeypatch):
     """Each group's maps (counted as the arrays the window loop returned) are gone before the next
-    group's are made; the maps handed on are whole (every target once, in order)."""
+    group's are made; the first group, whose pass also stitches the logits, is the smallest; the maps
+    handed on are whole (every target once, in order)."""
     model = folder_with(tmp_path_factory, 5)
     inputs = block(tmp_path_factory.mktemp("block"), 80)
-    stitch, alive, most = inference_nnunet._stitch_windows, [], []
+    stitch, alive, most, passes = inference_nnunet._stitch_windows, [], [], []
 
-    def counted(*args, **kwargs):
+    def counted(model, windows, padded, targets, loop, sums, *args, **kwargs):
         most.append(sum(ref() is not None for ref in alive))  # arrays of earlier groups still alive
+        passes.append((len(targets), sums is not None))  # (targets, stitching the logits too)
+        args = (model, windows, padded, targets, loop, sums, *args)
         maps = stitch(*args, **kwargs)
         alive.extend(weakref.ref(m) for m in maps.values())
         return maps
@@ -100,7 +103,8 @@ def test_no_more_than_one_groups_maps_is_alive_at_a_time(tmp_path_factory, monke
         on_heatmap=lambda heat, labels: handed.append((heat.layer, heat.position)),
         max_group_bytes=2 * per_target,
     )
-    assert most == [0, 0, 0]  # three groups (2 + 2 + 1 targets), none overlapping another
+    assert most == [0, 0, 0]  # three groups, none overlapping another
+    assert passes == [(1, True), (2, False), (2, False)]  # the remainder beside the stitched logits
     assert sum(ref() is not None for ref in alive) == 0
     assert sorted(handed) == sorted((layer, t) for layer in LAYERS for t in range(5))
 
@@ -112,7 +116,8 @@ def test_a_group_never_takes_more_than_half_the_free_memory_and_one_target_must_
     plan = plan_class_groups(100, 2 * 10**8, 10**12, "cpu")
     assert (plan.size, len(plan.ranges()), "half the free memory" in plan.why) == (25, 4, True)
     assert plan_class_groups(100, 10**8, 35 * 10**7, "cpu").size == 3  # the logits' bytes bound it first
-    assert [len(r) for r in plan_class_groups(7, 10**8, 3 * 10**8, "cpu").ranges()] == [3, 3, 1]
+    assert [len(r) for r in plan_class_groups(7, 10**8, 3 * 10**8, "cpu").ranges()] == [1, 3, 3]
+    assert [len(r) for r in plan_class_groups(6, 10**8, 3 * 10**8, "cpu").ranges()] == [3, 3]
     small = plan_class_groups(3, 10**6, 10**6, "cpu")  # small maps at once, though more than the logits
     assert small.size == 3 and "without a second pass" in small.why
     with pytest.raises(SegGradCAMError, match=r"maps of one class take .* more than the free memory"):
