@@ -271,7 +271,7 @@ def _explain_groups(
     )
     votes = None
     if first.uncertainty is not None and (folds > 1 or flips > 1):
-        ensemble = label_manager.convert_logits_to_segmentation(reference.float()).to(torch.int16)
+        ensemble = label_manager.convert_logits_to_segmentation(reference).to(torch.int16)
         votes = Disagreement(
             lambda logits: label_manager.convert_logits_to_segmentation(logits[crop]), ensemble, folds, flips
         )
@@ -337,7 +337,7 @@ def explain_nnunet(
     predictor = nnunet_predictor(model, device, tile_step_size, mirror)
     reference = predictor.predict_logits_from_preprocessed_data(x)  # nnU-Net's own stitched logits, float16
     region_pre = carried_region(model, properties, x.shape[1:], region)
-    first = first_pass(model, predictor, raw, properties, reference.float(), classes, region_pre, request, spacing)
+    first = first_pass(model, predictor, raw, properties, reference, classes, region_pre, request, spacing)
     targets = first.targets
     layer_names = list(resolve_layers(model.network, model.chosen_layers(layers)))
     loop = _Loop(layer_names, first.channels, method, device, mirror, targets.reliance is not None, step, cancel)

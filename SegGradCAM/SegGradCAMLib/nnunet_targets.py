@@ -92,7 +92,7 @@ def _occlusion(
     lost = {}
     for key, channels in occluded_channels(names):
         x = torch.from_numpy(preprocessed(model, occluded(raw, channels), dict(properties)))
-        lost[key] = scores(predictor.predict_logits_from_preprocessed_data(x).float())
+        lost[key] = scores(predictor.predict_logits_from_preprocessed_data(x))
     return [{"occlusion": entry} for entry in occlusion_reliance(names, scores(reference), lost)]
 
 
@@ -122,7 +122,8 @@ def first_pass(
     request: TargetRequest,
     spacing: Sequence[float] | None,
 ) -> FirstPass:
-    """From nnU-Net's logits ``reference`` ``(C, z, y, x)``: its exported segmentation, the targets
+    """From nnU-Net's logits ``reference`` ``(C, z, y, x)`` (float16 as its predictor returns them, handed to
+    its export as nnU-Net hands them; no float32 copy of every class is made): its exported segmentation, the targets
     of the classes (``region`` ``(z, y, x)``: the user's) and of the findings, and the output channel
     of each (region-based models: class ``c`` is channel ``c - 1``), the probabilities streamed to
     ``request.on_map`` and the channels' occlusion.

@@ -9,6 +9,7 @@ import weakref
 
 import numpy as np
 import pytest
+import torch
 from test_nnunet_explain import DATASET, PLANS, lesion_box, write_block
 from test_nnunet_folder import trained_like_nnunet
 
@@ -122,3 +123,31 @@ def test_a_group_never_takes_more_than_half_the_free_memory_and_one_target_must_
     assert small.size == 3 and "without a second pass" in small.why
     with pytest.raises(SegGradCAMError, match=r"maps of one class take .* more than the free memory"):
         plan_class_groups(2, 2 * 10**10, 10**12, "cpu")
+
+
+def test_nnunets_logits_reach_its_export_and_the_targets_in_float16(tmp_path_factory, monkeypatch):
+    """nnU-Net's logits (every class, the volume) are handed to nnU-Net's export and to the targets as
+    its predictor returns them, in float16 as nnU-Net's own prediction hands them to its export: no
+    float32 copy of every class is made (at 117 classes on 256^3 that copy is 7.9 GB)."""
+    from nnunetv2.inference import export_prediction
+
+    from SegGradCAMLib import nnunet_targets
+
+    model = folder_with(tmp_path_factory, 5)
+    inputs = block(tmp_path_factory.mktemp("block"), 64)
+    name = "convert_predicted_logits_to_segmentation_with_correct_shape"
+    export, regions_of, seen = getattr(export_prediction, name), nnunet_targets.class_regions, []
+
+    def recorded_export(logits, *args, **kwargs):
+        seen.append(("export", logits.dtype, len(logits)))
+        return export(logits, *args, **kwargs)
+
+    def recorded_regions(model, reference, *args):
+        seen.append(("targets", reference.dtype, len(reference)))
+        return regions_of(model, reference, *args)
+
+    monkeypatch.setattr(export_prediction, name, recorded_export)
+    monkeypatch.setattr(nnunet_targets, "class_regions", recorded_regions)
+    result = inference_nnunet.explain_nnunet(model, inputs, layers=LAYERS[1:])
+    assert seen == [("export", torch.float16, 6), ("targets", torch.float16, 6)]
+    assert result.checks["labels_equal_to_nnunet"] > 0.999 and len(np.unique(result.labels)) >= 3
