@@ -177,9 +177,13 @@ def label_map(logits: torch.Tensor, dim: int = 1, planes: int = 8) -> torch.Tens
 
 
 def predicted_regions(logits: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-    """Boolean masks ``(B, len(classes), *S)``: ``argmax(logits, 1) == c`` for each class."""
+    """Boolean masks ``(B, len(classes), *S)``: ``argmax(logits, 1) == c`` for each class, written
+    into one array (not made apart and stacked: twice the masks at once)."""
     labels = label_map(logits)
-    return torch.stack([labels == c for c in classes], dim=1)
+    regions = torch.empty((labels.shape[0], len(classes), *labels.shape[1:]), dtype=torch.bool, device=labels.device)
+    for k, c in enumerate(classes):
+        torch.eq(labels, c, out=regions[:, k])
+    return regions
 
 
 def upsample_maps(maps: torch.Tensor, size: Sequence[int], grid: Grid | None = None) -> torch.Tensor:
