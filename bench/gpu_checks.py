@@ -498,7 +498,10 @@ def synthetic_volume(shape, seed: int = 0):
 
 
 def part_many(args) -> dict:
-    """All ``args.many_classes`` classes of the many-label network on a synthetic volume of ``args.shape``."""
+    """All ``args.many_classes`` classes of the many-label network on a synthetic volume of ``args.shape``;
+    with ``args.cancel_after`` windows, the explain is cancelled after that many windows of its first
+    group (the host peak of nnU-Net's prediction, the targets and the first group's buffers, without the
+    hours of the whole loop on a CPU) and nnU-Net's plain prediction is not run."""
     stub_simpleitk_if_missing()
     install_array_reader()
     import numpy as np
@@ -506,6 +509,7 @@ def part_many(args) -> dict:
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
     from SegGradCAMLib import seg_grad_cam
+    from SegGradCAMLib.errors import CancelledError
     from SegGradCAMLib.inference_nnunet import explain_nnunet, nnunet_predictor
     from SegGradCAMLib.nnunet_grid import preprocess
     from SegGradCAMLib.models import load_model
@@ -567,7 +571,26 @@ def part_many(args) -> dict:
         rss_before = current_rss_mb()
         reset_gpu_peak(device)
         began = time.perf_counter()
-        result = explain_nnunet(model, files, device=device, progress=progress, on_heatmap=on_heatmap)
+        cancel = None
+        if args.cancel_after:
+            cancel = lambda: sum(e[0] == "windows" for e in events) >= args.cancel_after  # noqa: E731
+        try:
+            result = explain_nnunet(
+                model, files, device=device, progress=progress, on_heatmap=on_heatmap, cancel=cancel
+            )
+        except CancelledError:
+            windows = [e for e in events if e[0] == "windows"]
+            report["explain_until_cancelled"] = {
+                "seconds": round(time.perf_counter() - began, 2),
+                "windows_done": len(windows),
+                "windows_in_all": windows[-1][2],
+                "before_windows_s": round(windows[0][3] - began, 2),
+                "host_rss_before_mb": rss_before,
+                "host_peak_rss_mb": peak_rss_mb(),
+                "host_peak_above_before_mb": round(peak_rss_mb() - rss_before, 1),
+                **gpu_peak(device),
+            }
+            return report
         explain_s = round(time.perf_counter() - began, 2)
         windows = [e for e in events if e[0] == "windows"]
         loop_s = windows[-1][3] - windows[0][3]
@@ -703,6 +726,7 @@ def main() -> None:
     )
     parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="x".join(map(str, CALIBRATION)), help=argparse.SUPPRESS)
+    parser.add_argument("--cancel-after", type=int, default=0, help=argparse.SUPPRESS)  # windows (part many)
     args = parser.parse_args()
     if args.make_data:
         make_data()
