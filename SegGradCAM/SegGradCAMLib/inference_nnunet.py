@@ -41,7 +41,7 @@ from .nnunet_grid import carried_region, preprocessed, read_inputs, to_input_gri
 from .nnunet_targets import Disagreement, FirstPass, add_disagreement, first_pass
 from .targets import TargetRequest
 
-AGREEMENT_PLANES = 8  # planes of the logits compared at a time with nnU-Net's own
+AGREEMENT_BYTES = 32 * 10**6  # float32 logits (of whole planes, at least one) compared at a time with nnU-Net's own
 
 
 def nnunet_predictor(model: LoadedModel, device: str, tile_step_size: float, mirror: bool):
@@ -221,11 +221,12 @@ def _stitch_windows(
 def _agreement(model: LoadedModel, stitched: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """How our ``stitched`` logits ``(C, *S)`` agree with nnU-Net's own ``reference`` ``(C, *S)`` (both
     float16, as nnU-Net keeps them): logits, probabilities, labels; computed a few planes at a time
-    (no extra volume is made)."""
+    (:data:`AGREEMENT_BYTES` of float32 logits: no extra volume is made)."""
     label_manager = model.nnunet_parts().label_manager
     logits = probabilities = equal = 0.0
-    for z in range(0, stitched.shape[1], AGREEMENT_PLANES):
-        planes = slice(z, z + AGREEMENT_PLANES)
+    step = max(1, AGREEMENT_BYTES // (4 * stitched[:, 0].numel()))
+    for z in range(0, stitched.shape[1], step):
+        planes = slice(z, z + step)
         pair = [stitched[:, planes].float(), reference[:, planes].float()]
         logits = max(logits, float((pair[0] - pair[1]).abs().max()))
         p = [label_manager.apply_inference_nonlin(values) for values in pair]

@@ -151,3 +151,15 @@ def test_nnunets_logits_reach_its_export_and_the_targets_in_float16(tmp_path_fac
     result = inference_nnunet.explain_nnunet(model, inputs, layers=LAYERS[1:])
     assert seen == [("export", torch.float16, 6), ("targets", torch.float16, 6)]
     assert result.checks["labels_equal_to_nnunet"] > 0.999 and len(np.unique(result.labels)) >= 3
+
+
+def test_the_agreement_with_nnunet_is_the_same_one_plane_at_a_time(tmp_path_factory, monkeypatch):
+    """The agreement check compares a bounded number of bytes of logits at a time (whole planes, at
+    least one): one plane at a time gives the figures of the whole block at once."""
+    model = folder_with(tmp_path_factory, 5)
+    inputs = block(tmp_path_factory.mktemp("block"), 64)
+    monkeypatch.setattr(inference_nnunet, "AGREEMENT_BYTES", 10**12)
+    at_once = inference_nnunet.explain_nnunet(model, inputs, layers=LAYERS[1:]).checks
+    monkeypatch.setattr(inference_nnunet, "AGREEMENT_BYTES", 1)
+    plane_by_plane = inference_nnunet.explain_nnunet(model, inputs, layers=LAYERS[1:]).checks
+    assert plane_by_plane == pytest.approx(at_once, abs=1e-12) and 0.99 < at_once["labels_equal_to_nnunet"] < 1
