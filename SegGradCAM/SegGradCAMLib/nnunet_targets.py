@@ -122,9 +122,9 @@ def first_pass(
     request: TargetRequest,
     spacing: Sequence[float] | None,
 ) -> FirstPass:
-    """From nnU-Net's logits ``reference`` ``(C, z, y, x)`` (float16 as its predictor returns them, handed to
-    its export as nnU-Net hands them; no float32 copy of every class is made): its exported segmentation, the targets
-    of the classes (``region`` ``(z, y, x)``: the user's) and of the findings, and the output channel
+    """From nnU-Net's logits ``reference`` ``(C, z, y, x)`` (float16 as its predictor returns them, handed
+    to its export as nnU-Net hands them: no float32 copy of every class): its exported segmentation, the
+    targets of the classes (``region`` ``(z, y, x)``: the user's) and of the findings, and the output channel
     of each (region-based models: class ``c`` is channel ``c - 1``), the probabilities streamed to
     ``request.on_map`` and the channels' occlusion.
     ``spacing``: the input grid's (mm, ``(Z, Y, X)``), for findings and reliance."""
