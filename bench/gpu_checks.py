@@ -59,10 +59,11 @@ missing import shows before the device's minutes are spent::
     PYTHONPATH=/tmp/device_site/startup .venv/bin/python bench/gpu_checks.py --small --skip many
 
 The host peak of 117 classes on the whole 256^3 volume on a CPU, where the window loop takes hours: the
-explain is cancelled after 5 windows of its first group, past nnU-Net's prediction, the targets and the
-first group's buffers (bench/RESULTS.md R23)::
+explain is cancelled after the first group's 490 windows and one of the second group, past nnU-Net's
+prediction, the targets, the first group's buffers, its agreement check and its maps handed on (about
+33 minutes here; bench/RESULTS.md R23)::
 
-    .venv/bin/python bench/gpu_checks.py --part many --shape 256x256x256 --many-classes 117 --cancel-after 5
+    .venv/bin/python bench/gpu_checks.py --part many --shape 256x256x256 --many-classes 117 --cancel-after 491
 
 HD-BET's ``--faithfulness`` on the GPU (issue 25's 60 s row) is ``bench/gpu_hdbet_faithfulness.py``
 (two calls: its fold file does not fit one).
