@@ -506,9 +506,10 @@ def synthetic_volume(shape, seed: int = 0):
 
 def part_many(args) -> dict:
     """All ``args.many_classes`` classes of the many-label network on a synthetic volume of ``args.shape``;
-    with ``args.cancel_after`` windows, the explain is cancelled after that many windows of its first
-    group (the host peak of nnU-Net's prediction, the targets and the first group's buffers, without the
-    hours of the whole loop on a CPU) and nnU-Net's plain prediction is not run."""
+    with ``args.cancel_after`` windows, the explain is cancelled after that many windows, counted over
+    the groups as its progress counts them (the host peak of nnU-Net's prediction, the targets and the
+    groups reached, without the hours of the whole loop on a CPU) and nnU-Net's plain prediction is not
+    run."""
     stub_simpleitk_if_missing()
     install_array_reader()
     import numpy as np
